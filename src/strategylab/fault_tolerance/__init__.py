@@ -1,0 +1,81 @@
+"""Strategy Lab's fault-tolerance library.
+
+Classify an error, decide how to recover, recover, and prove it: retry, circuit breaker, bulkhead,
+timeout and fallback primitives that are cheap enough for a trading hot path, and an
+:class:`ErrorRecoveryManager` that escalates through recovery strategies, keeps statistics against
+SLAs and writes a tamper-evident audit log.
+"""
+
+from __future__ import annotations
+
+from strategylab.errors import (
+    AuditIntegrityError,
+    BulkheadFullError,
+    CallTimeoutError,
+    CircuitOpenError,
+    RecoveryRejectedError,
+    RetryExhaustedError,
+)
+
+from ._audit import AuditLog, AuditRecord, AuditVerification
+from ._breaker import (
+    BreakerMetrics,
+    BreakerState,
+    CircuitBreaker,
+    SlidingWindowType,
+    open_breaker_names,
+)
+from ._bulkhead import Bulkhead
+from ._classify import ClassificationRule, Classifier, classify, register_rule
+from ._component import Component
+from ._context import ErrorContext, SystemState
+from ._fallback import Fallback
+from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryOutcome
+from ._pipeline import Pipeline
+from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
+from ._retry import RetryDetails, RetryPolicy, set_testing
+from ._statistics import RecoveryStatistics
+from ._taxonomy import ErrorSeverity, ErrorType, RecoveryStrategyKind, UserImpact
+from ._timeout import Timeout
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "ActiveRecovery",
+    "AuditIntegrityError",
+    "AuditLog",
+    "AuditRecord",
+    "AuditVerification",
+    "BreakerMetrics",
+    "BreakerState",
+    "BulkheadFullError",
+    "Bulkhead",
+    "CallTimeoutError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ClassificationRule",
+    "Classifier",
+    "Component",
+    "ErrorContext",
+    "ErrorRecoveryManager",
+    "ErrorSeverity",
+    "ErrorType",
+    "Fallback",
+    "Pipeline",
+    "RecoveryOutcome",
+    "RecoveryPolicy",
+    "RecoveryRejectedError",
+    "RecoveryStatistics",
+    "RecoveryStrategyKind",
+    "RetryDetails",
+    "RetryExhaustedError",
+    "RetryPolicy",
+    "SlaClass",
+    "SlidingWindowType",
+    "SystemState",
+    "Timeout",
+    "UserImpact",
+    "classify",
+    "open_breaker_names",
+    "register_rule",
+    "set_testing",
+]
