@@ -1,7 +1,8 @@
 """Time as a dependency.
 
-Everything in Strategy Lab that waits or measures takes a ``clock=`` argument. Production code uses
-:data:`SYSTEM_CLOCK`; tests use :class:`strategylab.testing.FakeClock`, which jumps instead of waiting.
+Everything in Strategy Lab that waits or measures takes a ``clock=`` argument. Production code
+uses :data:`SYSTEM_CLOCK`; tests use :class:`strategylab.testing.FakeClock`, which jumps instead
+of waiting.
 """
 
 from __future__ import annotations

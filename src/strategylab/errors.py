@@ -4,12 +4,12 @@ Every exception the project defines derives from one root, so callers can catch 
 failures without catching everyone else's::
 
     StrategyLabError
-    ├── ConfigurationError            bad configuration; names the key and the value (also ValueError)
+    ├── ConfigurationError            a bad setting; names the key and the value (a ValueError)
     └── FaultToleranceError           raised by the resilience primitives themselves
         ├── CircuitOpenError          a breaker rejected the call; carries ``retry_after``
         ├── BulkheadFullError         no slot and no room in the waiting queue
         ├── CallTimeoutError          a guarded call ran past its deadline (also TimeoutError)
-        ├── RetryExhaustedError       retries ran out on a rejected *result* (exceptions re-raise as is)
+        ├── RetryExhaustedError       retries ran out on a rejected result (exceptions re-raise)
         ├── RecoveryRejectedError     too many recoveries running and the queue is full
         ├── ShutdownInProgressError   the emergency shutdown has begun; no new work is taken
         └── AuditIntegrityError       the audit log's hash chain is broken

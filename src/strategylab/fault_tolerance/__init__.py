@@ -33,7 +33,7 @@ from ._fallback import Fallback
 from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryOutcome
 from ._pipeline import Pipeline
 from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
-from ._retry import RetryDetails, RetryPolicy, set_testing
+from ._retry import RetryDetails, RetryPolicy, is_testing, set_testing
 from ._statistics import RecoveryStatistics
 from ._taxonomy import ErrorSeverity, ErrorType, RecoveryStrategyKind, UserImpact
 from ._timeout import Timeout
@@ -47,8 +47,8 @@ __all__ = [
     "AuditVerification",
     "BreakerMetrics",
     "BreakerState",
-    "BulkheadFullError",
     "Bulkhead",
+    "BulkheadFullError",
     "CallTimeoutError",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -75,6 +75,7 @@ __all__ = [
     "Timeout",
     "UserImpact",
     "classify",
+    "is_testing",
     "open_breaker_names",
     "register_rule",
     "set_testing",

@@ -1,8 +1,731 @@
-"""Stub: being written."""
+"""The append-only, hash-chained audit log: every recovery, as one JSON line, provably in order.
+
+File format (one record per line, UTF-8, ``\\n``-terminated)::
+
+    {"data":{..},"hash":"<hex>","kind":"recovery","prev_hash":"<hex>","seq":1,"timestamp":".."}
+
+Each line is the *canonical* JSON encoding of the record (sorted keys, ``,``/``:`` separators,
+``ensure_ascii=False``, no NaN or infinity, UTF-8). ``hash`` is the hex SHA-256 of the canonical
+encoding of every other field; ``prev_hash`` is the previous record's ``hash`` (64 zeros for
+record 1); ``seq`` counts from 1 without gaps. So deleting, altering, inserting or reordering a
+record breaks the chain at a line that :meth:`AuditLog.verify` names.
+
+What a chain alone cannot detect, and is therefore documented rather than pretended:
+
+- Removing records from the *end* of the log (the remaining prefix is a valid chain). Anchor
+  :attr:`AuditLog.head` somewhere else (a database, a ticket, another host) and pass it to
+  ``verify(expected_head=...)``.
+- Someone who rewrites a record *and every record after it* (the hash is unkeyed, so anyone can
+  recompute it). The same anchor detects it.
+
+Crash semantics: an append is one ``write`` of the whole line on an unbuffered descriptor, followed
+by ``fsync`` when ``fsync=True``, and :meth:`AuditLog.append` returns only after both. A crash in
+between can leave a *torn* last line (no trailing newline). That record was never acknowledged, so
+opening the log truncates it away, logs a warning, and reports it in :class:`AuditVerification`
+(``repaired_tear``, ``discarded_bytes``). :meth:`AuditLog.verify` on a path never repairs anything:
+there a torn line is an error.
+
+Opening the log checks only the last record (its own hash and encoding), so that opening a long log
+costs O(1); call :meth:`AuditLog.verify` to check the whole chain.
+"""
+
 from __future__ import annotations
-class AuditLog:  # stub
-    pass
-class AuditRecord:  # stub
-    pass
-class AuditVerification:  # stub
-    pass
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeAlias, overload
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import AuditIntegrityError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditLog",
+    "AuditRecord",
+    "AuditVerification",
+    "JSONInput",
+    "JSONValue",
+]
+
+_log = logging.getLogger(__name__)
+
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
+"""A JSON value as read back from the log."""
+JSONInput: TypeAlias = (
+    "bool | int | float | str | Sequence[JSONInput] | Mapping[str, JSONInput] | None"
+)
+"""What :meth:`AuditLog.append` accepts; tuples become lists."""
+
+GENESIS_HASH: Final = "0" * 64
+"""The ``prev_hash`` of record 1."""
+
+_FIELDS: Final = frozenset({"seq", "timestamp", "kind", "data", "prev_hash", "hash"})
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_TAIL_CHUNK: Final = 64 * 1024
+
+
+class _HashMismatchError(ValueError):
+    """A record's ``hash`` is not the digest of its contents."""
+
+
+class _LineError(Exception):
+    """One line of the log is bad; the caller knows which line and raises AuditIntegrityError."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _canonical(obj: Mapping[str, JSONValue]) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _digest(
+    *, seq: int, timestamp: str, kind: str, data: Mapping[str, JSONValue], prev_hash: str
+) -> str:
+    body: dict[str, JSONValue] = {
+        "seq": seq,
+        "timestamp": timestamp,
+        "kind": kind,
+        "data": dict(data),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def _check_text(text: str, where: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: string is not valid Unicode (lone surrogate)") from None
+
+
+def _normalize(value: object, where: str, seen: set[int]) -> JSONValue:  # noqa: C901 - one branch per JSON type
+    """A plain-JSON deep copy of ``value``; an error names the offending key path."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum becomes the int that JSON stores
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}={value!r}: JSON has no NaN or infinity")
+        return float(value)
+    if isinstance(value, str):
+        _check_text(value, where)
+        return str.__str__(value)  # a str-based enum becomes its plain value
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in seen:
+            raise ValueError(f"{where}: circular reference")
+        seen.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                out: dict[str, JSONValue] = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise TypeError(
+                            f"{where}[{key!r}]: keys must be str, not {type(key).__name__}"
+                        )
+                    _check_text(key, f"{where}[{key!r}]")
+                    out[str.__str__(key)] = _normalize(item, f"{where}[{key!r}]", seen)
+                return out
+            return [_normalize(item, f"{where}[{i}]", seen) for i, item in enumerate(value)]
+        finally:
+            seen.discard(id(value))
+    raise TypeError(f"{where}: {type(value).__name__} is not JSON-serialisable")
+
+
+def _normalize_data(data: object) -> dict[str, JSONValue]:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"data: must be a JSON object (a Mapping), not {type(data).__name__}")
+    normalized = _normalize(data, "data", set())
+    assert isinstance(normalized, dict)  # noqa: S101 - a Mapping normalises to a dict
+    return normalized
+
+
+def _check_hash_field(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError(f"{name}={value!r}: must be 64 lowercase hex digits (a sha256)")
+
+
+def _check_seq(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One entry of the audit log; construction checks that ``hash`` matches the contents.
+
+    ``timestamp`` is kept as the aware-UTC ISO-8601 *string* that was hashed (the log writes
+    ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``), so a record read back hashes to exactly what was written;
+    :attr:`at` parses it. Build new records with :meth:`seal`, which computes the hash.
+    """
+
+    seq: int
+    timestamp: str
+    kind: str
+    data: Mapping[str, JSONValue]
+    prev_hash: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        _check_seq("seq", self.seq, 1)
+        if not isinstance(self.timestamp, str):
+            raise TypeError(f"timestamp={self.timestamp!r}: must be an ISO-8601 string")
+        try:
+            at = dt.datetime.fromisoformat(self.timestamp)
+        except ValueError:
+            raise ValueError(f"timestamp={self.timestamp!r}: not ISO-8601") from None
+        if at.tzinfo is None or at.utcoffset() != dt.timedelta(0):
+            raise ValueError(f"timestamp={self.timestamp!r}: must be timezone-aware UTC")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"kind={self.kind!r}: must be a non-empty str")
+        _check_text(self.kind, "kind")
+        # A deep copy: the caller's dict must not change a frozen, hashed record behind its back.
+        object.__setattr__(self, "data", _normalize_data(self.data))
+        _check_hash_field("prev_hash", self.prev_hash)
+        _check_hash_field("hash", self.hash)
+        if (self.seq == 1) != (self.prev_hash == GENESIS_HASH):
+            raise ValueError(
+                f"prev_hash={self.prev_hash!r}: record 1, and only record 1, has the genesis hash"
+            )
+        expected = _digest(
+            seq=self.seq,
+            timestamp=self.timestamp,
+            kind=self.kind,
+            data=self.data,
+            prev_hash=self.prev_hash,
+        )
+        if self.hash != expected:
+            raise _HashMismatchError(
+                f"hash={self.hash!r}: does not match the record's contents ({expected})"
+            )
+
+    @classmethod
+    def seal(
+        cls,
+        *,
+        seq: int,
+        timestamp: str,
+        kind: str,
+        data: Mapping[str, JSONInput],
+        prev_hash: str,
+    ) -> Self:
+        """A record with its ``hash`` computed over the other fields."""
+        normalized = _normalize_data(data)
+        digest = _digest(
+            seq=seq, timestamp=timestamp, kind=kind, data=normalized, prev_hash=prev_hash
+        )
+        return cls(
+            seq=seq,
+            timestamp=timestamp,
+            kind=kind,
+            data=normalized,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+
+    @property
+    def at(self) -> dt.datetime:
+        """:attr:`timestamp` as an aware UTC datetime."""
+        return dt.datetime.fromisoformat(self.timestamp)
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """All six fields as a JSON-ready dictionary (a deep copy)."""
+        return {
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            "kind": self.kind,
+            "data": _normalize_data(self.data),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+    def to_line(self) -> bytes:
+        """The record exactly as the log stores it: canonical JSON, UTF-8, newline-terminated."""
+        return _canonical(self.to_dict()) + b"\n"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AuditVerification:
+    """The result of a successful :meth:`AuditLog.verify`."""
+
+    path: str
+    records: int
+    head_seq: int
+    """``seq`` of the last record; 0 for an empty log."""
+    head_hash: str
+    """``hash`` of the last record; :data:`GENESIS_HASH` for an empty log."""
+    repaired_tear: bool = False
+    """Opening the log truncated a torn (never acknowledged) last line."""
+    discarded_bytes: int = 0
+    """How many bytes that repair removed."""
+
+    def __post_init__(self) -> None:
+        _check_seq("records", self.records, 0)
+        _check_seq("head_seq", self.head_seq, 0)
+        _check_hash_field("head_hash", self.head_hash)
+        _check_seq("discarded_bytes", self.discarded_bytes, 0)
+        if self.repaired_tear != (self.discarded_bytes > 0):
+            raise ValueError(
+                f"repaired_tear={self.repaired_tear!r}: must be true exactly when bytes were "
+                f"discarded (discarded_bytes={self.discarded_bytes})"
+            )
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(head_seq, head_hash)``, the anchor to pass as ``expected_head`` later."""
+        return (self.head_seq, self.head_hash)
+
+
+def _reject_constant(name: str) -> JSONValue:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_line(raw: bytes) -> AuditRecord:
+    """Check one newline-terminated line on its own (not its place in the chain)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _LineError(f"line is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _LineError(f"line is a JSON {type(obj).__name__}, not a record object")
+    keys = set(obj)
+    if keys != _FIELDS:
+        missing = ", ".join(sorted(_FIELDS - keys)) or "none"
+        extra = ", ".join(sorted(keys - _FIELDS)) or "none"
+        raise _LineError(f"record has the wrong fields (missing: {missing}; unexpected: {extra})")
+    seq = obj["seq"]
+    label = f"record {seq}" if isinstance(seq, int) and not isinstance(seq, bool) else "record"
+    try:
+        record = AuditRecord(**obj)
+    except _HashMismatchError:
+        raise _LineError(f"{label} was altered: hash mismatch") from None
+    except (TypeError, ValueError) as exc:
+        raise _LineError(f"{label} is malformed: {exc}") from None
+    if record.to_line() != raw:
+        # Same values, different bytes (e.g. 1E+16 for 1e+16): still an edit of the file.
+        raise _LineError(f"{label} was altered: the line is not in canonical encoding")
+    return record
+
+
+def _find_seq(path: Path, seq: int, *, after_line: int, limit: int | None) -> int | None:
+    """The line number, after ``after_line``, of a line that claims ``seq``; for diagnostics."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(_lines(file, limit), start=1):
+            if number <= after_line:
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("seq") == seq:
+                return number
+    return None
+
+
+def _lines(file: _Readable, limit: int | None) -> Iterator[bytes]:
+    offset = 0
+    while limit is None or offset < limit:
+        raw = file.readline() if limit is None else file.readline(limit - offset)
+        if not raw:
+            return
+        offset += len(raw)
+        yield raw
+
+
+class _Readable(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def _seq_reason(path: Path, line: int, seq: int, prev: int, limit: int | None) -> str:
+    expected = prev + 1
+    if seq == prev:
+        return (
+            f"record {seq} appears twice (lines {line - 1} and {line}): "
+            "a record was inserted or duplicated"
+        )
+    if seq < prev:
+        return f"records out of order: record {seq} follows record {prev}"
+    where = _find_seq(path, expected, after_line=line, limit=limit)
+    if where is not None:
+        return f"records out of order: record {expected} is at line {where}, after record {seq}"
+    if expected == 1:
+        return f"record 1 is missing: the log starts at record {seq}"
+    if seq == expected + 1:
+        return f"record {expected} is missing: seq jumps from {prev} to {seq}"
+    return f"records {expected}..{seq - 1} are missing: seq jumps from {prev} to {seq}"
+
+
+def _scan(
+    path: Path,
+    *,
+    expected_head: tuple[int, str] | None = None,
+    limit: int | None = None,
+) -> Iterator[AuditRecord]:
+    """Yield each record once it has been checked against its line and its predecessor."""
+    shown = os.fspath(path)
+    prev_seq, prev_hash = 0, GENESIS_HASH
+    anchor_seq, anchor_hash = expected_head if expected_head is not None else (0, GENESIS_HASH)
+    with path.open("rb") as file:
+        for line, raw in enumerate(_lines(file, limit), start=1):
+            if not raw.endswith(b"\n"):
+                raise AuditIntegrityError(
+                    shown,
+                    line,
+                    f"line {line} is torn (no trailing newline): an append was interrupted; "
+                    "opening the log for append truncates it",
+                )
+            try:
+                record = _parse_line(raw)
+            except _LineError as exc:
+                raise AuditIntegrityError(shown, line, exc.reason) from None
+            if record.seq != prev_seq + 1:
+                reason = _seq_reason(path, line, record.seq, prev_seq, limit)
+                raise AuditIntegrityError(shown, line, reason)
+            if record.prev_hash != prev_hash:
+                raise AuditIntegrityError(
+                    shown,
+                    line,
+                    f"record {record.seq} does not chain onto record {prev_seq}: prev_hash "
+                    f"mismatch (record {prev_seq} was altered and re-hashed, or replaced)",
+                )
+            if record.seq == anchor_seq and record.hash != anchor_hash:
+                raise AuditIntegrityError(
+                    shown,
+                    line,
+                    f"record {record.seq} does not match the anchored head hash: "
+                    "the log was rewritten at or before this record",
+                )
+            yield record
+            prev_seq, prev_hash = record.seq, record.hash
+    if prev_seq < anchor_seq:
+        raise AuditIntegrityError(
+            shown,
+            prev_seq + 1,
+            f"the log was truncated: it ends at record {prev_seq} but record {anchor_seq} was "
+            f"anchored (records {prev_seq + 1}..{anchor_seq} were removed)",
+        )
+
+
+def _check_anchor(expected_head: tuple[int, str] | None) -> None:
+    if expected_head is None:
+        return
+    if not isinstance(expected_head, tuple) or len(expected_head) != 2:
+        raise TypeError(f"expected_head={expected_head!r}: must be a (seq, hash) tuple")
+    seq, digest = expected_head
+    _check_seq("expected_head[0]", seq, 0)
+    _check_hash_field("expected_head[1]", digest)
+    if (seq == 0) != (digest == GENESIS_HASH):
+        raise ValueError(f"expected_head={expected_head!r}: seq 0 goes with the genesis hash only")
+
+
+def _verify_path(
+    path: str | os.PathLike[str], *, expected_head: tuple[int, str] | None = None
+) -> AuditVerification:
+    """Check the whole chain in ``path``; raise AuditIntegrityError at the first broken line."""
+    _check_anchor(expected_head)
+    count, head = 0, (0, GENESIS_HASH)
+    for record in _scan(Path(path), expected_head=expected_head):
+        count, head = count + 1, (record.seq, record.hash)
+    return AuditVerification(
+        path=os.fspath(path), records=count, head_seq=head[0], head_hash=head[1]
+    )
+
+
+class _VerifyPath(Protocol):
+    def __call__(
+        self, path: str | os.PathLike[str], /, *, expected_head: tuple[int, str] | None = None
+    ) -> AuditVerification: ...
+
+
+class _VerifyOpen(Protocol):
+    def __call__(self, *, expected_head: tuple[int, str] | None = None) -> AuditVerification: ...
+
+
+class _Verify:
+    """``AuditLog.verify(path)`` on the class; ``log.verify()`` on an open log."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[AuditLog]) -> _VerifyPath: ...
+    @overload
+    def __get__(self, instance: AuditLog, owner: type[AuditLog]) -> _VerifyOpen: ...
+    def __get__(
+        self, instance: AuditLog | None, owner: type[AuditLog]
+    ) -> _VerifyPath | _VerifyOpen:
+        if instance is None:
+            return _verify_path
+        return instance._verify_open  # noqa: SLF001 - the descriptor is part of the class
+
+
+class AuditLog:
+    """An append-only JSONL audit log whose records are hash-chained (see the module docstring).
+
+    One writer per file: the file is locked (``flock``) while open, so a second ``AuditLog`` on the
+    same path, in this process or another, fails instead of forking the chain. ``append`` is
+    thread-safe. ``verify`` is ``AuditLog.verify(path, expected_head=...)`` on the class and
+    ``log.verify()`` on an open log, which by default checks the file against the log's own head.
+    """
+
+    verify = _Verify()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        fsync: bool = True,
+    ) -> None:
+        self._path = Path(path)
+        self._clock = clock
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self._path.exists()
+        self._fd: int | None = os.open(
+            self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644
+        )
+        try:
+            self._lock_file()
+            if created and fsync:
+                _fsync_dir(self._path.parent)
+            self._discarded = self._repair_tear()
+            self._size = os.fstat(self._fd).st_size
+            self._head = self._read_head()
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    @property
+    def path(self) -> Path:
+        """Where the log lives."""
+        return self._path
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last record (0 and 64 zeros when empty); anchor it elsewhere."""
+        return self._head
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._fd is None
+
+    def append(self, kind: str, data: Mapping[str, JSONInput]) -> AuditRecord:
+        """Write one record and return it once it is written (and fsynced when ``fsync=True``).
+
+        Data that JSON cannot represent raises TypeError (or ValueError for NaN, infinity, lone
+        surrogates, cycles) naming the key, and nothing is written.
+        """
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"kind={kind!r}: must be a non-empty str")
+        normalized = _normalize_data(data)
+        with self._lock:
+            fd = self._writable_fd()
+            seq, prev_hash = self._head
+            timestamp = dt.datetime.fromtimestamp(self._clock.time(), tz=dt.UTC).isoformat(
+                timespec="microseconds"
+            )
+            record = AuditRecord.seal(
+                seq=seq + 1, timestamp=timestamp, kind=kind, data=normalized, prev_hash=prev_hash
+            )
+            line = record.to_line()
+            start = self._size
+            try:
+                _write_all(fd, line)
+                if self._fsync:
+                    os.fsync(fd)
+            except BaseException:
+                self._roll_back(fd, start)
+                raise
+            self._size = start + len(line)
+            self._head = (record.seq, record.hash)
+            return record
+
+    async def aappend(self, kind: str, data: Mapping[str, JSONInput]) -> AuditRecord:
+        """:meth:`append` for the event loop: with ``fsync=True`` the write runs in a thread.
+
+        Cancelling the awaiting task does not stop a write already handed to the thread; the record
+        may still be appended.
+        """
+        if self._fsync:
+            return await asyncio.to_thread(self.append, kind, data)
+        return self.append(kind, data)
+
+    @staticmethod
+    def read(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
+        """Yield the records of ``path`` in order, each checked as by :meth:`verify`.
+
+        A broken line raises AuditIntegrityError when the reader reaches it; records before it
+        have already been yielded.
+        """
+        return _scan(Path(path))
+
+    def close(self) -> None:
+        """Release the file and its lock; idempotent."""
+        with self._lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"head={self._head[0]}"
+        return f"AuditLog({os.fspath(self._path)!r}, {state})"
+
+    def _verify_open(self, *, expected_head: tuple[int, str] | None = None) -> AuditVerification:
+        """Check the file up to what this log has written, against ``expected_head`` or its head."""
+        _check_anchor(expected_head)
+        with self._lock:
+            anchor = expected_head if expected_head is not None else self._head
+            limit = self._size
+        count, head = 0, (0, GENESIS_HASH)
+        for record in _scan(self._path, expected_head=anchor, limit=limit):
+            count, head = count + 1, (record.seq, record.hash)
+        return AuditVerification(
+            path=os.fspath(self._path),
+            records=count,
+            head_seq=head[0],
+            head_hash=head[1],
+            repaired_tear=self._discarded > 0,
+            discarded_bytes=self._discarded,
+        )
+
+    def _writable_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{os.fspath(self._path)}: the audit log is closed")
+        if self._broken is not None:
+            raise AuditIntegrityError(os.fspath(self._path), self._head[0] + 1, self._broken)
+        return self._fd
+
+    def _roll_back(self, fd: int, size: int) -> None:
+        # A failed write may have left part of a line; chaining the next record after it would
+        # put garbage in the middle of the log, so cut it off or stop appending.
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            self._broken = (
+                f"an append failed and its partial line could not be removed ({exc}); "
+                "reopen the log to repair the tail"
+            )
+
+    def _lock_file(self) -> None:
+        if sys.platform == "win32":  # pragma: no cover - no flock; one writer is the caller's job
+            return
+        assert self._fd is not None  # noqa: S101
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise BlockingIOError(
+                exc.errno,
+                f"{os.fspath(self._path)} is already open for append by another AuditLog",
+            ) from exc
+
+    def _repair_tear(self) -> int:
+        """Truncate a last line that has no newline (an unacknowledged, interrupted append)."""
+        assert self._fd is not None  # noqa: S101
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return 0
+        keep = _line_start(self._fd, size)
+        os.ftruncate(self._fd, keep)
+        if self._fsync:
+            os.fsync(self._fd)
+        discarded = size - keep
+        _log.warning(
+            "audit log %s: truncated a torn last line (%d bytes, an append interrupted by a "
+            "crash; it was never acknowledged)",
+            os.fspath(self._path),
+            discarded,
+        )
+        return discarded
+
+    def _read_head(self) -> tuple[int, str]:
+        """The last record's (seq, hash), after checking that record on its own."""
+        assert self._fd is not None  # noqa: S101
+        if self._size == 0:
+            return (0, GENESIS_HASH)
+        start = _line_start(self._fd, self._size - 1)
+        raw = os.pread(self._fd, self._size - start, start)
+        try:
+            record = _parse_line(raw)
+        except _LineError as exc:
+            line = _count_newlines(self._fd, self._size)
+            raise AuditIntegrityError(
+                os.fspath(self._path),
+                line,
+                f"{exc.reason}; refusing to chain new records onto a corrupt tail",
+            ) from None
+        return (record.seq, record.hash)
+
+
+def _line_start(fd: int, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _TAIL_CHUNK)
+        index = os.pread(fd, pos - start, start).rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        pos = start
+    return 0
+
+
+def _count_newlines(fd: int, end: int) -> int:
+    count, pos = 0, 0
+    while pos < end:
+        chunk = os.pread(fd, min(_TAIL_CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        pos += len(chunk)
+    return count
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() for a line of a few hundred bytes; the loop only matters on a short write.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A new file's directory entry is durable only once the directory itself is fsynced.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

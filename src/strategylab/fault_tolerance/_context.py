@@ -1,4 +1,5 @@
-"""What is recorded about one error: :class:`ErrorContext` and the :class:`SystemState` around it."""
+"""What is recorded about one error: :class:`ErrorContext` and the :class:`SystemState` around it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import json
 import os
 import traceback
 import uuid
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import psutil
 
@@ -17,6 +17,9 @@ from strategylab.clock import SYSTEM_CLOCK, Clock
 
 from ._classify import classify
 from ._taxonomy import DEFAULT_SEVERITY, ErrorSeverity, ErrorType, UserImpact
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["ErrorContext", "SystemState"]
 
@@ -27,8 +30,8 @@ _PROCESS = psutil.Process()
 class SystemState:
     """A cheap snapshot of the process and its surroundings at the moment of an error.
 
-    Capturing one costs a few microseconds: no subprocesses, no blocking CPU sampling (the CPU figure
-    is the process's usage since the previous capture).
+    Capturing one costs tens of microseconds: no subprocesses, no blocking CPU sampling (the CPU
+    figure is the process's usage since the previous capture).
     """
 
     memory_rss_bytes: int
@@ -48,7 +51,7 @@ class SystemState:
         open_breakers: tuple[str, ...] | None = None,
         active_recoveries: int = 0,
     ) -> Self:
-        """Read the current state; ``open_breakers`` defaults to every breaker open in this process."""
+        """Read the current state; ``open_breakers`` defaults to this process's open breakers."""
         if open_breakers is None:
             from ._breaker import open_breaker_names  # noqa: PLC0415 - the breaker imports us
 

@@ -1,8 +1,564 @@
-"""Stub: being written."""
+"""Retry with capped exponential backoff and full jitter: :class:`RetryPolicy`.
+
+One pure decision (:meth:`RetryPolicy.decide`: after attempt *n* failed at *elapsed* seconds, sleep
+this long or give up) and two thin drivers around it, one that sleeps with ``clock.sleep`` and one
+that awaits ``clock.asleep``. The success path of a wrapped call is a bare ``try``/``return``: no
+clock read (unless a deadline is set), no allocation, no test-mode check. Everything a retry needs
+(attempt counter, start time, hook records) is created only after the first failure.
+
+When attempts run out on an exception, the caller's own last exception is re-raised, with its
+original traceback; when they run out on a rejected result, :class:`RetryExhaustedError` is raised.
+``asyncio.CancelledError``, ``KeyboardInterrupt`` and the like are never retried: ``retry_on`` only
+accepts subclasses of :class:`Exception`.
+
+Users' test suites switch every wait off with :func:`set_testing`.
+"""
+
 from __future__ import annotations
-class RetryDetails:  # stub
-    pass
-class RetryPolicy:  # stub
-    pass
+
+import dataclasses
+import functools
+import inspect
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, Self, TypeVar, overload
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError, RetryExhaustedError
+
+__all__ = ["RetryDetails", "RetryHook", "RetryPolicy", "is_testing", "set_testing"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RetryDetails:
+    """What a retry hook is told about the attempt that just failed."""
+
+    name: str
+    """The policy's ``name``, or else the qualified name of the guarded callable."""
+    attempt: int
+    """1-based number of the attempt that just failed."""
+    delay: float
+    """Seconds about to be slept before the next attempt; 0 when giving up."""
+    elapsed: float
+    """Seconds since the first attempt started (since it failed, when no deadline is set)."""
+    exception: Exception | None
+    """The exception the attempt raised, or ``None`` if its result was rejected."""
+    result: object = None
+    """The rejected result, or ``None`` if the attempt raised."""
+
+    def __post_init__(self) -> None:
+        if self.attempt < 1:
+            raise ValueError(f"attempt={self.attempt!r}: attempts are numbered from 1")
+        if not self.delay >= 0:
+            raise ValueError(f"delay={self.delay!r}: must be >= 0")
+
+
+RetryHook = Callable[[RetryDetails], object]
+"""A ``before_sleep`` or ``on_give_up`` hook; its return value is ignored."""
+
+
+class _Rejected:
+    """A result that ``retry_on_result`` rejected; made only on the failure path."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+
+_Failure = Exception | _Rejected
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TestMode:
+    attempts: int | None
+
+
+class _Switch:
+    """Holds the process-wide test mode; rebinding one attribute is atomic across threads."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self) -> None:
+        self.mode: _TestMode | None = None
+
+
+_SWITCH = _Switch()
+
+
 def set_testing(enabled: bool, *, attempts: int | None = None) -> None:
-    pass
+    """Switch test mode on or off for the whole process.
+
+    While it is on, no retry sleeps at all (hooks still see ``delay=0``) and, if ``attempts`` is
+    given, every policy makes at most that many attempts. Only the failure path consults it.
+    """
+    if attempts is not None and (type(attempts) is not int or attempts < 1):
+        raise ConfigurationError("attempts", attempts, "must be an int >= 1 or None")
+    _SWITCH.mode = _TestMode(attempts) if enabled else None
+
+
+def is_testing() -> bool:
+    """Whether :func:`set_testing` has switched test mode on."""
+    return _SWITCH.mode is not None
+
+
+def _callable_name(fn: Callable[..., object]) -> str:
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
+def _is_exception_type(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, Exception)
+
+
+def _require(key: str, value: object, ok: Callable[[float], bool], reason: str) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
+        raise ConfigurationError(key, value, f"must be a finite number {reason}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry a callable with capped exponential backoff, full jitter and an optional deadline.
+
+    Use it as a decorator on sync and async functions, through :meth:`call` / :meth:`acall`, or
+    build a wrapper once with :meth:`wrap` / :meth:`awrap`::
+
+        policy = RetryPolicy(max_attempts=5, retry_on=ConnectionError)
+
+        @policy
+        async def fetch() -> bytes: ...
+
+    The delay before retry *n* (``n = 0`` for the first retry) is
+    ``min(base_delay * multiplier**n, max_delay)``; with the default jitter it is drawn uniformly
+    from ``[0, that]`` ("full jitter"), with ``jitter=None`` it is exact. Pass
+    ``jitter=random.Random(seed)`` for reproducible delays.
+
+    ``retry_on`` is an exception type, a tuple of types, or a predicate on the exception; anything
+    else propagates at once, with no sleep and no hook call. ``retry_on_result`` rejects return
+    values, which are then retried like failures. ``deadline`` bounds the total time from the
+    start of the first attempt: a sleep that would end past it is not started.
+
+    ``before_sleep`` and ``on_give_up`` receive a :class:`RetryDetails`. They are the caller's
+    code: an exception raised by a hook propagates and ends the retry.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.1
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    jitter: random.Random | None = dataclasses.field(default_factory=random.Random)
+    retry_on: type[Exception] | tuple[type[Exception], ...] | Callable[[BaseException], bool] = (
+        Exception,
+    )
+    deadline: float | None = None
+    clock: Clock = SYSTEM_CLOCK
+    _: dataclasses.KW_ONLY
+    retry_on_result: Callable[[Any], bool] | None = None
+    before_sleep: RetryHook | None = None
+    on_give_up: RetryHook | None = None
+    name: str | None = None
+
+    # Derived in __post_init__ so that neither the wrappers nor the slow path re-derive them.
+    _catch: tuple[type[Exception], ...] = dataclasses.field(init=False, repr=False, compare=False)
+    _check: Callable[[BaseException], bool] | None = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise ConfigurationError("max_attempts", self.max_attempts, "must be an int >= 1")
+        _require("base_delay", self.base_delay, lambda v: v >= 0, ">= 0")
+        _require("max_delay", self.max_delay, lambda v: v >= 0, ">= 0")
+        _require("multiplier", self.multiplier, lambda v: v >= 1, ">= 1")
+        if self.deadline is not None:
+            _require("deadline", self.deadline, lambda v: v > 0, "> 0")
+        if self.jitter is not None and not isinstance(self.jitter, random.Random):
+            raise ConfigurationError("jitter", self.jitter, "must be a random.Random or None")
+        if not isinstance(self.clock, Clock):
+            raise ConfigurationError("clock", self.clock, "must implement strategylab.clock.Clock")
+        for key in ("retry_on_result", "before_sleep", "on_give_up"):
+            value = getattr(self, key)
+            if value is not None and not callable(value):
+                raise ConfigurationError(key, value, "must be callable or None")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ConfigurationError("name", self.name, "must be a non-empty str or None")
+        catch, check = self._classify_retry_on(self.retry_on)
+        object.__setattr__(self, "_catch", catch)
+        object.__setattr__(self, "_check", check)
+
+    @staticmethod
+    def _classify_retry_on(
+        retry_on: object,
+    ) -> tuple[tuple[type[Exception], ...], Callable[[BaseException], bool] | None]:
+        # BaseException-only types (CancelledError, KeyboardInterrupt, SystemExit) are refused:
+        # retrying them would swallow cancellation and interrupts.
+        if isinstance(retry_on, type):
+            if not _is_exception_type(retry_on):
+                raise ConfigurationError(
+                    "retry_on", retry_on, "must be a subclass of Exception (not BaseException)"
+                )
+            return (retry_on,), None
+        if isinstance(retry_on, tuple):
+            if not retry_on or not all(_is_exception_type(t) for t in retry_on):
+                raise ConfigurationError(
+                    "retry_on", retry_on, "must be a non-empty tuple of Exception subclasses"
+                )
+            return retry_on, None
+        if callable(retry_on):
+            return (Exception,), retry_on
+        raise ConfigurationError(
+            "retry_on", retry_on, "must be an exception type, a tuple of them, or a predicate"
+        )
+
+    # ------------------------------------------------------------------------------- the core
+
+    def backoff(self, retry: int) -> float:
+        """The capped delay before retry ``retry`` (0 for the first retry), before jitter."""
+        try:
+            delay = self.base_delay * self.multiplier**retry
+        except OverflowError:
+            return float(self.max_delay)
+        return float(min(delay, self.max_delay))
+
+    def decide(self, attempt: int, elapsed: float) -> float | None:
+        """Seconds to sleep after attempt ``attempt`` (1-based) failed at ``elapsed``, or ``None``.
+
+        ``None`` means give up: attempts are used up, or the sleep would end past the deadline.
+        The caller has already judged the outcome retryable. In test mode the delay is 0 and the
+        attempts may be capped (see :func:`set_testing`).
+        """
+        mode = _SWITCH.mode
+        limit = self.max_attempts
+        if mode is not None and mode.attempts is not None:
+            limit = min(limit, mode.attempts)
+        if attempt >= limit:
+            return None
+        if mode is not None:
+            delay = 0.0
+        else:
+            delay = self.backoff(attempt - 1)
+            if self.jitter is not None:
+                delay = self.jitter.uniform(0.0, delay)
+        if self.deadline is not None and elapsed + delay > self.deadline:
+            return None
+        return delay
+
+    def _details(
+        self,
+        fn: Callable[..., object],
+        attempt: int,
+        delay: float,
+        elapsed: float,
+        failure: _Failure,
+    ) -> RetryDetails:
+        if isinstance(failure, _Rejected):
+            error, result = None, failure.result
+        else:
+            error, result = failure, None
+        return RetryDetails(
+            name=self.name if self.name is not None else _callable_name(fn),
+            attempt=attempt,
+            delay=delay,
+            elapsed=elapsed,
+            exception=error,
+            result=result,
+        )
+
+    def _give_up(
+        self, fn: Callable[..., object], attempt: int, elapsed: float, failure: _Failure
+    ) -> Exception:
+        """Call ``on_give_up`` and return what to raise: the caller's own exception, or a new
+        :class:`RetryExhaustedError` for a rejected result."""
+        if self.on_give_up is not None:
+            self.on_give_up(self._details(fn, attempt, 0.0, elapsed, failure))
+        if isinstance(failure, _Rejected):
+            return RetryExhaustedError(attempt, failure.result)
+        return failure
+
+    def _retryable(self, exc: Exception) -> bool:
+        return self._check is None or self._check(exc)
+
+    # ---------------------------------------------------------------------------- the drivers
+
+    def _retry(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: float | None,
+        failure: _Failure,
+    ) -> R:
+        """The sync driver, entered after the first attempt failed."""
+        clock, reject = self.clock, self.retry_on_result
+        now = clock.monotonic()
+        start = now if start is None else start
+        attempt = 1
+        while True:
+            delay = self.decide(attempt, now - start)
+            if delay is None:
+                raise self._give_up(fn, attempt, now - start, failure)
+            if self.before_sleep is not None:
+                self.before_sleep(self._details(fn, attempt, delay, now - start, failure))
+            if _SWITCH.mode is None:
+                clock.sleep(delay)
+            attempt += 1
+            # The next attempt runs outside any ``except`` block so that its exception is not
+            # chained to the previous one.
+            try:
+                result = fn(*args, **kwargs)
+            except self._catch as exc:
+                if not self._retryable(exc):
+                    raise
+                failure = exc
+            else:
+                if reject is None or not reject(result):
+                    return result
+                failure = _Rejected(result)
+            now = clock.monotonic()
+
+    async def _aretry(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: float | None,
+        failure: _Failure,
+    ) -> R:
+        """The async driver: :meth:`_retry` with ``await``."""
+        clock, reject = self.clock, self.retry_on_result
+        now = clock.monotonic()
+        start = now if start is None else start
+        attempt = 1
+        while True:
+            delay = self.decide(attempt, now - start)
+            if delay is None:
+                raise self._give_up(fn, attempt, now - start, failure)
+            if self.before_sleep is not None:
+                self.before_sleep(self._details(fn, attempt, delay, now - start, failure))
+            if _SWITCH.mode is None:
+                await clock.asleep(delay)
+            attempt += 1
+            try:
+                result = await fn(*args, **kwargs)
+            except self._catch as exc:
+                if not self._retryable(exc):
+                    raise
+                failure = exc
+            else:
+                if reject is None or not reject(result):
+                    return result
+                failure = _Rejected(result)
+            now = clock.monotonic()
+
+    # ------------------------------------------------------------------------------ the API
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` under this policy."""
+        start = None if self.deadline is None else self.clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except self._catch as exc:
+            if not self._retryable(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            reject = self.retry_on_result
+            if reject is None or not reject(result):
+                return result
+            failure = _Rejected(result)
+        return self._retry(fn, args, kwargs, start, failure)
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await ``fn(*args, **kwargs)`` under this policy."""
+        start = None if self.deadline is None else self.clock.monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except self._catch as exc:
+            if not self._retryable(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            reject = self.retry_on_result
+            if reject is None or not reject(result):
+                return result
+            failure = _Rejected(result)
+        return await self._aretry(fn, args, kwargs, start, failure)
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """A wrapper that calls ``fn`` under this policy; its success path is a bare call.
+
+        The wrapper's shape is chosen here, once: the clock is read per call only when a
+        deadline is set, and the result is inspected only when ``retry_on_result`` is set.
+        """
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{_callable_name(fn)} is a coroutine function: use awrap()")
+        if self.deadline is not None:
+            wrapper = _sync_deadline_wrapper(self, fn)
+        elif self.retry_on_result is not None:
+            wrapper = _sync_result_wrapper(self, fn)
+        else:
+            wrapper = _sync_plain_wrapper(self, fn)
+        return functools.wraps(fn)(wrapper)
+
+    def awrap(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """The async twin of :meth:`wrap`: the wrapper awaits ``fn`` under this policy."""
+        if self.deadline is not None:
+            wrapper = _async_deadline_wrapper(self, fn)
+        elif self.retry_on_result is not None:
+            wrapper = _async_result_wrapper(self, fn)
+        else:
+            wrapper = _async_plain_wrapper(self, fn)
+        return functools.wraps(fn)(wrapper)
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a sync or async function (chosen by :func:`inspect.iscoroutinefunction`)."""
+        if inspect.iscoroutinefunction(fn):
+            return self.awrap(fn)
+        return self.wrap(fn)
+
+    def with_(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied and validated.
+
+        The copy shares this policy's jitter generator unless ``jitter`` is among the changes.
+        """
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------- wrappers
+# One factory per wrapper shape, so that each success path carries only the work its policy
+# needs. Everything the wrapper touches is bound to a closure cell here, not looked up per call.
+# The retry starts outside the ``except`` block so that later exceptions are not chained to the
+# first one.
+
+
+def _sync_plain_wrapper(policy: RetryPolicy, fn: Callable[P, R]) -> Callable[P, R]:
+    catch, check, retry = policy._catch, policy._check, policy._retry  # noqa: SLF001
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure = exc
+        return retry(fn, args, kwargs, None, failure)
+
+    return wrapper
+
+
+def _sync_result_wrapper(policy: RetryPolicy, fn: Callable[P, R]) -> Callable[P, R]:
+    catch, check, retry = policy._catch, policy._check, policy._retry  # noqa: SLF001
+    reject = policy.retry_on_result
+    assert reject is not None  # noqa: S101 - chosen by wrap()
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            if not reject(result):
+                return result
+            failure = _Rejected(result)
+        return retry(fn, args, kwargs, None, failure)
+
+    return wrapper
+
+
+def _sync_deadline_wrapper(policy: RetryPolicy, fn: Callable[P, R]) -> Callable[P, R]:
+    catch, check, retry = policy._catch, policy._check, policy._retry  # noqa: SLF001
+    reject, monotonic = policy.retry_on_result, policy.clock.monotonic
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        start = monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            if reject is None or not reject(result):
+                return result
+            failure = _Rejected(result)
+        return retry(fn, args, kwargs, start, failure)
+
+    return wrapper
+
+
+def _async_plain_wrapper(
+    policy: RetryPolicy, fn: Callable[P, Awaitable[R]]
+) -> Callable[P, Awaitable[R]]:
+    catch, check, retry = policy._catch, policy._check, policy._aretry  # noqa: SLF001
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure = exc
+        return await retry(fn, args, kwargs, None, failure)
+
+    return wrapper
+
+
+def _async_result_wrapper(
+    policy: RetryPolicy, fn: Callable[P, Awaitable[R]]
+) -> Callable[P, Awaitable[R]]:
+    catch, check, retry = policy._catch, policy._check, policy._aretry  # noqa: SLF001
+    reject = policy.retry_on_result
+    assert reject is not None  # noqa: S101 - chosen by awrap()
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = await fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            if not reject(result):
+                return result
+            failure = _Rejected(result)
+        return await retry(fn, args, kwargs, None, failure)
+
+    return wrapper
+
+
+def _async_deadline_wrapper(
+    policy: RetryPolicy, fn: Callable[P, Awaitable[R]]
+) -> Callable[P, Awaitable[R]]:
+    catch, check, retry = policy._catch, policy._check, policy._aretry  # noqa: SLF001
+    reject, monotonic = policy.retry_on_result, policy.clock.monotonic
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        start = monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except catch as exc:
+            if check is not None and not check(exc):
+                raise
+            failure: _Failure = exc
+        else:
+            if reject is None or not reject(result):
+                return result
+            failure = _Rejected(result)
+        return await retry(fn, args, kwargs, start, failure)
+
+    return wrapper

@@ -139,4 +139,4 @@ DEFAULT_SEVERITY: dict[ErrorType, ErrorSeverity] = {
     ErrorType.CONFIGURATION_ERROR: ErrorSeverity.HIGH,
     ErrorType.SECURITY_VIOLATION: ErrorSeverity.CRITICAL,
 }
-"""Default severity per error type (DESIGN §4); the recovery manager's policy table may override it."""
+"""Default severity per error type (DESIGN §4); the recovery policy table may override it."""

@@ -1,0 +1,5 @@
+"""``python -m strategylab``: the same as the ``strategylab`` command."""
+
+from strategylab.cli import main
+
+main()
