@@ -25,18 +25,26 @@ from ._breaker import (
     SlidingWindowType,
     open_breaker_names,
 )
-from ._bulkhead import Bulkhead
+from ._bulkhead import Bulkhead, BulkheadStatistics
 from ._classify import ClassificationRule, Classifier, classify, register_rule
-from ._component import Component
+from ._component import (
+    Component,
+    Degradable,
+    Reloadable,
+    Restartable,
+    Scalable,
+    SupportsFailover,
+)
 from ._context import ErrorContext, SystemState
 from ._fallback import Fallback
-from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryOutcome
+from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryEvent, RecoveryOutcome
 from ._pipeline import Pipeline
 from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
 from ._retry import RetryDetails, RetryPolicy, is_testing, set_testing
 from ._statistics import RecoveryStatistics
 from ._taxonomy import ErrorSeverity, ErrorType, RecoveryStrategyKind, UserImpact
 from ._timeout import Timeout
+from ._typing import Policy
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -49,28 +57,36 @@ __all__ = [
     "BreakerState",
     "Bulkhead",
     "BulkheadFullError",
+    "BulkheadStatistics",
     "CallTimeoutError",
     "CircuitBreaker",
     "CircuitOpenError",
     "ClassificationRule",
     "Classifier",
     "Component",
+    "Degradable",
     "ErrorContext",
     "ErrorRecoveryManager",
     "ErrorSeverity",
     "ErrorType",
     "Fallback",
     "Pipeline",
+    "Policy",
+    "RecoveryEvent",
     "RecoveryOutcome",
     "RecoveryPolicy",
     "RecoveryRejectedError",
     "RecoveryStatistics",
     "RecoveryStrategyKind",
+    "Reloadable",
+    "Restartable",
     "RetryDetails",
     "RetryExhaustedError",
     "RetryPolicy",
+    "Scalable",
     "SlaClass",
     "SlidingWindowType",
+    "SupportsFailover",
     "SystemState",
     "Timeout",
     "UserImpact",

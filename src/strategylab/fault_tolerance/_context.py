@@ -1,5 +1,4 @@
-"""What is recorded about one error: :class:`ErrorContext` and the :class:`SystemState` around it.
-"""
+"""What is recorded about one error: the :class:`ErrorContext` and its :class:`SystemState`."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ import datetime as dt
 import json
 import os
 import traceback
+import types
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
@@ -92,6 +92,15 @@ class SystemState:
         )
 
 
+_REQUIRED: Any = object()
+
+
+def _require_str(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise TypeError("must be a string")
+    return raw
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorContext:
     """Everything known about one error, immutable, and serialisable to JSON and back."""
@@ -114,10 +123,15 @@ class ErrorContext:
         for key, value in self.metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"metadata[{key!r}]={value!r}: keys and values must be str")
-        if not self.component:
-            raise ValueError("component='': name the component that failed")
-        # A caller's dict must not change a frozen record behind its back.
-        object.__setattr__(self, "metadata", dict(self.metadata))
+        if not isinstance(self.component, str) or not self.component:
+            raise ValueError(f"component={self.component!r}: name the component that failed")
+        if not isinstance(self.message, str):
+            raise TypeError(f"message={self.message!r}: must be str")
+        # Neither the caller's dict nor a reader may change a frozen record behind its back.
+        object.__setattr__(self, "metadata", types.MappingProxyType(dict(self.metadata)))
+
+    def __hash__(self) -> int:
+        return hash(self.error_id)
 
     @classmethod
     def from_exception(
@@ -138,9 +152,7 @@ class ErrorContext:
         level = severity if severity is not None else DEFAULT_SEVERITY[kind]
         if system_state is None and capture_state:
             system_state = SystemState.capture()
-        trace = (
-            "".join(traceback.format_exception(exc)) if exc.__traceback__ is not None else None
-        )
+        trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ is not None else None
         meta = {"exception": f"{type(exc).__module__}.{type(exc).__qualname__}"}
         if metadata:
             meta.update(metadata)
@@ -175,22 +187,36 @@ class ErrorContext:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The inverse of :meth:`to_dict`; a missing or bad field raises an error naming it."""
-        try:
-            state = data.get("system_state")
-            return cls(
-                error_id=uuid.UUID(data["error_id"]),
-                error_type=ErrorType(data["error_type"]),
-                timestamp=dt.datetime.fromisoformat(data["timestamp"]),
-                severity=ErrorSeverity(data["severity"]),
-                component=data["component"],
-                message=data["message"],
-                metadata=dict(data.get("metadata", {})),
-                stack_trace=data.get("stack_trace"),
-                user_impact=UserImpact(data.get("user_impact", UserImpact.NONE.value)),
-                system_state=None if state is None else SystemState.from_dict(state),
-            )
-        except KeyError as exc:
-            raise ValueError(f"error context is missing field {exc.args[0]!r}") from None
+
+        def field(name: str, parse: Any, default: Any = _REQUIRED) -> Any:
+            raw = data.get(name, default)
+            if raw is _REQUIRED:
+                raise ValueError(f"error context is missing field {name!r}")
+            try:
+                return parse(raw)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from exc
+
+        def optional_str(raw: object) -> str | None:
+            if raw is not None and not isinstance(raw, str):
+                raise TypeError("must be a string or null")
+            return raw
+
+        def state(raw: Mapping[str, Any] | None) -> SystemState | None:
+            return None if raw is None else SystemState.from_dict(raw)
+
+        return cls(
+            error_id=field("error_id", uuid.UUID),
+            error_type=field("error_type", ErrorType),
+            timestamp=field("timestamp", dt.datetime.fromisoformat),
+            severity=field("severity", ErrorSeverity),
+            component=field("component", _require_str),
+            message=field("message", _require_str),
+            metadata=field("metadata", dict, {}),
+            stack_trace=field("stack_trace", optional_str, None),
+            user_impact=field("user_impact", UserImpact, UserImpact.NONE.value),
+            system_state=field("system_state", state, None),
+        )
 
     def to_json(self) -> str:
         """Serialise to a compact JSON string."""

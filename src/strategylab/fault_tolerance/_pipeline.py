@@ -1,4 +1,117 @@
-"""Stub: being written."""
+"""The pipeline: several policies around one call, composed once."""
+
 from __future__ import annotations
-class Pipeline:  # stub
-    pass
+
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from ._typing import DecoratorMixin, Policy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["Pipeline"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Pipeline(DecoratorMixin):
+    """Policies around one call, outermost first: ``Pipeline(a, b, c)`` guards ``a(b(c(fn)))``.
+
+    A pipeline is itself a policy (``wrap``, ``awrap``, ``call``, ``acall``, ``@pipeline``), so it
+    can be a layer of another pipeline (whose layers it then joins). Composition happens once:
+    ``wrap(fn)`` returns the outermost layer's own wrapper, so a call through a pipeline costs
+    exactly the sum of its layers, with no frame of the pipeline's own. ``call``/``acall`` thread
+    the call through each layer's ``call``/``acall`` without building wrappers per call.
+
+    :meth:`Pipeline.of` builds the recommended order, **fallback ▸ timeout ▸ retry ▸ breaker ▸
+    bulkhead**, for these reasons:
+
+    - *fallback* outermost: it answers whatever is left after every other layer gave up, a timeout,
+      an open circuit, a full bulkhead or the last retried error alike.
+    - *timeout* outside the retry: it bounds the whole retried call, backoff sleeps included,
+      which is the deadline the caller cares about. (A per-attempt limit is a second ``Timeout``
+      placed inside the retry with ``Pipeline(...)``.) For sync calls the timed-out work, retries
+      included, carries on in its worker thread, so give the retry a ``deadline`` no longer than
+      the timeout.
+    - *retry* outside the breaker: every attempt goes through the breaker, so the breaker counts
+      each failure and trips on them, and an open circuit's
+      :class:`~strategylab.errors.CircuitOpenError` reaches the retry, whose ``retry_on``
+      decides whether to wait and try again or give up.
+    - *bulkhead* innermost: a slot is held only while the protected function really runs, never
+      during a retry's backoff or a rejected attempt; a call the breaker rejects costs no slot.
+    """
+
+    __slots__ = ("_acalls", "_calls", "_policies")
+
+    def __init__(self, *policies: Policy) -> None:
+        flat: list[Policy] = []
+        for index, policy in enumerate(policies):
+            if isinstance(policy, Pipeline):
+                flat.extend(policy.policies)
+            elif isinstance(policy, Policy):
+                flat.append(policy)
+            else:
+                raise TypeError(
+                    f"policies[{index}]={policy!r}: not a policy (needs wrap, awrap, call, acall)"
+                )
+        self._policies: tuple[Policy, ...] = tuple(flat)
+        # Bound methods made once, so call/acall allocate none per call.
+        self._calls: tuple[Callable[..., Any], ...] = tuple(p.call for p in flat)
+        self._acalls: tuple[Callable[..., Any], ...] = tuple(p.acall for p in flat)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        fallback: Policy | None = None,
+        timeout: Policy | None = None,
+        retry: Policy | None = None,
+        breaker: Policy | None = None,
+        bulkhead: Policy | None = None,
+    ) -> Pipeline:
+        """Compose the given policies as fallback ▸ timeout ▸ retry ▸ breaker ▸ bulkhead."""
+        return cls(
+            *(p for p in (fallback, timeout, retry, breaker, bulkhead) if p is not None),
+        )
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The layers, outermost first."""
+        return self._policies
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(map(repr, self._policies))})"
+
+    def wrap(self, fn: Callable[P, R], /) -> Callable[P, R]:
+        """Wrap the sync ``fn`` in every layer, innermost first; returns the outermost wrapper."""
+        wrapped = fn
+        for policy in reversed(self._policies):
+            wrapped = policy.wrap(wrapped)
+        return wrapped
+
+    def awrap(self, fn: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]:
+        """Wrap the async ``fn`` in every layer, innermost first; returns the outermost wrapper."""
+        wrapped = fn
+        for policy in reversed(self._policies):
+            wrapped = policy.awrap(wrapped)
+        return wrapped
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` once through every layer."""
+        calls = self._calls
+        if not calls:
+            return fn(*args, **kwargs)
+        # a.call(b.call, c.call, fn, *args): a guards b.call(c.call, fn, *args), which guards
+        # c.call(fn, *args), which guards fn(*args).
+        return cast("R", calls[0](*calls[1:], fn, *args, **kwargs))
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await ``fn(*args, **kwargs)`` once through every layer."""
+        acalls = self._acalls
+        if not acalls:
+            return await fn(*args, **kwargs)
+        return cast("R", await acalls[0](*acalls[1:], fn, *args, **kwargs))

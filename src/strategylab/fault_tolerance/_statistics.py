@@ -1,4 +1,175 @@
-"""Stub: being written."""
+"""Recovery statistics: a cheap recorder in the manager and a frozen :class:`RecoveryStatistics`.
+
+Recording a recovery is O(1): counters, a running sum and an append to a bounded ring of recent
+durations. Only :meth:`StatisticsRecorder.snapshot` does real work, sorting that window once to read
+the percentiles.
+
+Definitions (all durations are measured on the manager's clock, from the moment ``handle`` is
+called, queueing included, to the moment the recovery finished):
+
+- a *completed* recovery is one that ran its strategies (successfully or not); rejected recoveries
+  and errors that joined a running recovery are counted apart and never in rates or timings;
+- ``success_rate`` = successful / (completed + rejected): a rejection is a recovery that did not
+  happen, so it counts against the rate; 0.0 before any recovery;
+- ``average_recovery_time_ms`` is over every completed recovery since the manager started;
+- ``p50_ms``/``p95_ms``/``p99_ms`` are exact nearest-rank percentiles over the last
+  ``percentile_window`` completed recoveries: the value at rank ``ceil(p/100 * n)`` of the sorted
+  window; 0.0 when the window is empty;
+- ``sla_compliance[name]`` = recoveries of that SLA class that *succeeded* within the class's
+  seconds, over completed recoveries of that class; a class with no recovery yet has no entry.
+"""
+
 from __future__ import annotations
-class RecoveryStatistics:  # stub
-    pass
+
+import collections
+import dataclasses
+import math
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._taxonomy import ErrorType, RecoveryStrategyKind
+
+__all__ = ["RecoveryStatistics", "StatisticsRecorder", "nearest_rank"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryStatistics:
+    """A frozen snapshot of the recovery manager's counters (see the module docstring)."""
+
+    total_errors: int
+    """Every error handed to the manager, joined and rejected ones included."""
+    successful_recoveries: int
+    failed_recoveries: int
+    rejected_recoveries: int
+    """Turned away at once because the running and queued limits were both reached."""
+    joined_recoveries: int
+    """Errors that joined an already running recovery of the same (type, component)."""
+    success_rate: float
+    average_recovery_time_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    error_type_distribution: Mapping[ErrorType, int]
+    strategy_distribution: Mapping[RecoveryStrategyKind, int]
+    """How many times each strategy was executed (not-applicable strategies are not counted)."""
+    current_recovery_attempts: int
+    """Recoveries running right now (holding a slot)."""
+    queued_recoveries: int
+    """Recoveries waiting for a slot right now."""
+    escalations: int
+    """Steps to a later strategy within one recovery, after a strategy failed."""
+    pattern_escalations: int
+    """Crossings of a policy's escalation threshold by pattern analysis."""
+    sla_compliance: Mapping[str, float]
+
+
+def nearest_rank(sorted_values: list[float], percentile: float) -> float:
+    """The nearest-rank ``percentile`` (0 < p <= 100) of already sorted values; 0.0 when empty."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(percentile / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class StatisticsRecorder:
+    """The mutable, O(1)-per-event side of the statistics; owned by one manager (one event loop)."""
+
+    __slots__ = (
+        "_durations",
+        "_error_types",
+        "_escalations",
+        "_failed",
+        "_joined",
+        "_pattern_escalations",
+        "_rejected",
+        "_sla",
+        "_strategies",
+        "_succeeded",
+        "_total_duration_ms",
+        "_total_errors",
+    )
+
+    def __init__(self, percentile_window: int = 10_000) -> None:
+        self._durations: collections.deque[float] = collections.deque(maxlen=percentile_window)
+        self._error_types: collections.Counter[ErrorType] = collections.Counter()
+        self._strategies: collections.Counter[RecoveryStrategyKind] = collections.Counter()
+        # SLA class name -> [within, total]
+        self._sla: dict[str, list[int]] = {}
+        self._total_errors = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._rejected = 0
+        self._joined = 0
+        self._escalations = 0
+        self._pattern_escalations = 0
+        self._total_duration_ms = 0.0
+
+    def record_error(self, error_type: ErrorType) -> None:
+        """Count one error reported to the manager."""
+        self._total_errors += 1
+        self._error_types[error_type] += 1
+
+    def record_strategy(self, kind: RecoveryStrategyKind) -> None:
+        """Count one executed strategy."""
+        self._strategies[kind] += 1
+
+    def record_escalation(self, *, pattern: bool) -> None:
+        """Count one escalation (``pattern`` = from pattern analysis, else within a recovery)."""
+        if pattern:
+            self._pattern_escalations += 1
+        else:
+            self._escalations += 1
+
+    def record_rejected(self) -> None:
+        """Count one recovery turned away by the concurrency limit."""
+        self._rejected += 1
+
+    def record_joined(self) -> None:
+        """Count one error that joined a running recovery."""
+        self._joined += 1
+
+    def record_completed(
+        self, *, success: bool, duration_ms: float, sla: str, within_sla: bool
+    ) -> None:
+        """Count one completed recovery with its duration and SLA result."""
+        if success:
+            self._succeeded += 1
+        else:
+            self._failed += 1
+        self._durations.append(duration_ms)
+        self._total_duration_ms += duration_ms
+        counts = self._sla.get(sla)
+        if counts is None:
+            counts = self._sla[sla] = [0, 0]
+        counts[0] += within_sla
+        counts[1] += 1
+
+    def snapshot(self, *, running: int, queued: int) -> RecoveryStatistics:
+        """A frozen :class:`RecoveryStatistics`; sorts the duration window once."""
+        completed = self._succeeded + self._failed
+        attempted = completed + self._rejected
+        window = sorted(self._durations)
+        return RecoveryStatistics(
+            total_errors=self._total_errors,
+            successful_recoveries=self._succeeded,
+            failed_recoveries=self._failed,
+            rejected_recoveries=self._rejected,
+            joined_recoveries=self._joined,
+            success_rate=self._succeeded / attempted if attempted else 0.0,
+            average_recovery_time_ms=self._total_duration_ms / completed if completed else 0.0,
+            p50_ms=nearest_rank(window, 50),
+            p95_ms=nearest_rank(window, 95),
+            p99_ms=nearest_rank(window, 99),
+            error_type_distribution=types.MappingProxyType(dict(self._error_types)),
+            strategy_distribution=types.MappingProxyType(dict(self._strategies)),
+            current_recovery_attempts=running,
+            queued_recoveries=queued,
+            escalations=self._escalations,
+            pattern_escalations=self._pattern_escalations,
+            sla_compliance=types.MappingProxyType(
+                {name: within / total for name, (within, total) in self._sla.items()}
+            ),
+        )
