@@ -446,10 +446,12 @@ class RetryPolicy:
 
 def _sync_plain_wrapper(policy: RetryPolicy, fn: Callable[P, R]) -> Callable[P, R]:
     catch, check, retry = policy._catch, policy._check, policy._retry  # noqa: SLF001
+    target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
 
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args, **kwargs)
+            # Spreading an empty **kwargs costs more than testing it: skip it when empty.
+            return target(*args, **kwargs) if kwargs else target(*args)
         except catch as exc:
             if check is not None and not check(exc):
                 raise
@@ -505,10 +507,11 @@ def _async_plain_wrapper(
     policy: RetryPolicy, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Awaitable[R]]:
     catch, check, retry = policy._catch, policy._check, policy._aretry  # noqa: SLF001
+    target: Callable[..., Awaitable[R]] = fn
 
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            return await (target(*args, **kwargs) if kwargs else target(*args))
         except catch as exc:
             if check is not None and not check(exc):
                 raise

@@ -1,0 +1,102 @@
+"""The files the integrity checker reads: what the exchange emitted, what a node acknowledged.
+
+*Emitted log* (written by the exchange): a sequence of records, each a 4-byte big-endian length
+followed by a ticks payload (:func:`strategylab.market._protocol.encode_ticks`). Every tick the
+exchange generates is logged once, when generated, before it is sent to anyone; replays are not
+logged again. A torn last record (the exchange killed mid-write) is ignored by the reader.
+
+*Ack log* (written by a node's ingestor): JSON lines ``{"symbol": s, "seq": n}``, each meaning that
+every tick of ``s`` with sequence ≤ ``n`` is durably stored (committed to the store, or fsynced to
+the failover spool). Written after the commit returned; a crash between commit and ack only makes
+the ack log claim less than is stored, never more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ._protocol import decode_ticks, encode_ticks
+from ._tick import Tick
+
+__all__ = ["AckLog", "EmittedLog", "read_acks", "read_emitted"]
+
+_LEN = struct.Struct(">I")
+
+
+class EmittedLog:
+    """Append-only log of every tick the exchange emitted (one record per generated batch)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = self.path.open("ab", buffering=1 << 20)
+
+    def append(self, ticks: list[Tick]) -> None:
+        """Log ``ticks`` (buffered; :meth:`flush` pushes them to the OS)."""
+        payload = encode_ticks(ticks)
+        self._file.write(_LEN.pack(len(payload)) + payload)
+
+    def flush(self) -> None:
+        """Hand buffered records to the OS, so that readers (and a crash of ours) see them."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()
+
+
+def read_emitted(path: str | os.PathLike[str]) -> Iterator[Tick]:
+    """Every tick in an emitted log, in the order logged; a torn last record is skipped."""
+    with Path(path).open("rb") as file:
+        while True:
+            head = file.read(_LEN.size)
+            if len(head) < _LEN.size:
+                return
+            (size,) = _LEN.unpack(head)
+            payload = file.read(size)
+            if len(payload) < size:
+                return
+            yield from decode_ticks(payload)
+
+
+class AckLog:
+    """Append-only JSONL of acknowledgement watermarks, written after each commit."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+
+    def append(self, watermarks: dict[str, int]) -> None:
+        """Record that every tick up to ``watermarks[symbol]`` is durably stored."""
+        self._file.write(
+            "".join(
+                json.dumps({"symbol": s, "seq": n}, separators=(",", ":")) + "\n"
+                for s, n in watermarks.items()
+            )
+        )
+
+    def close(self) -> None:
+        """Close the file."""
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_acks(path: str | os.PathLike[str]) -> dict[str, int]:
+    """The highest acknowledged sequence per symbol; a torn last line is skipped."""
+    acked: dict[str, int] = {}
+    with Path(path).open(encoding="utf-8") as file:
+        for line in file:
+            if not line.endswith("\n"):
+                break
+            record = json.loads(line)
+            symbol, seq = record["symbol"], int(record["seq"])
+            acked[symbol] = max(acked.get(symbol, 0), seq)
+    return acked

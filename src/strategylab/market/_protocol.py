@@ -1,0 +1,201 @@
+"""The market-data wire protocol between the exchange simulator and a feed.
+
+Market data travels as binary WebSocket messages, one *frame* each::
+
+    offset  size  field
+    0       2     magic b"SL"
+    2       1     version (1)
+    3       1     kind: b"T" ticks, b"H" heartbeat, b"R" replay done
+    4       1     flags: bit 0 = signed
+    5       4     CRC32 of the payload, big-endian
+    9       32    HMAC-SHA256 over kind + payload, present only when signed
+    9|41    ...   payload, msgpack
+
+A ticks payload is an array of ticks (each ``[symbol, seq, ts, bid, ask, bid_size, ask_size]``),
+possibly for several symbols, each symbol's ticks in sequence order. A heartbeat payload is
+``{"ts": ns, "last": {symbol: last_seq}}``; a replay-done payload is ``{"symbol": s, "to_seq": n}``.
+
+Control messages from the feed are JSON text messages:
+``{"op": "subscribe", "symbols": [...], "from_seq": {symbol: n}}`` asks for live ticks and, where
+``from_seq`` is given, a replay of retained history from that sequence on (inclusive);
+``{"op": "replay", "symbol": s, "from_seq": a, "to_seq": b}`` asks for a range again. The exchange
+answers with JSON text: ``{"type": "subscribed", "symbols": [...], "last": {...}}`` or
+``{"type": "error", "reason": "..."}`` (for example when a range is no longer retained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import zlib
+from typing import Final, Literal
+
+import msgspec
+
+from strategylab.errors import StrategyLabError
+from strategylab.fault_tolerance import ErrorType
+
+from ._tick import Tick
+
+__all__ = [
+    "KIND_HEARTBEAT",
+    "KIND_REPLAY_DONE",
+    "KIND_TICKS",
+    "Frame",
+    "FrameError",
+    "Heartbeat",
+    "ReplayDone",
+    "ReplayRequest",
+    "SignatureError",
+    "Subscribe",
+    "decode_frame",
+    "decode_ticks",
+    "encode_frame",
+    "encode_ticks",
+]
+
+MAGIC: Final = b"SL"
+VERSION: Final = 1
+KIND_TICKS: Final = b"T"
+KIND_HEARTBEAT: Final = b"H"
+KIND_REPLAY_DONE: Final = b"R"
+_SIGNED: Final = 0x01
+_HEADER = struct.Struct(">2sBcBI")  # magic, version, kind, flags, crc32
+_SIG_LEN: Final = 32
+
+
+class FrameError(StrategyLabError):
+    """A frame is malformed or its CRC does not match: drop it, count it, replay the range."""
+
+    error_type = ErrorType.INVALID_MARKET_DATA
+
+
+class SignatureError(FrameError):
+    """A frame's HMAC signature is missing or wrong: a security violation, not noise."""
+
+    error_type = ErrorType.SECURITY_VIOLATION
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """The exchange is alive; ``last`` is the last sequence it emitted per symbol."""
+
+    ts: int
+    last: dict[str, int]
+
+
+class ReplayDone(msgspec.Struct, frozen=True):
+    """A requested replay has been sent in full."""
+
+    symbol: str
+    to_seq: int
+
+
+class Subscribe(msgspec.Struct, frozen=True, tag_field="op", tag="subscribe"):
+    """Feed → exchange: live ticks for ``symbols``, replaying from ``from_seq`` where given."""
+
+    symbols: list[str]
+    from_seq: dict[str, int] = {}
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, tag_field="op", tag="replay"):
+    """Feed → exchange: send ``symbol``'s ticks ``from_seq``..``to_seq`` (inclusive) again."""
+
+    symbol: str
+    from_seq: int
+    to_seq: int
+
+
+class Frame(msgspec.Struct, frozen=True, gc=False):
+    """A decoded, verified frame: its kind and its still-encoded payload."""
+
+    kind: bytes
+    payload: bytes
+
+
+_tick_encoder = msgspec.msgpack.Encoder()
+_ticks_decoder = msgspec.msgpack.Decoder(list[Tick])
+_heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
+_replay_done_decoder = msgspec.msgpack.Decoder(ReplayDone)
+CONTROL_DECODER: Final = msgspec.json.Decoder(Subscribe | ReplayRequest)
+
+
+def _signature(key: bytes, kind: bytes, payload: bytes) -> bytes:
+    return hmac.digest(key, kind + payload, hashlib.sha256)
+
+
+def encode_frame(kind: bytes, payload: bytes, key: bytes | None = None) -> bytes:
+    """One frame; signed with HMAC-SHA256 when ``key`` is given."""
+    crc = zlib.crc32(payload)
+    if key is None:
+        return _HEADER.pack(MAGIC, VERSION, kind, 0, crc) + payload
+    return (
+        _HEADER.pack(MAGIC, VERSION, kind, _SIGNED, crc) + _signature(key, kind, payload) + payload
+    )
+
+
+def decode_frame(data: bytes, key: bytes | None = None) -> Frame:
+    """Parse and verify one frame.
+
+    Raises :class:`FrameError` for a malformed frame or a CRC mismatch and :class:`SignatureError`
+    when a key is configured and the signature is missing or wrong.
+    """
+    size = _HEADER.size
+    if len(data) < size:
+        raise FrameError(f"frame of {len(data)} bytes is shorter than its {size}-byte header")
+    magic, version, kind, flags, crc = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise FrameError(f"bad frame header: magic={magic!r} version={version}")
+    signed = flags & _SIGNED
+    start = size + _SIG_LEN if signed else size
+    payload = data[start:]
+    if zlib.crc32(payload) != crc:
+        raise FrameError(f"CRC mismatch on a {kind!r} frame of {len(data)} bytes")
+    if key is not None:
+        if not signed:
+            raise SignatureError(f"unsigned {kind!r} frame while a signing key is configured")
+        if not hmac.compare_digest(data[size:start], _signature(key, kind, payload)):
+            raise SignatureError(f"bad HMAC signature on a {kind!r} frame")
+    return Frame(kind=kind, payload=payload)
+
+
+def encode_ticks(ticks: list[Tick]) -> bytes:
+    """The msgpack payload of a ticks frame (also the record format of the exchange's log)."""
+    return _tick_encoder.encode(ticks)
+
+
+def decode_ticks(payload: bytes) -> list[Tick]:
+    """Decode a ticks payload; a payload of the wrong shape raises :class:`FrameError`."""
+    try:
+        return _ticks_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"undecodable ticks payload: {exc}") from exc
+
+
+def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
+    """The msgpack payload of a heartbeat frame."""
+    return _tick_encoder.encode(heartbeat)
+
+
+def decode_heartbeat(payload: bytes) -> Heartbeat:
+    """Decode a heartbeat payload; raises :class:`FrameError` on a bad one."""
+    try:
+        return _heartbeat_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"undecodable heartbeat payload: {exc}") from exc
+
+
+def encode_replay_done(done: ReplayDone) -> bytes:
+    """The msgpack payload of a replay-done frame."""
+    return _tick_encoder.encode(done)
+
+
+def decode_replay_done(payload: bytes) -> ReplayDone:
+    """Decode a replay-done payload; raises :class:`FrameError` on a bad one."""
+    try:
+        return _replay_done_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"undecodable replay-done payload: {exc}") from exc
+
+
+ControlKind = Literal["subscribe", "replay"]
