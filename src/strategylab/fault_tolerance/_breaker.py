@@ -816,24 +816,25 @@ def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
     target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
 
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        state = breaker._state  # noqa: SLF001
-        if state is closed:
-            try:
-                # Spreading an empty **kwargs costs more than testing it: skip it when empty.
-                result = target(*args, **kwargs) if kwargs else target(*args)
-            except BaseException as exc:
-                on_error(record, exc, 0.0)
-                raise
-            next_(successes)
-            if breaker._consecutive_failures:  # noqa: SLF001
-                breaker._consecutive_failures = 0  # noqa: SLF001
-            return result
-        if state is open_:
-            wait = breaker._open_until - monotonic()  # noqa: SLF001
-            if wait > 0.0:
-                count_rejected()
-                raise rejection(name, wait)
-        return call(fn, args, kwargs)
+        # The state is read again off the CLOSED path rather than kept in a local: storing it
+        # costs the success path more than the second read costs the others.
+        if breaker._state is not closed:  # noqa: SLF001
+            if breaker._state is open_:  # noqa: SLF001
+                wait = breaker._open_until - monotonic()  # noqa: SLF001
+                if wait > 0.0:
+                    count_rejected()
+                    raise rejection(name, wait)
+            return call(fn, args, kwargs)
+        try:
+            # Spreading an empty **kwargs costs more than testing it: skip it when empty.
+            result = target(*args, **kwargs) if kwargs else target(*args)
+        except BaseException as exc:
+            on_error(record, exc, 0.0)
+            raise
+        next_(successes)
+        if breaker._consecutive_failures:  # noqa: SLF001
+            breaker._consecutive_failures = 0  # noqa: SLF001
+        return result
 
     return guarded
 
@@ -871,23 +872,22 @@ def _async_fast(
     target: Callable[..., Awaitable[R]] = fn
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        state = breaker._state  # noqa: SLF001
-        if state is closed:
-            try:
-                result = await (target(*args, **kwargs) if kwargs else target(*args))
-            except BaseException as exc:
-                on_error(record, exc, 0.0)
-                raise
-            next_(successes)
-            if breaker._consecutive_failures:  # noqa: SLF001
-                breaker._consecutive_failures = 0  # noqa: SLF001
-            return result
-        if state is open_:
-            wait = breaker._open_until - monotonic()  # noqa: SLF001
-            if wait > 0.0:
-                count_rejected()
-                raise rejection(name, wait)
-        return await acall(fn, args, kwargs)
+        if breaker._state is not closed:  # noqa: SLF001
+            if breaker._state is open_:  # noqa: SLF001
+                wait = breaker._open_until - monotonic()  # noqa: SLF001
+                if wait > 0.0:
+                    count_rejected()
+                    raise rejection(name, wait)
+            return await acall(fn, args, kwargs)
+        try:
+            result = await (target(*args, **kwargs) if kwargs else target(*args))
+        except BaseException as exc:
+            on_error(record, exc, 0.0)
+            raise
+        next_(successes)
+        if breaker._consecutive_failures:  # noqa: SLF001
+            breaker._consecutive_failures = 0  # noqa: SLF001
+        return result
 
     return guarded
 
