@@ -16,20 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from strategylab.fault_tolerance import (
+    AuditIntegrityError,
+    AuditLog,
+    AuditRecord,
+    AuditVerification,
+    _audit,
+)
 from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import (
-        AuditIntegrityError,
-        AuditLog,
-        AuditRecord,
-        AuditVerification,
-    )
-except ImportError:  # a sibling module is mid-rewrite; the audit log does not depend on it
-    from strategylab.errors import AuditIntegrityError
-    from strategylab.fault_tolerance._audit import AuditLog, AuditRecord, AuditVerification
-
-from strategylab.fault_tolerance import _audit
 
 if TYPE_CHECKING:
     from pathlib import Path

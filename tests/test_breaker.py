@@ -19,22 +19,13 @@ from strategylab.testing import FakeClock
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-try:
-    from strategylab.fault_tolerance import (
-        BreakerMetrics,
-        BreakerState,
-        CircuitBreaker,
-        SlidingWindowType,
-        open_breaker_names,
-    )
-except ImportError:  # a sibling module is mid-rewrite; the breaker itself is importable
-    from strategylab.fault_tolerance._breaker import (
-        BreakerMetrics,
-        BreakerState,
-        CircuitBreaker,
-        SlidingWindowType,
-        open_breaker_names,
-    )
+from strategylab.fault_tolerance import (
+    BreakerMetrics,
+    BreakerState,
+    CircuitBreaker,
+    SlidingWindowType,
+    open_breaker_names,
+)
 
 MODES = ["wrap", "call", "decorator", "awrap", "acall", "adecorator"]
 

@@ -17,10 +17,7 @@ from strategylab.testing import FakeClock
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-try:
-    from strategylab.fault_tolerance import BreakerState, CircuitBreaker
-except ImportError:  # a sibling module is mid-rewrite; the breaker itself is importable
-    from strategylab.fault_tolerance._breaker import BreakerState, CircuitBreaker
+from strategylab.fault_tolerance import BreakerState, CircuitBreaker
 
 S = BreakerState
 LEGAL = {(S.CLOSED, S.OPEN), (S.OPEN, S.HALF_OPEN), (S.HALF_OPEN, S.OPEN), (S.HALF_OPEN, S.CLOSED)}

@@ -10,12 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from strategylab.errors import CircuitOpenError
+from strategylab.fault_tolerance import BreakerState, CircuitBreaker
 from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import BreakerState, CircuitBreaker
-except ImportError:  # a sibling module is mid-rewrite; the breaker itself is importable
-    from strategylab.fault_tolerance._breaker import BreakerState, CircuitBreaker
 
 S = BreakerState
 THRESHOLD, TIMEOUT, TRIALS, WINDOW, MINIMUM, RATE, SLOW = 3, 10.0, 2, 6, 4, 50.0, 1.0

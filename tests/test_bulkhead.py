@@ -16,10 +16,7 @@ from strategylab.errors import BulkheadFullError, ConfigurationError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-try:
-    from strategylab.fault_tolerance import Bulkhead
-except ImportError:  # a sibling module is mid-edit
-    from strategylab.fault_tolerance._bulkhead import Bulkhead
+from strategylab.fault_tolerance import Bulkhead
 
 WAIT = 5.0
 """Upper bound for any cross-thread hand-off in these tests; reached only when a test fails."""

@@ -10,24 +10,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from strategylab.errors import CircuitOpenError
-from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import (
-        BreakerState,
-        Bulkhead,
-        CircuitBreaker,
-        Pipeline,
-        RetryPolicy,
-    )
-except ImportError:  # a sibling module is mid-edit
-    from strategylab.fault_tolerance._breaker import BreakerState, CircuitBreaker
-    from strategylab.fault_tolerance._bulkhead import Bulkhead
-    from strategylab.fault_tolerance._pipeline import Pipeline
-    from strategylab.fault_tolerance._retry import RetryPolicy
-
+from strategylab.fault_tolerance import (
+    BreakerState,
+    Bulkhead,
+    CircuitBreaker,
+    Pipeline,
+    RetryPolicy,
+)
 from strategylab.fault_tolerance._fused import is_fused
 from strategylab.fault_tolerance._retry import RetryDetails
+from strategylab.testing import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -10,26 +10,16 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import pytest
 
 from strategylab.errors import BulkheadFullError, CircuitOpenError
-from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import (
-        Bulkhead,
-        CircuitBreaker,
-        Fallback,
-        Pipeline,
-        RetryPolicy,
-        Timeout,
-    )
-except ImportError:  # a sibling module is mid-edit
-    from strategylab.fault_tolerance._breaker import CircuitBreaker
-    from strategylab.fault_tolerance._bulkhead import Bulkhead
-    from strategylab.fault_tolerance._fallback import Fallback
-    from strategylab.fault_tolerance._pipeline import Pipeline
-    from strategylab.fault_tolerance._retry import RetryPolicy
-    from strategylab.fault_tolerance._timeout import Timeout
-
+from strategylab.fault_tolerance import (
+    Bulkhead,
+    CircuitBreaker,
+    Fallback,
+    Pipeline,
+    RetryPolicy,
+    Timeout,
+)
 from strategylab.fault_tolerance._typing import Policy
+from strategylab.testing import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -18,27 +18,16 @@ from hypothesis import strategies as st
 from websockets.frames import Close
 
 from strategylab.errors import BulkheadFullError, CircuitOpenError, ConfigurationError
-from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import (
-        ErrorContext,
-        ErrorSeverity,
-        ErrorType,
-        RecoveryStrategyKind,
-        SystemState,
-        UserImpact,
-    )
-except ImportError:  # a sibling module is half-written; these two modules do not need it
-    from strategylab.fault_tolerance._context import ErrorContext, SystemState
-    from strategylab.fault_tolerance._taxonomy import (
-        ErrorSeverity,
-        ErrorType,
-        RecoveryStrategyKind,
-        UserImpact,
-    )
-
+from strategylab.fault_tolerance import (
+    ErrorContext,
+    ErrorSeverity,
+    ErrorType,
+    RecoveryStrategyKind,
+    SystemState,
+    UserImpact,
+)
 from strategylab.fault_tolerance._taxonomy import DEFAULT_SEVERITY
+from strategylab.testing import FakeClock
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,13 +9,8 @@ import threading
 import pytest
 
 from strategylab.errors import CallTimeoutError, ConfigurationError
+from strategylab.fault_tolerance import Fallback, Timeout
 from strategylab.testing import FakeClock
-
-try:
-    from strategylab.fault_tolerance import Fallback, Timeout
-except ImportError:  # a sibling module is mid-edit
-    from strategylab.fault_tolerance._fallback import Fallback
-    from strategylab.fault_tolerance._timeout import Timeout
 
 WAIT = 5.0
 """Upper bound for a worker thread to finish once released; reached only when a test fails."""
