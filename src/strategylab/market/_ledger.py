@@ -2,8 +2,10 @@
 
 *Emitted log* (written by the exchange): a sequence of records, each a 4-byte big-endian length
 followed by a ticks payload (:func:`strategylab.market._protocol.encode_ticks`). Every tick the
-exchange generates is logged once, when generated, before it is sent to anyone; replays are not
-logged again. A torn last record (the exchange killed mid-write) is ignored by the reader.
+exchange generates is logged once, when generated, and handed to the OS (one unbuffered ``write``
+per batch) before it is sent to anyone, so a SIGKILLed exchange has logged everything it sent;
+replays are not logged again. A torn last record (the exchange killed mid-write) is ignored by the
+reader.
 
 *Ack log* (written by a node's ingestor): JSON lines ``{"symbol": s, "seq": n}``, each meaning that
 every tick of ``s`` with sequence ≤ ``n`` is durably stored (committed to the store, or fsynced to
@@ -34,15 +36,19 @@ class EmittedLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = self.path.open("ab", buffering=1 << 20)
+        # Unbuffered: each record reaches the OS before the batch is sent to any subscriber.
+        self._file: BinaryIO = self.path.open("ab", buffering=0)
 
     def append(self, ticks: list[Tick]) -> None:
-        """Log ``ticks`` (buffered; :meth:`flush` pushes them to the OS)."""
-        payload = encode_ticks(ticks)
+        """Log ``ticks`` as one record."""
+        self.append_payload(encode_ticks(ticks))
+
+    def append_payload(self, payload: bytes) -> None:
+        """Log an already encoded ticks payload (the bytes that go on the wire) as one record."""
         self._file.write(_LEN.pack(len(payload)) + payload)
 
     def flush(self) -> None:
-        """Hand buffered records to the OS, so that readers (and a crash of ours) see them."""
+        """Records are unbuffered; kept so callers can flush without knowing that."""
         self._file.flush()
 
     def close(self) -> None:

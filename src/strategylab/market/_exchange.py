@@ -1,0 +1,885 @@
+"""The exchange simulator: WebSocket market data and an HTTP order API on one aiohttp server.
+
+Run it as its own process (``python -m strategylab.market._exchange --port 0``; it prints one JSON
+line ``{"event": "listening", "port": N, "pid": P}``) or in-process through :class:`Exchange`.
+
+Market data (``GET /ws``, frames of :mod:`._protocol`): a feed sends ``Subscribe``; the exchange
+answers ``{"type": "subscribed", ...}``, replays retained history from ``from_seq`` (inclusive) per
+symbol, then streams live frames, each symbol in sequence order without gaps or duplicates on one
+connection. A live batch is encoded once and the same bytes go to every subscriber (a subscriber
+of a subset of the symbols gets a filtered frame, encoded once per distinct subset). Every batch
+is logged to ``data_dir/emitted.log`` before it is sent to anyone.
+
+Pacing: with ``tick_rate > 0`` the generator never waits for a subscriber; one whose bounded outbox
+overflows is disconnected with a reason (it reconnects and replays). With ``tick_rate == 0`` the
+generator runs as fast as the slowest subscriber takes frames, and waits while nobody subscribes.
+
+Time: the injected ``clock`` stamps ticks and orders and expires faults; pacing (tick rate,
+heartbeats, log flushes) uses the event loop's own timer, because it is work, not measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError
+
+from ._exchange_faults import FaultBoard, FaultKind, FaultRequestError, parse_fault
+from ._exchange_gen import TickGenerator
+from ._exchange_orders import STATUSES, OrderBook, OrderRequestError, OrderStateError
+from ._ledger import EmittedLog
+from ._protocol import (
+    CONTROL_DECODER,
+    KIND_HEARTBEAT,
+    KIND_REPLAY_DONE,
+    KIND_TICKS,
+    Heartbeat,
+    ReplayDone,
+    ReplayRequest,
+    Subscribe,
+    encode_frame,
+    encode_heartbeat,
+    encode_replay_done,
+    encode_ticks,
+)
+from ._tick import Tick
+
+if TYPE_CHECKING:
+    from strategylab.fault_tolerance import ErrorRecoveryManager
+
+__all__ = ["Exchange", "ExchangeConfig", "main", "parse_signing_key", "run_exchange"]
+
+logger = logging.getLogger("strategylab.market.exchange")
+
+_FLUSH_INTERVAL: Final = 0.05
+_CLOSE_GRACE: Final = 2.0  # seconds a kicked subscriber gets before its transport is aborted
+_FAST_YIELD_EVERY: Final = 16  # frames between yields to the loop in as-fast-as-possible mode
+DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
+
+
+def parse_signing_key(text: str | None) -> bytes | None:
+    """A signing key from the command line: hex when it is even-length hex, else UTF-8 text."""
+    if text is None:
+        return None
+    if not text:
+        raise ConfigurationError("signing_key", text, "must not be empty")
+    try:
+        return bytes.fromhex(text) if len(text) % 2 == 0 else text.encode()
+    except ValueError:
+        return text.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeConfig:
+    """Options of the exchange simulator; validated on construction (errors name the option).
+
+    ``tick_rate`` is ticks per second over all symbols; 0 means as fast as the slowest subscriber
+    takes them. ``max_ticks`` stops generation after that many ticks (replays and heartbeats go
+    on). ``retention`` ticks per symbol are kept for replay. ``send_queue`` bounds each
+    subscriber's outbox in frames.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    tick_rate: float = 1000.0
+    ticks_per_frame: int = 100
+    heartbeat_interval: float = 1.0
+    retention: int = 100_000
+    signing_key: bytes | None = None
+    seed: int = 0
+    data_dir: Path = field(default_factory=lambda: Path("exchange-data"))
+    max_ticks: int | None = None
+    admin_token: str | None = None
+    send_queue: int = 1024
+
+    def __post_init__(self) -> None:  # noqa: C901
+        def bad(key: str, reason: str) -> ConfigurationError:
+            return ConfigurationError(key, getattr(self, key), reason)
+
+        # Accept a str path too (callers pass ``tmp_path / "x"`` or a CLI string).
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        if not self.host:
+            raise bad("host", "must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise bad("port", "must be within 0..65535 (0 = ephemeral)")
+        if not self.symbols or any(not isinstance(s, str) or not s for s in self.symbols):
+            raise bad("symbols", "must be one or more non-empty names")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise bad("symbols", "must not repeat a symbol")
+        if not math.isfinite(self.tick_rate) or self.tick_rate < 0:
+            raise bad("tick_rate", "must be a finite number >= 0 (0 = as fast as possible)")
+        if not 1 <= self.ticks_per_frame <= 100_000:
+            raise bad("ticks_per_frame", "must be within 1..100000")
+        if not math.isfinite(self.heartbeat_interval) or self.heartbeat_interval <= 0:
+            raise bad("heartbeat_interval", "must be a finite number of seconds > 0")
+        if self.retention < 1:
+            raise bad("retention", "must be >= 1")
+        if self.signing_key is not None and not self.signing_key:
+            raise bad("signing_key", "must not be empty (None = unsigned)")
+        if self.max_ticks is not None and self.max_ticks < 0:
+            raise bad("max_ticks", "must be >= 0 (None = unlimited)")
+        if self.admin_token is not None and not self.admin_token:
+            raise bad("admin_token", "must not be empty (None = no admin auth)")
+        if self.send_queue < 2:
+            raise bad("send_queue", "must be >= 2 frames")
+
+    @property
+    def log_path(self) -> Path:
+        """Where the emitted log is written."""
+        return self.data_dir / "emitted.log"
+
+
+class _History:
+    """The last ``retention`` ticks of one symbol; trimmed in amortised O(1)."""
+
+    __slots__ = ("base", "retention", "ticks")
+
+    def __init__(self, retention: int) -> None:
+        self.retention = retention
+        self.ticks: list[Tick] = []
+        self.base = 1  # seq of ticks[0]
+
+    @property
+    def last(self) -> int:
+        return self.base + len(self.ticks) - 1
+
+    @property
+    def first(self) -> int:
+        """The first sequence still retained (``last + 1`` when none is)."""
+        return max(self.base, self.last - self.retention + 1)
+
+    def append(self, tick: Tick) -> None:
+        self.ticks.append(tick)
+        if len(self.ticks) > 2 * self.retention:
+            drop = len(self.ticks) - self.retention
+            del self.ticks[:drop]
+            self.base += drop
+
+    def range(self, from_seq: int, to_seq: int) -> list[Tick]:
+        """Retained ticks ``from_seq..to_seq`` (the caller clamps to ``first..last``)."""
+        return self.ticks[from_seq - self.base : to_seq - self.base + 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    ticks: list[Tick]
+    done: ReplayDone | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+_Item = bytes | str | _Replay | _Close
+
+
+class _Subscriber:
+    """One WebSocket connection: its subscription and its bounded outbox, drained by a sender."""
+
+    __slots__ = ("abort_handle", "kicked", "outbox", "peer", "room", "symbols", "transport", "wake")
+
+    def __init__(self, peer: str, transport: asyncio.BaseTransport | None) -> None:
+        self.peer = peer
+        self.transport = transport
+        self.symbols: frozenset[str] | None = None  # None: every symbol
+        self.outbox: deque[_Item] = deque()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.kicked: str | None = None
+        self.abort_handle: asyncio.TimerHandle | None = None
+
+    def push(self, item: _Item) -> None:
+        if self.kicked is None:
+            self.outbox.append(item)
+            self.wake.set()
+
+    def kick(self, code: int, reason: str) -> None:
+        """Drop everything queued and close with ``reason``; abort if the peer does not drain."""
+        if self.kicked is not None:
+            return
+        self.kicked = reason
+        self.outbox.clear()
+        self.outbox.append(_Close(code, reason))
+        self.wake.set()
+        self.room.set()
+        transport = self.transport
+        if transport is not None:
+            loop = asyncio.get_running_loop()
+            self.abort_handle = loop.call_later(_CLOSE_GRACE, _abort, transport)
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    if not transport.is_closing() and isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, message: str, field_name: str | None = None) -> web.Response:
+    body: dict[str, object] = {"error": message}
+    if field_name is not None:
+        body["field"] = field_name
+    return _json(body, status)
+
+
+class Exchange:
+    """The exchange simulator as a :class:`~strategylab.fault_tolerance.Component`.
+
+    ``await start()`` binds the server and starts generating; ``port`` is then the bound port.
+    Errors of its own (the emitted log failing, the generator crashing) go to ``manager``.
+    ``on_drop(peer, reason)`` is called when a slow subscriber is disconnected.
+    """
+
+    def __init__(
+        self,
+        config: ExchangeConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        manager: ErrorRecoveryManager | None = None,
+        on_drop: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._on_drop = on_drop
+        self._clock = clock
+        self._manager = manager
+        self._gen = TickGenerator(config.symbols, config.seed)
+        self._history = {s: _History(config.retention) for s in config.symbols}
+        self.book = OrderBook(config.symbols, clock=clock)
+        self.faults = FaultBoard(clock=clock, seed=config.seed)
+        self._subs: set[_Subscriber] = set()
+        self._live: list[_Subscriber] = []  # subscribed: receive live frames
+        self._has_live = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._log: EmittedLog | None = None
+        self._port = 0
+        self._failed: BaseException | None = None
+        self.security_events = 0
+        self.subscribers_dropped = 0
+        self.frames_generated = 0
+        self._wrong_key = b"not-the-key:" + (config.signing_key or b"")
+
+    # -- Component --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The component name: ``exchange``."""
+        return "exchange"
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after :meth:`start`)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://{self.config.host}:{self._port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The market-data WebSocket URL."""
+        return f"ws://{self.config.host}:{self._port}/ws"
+
+    @property
+    def ticks_emitted(self) -> int:
+        """Ticks generated (and logged) so far."""
+        return self._gen.total
+
+    def last_seqs(self) -> dict[str, int]:
+        """The last emitted sequence per symbol."""
+        return self._gen.last_seq
+
+    async def start(self) -> None:
+        """Open the emitted log, bind the server, start generating, heartbeats and log flushes."""
+        if self._runner is not None:
+            return
+        self._log = EmittedLog(self.config.log_path)
+        app = web.Application(middlewares=[self._api_fault_middleware])
+        app.router.add_get("/ws", self._ws_handler)
+        app.router.add_post("/api/orders", self._post_order)
+        app.router.add_get("/api/orders", self._list_orders)
+        app.router.add_get("/api/orders/by-client-id/{cid}", self._get_order_by_cid)
+        app.router.add_get("/api/orders/{id}", self._get_order)
+        app.router.add_delete("/api/orders/{id}", self._cancel_order)
+        app.router.add_get("/api/fills", self._fills)
+        app.router.add_get("/api/positions", self._positions)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_post("/admin/faults", self._post_fault)
+        app.router.add_get("/admin/faults", self._get_faults)
+        app.router.add_delete("/admin/faults", self._delete_faults)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CLOSE_GRACE)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            self._log.close()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        self._failed = None
+        self._tasks = [
+            asyncio.create_task(self._generate(), name="exchange-generator"),
+            asyncio.create_task(self._heartbeats(), name="exchange-heartbeats"),
+            asyncio.create_task(self._flusher(), name="exchange-log-flusher"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop generating, close every connection, flush and close the emitted log."""
+        runner, self._runner = self._runner, None
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._tasks = []
+        for sub in list(self._subs):
+            sub.kick(WSCloseCode.GOING_AWAY, "exchange shutting down")
+        if runner is not None:
+            await runner.cleanup()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    async def health(self) -> bool:
+        """True while the server is bound and the generator runs (or finished ``max_ticks``)."""
+        if self._runner is None or self._failed is not None or not self._tasks:
+            return False
+        generator = self._tasks[0]
+        return not generator.done() or (not generator.cancelled() and generator.exception() is None)
+
+    async def _report(self, exc: BaseException) -> None:
+        logger.error("exchange error: %r", exc)
+        if self._manager is not None:
+            await self._manager.handle(exc, component=self.name)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def _generate(self) -> None:
+        try:
+            await self._generate_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed = exc
+            await self._report(exc)
+            raise
+
+    async def _generate_loop(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        rate, per_frame, limit = cfg.tick_rate, cfg.ticks_per_frame, cfg.max_ticks
+        started, paced = loop.time(), 0
+        frames = 0
+        while limit is None or self._gen.total < limit:
+            remaining = per_frame if limit is None else min(per_frame, limit - self._gen.total)
+            if rate > 0:
+                now = loop.time()
+                due = int((now - started) * rate) - paced
+                if due <= 0:
+                    await asyncio.sleep(max(started + (paced + 1) / rate - now, 0.002))
+                    continue
+                if due > rate:  # fell more than a second behind: do not burst, re-anchor
+                    started, paced, due = now, 0, per_frame
+                n = min(due, remaining)
+                paced += n
+                self._emit(n)
+                await asyncio.sleep(0)
+            else:
+                await self._wait_for_room()
+                self._emit(remaining)
+                frames += 1
+                if frames % _FAST_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+
+    async def _wait_for_room(self) -> None:
+        """As-fast-as-possible mode: wait for a subscriber, then for the slowest to have room."""
+        limit = self.config.send_queue
+        while True:
+            if not self._live:
+                self._has_live.clear()
+                await self._has_live.wait()
+                continue
+            full = next((s for s in self._live if len(s.outbox) >= limit), None)
+            if full is None:
+                return
+            full.room.clear()
+            await full.room.wait()
+
+    def _emit(self, n: int) -> None:
+        """Generate, log, retain, match and fan out one batch: synchronous, so that a subscriber
+        joining never sees half a batch."""
+        faults = self.faults
+        batch = self._gen.generate(
+            n, int(self._clock.time() * 1e9), faults.rate(FaultKind.INVALID_TICKS)
+        )
+        ticks = batch.ticks
+        payload = encode_ticks(ticks)
+        log = self._log
+        if log is None:
+            raise RuntimeError("exchange is not started: no emitted log")
+        log.append_payload(payload)
+        history = self._history
+        for tick in ticks:
+            history[tick.symbol].append(tick)
+        self.book.on_ticks(batch.clean)
+        self.frames_generated += 1
+        live = self._live
+        if not live:
+            return
+        frame = self._wire(KIND_TICKS, payload)
+        filtered: dict[frozenset[str], bytes] = {}
+        limit = self.config.send_queue
+        fast = self.config.tick_rate == 0
+        for sub in list(live):
+            wanted = sub.symbols
+            if wanted is None:
+                data = frame
+            else:
+                data = filtered.get(wanted) or b""
+                if not data:
+                    subset = [t for t in ticks if t.symbol in wanted]
+                    if not subset:
+                        continue
+                    data = filtered[wanted] = self._wire(KIND_TICKS, encode_ticks(subset))
+            if not fast and len(sub.outbox) >= limit:
+                self._drop(sub, f"slow subscriber: {len(sub.outbox)} frames queued")
+                continue
+            sub.push(data)
+
+    def _wire(self, kind: bytes, payload: bytes) -> bytes:
+        """A frame as it goes on the wire, with the signing and corruption faults applied."""
+        faults = self.faults
+        key = self.config.signing_key
+        if faults.strike(FaultKind.BAD_SIGNATURES) is not None:
+            key = self._wrong_key
+        frame = encode_frame(kind, payload, key)
+        if faults.strike(FaultKind.CORRUPT_FRAMES) is not None:
+            frame = faults.corrupt(frame)
+        return frame
+
+    def _drop(self, sub: _Subscriber, reason: str) -> None:
+        logger.warning("dropping subscriber %s: %s", sub.peer, reason)
+        self.subscribers_dropped += 1
+        self._unsubscribe(sub)
+        sub.kick(WSCloseCode.TRY_AGAIN_LATER, reason)
+        if self._on_drop is not None:
+            self._on_drop(sub.peer, reason)
+
+    def _unsubscribe(self, sub: _Subscriber) -> None:
+        if sub in self._live:
+            self._live.remove(sub)
+        sub.room.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            if not self._live:
+                continue
+            beat = Heartbeat(ts=int(self._clock.time() * 1e9), last=self._gen.last_seq)
+            frame = self._wire(KIND_HEARTBEAT, encode_heartbeat(beat))
+            for sub in self._live:
+                sub.push(frame)
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_INTERVAL)
+            if self._log is not None:
+                try:
+                    self._log.flush()
+                except OSError as exc:
+                    self._failed = exc
+                    await self._report(exc)
+
+    # -- WebSocket --------------------------------------------------------------------------
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        # compress=False: permessage-deflate would cost more CPU than the whole generator.
+        ws = web.WebSocketResponse(compress=False, timeout=_CLOSE_GRACE, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        sub = _Subscriber(str(request.remote), request.transport)
+        self._subs.add(sub)
+        sender = asyncio.create_task(self._send_loop(sub, ws), name=f"exchange-send-{sub.peer}")
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._control(sub, msg.data)
+                else:
+                    sub.push(
+                        json.dumps({"type": "error", "reason": "expected a JSON text message"})
+                    )
+        finally:
+            self._unsubscribe(sub)
+            self._subs.discard(sub)
+            if sub.abort_handle is not None:
+                sub.abort_handle.cancel()
+            sender.cancel()
+            await asyncio.wait([sender])
+        if not sender.cancelled() and (exc := sender.exception()) is not None:
+            logger.info("subscriber %s: send failed: %r", sub.peer, exc)
+        return ws
+
+    async def _send_loop(self, sub: _Subscriber, ws: web.WebSocketResponse) -> None:
+        outbox, low = sub.outbox, self.config.send_queue // 2
+        while True:
+            if not outbox:
+                sub.wake.clear()
+                await sub.wake.wait()
+                continue
+            item = outbox.popleft()
+            if isinstance(item, bytes):
+                await ws.send_bytes(item)
+            elif isinstance(item, str):
+                await ws.send_str(item)
+            elif isinstance(item, _Replay):
+                await self._send_replay(ws, item)
+            else:
+                await ws.close(code=item.code, message=item.reason.encode()[:120])
+                return
+            if len(outbox) <= low:
+                sub.room.set()
+
+    async def _send_replay(self, ws: web.WebSocketResponse, replay: _Replay) -> None:
+        ticks, step = replay.ticks, self.config.ticks_per_frame
+        for i in range(0, len(ticks), step):
+            await ws.send_bytes(self._wire(KIND_TICKS, encode_ticks(ticks[i : i + step])))
+        if replay.done is not None:
+            await ws.send_bytes(self._wire(KIND_REPLAY_DONE, encode_replay_done(replay.done)))
+
+    def _control(self, sub: _Subscriber, text: str) -> None:
+        try:
+            message = CONTROL_DECODER.decode(text)
+        except msgspec.DecodeError as exc:
+            sub.push(json.dumps({"type": "error", "reason": f"bad control message: {exc}"}))
+            return
+        if isinstance(message, Subscribe):
+            self._subscribe(sub, message)
+        else:
+            self._replay(sub, message)
+
+    def _subscribe(self, sub: _Subscriber, message: Subscribe) -> None:
+        known = self._history
+        if sub in self._live:
+            sub.push(json.dumps({"type": "error", "reason": "already subscribed"}))
+            return
+        unknown = [s for s in (*message.symbols, *message.from_seq) if s not in known]
+        wanted = message.symbols or list(self.config.symbols)
+        stray = [s for s in message.from_seq if s not in wanted]
+        if unknown or stray:
+            bad = (unknown or stray)[0]
+            reason = "unknown symbol" if unknown else "from_seq for a symbol not subscribed"
+            sub.push(json.dumps({"type": "error", "reason": reason, "symbol": bad}))
+            return
+        sub.symbols = None if set(wanted) == set(self.config.symbols) else frozenset(wanted)
+        last = self._gen.last_seq
+        sub.push(json.dumps({"type": "subscribed", "symbols": wanted, "last": last}))
+        for symbol, from_seq in message.from_seq.items():
+            to_seq = last[symbol]
+            if from_seq <= to_seq:
+                ticks = self._retained(sub, symbol, max(from_seq, 1), to_seq)
+                if ticks:
+                    sub.push(_Replay(ticks, None))
+        # From here on every batch reaches this subscriber, after the replay queued above.
+        self._live.append(sub)
+        self._has_live.set()
+
+    def _replay(self, sub: _Subscriber, message: ReplayRequest) -> None:
+        symbol, from_seq, to_seq = message.symbol, message.from_seq, message.to_seq
+        history = self._history.get(symbol)
+        if history is None or from_seq < 1 or to_seq < from_seq:
+            reason = "unknown symbol" if history is None else "empty or invalid range"
+            sub.push(self._range_error(reason, symbol, from_seq, to_seq))
+            return
+        to_seq = min(to_seq, history.last)
+        ticks = self._retained(sub, symbol, from_seq, to_seq) if from_seq <= to_seq else []
+        sub.push(_Replay(ticks, ReplayDone(symbol=symbol, to_seq=to_seq)))
+
+    def _retained(self, sub: _Subscriber, symbol: str, from_seq: int, to_seq: int) -> list[Tick]:
+        """Ticks ``from_seq..to_seq``; the part no longer retained is reported as an error."""
+        history = self._history[symbol]
+        first = history.first
+        if from_seq < first:
+            gone_to = min(to_seq, first - 1)
+            sub.push(self._range_error("no longer retained", symbol, from_seq, gone_to))
+            from_seq = gone_to + 1
+        return history.range(from_seq, to_seq) if from_seq <= to_seq else []
+
+    @staticmethod
+    def _range_error(reason: str, symbol: str, from_seq: int, to_seq: int) -> str:
+        return json.dumps(
+            {
+                "type": "error",
+                "reason": reason,
+                "symbol": symbol,
+                "from_seq": from_seq,
+                "to_seq": to_seq,
+            }
+        )
+
+    # -- HTTP API ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _api_fault_middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        fault = self.faults.strike(FaultKind.API_ERRORS)
+        if fault is None:
+            return await handler(request)
+        if fault.phase == "after":
+            await handler(request)
+        return _json(
+            {"error": "injected fault: api_errors", "status": fault.status},
+            fault.status,
+            headers={"Retry-After": "1"},
+        )
+
+    @staticmethod
+    async def _body(request: web.Request) -> object:
+        return msgspec.json.decode(await request.read())
+
+    async def _post_order(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            order, created = self.book.submit(body)
+        except msgspec.DecodeError as exc:
+            return _error(400, f"body is not JSON: {exc}", "body")
+        except OrderRequestError as exc:
+            return _error(400, str(exc), exc.field)
+        return _json(order, 201 if created else 200)
+
+    async def _list_orders(self, request: web.Request) -> web.Response:
+        status = request.query.get("status")
+        if status is not None and status not in STATUSES:
+            return _error(400, f"status: must be one of {sorted(STATUSES)}", "status")
+        return _json(self.book.orders(status))
+
+    async def _get_order(self, request: web.Request) -> web.Response:
+        order_id = request.match_info["id"]
+        try:
+            return _json(self.book.get(order_id))
+        except KeyError:
+            return _error(404, f"no order with id {order_id!r}", "id")
+
+    async def _get_order_by_cid(self, request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        try:
+            return _json(self.book.by_client_id(cid))
+        except KeyError:
+            return _error(404, f"no order with client_order_id {cid!r}", "client_order_id")
+
+    async def _cancel_order(self, request: web.Request) -> web.Response:
+        order_id = request.match_info["id"]
+        try:
+            return _json(self.book.cancel(order_id))
+        except KeyError:
+            return _error(404, f"no order with id {order_id!r}", "id")
+        except OrderStateError as exc:
+            return _error(409, str(exc), "id")
+
+    async def _fills(self, _request: web.Request) -> web.Response:
+        return _json(self.book.fills())
+
+    async def _positions(self, _request: web.Request) -> web.Response:
+        return _json(self.book.positions())
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return _json(self.status())
+
+    def status(self) -> dict[str, object]:
+        """What ``GET /api/status`` answers."""
+        return {
+            "last_seq": self._gen.last_seq,
+            "ticks_emitted": self._gen.total,
+            "frames_generated": self.frames_generated,
+            "subscribers": len(self._live),
+            "connections": len(self._subs),
+            "subscribers_dropped": self.subscribers_dropped,
+            "faults": self.faults.snapshot(),
+            "security_events": self.security_events,
+            "generating": bool(self._tasks) and not self._tasks[0].done(),
+        }
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.config.admin_token
+        if token is None:
+            return True
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return True
+        self.security_events += 1
+        logger.warning(
+            "security event: %s admin token on %s %s from %s",
+            "wrong" if given else "missing",
+            request.method,
+            request.path,
+            request.remote,
+        )
+        return False
+
+    async def _post_fault(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "admin token missing or wrong", "Authorization")
+        try:
+            fault = parse_fault(await self._body(request), self._clock.monotonic())
+        except msgspec.DecodeError as exc:
+            return _error(400, f"body is not JSON: {exc}", "body")
+        except FaultRequestError as exc:
+            return _error(400, str(exc), exc.field)
+        self.faults.set(fault)
+        logger.warning("fault on: %s", fault)
+        return _json(fault.to_json(self._clock.monotonic()), 201)
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "admin token missing or wrong", "Authorization")
+        return _json(self.faults.snapshot())
+
+    async def _delete_faults(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "admin token missing or wrong", "Authorization")
+        raw = request.query.get("kind")
+        try:
+            kind = None if raw is None else FaultKind(raw)
+        except ValueError:
+            return _error(400, f"kind: unknown fault kind {raw!r}", "kind")
+        self.faults.clear(kind)
+        return _json(self.faults.snapshot())
+
+
+async def run_exchange(
+    config: ExchangeConfig,
+    *,
+    ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    manager: ErrorRecoveryManager | None = None,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then shut down cleanly.
+
+    ``ready(port)`` is called once the server is bound. Signal handlers are installed only when
+    running in the main thread.
+    """
+    exchange = Exchange(config, clock=clock, manager=manager)
+    await exchange.start()
+    done = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, done.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                break  # not the main thread: the caller owns ``stop``
+        if ready is not None:
+            ready(exchange.port)
+        await done.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await exchange.stop()
+
+
+def print_listening(port: int) -> None:
+    """The one line a parent process reads to learn the port."""
+    sys.stdout.write(json.dumps({"event": "listening", "port": port, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="strategylab exchange", description="Run the exchange simulator."
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = ephemeral")
+    p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated")
+    p.add_argument("--tick-rate", type=float, default=1000.0, help="ticks/s in total; 0 = max")
+    p.add_argument("--ticks-per-frame", type=int, default=100)
+    p.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
+    p.add_argument("--retention", type=int, default=100_000, help="ticks per symbol")
+    p.add_argument("--signing-key", default=None, help="hex or text; omitted = unsigned")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=Path("exchange-data"))
+    p.add_argument("--max-ticks", type=int, default=None)
+    p.add_argument("--admin-token", default=None)
+    p.add_argument("--send-queue", type=int, default=1024, help="frames per subscriber")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> ExchangeConfig:
+    """Parse command-line options (argparse exits 2 on a malformed one) into a config;
+    :class:`ConfigurationError` names an invalid value."""
+    args = _parser().parse_args(argv)
+    return ExchangeConfig(
+        host=args.host,
+        port=args.port,
+        symbols=tuple(s.strip() for s in args.symbols.split(",")),
+        tick_rate=args.tick_rate,
+        ticks_per_frame=args.ticks_per_frame,
+        heartbeat_interval=args.heartbeat_interval,
+        retention=args.retention,
+        signing_key=parse_signing_key(args.signing_key),
+        seed=args.seed,
+        data_dir=args.data_dir,
+        max_ticks=args.max_ticks,
+        admin_token=args.admin_token,
+        send_queue=args.send_queue,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 after a clean shutdown, 2 for bad options."""
+    try:
+        config = config_from_args(argv)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"strategylab exchange: error: {exc}\n")
+        return 2
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        asyncio.run(run_exchange(config, ready=print_listening))
+    except OSError as exc:
+        sys.stderr.write(f"strategylab exchange: error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,162 @@
+"""The exchange's admin fault switches: what is active, for how long, and how often it strikes.
+
+Expiry is measured on the injected clock, so a test with :class:`~strategylab.testing.FakeClock`
+moves past a fault's duration without waiting. Whether a given frame or request is hit is decided
+by a seeded :class:`random.Random`: a real fault at a chosen rate, not a simulated recovery.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["ActiveFault", "FaultBoard", "FaultKind", "FaultRequestError", "parse_fault"]
+
+
+class FaultKind(enum.Enum):
+    """The protocol-level faults the exchange can inject."""
+
+    INVALID_TICKS = "invalid_ticks"
+    CORRUPT_FRAMES = "corrupt_frames"
+    BAD_SIGNATURES = "bad_signatures"
+    API_ERRORS = "api_errors"
+
+
+class FaultRequestError(ValueError):
+    """A fault request is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActiveFault:
+    """One switched-on fault. ``status`` and ``phase`` apply to ``api_errors`` only: ``phase``
+    ``"before"`` refuses the request unprocessed, ``"after"`` processes it and then answers the
+    error (an ambiguous outcome the client must reconcile)."""
+
+    kind: FaultKind
+    rate: float
+    duration: float
+    expires_at: float
+    status: int = 503
+    phase: str = "before"
+
+    def to_json(self, now: float) -> dict[str, object]:
+        """The fault as the admin API shows it."""
+        return {
+            "kind": self.kind.value,
+            "rate": self.rate,
+            "duration": self.duration,
+            "remaining": max(0.0, self.expires_at - now),
+            "status": self.status,
+            "phase": self.phase,
+        }
+
+
+_API_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _number(body: Mapping[str, object], field: str, default: float | None) -> float:
+    value = body.get(field, default)
+    if value is None:
+        raise FaultRequestError(field, "is required")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FaultRequestError(field, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_fault(body: object, now: float) -> ActiveFault:
+    """Validate an admin request ``{"kind", "duration", "rate"?, "status"?, "phase"?}``."""
+    if not isinstance(body, Mapping):
+        raise FaultRequestError("body", "must be a JSON object")
+    raw_kind = body.get("kind")
+    try:
+        kind = FaultKind(raw_kind)
+    except ValueError:
+        names = ", ".join(k.value for k in FaultKind)
+        raise FaultRequestError("kind", f"{raw_kind!r} is not one of {names}") from None
+    duration = _number(body, "duration", None)
+    if duration <= 0:
+        raise FaultRequestError("duration", f"must be > 0 seconds, got {duration!r}")
+    rate = _number(body, "rate", 1.0)
+    if not 0.0 <= rate <= 1.0:
+        raise FaultRequestError("rate", f"must be within 0..1, got {rate!r}")
+    status = body.get("status", 503)
+    if isinstance(status, bool) or not isinstance(status, int) or status not in _API_STATUSES:
+        raise FaultRequestError("status", f"must be one of {sorted(_API_STATUSES)}, got {status!r}")
+    phase = body.get("phase", "before")
+    if phase not in {"before", "after"}:
+        raise FaultRequestError("phase", f"must be 'before' or 'after', got {phase!r}")
+    return ActiveFault(
+        kind=kind,
+        rate=rate,
+        duration=duration,
+        expires_at=now + duration,
+        status=status,
+        phase=str(phase),
+    )
+
+
+class FaultBoard:
+    """The active faults, at most one per kind; each expires by itself after its duration."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, seed: int = 0) -> None:
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._faults: dict[FaultKind, ActiveFault] = {}
+        self.strikes: dict[FaultKind, int] = dict.fromkeys(FaultKind, 0)
+
+    def set(self, fault: ActiveFault) -> None:
+        """Switch ``fault`` on, replacing one of the same kind."""
+        self._faults[fault.kind] = fault
+
+    def clear(self, kind: FaultKind | None = None) -> None:
+        """Switch one kind, or every fault, off."""
+        if kind is None:
+            self._faults.clear()
+        else:
+            self._faults.pop(kind, None)
+
+    def active(self, kind: FaultKind) -> ActiveFault | None:
+        """The fault of ``kind`` if it is on and has not expired."""
+        fault = self._faults.get(kind)
+        if fault is not None and self._clock.monotonic() >= fault.expires_at:
+            del self._faults[kind]
+            return None
+        return fault
+
+    def strike(self, kind: FaultKind) -> ActiveFault | None:
+        """The fault if it hits this frame or request (with probability ``rate``), else None."""
+        fault = self.active(kind)
+        if fault is None or (fault.rate < 1.0 and self._rng.random() >= fault.rate):
+            return None
+        self.strikes[kind] += 1
+        return fault
+
+    def rate(self, kind: FaultKind) -> float:
+        """The active fault's rate, 0.0 when it is off."""
+        fault = self.active(kind)
+        return 0.0 if fault is None else fault.rate
+
+    def corrupt(self, frame: bytes) -> bytes:
+        """``frame`` with a few payload bytes flipped (the header's CRC no longer matches)."""
+        data = bytearray(frame)
+        # Flip payload bytes only (after the 9-byte header and the signature, if any), so that a
+        # feed sees a CRC mismatch rather than a bad magic or a bad signature.
+        low = min(41 if data[4] & 1 else 9, len(data) - 1)
+        for _ in range(3):
+            i = self._rng.randrange(low, len(data))
+            data[i] ^= 1 << self._rng.randrange(8)
+        return bytes(data)
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every active fault as the admin API shows it."""
+        now = self._clock.monotonic()
+        return [f.to_json(now) for k in list(self._faults) if (f := self.active(k)) is not None]

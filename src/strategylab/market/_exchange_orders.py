@@ -1,0 +1,290 @@
+"""The exchange's order book: market and limit orders against the simulator's own quotes.
+
+Small on purpose (the strategy engine of issue 4 trades against it): a market order fills in full
+at once at the current ask (buy) or bid (sell); a limit order fills in full at the quote as soon as
+the quote crosses its price, and rests until then or until it is cancelled. A ``client_order_id``
+names an order for ever: submitting it again returns the existing order, never a second one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import msgspec
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+
+from ._tick import Tick
+
+__all__ = [
+    "Fill",
+    "Order",
+    "OrderBook",
+    "OrderRequestError",
+    "OrderStateError",
+    "Position",
+]
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit"]
+Status = Literal["open", "filled", "cancelled", "rejected"]
+STATUSES: frozenset[str] = frozenset({"open", "filled", "cancelled", "rejected"})
+_MAX_CLIENT_ID = 128
+
+
+class OrderRequestError(ValueError):
+    """An order request is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class OrderStateError(ValueError):
+    """The order exists but cannot do what was asked (e.g. cancel a filled order)."""
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    """An order as the exchange knows it."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    qty: float
+    price: float | None
+    status: Status
+    filled_qty: float = 0.0
+    avg_fill_price: float | None = None
+    reason: str | None = None
+    created_ns: int = 0
+    updated_ns: int = 0
+
+
+class Fill(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution."""
+
+    id: str
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: float
+    price: float
+    ts: int
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """Net position in one symbol: signed ``qty``, average entry price, realised P&L."""
+
+    symbol: str
+    qty: float
+    avg_price: float
+    realized_pnl: float
+
+
+def _positive(body: Mapping[str, object], field: str) -> float:
+    value = body.get(field)
+    if value is None:
+        raise OrderRequestError(field, "is required")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OrderRequestError(field, f"must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0.0:
+        raise OrderRequestError(field, f"must be a finite number > 0, got {value!r}")
+    return number
+
+
+class OrderBook:
+    """Orders, fills and positions of the whole exchange (one account)."""
+
+    def __init__(self, symbols: Iterable[str], *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._symbols = frozenset(symbols)
+        self._clock = clock
+        self._orders: dict[str, Order] = {}
+        self._by_client: dict[str, str] = {}
+        self._open: dict[str, dict[str, Order]] = {s: {} for s in self._symbols}
+        self._open_count = 0
+        self._fills: list[Fill] = []
+        self._positions: dict[str, Position] = {}
+        self._quotes: dict[str, tuple[float, float]] = {}
+
+    def _now(self) -> int:
+        return int(self._clock.time() * 1e9)
+
+    def _parse(self, body: object) -> tuple[str, str, Side, OrderType, float, float | None]:
+        if not isinstance(body, Mapping):
+            raise OrderRequestError("body", "must be a JSON object")
+        cid = body.get("client_order_id")
+        if not isinstance(cid, str) or not cid or len(cid) > _MAX_CLIENT_ID:
+            raise OrderRequestError(
+                "client_order_id", f"must be a string of 1..{_MAX_CLIENT_ID} chars, got {cid!r}"
+            )
+        symbol = body.get("symbol")
+        if not isinstance(symbol, str) or symbol not in self._symbols:
+            raise OrderRequestError("symbol", f"unknown symbol {symbol!r}")
+        side = body.get("side")
+        if side not in {"buy", "sell"}:
+            raise OrderRequestError("side", f"must be 'buy' or 'sell', got {side!r}")
+        kind = body.get("type", "market")
+        if kind not in {"market", "limit"}:
+            raise OrderRequestError("type", f"must be 'market' or 'limit', got {kind!r}")
+        qty = _positive(body, "qty")
+        price: float | None = None
+        if kind == "limit":
+            price = _positive(body, "price")
+        elif body.get("price") is not None:
+            raise OrderRequestError("price", "must be absent for a market order")
+        return cid, symbol, side, kind, qty, price
+
+    def submit(self, body: object) -> tuple[Order, bool]:
+        """Place an order from a request body; returns it and whether it is new.
+
+        Raises :class:`OrderRequestError` naming the bad field. A known ``client_order_id``
+        returns the existing order (``False``) without looking at the rest of the body.
+        """
+        if isinstance(body, Mapping) and isinstance(cid := body.get("client_order_id"), str):
+            existing = self._by_client.get(cid)
+            if existing is not None:
+                return self._orders[existing], False
+        cid, symbol, side, kind, qty, price = self._parse(body)
+        now = self._now()
+        order = Order(
+            id=f"O{len(self._orders) + 1:08d}",
+            client_order_id=cid,
+            symbol=symbol,
+            side=side,
+            type=kind,
+            qty=qty,
+            price=price,
+            status="open",
+            created_ns=now,
+            updated_ns=now,
+        )
+        quote = self._quotes.get(symbol)
+        if quote is not None:
+            fill_price = self._crossing(order, quote[0], quote[1])
+            if fill_price is not None:
+                order = self._fill(order, fill_price, now)
+        elif kind == "market":
+            order = msgspec.structs.replace(order, status="rejected", reason="no quote yet")
+        self._orders[order.id] = order
+        self._by_client[cid] = order.id
+        if order.status == "open":
+            self._open[symbol][order.id] = order
+            self._open_count += 1
+        return order, True
+
+    @staticmethod
+    def _crossing(order: Order, bid: float, ask: float) -> float | None:
+        """The fill price if ``order`` executes against this quote now."""
+        if order.side == "buy":
+            if order.price is None or ask <= order.price:
+                return ask
+        elif order.price is None or bid >= order.price:
+            return bid
+        return None
+
+    def _fill(self, order: Order, price: float, ts: int) -> Order:
+        fill = Fill(
+            id=f"F{len(self._fills) + 1:08d}",
+            order_id=order.id,
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=order.qty,
+            price=price,
+            ts=ts,
+        )
+        self._fills.append(fill)
+        self._apply(fill)
+        return msgspec.structs.replace(
+            order, status="filled", filled_qty=order.qty, avg_fill_price=price, updated_ns=ts
+        )
+
+    def _apply(self, fill: Fill) -> None:
+        pos = self._positions.get(fill.symbol) or Position(
+            symbol=fill.symbol, qty=0.0, avg_price=0.0, realized_pnl=0.0
+        )
+        delta = fill.qty if fill.side == "buy" else -fill.qty
+        qty, avg, pnl = pos.qty, pos.avg_price, pos.realized_pnl
+        if qty == 0.0 or (qty > 0.0) == (delta > 0.0):
+            avg = (abs(qty) * avg + fill.qty * fill.price) / (abs(qty) + fill.qty)
+            qty += delta
+        else:
+            closing = min(abs(qty), fill.qty)
+            pnl += closing * (fill.price - avg) * (1.0 if qty > 0.0 else -1.0)
+            new_qty = qty + delta
+            if new_qty == 0.0:
+                avg = 0.0
+            elif (new_qty > 0.0) != (qty > 0.0):
+                avg = fill.price  # flipped: the remainder opened at this price
+            qty = new_qty
+        self._positions[fill.symbol] = Position(
+            symbol=fill.symbol, qty=qty, avg_price=avg, realized_pnl=pnl
+        )
+
+    def cancel(self, order_id: str) -> Order:
+        """Cancel an open order. ``KeyError`` if unknown, :class:`OrderStateError` if not open."""
+        order = self._orders[order_id]
+        if order.status != "open":
+            raise OrderStateError(f"order {order_id} is {order.status}, not open")
+        order = msgspec.structs.replace(order, status="cancelled", updated_ns=self._now())
+        self._orders[order_id] = order
+        del self._open[order.symbol][order_id]
+        self._open_count -= 1
+        return order
+
+    def on_ticks(self, ticks: list[Tick]) -> None:
+        """Take a batch of true quotes: remember the last per symbol, fill crossed limit orders."""
+        quotes = self._quotes
+        if self._open_count == 0:
+            # Only the last quote per symbol matters: walk back until every symbol is seen.
+            seen: set[str] = set()
+            want = len(self._symbols)
+            for tick in reversed(ticks):
+                if tick.symbol not in seen:
+                    seen.add(tick.symbol)
+                    quotes[tick.symbol] = (tick.bid, tick.ask)
+                    if len(seen) == want:
+                        break
+            return
+        for tick in ticks:
+            quotes[tick.symbol] = (tick.bid, tick.ask)
+            resting = self._open[tick.symbol]
+            if not resting:
+                continue
+            for order in list(resting.values()):
+                price = self._crossing(order, tick.bid, tick.ask)
+                if price is not None:
+                    filled = self._fill(order, price, tick.ts)
+                    self._orders[order.id] = filled
+                    del resting[order.id]
+                    self._open_count -= 1
+
+    def get(self, order_id: str) -> Order:
+        """The order with exchange id ``order_id`` (``KeyError`` if unknown)."""
+        return self._orders[order_id]
+
+    def by_client_id(self, client_order_id: str) -> Order:
+        """The order with this client id (``KeyError`` if unknown)."""
+        return self._orders[self._by_client[client_order_id]]
+
+    def orders(self, status: str | None = None) -> list[Order]:
+        """Every order, or those with ``status``, oldest first."""
+        return [o for o in self._orders.values() if status is None or o.status == status]
+
+    def fills(self) -> list[Fill]:
+        """Every fill, oldest first."""
+        return list(self._fills)
+
+    def positions(self) -> list[Position]:
+        """Every position ever opened, by symbol."""
+        return [self._positions[s] for s in sorted(self._positions)]
+
+    def quote(self, symbol: str) -> tuple[float, float] | None:
+        """The last true (bid, ask) of ``symbol``."""
+        return self._quotes.get(symbol)
