@@ -1,0 +1,370 @@
+"""The shared tick store: PostgreSQL through psycopg 3 (async).
+
+A batch is one transaction. Three write methods are offered because their speed differs with the
+batch size (measured on the real server, see the report in ``tests/test_store_pg.py``):
+
+- ``"copy"``: ``COPY`` the rows into a per-connection temporary staging table (``ON COMMIT DELETE
+  ROWS``), then ``INSERT ... SELECT ... ON CONFLICT (symbol, seq) DO NOTHING``;
+- ``"unnest"``: one ``INSERT ... SELECT * FROM unnest(%s, ...) ON CONFLICT DO NOTHING`` with the
+  columns sent as seven arrays;
+- ``"executemany"``: psycopg's pipelined ``executemany`` of the ``INSERT ... ON CONFLICT``.
+
+Every operation (connect included) has a deadline, ``timeout``: a server that stops answering
+(a blackholed link) raises psycopg's ``OperationalError`` like a lost connection, instead of
+hanging the writer. Connections live in a small pool of its own (``pool_size`` connections,
+opened lazily; no ``psycopg_pool`` dependency). A connection that failed is closed and dropped,
+and the next call opens a new one: a lost connection surfaces once as psycopg's
+``OperationalError`` (classified DATABASE_CONNECTION_LOST) and the following write reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from ._store import QuarantinedTick
+from ._tick import Tick
+
+__all__ = ["PostgresTickStore", "WriteMethod"]
+
+WriteMethod = Literal["copy", "unnest", "executemany"]
+_COLUMNS: Final = ("symbol", "seq", "ts", "bid", "ask", "bid_size", "ask_size")
+_astuple = msgspec.structs.astuple
+
+
+def _sever(conn: psycopg.AsyncConnection[Any], severed: list[bool]) -> None:
+    # shutdown() on a duplicate of libpq's descriptor: the socket stays open (no fd reuse race),
+    # but every pending read sees EOF, so libpq reports the connection lost.
+    with contextlib.suppress(OSError, psycopg.Error):
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+        severed.append(True)
+
+
+class PostgresTickStore:
+    """A :class:`~strategylab.market.TickStore` on PostgreSQL (also a ``Component``)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "ticks",
+        schema: str | None = None,
+        pool_size: int = 2,
+        method: WriteMethod = "copy",
+        connect_timeout: float = 5.0,
+        timeout: float | None = 30.0,
+        name: str = "postgres",
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size={pool_size!r}: must be >= 1")
+        if method not in {"copy", "unnest", "executemany"}:
+            raise ValueError(f"method={method!r}: expected 'copy', 'unnest' or 'executemany'")
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout={connect_timeout!r}: must be > 0")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout={timeout!r}: must be > 0 or None")
+        self.dsn = dsn
+        self.method: WriteMethod = method
+        self._schema = schema
+        self._table_name = table
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._name = name
+        self._table = sql.Identifier(*((schema,) if schema else ()), table)
+        self._quarantine_table = sql.Identifier(
+            *((schema,) if schema else ()), f"{table}_quarantine"
+        )
+        self._stage = sql.Identifier(f"_stage_{table}")
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(pool_size)
+        self._staged: set[int] = set()
+        self._opened = False
+        self._reconnects = 0
+        self._lost = 0
+
+    @property
+    def name(self) -> str:
+        """The component name (``"postgres"`` unless given)."""
+        return self._name
+
+    @property
+    def reconnects(self) -> int:
+        """Connections opened to replace one that failed."""
+        return self._reconnects
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect and create the schema and tables if needed."""
+        self._opened = True
+        async with self._connection() as conn, conn.transaction():
+            if self._schema:
+                await conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
+                )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (symbol text NOT NULL, seq bigint NOT NULL, "
+                    "ts bigint NOT NULL, bid double precision NOT NULL, "
+                    "ask double precision NOT NULL, bid_size double precision NOT NULL, "
+                    "ask_size double precision NOT NULL, PRIMARY KEY (symbol, seq))"
+                ).format(self._table)
+            )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, "
+                    "received_ns bigint NOT NULL, reason text NOT NULL, raw text NOT NULL, "
+                    "symbol text, seq bigint)"
+                ).format(self._quarantine_table)
+            )
+
+    async def aclose(self) -> None:
+        """Close every idle connection; safe to call twice."""
+        self._opened = False
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+        self._staged.clear()
+
+    async def start(self) -> None:
+        """``Component.start``: :meth:`open`."""
+        await self.open()
+
+    async def stop(self) -> None:
+        """``Component.stop``: :meth:`aclose`."""
+        await self.aclose()
+
+    async def health(self) -> bool:
+        """True when a ``SELECT 1`` round trip to the server just succeeded."""
+        if not self._opened:
+            return False
+        try:
+            async with self._connection() as conn:
+                await conn.execute("SELECT 1")
+                await conn.rollback()
+        except (psycopg.Error, OSError, TimeoutError):
+            return False
+        return True
+
+    # ------------------------------------------------------------------ TickStore
+
+    async def write(self, ticks: Sequence[Tick]) -> int:
+        """Commit ``ticks`` in one transaction; returns how many were new."""
+        if not ticks:
+            return 0
+        async with self._connection() as conn, conn.transaction():
+            if self.method == "copy":
+                return await self._write_copy(conn, ticks)
+            if self.method == "unnest":
+                return await self._write_unnest(conn, ticks)
+            return await self._write_executemany(conn, ticks)
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The highest stored sequence per symbol."""
+        rows = await self._fetch(
+            sql.SQL("SELECT symbol, MAX(seq) FROM {} GROUP BY symbol").format(self._table)
+        )
+        return {str(symbol): int(seq) for symbol, seq in rows}
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        """Stored ticks of ``symbol`` from ``from_seq`` to ``to_seq`` (inclusive), in order."""
+        upper = to_seq if to_seq is not None else (1 << 63) - 1
+        rows = await self._fetch(
+            sql.SQL(
+                "SELECT symbol, seq, ts, bid, ask, bid_size, ask_size FROM {} "
+                "WHERE symbol = %s AND seq BETWEEN %s AND %s ORDER BY seq"
+            ).format(self._table),
+            (symbol, from_seq, upper),
+        )
+        return [Tick(*row) for row in rows]
+
+    async def symbols(self) -> list[str]:
+        """Every symbol with a stored tick, sorted."""
+        rows = await self._fetch(
+            sql.SQL("SELECT DISTINCT symbol FROM {} ORDER BY symbol").format(self._table)
+        )
+        return [str(row[0]) for row in rows]
+
+    async def count(self) -> int:
+        """How many ticks are stored."""
+        rows = await self._fetch(sql.SQL("SELECT COUNT(*) FROM {}").format(self._table))
+        return int(rows[0][0])
+
+    async def duplicates(self) -> int:
+        """Rows beyond the first per (symbol, seq): 0, since that is the primary key."""
+        rows = await self._fetch(
+            sql.SQL(
+                "SELECT COALESCE(SUM(n - 1), 0) FROM "
+                "(SELECT COUNT(*) AS n FROM {} GROUP BY symbol, seq HAVING COUNT(*) > 1) AS d"
+            ).format(self._table)
+        )
+        return int(rows[0][0])
+
+    async def quarantine(self, entries: Sequence[QuarantinedTick]) -> None:
+        """Keep refused input with its reason (one transaction)."""
+        if not entries:
+            return
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (received_ns, reason, raw, symbol, seq) "
+                    "VALUES (%s, %s, %s, %s, %s)"
+                ).format(self._quarantine_table),
+                [(e.received_ns, e.reason, e.raw, e.symbol, e.seq) for e in entries],
+            )
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        """Everything quarantined, oldest first."""
+        rows = await self._fetch(
+            sql.SQL("SELECT received_ns, reason, raw, symbol, seq FROM {} ORDER BY id").format(
+                self._quarantine_table
+            )
+        )
+        return [
+            QuarantinedTick(received_ns=r[0], reason=r[1], raw=r[2], symbol=r[3], seq=r[4])
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ write methods
+
+    async def _write_copy(self, conn: psycopg.AsyncConnection[Any], ticks: Sequence[Tick]) -> int:
+        if id(conn) not in self._staged:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS"
+                ).format(self._stage, self._table)
+            )
+            self._staged.add(id(conn))
+        async with conn.cursor() as cur:
+            async with cur.copy(
+                sql.SQL(
+                    "COPY {} (symbol, seq, ts, bid, ask, bid_size, ask_size) FROM STDIN"
+                ).format(self._stage)
+            ) as copy:
+                for tick in ticks:
+                    await copy.write_row(_astuple(tick))
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT * FROM {} ORDER BY symbol, seq "
+                    "ON CONFLICT (symbol, seq) DO NOTHING"
+                ).format(self._table, self._stage)
+            )
+            return max(cur.rowcount, 0)
+
+    async def _write_unnest(self, conn: psycopg.AsyncConnection[Any], ticks: Sequence[Tick]) -> int:
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        for tick in ticks:
+            for column, value in zip(columns, _astuple(tick), strict=True):
+                column.append(value)
+        async with conn.cursor() as cur:
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], "
+                    "%s::float8[], %s::float8[], %s::float8[], %s::float8[]) "
+                    "ON CONFLICT (symbol, seq) DO NOTHING"
+                ).format(self._table),
+                columns,
+            )
+            return max(cur.rowcount, 0)
+
+    async def _write_executemany(
+        self, conn: psycopg.AsyncConnection[Any], ticks: Sequence[Tick]
+    ) -> int:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (symbol, seq) DO NOTHING"
+                ).format(self._table),
+                [_astuple(tick) for tick in ticks],
+            )
+            return max(cur.rowcount, 0)
+
+    # ------------------------------------------------------------------ connections
+
+    async def _fetch(
+        self, query: sql.Composed, params: Sequence[object] = ()
+    ) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+            await conn.rollback()
+            return rows
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if not self._opened:
+            raise RuntimeError(f"{self._name}: store is not open (call open() first)")
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    self._discard(conn)
+                conn = await self._connect()  # bounded by connect_timeout
+            # A deadline on the work: a blackholed link must not hang a writer. Cancelling the
+            # task would make psycopg try a server-side cancel for up to 10 s; shutting the
+            # socket down fails the pending operation at once, as a lost connection.
+            severed: list[bool] = []
+            watchdog = (
+                asyncio.get_running_loop().call_later(self._timeout, _sever, conn, severed)
+                if self._timeout is not None
+                else None
+            )
+            try:
+                yield conn
+            except BaseException as exc:
+                await self._release_failed(conn, exc)
+                if severed and isinstance(exc, psycopg.Error):
+                    raise psycopg.OperationalError(
+                        f"{self._name}: no answer from the server within {self._timeout}s"
+                    ) from exc
+                raise
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+            self._idle.append(conn)
+
+    async def _release_failed(self, conn: psycopg.AsyncConnection[Any], exc: BaseException) -> None:
+        # A healthy connection whose transaction rolled back goes back to the pool. A broken one,
+        # one we cannot roll back, or one interrupted mid-protocol (cancelled, timed out) is
+        # dropped, and the next call opens a new one.
+        if not isinstance(exc, asyncio.CancelledError) and await self._reset(conn):
+            self._idle.append(conn)
+            return
+        self._discard(conn)
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.close()
+
+    async def _reset(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        if conn.broken or conn.closed:
+            return False
+        try:
+            await conn.rollback()
+        except (psycopg.Error, OSError):
+            return False
+        return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(
+            self.dsn, connect_timeout=max(1, round(self._connect_timeout))
+        )
+        if self._lost:
+            self._lost -= 1
+            self._reconnects += 1
+        return conn
+
+    def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._staged.discard(id(conn))
+        self._lost += 1
