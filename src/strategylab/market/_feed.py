@@ -1,0 +1,850 @@
+"""The resilient market-data feed: exchange WebSocket → validated, gap-free, de-duplicated ticks.
+
+One :class:`Feed` owns one connection at a time. Per connection it subscribes from the resume
+point of every symbol (the higher of what the store holds and what this feed already handed on),
+then reads frames and, per frame:
+
+* verifies the CRC and signature (:func:`decode_frame`); a bad frame is counted and dropped (a bad
+  signature is also a SECURITY_VIOLATION) and the range it carried comes back through gap detection;
+* drops duplicates (``seq <= last delivered``), holds ticks that arrive after a gap and asks the
+  exchange for the missing range (:class:`ReplayRequest`), delivering in order once it is filled; a
+  range the exchange no longer retains is declared lost (counted, quarantined, reported): never
+  skipped silently;
+* validates every tick; invalid ones go to quarantine with the reason, and still advance the
+  sequence (they are accounted for, not lost);
+* hands the frame's good ticks to the sink in ONE await (the sink applies backpressure).
+
+A connection with no frame (heartbeats included) for ``stale_after`` seconds is closed and
+reopened; reconnects back off exponentially with full jitter, the first one immediately. Errors go
+to the optional :class:`ErrorRecoveryManager` from owned background tasks, never blocking reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError, StrategyLabError
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
+
+from ._feed_backoff import Backoff
+from ._protocol import (
+    KIND_HEARTBEAT,
+    KIND_REPLAY_DONE,
+    KIND_TICKS,
+    FrameError,
+    ReplayRequest,
+    SignatureError,
+    Subscribe,
+    decode_frame,
+    decode_heartbeat,
+    decode_replay_done,
+    decode_ticks,
+)
+from ._store import QuarantinedTick
+from ._tick import Tick, validate_tick
+
+__all__ = [
+    "Feed",
+    "FeedConfig",
+    "FeedDisconnectedError",
+    "FeedError",
+    "FeedStatistics",
+    "InvalidTickError",
+    "ReplayTimeoutError",
+    "StaleFeedError",
+    "TickRangeLostError",
+    "TickSink",
+]
+
+_log = logging.getLogger(__name__)
+_INF = math.inf
+_MAX_REPORTS = 32
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+class FeedError(StrategyLabError):
+    """Something the feed observed and recovers from; ``error_type`` drives classification."""
+
+    error_type: ErrorType = ErrorType.DATA_INGESTION_FAILURE
+
+
+class FeedDisconnectedError(FeedError, ConnectionError):
+    """The connection to the exchange failed or dropped."""
+
+    error_type = ErrorType.WEBSOCKET_CONNECTION_DROPPED
+
+
+class StaleFeedError(FeedDisconnectedError):
+    """No frame, heartbeats included, for ``stale_after`` seconds: the connection is dead."""
+
+
+class ReplayTimeoutError(FeedError, TimeoutError):
+    """A requested replay was not answered in time."""
+
+    error_type = ErrorType.NETWORK_TIMEOUT
+
+
+class InvalidTickError(FeedError):
+    """Ticks failed validation, or a control reply was garbage; quarantined, reported."""
+
+    error_type = ErrorType.INVALID_MARKET_DATA
+
+
+class TickRangeLostError(FeedError):
+    """The exchange no longer retains a missing range: an explicit, counted loss."""
+
+    error_type = ErrorType.DATA_INGESTION_FAILURE
+
+
+class _KickedError(Exception):
+    """The feed was asked to reconnect (reload, failover)."""
+
+
+# ----------------------------------------------------------------------------------- contracts
+
+
+class TickSink(Protocol):
+    """Where a feed delivers: the :class:`~strategylab.market._ingest.Ingestor` is one."""
+
+    async def put(self, ticks: list[Tick]) -> None:
+        """Take ``ticks`` (in sequence order per symbol); waits while the sink is full."""
+        ...
+
+    async def quarantine(self, entries: list[QuarantinedTick]) -> None:
+        """Take refused input with its reason."""
+        ...
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The highest durably stored sequence per symbol."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FeedConfig:
+    """How a :class:`Feed` connects and when it gives up on a connection.
+
+    ``urls`` is the primary exchange endpoint followed by backups (FAILOVER moves to the next).
+    """
+
+    urls: tuple[str, ...]
+    symbols: tuple[str, ...]
+    signing_key: bytes | None = None
+    stale_after: float = 3.0
+    backoff_floor: float = 0.05
+    backoff_cap: float = 5.0
+    connect_timeout: float = 5.0
+    replay_timeout: float = 5.0
+    max_replay_attempts: int = 3
+    max_held: int = 1_000_000
+    recovery_timeout: float = 10.0
+    report_quiet: float = 5.0
+    """Repeats of an error type within this many seconds of the last are counted, not reported."""
+    name: str = "feed"
+
+    def __post_init__(self) -> None:  # noqa: C901 - one check per field
+        if not self.urls:
+            raise ConfigurationError("urls", self.urls, "must be a non-empty tuple of ws:// URLs")
+        for url in self.urls:
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigurationError("urls", url, "must start with ws:// or wss://")
+        if not self.symbols or not all(self.symbols):
+            raise ConfigurationError("symbols", self.symbols, "must be non-empty symbol names")
+        for key in ("stale_after", "backoff_floor", "connect_timeout", "replay_timeout"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(key, value, "must be a finite number > 0")
+        if not self.backoff_cap >= self.backoff_floor:
+            raise ConfigurationError("backoff_cap", self.backoff_cap, "must be >= backoff_floor")
+        if self.max_replay_attempts < 1:
+            raise ConfigurationError(
+                "max_replay_attempts", self.max_replay_attempts, "must be >= 1"
+            )
+        if self.max_held < 1:
+            raise ConfigurationError("max_held", self.max_held, "must be >= 1")
+        if not self.recovery_timeout > 0:
+            raise ConfigurationError("recovery_timeout", self.recovery_timeout, "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FeedStatistics:
+    """A frozen snapshot of a feed's counters."""
+
+    connected: bool
+    subscribed: bool
+    url: str
+    frames: int
+    """Binary frames received, good or bad."""
+    ticks: int
+    """Ticks delivered to the sink (valid, in order, new)."""
+    duplicates: int
+    gaps: int
+    replays_requested: int
+    crc_errors: int
+    """Frames dropped as malformed (CRC mismatch, bad header, undecodable payload)."""
+    signature_errors: int
+    invalid_ticks: int
+    lost_ticks: int
+    lost_ranges: int
+    control_errors: int
+    reconnects: int
+    stale_timeouts: int
+    reports_suppressed: int
+    """Errors counted but not sent to the manager: repeats within one episode, or overflow."""
+    last_seq: Mapping[str, int]
+    """The last sequence accounted for (delivered, quarantined or declared lost) per symbol."""
+
+
+class _Pending:
+    """One outstanding replay for a symbol."""
+
+    __slots__ = ("attempts", "beats", "first", "last", "requested_at")
+
+    def __init__(self, first: int, last: int, requested_at: float) -> None:
+        self.first = first
+        self.last = last
+        self.requested_at = requested_at
+        self.attempts = 1
+        self.beats = 0
+        """Heartbeats seen since the request: the exchange queues its frames in order, so after
+        two the replay has been sent in full even if its replay-done frame was corrupted."""
+
+
+# ----------------------------------------------------------------------------------- the feed
+
+
+class Feed:
+    """A resilient exchange feed (a :class:`~strategylab.fault_tolerance.Component`)."""
+
+    def __init__(
+        self,
+        config: FeedConfig,
+        sink: TickSink,
+        *,
+        manager: ErrorRecoveryManager | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._sink = sink
+        self._manager = manager
+        self._clock = clock
+        self._key = config.signing_key
+        self._symbols = frozenset(config.symbols)
+        self._backoff = Backoff(
+            config.backoff_floor, config.backoff_cap, rng=rng or random.Random(), clock=clock
+        )
+        self._url_index = 0
+        self._task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reports: set[asyncio.Task[None]] = set()
+        self._ws: ClientConnection | None = None
+        self._healthy = asyncio.Event()
+        self._connected = False
+        self._subscribed = False
+        self._blocked = False
+        self._outage = False
+        self._kick_reason: str | None = None
+        self._last_seen = 0.0
+        # Per-symbol state: the last accounted-for seq, the last valid ts, held ticks, replays.
+        self._delivered: dict[str, int] = {}
+        self._last_ts: dict[str, int] = {}
+        self._held: dict[str, dict[int, Tick]] = {}
+        self._held_count = 0
+        self._pending: dict[str, _Pending] = {}
+        self._hb_last: dict[str, int] = {}
+        self._hb_delivered: dict[str, int] = {}
+        self._connects = 0
+        self._episodes: dict[object, float] = {}
+        self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
+        self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
+        self._lost_ranges = self._control_errors = self._stale = self._suppressed = 0
+
+    # ------------------------------------------------------------------ Component
+
+    @property
+    def name(self) -> str:
+        """The component name the manager knows this feed by."""
+        return self._config.name
+
+    @property
+    def url(self) -> str:
+        """The endpoint in use (changes on failover)."""
+        return self._config.urls[self._url_index]
+
+    async def start(self) -> None:
+        """Start connecting (in an owned task); returns at once."""
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}.run")
+
+    async def stop(self) -> None:
+        """Close the connection and stop every task this feed owns."""
+        current = asyncio.current_task()
+        tasks = [t for t in (self._task, *self._reports) if t is not None and t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+
+    async def aclose(self) -> None:
+        """Alias of :meth:`stop`."""
+        await self.stop()
+
+    async def restart(self) -> None:
+        """Stop and start again, keeping the per-symbol positions (nothing is re-delivered)."""
+        await self.stop()
+        await self.start()
+        await self._wait_healthy_quietly()
+
+    async def failover(self) -> bool:
+        """Switch to the next configured endpoint; False when there is only one."""
+        if len(self._config.urls) < 2:
+            return False
+        self._url_index = (self._url_index + 1) % len(self._config.urls)
+        self._kick("failover")
+        await self._wait_healthy_quietly()
+        return True
+
+    async def reload(self) -> bool:
+        """Drop held ticks and outstanding replays and resync from the exchange (reconnect)."""
+        self._kick("reload")
+        await self._wait_healthy_quietly()
+        return True
+
+    async def health(self) -> bool:
+        """Connected, subscribed, a frame seen within ``stale_after`` (or blocked on the sink)."""
+        if not (self._connected and self._subscribed):
+            return False
+        if self._blocked:
+            return True
+        return self._clock.monotonic() - self._last_seen < self._config.stale_after
+
+    async def wait_healthy(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until connected and subscribed; ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._healthy.wait()
+
+    def statistics(self) -> FeedStatistics:
+        """A frozen snapshot of the counters."""
+        return FeedStatistics(
+            connected=self._connected,
+            subscribed=self._subscribed,
+            url=self.url,
+            frames=self._frames,
+            ticks=self._ticks,
+            duplicates=self._duplicates,
+            gaps=self._gaps,
+            replays_requested=self._replays,
+            crc_errors=self._crc_errors,
+            signature_errors=self._signature_errors,
+            invalid_ticks=self._invalid,
+            lost_ticks=self._lost,
+            lost_ranges=self._lost_ranges,
+            control_errors=self._control_errors,
+            reconnects=max(0, self._connects - 1),
+            stale_timeouts=self._stale,
+            reports_suppressed=self._suppressed,
+            last_seq=dict(self._delivered),
+        )
+
+    # ------------------------------------------------------------------ connection loop
+
+    def _kick(self, reason: str) -> None:
+        self._kick_reason = reason
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _wait_healthy_quietly(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await self.wait_healthy(self._config.recovery_timeout)
+
+    async def _run(self) -> None:
+        while True:
+            url = self.url
+            self._connects += 1
+            error: BaseException | None
+            try:
+                await self._connection(url)
+                error = FeedDisconnectedError(f"{url}: the exchange closed the connection")
+            except _KickedError:
+                error = None
+            except FeedError as exc:
+                error = exc
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                error = FeedDisconnectedError(f"{url}: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+            except Exception as exc:
+                # Bad input must never kill the feed: log it, report it, reconnect.
+                _log.exception("feed %s: unexpected error; reconnecting", self.name)
+                error = FeedDisconnectedError(f"{url}: unexpected {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+            finally:
+                self._on_disconnect()
+            if error is not None and not self._outage:
+                self._outage = True
+                self._report(error, recovered=self._wait_recovered)
+            delay = self._backoff.next_delay()
+            if delay > 0:
+                await self._clock.asleep(delay)
+
+    def _on_disconnect(self) -> None:
+        self._connected = self._subscribed = self._blocked = False
+        self._healthy.clear()
+        self._ws = None
+        self._reader = None
+        # Held ticks and pending replays are per connection: the resubscription resends them.
+        self._held.clear()
+        self._held_count = 0
+        self._pending.clear()
+        self._hb_last.clear()
+
+    async def _wait_recovered(self) -> None:
+        await self.wait_healthy(self._config.recovery_timeout)
+
+    async def _connection(self, url: str) -> None:
+        cfg = self._config
+        async with asyncio.timeout(cfg.connect_timeout):
+            ws = await connect(url, max_size=None, compression=None, ping_interval=None)
+        async with ws:
+            self._ws = ws
+            self._connected = True
+            stored = await self._sink.last_seqs()
+            delivered = self._delivered
+            for symbol in cfg.symbols:
+                delivered[symbol] = max(delivered.get(symbol, 0), stored.get(symbol, 0))
+            from_seq = {s: delivered[s] + 1 for s in cfg.symbols}
+            self._last_seen = self._clock.monotonic()
+            self._kick_reason = None
+            reader = self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}.read")
+            await ws.send(
+                _json_encode(Subscribe(symbols=list(cfg.symbols), from_seq=from_seq)).decode()
+            )
+            try:
+                await self._watch(reader)
+            finally:
+                reader.cancel()
+                await asyncio.wait({reader})
+
+    async def _watch(self, reader: asyncio.Task[None]) -> None:
+        """Wait on the reader; close on a stale connection or an unanswered replay."""
+        cfg = self._config
+        clock = self._clock
+        while True:
+            now = clock.monotonic()
+            deadline = self._last_seen + cfg.stale_after
+            if self._blocked:
+                deadline = now + cfg.stale_after
+            elif now >= deadline:
+                self._stale += 1
+                raise StaleFeedError(
+                    f"{self.url}: no frame for {now - self._last_seen:.2f}s "
+                    f"(stale_after={cfg.stale_after}s)"
+                )
+            for symbol, pending in self._pending.items():
+                due = pending.requested_at + cfg.replay_timeout
+                if now >= due:
+                    raise ReplayTimeoutError(
+                        f"replay of {symbol} {pending.first}..{pending.last} unanswered "
+                        f"after {cfg.replay_timeout}s"
+                    )
+                deadline = min(deadline, due)
+            await asyncio.wait({reader}, timeout=max(deadline - now, 0.001))
+            if reader.done():
+                if reader.cancelled():
+                    raise _KickedError(self._kick_reason or "cancelled")
+                reader.result()  # raises what ended the reader
+                return
+
+    async def _read(self, ws: ClientConnection) -> None:
+        key = self._key
+        clock = self._clock
+        async for message in ws:
+            self._last_seen = clock.monotonic()
+            if isinstance(message, str):
+                await self._on_control(ws, message)
+                continue
+            self._frames += 1
+            try:
+                frame = decode_frame(message, key)
+                kind = frame.kind
+                if kind == KIND_TICKS:
+                    ticks = decode_ticks(frame.payload)
+                elif kind == KIND_HEARTBEAT:
+                    await self._on_heartbeat(ws, decode_heartbeat(frame.payload).last)
+                    continue
+                elif kind == KIND_REPLAY_DONE:
+                    done = decode_replay_done(frame.payload)
+                    await self._on_replay_done(ws, done.symbol, done.to_seq)
+                    continue
+                else:
+                    raise FrameError(f"unknown frame kind {kind!r}")  # noqa: TRY301
+            except SignatureError as exc:
+                self._signature_errors += 1
+                self._report(exc)
+                continue
+            except FrameError as exc:
+                self._crc_errors += 1
+                self._report(exc)
+                continue
+            if not self._subscribed:
+                self._on_subscribed()
+            await self._on_ticks(ws, ticks)
+
+    def _on_subscribed(self) -> None:
+        self._subscribed = True
+        self._outage = False
+        self._backoff.reset()
+        self._healthy.set()
+
+    # ------------------------------------------------------------------ the hot path
+
+    async def _on_ticks(self, ws: ClientConnection, ticks: list[Tick]) -> None:  # noqa: C901, PLR0912, PLR0915 - the hot loop, inlined
+        delivered = self._delivered
+        last_ts = self._last_ts
+        out: list[Tick] = []
+        append = out.append
+        bad: list[QuarantinedTick] | None = None
+        gaps: list[str] | None = None
+        symbol = ""
+        last = -1
+        prev_ts = -1
+        dups = 0
+        for tick in ticks:
+            if tick.symbol != symbol:
+                if last >= 0:
+                    delivered[symbol] = last
+                    last_ts[symbol] = prev_ts
+                symbol = tick.symbol
+                if symbol not in self._symbols:
+                    self._control_errors += 1
+                    last = -1
+                    symbol = ""
+                    continue
+                last = delivered.get(symbol, 0)
+                prev_ts = last_ts.get(symbol, -1)
+            elif last < 0:
+                continue
+            seq = tick.seq
+            if seq != last + 1:
+                if seq <= last:
+                    dups += 1
+                else:
+                    if symbol not in self._held:
+                        self._held[symbol] = {}
+                    held = self._held[symbol]
+                    if seq not in held:
+                        held[seq] = tick
+                        self._held_count += 1
+                    if symbol not in self._pending:
+                        if gaps is None:
+                            gaps = []
+                        gaps.append(symbol)
+                continue
+            if (
+                0.0 < tick.bid <= tick.ask < _INF
+                and 0.0 <= tick.bid_size < _INF
+                and 0.0 <= tick.ask_size < _INF
+                and tick.ts >= prev_ts
+            ):
+                prev_ts = tick.ts
+                append(tick)
+            else:
+                if bad is None:
+                    bad = []
+                entry = self._refuse(tick, prev_ts)
+                if entry is None:
+                    prev_ts = tick.ts
+                    append(tick)
+                else:
+                    bad.append(entry)
+            last = seq
+        if last >= 0:
+            delivered[symbol] = last
+            last_ts[symbol] = prev_ts
+        self._duplicates += dups
+        if self._held:
+            bad = self._drain_held(out, bad)
+        # Deliver before anything else can fail (a send on a dead socket): positions have moved.
+        await self._deliver(out, bad)
+        if self._pending:
+            for pending_symbol, pending in list(self._pending.items()):
+                if delivered.get(pending_symbol, 0) >= pending.last:
+                    del self._pending[pending_symbol]  # filled, whether or not "done" arrives
+                    await self._request_hole(ws, pending_symbol, count_gap=False)
+        if gaps is not None:
+            for gap_symbol in dict.fromkeys(gaps):
+                await self._request_hole(ws, gap_symbol, count_gap=True)
+        if self._held_count > self._config.max_held:
+            self._kick(f"{self._held_count} ticks held behind gaps > max_held")
+
+    def _refuse(self, tick: Tick, prev_ts: int) -> QuarantinedTick | None:
+        reason = validate_tick(tick, prev_ts if prev_ts >= 0 else None)
+        if reason is None:
+            return None
+        self._invalid += 1
+        return QuarantinedTick(
+            received_ns=int(self._clock.time() * 1e9),
+            reason=reason,
+            raw=repr(tick),
+            symbol=tick.symbol,
+            seq=tick.seq,
+        )
+
+    def _drain_held(
+        self, out: list[Tick], bad: list[QuarantinedTick] | None
+    ) -> list[QuarantinedTick] | None:
+        """Move held ticks that now follow on from the delivered position into ``out``."""
+        delivered = self._delivered
+        for symbol in list(self._held):
+            held = self._held[symbol]
+            last = delivered.get(symbol, 0)
+            for seq in [s for s in held if s <= last]:
+                del held[seq]
+                self._held_count -= 1
+                self._duplicates += 1
+            prev_ts = self._last_ts.get(symbol, -1)
+            while (tick := held.pop(last + 1, None)) is not None:
+                self._held_count -= 1
+                entry = self._refuse(tick, prev_ts)
+                if entry is None:
+                    prev_ts = tick.ts
+                    out.append(tick)
+                else:
+                    if bad is None:
+                        bad = []
+                    bad.append(entry)
+                last += 1
+            delivered[symbol] = last
+            self._last_ts[symbol] = prev_ts
+            if not held:
+                del self._held[symbol]
+        return bad
+
+    async def _deliver(self, out: list[Tick], bad: list[QuarantinedTick] | None) -> None:
+        """Hand over a frame's outcome; if that is interrupted, move the positions back so that
+        the resubscription delivers the same ticks again (nothing falls between the chairs)."""
+        try:
+            if bad:
+                await self._sink.quarantine(bad)
+                self._report(
+                    InvalidTickError(
+                        f"{len(bad)} invalid tick(s) quarantined; first: {bad[0].reason}"
+                    )
+                )
+            if out:
+                self._blocked = True
+                try:
+                    await self._sink.put(out)
+                finally:
+                    self._blocked = False
+                    self._last_seen = self._clock.monotonic()
+                self._ticks += len(out)
+        except BaseException:
+            self._rewind(out, bad)
+            raise
+
+    def _rewind(self, out: list[Tick], bad: list[QuarantinedTick] | None) -> None:
+        first: dict[str, int] = {}
+        for tick in out:
+            first.setdefault(tick.symbol, tick.seq)
+        for entry in bad or ():
+            if entry.symbol is not None and entry.seq is not None:
+                seq = first.get(entry.symbol)
+                first[entry.symbol] = entry.seq if seq is None else min(seq, entry.seq)
+        for symbol, seq in first.items():
+            self._delivered[symbol] = min(self._delivered.get(symbol, 0), seq - 1)
+            self._last_ts.pop(symbol, None)
+
+    async def _request_hole(self, ws: ClientConnection, symbol: str, *, count_gap: bool) -> None:
+        """Ask for the range between the delivered position and the first held tick."""
+        held = self._held.get(symbol)
+        if not held or symbol in self._pending:
+            return
+        first = self._delivered.get(symbol, 0) + 1
+        last = min(held) - 1
+        if last < first:
+            return
+        if count_gap:
+            self._gaps += 1
+        await self._send_replay(ws, symbol, first, last)
+
+    async def _send_replay(self, ws: ClientConnection, symbol: str, first: int, last: int) -> None:
+        pending = self._pending.get(symbol)
+        if pending is None:
+            self._pending[symbol] = _Pending(first, last, self._clock.monotonic())
+        else:
+            pending.attempts += 1
+            pending.first, pending.last = first, last
+            pending.requested_at = self._clock.monotonic()
+            pending.beats = 0
+        self._replays += 1
+        await ws.send(
+            _json_encode(ReplayRequest(symbol=symbol, from_seq=first, to_seq=last)).decode()
+        )
+
+    # ------------------------------------------------------------------ control and heartbeats
+
+    async def _on_heartbeat(self, ws: ClientConnection, last_by_symbol: dict[str, int]) -> None:
+        """A tail gap is a symbol the exchange was ahead on at the PREVIOUS heartbeat too, with no
+        progress since: ticks in flight at one heartbeat do not trigger a replay."""
+        delivered = self._delivered
+        for symbol, pending in list(self._pending.items()):
+            pending.beats += 1
+            if pending.beats >= 2:
+                await self._on_replay_done(ws, symbol, pending.last)
+        for symbol, hb_last in self._hb_last.items():
+            now_delivered = delivered.get(symbol, 0)
+            if (
+                hb_last > now_delivered
+                and self._hb_delivered.get(symbol) == now_delivered
+                and symbol not in self._pending
+                and symbol not in self._held
+            ):
+                self._gaps += 1
+                await self._send_replay(ws, symbol, now_delivered + 1, hb_last)
+        self._hb_last = {s: n for s, n in last_by_symbol.items() if s in self._symbols}
+        self._hb_delivered = {s: delivered.get(s, 0) for s in self._hb_last}
+
+    async def _on_replay_done(self, ws: ClientConnection, symbol: str, to_seq: int) -> None:
+        pending = self._pending.get(symbol)
+        if pending is None:
+            return
+        # The exchange clamps a replay to what it has emitted; later ticks arrive live.
+        pending.last = min(pending.last, to_seq)
+        if self._delivered.get(symbol, 0) < pending.last:
+            # Some of the replay did not arrive intact (a corrupted frame): ask again, then give up.
+            if pending.attempts < self._config.max_replay_attempts:
+                first = self._delivered.get(symbol, 0) + 1
+                await self._send_replay(ws, symbol, first, pending.last)
+                return
+            # Only the exchange can say a range is gone; resubscribing asks it for everything
+            # after the delivered position (and an unretained part comes back as an error).
+            self._kick(f"replay of {symbol} incomplete after {pending.attempts} attempts")
+            return
+        del self._pending[symbol]
+        await self._after_fill(ws)
+
+    async def _after_fill(self, ws: ClientConnection) -> None:
+        if not self._held:
+            return
+        out: list[Tick] = []
+        bad = self._drain_held(out, None)
+        await self._deliver(out, bad)
+        for symbol in list(self._held):
+            await self._request_hole(ws, symbol, count_gap=False)
+
+    async def _declare_lost(self, symbol: str, first: int, last: int, reason: str) -> None:
+        if last < first:
+            return
+        self._lost += last - first + 1
+        self._lost_ranges += 1
+        self._delivered[symbol] = max(self._delivered.get(symbol, 0), last)
+        what = f"{symbol} seq {first}..{last} ({last - first + 1} ticks) lost: {reason}"
+        _log.error("feed %s: %s", self.name, what)
+        await self._sink.quarantine(
+            [
+                QuarantinedTick(
+                    received_ns=int(self._clock.time() * 1e9),
+                    reason=f"lost range {first}..{last}: {reason}",
+                    raw="",
+                    symbol=symbol,
+                    seq=first,
+                )
+            ]
+        )
+        self._report(TickRangeLostError(what))
+
+    async def _on_control(self, ws: ClientConnection, message: str) -> None:
+        try:
+            reply = _json_decode(message)
+        except msgspec.DecodeError:
+            reply = None
+        if not isinstance(reply, dict):
+            self._control_errors += 1
+            self._report(InvalidTickError(f"undecodable control message: {message[:200]!r}"))
+            return
+        kind = reply.get("type")
+        if kind == "subscribed":
+            self._on_subscribed()
+        elif kind == "error":
+            await self._on_exchange_error(ws, reply)
+        else:
+            self._control_errors += 1
+            self._report(InvalidTickError(f"unexpected control message: {message[:200]!r}"))
+
+    async def _on_exchange_error(self, ws: ClientConnection, reply: dict[str, object]) -> None:
+        """An error naming a range is a loss of that range (the exchange then replays the rest);
+        any other error is counted and reported."""
+        reason = str(reply.get("reason", ""))[:200]
+        symbol, first, last = reply.get("symbol"), reply.get("from_seq"), reply.get("to_seq")
+        if not (
+            isinstance(symbol, str)
+            and symbol in self._symbols
+            and isinstance(first, int)
+            and isinstance(last, int)
+        ):
+            self._control_errors += 1
+            self._report(InvalidTickError(f"exchange error: {reason} ({reply!r:.200})"))
+            return
+        first = max(first, self._delivered.get(symbol, 0) + 1)
+        await self._declare_lost(symbol, first, last, f"exchange: {reason}")
+        await self._after_fill(ws)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(
+        self, exc: Exception, recovered: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
+        """Report the first error of an episode; repeats within ``report_quiet`` seconds of the
+        previous one of the same type are only counted (one fault is one error, not a storm that
+        pattern analysis would escalate to an emergency shutdown)."""
+        manager = self._manager
+        if manager is None:
+            return
+        now = self._clock.monotonic()
+        kind = getattr(exc, "error_type", None)
+        last = self._episodes.get(kind)
+        self._episodes[kind] = now
+        if recovered is None and last is not None and now - last < self._config.report_quiet:
+            self._suppressed += 1
+            return
+        if len(self._reports) >= _MAX_REPORTS:
+            self._suppressed += 1
+            return
+        task = asyncio.create_task(self._handle(manager, exc, recovered))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _handle(
+        self,
+        manager: ErrorRecoveryManager,
+        exc: Exception,
+        recovered: Callable[[], Awaitable[object]] | None,
+    ) -> None:
+        try:
+            await manager.handle(exc, component=self.name, operation=recovered)
+        except Exception:
+            _log.exception("feed %s: the recovery manager failed on %r", self.name, exc)
+
+
+def last_seqs_of(ticks: Sequence[Tick]) -> dict[str, int]:
+    """The highest sequence per symbol in ``ticks`` (in order per symbol)."""
+    return {t.symbol: t.seq for t in ticks}

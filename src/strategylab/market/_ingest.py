@@ -1,0 +1,424 @@
+"""The ingestor: a bounded queue between a feed and a tick store, written in batches.
+
+The feed ``await``s :meth:`Ingestor.put` once per frame; when the queue holds ``max_queue`` ticks
+the call waits, so a slow store slows the socket reads instead of growing memory. One writer task
+takes up to ``batch_size`` ticks (waiting up to ``linger`` seconds for a batch to fill), writes them
+with ``store.write`` (idempotent on (symbol, seq)) and only then ACKNOWLEDGES them: the per-symbol
+watermarks go to the :class:`AckLog` and the counters. A failed write is reported to the recovery
+manager and retried with backoff, forever: a batch is never dropped (with a ``FailoverStore`` the
+failover to the spool happens inside the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Mapping
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError, StrategyLabError
+from strategylab.fault_tolerance import ErrorContext, ErrorRecoveryManager, classify
+
+from ._feed_backoff import Backoff
+from ._ledger import AckLog
+from ._store import QuarantinedTick, TickStore
+from ._tick import Tick
+
+__all__ = ["IngestStatistics", "Ingestor", "IngestorClosedError", "IngestorConfig"]
+
+_log = logging.getLogger(__name__)
+_MAX_REPORTS = 8
+
+
+class IngestorClosedError(StrategyLabError):
+    """Ticks were offered to an ingestor that has been closed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestorConfig:
+    """Queue bound, batching and retry settings of an :class:`Ingestor`."""
+
+    max_queue: int = 200_000
+    """Ticks queued before :meth:`Ingestor.put` waits (exceeded by at most one frame)."""
+    batch_size: int = 20_000
+    linger: float = 0.02
+    retry_floor: float = 0.05
+    retry_cap: float = 2.0
+    name: str = "ingestor"
+
+    def __post_init__(self) -> None:
+        for key in ("max_queue", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(key, value, "must be an int >= 1")
+        for key in ("linger", "retry_floor", "retry_cap"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigurationError(key, value, "must be a finite number >= 0")
+        if not self.retry_floor > 0:
+            raise ConfigurationError("retry_floor", self.retry_floor, "must be > 0")
+        if self.retry_cap < self.retry_floor:
+            raise ConfigurationError("retry_cap", self.retry_cap, "must be >= retry_floor")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestStatistics:
+    """A frozen snapshot of an ingestor's counters."""
+
+    queued: int
+    """Ticks waiting in the queue now."""
+    queue_peak: int
+    batches: int
+    acknowledged: int
+    """Ticks whose batch write returned (stored, or already stored)."""
+    new: int
+    """Of those, how many the store reported as new."""
+    quarantined: int
+    write_failures: int
+    writing: bool
+    """A write is in progress or being retried."""
+    acked: Mapping[str, int]
+    """The acknowledged watermark per symbol."""
+
+
+class _Quarantine:
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[QuarantinedTick]) -> None:
+        self.entries = entries
+
+
+class Ingestor:
+    """Bounded, batched, acknowledged writes into a :class:`TickStore` (a Component)."""
+
+    def __init__(
+        self,
+        store: TickStore,
+        config: IngestorConfig | None = None,
+        *,
+        ack_log: AckLog | None = None,
+        manager: ErrorRecoveryManager | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config if config is not None else IngestorConfig()
+        self._ack_log = ack_log
+        self._manager = manager
+        self._clock = clock
+        self._backoff = Backoff(
+            self._config.retry_floor, self._config.retry_cap, rng=rng, clock=clock
+        )
+        self._queue: collections.deque[list[Tick] | _Quarantine] = collections.deque()
+        self._size = 0
+        self._peak = 0
+        self._space = asyncio.Event()
+        self._space.set()
+        self._items = asyncio.Event()
+        self._full_batch = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._reports: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._closed = False
+        self._writing = False
+        self._failing = False
+        self._acked: dict[str, int] = {}
+        self._accounted: dict[str, int] = {}
+        self._batches = self._acknowledged = self._new = 0
+        self._quarantined = self._failures = 0
+
+    # ------------------------------------------------------------------ the feed's side (TickSink)
+
+    async def put(self, ticks: list[Tick]) -> None:
+        """Queue ``ticks``; waits while ``max_queue`` ticks are queued. Cancel-safe: a cancelled
+        call queued nothing."""
+        if self._closed:
+            raise IngestorClosedError(f"{self.name} is closed; {len(ticks)} ticks refused")
+        limit = self._config.max_queue
+        while self._size >= limit:
+            self._space.clear()
+            await self._space.wait()
+        self._queue.append(ticks)
+        size = self._size = self._size + len(ticks)
+        self._peak = max(self._peak, size)
+        self._items.set()
+        if size >= self._config.batch_size:
+            self._full_batch.set()
+
+    async def quarantine(self, entries: list[QuarantinedTick]) -> None:
+        """Queue refused input for the store's quarantine, in order with the ticks."""
+        if self._closed:
+            raise IngestorClosedError(f"{self.name} is closed; {len(entries)} entries refused")
+        self._queue.append(_Quarantine(list(entries)))
+        self._items.set()
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The store's highest stored sequence per symbol (where a feed resumes)."""
+        return await self._store.last_seqs()
+
+    # ------------------------------------------------------------------ Component
+
+    @property
+    def name(self) -> str:
+        """The component name."""
+        return self._config.name
+
+    @property
+    def store(self) -> TickStore:
+        """The store written to."""
+        return self._store
+
+    async def start(self) -> None:
+        """Start the writer task (the queue survives a stop/start)."""
+        if self._closed:
+            raise IngestorClosedError(f"{self.name} is closed")
+        if self._task is None or self._task.done():
+            self._draining = False
+            self._task = asyncio.create_task(self._writer(), name=f"{self.name}.writer")
+
+    async def stop(self) -> None:
+        """Stop the writer now; queued ticks stay queued for the next :meth:`start`."""
+        current = asyncio.current_task()
+        tasks = [t for t in (self._task, *self._reports) if t is not None and t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        self._writing = False
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Write everything queued, then stop the writer; ``TimeoutError`` after ``timeout``."""
+        if self._task is None or self._task.done():
+            await self.start()
+        self._draining = True
+        self._items.set()
+        self._full_batch.set()
+        task = self._task
+        assert task is not None  # noqa: S101 - start() just set it
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(task)
+
+    async def aclose(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Drain within ``timeout`` seconds, then stop; ticks still queued are reported."""
+        try:
+            await self.drain(timeout)
+        except TimeoutError:
+            _log.error(
+                "%s: %d ticks still queued after %.1fs; not acknowledged",
+                self.name,
+                self._size,
+                timeout,
+            )
+        finally:
+            self._closed = True
+            await self.stop()
+            if self._ack_log is not None:
+                self._ack_log.close()
+
+    async def restart(self) -> None:
+        """Restart the writer, keeping the queue."""
+        await self.stop()
+        await self.start()
+
+    async def health(self) -> bool:
+        """Writer running, the last write did not fail, and a store round trip succeeds."""
+        if self._task is None or self._task.done() or self._failing:
+            return False
+        return await self._store.health()
+
+    def statistics(self) -> IngestStatistics:
+        """A frozen snapshot of the counters."""
+        return IngestStatistics(
+            queued=self._size,
+            queue_peak=self._peak,
+            batches=self._batches,
+            acknowledged=self._acknowledged,
+            new=self._new,
+            quarantined=self._quarantined,
+            write_failures=self._failures,
+            writing=self._writing,
+            acked=dict(self._acked),
+        )
+
+    def accounted(self) -> dict[str, int]:
+        """Per symbol, the highest sequence durably dealt with: stored or quarantined."""
+        return dict(self._accounted)
+
+    async def wait_accounted(self, targets: Mapping[str, int], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until every ``targets[symbol]`` is stored or quarantined; ``TimeoutError`` names
+        the symbols still behind."""
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: not self._behind(targets))
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"{self.name}: still behind after {timeout}s: {self._behind(targets)}"
+            ) from exc
+
+    def _behind(self, targets: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        return {
+            s: (self._accounted.get(s, 0), n)
+            for s, n in targets.items()
+            if self._accounted.get(s, 0) < n
+        }
+
+    # ------------------------------------------------------------------ the writer
+
+    async def _writer(self) -> None:
+        cfg = self._config
+        while True:
+            if not self._queue:
+                if self._draining:
+                    return
+                self._items.clear()
+                await self._items.wait()
+                continue
+            if self._size < cfg.batch_size and cfg.linger > 0 and not self._draining:
+                self._full_batch.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(cfg.linger):
+                        await self._full_batch.wait()
+            head = self._queue[0]
+            if isinstance(head, _Quarantine):
+                await self._write_quarantine(head)
+                self._queue.popleft()
+                continue
+            batch = self._take(cfg.batch_size)
+            await self._write(batch)
+            self._size -= len(batch)
+            self._take_done(len(batch))
+            if self._size < cfg.max_queue:
+                self._space.set()
+
+    def _take(self, limit: int) -> list[Tick]:
+        """The ticks at the head of the queue up to ``limit`` (or one whole frame), NOT removed."""
+        batch: list[Tick] = []
+        for item in self._queue:
+            if isinstance(item, _Quarantine):
+                break
+            if batch and len(batch) + len(item) > limit:
+                break
+            batch.extend(item)
+        return batch
+
+    def _take_done(self, count: int) -> None:
+        queue = self._queue
+        while count > 0:
+            item = queue.popleft()
+            assert not isinstance(item, _Quarantine)  # noqa: S101 - _take stops at one
+            count -= len(item)
+
+    async def _write(self, batch: list[Tick]) -> None:
+        store = self._store
+        self._writing = True
+        while True:
+            try:
+                new = await store.write(batch)
+            except Exception as exc:
+                self._failures += 1
+                if not self._failing:
+                    # Only the failure that starts an outage is reported; the retries that
+                    # follow are counted (a storm of reports would escalate to a shutdown).
+                    self._report(exc)
+                self._failing = True
+                delay = self._backoff.next_delay()
+                _log.warning(
+                    "%s: write of %d ticks failed (%r); retry in %.3fs",
+                    self.name,
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                await self._clock.asleep(delay)
+                continue
+            break
+        self._failing = False
+        self._writing = False
+        self._backoff.reset()
+        watermarks = {t.symbol: t.seq for t in batch}
+        if self._ack_log is not None:
+            self._ack_log.append(watermarks)
+        self._batches += 1
+        self._acknowledged += len(batch)
+        self._new += new
+        acked = self._acked
+        accounted = self._accounted
+        for symbol, seq in watermarks.items():
+            if seq > acked.get(symbol, 0):
+                acked[symbol] = seq
+            if seq > accounted.get(symbol, 0):
+                accounted[symbol] = seq
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _write_quarantine(self, item: _Quarantine) -> None:
+        while True:
+            try:
+                await self._store.quarantine(item.entries)
+            except Exception as exc:
+                self._failures += 1
+                if not self._failing:
+                    self._report(exc)
+                self._failing = True
+                await self._clock.asleep(self._backoff.next_delay())
+                continue
+            break
+        self._failing = False
+        self._backoff.reset()
+        self._quarantined += len(item.entries)
+        accounted = self._accounted
+        for entry in item.entries:
+            if entry.symbol is not None and entry.seq is not None:
+                # A lost-range entry names its first seq; the feed moved past the whole range.
+                top = _range_end(entry)
+                if top > accounted.get(entry.symbol, 0):
+                    accounted[entry.symbol] = top
+        async with self._progress:
+            self._progress.notify_all()
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self, exc: Exception) -> None:
+        manager = self._manager
+        if manager is None or len(self._reports) >= _MAX_REPORTS:
+            return
+        task = asyncio.create_task(self._handle(manager, exc))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _handle(self, manager: ErrorRecoveryManager, exc: Exception) -> None:
+        # Classified as the store's error (a lost connection, a full disk), recovered as ours.
+        kind = classify(exc, component=self._store.name)
+        context = ErrorContext.from_exception(
+            exc,
+            component=self.name,
+            error_type=kind,
+            severity=manager.policies[kind].severity,
+            metadata={"store": self._store.name},
+            capture_state=False,
+            clock=self._clock,
+        )
+        try:
+            await manager.handle(context)
+        except Exception:
+            _log.exception("%s: the recovery manager failed on %r", self.name, exc)
+
+
+def _range_end(entry: QuarantinedTick) -> int:
+    """The last seq an entry accounts for: ``seq``, or the end of a ``lost range a..b``."""
+    seq = entry.seq if entry.seq is not None else 0
+    prefix = "lost range "
+    if entry.reason.startswith(prefix):
+        span = entry.reason[len(prefix) :].split(":", 1)[0]
+        _, _, end = span.partition("..")
+        with contextlib.suppress(ValueError):
+            return max(seq, int(end))
+    return seq

@@ -1,0 +1,201 @@
+"""Ingestor: bounded queue with backpressure, batched idempotent writes, acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
+from strategylab.market._ingest import Ingestor, IngestorConfig
+from strategylab.market._ledger import AckLog, read_acks
+from strategylab.market._store import QuarantinedTick
+from strategylab.market._tick import Tick
+from strategylab.testing import FakeClock
+
+
+def ticks(first: int, last: int, symbol: str = "A") -> list[Tick]:
+    return [Tick(symbol, s, s, 1.0, 1.1, 1.0, 1.0) for s in range(first, last + 1)]
+
+
+class MemoryStore:
+    """A TickStore in memory, idempotent on (symbol, seq); can be gated or made to fail."""
+
+    name = "memory-store"
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], Tick] = {}
+        self.batches: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+        self.failures: list[Exception] = []
+        self.quarantine_rows: list[QuarantinedTick] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def write(self, batch: Sequence[Tick]) -> int:
+        self.entered.set()
+        await self.gate.wait()
+        if self.failures:
+            raise self.failures.pop(0)
+        new = 0
+        for t in batch:
+            if (t.symbol, t.seq) not in self.rows:
+                self.rows[t.symbol, t.seq] = t
+                new += 1
+        self.batches.append(len(batch))
+        return new
+
+    async def last_seqs(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for symbol, seq in self.rows:
+            out[symbol] = max(out.get(symbol, 0), seq)
+        return out
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        return [t for (s, q), t in sorted(self.rows.items()) if s == symbol and q >= from_seq]
+
+    async def symbols(self) -> list[str]:
+        return sorted({s for s, _ in self.rows})
+
+    async def duplicates(self) -> int:
+        return 0
+
+    async def quarantine(self, entries: Sequence[QuarantinedTick]) -> None:
+        self.quarantine_rows.extend(entries)
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        return list(self.quarantine_rows)
+
+    async def health(self) -> bool:
+        return not self.failures
+
+
+@pytest.mark.timeout(10)
+async def test_ticks_are_written_in_batches_and_acknowledged(tmp_path: Path) -> None:
+    """Every tick is stored once, in batches no bigger than batch_size, and acked in the log."""
+    store = MemoryStore()
+    acks = AckLog(tmp_path / "acks.jsonl")
+    ingestor = Ingestor(store, IngestorConfig(batch_size=100, linger=0.001), ack_log=acks)
+    await ingestor.start()
+    for first in range(1, 1001, 50):
+        await ingestor.put(ticks(first, first + 49))
+        await ingestor.put(ticks(first, first + 49, "B"))
+    await ingestor.wait_accounted({"A": 1000, "B": 1000}, timeout=5)
+    await ingestor.aclose(5)
+    assert len(store.rows) == 2000
+    assert max(store.batches) <= 100
+    stats = ingestor.statistics()
+    assert (stats.acknowledged, stats.new, stats.queued) == (2000, 2000, 0)
+    assert read_acks(tmp_path / "acks.jsonl") == {"A": 1000, "B": 1000}
+
+
+@pytest.mark.timeout(10)
+async def test_backpressure_keeps_the_queue_bounded_while_the_store_blocks() -> None:
+    """With the store stuck, put() waits once max_queue ticks are queued; nothing grows."""
+    store = MemoryStore()
+    store.gate.clear()
+    ingestor = Ingestor(store, IngestorConfig(max_queue=500, batch_size=100, linger=0))
+    await ingestor.start()
+    accepted = 0
+
+    async def producer() -> None:
+        nonlocal accepted
+        for first in range(1, 10_001, 50):
+            await ingestor.put(ticks(first, first + 49))
+            accepted += 50
+
+    task = asyncio.create_task(producer())
+    async with asyncio.timeout(5):
+        await store.entered.wait()
+    for _ in range(50):  # give the producer every chance to overrun the bound
+        await asyncio.sleep(0)
+    assert not task.done()
+    assert ingestor.statistics().queued <= 500
+    assert ingestor.statistics().queue_peak <= 500
+    assert accepted <= 500
+    store.gate.set()
+    async with asyncio.timeout(5):
+        await task
+    await ingestor.wait_accounted({"A": 10_000}, timeout=5)
+    assert ingestor.statistics().queue_peak <= 550
+    await ingestor.aclose(5)
+    assert len(store.rows) == 10_000
+
+
+@pytest.mark.timeout(10)
+async def test_failed_write_is_reported_and_retried_never_dropped() -> None:
+    """A failing write is reported once per outage and the same batch retried until stored."""
+    store = MemoryStore()
+    store.failures = [ConnectionRefusedError("db down"), ConnectionRefusedError("db down")]
+    manager = ErrorRecoveryManager(capture_state=False)
+    clock = FakeClock()
+    ingestor = Ingestor(
+        store,
+        IngestorConfig(batch_size=10, linger=0, retry_floor=0.5, retry_cap=4.0, name="ingestor"),
+        manager=manager,
+        clock=clock,
+        rng=random.Random(1),
+    )
+    await ingestor.start()
+    await ingestor.put(ticks(1, 10))
+    await ingestor.wait_accounted({"A": 10}, timeout=5)
+    assert len(store.rows) == 10
+    assert ingestor.statistics().write_failures == 2
+    assert clock.sleeps[0] == 0.0  # the first retry is immediate
+    assert 0.0 <= clock.sleeps[1] <= 0.5
+    await ingestor.aclose(5)
+    dist = manager.statistics().error_type_distribution
+    assert dist[ErrorType.DATABASE_CONNECTION_LOST] == 1  # one outage, one report
+
+
+@pytest.mark.timeout(10)
+async def test_quarantine_entries_are_written_in_order_and_accounted() -> None:
+    """Quarantined input reaches the store and counts as accounted for its sequence."""
+    store = MemoryStore()
+    ingestor = Ingestor(store, IngestorConfig(batch_size=10, linger=0))
+    await ingestor.start()
+    await ingestor.put(ticks(1, 4))
+    entry = QuarantinedTick(received_ns=1, reason="crossed quote", raw="...", symbol="A", seq=5)
+    await ingestor.quarantine([entry])
+    await ingestor.wait_accounted({"A": 5}, timeout=5)
+    assert store.quarantine_rows == [entry]
+    assert ingestor.statistics().acked == {"A": 4}
+    assert ingestor.accounted() == {"A": 5}
+    await ingestor.aclose(5)
+
+
+@pytest.mark.timeout(10)
+async def test_wait_accounted_names_what_is_behind() -> None:
+    """A wait that times out says which symbol is behind and where it is."""
+    ingestor = Ingestor(MemoryStore(), IngestorConfig(linger=0))
+    await ingestor.start()
+    await ingestor.put(ticks(1, 3))
+    with pytest.raises(TimeoutError, match="'A': \\(3, 9\\)"):
+        await ingestor.wait_accounted({"A": 9}, timeout=0.2)
+    await ingestor.aclose(5)
+
+
+@pytest.mark.timeout(10)
+async def test_stop_keeps_the_queue_for_the_next_start() -> None:
+    """A restart (stop then start) loses nothing that was queued."""
+    store = MemoryStore()
+    store.gate.clear()
+    ingestor = Ingestor(store, IngestorConfig(batch_size=5, linger=0))
+    await ingestor.start()
+    await ingestor.put(ticks(1, 20))
+    async with asyncio.timeout(5):
+        await store.entered.wait()
+    await ingestor.restart()
+    store.gate.set()
+    await ingestor.wait_accounted({"A": 20}, timeout=5)
+    assert sorted(q for _, q in store.rows) == list(range(1, 21))
+    await ingestor.aclose(5)
