@@ -13,6 +13,8 @@ import strategylab
 
 PACKAGES = [
     "strategylab",
+    "strategylab.chaos",
+    "strategylab.market",
     "strategylab.clock",
     "strategylab.errors",
     "strategylab.fault_tolerance",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,6 +34,22 @@ def _root(
     """Strategy Lab: fault tolerance for trading systems, proved with real faults."""
 
 
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the exchange log and the node's SQLite store are kept.")
+    ] = Path("strategylab-data"),
+    ticks: Annotated[int, typer.Option(min=10_000, help="Ticks the exchange emits.")] = 400_000,
+    tick_rate: Annotated[
+        int, typer.Option(min=1_000, max=200_000, help="Ticks per second from the exchange.")
+    ] = 20_000,
+) -> None:
+    """Ingest market data through real faults, then prove nothing was lost (exit 1 if it was)."""
+    from strategylab._demo import run_demo as run_market_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_market_demo(data_dir=data_dir, ticks=ticks, tick_rate=tick_rate))
+
+
 @app.command("demo-core")
 def demo_core(
     calls: Annotated[int, typer.Option(min=50, help="Calls to make in each phase.")] = 300,
@@ -43,6 +60,68 @@ def demo_core(
 
     code = run_demo(calls=calls, faults=faults)
     raise typer.Exit(code)
+
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
+def exchange(ctx: typer.Context) -> None:
+    """Run the exchange simulator (options: strategylab exchange --help)."""
+    from strategylab.market._exchange import main as exchange_main  # noqa: PLC0415
+
+    raise typer.Exit(exchange_main(ctx.args))
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
+def node(ctx: typer.Context) -> None:
+    """Run an ingesting node: feed → ingestor → store (options: strategylab node --help)."""
+    from strategylab.market._node import main as node_main  # noqa: PLC0415
+
+    raise typer.Exit(node_main(ctx.args))
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
+def proxy(ctx: typer.Context) -> None:
+    """Run the fault proxy with its Toxiproxy-compatible HTTP API (options: --help)."""
+    from strategylab.chaos._proxy_api import main as proxy_main  # noqa: PLC0415
+
+    raise typer.Exit(proxy_main(ctx.args))
+
+
+@app.command("check")
+def check_command(
+    emitted: Annotated[Path, typer.Argument(help="The exchange's emitted log.")],
+    db: Annotated[Path, typer.Argument(help="The SQLite tick store.")],
+    acks: Annotated[Path | None, typer.Option(help="The node's ack log.")] = None,
+    require_complete: Annotated[
+        bool, typer.Option(help="Count emitted ticks that are not stored as errors.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a SQLite tick store against the exchange's emitted log (exit 1 on any finding)."""
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from strategylab.chaos import IntegrityReport, check  # noqa: PLC0415
+    from strategylab.market._sqlite_store import SQLiteTickStore  # noqa: PLC0415
+
+    for label, path in (("emitted log", emitted), ("database", db)):
+        if not path.is_file():
+            typer.echo(f"strategylab check: {label} {str(path)!r} does not exist", err=True)
+            raise typer.Exit(2)
+
+    async def run() -> IntegrityReport:
+        store = SQLiteTickStore(db)
+        await store.open()
+        try:
+            return await check(emitted, store, acks, require_complete=require_complete)
+        finally:
+            await store.aclose()
+
+    report = asyncio.run(run())
+    typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:

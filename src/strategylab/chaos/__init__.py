@@ -1,5 +1,51 @@
-"""Strategy Lab's chaos lab: real faults, measured recovery, checked data integrity."""
+"""Strategy Lab's chaos lab: real faults, measured recovery, checked data integrity.
+
+A Toxiproxy-style TCP fault proxy (with a subset of Toxiproxy's HTTP API) and a Jepsen-style
+integrity checker that compares what the exchange emitted with what the store holds.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._checker import (
+    Corruption,
+    EmittedLogError,
+    Gap,
+    IntegrityReport,
+    SymbolIntegrity,
+    TickSet,
+    check,
+)
+from ._proxy import (
+    Proxy,
+    ProxyError,
+    ProxyExistsError,
+    ProxyNotFoundError,
+    ProxyServer,
+    ProxyStatistics,
+    ToxicExistsError,
+    ToxicNotFoundError,
+)
+from ._proxy_api import create_app as create_proxy_api
+from ._toxics import Stream, Toxic, ToxicType
+
+__all__ = [
+    "Corruption",
+    "EmittedLogError",
+    "Gap",
+    "IntegrityReport",
+    "Proxy",
+    "ProxyError",
+    "ProxyExistsError",
+    "ProxyNotFoundError",
+    "ProxyServer",
+    "ProxyStatistics",
+    "Stream",
+    "SymbolIntegrity",
+    "TickSet",
+    "Toxic",
+    "ToxicExistsError",
+    "ToxicNotFoundError",
+    "ToxicType",
+    "check",
+    "create_proxy_api",
+]
