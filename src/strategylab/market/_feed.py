@@ -422,7 +422,15 @@ class Feed:
     async def _connection(self, url: str) -> None:
         cfg = self._config
         async with asyncio.timeout(cfg.connect_timeout):
-            ws = await connect(url, max_size=None, compression=None, ping_interval=None)
+            # A dead link cannot finish a closing handshake: cap the wait for one, so that leaving
+            # a connection never delays the reconnect by websockets' default 10 s.
+            ws = await connect(
+                url,
+                max_size=None,
+                compression=None,
+                ping_interval=None,
+                close_timeout=min(cfg.stale_after, 1.0),
+            )
         async with ws:
             self._ws = ws
             self._connected = True
@@ -439,6 +447,11 @@ class Feed:
             )
             try:
                 await self._watch(reader)
+            except StaleFeedError:
+                # A dead connection cannot complete a closing handshake: ``async with ws`` would
+                # wait websockets' close_timeout (10 s) before the reconnect. Abort it instead.
+                ws.transport.abort()
+                raise
             finally:
                 reader.cancel()
                 await asyncio.wait({reader})
