@@ -43,7 +43,7 @@ import msgspec
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
-from strategylab.market._ledger import read_acks
+from strategylab.market._ledger import read_acks, read_emitted_payloads
 from strategylab.market._store import QuarantinedTick, TickStore
 from strategylab.market._tick import Tick, validate_tick
 
@@ -57,7 +57,6 @@ __all__ = [
     "check",
 ]
 
-_RECORD_LEN = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()
 _ticks_decoder = msgspec.msgpack.Decoder(list[Tick])
 _raw_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -448,29 +447,12 @@ class _Emitted:
         return max(self.next - 1, max(self.sparse, default=0)) if self.count() else 0
 
 
-def _payloads(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(offset, payload) of each complete record; a torn last record is skipped (as in
-    ``read_emitted``)."""
-    with path.open("rb") as file:
-        offset = 0
-        while True:
-            head = file.read(_RECORD_LEN.size)
-            if len(head) < _RECORD_LEN.size:
-                return
-            (size,) = _RECORD_LEN.unpack(head)
-            payload = file.read(size)
-            if len(payload) < size:
-                return
-            yield offset, payload
-            offset += _RECORD_LEN.size + size
-
-
 def _batches(
     source: str | os.PathLike[str] | Iterable[Tick],
 ) -> Iterator[tuple[list[Tick], list[Any]]]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        for offset, payload in _payloads(path):
+        for offset, payload in read_emitted_payloads(path):
             try:
                 yield _ticks_decoder.decode(payload), _raw_decoder.decode(payload)
             except msgspec.DecodeError as exc:

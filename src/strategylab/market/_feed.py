@@ -34,6 +34,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
@@ -296,12 +297,7 @@ class Feed:
     async def stop(self) -> None:
         """Close the connection and stop every task this feed owns."""
         current = asyncio.current_task()
-        tasks = [t for t in (self._task, *self._reports) if t is not None and t is not current]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(t for t in (self._task, *self._reports) if t is not current)
         self._task = None
 
     async def aclose(self) -> None:

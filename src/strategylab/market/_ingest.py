@@ -20,6 +20,7 @@ import math
 import random
 from collections.abc import Mapping
 
+from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 from strategylab.fault_tolerance import ErrorContext, ErrorRecoveryManager, classify
@@ -185,12 +186,7 @@ class Ingestor:
     async def stop(self) -> None:
         """Stop the writer now; queued ticks stay queued for the next :meth:`start`."""
         current = asyncio.current_task()
-        tasks = [t for t in (self._task, *self._reports) if t is not None and t is not current]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(t for t in (self._task, *self._reports) if t is not current)
         self._task = None
         self._writing = False
 

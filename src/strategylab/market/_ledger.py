@@ -25,7 +25,7 @@ from typing import BinaryIO
 from ._protocol import decode_ticks, encode_ticks
 from ._tick import Tick
 
-__all__ = ["AckLog", "EmittedLog", "read_acks", "read_emitted"]
+__all__ = ["AckLog", "EmittedLog", "read_acks", "read_emitted", "read_emitted_payloads"]
 
 _LEN = struct.Struct(">I")
 
@@ -58,9 +58,10 @@ class EmittedLog:
             self._file.close()
 
 
-def read_emitted(path: str | os.PathLike[str]) -> Iterator[Tick]:
-    """Every tick in an emitted log, in the order logged; a torn last record is skipped."""
+def read_emitted_payloads(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """``(offset, payload)`` of every complete record; a torn last record is skipped."""
     with Path(path).open("rb") as file:
+        offset = 0
         while True:
             head = file.read(_LEN.size)
             if len(head) < _LEN.size:
@@ -69,7 +70,14 @@ def read_emitted(path: str | os.PathLike[str]) -> Iterator[Tick]:
             payload = file.read(size)
             if len(payload) < size:
                 return
-            yield from decode_ticks(payload)
+            yield offset, payload
+            offset += _LEN.size + size
+
+
+def read_emitted(path: str | os.PathLike[str]) -> Iterator[Tick]:
+    """Every tick in an emitted log, in the order logged; a torn last record is skipped."""
+    for _, payload in read_emitted_payloads(path):
+        yield from decode_ticks(payload)
 
 
 class AckLog:
