@@ -1,0 +1,727 @@
+"""The live strategy engine: strategies on ticks, risk in front, orders to the exchange, fills back.
+
+Seam: the engine is a :class:`~strategylab.market.TickSink` (``put``, ``quarantine``,
+``last_seqs``). Live, a second :class:`Feed` subscribes to the exchange with the engine as its sink
+(see :func:`run_engine`), so strategies see exactly the validated, in-order, de-duplicated ticks a
+node stores, and a slow strategy back-pressures only its own feed, never the node's ingestion. Any
+other source calls ``await engine.put(ticks)``. ``last_seqs`` starts at the exchange's current
+sequence, so a (re)started engine trades on live data, never on a replay of history.
+
+Orders: ``ctx.submit`` runs the :class:`RiskEngine` check synchronously, records the order
+``inflight`` in the SQLite book (durably) and only then sends it in an owned task through the
+:class:`OrderClient`. An ambiguous outcome leaves it in flight; the resolver asks the exchange by
+client order id (found: take its status; 404: resend with the same id). Fills are polled from
+``GET /api/fills`` and recorded once each; positions are per strategy and symbol.
+
+Isolation: an exception in a strategy's callback stops delivery to that strategy alone and is
+reported as STRATEGY_EXECUTION_ERROR with component = the strategy's name; the recovery (manager
+chain, or the same steps without a manager) restarts it from its persisted state, or disables it
+once it failed ``max_failures`` times within ``failure_window`` seconds.
+
+Run as a process: ``python -m strategylab.market._engine --exchange-url http://127.0.0.1:P --db
+PATH --strategy NAME=module:Class --symbols A,B``; it prints JSON lines: ``reconciled`` (the
+items), ``trading``, a ``status`` every ``--status-interval`` seconds, and ``stopped`` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import CircuitOpenError, ConfigurationError
+from strategylab.fault_tolerance import ErrorContext, ErrorType
+
+from ._engine_reconcile import ReconciliationItem, reconcile
+from ._engine_runner import StrategyFactory, StrategyFailingError, StrategyRunner, StrategyStatus
+from ._feed import Feed, FeedConfig
+from ._orders import (
+    AmbiguousOrderError,
+    ExchangeOrder,
+    OrderApiError,
+    OrderClient,
+    OrderRefusedError,
+)
+from ._positions import PositionStore
+from ._risk import RiskEngine, RiskRejection
+from ._strategy import Fill, OrderRequest, Side, Strategy
+
+if TYPE_CHECKING:
+    from strategylab.fault_tolerance import ErrorRecoveryManager
+
+    from ._store import QuarantinedTick
+    from ._tick import Tick
+
+__all__ = ["EngineConfig", "EngineStatus", "StrategyEngine", "main", "run_engine"]
+
+_log = logging.getLogger("strategylab.market.engine")
+_LOOKUP_ERRORS = (OrderApiError, aiohttp.ClientError, TimeoutError, CircuitOpenError)
+_FINAL = frozenset({"filled", "cancelled", "rejected", "void"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """Engine options; validated on construction (errors name the option)."""
+
+    max_failures: int = 3
+    """Failures within ``failure_window`` after which a strategy is disabled, not restarted."""
+    failure_window: float = 60.0
+    fill_poll_interval: float = 0.1
+    resolve_interval: float = 0.2
+    state_interval: float = 1.0
+    close_deadline: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1:
+            raise ConfigurationError("max_failures", self.max_failures, "must be >= 1")
+        for key in (
+            "failure_window",
+            "fill_poll_interval",
+            "resolve_interval",
+            "state_interval",
+            "close_deadline",
+        ):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(key, value, "must be a finite number of seconds > 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EngineStatus:
+    """A frozen snapshot for the demo and the process's status lines."""
+
+    risk_state: str
+    risk_reason: str
+    positions: dict[str, dict[str, float]]
+    open_orders: int
+    inflight: int
+    orders_sent: int
+    orders_filled: int
+    orders_rejected: int
+    """Refused by the risk engine."""
+    orders_refused: int
+    """Refused by the exchange (4xx)."""
+    ambiguous: int
+    """Outcomes that were ambiguous (each then resolved by asking the exchange)."""
+    resent: int
+    strategies: tuple[StrategyStatus, ...]
+    reconciliation: tuple[ReconciliationItem, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """For JSON."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["strategies"] = [dataclasses.asdict(s) for s in self.strategies]
+        data["reconciliation"] = [i.to_dict() for i in self.reconciliation]
+        return data
+
+
+class _Live:
+    """An order the engine still tracks (in flight, open, or filled but its fill not yet seen)."""
+
+    __slots__ = ("cancel_requested", "filled", "order_id", "request", "status", "strategy")
+
+    def __init__(self, strategy: str, request: OrderRequest, status: str) -> None:
+        self.strategy = strategy
+        self.request = request
+        self.status = status
+        self.order_id: str | None = None
+        self.filled = 0.0
+        self.cancel_requested = False
+
+    @property
+    def remaining_signed(self) -> float:
+        if self.status in {"cancelled", "rejected", "void"}:
+            return 0.0
+        return (self.request.qty - self.filled) * self.request.side.sign
+
+
+class StrategyEngine:
+    """Runs strategies live (see the module docstring). ``await start()`` reconciles first."""
+
+    def __init__(
+        self,
+        factories: Iterable[StrategyFactory],
+        *,
+        client: OrderClient,
+        db: Path | str,
+        risk: RiskEngine | None = None,
+        manager: ErrorRecoveryManager | None = None,
+        config: EngineConfig | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        name: str = "strategy-engine",
+    ) -> None:
+        self.config = config if config is not None else EngineConfig()
+        self.client = client
+        self.store = PositionStore(db)
+        self._clock = clock
+        self._manager = manager
+        self._name = name
+        self.runners: dict[str, StrategyRunner] = {}
+        for factory in factories:
+            runner = StrategyRunner(
+                self,
+                factory,
+                max_failures=self.config.max_failures,
+                failure_window=self.config.failure_window,
+            )
+            if runner.name in self.runners:
+                raise ConfigurationError("factories", runner.name, "two strategies share a name")
+            self.runners[runner.name] = runner
+            self.store.ensure_strategy(runner.name)
+        symbols = sorted({s for r in self.runners.values() for s in r.symbols})
+        self.risk = risk if risk is not None else RiskEngine(clock=clock)
+        self.risk.watch(symbols)
+        self._by_symbol: dict[str, list[StrategyRunner]] = {s: [] for s in symbols}
+        for runner in self.runners.values():
+            for symbol in runner.symbols:
+                self._by_symbol[symbol].append(runner)
+        self._quotes: dict[str, tuple[float, float]] = {}
+        self._last_seq: dict[str, int] = {}
+        self._now_ns = 0
+        self._positions: dict[tuple[str, str], float] = {}
+        self._live: dict[str, _Live] = {}
+        self._ambiguous: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._resolve_wake = asyncio.Event()
+        self._fill_cursor = 0
+        self._rejected_ids = 0
+        self.rejections: deque[tuple[str, RiskRejection]] = deque(maxlen=1000)
+        self.reconciliation: tuple[ReconciliationItem, ...] = ()
+        self.trading = False
+        self.orders_sent = 0
+        self.orders_filled = 0
+        self.orders_refused = 0
+        self.ambiguous_total = 0
+        self.resent = 0
+        self.quarantined = 0
+
+    # ------------------------------------------------------------------ Component
+
+    @property
+    def name(self) -> str:
+        """The component name."""
+        return self._name
+
+    async def start(self) -> None:
+        """Open the client, reconcile with the exchange, start the strategies, then trade."""
+        if self.trading:
+            return
+        await self.client.start()
+        self.reconciliation = tuple(await reconcile(self.client, self.store))
+        self._positions = {(p.strategy, p.symbol): p.qty for p in self.store.positions()}
+        for order in self.store.orders(frozenset({"inflight", "open"})):
+            live = _Live(order.strategy, order.request, order.status)
+            live.order_id, live.filled = order.order_id, order.filled_qty
+            self._live[order.cid] = live
+        self._fill_cursor = 0
+        exchange_last = await self.client.last_seqs()
+        self._last_seq = {s: exchange_last.get(s, 0) for s in self._by_symbol}
+        for runner in self.runners.values():
+            if self._manager is not None and runner.name not in {
+                c.name for c in self._manager.components()
+            }:
+                self._manager.register(runner)
+            _failures, enabled = self.store.strategy_health(runner.name)
+            if not enabled:
+                runner.enabled = False
+                runner.disabled_reason = "disabled in a previous run"
+                continue
+            try:
+                runner.launch(runner.strategy)
+            except Exception as exc:
+                self._fail(runner, exc)
+        self.trading = True
+        self._loops = [
+            asyncio.create_task(self._fill_loop(), name=f"{self._name}.fills"),
+            asyncio.create_task(self._resolve_loop(), name=f"{self._name}.resolver"),
+            asyncio.create_task(self._state_loop(), name=f"{self._name}.state"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop trading: finish sends within ``close_deadline`` (cancel the rest), persist state."""
+        self.trading = False
+        for task in self._loops:
+            task.cancel()
+        if self._loops:
+            await asyncio.wait(self._loops)
+        self._loops = []
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=self.config.close_deadline)
+            for task in pending:
+                _log.warning("engine stop: cancelling straggler %s", task.get_name())
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        self._flush_states(force=True)
+        for runner in self.runners.values():
+            await runner.stop()
+        await self.client.stop()
+
+    async def aclose(self) -> None:
+        """Stop and close the book."""
+        await self.stop()
+        self.store.close()
+
+    async def health(self) -> bool:
+        """True while trading with every loop alive."""
+        return self.trading and all(not t.done() for t in self._loops)
+
+    # ------------------------------------------------------------------ TickSink
+
+    async def put(self, ticks: list[Tick]) -> None:
+        """Deliver ticks to the strategies of their symbols (in order), after the risk engine."""
+        risk_tick = self.risk.on_tick
+        quotes, last_seq, by_symbol = self._quotes, self._last_seq, self._by_symbol
+        for tick in ticks:
+            symbol = tick.symbol
+            quotes[symbol] = (tick.bid, tick.ask)
+            last_seq[symbol] = tick.seq
+            self._now_ns = tick.ts
+            risk_tick(symbol)
+            if not self.trading:
+                continue
+            for runner in by_symbol.get(symbol, ()):
+                if runner.running:
+                    try:
+                        runner.strategy.on_tick(tick, runner.ctx)
+                    except Exception as exc:
+                        self._fail(runner, exc)
+                    else:
+                        runner.dirty = True
+
+    async def quarantine(self, entries: list[QuarantinedTick]) -> None:
+        """Refused input is counted; strategies never see it."""
+        self.quarantined += len(entries)
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The last sequence delivered per symbol (the exchange's own at start: trade live)."""
+        return dict(self._last_seq)
+
+    # ------------------------------------------------------------------ context
+
+    @property
+    def now_ns(self) -> int:
+        """Exchange time of the last tick (the clock's before the first)."""
+        return self._now_ns or int(self._clock.time() * 1e9)
+
+    def position(self, strategy: str, symbol: str) -> float:
+        """A strategy's filled position in ``symbol``."""
+        return self._positions.get((strategy, symbol), 0.0)
+
+    def _pending(self, strategy: str, symbol: str) -> float:
+        return sum(
+            o.remaining_signed
+            for o in self._live.values()
+            if o.strategy == strategy and o.request.symbol == symbol
+        )
+
+    def submit_for(self, runner: StrategyRunner, request: OrderRequest) -> str:
+        """Risk-check, record in flight (durably), then send; returns the client order id.
+
+        A refused order gets an id ending in ``-rN`` that is never sent; its
+        :class:`RiskRejection` is in :attr:`rejections`.
+        """
+        name, symbol = runner.name, request.symbol
+        exposure = self.position(name, symbol) + self._pending(name, symbol)
+        quote = self._quotes.get(symbol)
+        mark = None if quote is None else (quote[1] if request.side is Side.BUY else quote[0])
+        rejection = self.risk.check(request, exposure, mark)
+        if rejection is not None:
+            self._rejected_ids += 1
+            cid = f"{self.store.engine_id}-{name}-r{self._rejected_ids}"
+            self.rejections.append((cid, rejection))
+            _log.info("risk refused %s %s: %s", name, request, rejection.reason)
+            return cid
+        cid = self.store.record_inflight(name, request, None)
+        self._live[cid] = _Live(name, request, "inflight")
+        self.orders_sent += 1
+        self._spawn(self._send(cid, request), f"send {cid}")
+        return cid
+
+    def cancel_all_for(self, strategy: str, symbol: str | None) -> None:
+        """Cancel the strategy's open orders (cancels pass the risk engine in every state)."""
+        self.risk.check_cancel()
+        for cid, order in list(self._live.items()):
+            if order.strategy != strategy or (
+                symbol is not None and order.request.symbol != symbol
+            ):
+                continue
+            order.cancel_requested = True
+            if order.status == "open" and order.order_id is not None:
+                self._spawn(self._cancel(cid, order.order_id), f"cancel {cid}")
+
+    def rejection(self, cid: str) -> RiskRejection | None:
+        """The risk engine's reason for refusing ``cid`` (None if it was not refused)."""
+        for key, rejection in reversed(self.rejections):
+            if key == cid:
+                return rejection
+        return None
+
+    # ------------------------------------------------------------------ orders
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, cid: str, request: OrderRequest) -> None:
+        try:
+            order = await self.client.submit(cid, request)
+        except OrderRefusedError as exc:
+            self.orders_refused += 1
+            self.store.update_order(cid, status="rejected", reason=str(exc))
+            self._set_status(cid, "rejected")
+            _log.warning("exchange refused %s: %s", cid, exc)
+            return
+        except AmbiguousOrderError as exc:
+            self.ambiguous_total += 1
+            self._ambiguous.add(cid)
+            self._resolve_wake.set()
+            _log.warning("%s; kept in flight until the exchange says", exc)
+            return
+        self._apply(cid, order)
+
+    def _set_status(self, cid: str, status: str) -> None:
+        live = self._live.get(cid)
+        if live is None:
+            return
+        live.status = status
+        if status in _FINAL and live.remaining_signed == 0.0:
+            del self._live[cid]
+
+    def _apply(self, cid: str, order: ExchangeOrder) -> None:
+        """Take the exchange's word for an order."""
+        self.store.update_order(cid, status=order.status, order_id=order.id, reason=order.reason)
+        live = self._live.get(cid)
+        if live is not None:
+            live.order_id = order.id
+            if live.cancel_requested and order.status == "open":
+                self._spawn(self._cancel(cid, order.id), f"cancel {cid}")
+        self._set_status(cid, order.status)
+
+    async def _cancel(self, cid: str, order_id: str) -> None:
+        try:
+            order = await self.client.cancel(order_id)
+        except (OrderApiError, aiohttp.ClientError, TimeoutError, CircuitOpenError) as exc:
+            _log.warning(
+                "cancel of %s failed: %r (it stays open; retried on the next cancel)", cid, exc
+            )
+            return
+        if order is not None:
+            self._apply(cid, order)
+
+    async def _resolve_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.resolve_interval):
+                    await self._resolve_wake.wait()
+            self._resolve_wake.clear()
+            await self.resolve_ambiguous()
+
+    async def resolve_ambiguous(self) -> int:
+        """Ask the exchange about every ambiguous order once; returns how many remain."""
+        for cid in sorted(self._ambiguous):
+            try:
+                found = await self.client.lookup(cid)
+            except _LOOKUP_ERRORS:
+                continue  # still unknown; asked again next round
+            if found is not None:
+                self._ambiguous.discard(cid)
+                self._apply(cid, found)
+                continue
+            live = self._live.get(cid)
+            if live is None:
+                self._ambiguous.discard(cid)
+                continue
+            # 404: never accepted. The same id can be sent again without risk of a second order.
+            self.resent += 1
+            try:
+                order = await self.client.submit(cid, live.request)
+            except OrderRefusedError as exc:
+                self._ambiguous.discard(cid)
+                self.orders_refused += 1
+                self.store.update_order(cid, status="rejected", reason=str(exc))
+                self._set_status(cid, "rejected")
+            except AmbiguousOrderError:
+                continue
+            else:
+                self._ambiguous.discard(cid)
+                self._apply(cid, order)
+        return len(self._ambiguous)
+
+    @property
+    def ambiguous(self) -> frozenset[str]:
+        """Client ids whose outcome is not yet known."""
+        return frozenset(self._ambiguous)
+
+    # ------------------------------------------------------------------ fills
+
+    async def _fill_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_fills()
+            except _LOOKUP_ERRORS as exc:
+                _log.info("fill poll failed: %r", exc)
+            await asyncio.sleep(self.config.fill_poll_interval)
+
+    async def poll_fills(self) -> int:
+        """Record new fills of this engine's orders and deliver them; returns how many."""
+        fills = await self.client.fills()
+        new = 0
+        for fill in fills[self._fill_cursor :]:
+            if self.store.has_fill(fill.id):
+                continue
+            live = self._live.get(fill.client_order_id)
+            strategy = live.strategy if live is not None else None
+            if strategy is None:
+                known = self.store.order(fill.client_order_id)
+                if known is None:
+                    continue  # another client's order
+                strategy = known.strategy
+            side = Side(fill.side)
+            if not self.store.record_fill(
+                fill_id=fill.id,
+                cid=fill.client_order_id,
+                strategy=strategy,
+                symbol=fill.symbol,
+                side=side,
+                qty=fill.qty,
+                price=fill.price,
+                ts=fill.ts,
+                order_status="filled",
+            ):
+                continue
+            new += 1
+            self.orders_filled += 1
+            key = (strategy, fill.symbol)
+            self._positions[key] = self._positions.get(key, 0.0) + fill.qty * side.sign
+            if live is not None:
+                live.filled += fill.qty
+                self._set_status(fill.client_order_id, "filled")
+            runner = self.runners.get(strategy)
+            if runner is not None and runner.running:
+                event = Fill(
+                    order_id=fill.order_id,
+                    client_order_id=fill.client_order_id,
+                    symbol=fill.symbol,
+                    side=side,
+                    qty=fill.qty,
+                    price=fill.price,
+                    fee=0.0,
+                    ts=fill.ts,
+                )
+                try:
+                    runner.strategy.on_fill(event, runner.ctx)
+                except Exception as exc:
+                    self._fail(runner, exc)
+                else:
+                    runner.dirty = True
+        self._fill_cursor = len(fills)
+        return new
+
+    # ------------------------------------------------------------------ isolation
+
+    def _fail(self, runner: StrategyRunner, exc: Exception) -> None:
+        runner.record_failure(exc, self._clock.monotonic())
+        _log.warning("strategy %s raised %r; recovering", runner.name, exc)
+        self._spawn(self._recover(runner, exc), f"recover {runner.name}")
+
+    async def _recover(self, runner: StrategyRunner, exc: Exception) -> None:
+        if self._manager is not None:
+            context = ErrorContext.from_exception(
+                exc,
+                component=runner.name,
+                error_type=ErrorType.STRATEGY_EXECUTION_ERROR,
+                capture_state=False,
+                clock=self._clock,
+            )
+            outcome = await self._manager.handle(context)
+            if not outcome.success and runner.enabled and not runner.running:
+                runner.disable(f"recovery failed: {outcome.error}")
+            return
+        try:
+            await runner.restart()
+        except StrategyFailingError as failing:
+            runner.disable(str(failing))
+        except Exception as again:
+            runner.record_failure(again, self._clock.monotonic())
+            runner.disable(f"restart failed: {type(again).__name__}: {again}")
+
+    # ------------------------------------------------------------------ state
+
+    async def _state_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state_interval)
+            self._flush_states(force=False)
+
+    def _flush_states(self, *, force: bool) -> None:
+        for runner in self.runners.values():
+            if runner.running and (runner.dirty or force):
+                try:
+                    state = runner.strategy.state()
+                except Exception as exc:
+                    self._fail(runner, exc)
+                    continue
+                self.store.save_state(runner.name, state)
+                runner.dirty = False
+
+    def persist_states(self) -> None:
+        """Persist every running strategy's state now."""
+        self._flush_states(force=True)
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> EngineStatus:
+        """Risk state, positions, orders and strategies, now."""
+        positions: dict[str, dict[str, float]] = {}
+        for (strategy, symbol), qty in sorted(self._positions.items()):
+            positions.setdefault(strategy, {})[symbol] = qty
+        open_orders = sum(1 for o in self._live.values() if o.status == "open")
+        inflight = sum(1 for o in self._live.values() if o.status == "inflight")
+        return EngineStatus(
+            risk_state=self.risk.state.value,
+            risk_reason=self.risk.reason,
+            positions=positions,
+            open_orders=open_orders,
+            inflight=inflight,
+            orders_sent=self.orders_sent,
+            orders_filled=self.orders_filled,
+            orders_rejected=len(self.rejections),
+            orders_refused=self.orders_refused,
+            ambiguous=self.ambiguous_total,
+            resent=self.resent,
+            strategies=tuple(r.status() for r in self.runners.values()),
+            reconciliation=self.reconciliation,
+        )
+
+
+# ---------------------------------------------------------------------------------- process
+
+
+def load_factory(spec: str, symbols: tuple[str, ...], params: dict[str, Any]) -> StrategyFactory:
+    """``NAME=module:Class`` → a factory calling ``Class(NAME, symbols, **params)`` (or
+    ``Class(symbols[0], name=NAME, **params)`` for a class whose first parameter is ``symbol``,
+    like the built-in strategies)."""
+    name, sep, target = spec.partition("=")
+    module_name, colon, attr = target.partition(":")
+    if not sep or not colon or not name or not module_name or not attr:
+        raise ConfigurationError("strategy", spec, "must look like NAME=module:Class")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigurationError("strategy", spec, f"{target} is not a Strategy subclass")
+
+    # The built-ins take ``(symbol, ..., name=)``; the engine's examples ``(name, symbols, ...)``.
+    first = next(iter(inspect.signature(cls).parameters), "")
+    make: Callable[..., Strategy] = cls
+
+    def factory() -> Strategy:
+        if first == "symbol":
+            return make(symbols[0], name=name, **params)
+        return make(name, symbols, **params)
+
+    return factory
+
+
+def _emit(event: str, **data: object) -> None:
+    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+async def run_engine(
+    engine: StrategyEngine,
+    ws_url: str,
+    *,
+    stop: asyncio.Event | None = None,
+    status_interval: float = 1.0,
+) -> None:
+    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop`` or SIGTERM/SIGINT."""
+    done = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    await engine.start()
+    _emit("reconciled", items=[i.to_dict() for i in engine.reconciliation])
+    feed = Feed(FeedConfig(urls=(ws_url,), symbols=tuple(engine._by_symbol)), engine)  # noqa: SLF001
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, done.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                break
+        await feed.start()
+        _emit("trading", pid=os.getpid())
+        while not done.is_set():
+            _emit("status", **engine.status().to_dict())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(status_interval):
+                    await done.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await feed.stop()
+        await engine.aclose()
+    _emit("stopped", **engine.status().to_dict())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="strategylab trade", description="Trade strategies live.")
+    p.add_argument("--exchange-url", required=True, help="http://HOST:PORT of the exchange")
+    p.add_argument("--db", type=Path, required=True, help="the engine's SQLite book")
+    p.add_argument("--strategy", action="append", required=True, help="NAME=module:Class")
+    p.add_argument("--symbols", required=True, help="comma-separated")
+    p.add_argument("--params", default="{}", help="JSON keyword arguments for every strategy")
+    p.add_argument("--status-interval", type=float, default=1.0)
+    p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
+    p.add_argument("--max-position", type=float, default=1_000.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 after a clean shutdown, 2 for bad options."""
+    from ._risk import RiskLimits  # noqa: PLC0415 - only the process needs it
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+        params = json.loads(args.params)
+        factories = [load_factory(spec, symbols, params) for spec in args.strategy]
+        limits = RiskLimits(
+            max_order_notional=args.max_order_notional, max_position=args.max_position
+        )
+    except (ConfigurationError, ValueError, ImportError, AttributeError) as exc:
+        sys.stderr.write(f"strategylab trade: error: {exc}\n")
+        return 2
+    base = args.exchange_url.rstrip("/")
+    ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+
+    async def run() -> None:
+        engine = StrategyEngine(
+            factories, client=OrderClient(base), db=args.db, risk=RiskEngine(limits)
+        )
+        await run_engine(engine, ws_url, status_interval=args.status_interval)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,346 @@
+"""The order client: the exchange's HTTP order API through timeout ▸ retry ▸ circuit breaker.
+
+Errors::
+
+    StrategyLabError
+    └── OrderApiError                 the order API did not give the answer asked for
+        ├── OrderRefusedError         4xx: the request itself was refused (definitive, not retried)
+        ├── RateLimitedError          429; ``retry_after`` seconds, honoured before the retry
+        ├── ExchangeUnavailableError  5xx; for a POST the order may or may not exist (ambiguous)
+        └── AmbiguousOrderError       submit gave up without learning whether the order exists
+
+aiohttp's connection errors and timeouts are retried as they are and, when the retry gives up,
+translated once (``raise AmbiguousOrderError(...) from exc``) by :meth:`OrderClient.submit`.
+
+Idempotency is the exchange's: a ``client_order_id`` names an order for ever, so re-sending the
+same id (every retry does) can never create a second order. An ambiguous outcome is resolved only
+by asking (:meth:`OrderClient.lookup`: found, or 404 = never accepted), never by guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import aiohttp
+import msgspec
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import CallTimeoutError, CircuitOpenError, StrategyLabError
+from strategylab.fault_tolerance import (
+    CircuitBreaker,
+    ErrorContext,
+    ErrorType,
+    Pipeline,
+    RetryPolicy,
+    Timeout,
+)
+
+from ._exchange_orders import Fill as ExchangeFill
+from ._exchange_orders import Order as ExchangeOrder
+from ._exchange_orders import Position as ExchangePosition
+from ._strategy import OrderRequest, OrderType
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from strategylab.fault_tolerance import ErrorRecoveryManager
+
+__all__ = [
+    "AmbiguousOrderError",
+    "ExchangeFill",
+    "ExchangeOrder",
+    "ExchangePosition",
+    "ExchangeUnavailableError",
+    "OrderApiError",
+    "OrderClient",
+    "OrderRefusedError",
+    "RateLimitedError",
+]
+
+_log = logging.getLogger("strategylab.market.orders")
+T = TypeVar("T")
+_MAX_RETRY_AFTER: Final = 5.0
+
+
+class OrderApiError(StrategyLabError):
+    """The order API did not give the answer asked for; ``status`` is the HTTP status (0: none)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OrderRefusedError(OrderApiError):
+    """A 4xx answer: the request was refused as it stands; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, *, status: int, field: str | None) -> None:
+        super().__init__(message, status=status)
+        self.field = field
+
+
+class RateLimitedError(OrderApiError):
+    """A 429 answer; ``retry_after`` is the wait the exchange asked for (already waited)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class ExchangeUnavailableError(OrderApiError):
+    """A 5xx answer. After a POST the order may have been processed: the outcome is ambiguous."""
+
+
+class AmbiguousOrderError(OrderApiError):
+    """Submitting ``cid`` failed in a way that does not say whether the exchange has the order."""
+
+    def __init__(self, cid: str, cause: BaseException) -> None:
+        super().__init__(f"order {cid}: outcome unknown after {type(cause).__name__}: {cause}")
+        self.cid = cid
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, OrderRefusedError | CircuitOpenError):
+        return False
+    return isinstance(
+        exc, RateLimitedError | ExchangeUnavailableError | aiohttp.ClientError | TimeoutError
+    )
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 1.0
+    return min(seconds, _MAX_RETRY_AFTER)
+
+
+class OrderClient:
+    """An aiohttp client of the exchange's order API (a fault-tolerance ``Component``).
+
+    Every call goes through ``Pipeline.of(timeout=Timeout(timeout), retry=retry, breaker=breaker)``;
+    each attempt is also bounded by ``attempt_timeout``. ``retry`` retries 5xx, 429 (after waiting
+    Retry-After on ``clock``), connection errors and attempt timeouts; 4xx is final. When a call
+    finally fails, the error is reported to ``manager`` as NETWORK_TIMEOUT (a timeout) or
+    EXTERNAL_API_FAILURE (anything else) under this component's ``name``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str = "order-api",
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        manager: ErrorRecoveryManager | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._name = name
+        self._clock = clock
+        self._manager = manager
+        self._attempt_timeout = attempt_timeout
+        self.retry = (
+            retry
+            if retry is not None
+            else RetryPolicy(
+                max_attempts=4,
+                base_delay=0.05,
+                max_delay=1.0,
+                retry_on=_retryable,
+                clock=clock,
+                name=f"{name}.retry",
+            )
+        )
+        self.breaker = (
+            breaker
+            if breaker is not None
+            else CircuitBreaker(
+                f"{name}.breaker",
+                failure_threshold=10,
+                recovery_timeout=1.0,
+                clock=clock,
+                ignore_on=(OrderRefusedError,),
+            )
+        )
+        self._pipeline = Pipeline.of(
+            timeout=Timeout(timeout, name=f"{name}.call", clock=clock),
+            retry=self.retry,
+            breaker=self.breaker,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+        self.failures = 0
+        self.reported = 0
+
+    # ------------------------------------------------------------------ Component
+
+    @property
+    def name(self) -> str:
+        """The component name."""
+        return self._name
+
+    async def start(self) -> None:
+        """Open the HTTP session."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._attempt_timeout),
+                connector=aiohttp.TCPConnector(limit=16, force_close=False),
+            )
+
+    async def stop(self) -> None:
+        """Close the HTTP session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`stop`."""
+        await self.stop()
+
+    async def health(self) -> bool:
+        """True when ``GET /api/status`` answers 200 right now (one attempt, no retry)."""
+        try:
+            await self._attempt("GET", "/api/status", None, None)
+        except (OrderApiError, aiohttp.ClientError, TimeoutError):
+            return False
+        return True
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"{self._name}: not started (call start())")
+        return self._session
+
+    async def _attempt(
+        self, method: str, path: str, body: dict[str, object] | None, decode: type[T] | None
+    ) -> T | None:
+        """One HTTP request; 404 → None; other non-2xx → an :class:`OrderApiError`."""
+        self.requests += 1
+        data = None if body is None else msgspec.json.encode(body)
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        async with self._http().request(
+            method, self.base_url + path, data=data, headers=headers
+        ) as response:
+            raw = await response.read()
+            status = response.status
+            if 200 <= status < 300:
+                return None if decode is None else msgspec.json.decode(raw, type=decode)
+            if status == 404:
+                return None
+            text = raw.decode(errors="replace")[:200]
+            if status == 429:
+                wait = _retry_after(response.headers.get("Retry-After"))
+                # Honour the exchange's wait before the retry policy's own (short) backoff.
+                await self._clock.asleep(wait)
+                raise RateLimitedError(f"{method} {path}: 429 {text}", retry_after=wait)
+            if status >= 500:
+                raise ExchangeUnavailableError(f"{method} {path}: {status} {text}", status=status)
+            field = None
+            try:
+                decoded = msgspec.json.decode(raw)
+                if isinstance(decoded, dict) and isinstance(decoded.get("field"), str):
+                    field = decoded["field"]
+            except msgspec.DecodeError:
+                pass
+            raise OrderRefusedError(f"{method} {path}: {status} {text}", status=status, field=field)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, object] | None,
+        decode: type[T] | None,
+    ) -> T | None:
+        fn: Callable[..., Awaitable[T | None]] = self._attempt
+        try:
+            return await self._pipeline.acall(fn, method, path, body, decode)
+        except OrderRefusedError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            await self._report(exc)
+            raise
+
+    async def _report(self, exc: Exception) -> None:
+        if self._manager is None:
+            return
+        timeout = isinstance(exc, TimeoutError | CallTimeoutError)
+        error_type = ErrorType.NETWORK_TIMEOUT if timeout else ErrorType.EXTERNAL_API_FAILURE
+        context = ErrorContext.from_exception(
+            exc, component=self._name, error_type=error_type, capture_state=False, clock=self._clock
+        )
+        self.reported += 1
+        await self._manager.handle(context)
+
+    # ------------------------------------------------------------------ API
+
+    async def submit(self, cid: str, request: OrderRequest) -> ExchangeOrder:
+        """Place ``request`` as ``cid``; the exchange's order (new, or the existing one for cid).
+
+        :class:`OrderRefusedError` when the exchange refuses it (definitive);
+        :class:`AmbiguousOrderError` when the outcome is unknown: resolve with :meth:`lookup`.
+        """
+        body: dict[str, object] = {
+            "client_order_id": cid,
+            "symbol": request.symbol,
+            "side": request.side.value,
+            "qty": request.qty,
+            "type": request.type.value,
+        }
+        if request.type is OrderType.LIMIT:
+            body["price"] = request.price
+        try:
+            order = await self._call("POST", "/api/orders", body, ExchangeOrder)
+        except OrderRefusedError:
+            raise
+        except (OrderApiError, aiohttp.ClientError, TimeoutError, CircuitOpenError) as exc:
+            raise AmbiguousOrderError(cid, exc) from exc
+        if order is None:
+            raise OrderRefusedError("POST /api/orders: 404", status=404, field=None)
+        return order
+
+    async def lookup(self, cid: str) -> ExchangeOrder | None:
+        """The exchange's order for ``cid``, or None when the exchange never accepted it."""
+        return await self._call("GET", f"/api/orders/by-client-id/{cid}", None, ExchangeOrder)
+
+    async def get(self, order_id: str) -> ExchangeOrder | None:
+        """The order with exchange id ``order_id`` (None if unknown)."""
+        return await self._call("GET", f"/api/orders/{order_id}", None, ExchangeOrder)
+
+    async def cancel(self, order_id: str) -> ExchangeOrder | None:
+        """Cancel an open order; returns its final state (also when it was no longer open)."""
+        try:
+            return await self._call("DELETE", f"/api/orders/{order_id}", None, ExchangeOrder)
+        except OrderRefusedError as exc:
+            if exc.status == 409:
+                return await self.get(order_id)
+            raise
+
+    async def orders(self, status: str | None = None) -> list[ExchangeOrder]:
+        """Every order at the exchange (or those with ``status``)."""
+        path = "/api/orders" if status is None else f"/api/orders?status={status}"
+        return await self._call("GET", path, None, list[ExchangeOrder]) or []
+
+    async def fills(self) -> list[ExchangeFill]:
+        """Every fill at the exchange, oldest first."""
+        return await self._call("GET", "/api/fills", None, list[ExchangeFill]) or []
+
+    async def positions(self) -> list[ExchangePosition]:
+        """The exchange's net positions."""
+        return await self._call("GET", "/api/positions", None, list[ExchangePosition]) or []
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The exchange's last emitted sequence per symbol (``GET /api/status``)."""
+        status = await self._call("GET", "/api/status", None, dict[str, object]) or {}
+        last = status.get("last_seq")
+        if not isinstance(last, dict):
+            return {}
+        return {str(k): int(v) for k, v in last.items() if isinstance(v, int)}

@@ -1,0 +1,344 @@
+"""The risk engine: a pure, synchronous check in front of every order.
+
+States (:class:`RiskState`):
+
+- ``ACTIVE``: every order within the limits passes.
+- ``REDUCING``: only orders that reduce the absolute size of a position (without flipping it) pass.
+  Entered automatically when market data for a watched symbol is stale (no tick within
+  ``stale_after`` seconds on the injected clock) and left automatically when every watched symbol
+  is fresh again; or entered by hand with :meth:`RiskEngine.reduce_only`.
+- ``HALTED``: no order passes (cancels are always allowed: :meth:`RiskEngine.check_cancel`). Only
+  :meth:`RiskEngine.resume` leaves it; fresh data never does.
+
+Limits, checked in this order after the state: order-rate throttle (a token bucket of ``burst``
+orders refilled at ``max_orders_per_second`` on the injected clock), maximum order notional
+(``qty × price``, the limit price or else the mark), maximum absolute position per symbol after
+the order. A refused order gets a :class:`RiskRejection` naming the limit and the values.
+
+The check is the hot path of both live trading and backtests: one clock read, a few comparisons,
+no allocation when the order passes. Staleness is evaluated lazily against the earliest deadline,
+so a check does not walk the symbols.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError, StrategyLabError
+
+from ._strategy import OrderRequest, Side
+
+__all__ = [
+    "RiskEngine",
+    "RiskLimit",
+    "RiskLimits",
+    "RiskRejectedError",
+    "RiskRejection",
+    "RiskState",
+]
+
+_log = logging.getLogger("strategylab.market.risk")
+
+
+class RiskState(enum.Enum):
+    """What the risk engine lets through."""
+
+    ACTIVE = "active"
+    REDUCING = "reducing"
+    HALTED = "halted"
+
+
+class RiskLimit(enum.Enum):
+    """Which rule refused an order."""
+
+    HALTED = "halted"
+    REDUCE_ONLY = "reduce_only"
+    ORDER_RATE = "order_rate"
+    ORDER_NOTIONAL = "order_notional"
+    POSITION = "position"
+    NO_MARK_PRICE = "no_mark_price"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskRejection:
+    """Why an order was refused: the limit, the value that broke it and the limit's value."""
+
+    limit: RiskLimit
+    symbol: str
+    value: float
+    threshold: float
+    reason: str
+
+
+class RiskRejectedError(StrategyLabError):
+    """An order was refused by the risk engine; ``rejection`` says why."""
+
+    def __init__(self, rejection: RiskRejection) -> None:
+        super().__init__(f"{rejection.symbol}: {rejection.limit.value}: {rejection.reason}")
+        self.rejection = rejection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskLimits:
+    """The limits; validated on construction (errors name the field).
+
+    ``stale_after`` None switches the stale-data rule off.
+    """
+
+    max_order_notional: float = 1_000_000.0
+    max_position: float = 1_000.0
+    max_orders_per_second: float = 50.0
+    burst: int = 20
+    stale_after: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("max_order_notional", "max_position", "max_orders_per_second"):
+            value = getattr(self, key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(key, value, "must be a finite number > 0")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ConfigurationError("burst", self.burst, "must be an int >= 1")
+        if self.stale_after is not None and not (
+            math.isfinite(self.stale_after) and self.stale_after > 0
+        ):
+            raise ConfigurationError("stale_after", self.stale_after, "must be > 0 seconds or None")
+
+
+class RiskEngine:
+    """Checks orders against :class:`RiskLimits` and the current :class:`RiskState`.
+
+    ``symbols`` are watched for staleness from construction (a symbol with no tick yet is stale
+    once ``stale_after`` has passed since construction); :meth:`watch` adds more later.
+    """
+
+    __slots__ = (
+        "_burst",
+        "_clock",
+        "_deadline",
+        "_halt_reason",
+        "_last_tick",
+        "_limits",
+        "_manual",
+        "_max_notional",
+        "_max_position",
+        "_monotonic",
+        "_rate",
+        "_refilled_at",
+        "_stale",
+        "_stale_after",
+        "_state",
+        "_tokens",
+        "rejections",
+        "transitions",
+    )
+
+    def __init__(
+        self,
+        limits: RiskLimits | None = None,
+        *,
+        symbols: Iterable[str] = (),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._limits = limits if limits is not None else RiskLimits()
+        self._clock = clock
+        self._monotonic = clock.monotonic
+        self._max_notional = self._limits.max_order_notional
+        self._max_position = self._limits.max_position
+        self._rate = self._limits.max_orders_per_second
+        self._burst = float(self._limits.burst)
+        self._stale_after = self._limits.stale_after
+        now = self._monotonic()
+        self._tokens = self._burst
+        self._refilled_at = now
+        self._last_tick: dict[str, float] = dict.fromkeys(symbols, now)
+        self._stale: frozenset[str] = frozenset()
+        self._state = RiskState.ACTIVE
+        self._manual: RiskState | None = None  # a state set by hand wins over the data rule
+        self._halt_reason = ""
+        self._deadline = self._next_deadline()
+        self.rejections = 0
+        self.transitions: list[tuple[RiskState, RiskState, str]] = []
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def limits(self) -> RiskLimits:
+        """The configured limits."""
+        return self._limits
+
+    @property
+    def state(self) -> RiskState:
+        """The current state (staleness evaluated now)."""
+        now = self._monotonic()
+        if now >= self._deadline:
+            self._refresh(now)
+        return self._state
+
+    @property
+    def stale_symbols(self) -> frozenset[str]:
+        """Watched symbols with no tick within ``stale_after`` (as of the last evaluation)."""
+        _ = self.state
+        return self._stale
+
+    @property
+    def reason(self) -> str:
+        """Why the engine is not ACTIVE ('' when it is)."""
+        state = self.state
+        if state is RiskState.ACTIVE:
+            return ""
+        if self._manual is not None:
+            return self._halt_reason
+        return "stale market data: " + ", ".join(sorted(self._stale))
+
+    def watch(self, symbols: Iterable[str]) -> None:
+        """Watch more symbols for staleness, counting from now."""
+        now = self._monotonic()
+        for symbol in symbols:
+            self._last_tick.setdefault(symbol, now)
+        self._deadline = self._next_deadline()
+
+    def halt(self, reason: str) -> None:
+        """Enter HALTED (manual or emergency); only :meth:`resume` leaves it."""
+        self._manual = RiskState.HALTED
+        self._halt_reason = reason or "halted"
+        self._set(RiskState.HALTED, self._halt_reason)
+
+    def reduce_only(self, reason: str) -> None:
+        """Enter REDUCING by hand; only :meth:`resume` leaves it."""
+        self._manual = RiskState.REDUCING
+        self._halt_reason = reason or "reduce only"
+        self._set(RiskState.REDUCING, self._halt_reason)
+
+    def resume(self) -> None:
+        """Leave a manual state; the data rule then decides (REDUCING while data is stale)."""
+        self._manual = None
+        self._halt_reason = ""
+        self._refresh(self._monotonic())
+
+    def on_tick(self, symbol: str) -> None:
+        """Record fresh market data for ``symbol`` (call for every tick, or every batch)."""
+        now = self._monotonic()
+        self._last_tick[symbol] = now
+        if self._stale and symbol in self._stale:
+            self._refresh(now)
+
+    def _next_deadline(self) -> float:
+        if self._stale_after is None or not self._last_tick:
+            return math.inf
+        return min(self._last_tick.values()) + self._stale_after
+
+    def _refresh(self, now: float) -> None:
+        stale_after = self._stale_after
+        if stale_after is None:
+            self._stale = frozenset()
+            self._deadline = math.inf
+        else:
+            self._stale = frozenset(s for s, t in self._last_tick.items() if now - t >= stale_after)
+            fresh = [t for t in self._last_tick.values() if now - t < stale_after]
+            # While something is stale, any tick of it refreshes through on_tick; otherwise the
+            # next deadline is when the oldest fresh symbol goes stale.
+            self._deadline = min(fresh) + stale_after if fresh else math.inf
+        if self._manual is not None:
+            target = self._manual
+            why = self._halt_reason
+        elif self._stale:
+            target = RiskState.REDUCING
+            why = "stale market data: " + ", ".join(sorted(self._stale))
+        else:
+            target = RiskState.ACTIVE
+            why = "market data fresh"
+        self._set(target, why)
+
+    def _set(self, state: RiskState, why: str) -> None:
+        if state is not self._state:
+            self.transitions.append((self._state, state, why))
+            _log.warning("risk state %s -> %s: %s", self._state.value, state.value, why)
+            self._state = state
+
+    # ------------------------------------------------------------------ checks
+
+    def check_cancel(self) -> None:
+        """Cancels are allowed in every state (this exists so callers say so explicitly)."""
+
+    def check(  # noqa: PLR0911 - one return per rule
+        self, request: OrderRequest, position: float, mark_price: float | None
+    ) -> RiskRejection | None:
+        """``None`` if ``request`` may be sent with ``position`` held; else why not.
+
+        ``mark_price`` prices a market order's notional (the ask for a buy, the bid for a sell);
+        a limit order is priced at its limit. Passing consumes one throttle token.
+        """
+        now = self._monotonic()
+        if now >= self._deadline:
+            self._refresh(now)
+        state = self._state
+        qty = request.qty
+        delta = qty if request.side is Side.BUY else -qty
+        after = position + delta
+        if state is not RiskState.ACTIVE:
+            if state is RiskState.HALTED:
+                return self._reject(RiskLimit.HALTED, request, 0.0, 0.0, self.reason)
+            # Reducing: the order must shrink |position| without flipping it.
+            if not (position * delta < 0.0 and qty <= abs(position)):
+                return self._reject(
+                    RiskLimit.REDUCE_ONLY,
+                    request,
+                    abs(after),
+                    abs(position),
+                    f"{self.reason}; only orders reducing |position| {abs(position):g} pass, "
+                    f"this one leaves {after:g}",
+                )
+        price = request.price if request.price is not None else mark_price
+        if price is None:
+            return self._reject(
+                RiskLimit.NO_MARK_PRICE, request, 0.0, 0.0, "no quote yet to price a market order"
+            )
+        notional = qty * price
+        if notional > self._max_notional:
+            return self._reject(
+                RiskLimit.ORDER_NOTIONAL,
+                request,
+                notional,
+                self._max_notional,
+                f"notional {notional:g} > max_order_notional {self._max_notional:g}",
+            )
+        if abs(after) > self._max_position and abs(after) > abs(position):
+            return self._reject(
+                RiskLimit.POSITION,
+                request,
+                after,
+                self._max_position,
+                f"position after the order {after:g} exceeds max_position {self._max_position:g}",
+            )
+        tokens = self._tokens + (now - self._refilled_at) * self._rate
+        tokens = min(tokens, self._burst)
+        self._refilled_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return self._reject(
+                RiskLimit.ORDER_RATE,
+                request,
+                self._rate,
+                self._rate,
+                f"order rate above max_orders_per_second {self._rate:g} (burst {self._burst:g})",
+            )
+        self._tokens = tokens - 1.0
+        return None
+
+    def _reject(
+        self, limit: RiskLimit, request: OrderRequest, value: float, threshold: float, reason: str
+    ) -> RiskRejection:
+        self.rejections += 1
+        return RiskRejection(
+            limit=limit, symbol=request.symbol, value=value, threshold=threshold, reason=reason
+        )
