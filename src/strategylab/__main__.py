@@ -2,4 +2,6 @@
 
 from strategylab.cli import main
 
-main()
+# Guarded: the optimiser's worker processes (spawn) re-import the main module.
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from strategylab import __version__
+from strategylab._research_cli import backtest_command, optimize_command
 
 app = typer.Typer(
     name="strategylab",
@@ -82,6 +83,14 @@ def node(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
+def trade(ctx: typer.Context) -> None:
+    """Trade strategies live against the exchange, reconciling first (options: --help)."""
+    from strategylab.market._engine import main as engine_main  # noqa: PLC0415
+
+    raise typer.Exit(engine_main(ctx.args))
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def proxy(ctx: typer.Context) -> None:
     """Run the fault proxy with its Toxiproxy-compatible HTTP API (options: --help)."""
     from strategylab.chaos._proxy_api import main as proxy_main  # noqa: PLC0415
@@ -122,6 +131,10 @@ def check_command(
     report = asyncio.run(run())
     typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
     raise typer.Exit(0 if report.ok else 1)
+
+
+app.command("backtest")(backtest_command)
+app.command("optimize")(optimize_command)
 
 
 def main() -> None:
