@@ -32,12 +32,14 @@ from strategylab.chaos import IntegrityReport, Proxy, check
 from strategylab.market._sqlite_store import SQLiteTickStore
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT")
+_MA = "strategylab.market._builtin_strategies:MovingAverageCrossover"
 _READY_TIMEOUT = 30.0
 
 
 @dataclass
 class _Progress:
     status: dict[str, Any] = field(default_factory=dict)
+    trading: dict[str, Any] = field(default_factory=dict)
     fault: str = "warming up"
     faults_done: list[str] = field(default_factory=list)
     emitted: int = 0
@@ -54,6 +56,12 @@ class _Progress:
         table.add_row("reconnects", str(s.get("reconnects", 0)))
         table.add_row("CRC errors / gaps", f"{s.get('crc_errors', 0)} / {s.get('gaps', 0)}")
         table.add_row("errors / recoveries", f"{s.get('errors', 0)} / {s.get('recoveries', 0)}")
+        t = self.trading
+        table.add_row(
+            "orders sent / filled",
+            f"{t.get('orders_sent', 0)} / {t.get('orders_filled', 0)} "
+            f"(risk {t.get('risk_state', '?')})",
+        )
         table.add_row("fault now", self.fault)
         table.add_row("faults done", ", ".join(self.faults_done) or "none yet")
         return Group(table)
@@ -101,9 +109,13 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
     data_dir: Path, ticks: int, tick_rate: int, console: Console
 ) -> int:
     exchange_dir, node_dir = data_dir / "exchange", data_dir / "node"
-    for stale in (exchange_dir, node_dir):
+    trading_dir = data_dir / "trading"
+    trading_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (exchange_dir, node_dir, trading_dir / "book.db"):
         shutil.rmtree(stale, ignore_errors=True)  # a new exchange numbers from 1 again
-    for log in (data_dir / "exchange.log", data_dir / "node.log"):
+    for stale_book in trading_dir.glob("book.db*"):
+        stale_book.unlink()
+    for log in (data_dir / "exchange.log", data_dir / "node.log", data_dir / "trading.log"):
         log.unlink(missing_ok=True)
     key, token = secrets.token_hex(32), secrets.token_hex(16)
     symbols = ",".join(SYMBOLS)
@@ -119,7 +131,9 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
     base = f"http://127.0.0.1:{ready['port']}"
     progress = _Progress()
     stopped: dict[str, Any] = {}
+    traded: dict[str, Any] = {}
     node: asyncio.subprocess.Process | None = None
+    trader: asyncio.subprocess.Process | None = None
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
         Proxy("exchange-ws", upstream=f"127.0.0.1:{ready['port']}") as proxy,
@@ -146,6 +160,16 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 *("--status-interval", "0.25", "--stale-after", "1.0"),
             )
             assert node.stdout is not None  # noqa: S101
+            # The trading path: a moving-average crossover on AAPL, orders to the exchange's API.
+            trader, _ = await _spawn(
+                data_dir / "trading.log",
+                "strategylab", "trade",
+                *("--exchange-url", base, "--db", str(trading_dir / "book.db")),
+                *("--strategy", f"ma-aapl={_MA}", "--symbols", "AAPL"),
+                *("--params", json.dumps({"fast": 20, "slow": 200, "qty": 1})),
+                *("--status-interval", "0.25", "--max-position", "10"),
+            )  # fmt: skip
+            assert trader.stdout is not None  # noqa: S101
 
             async def follow(stream: asyncio.StreamReader) -> None:
                 async for raw in stream:
@@ -154,6 +178,14 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                         progress.status = line
                     elif line.get("event") == "stopped":
                         stopped.update(line)
+
+            async def follow_trading(stream: asyncio.StreamReader) -> None:
+                async for raw in stream:
+                    line = json.loads(raw)
+                    if line.get("event") == "status":
+                        progress.trading = line
+                    elif line.get("event") == "stopped":
+                        traded.update(line)
 
             faults: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
@@ -174,6 +206,13 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 await exchange_fault("corrupt_frames", 2.0, 0.05)
                 await asyncio.sleep(2.0)
 
+            async def api_errors() -> None:
+                # Half the order requests are processed, then answered 503: ambiguous outcomes.
+                body = {"kind": "api_errors", "duration": 1.5, "rate": 0.5, "status": 503}
+                async with http.post(f"{base}/admin/faults", json={**body, "phase": "after"}) as r:
+                    r.raise_for_status()
+                await asyncio.sleep(1.5)
+
             async def bit_flips() -> None:
                 down = proxy.add_toxic("corrupt", stream="downstream", rate=0.000_002)
                 try:
@@ -186,10 +225,12 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 ("partition 2 s", partition),
                 ("connection dropped 1.5 s", drop),
                 ("corrupted frames", corrupt_frames),
+                ("order API 503 after processing", api_errors),
                 ("bit flips on the wire", bit_flips),
             ]
             async with asyncio.TaskGroup() as tasks:
                 follower = tasks.create_task(follow(node.stdout))
+                trade_follower = tasks.create_task(follow_trading(trader.stdout))
                 with Live(progress.render(ticks), console=console, refresh_per_second=8) as live:
 
                     async def wait(seconds: float) -> None:
@@ -223,20 +264,30 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                         await asyncio.sleep(0.25)
                     progress.fault = "none (stopping)"
                     live.update(progress.render(ticks))
+                    await _stop(trader)
+                    await trade_follower
                     await _stop(node)
                     await follower
+            async with http.get(f"{base}/api/orders") as response:
+                orders = await response.json()
+            cids = [o["client_order_id"] for o in orders]
+            traded["exchange_orders"] = len(cids)
+            traded["duplicate_orders"] = len(cids) - len(set(cids))
         finally:
-            if node is not None and node.returncode is None:
-                await _stop(node)
+            for child in (trader, node):
+                if child is not None and child.returncode is None:
+                    await _stop(child)
             await _stop(exchange)
 
     report = await _check(exchange_dir, node_dir)
     console.print()
     _print_report(console, report, stopped, progress.faults_done)
-    if report.ok:
+    _print_trading(console, traded)
+    trading_ok = traded.get("duplicate_orders", 1) == 0 and traded.get("inflight", 1) == 0
+    if report.ok and trading_ok:
         console.print("[green]zero lost, zero duplicated, zero corrupted, nothing missing")
         return 0
-    console.print("[red]integrity check failed")
+    console.print("[red]integrity check failed" if not report.ok else "[red]trading check failed")
     return 1
 
 
@@ -302,6 +353,40 @@ def _print_report(
         "SLA compliance",
         ", ".join(f"{k} {v:.0%}" for k, v in recovery.get("sla_compliance", {}).items()),
     )
+    console.print(table)
+
+
+def _print_trading(console: Console, traded: dict[str, Any]) -> None:
+    table = Table(title="trading (moving-average crossover on AAPL)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, key in (
+        ("orders sent", "orders_sent"),
+        ("orders filled", "orders_filled"),
+        ("refused by the risk engine", "orders_rejected"),
+        ("ambiguous outcomes (each resolved by asking the exchange)", "ambiguous"),
+        ("resent with the same client order id", "resent"),
+        ("still in flight at the end", "inflight"),
+        ("open orders at the end", "open_orders"),
+        ("orders at the exchange", "exchange_orders"),
+        ("duplicate orders at the exchange", "duplicate_orders"),
+    ):
+        table.add_row(label, str(traded.get(key, "?")))
+    table.add_row("risk state", f"{traded.get('risk_state', '?')} {traded.get('risk_reason', '')}")
+    positions = traded.get("positions", {})
+    table.add_row(
+        "positions",
+        ", ".join(f"{s}: {q:g}" for p in positions.values() for s, q in p.items()) or "flat",
+    )
+    for strategy in traded.get("strategies", []):
+        state = (
+            "enabled"
+            if strategy.get("enabled")
+            else f"disabled ({strategy.get('disabled_reason')})"
+        )
+        table.add_row(
+            f"strategy {strategy.get('name')}", f"{state}, {strategy.get('failures', 0)} failures"
+        )
     console.print(table)
 
 

@@ -60,7 +60,7 @@ from ._orders import (
 )
 from ._positions import PositionStore
 from ._risk import RiskEngine, RiskRejection
-from ._strategy import Fill, OrderRequest, Side, Strategy
+from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
 
 if TYPE_CHECKING:
     from strategylab.fault_tolerance import ErrorRecoveryManager
@@ -324,6 +324,22 @@ class StrategyEngine:
     def position(self, strategy: str, symbol: str) -> float:
         """A strategy's filled position in ``symbol``."""
         return self._positions.get((strategy, symbol), 0.0)
+
+    def working_position(self, strategy: str, symbol: str) -> float:
+        """The filled position plus market orders still travelling: what a strategy sees.
+
+        A market order fills at once at the exchange; until its fill comes back it is in flight.
+        Counting it here keeps a strategy that trades toward a target from sending the same
+        order again on every tick in between (a backtest fills at once, so it sees the same).
+        Resting limit orders are not counted: they may never fill.
+        """
+        return self.position(strategy, symbol) + sum(
+            o.remaining_signed
+            for o in self._live.values()
+            if o.strategy == strategy
+            and o.request.symbol == symbol
+            and o.request.type is OrderType.MARKET
+        )
 
     def _pending(self, strategy: str, symbol: str) -> float:
         return sum(

@@ -62,7 +62,7 @@ class _Context:
         return self._engine.now_ns
 
     def position(self, symbol: str) -> float:
-        return self._engine.position(self._runner.name, symbol)
+        return self._engine.working_position(self._runner.name, symbol)
 
     def submit(self, request: OrderRequest) -> str:
         return self._engine.submit_for(self._runner, request)
