@@ -15,7 +15,7 @@ overflows is disconnected with a reason (it reconnects and replays). With ``tick
 generator runs as fast as the slowest subscriber takes frames, and waits while nobody subscribes.
 
 Time: the injected ``clock`` stamps ticks and orders and expires faults; pacing (tick rate,
-heartbeats, log flushes) uses the event loop's own timer, because it is work, not measurement.
+heartbeats) uses the event loop's own timer, because it is work, not measurement.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ __all__ = ["Exchange", "ExchangeConfig", "main", "parse_signing_key", "run_excha
 
 logger = logging.getLogger("strategylab.market.exchange")
 
-_FLUSH_INTERVAL: Final = 0.05
 _CLOSE_GRACE: Final = 2.0  # seconds a kicked subscriber gets before its transport is aborted
 _FAST_YIELD_EVERY: Final = 16  # frames between yields to the loop in as-fast-as-possible mode
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
@@ -321,7 +320,7 @@ class Exchange:
         return self._gen.last_seq
 
     async def start(self) -> None:
-        """Open the emitted log, bind the server, start generating, heartbeats and log flushes."""
+        """Open the emitted log, bind the server, start generating and heartbeats."""
         if self._runner is not None:
             return
         self._log = EmittedLog(self.config.log_path)
@@ -353,7 +352,6 @@ class Exchange:
         self._tasks = [
             asyncio.create_task(self._generate(), name="exchange-generator"),
             asyncio.create_task(self._heartbeats(), name="exchange-heartbeats"),
-            asyncio.create_task(self._flusher(), name="exchange-log-flusher"),
         ]
 
     async def stop(self) -> None:
@@ -511,16 +509,6 @@ class Exchange:
             frame = self._wire(KIND_HEARTBEAT, encode_heartbeat(beat))
             for sub in self._live:
                 sub.push(frame)
-
-    async def _flusher(self) -> None:
-        while True:
-            await asyncio.sleep(_FLUSH_INTERVAL)
-            if self._log is not None:
-                try:
-                    self._log.flush()
-                except OSError as exc:
-                    self._failed = exc
-                    await self._report(exc)
 
     # -- WebSocket --------------------------------------------------------------------------
 
