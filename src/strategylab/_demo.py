@@ -157,7 +157,7 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 "node",
                 *("--exchange-url", f"ws://127.0.0.1:{proxy.listen_port}/ws"),
                 *("--data-dir", str(node_dir), "--symbols", symbols, "--signing-key", key),
-                *("--status-interval", "0.25", "--stale-after", "1.0"),
+                *("--status-interval", "0.25", "--stale-after", "1.0", "--connect-timeout", "1.0"),
             )
             assert node.stdout is not None  # noqa: S101
             # The trading path: a moving-average crossover on AAPL, orders to the exchange's API.
@@ -167,7 +167,7 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 *("--exchange-url", base, "--db", str(trading_dir / "book.db")),
                 *("--strategy", f"ma-aapl={_MA}", "--symbols", "AAPL"),
                 *("--params", json.dumps({"fast": 20, "slow": 200, "qty": 1})),
-                *("--status-interval", "0.25", "--max-position", "10"),
+                *("--status-interval", "0.25", "--max-position", "10", "--signing-key", key),
             )  # fmt: skip
             assert trader.stdout is not None  # noqa: S101
 

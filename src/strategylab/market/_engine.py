@@ -46,10 +46,11 @@ import aiohttp
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
-from strategylab.fault_tolerance import ErrorContext, ErrorType
+from strategylab.fault_tolerance import AuditLog, ErrorContext, ErrorRecoveryManager, ErrorType
 
 from ._engine_reconcile import ReconciliationItem, reconcile
 from ._engine_runner import StrategyFactory, StrategyFailingError, StrategyRunner, StrategyStatus
+from ._exchange import parse_signing_key
 from ._feed import Feed, FeedConfig
 from ._orders import (
     AmbiguousOrderError,
@@ -63,8 +64,6 @@ from ._risk import RiskEngine, RiskRejection
 from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
 
 if TYPE_CHECKING:
-    from strategylab.fault_tolerance import ErrorRecoveryManager
-
     from ._store import QuarantinedTick
     from ._tick import Tick
 
@@ -666,14 +665,19 @@ async def run_engine(
     *,
     stop: asyncio.Event | None = None,
     status_interval: float = 1.0,
+    signing_key: bytes | None = None,
 ) -> None:
-    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop`` or SIGTERM/SIGINT."""
+    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop`` or SIGTERM/SIGINT.
+
+    With ``signing_key``, market data whose HMAC does not verify never reaches a strategy.
+    """
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     await engine.start()
     _emit("reconciled", items=[i.to_dict() for i in engine.reconciliation])
-    feed = Feed(FeedConfig(urls=(ws_url,), symbols=tuple(engine._by_symbol)), engine)  # noqa: SLF001
+    symbols = tuple(engine._by_symbol)  # noqa: SLF001 - our own engine
+    feed = Feed(FeedConfig(urls=(ws_url,), symbols=symbols, signing_key=signing_key), engine)
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -706,6 +710,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=float, default=1.0)
     p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
     p.add_argument("--max-position", type=float, default=1_000.0)
+    p.add_argument("--signing-key", default=None, help="hex or text, as given to the exchange")
     return p
 
 
@@ -719,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
         params = json.loads(args.params)
         factories = [load_factory(spec, symbols, params) for spec in args.strategy]
+        signing_key = parse_signing_key(args.signing_key)
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )
@@ -729,10 +735,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
 
     async def run() -> None:
-        engine = StrategyEngine(
-            factories, client=OrderClient(base), db=args.db, risk=RiskEngine(limits)
-        )
-        await run_engine(engine, ws_url, status_interval=args.status_interval)
+        args.db.parent.mkdir(parents=True, exist_ok=True)
+        with AuditLog(args.db.with_suffix(".audit.jsonl")) as audit:
+            manager = ErrorRecoveryManager(audit=audit)
+            engine = StrategyEngine(
+                factories,
+                client=OrderClient(base, manager=manager),
+                db=args.db,
+                risk=RiskEngine(limits),
+                manager=manager,
+            )
+            await run_engine(
+                engine, ws_url, status_interval=args.status_interval, signing_key=signing_key
+            )
 
     asyncio.run(run())
     return 0

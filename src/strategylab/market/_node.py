@@ -63,6 +63,7 @@ class NodeConfig:
     backup_urls: tuple[str, ...] = ()
     status_interval: float = 1.0
     stale_after: float = 3.0
+    connect_timeout: float = 5.0
     backoff_floor: float = 0.05
     backoff_cap: float = 2.0
     batch_size: int = 20_000
@@ -101,6 +102,7 @@ class Node:
             symbols=config.symbols,
             signing_key=config.signing_key,
             stale_after=config.stale_after,
+            connect_timeout=config.connect_timeout,
             backoff_floor=config.backoff_floor,
             backoff_cap=config.backoff_cap,
         )
@@ -272,6 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-key", default=None, help="hex or text, as given to the exchange")
     p.add_argument("--status-interval", type=float, default=1.0)
     p.add_argument("--stale-after", type=float, default=3.0)
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt")
     p.add_argument("--batch-size", type=int, default=20_000)
     p.add_argument("--max-queue", type=int, default=200_000)
     p.add_argument("--no-spool", action="store_true", help="no failover spool")
@@ -291,6 +294,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
         signing_key=parse_signing_key(args.signing_key),
         status_interval=args.status_interval,
         stale_after=args.stale_after,
+        connect_timeout=args.connect_timeout,
         batch_size=args.batch_size,
         max_queue=args.max_queue,
         spool=not args.no_spool,

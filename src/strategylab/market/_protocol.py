@@ -7,9 +7,14 @@ Market data travels as binary WebSocket messages, one *frame* each::
     2       1     version (1)
     3       1     kind: b"T" ticks, b"H" heartbeat, b"R" replay done
     4       1     flags: bit 0 = signed
-    5       4     CRC32 of the payload, big-endian
+    5       4     CRC32 over kind, flags, signature and payload, big-endian
     9       32    HMAC-SHA256 over kind + payload, present only when signed
     9|41    ...   payload, msgpack
+
+The CRC covers everything a bit flip in transit could reach that the header check does not, the
+signature included, so damage in transit is always a :class:`FrameError` (dropped and replayed)
+and never mistaken for a forged frame; a frame whose CRC holds but whose HMAC does not was signed
+with another key: a :class:`SignatureError`.
 
 A ticks payload is an array of ticks (each ``[symbol, seq, ts, bid, ask, bid_size, ask_size]``),
 possibly for several symbols, each symbol's ticks in sequence order. A heartbeat payload is
@@ -124,14 +129,17 @@ def _signature(key: bytes, kind: bytes, payload: bytes) -> bytes:
     return hmac.digest(key, kind + payload, hashlib.sha256)
 
 
+def _crc(kind: bytes, flags: int, signature: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(signature, zlib.crc32(kind + bytes((flags,)))))
+
+
 def encode_frame(kind: bytes, payload: bytes, key: bytes | None = None) -> bytes:
     """One frame; signed with HMAC-SHA256 when ``key`` is given."""
-    crc = zlib.crc32(payload)
     if key is None:
-        return _HEADER.pack(MAGIC, VERSION, kind, 0, crc) + payload
-    return (
-        _HEADER.pack(MAGIC, VERSION, kind, _SIGNED, crc) + _signature(key, kind, payload) + payload
-    )
+        return _HEADER.pack(MAGIC, VERSION, kind, 0, _crc(kind, 0, b"", payload)) + payload
+    signature = _signature(key, kind, payload)
+    crc = _crc(kind, _SIGNED, signature, payload)
+    return _HEADER.pack(MAGIC, VERSION, kind, _SIGNED, crc) + signature + payload
 
 
 def decode_frame(data: bytes, key: bytes | None = None) -> Frame:
@@ -148,13 +156,15 @@ def decode_frame(data: bytes, key: bytes | None = None) -> Frame:
         raise FrameError(f"bad frame header: magic={magic!r} version={version}")
     signed = flags & _SIGNED
     start = size + _SIG_LEN if signed else size
-    payload = data[start:]
-    if zlib.crc32(payload) != crc:
+    if len(data) < start:
+        raise FrameError(f"signed frame of {len(data)} bytes is shorter than its signature")
+    signature, payload = data[size:start], data[start:]
+    if _crc(kind, flags, signature, payload) != crc:
         raise FrameError(f"CRC mismatch on a {kind!r} frame of {len(data)} bytes")
     if key is not None:
         if not signed:
             raise SignatureError(f"unsigned {kind!r} frame while a signing key is configured")
-        if not hmac.compare_digest(data[size:start], _signature(key, kind, payload)):
+        if not hmac.compare_digest(signature, _signature(key, kind, payload)):
             raise SignatureError(f"bad HMAC signature on a {kind!r} frame")
     return Frame(kind=kind, payload=payload)
 
