@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exchange_client import SYMBOLS, WsClient
 from strategylab.market._exchange import Exchange, ExchangeConfig
 from strategylab.market._ledger import read_emitted
 from strategylab.market._protocol import FrameError, SignatureError, decode_frame, encode_ticks
 from strategylab.market._tick import Tick, validate_tick
-from test_exchange_support import SYMBOLS, WsClient
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from exchange_client import WsClient
 from strategylab.market._ledger import read_emitted
 from strategylab.market._tick import Tick
-from test_exchange_support import WsClient
 
 pytestmark = pytest.mark.integration
 
