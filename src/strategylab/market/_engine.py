@@ -674,7 +674,11 @@ async def run_engine(
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
-    await engine.start()
+    try:
+        await engine.start()
+    except BaseException:
+        await engine.aclose()  # the client session and the book, opened before reconciling
+        raise
     _emit("reconciled", items=[i.to_dict() for i in engine.reconciliation])
     symbols = tuple(engine._by_symbol)  # noqa: SLF001 - our own engine
     feed = Feed(FeedConfig(urls=(ws_url,), symbols=symbols, signing_key=signing_key), engine)
@@ -749,7 +753,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 engine, ws_url, status_interval=args.status_interval, signing_key=signing_key
             )
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (OSError, aiohttp.ClientError, OrderApiError) as exc:
+        # Reconciliation must reach the exchange before anything trades.
+        sys.stderr.write(f"strategylab trade: error: cannot reconcile with {base}: {exc}\n")
+        return 1
     return 0
 
 
