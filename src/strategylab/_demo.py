@@ -29,11 +29,16 @@ from rich.live import Live
 from rich.table import Table
 
 from strategylab.chaos import IntegrityReport, Proxy, check
+from strategylab.errors import StrategyLabError
 from strategylab.market._sqlite_store import SQLiteTickStore
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT")
 _MA = "strategylab.market._builtin_strategies:MovingAverageCrossover"
 _READY_TIMEOUT = 30.0
+
+
+class DemoError(StrategyLabError):
+    """The demo could not set itself up (a child process did not start)."""
 
 
 @dataclass
@@ -78,7 +83,9 @@ async def _spawn(log: Path, *args: str) -> tuple[asyncio.subprocess.Process, dic
         line = await process.stdout.readline()
     if not line:
         code = await process.wait()
-        raise RuntimeError(f"{args[0]} exited with {code} before it was ready")
+        raise DemoError(
+            f"`strategylab {args[1]}` exited with {code} before it was ready; see {log}"
+        )
     return process, json.loads(line)
 
 
@@ -397,5 +404,9 @@ def _pairs(counts: dict[str, int]) -> str:
 def run_demo(*, data_dir: Path, ticks: int, tick_rate: int) -> int:
     """Run the demonstration; 0 only when the integrity check finds nothing wrong."""
     console = Console()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(data_dir, ticks, tick_rate, console))
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_run(data_dir, ticks, tick_rate, console))
+    except (OSError, TimeoutError, DemoError) as exc:
+        console.print(f"[red]strategylab demo: error: {exc}")
+        return 1
