@@ -98,7 +98,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def test_mode() -> Iterator[Callable[..., None]]:
+def testing_switch() -> Iterator[Callable[..., None]]:
     yield set_testing
     set_testing(False)
 
@@ -418,10 +418,10 @@ def test_a_raising_hook_propagates(clock: FakeClock) -> None:
 
 @drivers
 async def test_test_mode_skips_every_sleep(
-    drive: Drive, clock: FakeClock, test_mode: Callable[..., None]
+    drive: Drive, clock: FakeClock, testing_switch: Callable[..., None]
 ) -> None:
     """In test mode no sleep is called at all, though every attempt still runs."""
-    test_mode(enabled=True)
+    testing_switch(enabled=True)
     fn = Flaky(10)
     with pytest.raises(ConnectionError):
         await drive(exact(clock, max_attempts=4, base_delay=1.0), fn)
@@ -430,19 +430,21 @@ async def test_test_mode_skips_every_sleep(
 
 @drivers
 async def test_test_mode_caps_attempts(
-    drive: Drive, clock: FakeClock, test_mode: Callable[..., None]
+    drive: Drive, clock: FakeClock, testing_switch: Callable[..., None]
 ) -> None:
     """In test mode with attempts=N, no policy makes more than N attempts."""
-    test_mode(enabled=True, attempts=2)
+    testing_switch(enabled=True, attempts=2)
     fn = Flaky(10)
     with pytest.raises(ConnectionError):
         await drive(exact(clock, max_attempts=10), fn)
     assert fn.calls == 2
 
 
-def test_test_mode_hooks_see_zero_delay(clock: FakeClock, test_mode: Callable[..., None]) -> None:
+def test_test_mode_hooks_see_zero_delay(
+    clock: FakeClock, testing_switch: Callable[..., None]
+) -> None:
     """In test mode before_sleep is still called, with a delay of zero."""
-    test_mode(enabled=True)
+    testing_switch(enabled=True)
     delays: list[float] = []
     policy = exact(clock, max_attempts=3, before_sleep=lambda d: delays.append(d.delay))
     with pytest.raises(ConnectionError):
@@ -450,18 +452,18 @@ def test_test_mode_hooks_see_zero_delay(clock: FakeClock, test_mode: Callable[..
     assert delays == [0.0, 0.0]
 
 
-def test_test_mode_switches_off(test_mode: Callable[..., None]) -> None:
+def test_test_mode_switches_off(testing_switch: Callable[..., None]) -> None:
     """set_testing(False) turns test mode off again."""
-    test_mode(enabled=True, attempts=1)
+    testing_switch(enabled=True, attempts=1)
     assert is_testing()
-    test_mode(enabled=False)
+    testing_switch(enabled=False)
     assert not is_testing()
 
 
-def test_test_mode_rejects_bad_attempts(test_mode: Callable[..., None]) -> None:
+def test_test_mode_rejects_bad_attempts(testing_switch: Callable[..., None]) -> None:
     """set_testing names attempts when it is not a positive int."""
     with pytest.raises(ConfigurationError, match="attempts"):
-        test_mode(enabled=True, attempts=0)
+        testing_switch(enabled=True, attempts=0)
 
 
 # ------------------------------------------------------------------------------------- API
