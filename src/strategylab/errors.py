@@ -14,6 +14,13 @@ failures without catching everyone else's::
         ├── ShutdownInProgressError   the emergency shutdown has begun; no new work is taken
         └── AuditIntegrityError       the audit log's hash chain is broken
 
+Every exception the project defines (here and in every other module) survives :mod:`pickle` and
+:mod:`copy` with its attributes, whatever its constructor's signature: the root's ``__reduce__``
+(:class:`PicklableErrorMixin`, also mixed into the few that derive from a builtin exception alone)
+rebuilds the instance without calling ``__init__`` and restores its ``args``, ``__dict__`` and
+slots. So an error raised in a process-pool worker reaches the parent intact instead of breaking
+the pool.
+
 Third-party exceptions are not wrapped on the hot path: a retry that gives up re-raises the caller's
 own last exception. Where a boundary does translate, it does so once, with ``raise ... from exc``.
 """
@@ -27,6 +34,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "FaultToleranceError",
+    "PicklableErrorMixin",
     "RecoveryRejectedError",
     "RetryExhaustedError",
     "ShutdownInProgressError",
@@ -34,7 +42,58 @@ __all__ = [
 ]
 
 
-class StrategyLabError(Exception):
+def _rebuild(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> object:
+    """Recreate an exception from :meth:`PicklableErrorMixin.__reduce__`, bypassing ``__init__``."""
+    # BaseException.__new__ stores ``args`` (OSError's also derives errno and strerror from them);
+    # neither calls __init__, whose signature need not match ``args``.
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    for key, value in state.items():
+        setattr(exc, key, value)
+    return exc
+
+
+def _slot_names(cls: type) -> tuple[str, ...]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.extend(
+            name
+            for name in ((slots,) if isinstance(slots, str) else slots)
+            if not name.startswith("__")
+        )
+    return tuple(names)
+
+
+class PicklableErrorMixin:
+    """Makes an exception survive :mod:`pickle` and :mod:`copy` whatever its ``__init__`` takes.
+
+    The default ``BaseException.__reduce__`` rebuilds an exception as ``cls(*self.args)``, which
+    raises ``TypeError`` (or builds a wrong instance) as soon as ``__init__`` takes other
+    arguments than the ones it passes to ``super().__init__`` — and a ``TypeError`` while
+    unpickling a worker's result breaks a whole :class:`concurrent.futures.ProcessPoolExecutor`.
+    This ``__reduce__`` instead recreates the instance with ``cls.__new__(cls, *args)`` and
+    restores ``args``, the instance ``__dict__`` (attributes and ``__notes__``) and every slot.
+    ``__cause__``, ``__context__`` and ``__traceback__`` are not carried, as with any pickled
+    exception.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        state: dict[str, object] = dict(getattr(self, "__dict__", {}))
+        for name in _slot_names(type(self)):
+            try:
+                state[name] = getattr(self, name)
+            except AttributeError:
+                continue
+        args: tuple[object, ...] = getattr(self, "args", ())
+        return (_rebuild, (type(self), args, state))
+
+
+class StrategyLabError(PicklableErrorMixin, Exception):
     """Root of every exception Strategy Lab defines."""
 
 
@@ -57,15 +116,25 @@ class CircuitOpenError(FaultToleranceError):
 
     A new instance is raised for every rejected call: re-raising one stored instance would grow its
     traceback on every raise and retain every frame it passed through.
+
+    ``retry_after`` is the number of seconds until the breaker admits a trial call (``0.0`` when
+    HALF_OPEN is only saturated with trials, ``math.inf`` when FORCED_OPEN); a
+    :class:`~strategylab.fault_tolerance.RetryPolicy` waits that long before its next attempt.
+    ``last_failure`` is the last exception the breaker recorded as a failure (``None`` when it has
+    recorded none, or when the last failure was a rejected result); it is carried, not chained, so a
+    rejection's traceback stays short.
     """
 
-    __slots__ = ("breaker", "retry_after")
+    __slots__ = ("breaker", "last_failure", "retry_after")
 
-    def __init__(self, breaker: str, retry_after: float) -> None:
+    def __init__(
+        self, breaker: str, retry_after: float, last_failure: BaseException | None = None
+    ) -> None:
         # BaseException.__new__ has already stored ``args``; not calling super().__init__ saves
         # ~130 ns on every rejected call, the breaker's hot path while it is open.
         self.breaker = breaker
         self.retry_after = retry_after
+        self.last_failure = last_failure
 
     def __str__(self) -> str:
         return f"circuit {self.breaker!r} is open; retry after {self.retry_after:.3f}s"

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import PicklableErrorMixin
 
 __all__ = ["ActiveFault", "FaultBoard", "FaultKind", "FaultRequestError", "parse_fault"]
 
@@ -27,7 +28,7 @@ class FaultKind(enum.Enum):
     API_ERRORS = "api_errors"
 
 
-class FaultRequestError(ValueError):
+class FaultRequestError(PicklableErrorMixin, ValueError):
     """A fault request is malformed; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:

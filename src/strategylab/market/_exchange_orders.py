@@ -15,6 +15,7 @@ from typing import Literal
 import msgspec
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import PicklableErrorMixin
 
 from ._tick import Tick
 
@@ -34,7 +35,7 @@ STATUSES: frozenset[str] = frozenset({"open", "filled", "cancelled", "rejected"}
 _MAX_CLIENT_ID = 128
 
 
-class OrderRequestError(ValueError):
+class OrderRequestError(PicklableErrorMixin, ValueError):
     """An order request is malformed; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
