@@ -128,16 +128,28 @@ async def test_async_layers_run_outermost_first(form: str) -> None:
 
 
 def test_of_builds_the_documented_order() -> None:
-    """Pipeline.of orders fallback, timeout, retry, breaker, bulkhead whatever the keyword order."""
+    """Pipeline.of orders fallback, total timeout, retry, breaker, attempt timeout, bulkhead."""
     log: list[str] = []
-    bulkhead, breaker, retry, timeout, fallback = recorders(
-        log, "bulkhead", "breaker", "retry", "timeout", "fallback"
+    bulkhead, breaker, retry, timeout, total, fallback = recorders(
+        log, "bulkhead", "breaker", "retry", "timeout", "total_timeout", "fallback"
     )
     pipeline = Pipeline.of(
-        bulkhead=bulkhead, breaker=breaker, retry=retry, timeout=timeout, fallback=fallback
+        bulkhead=bulkhead,
+        timeout=timeout,
+        breaker=breaker,
+        retry=retry,
+        total_timeout=total,
+        fallback=fallback,
     )
     pipeline.call(lambda: None)
-    assert log[:5] == [">fallback", ">timeout", ">retry", ">breaker", ">bulkhead"]
+    assert log[:6] == [
+        ">fallback",
+        ">total_timeout",
+        ">retry",
+        ">breaker",
+        ">timeout",
+        ">bulkhead",
+    ]
 
 
 def test_of_leaves_out_missing_layers() -> None:
@@ -212,7 +224,7 @@ def test_fallback_answers_a_full_bulkhead() -> None:
 async def test_async_timeout_bounds_the_whole_retried_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With timeout outside retry, the deadline ends the retrying; the fallback answers."""
+    """A total timeout outside the retry ends the retrying; the fallback answers."""
     attempts: list[int] = []
     never = asyncio.Event()
 
@@ -223,7 +235,7 @@ async def test_async_timeout_bounds_the_whole_retried_call(
 
     pipeline = Pipeline.of(
         fallback=Fallback.value("stale quote", on=TimeoutError),
-        timeout=Timeout(10),
+        total_timeout=Timeout(10),
         retry=RetryPolicy(max_attempts=5, retry_on=TimeoutError, jitter=None),
     )
     task = asyncio.create_task(pipeline.acall(stuck))

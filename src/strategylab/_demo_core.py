@@ -1,11 +1,12 @@
 """``strategylab demo-core``: a real flaky dependency, protected by retry + circuit breaker.
 
 A quote service runs as its own process on a loopback TCP port. A client asks it for quotes through
-``Pipeline.of(timeout, retry, breaker)``. Every few hundred calls the demo kills the service with
-SIGKILL: the client's retries fail, its breaker opens and rejects calls at once, and the failures go
-to an :class:`ErrorRecoveryManager`, which first re-probes the service (RETRY) and then escalates to
-COMPONENT_RESTART, which starts a new process. A recovery counts only when the new process is
-observed answering; the breaker half-opens, its trial call succeeds, and it closes again.
+``Pipeline.of(total_timeout=..., retry=..., breaker=..., timeout=...)``. Every few hundred calls the
+demo kills the service with SIGKILL: the client's retries fail, its breaker opens and rejects calls
+at once, and the failures go to an :class:`ErrorRecoveryManager`, which first re-probes the service
+(RETRY) and then escalates to COMPONENT_RESTART, which starts a new process. A recovery counts only
+when the new process is observed answering; the breaker half-opens, its trial call succeeds, and it
+closes again.
 """
 
 from __future__ import annotations
@@ -145,9 +146,10 @@ async def _run(calls: int, faults: int, audit_path: Path, console: Console) -> i
         lambda _b, old, new: tally.transitions.append(f"{old.value} → {new.value}")
     )
     guarded = Pipeline.of(
-        timeout=Timeout(2.0, name="quote"),
+        total_timeout=Timeout(2.0, name="quote"),
         retry=RetryPolicy(max_attempts=3, base_delay=0.02, max_delay=0.2, retry_on=(OSError,)),
         breaker=breaker,
+        timeout=Timeout(1.0, name="quote.attempt"),
     ).awrap(fetch_quote)
     policy = RecoveryPolicy(
         error_type=ErrorType.EXTERNAL_API_FAILURE,

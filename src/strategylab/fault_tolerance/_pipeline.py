@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._fused import fuse_async, fuse_sync
+from ._timeout import Timeout, abandon_aware
 from ._typing import DecoratorMixin, Policy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 __all__ = ["Pipeline"]
+
+
+def _refuse_generator(fn: object) -> None:
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"{name} is a generator function: a pipeline would judge the call that creates the "
+            "generator, not the iteration where the work and its errors happen; guard the call "
+            "that produces each item, or the function that consumes the generator"
+        )
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,25 +38,39 @@ class Pipeline(DecoratorMixin):
     exactly the sum of its layers, with no frame of the pipeline's own. ``call``/``acall`` thread
     the call through each layer's ``call``/``acall`` without building wrappers per call.
 
-    :meth:`Pipeline.of` builds the recommended order, **fallback ▸ timeout ▸ retry ▸ breaker ▸
-    bulkhead**, for these reasons:
+    :meth:`Pipeline.of` builds the recommended order, **fallback ▸ total timeout ▸ retry ▸ breaker
+    ▸ timeout ▸ bulkhead** (Polly v8's and resilience4j's order, with the bulkhead innermost),
+    for these reasons:
 
     - *fallback* outermost: it answers whatever is left after every other layer gave up, a timeout,
       an open circuit, a full bulkhead or the last retried error alike.
-    - *timeout* outside the retry: it bounds the whole retried call, backoff sleeps included,
-      which is the deadline the caller cares about. (A per-attempt limit is a second ``Timeout``
-      placed inside the retry with ``Pipeline(...)``.) For sync calls the timed-out work, retries
-      included, carries on in its worker thread, so give the retry a ``deadline`` no longer than
-      the timeout.
+    - *total timeout* outside the retry: it bounds the whole retried call, backoff sleeps
+      included, which is the deadline the caller cares about.
     - *retry* outside the breaker: every attempt goes through the breaker, so the breaker counts
       each failure and trips on them, and an open circuit's
       :class:`~strategylab.errors.CircuitOpenError` reaches the retry, whose ``retry_on``
-      decides whether to wait and try again or give up.
+      decides whether to wait and try again or give up (waiting the breaker's ``retry_after``).
+    - *timeout* (per attempt) inside the breaker: an attempt that runs past it ends in
+      :class:`~strategylab.errors.CallTimeoutError`, a failure that the breaker counts and trips on
+      and that the retry may retry. Outside the breaker, a hung call would be cancelled before the
+      breaker saw an outcome, and the breaker would stay CLOSED however often it hung.
     - *bulkhead* innermost: a slot is held only while the protected function really runs, never
-      during a retry's backoff or a rejected attempt; a call the breaker rejects costs no slot.
+      during a retry's backoff or a rejected attempt; a call the breaker rejects costs no slot. It
+      sits inside the attempt timeout, so the time spent queued for a slot counts against the
+      attempt, and a sync call abandoned by its timeout keeps its slot until it really returns
+      (the bulkhead bounds the threads busy on the dependency, not the callers waiting).
+
+    A sync :class:`~strategylab.fault_tolerance.Timeout` cannot stop its worker thread: the layers
+    inside it keep running there after the caller got its ``CallTimeoutError``. The pipeline makes
+    its innermost layer :func:`abandon_aware`, so once the timeout has expired no layer inside it
+    records anything more for that call (a late success is never counted by the breaker) and a
+    retry inside it starts no further attempt.
+
+    Generator functions are refused with :class:`TypeError`: the layers would judge the call that
+    creates the generator, not the iteration where the work and the errors happen.
     """
 
-    __slots__ = ("_acalls", "_calls", "_policies")
+    __slots__ = ("_abandonable", "_acalls", "_calls", "_policies")
 
     def __init__(self, *policies: Policy) -> None:
         flat: list[Policy] = []
@@ -57,6 +84,8 @@ class Pipeline(DecoratorMixin):
                     f"policies[{index}]={policy!r}: not a policy (needs wrap, awrap, call, acall)"
                 )
         self._policies: tuple[Policy, ...] = tuple(flat)
+        # A sync timeout with layers inside it: those layers must not record an abandoned call.
+        self._abandonable = any(isinstance(p, Timeout) for p in flat[:-1])
         # Bound methods made once, so call/acall allocate none per call.
         self._calls: tuple[Callable[..., Any], ...] = tuple(p.call for p in flat)
         self._acalls: tuple[Callable[..., Any], ...] = tuple(p.acall for p in flat)
@@ -66,15 +95,21 @@ class Pipeline(DecoratorMixin):
         cls,
         *,
         fallback: Policy | None = None,
-        timeout: Policy | None = None,
+        total_timeout: Policy | None = None,
         retry: Policy | None = None,
         breaker: Policy | None = None,
+        timeout: Policy | None = None,
         bulkhead: Policy | None = None,
     ) -> Pipeline:
-        """Compose the given policies as fallback ▸ timeout ▸ retry ▸ breaker ▸ bulkhead."""
-        return cls(
-            *(p for p in (fallback, timeout, retry, breaker, bulkhead) if p is not None),
-        )
+        """Compose the given policies as fallback ▸ total_timeout ▸ retry ▸ breaker ▸ timeout ▸
+        bulkhead.
+
+        ``timeout`` bounds each attempt (inside the breaker, which counts its expiry as a failure);
+        ``total_timeout`` bounds the whole call, retries and their backoff included. Either may be
+        left out; both are usually :class:`~strategylab.fault_tolerance.Timeout` instances.
+        """
+        layers = (fallback, total_timeout, retry, breaker, timeout, bulkhead)
+        return cls(*(p for p in layers if p is not None))
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -93,8 +128,9 @@ class Pipeline(DecoratorMixin):
         A plain retry directly around a plain breaker becomes one fused wrapper that behaves
         exactly like the two nested ones (see ``_fused``), at about half the cost per call.
         """
+        _refuse_generator(fn)
         policies = self._policies
-        wrapped = fn
+        wrapped = abandon_aware(fn) if self._abandonable else fn
         i = len(policies) - 1
         while i >= 0:
             fused = fuse_sync(policies[i - 1], policies[i], wrapped) if i else None
@@ -109,6 +145,7 @@ class Pipeline(DecoratorMixin):
 
         A plain retry directly around a plain breaker is fused as in :meth:`wrap`.
         """
+        _refuse_generator(fn)
         policies = self._policies
         wrapped = fn
         i = len(policies) - 1
@@ -125,6 +162,8 @@ class Pipeline(DecoratorMixin):
         calls = self._calls
         if not calls:
             return fn(*args, **kwargs)
+        if self._abandonable:
+            fn = abandon_aware(fn)
         # a.call(b.call, c.call, fn, *args): a guards b.call(c.call, fn, *args), which guards
         # c.call(fn, *args), which guards fn(*args).
         return cast("R", calls[0](*calls[1:], fn, *args, **kwargs))

@@ -9,7 +9,7 @@ import functools
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CallTimeoutError, ConfigurationError
@@ -19,7 +19,7 @@ from ._typing import DecoratorMixin
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-__all__ = ["Timeout"]
+__all__ = ["Timeout", "abandon_aware"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,6 +27,80 @@ R = TypeVar("R")
 _MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+
+
+class _Abandonment:
+    """Whether the sync call running in a worker, or any timeout around it, has been given up on."""
+
+    __slots__ = ("abandoned", "parent")
+
+    def __init__(self, parent: _Abandonment | None) -> None:
+        self.abandoned = False
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        token: _Abandonment | None = self
+        while token is not None:
+            if token.abandoned:
+                return True
+            token = token.parent
+        return False
+
+
+_CURRENT: contextvars.ContextVar[_Abandonment | None] = contextvars.ContextVar(
+    "strategylab_timeout_abandonment", default=None
+)
+"""Set in a sync timeout's worker context: the token its expiry sets."""
+
+
+class _CallAbandonedError(BaseException):
+    """The sync call's timeout expired: unwind the work still running in the worker thread.
+
+    A :class:`BaseException`, like cancellation, so that no layer inside the timeout counts it: a
+    breaker ignores it (neither success nor failure), a retry does not retry it, a fallback does
+    not answer it, a bulkhead gives its slot back. Nobody waits for it: the caller already has its
+    :class:`~strategylab.errors.CallTimeoutError`.
+    """
+
+
+def _run_in_worker(
+    token: _Abandonment, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> R:
+    _CURRENT.set(token)
+    return fn(*args, **kwargs)
+
+
+def abandon_aware(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn``, unless a sync :class:`Timeout` around this call has expired.
+
+    Used by :class:`~strategylab.fault_tolerance.Pipeline` as the innermost layer whenever a sync
+    timeout has layers inside it. Python cannot stop the worker thread of a timed-out sync call, so
+    the layers inside the timeout (a retry, a breaker, a bulkhead) go on running there; this makes
+    sure that none of them records what happens after the caller was given its
+    :class:`~strategylab.errors.CallTimeoutError`: a retry's next attempt is not started, and an
+    outcome that arrives late (a success above all) unwinds as :class:`_CallAbandonedError`, which
+    a breaker ignores, instead of being recorded.
+    """
+    current = _CURRENT.get
+
+    @functools.wraps(fn)
+    def abandon_aware_call(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = current()
+        if token is None:
+            return fn(*args, **kwargs)
+        if token.is_set():
+            raise _CallAbandonedError
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if token.is_set():
+                raise _CallAbandonedError from exc
+            raise
+        if token.is_set():
+            raise _CallAbandonedError
+        return result
+
+    return abandon_aware_call
 
 
 def _shared_executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -62,7 +136,16 @@ class Timeout(DecoratorMixin):
     busy for good (and, as with any non-daemon worker, holds up interpreter exit), so the guarded
     function must still bound its own blocking I/O (socket timeouts, statement timeouts). When every
     worker is busy, calls queue, and the deadline includes the time spent queued; a call given up on
-    before it started is never started.
+    before it started is never started. Inside a :class:`~strategylab.fault_tolerance.Pipeline`,
+    the layers inside a sync timeout never record the abandoned call's late outcome: a breaker
+    there does not count a late success, and a retry there starts no further attempt (see
+    :func:`abandon_aware`). Composed by hand (``timeout.wrap(breaker.wrap(fn))``) they would.
+
+    **Per attempt or in total.** Where a timeout sits decides what it bounds (Polly v8 and
+    resilience4j's TimeLimiter): inside a breaker and a retry (``Pipeline.of(timeout=...)``) it
+    bounds one attempt, and its :class:`~strategylab.errors.CallTimeoutError` is a failure that the
+    breaker counts and the retry may retry; outside them (``Pipeline.of(total_timeout=...)``) it
+    bounds the whole retried call, backoff sleeps included.
 
     ``clock`` only measures how long a timed-out call was waited for, which is added to the error as
     a note: the deadline itself follows the event loop's timer (async) or real time (a thread wait),
@@ -110,12 +193,14 @@ class Timeout(DecoratorMixin):
         """Run ``fn(*args, **kwargs)`` in a worker thread and wait for it at most ``seconds``."""
         started = self._clock.monotonic()
         context = contextvars.copy_context()
-        # mypy cannot bind Context.run's ParamSpec through submit's.
+        token = _Abandonment(_CURRENT.get())
         future: concurrent.futures.Future[R] = _shared_executor().submit(
-            context.run,  # type: ignore[arg-type]
+            context.run,
+            _run_in_worker,
+            token,
             fn,
-            *args,
-            **kwargs,
+            args,
+            kwargs,
         )
         try:
             return future.result(timeout=self._seconds)
@@ -124,6 +209,7 @@ class Timeout(DecoratorMixin):
             # call's own by whether the call has finished.
             if future.done():
                 return future.result()
+            token.abandoned = True
             future.cancel()
             raise self._expired(started) from exc
 

@@ -122,9 +122,11 @@ def _retry_after(value: str | None) -> float:
 class OrderClient:
     """An aiohttp client of the exchange's order API (a fault-tolerance ``Component``).
 
-    Every call goes through ``Pipeline.of(timeout=Timeout(timeout), retry=retry, breaker=breaker)``;
-    each attempt is also bounded by ``attempt_timeout``. ``retry`` retries 5xx, 429 (after waiting
-    Retry-After on ``clock``), connection errors and attempt timeouts; 4xx is final. When a call
+    Every call goes through ``Pipeline.of(total_timeout=Timeout(timeout), retry=retry,
+    breaker=breaker)``; each attempt is also bounded by ``attempt_timeout`` (aiohttp's own
+    timeout, inside the breaker, so the breaker counts an attempt that timed out). ``retry``
+    retries 5xx, 429 (after waiting Retry-After on ``clock``), connection errors and attempt
+    timeouts; 4xx is final. When a call
     finally fails, the error is reported to ``manager`` as NETWORK_TIMEOUT (a timeout) or
     EXTERNAL_API_FAILURE (anything else) under this component's ``name``.
     """
@@ -170,7 +172,7 @@ class OrderClient:
             )
         )
         self._pipeline = Pipeline.of(
-            timeout=Timeout(timeout, name=f"{name}.call", clock=clock),
+            total_timeout=Timeout(timeout, name=f"{name}.call", clock=clock),
             retry=self.retry,
             breaker=self.breaker,
         )
