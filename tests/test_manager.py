@@ -203,7 +203,7 @@ def test_unregister_forgets_the_component(clock: FakeClock) -> None:
 
 
 async def test_first_strategy_success_ends_the_recovery(clock: FakeClock) -> None:
-    """A restart that makes the component healthy is a successful, unescalated recovery."""
+    """A restart that makes the component healthy is a successful recovery with one attempt."""
     manager = _manager(clock)
     feed = Fake("feed", fixes=frozenset({"restart"}))
     manager.register(feed)
@@ -213,7 +213,12 @@ async def test_first_strategy_success_ends_the_recovery(clock: FakeClock) -> Non
         K.COMPONENT_RESTART,
         (K.COMPONENT_RESTART,),
     )
-    assert (outcome.attempts, outcome.escalated, outcome.error) == (1, False, None)
+    assert (outcome.attempts, outcome.escalated, outcome.fell_through, outcome.error) == (
+        1,
+        False,
+        False,
+        None,
+    )
     assert feed.healthy
 
 
@@ -241,14 +246,14 @@ async def test_context_for_another_component_is_refused(clock: FakeClock) -> Non
         await _manager(clock).handle(_ctx("feed"), "store")
 
 
-async def test_failed_strategy_escalates_along_the_chain(clock: FakeClock) -> None:
+async def test_failed_strategy_falls_through_along_the_chain(clock: FakeClock) -> None:
     """Retry and restart fail, failover heals: all three run in order within one handle."""
     manager = _manager(clock)
     feed = Fake("feed", fixes=frozenset({"failover"}))
     manager.register(feed)
     outcome = await manager.handle(_ctx(error_type=E.DATA_INGESTION_FAILURE), "feed", _failing)
     assert outcome.success
-    assert outcome.escalated
+    assert (outcome.fell_through, outcome.escalated) == (True, False)
     assert outcome.strategies_tried == (K.RETRY, K.COMPONENT_RESTART, K.FAILOVER)
     assert outcome.attempts == 3
 
@@ -543,7 +548,7 @@ async def test_active_recoveries_show_the_blocked_strategy(clock: FakeClock) -> 
 
 
 async def test_listeners_see_the_recovery_events_in_order(clock: FakeClock) -> None:
-    """An escalated recovery emits error, started, strategy_failed, escalated, finished."""
+    """A recovery that falls through emits error, started, failed, fell_through, finished."""
     events: list[RecoveryEvent] = []
     manager = _manager(clock)
     manager.add_listener(events.append)
@@ -553,7 +558,7 @@ async def test_listeners_see_the_recovery_events_in_order(clock: FakeClock) -> N
         "error",
         "recovery_started",
         "strategy_failed",
-        "escalated",
+        "fell_through",
         "recovery_finished",
     ]
     assert events[-1].outcome is not None
@@ -597,8 +602,8 @@ async def test_rejection_is_sent_to_listeners(clock: FakeClock) -> None:
     assert events[1].outcome.rejected
 
 
-async def test_audit_records_recoveries_and_escalations(clock: FakeClock, tmp_path: Path) -> None:
-    """Each recovery and escalation is appended to the audit log, whose chain then verifies."""
+async def test_audit_records_recoveries_and_fall_throughs(clock: FakeClock, tmp_path: Path) -> None:
+    """Each recovery and fall-through is appended to the audit log, whose chain then verifies."""
     log = AuditLog(tmp_path / "audit.jsonl", clock=clock, fsync=False)
     try:
         manager = _manager(clock, audit=log)
@@ -609,7 +614,7 @@ async def test_audit_records_recoveries_and_escalations(clock: FakeClock, tmp_pa
     finally:
         log.close()
     records = list(AuditLog.read(tmp_path / "audit.jsonl"))
-    assert [r.kind for r in records] == ["escalation", "recovery"]
+    assert [r.kind for r in records] == ["fall_through", "recovery"]
     data = records[1].data
     assert (data["error_id"], data["success"], data["strategy"]) == (
         str(context.error_id),

@@ -173,4 +173,16 @@ async def test_counters_and_distributions_from_the_manager() -> None:
     assert dict(stats.error_type_distribution) == {E.STRATEGY_EXECUTION_ERROR: 2}
     # engine: restart; backtest: restart, then degradation (not applicable: not counted)
     assert dict(stats.strategy_distribution) == {K.COMPONENT_RESTART: 2}
-    assert stats.escalations == 1
+    assert (stats.fall_throughs, stats.escalated_errors, stats.pattern_escalations) == (1, 0, 0)
+
+
+def test_escalation_and_fall_through_are_counted_apart() -> None:
+    """Crossings, escalated errors and fall-throughs each have their own counter."""
+    recorder = StatisticsRecorder()
+    recorder.record_escalation(pattern=True)
+    for _ in range(3):
+        recorder.record_escalated_error()
+    recorder.record_fall_through()
+    recorder.record_fall_through()
+    stats = recorder.snapshot(running=0, queued=0)
+    assert (stats.pattern_escalations, stats.escalated_errors, stats.fall_throughs) == (1, 3, 2)

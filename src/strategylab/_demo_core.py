@@ -229,7 +229,8 @@ def _report(
     rec.add_row("recoveries succeeded", f"{stats.successful_recoveries}")
     rec.add_row("recoveries failed", f"{stats.failed_recoveries}")
     rec.add_row("success rate", f"{stats.success_rate:.0%}")
-    rec.add_row("escalations", f"{stats.escalations}")
+    rec.add_row("escalations (pattern threshold crossed)", f"{stats.pattern_escalations}")
+    rec.add_row("fall-throughs to the next strategy", f"{stats.fall_throughs}")
     rec.add_row(
         "recovery time p50 / p95 / p99 (ms)",
         f"{stats.p50_ms:.0f} / {stats.p95_ms:.0f} / {stats.p99_ms:.0f}",

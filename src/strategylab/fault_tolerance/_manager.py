@@ -7,14 +7,21 @@ One ``handle`` call is one error:
    Every ``policy.escalation_threshold`` errors within ``policy.escalation_window`` seconds is a
    *crossing*: it moves the starting strategy one step along the chain (clamped at the last one) and
    raises the severity one step. A whole window without an error of that (type, component) resets
-   the level to 0;
+   the level to 0. This is *escalation* in the sense of DESIGN §4, and only this: an error handled
+   while its (type, component) is at level >= 1 (the crossing error and every later one until the
+   reset) reports ``escalated=True`` with its ``escalation_level``, because its severity and its
+   starting strategy are the escalated ones; the crossing error also reports
+   ``crossed_threshold=True``, emits an ``escalated`` event and writes an ``escalation`` audit
+   record;
 3. if a recovery of the same (type, component) is already queued or running, the error *joins* it:
    it waits for that recovery's result and returns a copy marked ``joined=True`` with its own
    ``error_id``. A second restart of a component that is being restarted would only fight the first;
 4. otherwise the recovery takes a slot (at most ``max_concurrent_recoveries`` run at once, at most
    ``max_queued_recoveries`` more wait; beyond that it returns at once with ``rejected=True``);
 5. strategies run from the starting one: the first that succeeds ends the recovery; one that fails,
-   raises or is not applicable escalates to the next (``escalated=True``). When the chain is
+   raises or is not applicable *falls through* to the next (``fell_through=True``, every step in
+   ``strategies_tried``, a ``fell_through`` event and a ``fall_through`` audit record). A
+   fall-through is not an escalation: it says nothing about the error pattern. When the chain is
    exhausted and the severity is CRITICAL, the emergency shutdown runs (unless it just ran);
 6. the outcome is recorded in statistics, sent to listeners, and appended to the audit log.
 """
@@ -66,6 +73,15 @@ class RecoveryOutcome:
     ``attempts`` counts the strategies actually executed. ``within_sla`` is True only for a
     successful recovery that finished within its policy's SLA. ``error`` collects what went wrong
     along the way (a failed, raising or not-applicable strategy; the rejection), else None.
+
+    ``escalated`` is escalation as DESIGN §4 defines it: pattern analysis had this error's
+    (type, component) at ``escalation_level`` >= 1 when the error arrived, so its severity was
+    raised and its recovery started that many steps along the chain. It is True for the error that
+    crossed the threshold (``crossed_threshold``) *and* for every later one handled at the raised
+    level, until a quiet window resets it; the level, not the crossing alone, is what changed how
+    the error was handled. Joined and rejected outcomes report their own error's level.
+    ``fell_through`` says that a strategy failed and the recovery moved on to the next one in the
+    chain (visible step by step in ``strategies_tried``); it is not an escalation.
     """
 
     error_id: uuid.UUID
@@ -77,6 +93,11 @@ class RecoveryOutcome:
     attempts: int = 0
     duration_ms: float = 0.0
     escalated: bool = False
+    escalation_level: int = 0
+    """Pattern-analysis steps along the chain for this error; 0 when not escalated."""
+    crossed_threshold: bool = False
+    """True for the one error whose arrival crossed ``escalation_threshold``."""
+    fell_through: bool = False
     severity: ErrorSeverity
     rejected: bool = False
     joined: bool = False
@@ -86,6 +107,15 @@ class RecoveryOutcome:
     def __post_init__(self) -> None:
         if self.attempts < 0:
             raise ValueError(f"attempts={self.attempts!r}: must be >= 0")
+        if self.escalation_level < 0:
+            raise ValueError(f"escalation_level={self.escalation_level!r}: must be >= 0")
+        if self.escalated != (self.escalation_level > 0):
+            raise ValueError(
+                f"escalated={self.escalated!r}: must be True exactly when escalation_level "
+                f"({self.escalation_level!r}) is >= 1"
+            )
+        if self.crossed_threshold and not self.escalated:
+            raise ValueError("crossed_threshold=True: a crossing error is always escalated")
         if not math.isfinite(self.duration_ms) or self.duration_ms < 0:
             raise ValueError(f"duration_ms={self.duration_ms!r}: must be a finite number >= 0")
         object.__setattr__(self, "strategies_tried", tuple(self.strategies_tried))
@@ -102,6 +132,9 @@ class RecoveryOutcome:
             "attempts": self.attempts,
             "duration_ms": self.duration_ms,
             "escalated": self.escalated,
+            "escalation_level": self.escalation_level,
+            "crossed_threshold": self.crossed_threshold,
+            "fell_through": self.fell_through,
             "severity": self.severity.value,
             "rejected": self.rejected,
             "joined": self.joined,
@@ -127,8 +160,10 @@ class ActiveRecovery:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RecoveryEvent:
-    """Sent to listeners. ``kind`` is one of ``error``, ``recovery_started``, ``strategy_failed``,
-    ``escalated``, ``recovery_finished``, ``rejected``."""
+    """Sent to listeners. ``kind`` is one of ``error``, ``escalated`` (pattern analysis crossed the
+    threshold: DESIGN §4's escalation; ``strategy`` is the new starting strategy),
+    ``recovery_started``, ``strategy_failed``, ``fell_through`` (moving on to ``strategy``, the next
+    in the chain, after a failure), ``recovery_finished``, ``rejected``."""
 
     kind: str
     error_id: uuid.UUID
@@ -216,9 +251,10 @@ class ErrorRecoveryManager:
     strategy runs under when a policy has none (default: 3 attempts, 0.1 s base, doubling, 2 s cap,
     full jitter, on ``clock``). ``shutdown_handler`` replaces the default emergency shutdown (stop
     every registered component in reverse registration order, each within ``shutdown_deadline``
-    seconds). ``audit`` receives one ``recovery`` record per handled error and one ``escalation``
-    record per escalation. ``capture_state=False`` skips the :class:`SystemState` snapshot taken for
-    each exception.
+    seconds). ``audit`` receives one ``recovery`` record per handled error, one ``escalation``
+    record per threshold crossing (DESIGN §4) and one ``fall_through`` record per step to a later
+    strategy within a recovery. ``capture_state=False`` skips the :class:`SystemState` snapshot
+    taken for each exception.
 
     One manager belongs to one event loop; its methods are not thread-safe.
     """
@@ -384,6 +420,8 @@ class ErrorRecoveryManager:
 
         level, crossed = self._patterns.record(key, started, policy)
         severity = context.severity.raised(level) if level else context.severity
+        if level:
+            self._stats.record_escalated_error()
         if crossed:
             self._stats.record_escalation(pattern=True)
             start_kind = policy.chain[min(level, len(policy.chain) - 1)]
@@ -407,9 +445,11 @@ class ErrorRecoveryManager:
 
         running = self._inflight.get(key)
         if running is not None:
-            return await self._join(running, context, severity, started)
+            return await self._join(
+                running, context, severity, started, level=level, crossed=crossed
+            )
         if self._running + self._queued >= self._max_running + self._max_queued:
-            return await self._reject(context, severity)
+            return await self._reject(context, severity, level, crossed)
 
         future: asyncio.Future[RecoveryOutcome] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -418,6 +458,7 @@ class ErrorRecoveryManager:
                 context,
                 policy,
                 level=level,
+                crossed=crossed,
                 severity=severity,
                 started=started,
                 operation=operation,
@@ -468,7 +509,12 @@ class ErrorRecoveryManager:
         context: ErrorContext,
         severity: ErrorSeverity,
         started: float,
+        *,
+        level: int,
+        crossed: bool,
     ) -> RecoveryOutcome:
+        # The joiner shares the recovery but keeps its own pattern state: it may be the error
+        # that crossed the threshold while the recovery it joined started unescalated.
         self._stats.record_joined()
         try:
             primary = await asyncio.shield(running)
@@ -484,6 +530,9 @@ class ErrorRecoveryManager:
                 success=False,
                 strategy=None,
                 duration_ms=self._elapsed_ms(started),
+                escalated=level > 0,
+                escalation_level=level,
+                crossed_threshold=crossed,
                 severity=severity,
                 joined=True,
                 error="the recovery this error joined was cancelled",
@@ -493,13 +542,18 @@ class ErrorRecoveryManager:
                 primary,
                 error_id=context.error_id,
                 joined=True,
+                escalated=level > 0,
+                escalation_level=level,
+                crossed_threshold=crossed,
                 severity=max(severity, primary.severity),
                 duration_ms=self._elapsed_ms(started),
             )
         await self._audit_append("recovery", {**outcome.to_dict(), "context": context.to_dict()})
         return outcome
 
-    async def _reject(self, context: ErrorContext, severity: ErrorSeverity) -> RecoveryOutcome:
+    async def _reject(
+        self, context: ErrorContext, severity: ErrorSeverity, level: int, crossed: bool
+    ) -> RecoveryOutcome:
         self._stats.record_rejected()
         outcome = RecoveryOutcome(
             error_id=context.error_id,
@@ -507,6 +561,9 @@ class ErrorRecoveryManager:
             component=context.component,
             success=False,
             strategy=None,
+            escalated=level > 0,
+            escalation_level=level,
+            crossed_threshold=crossed,
             severity=severity,
             rejected=True,
             error=(
@@ -524,6 +581,7 @@ class ErrorRecoveryManager:
         policy: RecoveryPolicy,
         *,
         level: int,
+        crossed: bool,
         severity: ErrorSeverity,
         started: float,
         operation: Callable[[], Awaitable[object]] | None,
@@ -542,6 +600,7 @@ class ErrorRecoveryManager:
                 context,
                 policy,
                 level=level,
+                crossed=crossed,
                 severity=severity,
                 started=started,
                 operation=operation,
@@ -558,6 +617,7 @@ class ErrorRecoveryManager:
         policy: RecoveryPolicy,
         *,
         level: int,
+        crossed: bool,
         severity: ErrorSeverity,
         started: float,
         operation: Callable[[], Awaitable[object]] | None,
@@ -580,12 +640,10 @@ class ErrorRecoveryManager:
         tried: list[RecoveryStrategyKind] = []
         problems: list[str] = []
         success = False
-        escalated = False
         while plan:
             kind = plan.pop(0)
             if tried:
-                escalated = True
-                await self._escalate(context, tried[-1], kind)
+                await self._fall_through(context, tried[-1], kind)
             tried.append(kind)
             result = await self._attempt(dataclasses.replace(base, kind=kind), active)
             if result.success:
@@ -614,7 +672,10 @@ class ErrorRecoveryManager:
             strategies_tried=tuple(tried),
             attempts=active.attempt,
             duration_ms=duration_ms,
-            escalated=escalated,
+            escalated=level > 0,
+            escalation_level=level,
+            crossed_threshold=crossed,
+            fell_through=len(tried) > 1,
             severity=severity,
             within_sla=within,
             error="; ".join(problems) if problems else None,
@@ -639,15 +700,15 @@ class ErrorRecoveryManager:
             active.attempt -= 1
         return result
 
-    async def _escalate(
+    async def _fall_through(
         self, context: ErrorContext, source: RecoveryStrategyKind, target: RecoveryStrategyKind
     ) -> None:
-        self._stats.record_escalation(pattern=False)
+        self._stats.record_fall_through()
         self._emit(
-            "escalated", context, strategy=target, detail=f"{source.value} -> {target.value}"
+            "fell_through", context, strategy=target, detail=f"{source.value} -> {target.value}"
         )
         await self._audit_append(
-            "escalation",
+            "fall_through",
             {
                 "error_id": str(context.error_id),
                 "error_type": context.error_type.value,

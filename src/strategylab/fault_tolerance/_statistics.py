@@ -16,7 +16,11 @@ called, queueing included, to the moment the recovery finished):
   ``percentile_window`` completed recoveries: the value at rank ``ceil(p/100 * n)`` of the sorted
   window; 0.0 when the window is empty;
 - ``sla_compliance[name]`` = recoveries of that SLA class that *succeeded* within the class's
-  seconds, over completed recoveries of that class; a class with no recovery yet has no entry.
+  seconds, over completed recoveries of that class; a class with no recovery yet has no entry;
+- *escalation* is DESIGN §4's: ``pattern_escalations`` counts threshold crossings and
+  ``escalated_errors`` the errors handled at a raised level (those whose outcome reports
+  ``escalated=True``); ``fall_throughs`` counts steps to a later strategy within one recovery after
+  a strategy failed, which is not an escalation.
 """
 
 from __future__ import annotations
@@ -59,10 +63,12 @@ class RecoveryStatistics:
     """Recoveries running right now (holding a slot)."""
     queued_recoveries: int
     """Recoveries waiting for a slot right now."""
-    escalations: int
-    """Steps to a later strategy within one recovery, after a strategy failed."""
     pattern_escalations: int
-    """Crossings of a policy's escalation threshold by pattern analysis."""
+    """Crossings of a policy's escalation threshold by pattern analysis (DESIGN §4)."""
+    escalated_errors: int = 0
+    """Errors handled while their (type, component) was escalated: outcomes with ``escalated``."""
+    fall_throughs: int = 0
+    """Steps to a later strategy within one recovery, after a strategy failed (not escalations)."""
     sla_compliance: Mapping[str, float]
 
 
@@ -80,8 +86,9 @@ class StatisticsRecorder:
     __slots__ = (
         "_durations",
         "_error_types",
-        "_escalations",
+        "_escalated_errors",
         "_failed",
+        "_fall_throughs",
         "_joined",
         "_pattern_escalations",
         "_rejected",
@@ -103,7 +110,8 @@ class StatisticsRecorder:
         self._failed = 0
         self._rejected = 0
         self._joined = 0
-        self._escalations = 0
+        self._fall_throughs = 0
+        self._escalated_errors = 0
         self._pattern_escalations = 0
         self._total_duration_ms = 0.0
 
@@ -116,12 +124,20 @@ class StatisticsRecorder:
         """Count one executed strategy."""
         self._strategies[kind] += 1
 
-    def record_escalation(self, *, pattern: bool) -> None:
-        """Count one escalation (``pattern`` = from pattern analysis, else within a recovery)."""
+    def record_escalation(self, *, pattern: bool = True) -> None:
+        """Count one threshold crossing; ``pattern=False`` is the old spelling of a fall-through."""
         if pattern:
             self._pattern_escalations += 1
         else:
-            self._escalations += 1
+            self._fall_throughs += 1
+
+    def record_escalated_error(self) -> None:
+        """Count one error handled at a raised escalation level."""
+        self._escalated_errors += 1
+
+    def record_fall_through(self) -> None:
+        """Count one step to a later strategy within a recovery."""
+        self._fall_throughs += 1
 
     def record_rejected(self) -> None:
         """Count one recovery turned away by the concurrency limit."""
@@ -167,8 +183,9 @@ class StatisticsRecorder:
             strategy_distribution=types.MappingProxyType(dict(self._strategies)),
             current_recovery_attempts=running,
             queued_recoveries=queued,
-            escalations=self._escalations,
             pattern_escalations=self._pattern_escalations,
+            escalated_errors=self._escalated_errors,
+            fall_throughs=self._fall_throughs,
             sla_compliance=types.MappingProxyType(
                 {name: within / total for name, (within, total) in self._sla.items()}
             ),
