@@ -98,7 +98,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def testing_switch() -> Iterator[Callable[..., None]]:
+def testing_switch() -> Iterator[Callable[..., object]]:
     yield set_testing
     set_testing(False)
 
@@ -418,7 +418,7 @@ def test_a_raising_hook_propagates(clock: FakeClock) -> None:
 
 @drivers
 async def test_test_mode_skips_every_sleep(
-    drive: Drive, clock: FakeClock, testing_switch: Callable[..., None]
+    drive: Drive, clock: FakeClock, testing_switch: Callable[..., object]
 ) -> None:
     """In test mode no sleep is called at all, though every attempt still runs."""
     testing_switch(enabled=True)
@@ -430,7 +430,7 @@ async def test_test_mode_skips_every_sleep(
 
 @drivers
 async def test_test_mode_caps_attempts(
-    drive: Drive, clock: FakeClock, testing_switch: Callable[..., None]
+    drive: Drive, clock: FakeClock, testing_switch: Callable[..., object]
 ) -> None:
     """In test mode with attempts=N, no policy makes more than N attempts."""
     testing_switch(enabled=True, attempts=2)
@@ -441,7 +441,7 @@ async def test_test_mode_caps_attempts(
 
 
 def test_test_mode_hooks_see_zero_delay(
-    clock: FakeClock, testing_switch: Callable[..., None]
+    clock: FakeClock, testing_switch: Callable[..., object]
 ) -> None:
     """In test mode before_sleep is still called, with a delay of zero."""
     testing_switch(enabled=True)
@@ -452,7 +452,7 @@ def test_test_mode_hooks_see_zero_delay(
     assert delays == [0.0, 0.0]
 
 
-def test_test_mode_switches_off(testing_switch: Callable[..., None]) -> None:
+def test_test_mode_switches_off(testing_switch: Callable[..., object]) -> None:
     """set_testing(False) turns test mode off again."""
     testing_switch(enabled=True, attempts=1)
     assert is_testing()
@@ -460,7 +460,7 @@ def test_test_mode_switches_off(testing_switch: Callable[..., None]) -> None:
     assert not is_testing()
 
 
-def test_test_mode_rejects_bad_attempts(testing_switch: Callable[..., None]) -> None:
+def test_test_mode_rejects_bad_attempts(testing_switch: Callable[..., object]) -> None:
     """set_testing names attempts when it is not a positive int."""
     with pytest.raises(ConfigurationError, match="attempts"):
         testing_switch(enabled=True, attempts=0)

@@ -41,6 +41,7 @@ from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryEvent, Recov
 from ._pipeline import Pipeline
 from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
 from ._retry import RetryDetails, RetryPolicy, is_testing, set_testing
+from ._retry_after import parse_retry_after, retry_after_hint
 from ._statistics import RecoveryStatistics
 from ._taxonomy import ErrorSeverity, ErrorType, RecoveryStrategyKind, UserImpact
 from ._timeout import Timeout
@@ -93,6 +94,8 @@ __all__ = [
     "classify",
     "is_testing",
     "open_breaker_names",
+    "parse_retry_after",
     "register_rule",
+    "retry_after_hint",
     "set_testing",
 ]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from strategylab.errors import BulkheadFullError, ConfigurationError
 
-from ._typing import DecoratorMixin
+from ._typing import DecoratorMixin, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -290,7 +290,11 @@ class Bulkhead(DecoratorMixin):
             self._release()
 
     def wrap(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        """Return a wrapper that runs every call of ``fn`` in a slot."""
+        """Return a wrapper that runs every call of ``fn`` in a slot.
+
+        Raises :class:`TypeError` for a generator function, whose body would run outside the slot.
+        """
+        refuse_generator(fn, "Bulkhead")
         # The fast paths of _acquire and _release are inlined: two fewer Python calls is a quarter
         # of the uncontended overhead. Anything but the uncontended case goes to the methods.
         lock = self._lock
@@ -359,7 +363,12 @@ class Bulkhead(DecoratorMixin):
             self._release()
 
     def awrap(self, fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[object, None, R]]:
-        """Return a wrapper that runs every call of the async ``fn`` in a slot."""
+        """Return a wrapper that runs every call of the async ``fn`` in a slot.
+
+        Raises :class:`TypeError` for a generator or async generator function, whose body would
+        run outside the slot.
+        """
+        refuse_generator(fn, "Bulkhead")
         # Fast paths inlined as in wrap; awaiting a slow-path coroutine only when there is no slot.
         lock = self._lock
         waiters = self._waiters

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 from strategylab.errors import ConfigurationError
 
-from ._typing import DecoratorMixin
+from ._typing import DecoratorMixin, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -93,7 +93,11 @@ class Fallback(DecoratorMixin):
             return cast("R", handler(exc))
 
     def wrap(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        """Return a wrapper that answers matching failures of ``fn`` with the handler."""
+        """Return a wrapper that answers matching failures of ``fn`` with the handler.
+
+        Raises :class:`TypeError` for a generator function, whose failures it could not see.
+        """
+        refuse_generator(fn, "Fallback")
         handler = self._sync_handler()
         on = self._on
 
@@ -119,7 +123,12 @@ class Fallback(DecoratorMixin):
             return cast("R", answer)
 
     def awrap(self, fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[object, None, R]]:
-        """Return a wrapper that answers matching failures of the async ``fn`` with the handler."""
+        """Return a wrapper that answers matching failures of the async ``fn`` with the handler.
+
+        Raises :class:`TypeError` for a generator or async generator function, whose failures it
+        could not see.
+        """
+        refuse_generator(fn, "Fallback")
         handler = self._handler
         on = self._on
 

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._fused import fuse_async, fuse_sync
 from ._timeout import Timeout, abandon_aware
-from ._typing import DecoratorMixin, Policy
+from ._typing import DecoratorMixin, Policy, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 __all__ = ["Pipeline"]
-
-
-def _refuse_generator(fn: object) -> None:
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        name = getattr(fn, "__qualname__", repr(fn))
-        raise TypeError(
-            f"{name} is a generator function: a pipeline would judge the call that creates the "
-            "generator, not the iteration where the work and its errors happen; guard the call "
-            "that produces each item, or the function that consumes the generator"
-        )
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -128,7 +116,7 @@ class Pipeline(DecoratorMixin):
         A plain retry directly around a plain breaker becomes one fused wrapper that behaves
         exactly like the two nested ones (see ``_fused``), at about half the cost per call.
         """
-        _refuse_generator(fn)
+        refuse_generator(fn, "Pipeline")
         policies = self._policies
         wrapped = abandon_aware(fn) if self._abandonable else fn
         i = len(policies) - 1
@@ -145,7 +133,7 @@ class Pipeline(DecoratorMixin):
 
         A plain retry directly around a plain breaker is fused as in :meth:`wrap`.
         """
-        _refuse_generator(fn)
+        refuse_generator(fn, "Pipeline")
         policies = self._policies
         wrapped = fn
         i = len(policies) - 1

@@ -11,21 +11,31 @@ original traceback; when they run out on a rejected result, :class:`RetryExhaust
 ``asyncio.CancelledError``, ``KeyboardInterrupt`` and the like are never retried: ``retry_on`` only
 accepts subclasses of :class:`Exception`.
 
-Users' test suites switch every wait off with :func:`set_testing`.
+A server's ``Retry-After`` or an open breaker's ``retry_after`` replaces the backoff for the next
+sleep (see :func:`~strategylab.fault_tolerance.retry_after_hint`). Generators are refused: a retry
+cannot re-run items already yielded. Users' test suites switch every wait off with
+:func:`set_testing`, for the whole process or for a ``with`` block.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import functools
 import inspect
 import math
+import operator
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, RetryExhaustedError
+
+from ._retry_after import retry_after_hint
+from ._typing import GENERATOR_TYPES, generator_result_error, refuse_generator
 
 __all__ = ["RetryDetails", "RetryHook", "RetryPolicy", "is_testing", "set_testing"]
 
@@ -42,7 +52,8 @@ class RetryDetails:
     attempt: int
     """1-based number of the attempt that just failed."""
     delay: float
-    """Seconds about to be slept before the next attempt; 0 when giving up."""
+    """Seconds about to be slept before the next attempt: the backoff, or the wait the failure
+    asked for (``Retry-After``); 0 when giving up or in test mode."""
     elapsed: float
     """Seconds since the first attempt started (since it failed, when no deadline is set)."""
     exception: Exception | None
@@ -73,6 +84,10 @@ class _Rejected:
 _Failure = Exception | _Rejected
 
 
+class _RefusedGeneratorError(TypeError):
+    """``acall`` refusing a generator; raised inside its ``try`` and never retried."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _TestMode:
     attempts: int | None
@@ -90,15 +105,47 @@ class _Switch:
 _SWITCH = _Switch()
 
 
-def set_testing(enabled: bool, *, attempts: int | None = None) -> None:
-    """Switch test mode on or off for the whole process.
+class _RestoreTesting(AbstractContextManager[None]):
+    """Returned by :func:`set_testing`: leaving the ``with`` block restores the earlier mode."""
+
+    __slots__ = ("_previous",)
+
+    def __init__(self, previous: _TestMode | None) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _SWITCH.mode = self._previous
+
+
+def set_testing(enabled: bool, *, attempts: int | None = None) -> AbstractContextManager[None]:
+    """Switch test mode on or off for the whole process, at once.
 
     While it is on, no retry sleeps at all (hooks still see ``delay=0``) and, if ``attempts`` is
     given, every policy makes at most that many attempts. Only the failure path consults it.
+
+    The switch happens when this is called; the returned context manager restores the mode that
+    was in force before the call when its ``with`` block ends, so uses nest (as stamina's
+    ``set_testing`` does since 24.3)::
+
+        with set_testing(True, attempts=1):
+            ...  # no retry sleeps here
+        # the previous mode is back
+
+    Raises :class:`~strategylab.errors.ConfigurationError` if ``attempts`` is not an int >= 1.
     """
     if attempts is not None and (type(attempts) is not int or attempts < 1):
         raise ConfigurationError("attempts", attempts, "must be an int >= 1 or None")
+    previous = _SWITCH.mode
     _SWITCH.mode = _TestMode(attempts) if enabled else None
+    return _RestoreTesting(previous)
 
 
 def is_testing() -> bool:
@@ -116,13 +163,85 @@ def _is_exception_type(value: object) -> bool:
 
 
 def _require(key: str, value: object, ok: Callable[[float], bool], reason: str) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not ok(value)
-    ):
+    try:
+        valid = (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+            and ok(value)
+        )
+    except OverflowError:  # an int too large for a float
+        valid = False
+    if not valid:
         raise ConfigurationError(key, value, f"must be a finite number {reason}")
+
+
+# The backoff is computed in decimal, with ample precision and exponent range, then rounded once
+# to a float: base * multiplier**n neither overflows (a subnormal base times 2**1100 is a modest
+# number) nor drifts from the formula. Traps are off: nothing here can overflow or divide by zero
+# (the caller caps the exponent), and flags are never read.
+_BACKOFF_CONTEXT = decimal.Context(
+    prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[], flags=[]
+)
+_CAP_MARGIN = 1e-6
+"""Relative slack on the log-domain test that a retry is surely past the cap."""
+_MAX_SHIFT = 2200
+"""A binary shift that takes even the smallest subnormal past the largest float."""
+
+
+def _capped_power(base: float, multiplier: float, cap: float, retry: int) -> float:
+    """``min(base * multiplier**retry, cap)``, correctly rounded, for every valid input."""
+    if base == 0 or cap == 0:
+        return 0.0
+    if retry == 0 or multiplier == 1 or base >= cap:
+        return float(min(base, cap))
+    mantissa, exponent = math.frexp(multiplier)
+    if mantissa == 0.5:
+        return _capped_shift(base, (exponent - 1) * retry, cap)
+    # Retries needed to reach the cap, from logs: past it (with a margin that covers the logs'
+    # rounding) the answer is the cap, and this also keeps the exact computation finite.
+    reach = (math.log(cap) - math.log(base)) / math.log(multiplier)
+    if retry > reach + reach * _CAP_MARGIN + 1:
+        return float(cap)
+    ctx = _BACKOFF_CONTEXT
+    exact = ctx.multiply(decimal.Decimal(base), ctx.power(decimal.Decimal(multiplier), retry))
+    return float(min(float(exact), cap))
+
+
+def _capped_shift(base: float, shift: int, cap: float) -> float:
+    """``min(base * 2**shift, cap)``, exact: the path for a power-of-two multiplier (2.0)."""
+    if shift > _MAX_SHIFT:
+        return float(cap)
+    try:
+        return float(min(math.ldexp(base, shift), cap))
+    except OverflowError:
+        return float(cap)
+
+
+def _retry_index(retry: object) -> int:
+    if isinstance(retry, bool):
+        raise TypeError(f"retry={retry!r}: must be an int >= 0, not a bool")
+    try:
+        index = operator.index(retry)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"retry={retry!r}: must be an int >= 0") from None
+    if index < 0:
+        raise ValueError(f"retry={retry!r}: retries are numbered from 0")
+    return index
+
+
+def _wait_hint(value: object, source: object) -> float | None:
+    """Validate what a ``retry_after`` extractor returned: None, or seconds >= 0 (inf allowed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"retry_after={source!r} returned {value!r}: must be None or a number of seconds >= 0"
+        )
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: as good as forever
+        return math.inf
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,9 +257,18 @@ class RetryPolicy:
         async def fetch() -> bytes: ...
 
     The delay before retry *n* (``n = 0`` for the first retry) is
-    ``min(base_delay * multiplier**n, max_delay)``; with the default jitter it is drawn uniformly
-    from ``[0, that]`` ("full jitter"), with ``jitter=None`` it is exact. Pass
-    ``jitter=random.Random(seed)`` for reproducible delays.
+    ``min(base_delay * multiplier**n, max_delay)`` seconds (:meth:`backoff`), exactly, for every
+    *n*; with the default jitter it is drawn uniformly from ``[0, that]`` ("full jitter"), with
+    ``jitter=None`` it is exact. Pass ``jitter=random.Random(seed)`` for reproducible delays.
+
+    ``retry_after`` reads, from a retryable exception, a wait the server or a breaker asked for
+    (a ``Retry-After`` header of an HTTP 429 or 503, RFC 9110 §10.2.3; a
+    :class:`~strategylab.errors.CircuitOpenError`'s ``retry_after``): by default
+    :func:`retry_after_hint`, bound to ``clock``; ``None`` switches it off. A hint replaces the
+    backoff for the next sleep, exactly (no jitter, not capped by ``max_delay``), as Polly v8's
+    ``DelayGenerator`` does; ``max_attempts``, ``deadline`` and test mode still apply, an
+    infinite hint gives up at once, and a hint of 0 (a date already past, a HALF_OPEN breaker
+    that is only busy with its trials) leaves the wait to the backoff.
 
     ``retry_on`` is an exception type, a tuple of types, or a predicate on the exception; anything
     else propagates at once, with no sleep and no hook call. ``retry_on_result`` rejects return
@@ -148,7 +276,11 @@ class RetryPolicy:
     start of the first attempt: a sleep that would end past it is not started.
 
     ``before_sleep`` and ``on_give_up`` receive a :class:`RetryDetails`. They are the caller's
-    code: an exception raised by a hook propagates and ends the retry.
+    code: an exception raised by a hook (or by ``retry_after``) propagates and ends the retry.
+
+    Generator and async generator functions are refused with :class:`TypeError` when wrapped, and
+    a generator returned to :meth:`call` / :meth:`acall` is too: the call that creates a generator
+    succeeds before its body runs, and a retry cannot take back items already yielded.
     """
 
     max_attempts: int = 3
@@ -166,10 +298,15 @@ class RetryPolicy:
     before_sleep: RetryHook | None = None
     on_give_up: RetryHook | None = None
     name: str | None = None
+    retry_after: Callable[[BaseException], float | None] | None = retry_after_hint
+    """Seconds a failure asks to wait (``None``: no hint), or ``None`` to ignore such hints."""
 
     # Derived in __post_init__ so that neither the wrappers nor the slow path re-derive them.
     _catch: tuple[type[Exception], ...] = dataclasses.field(init=False, repr=False, compare=False)
     _check: Callable[[BaseException], bool] | None = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    _hint: Callable[[BaseException], float | None] | None = dataclasses.field(
         init=False, repr=False, compare=False
     )
 
@@ -185,7 +322,7 @@ class RetryPolicy:
             raise ConfigurationError("jitter", self.jitter, "must be a random.Random or None")
         if not isinstance(self.clock, Clock):
             raise ConfigurationError("clock", self.clock, "must implement strategylab.clock.Clock")
-        for key in ("retry_on_result", "before_sleep", "on_give_up"):
+        for key in ("retry_on_result", "before_sleep", "on_give_up", "retry_after"):
             value = getattr(self, key)
             if value is not None and not callable(value):
                 raise ConfigurationError(key, value, "must be callable or None")
@@ -194,6 +331,11 @@ class RetryPolicy:
         catch, check = self._classify_retry_on(self.retry_on)
         object.__setattr__(self, "_catch", catch)
         object.__setattr__(self, "_check", check)
+        hint = self.retry_after
+        if hint is retry_after_hint:
+            # HTTP-dates are measured against this policy's clock, so a FakeClock governs them.
+            hint = functools.partial(retry_after_hint, clock=self.clock)
+        object.__setattr__(self, "_hint", hint)
 
     @staticmethod
     def _classify_retry_on(
@@ -222,35 +364,70 @@ class RetryPolicy:
     # ------------------------------------------------------------------------------- the core
 
     def backoff(self, retry: int) -> float:
-        """The capped delay before retry ``retry`` (0 for the first retry), before jitter."""
-        try:
-            delay = self.base_delay * self.multiplier**retry
-        except OverflowError:
-            return float(self.max_delay)
-        return float(min(delay, self.max_delay))
+        """Seconds before retry ``retry`` (0 for the first retry), before jitter.
 
-    def decide(self, attempt: int, elapsed: float) -> float | None:
+        Exactly ``min(base_delay * multiplier**retry, max_delay)``, rounded once to a float, for
+        every ``retry >= 0``: 0 when ``base_delay`` or ``max_delay`` is 0, never above
+        ``max_delay``, never an overflow, non-decreasing in ``retry``. Raises :class:`TypeError`
+        for a non-integer ``retry`` and :class:`ValueError` for a negative one.
+        """
+        return _capped_power(self.base_delay, self.multiplier, self.max_delay, _retry_index(retry))
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry ``retry``: :meth:`backoff` with the jitter drawn.
+
+        The bare formula: unlike :meth:`decide` it ignores test mode, attempts and the deadline,
+        for callers that retry on their own terms (a feed reconnecting forever). Raises as
+        :meth:`backoff` does.
+        """
+        delay = self.backoff(retry)
+        if self.jitter is not None:
+            delay = self.jitter.uniform(0.0, delay)
+        return delay
+
+    def decide(
+        self, attempt: int, elapsed: float, retry_after: float | None = None
+    ) -> float | None:
         """Seconds to sleep after attempt ``attempt`` (1-based) failed at ``elapsed``, or ``None``.
 
         ``None`` means give up: attempts are used up, or the sleep would end past the deadline.
-        The caller has already judged the outcome retryable. In test mode the delay is 0 and the
-        attempts may be capped (see :func:`set_testing`).
+        The caller has already judged the outcome retryable. ``retry_after`` is a wait the failure
+        asked for (seconds, from the ``retry_after`` extractor): a positive one replaces
+        :meth:`delay`, ``0`` ("any time now", e.g. a HALF_OPEN breaker busy with its trials) leaves
+        the wait to :meth:`delay` so that the attempts are not spent at once, and ``math.inf``
+        gives up. In test mode the delay is 0 and the attempts may be capped (see
+        :func:`set_testing`). Raises :class:`ValueError` if ``attempt`` is below 1 or
+        ``retry_after`` is negative or NaN.
         """
+        if attempt < 1:
+            raise ValueError(f"attempt={attempt!r}: attempts are numbered from 1")
         mode = _SWITCH.mode
         limit = self.max_attempts
         if mode is not None and mode.attempts is not None:
             limit = min(limit, mode.attempts)
         if attempt >= limit:
             return None
-        if mode is not None:
+        if retry_after is not None:
+            if not retry_after >= 0:
+                raise ValueError(f"retry_after={retry_after!r}: must be seconds >= 0")
+            if retry_after == math.inf:
+                return None
+        if retry_after:
+            delay = 0.0 if mode is not None else float(retry_after)
+        elif mode is not None:
             delay = 0.0
         else:
-            delay = self.backoff(attempt - 1)
-            if self.jitter is not None:
-                delay = self.jitter.uniform(0.0, delay)
+            delay = self.delay(attempt - 1)
         if self.deadline is not None and elapsed + delay > self.deadline:
             return None
         return delay
+
+    def _wait_for(self, failure: _Failure) -> float | None:
+        """The wait ``failure`` asks for, through the ``retry_after`` extractor (failure path)."""
+        hint = self._hint
+        if hint is None or isinstance(failure, _Rejected):
+            return None
+        return _wait_hint(hint(failure), self.retry_after)
 
     def _details(
         self,
@@ -285,7 +462,7 @@ class RetryPolicy:
         return failure
 
     def _retryable(self, exc: Exception) -> bool:
-        return self._check is None or self._check(exc)
+        return type(exc) is not _RefusedGeneratorError and (self._check is None or self._check(exc))
 
     # ---------------------------------------------------------------------------- the drivers
 
@@ -303,7 +480,7 @@ class RetryPolicy:
         start = now if start is None else start
         attempt = 1
         while True:
-            delay = self.decide(attempt, now - start)
+            delay = self.decide(attempt, now - start, self._wait_for(failure))
             if delay is None:
                 raise self._give_up(fn, attempt, now - start, failure)
             if self.before_sleep is not None:
@@ -339,7 +516,7 @@ class RetryPolicy:
         start = now if start is None else start
         attempt = 1
         while True:
-            delay = self.decide(attempt, now - start)
+            delay = self.decide(attempt, now - start, self._wait_for(failure))
             if delay is None:
                 raise self._give_up(fn, attempt, now - start, failure)
             if self.before_sleep is not None:
@@ -362,7 +539,10 @@ class RetryPolicy:
     # ------------------------------------------------------------------------------ the API
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)`` under this policy."""
+        """Call ``fn(*args, **kwargs)`` under this policy.
+
+        Raises :class:`TypeError` if the call returns a generator (see the class docstring).
+        """
         start = None if self.deadline is None else self.clock.monotonic()
         try:
             result = fn(*args, **kwargs)
@@ -371,6 +551,8 @@ class RetryPolicy:
                 raise
             failure: _Failure = exc
         else:
+            if type(result) in GENERATOR_TYPES:
+                raise generator_result_error(fn, result, "RetryPolicy")
             reject = self.retry_on_result
             if reject is None or not reject(result):
                 return result
@@ -378,10 +560,20 @@ class RetryPolicy:
         return self._retry(fn, args, kwargs, start, failure)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Await ``fn(*args, **kwargs)`` under this policy."""
+        """Await ``fn(*args, **kwargs)`` under this policy.
+
+        Raises :class:`TypeError` if the call returns a generator or an async generator instead
+        of an awaitable (see the class docstring).
+        """
         start = None if self.deadline is None else self.clock.monotonic()
         try:
-            result = await fn(*args, **kwargs)
+            pending = fn(*args, **kwargs)
+            if type(pending) in GENERATOR_TYPES:
+                # Raised inside the try so that one except clause serves both steps;
+                # _retryable() lets it through.
+                error = generator_result_error(fn, pending, "RetryPolicy")
+                raise _RefusedGeneratorError(*error.args)
+            result = await pending
         except self._catch as exc:
             if not self._retryable(exc):
                 raise
@@ -398,7 +590,10 @@ class RetryPolicy:
 
         The wrapper's shape is chosen here, once: the clock is read per call only when a
         deadline is set, and the result is inspected only when ``retry_on_result`` is set.
+        Raises :class:`TypeError` for a coroutine function (use :meth:`awrap`) and for a
+        generator or async generator function.
         """
+        refuse_generator(fn, "RetryPolicy")
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"{_callable_name(fn)} is a coroutine function: use awrap()")
         if self.deadline is not None:
@@ -410,7 +605,11 @@ class RetryPolicy:
         return functools.wraps(fn)(wrapper)
 
     def awrap(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-        """The async twin of :meth:`wrap`: the wrapper awaits ``fn`` under this policy."""
+        """The async twin of :meth:`wrap`: the wrapper awaits ``fn`` under this policy.
+
+        Raises :class:`TypeError` for a generator or async generator function.
+        """
+        refuse_generator(fn, "RetryPolicy")
         if self.deadline is not None:
             wrapper = _async_deadline_wrapper(self, fn)
         elif self.retry_on_result is not None:
@@ -424,7 +623,10 @@ class RetryPolicy:
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function (chosen by :func:`inspect.iscoroutinefunction`)."""
+        """Decorate a sync or async function (chosen by :func:`inspect.iscoroutinefunction`).
+
+        Raises :class:`TypeError` for a generator or async generator function.
+        """
         if inspect.iscoroutinefunction(fn):
             return self.awrap(fn)
         return self.wrap(fn)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CallTimeoutError, ConfigurationError
 
-from ._typing import DecoratorMixin
+from ._typing import DecoratorMixin, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -214,7 +214,12 @@ class Timeout(DecoratorMixin):
             raise self._expired(started) from exc
 
     def wrap(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        """Return a wrapper that runs every call of ``fn`` in a worker thread under this timeout."""
+        """Return a wrapper that runs every call of ``fn`` in a worker thread under this timeout.
+
+        Raises :class:`TypeError` for a generator function (see
+        :class:`~strategylab.fault_tolerance.Pipeline`).
+        """
+        refuse_generator(fn, "Timeout")
         call = self.call
 
         @functools.wraps(fn)
@@ -240,7 +245,11 @@ class Timeout(DecoratorMixin):
             raise
 
     def awrap(self, fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[object, None, R]]:
-        """Return a wrapper that awaits every call of ``fn`` under this timeout."""
+        """Return a wrapper that awaits every call of ``fn`` under this timeout.
+
+        Raises :class:`TypeError` for an async generator function.
+        """
+        refuse_generator(fn, "Timeout")
         seconds = self._seconds
         monotonic = self._clock.monotonic
         expired = self._expired

@@ -1,8 +1,11 @@
 """Reconnect/rewrite backoff: the first retry at once, then capped exponential full jitter.
 
-The formula is :class:`~strategylab.fault_tolerance.RetryPolicy`'s (``decide``), not a copy of it:
-retry ``n`` (``n >= 2``) sleeps ``uniform(0, min(floor * 2**(n-2), cap))``. The first retry is
-immediate because most drops are one-off resets that a fresh connection fixes at once.
+The formula is :class:`~strategylab.fault_tolerance.RetryPolicy`'s (:meth:`~RetryPolicy.delay`),
+not a copy of it: retry ``n`` (``n >= 2``) sleeps ``uniform(0, min(floor * 2**(n-2), cap))``
+seconds. The first retry is immediate because most drops are one-off resets that a fresh
+connection fixes at once. The bare formula ignores :func:`~strategylab.fault_tolerance.set_testing`:
+a feed that reconnects forever is not a retry a user's test suite means to speed up, and its waits
+are governed by its injected clock.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import RetryPolicy
 
 __all__ = ["Backoff"]
-
-_UNBOUNDED = 2**62
 
 
 class Backoff:
@@ -40,8 +41,8 @@ class Backoff:
             raise ConfigurationError("floor", floor, "must be > 0")
         if not cap >= floor:
             raise ConfigurationError("cap", cap, f"must be >= floor ({floor})")
+        # Only the formula is used (delay/backoff), never decide(): no attempt limit, no test mode.
         self._policy = RetryPolicy(
-            max_attempts=_UNBOUNDED,
             base_delay=floor,
             multiplier=2.0,
             max_delay=cap,
@@ -60,9 +61,7 @@ class Backoff:
         self._failures += 1
         if self._failures == 1:
             return 0.0
-        delay = self._policy.decide(self._failures - 1, 0.0)
-        # decide() gives up only past max_attempts, which is unreachable here.
-        return self._policy.max_delay if delay is None else delay
+        return self._policy.delay(self._failures - 2)
 
     def ceiling(self) -> float:
         """The upper bound of the delay :meth:`next_delay` would draw next (before jitter)."""

@@ -5,7 +5,7 @@ Errors::
     StrategyLabError
     └── OrderApiError                 the order API did not give the answer asked for
         ├── OrderRefusedError         4xx: the request itself was refused (definitive, not retried)
-        ├── RateLimitedError          429; ``retry_after`` seconds, honoured before the retry
+        ├── RateLimitedError          429; ``retry_after`` seconds, waited by the retry policy
         ├── ExchangeUnavailableError  5xx; for a POST the order may or may not exist (ambiguous)
         └── AmbiguousOrderError       submit gave up without learning whether the order exists
 
@@ -82,7 +82,11 @@ class OrderRefusedError(OrderApiError):
 
 
 class RateLimitedError(OrderApiError):
-    """A 429 answer; ``retry_after`` is the wait the exchange asked for (already waited)."""
+    """A 429 answer; ``retry_after`` is the wait the exchange asked for, in seconds.
+
+    :class:`~strategylab.fault_tolerance.RetryPolicy` reads it as a Retry-After hint and waits that
+    long before the next attempt.
+    """
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message, status=429)
@@ -239,9 +243,9 @@ class OrderClient:
                 return None
             text = raw.decode(errors="replace")[:200]
             if status == 429:
+                # The retry policy waits ``retry_after`` (its Retry-After hint) before the next
+                # attempt, instead of its own short backoff; nothing is held while it waits.
                 wait = _retry_after(response.headers.get("Retry-After"))
-                # Honour the exchange's wait before the retry policy's own (short) backoff.
-                await self._clock.asleep(wait)
                 raise RateLimitedError(f"{method} {path}: 429 {text}", retry_after=wait)
             if status >= 500:
                 raise ExchangeUnavailableError(f"{method} {path}: {status} {text}", status=status)
