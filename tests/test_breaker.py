@@ -403,8 +403,8 @@ def test_slow_calls_trip(clock: FakeClock, mode: str) -> None:
 
 
 def test_slow_trial_counts_as_failure(clock: FakeClock) -> None:
-    """In HALF_OPEN a successful but slow trial re-opens the breaker."""
-    breaker = opened(clock, slow_call_duration_threshold=1.0)
+    """In HALF_OPEN a successful but slow trial re-opens a breaker with a slow-call-rate limit."""
+    breaker = opened(clock, slow_call_duration_threshold=1.0, slow_call_rate_threshold=50.0)
     clock.advance(10.0)
     assert invoke(breaker, "call", clock=clock, duration=1.5) == "ok"
     assert state_of(breaker) is BreakerState.OPEN

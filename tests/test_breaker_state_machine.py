@@ -15,10 +15,17 @@ from strategylab.testing import FakeClock
 
 S = BreakerState
 THRESHOLD, TIMEOUT, TRIALS, WINDOW, MINIMUM, RATE, SLOW = 3, 10.0, 2, 6, 4, 50.0, 1.0
+MAX_WAIT = 15.0
+BAD = "bad"
+"""The result ``record_result`` counts as a failure."""
 
 
 class FailureError(ConnectionError):
     """The injected failure."""
+
+
+class IgnoredError(ConnectionError):
+    """An exception the breaker is told to ignore."""
 
 
 class Model:
@@ -28,14 +35,20 @@ class Model:
         self.clock = clock
         self.state = S.CLOSED
         self.open_until = 0.0
+        self.half_open_until = 0.0
         self.consecutive = 0
         self.window: deque[bool] = deque(maxlen=WINDOW)
         self.trial_successes = 0
-        self.successes = self.failures = self.not_permitted = 0
+        self.successes = self.failures = self.ignored = self.not_permitted = 0
 
     def current(self) -> BreakerState:
-        if self.state is S.OPEN and self.clock.monotonic() >= self.open_until:
+        now = self.clock.monotonic()
+        if self.state is S.HALF_OPEN and now >= self.half_open_until:
+            # Undecided for MAX_WAIT: open from the moment the wait ran out.
+            self.open(self.half_open_until)
+        if self.state is S.OPEN and now >= self.open_until:
             self.move(S.HALF_OPEN)
+            self.half_open_until = now + MAX_WAIT
         return self.state
 
     def move(self, state: BreakerState) -> None:
@@ -54,23 +67,21 @@ class Model:
     def permits(self) -> bool:
         return self.current() not in {S.OPEN, S.FORCED_OPEN}
 
-    def outcome(self, *, failed: bool, slow: bool) -> None:
+    def outcome(self, *, failed: bool, ignored: bool = False) -> None:
         """Record a call that was permitted in the current state and has just finished."""
         state, now = self.state, self.clock.monotonic()
         if state is S.DISABLED:
             return
-        if failed:
+        if ignored:
+            self.ignored += 1
+        elif failed:
             self.failures += 1
         else:
             self.successes += 1
         if state is S.HALF_OPEN:
-            if failed or slow:
-                self.open(now)
-            else:
-                self.trial_successes += 1
-                if self.trial_successes == TRIALS:
-                    self.clear()
-                    self.move(S.CLOSED)
+            self.trial_outcome(failed=failed, ignored=ignored)
+            return
+        if ignored:
             return
         self.consecutive = self.consecutive + 1 if failed else 0
         self.window.append(failed)
@@ -79,6 +90,19 @@ class Model:
         )
         if state is S.CLOSED and (self.consecutive >= THRESHOLD or rate_trip):
             self.open(now)
+
+    def trial_outcome(self, *, failed: bool, ignored: bool) -> None:
+        """Record the outcome of a HALF_OPEN trial (slowness alone counts for nothing here)."""
+        now = self.clock.monotonic()
+        if now >= self.half_open_until:
+            self.current()  # the trial outlived the half-open period: not counted
+        elif failed:
+            self.open(now)
+        elif not ignored:
+            self.trial_successes += 1
+            if self.trial_successes == TRIALS:
+                self.clear()
+                self.move(S.CLOSED)
 
 
 class BreakerMachine(RuleBasedStateMachine):
@@ -97,13 +121,24 @@ class BreakerMachine(RuleBasedStateMachine):
             minimum_calls=MINIMUM,
             slow_call_duration_threshold=SLOW,
             half_open_max_calls=TRIALS,
+            max_wait_in_half_open=MAX_WAIT,
+            ignore_on=IgnoredError,
+            record_result=lambda result: result == BAD,
         )
         self.model = Model(self.clock)
         self.transitions: list[tuple[BreakerState, BreakerState]] = []
         self.breaker.add_listener(lambda b, old, new: self.transitions.append((old, new)))
         self.ran = 0
 
-    def attempt(self, *, failed: bool, duration: float, sync: bool) -> None:
+    def attempt(
+        self,
+        *,
+        failed: bool,
+        duration: float,
+        sync: bool,
+        ignored: bool = False,
+        bad: bool = False,
+    ) -> None:
         expected = self.model.permits()
         ran_before = self.ran
 
@@ -112,7 +147,9 @@ class BreakerMachine(RuleBasedStateMachine):
             self.clock.advance(duration)
             if failed:
                 raise FailureError
-            return "ok"
+            if ignored:
+                raise IgnoredError
+            return BAD if bad else "ok"
 
         async def abody() -> str:
             return body()
@@ -129,9 +166,11 @@ class BreakerMachine(RuleBasedStateMachine):
             return
         except FailureError:
             assert failed
+        except IgnoredError:
+            assert ignored
         assert expected, "the breaker permitted a call the model rejects"
         assert self.ran == ran_before + 1
-        self.model.outcome(failed=failed, slow=duration >= SLOW)
+        self.model.outcome(failed=failed or bad, ignored=ignored)
 
     def rejected(self, exc: CircuitOpenError, *, expected: bool, ran_before: int) -> None:
         assert not expected, "the breaker rejected a call the model permits"
@@ -151,7 +190,15 @@ class BreakerMachine(RuleBasedStateMachine):
     def slow_success(self, sync: bool) -> None:
         self.attempt(failed=False, duration=2 * SLOW, sync=sync)
 
-    @rule(seconds=st.sampled_from([0.5, 3.0, 9.9, 10.0, 25.0]))
+    @rule(sync=st.booleans())
+    def slow_ignored(self, sync: bool) -> None:
+        self.attempt(failed=False, ignored=True, duration=2 * SLOW, sync=sync)
+
+    @rule(sync=st.booleans())
+    def bad_result(self, sync: bool) -> None:
+        self.attempt(failed=False, bad=True, duration=0.1, sync=sync)
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 9.9, 10.0, 14.0, 25.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
@@ -184,9 +231,10 @@ class BreakerMachine(RuleBasedStateMachine):
     @invariant()
     def counters_match(self) -> None:
         m, model = self.breaker.metrics(), self.model
-        assert (m.successful_calls, m.failed_calls, m.not_permitted) == (
+        assert (m.successful_calls, m.failed_calls, m.ignored_calls, m.not_permitted) == (
             model.successes,
             model.failures,
+            model.ignored,
             model.not_permitted,
         )
         assert m.consecutive_failures == model.consecutive

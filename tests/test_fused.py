@@ -269,7 +269,8 @@ async def test_scenarios_exercise_the_slow_paths(mode: str) -> None:
     records = [await drive(mode, s, fused=True) for s in SCENARIOS]
     assert any(r.sleeps for r in records)
     assert any((BreakerState.CLOSED, BreakerState.OPEN) in r.transitions for r in records)
-    assert any(r.results and r.results[-1][:2] == ("returned", 6) for r in records)
+    # A call returns after the breaker tripped and recovered (6 comes after the trip).
+    assert any(res[:2] == ("returned", 6) for r in records for res in r.results)
     assert any(("raised", CircuitOpenError) == res[:2] for r in records for res in r.results)
     assert any(("raised", Interrupt) == res[:2] for r in records for res in r.results)
 
@@ -412,3 +413,63 @@ def test_fused_success_counts_under_threads() -> None:
     for thread in threads:
         thread.join()
     assert breaker.metrics().successful_calls == 8_000
+
+
+def _is_none(result: object) -> bool:
+    return result is None
+
+
+def test_breaker_with_result_predicate_is_not_fused() -> None:
+    """A breaker that inspects results needs its general driver, so the pair is not fused."""
+    pipeline = Pipeline(_retry(), _breaker(record_result=_is_none))
+    assert not is_fused(pipeline.wrap(_one))
+
+
+def _one() -> int:
+    return 1
+
+
+class _CallRecorder:
+    """A call listener that writes down the events it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def before_call(self, breaker: CircuitBreaker) -> None:
+        self.events.append("before")
+
+    def on_success(self, breaker: CircuitBreaker, duration: float) -> None:
+        self.events.append("success")
+
+    def on_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
+        self.events.append("rejected")
+
+
+async def _invoke(wrapped: Callable[[], Any], mode: str) -> Any:
+    result = wrapped()
+    return await result if mode == "async" else result
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fused", [True, False])
+async def test_fused_wrapper_publishes_to_call_listeners(mode: str, fused: bool) -> None:
+    """A call listener added after wrapping hears the same events, fused or nested."""
+
+    def fn() -> int:
+        return 1
+
+    async def afn() -> int:
+        return 1
+
+    breaker, retry, recorder = _breaker(), _retry(max_attempts=1), _CallRecorder()
+    if mode == "sync":
+        wrapped: Any = Pipeline(retry, breaker).wrap(fn) if fused else retry.wrap(breaker.wrap(fn))
+    else:
+        wrapped = Pipeline(retry, breaker).awrap(afn) if fused else retry.awrap(breaker.awrap(afn))
+    assert is_fused(wrapped) is fused
+    breaker.add_call_listener(recorder)
+    assert [await _invoke(wrapped, mode) for _ in range(2)] == [1, 1]
+    breaker.trip()
+    with pytest.raises(CircuitOpenError):
+        await _invoke(wrapped, mode)
+    assert recorder.events == ["before", "success", "before", "success", "rejected"]

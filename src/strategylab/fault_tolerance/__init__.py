@@ -19,6 +19,7 @@ from strategylab.errors import (
 
 from ._audit import AuditLog, AuditRecord, AuditVerification
 from ._breaker import (
+    BreakerCallListener,
     BreakerMetrics,
     BreakerState,
     CircuitBreaker,
@@ -40,6 +41,7 @@ from ._fallback import Fallback
 from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryEvent, RecoveryOutcome
 from ._pipeline import Pipeline
 from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
+from ._registry import CircuitBreakerRegistry
 from ._retry import RetryDetails, RetryPolicy, is_testing, set_testing
 from ._retry_after import parse_retry_after, retry_after_hint
 from ._statistics import RecoveryStatistics
@@ -54,6 +56,7 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "AuditVerification",
+    "BreakerCallListener",
     "BreakerMetrics",
     "BreakerState",
     "Bulkhead",
@@ -61,6 +64,7 @@ __all__ = [
     "BulkheadStatistics",
     "CallTimeoutError",
     "CircuitBreaker",
+    "CircuitBreakerRegistry",
     "CircuitOpenError",
     "ClassificationRule",
     "Classifier",

@@ -6,8 +6,13 @@ to OPEN on ``failure_threshold`` consecutive failures, or, once its sliding wind
 OPEN breaker rejects every call with a fresh :class:`~strategylab.errors.CircuitOpenError` until
 ``recovery_timeout`` has passed; then it is HALF_OPEN and admits at most ``half_open_max_calls``
 concurrent trial calls. A failed trial re-opens it at once; ``half_open_max_calls`` successful
-trials close it with a fresh window. FORCED_OPEN, FORCED_CLOSED and DISABLED are operator overrides
-that only :meth:`CircuitBreaker.reset` (or another override) leaves.
+trials close it with a fresh window; a trial that is ignored (an ``ignore_on`` exception, a
+cancellation, an ``ignore_result`` value) only frees its place. A breaker left HALF_OPEN for
+``max_wait_in_half_open`` seconds without a decision (a trial that never returns) re-opens.
+FORCED_OPEN, FORCED_CLOSED and DISABLED are operator overrides that only
+:meth:`CircuitBreaker.reset` (or another override) leaves. Every timer is evaluated lazily, against
+the injected clock, when the breaker is next used or inspected: no thread or task runs in the
+background.
 
 One state machine (``_acquire`` before a call, ``_on_success``/``_on_error`` after it, all
 transitions under one lock) serves every way in: the decorator, :meth:`CircuitBreaker.call`,
@@ -15,6 +20,11 @@ transitions under one lock) serves every way in: the decorator, :meth:`CircuitBr
 sync and async drivers are a few lines each. ``wrap``/``awrap`` pick, once, a driver specialised for
 the configuration: in the default configuration (consecutive failures only) the CLOSED success path
 reads no clock and takes no lock.
+
+The drivers test one attribute, ``_gate``, rather than ``_state``: it *is* the state while no call
+listener is registered, and a sentinel that no state equals while one is, so that every call then
+takes the general path, which publishes the events. Listeners therefore cost the hot path nothing
+until one is added, and a listener added after ``wrap`` is still honoured.
 """
 
 from __future__ import annotations
@@ -28,14 +38,16 @@ import logging
 import math
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 
 __all__ = [
+    "BreakerCallListener",
     "BreakerMetrics",
     "BreakerState",
     "CircuitBreaker",
@@ -99,6 +111,84 @@ _SLOW_BIT: Final = 2
 
 Listener = Callable[["CircuitBreaker", BreakerState, BreakerState], object]
 
+ExceptionMatcher = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+"""``record_on``/``ignore_on``: an exception class, a tuple of them, or a predicate."""
+
+ResultPredicate = Callable[[Any], bool]
+
+_LISTENED: Final = object()
+"""The value of ``_gate`` while call listeners are registered: no state is this object."""
+
+_GENERATOR_TYPES: Final = frozenset({types.GeneratorType, types.AsyncGeneratorType})
+
+DEFAULT_MAX_WAIT_IN_HALF_OPEN: Final = 60.0
+"""Seconds a breaker stays HALF_OPEN without a decision before it re-opens."""
+
+
+class BreakerCallListener:
+    """Base class for call listeners (resilience4j's ``CircuitBreakerEvent`` consumers).
+
+    Register one with :meth:`CircuitBreaker.add_call_listener`. Override only the events you want:
+    the methods inherited from this class are skipped, not called. Any object works as a listener
+    as long as it has at least one of these methods; subclassing is a convenience. Durations are
+    seconds on the breaker's clock, from just before the protected call to just after it. A
+    listener that raises is logged and ignored: it never breaks the call it observes. Calls made
+    while the breaker is DISABLED publish no event.
+    """
+
+    __slots__ = ()
+
+    def before_call(self, breaker: CircuitBreaker) -> None:
+        """A call was permitted and is about to run."""
+
+    def on_success(self, breaker: CircuitBreaker, duration: float) -> None:
+        """A call counted as a success (it returned, or raised an exception not recorded)."""
+
+    def on_failure(
+        self, breaker: CircuitBreaker, exc: BaseException | None, duration: float, result: object
+    ) -> None:
+        """A call counted as a failure: ``exc`` raised (``result`` None), or ``exc`` is None
+        and ``record_result`` rejected the returned ``result``."""
+
+    def on_ignored(
+        self, breaker: CircuitBreaker, exc: BaseException | None, duration: float
+    ) -> None:
+        """A call counted as neither: ``exc`` matched ``ignore_on`` or is a cancellation, or
+        ``exc`` is None and ``ignore_result`` accepted the returned value."""
+
+    def on_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
+        """A call was refused with ``error`` (which is raised after the listeners return)."""
+
+
+_EVENTS: Final = ("before_call", "on_success", "on_failure", "on_ignored", "on_rejected")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CallEvents:
+    """The registered call listeners, with each event's callbacks bound once."""
+
+    listeners: tuple[object, ...]
+    before_call: tuple[Callable[..., object], ...]
+    on_success: tuple[Callable[..., object], ...]
+    on_failure: tuple[Callable[..., object], ...]
+    on_ignored: tuple[Callable[..., object], ...]
+    on_rejected: tuple[Callable[..., object], ...]
+
+    @classmethod
+    def of(cls, listeners: tuple[object, ...]) -> _CallEvents:
+        bound: dict[str, list[Callable[..., object]]] = {event: [] for event in _EVENTS}
+        for listener in listeners:
+            for event, callbacks in bound.items():
+                method = getattr(listener, event, None)
+                if method is None or getattr(method, "__func__", None) is getattr(
+                    BreakerCallListener, event
+                ):
+                    continue  # absent, or the base class's no-op
+                callbacks.append(method)
+        return cls(listeners, *(tuple(bound[event]) for event in _EVENTS))
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerMetrics:
@@ -121,7 +211,8 @@ class BreakerMetrics:
     successful_calls: int
     failed_calls: int
     ignored_calls: int
-    """Calls that ended in an ``ignore_on`` exception, or in a non-``Exception`` (cancellation)."""
+    """Calls that ended in an ``ignore_on`` exception, in a non-``Exception`` (cancellation), or
+    in an ``ignore_result`` value."""
     rejected_calls: int
     """Calls refused because the breaker was OPEN or FORCED_OPEN."""
     not_permitted: int
@@ -290,6 +381,7 @@ def open_breaker_names() -> tuple[str, ...]:
     """The sorted names of every breaker in this process that is OPEN, HALF_OPEN or FORCED_OPEN."""
     with _REGISTRY_LOCK:
         breakers = list(_REGISTRY)
+    # ``_state``, not ``_gate``: the gate is a sentinel while call listeners are registered.
     return tuple(sorted(b.name for b in breakers if b._state in _REJECTING))  # noqa: SLF001
 
 
@@ -297,10 +389,37 @@ class CircuitBreaker:
     """A circuit breaker in front of one dependency (resilience4j semantics).
 
     Use it as a decorator on a sync or async function, through :meth:`call`/:meth:`acall`, or get a
-    guarded callable with :meth:`wrap`/:meth:`awrap`. ``record_on`` says which exceptions are
-    failures and ``ignore_on`` which count as neither success nor failure (it wins over
-    ``record_on``); any other ``Exception`` counts as a success, and a ``BaseException`` that is not
-    an ``Exception`` (cancellation, ``KeyboardInterrupt``) is ignored unless ``record_on`` names it.
+    guarded callable with :meth:`wrap`/:meth:`awrap`. Generator functions (sync or async) are
+    refused with ``TypeError``: their outcome happens while they are iterated, not when the
+    generator is created.
+
+    Classifying outcomes (resilience4j ``recordExceptions``/``ignoreExceptions``/``recordResult``):
+
+    - ``record_on`` says which exceptions are failures and ``ignore_on`` which count as neither
+      success nor failure (it wins over ``record_on``). Each is an exception class, a tuple of them,
+      or a predicate on the exception; a predicate is asked only about ``Exception`` instances. Any
+      other ``Exception`` counts as a success, and a ``BaseException`` that is not an ``Exception``
+      (cancellation, ``KeyboardInterrupt``) is ignored unless a ``record_on`` class names it.
+    - ``record_result(value)`` True makes a returned value a failure; ``ignore_result(value)``
+      True makes it neither (it wins over ``record_result``). Results are inspected only when one
+      of them is set. A predicate that raises propagates its error; the call then counts as
+      ignored.
+
+    Time settings are seconds on ``clock``. ``max_wait_in_half_open`` (resilience4j
+    ``maxWaitDurationInHalfOpenState``, default 60 s) bounds how long the breaker stays HALF_OPEN
+    without a decision: then it re-opens for a fresh ``recovery_timeout`` and a trial that returns
+    later is not counted. It must exceed the slowest trial you expect to succeed. ``None`` or ``0``
+    waits for ever, like resilience4j's ``0``, at the risk of a trial that never returns keeping the
+    breaker HALF_OPEN for good. A slow trial (``slow_call_duration_threshold``) re-opens the breaker
+    only when ``slow_call_rate_threshold`` is set; otherwise slowness is only measured.
+
+    Every :class:`~strategylab.errors.CircuitOpenError` the breaker raises is a new instance that
+    carries the last exception the breaker recorded as a failure as ``last_failure`` (not chained:
+    the rejection's traceback stays short). ``last_failure`` is None after a failure by result,
+    and is cleared when the breaker closes after its trials or is reset.
+
+    Raises :class:`~strategylab.errors.ConfigurationError` (naming the key) for an out-of-range
+    setting and ``TypeError`` for a setting of the wrong type.
     """
 
     __slots__ = (
@@ -308,19 +427,30 @@ class CircuitBreaker:
         "_clock",
         "_consecutive_failures",
         "_epoch",
+        "_events",
         "_failed_calls",
         "_failure_rate_threshold",
         "_failure_threshold",
+        "_fast",
+        "_gate",
         "_half_open_max_calls",
-        "_ignore_on",
+        "_half_open_until",
+        "_ignore_check",
+        "_ignore_result",
+        "_ignore_types",
         "_ignored_calls",
+        "_judges_results",
+        "_last_failure",
         "_listeners",
         "_lock",
+        "_max_wait",
         "_minimum_calls",
         "_monotonic",
         "_name",
         "_open_until",
-        "_record_on",
+        "_record_check",
+        "_record_result",
+        "_record_types",
         "_recovery_timeout",
         "_rejected",
         "_saturated",
@@ -350,8 +480,11 @@ class CircuitBreaker:
         slow_call_duration_threshold: float | None = None,
         slow_call_rate_threshold: float | None = None,
         half_open_max_calls: int = 1,
-        record_on: tuple[type[BaseException], ...] = (Exception,),
-        ignore_on: tuple[type[BaseException], ...] = (),
+        max_wait_in_half_open: float | None = DEFAULT_MAX_WAIT_IN_HALF_OPEN,
+        record_on: ExceptionMatcher = (Exception,),
+        ignore_on: ExceptionMatcher = (),
+        record_result: ResultPredicate | None = None,
+        ignore_result: ResultPredicate | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -391,8 +524,12 @@ class CircuitBreaker:
                 "needs slow_call_duration_threshold to say what a slow call is",
             )
         self._half_open_max_calls = _count("half_open_max_calls", half_open_max_calls)
-        self._record_on = _exception_types("record_on", record_on, allow_empty=False)
-        self._ignore_on = _exception_types("ignore_on", ignore_on, allow_empty=True)
+        self._max_wait = _max_wait(max_wait_in_half_open)
+        self._record_types, self._record_check = _matcher("record_on", record_on, allow_empty=False)
+        self._ignore_types, self._ignore_check = _matcher("ignore_on", ignore_on, allow_empty=True)
+        self._record_result = _result_predicate("record_result", record_result)
+        self._ignore_result = _result_predicate("ignore_result", ignore_result)
+        self._judges_results = record_result is not None or ignore_result is not None
         listeners = tuple(listeners)
         for listener in listeners:
             if not callable(listener):
@@ -414,10 +551,23 @@ class CircuitBreaker:
         self._timed = self._slow_call_duration_threshold is not None or isinstance(
             self._window, _TimeWindow
         )
+        # The drivers that read no clock and take no lock on success need nothing to record but
+        # the consecutive count, and no result to look at.
+        self._fast = self._window is None and not self._judges_results
 
+        self._init_runtime()
+        with _REGISTRY_LOCK:
+            _REGISTRY.add(self)
+
+    def _init_runtime(self) -> None:
+        """The state and counters a new breaker starts with."""
         self._lock = threading.Lock()
         self._state = _CLOSED
+        self._events: _CallEvents | None = None
+        self._gate: object = _CLOSED
+        self._last_failure: BaseException | None = None
         self._open_until = 0.0
+        self._half_open_until = math.inf
         self._epoch = 0
         self._consecutive_failures = 0
         self._trials_in_flight = 0
@@ -427,8 +577,6 @@ class CircuitBreaker:
         self._successes = _AtomicCounter()
         self._rejected = _AtomicCounter()
         self._saturated = _AtomicCounter()
-        with _REGISTRY_LOCK:
-            _REGISTRY.add(self)
 
     # ------------------------------------------------------------------------------ inspection
 
@@ -448,16 +596,30 @@ class CircuitBreaker:
         return self._recovery_timeout
 
     @property
+    def max_wait_in_half_open(self) -> float | None:
+        """Seconds HALF_OPEN may last without a decision before re-opening; None: for ever."""
+        return None if self._max_wait == math.inf else self._max_wait
+
+    @property
+    def last_failure(self) -> BaseException | None:
+        """The last exception recorded as a failure, as carried by :class:`CircuitOpenError`."""
+        return self._last_failure
+
+    @property
     def state(self) -> BreakerState:
-        """The current state; an OPEN breaker past its recovery timeout becomes HALF_OPEN."""
+        """The current state, with the timers applied.
+
+        An OPEN breaker past its recovery timeout becomes HALF_OPEN; a HALF_OPEN breaker past
+        ``max_wait_in_half_open`` becomes OPEN.
+        """
         state = self._state
-        if state is _OPEN and self._monotonic() >= self._open_until:
-            transitions: list[tuple[BreakerState, BreakerState]] = []
-            with self._lock:
-                if self._state is _OPEN and self._monotonic() >= self._open_until:
-                    self._transition(_HALF_OPEN, transitions)
-                state = self._state
-            self._notify(transitions)
+        if state is _OPEN or state is _HALF_OPEN:
+            due = self._open_until if state is _OPEN else self._half_open_until
+            if self._monotonic() >= due:
+                transitions: list[tuple[BreakerState, BreakerState]] = []
+                with self._lock:
+                    state = self._advance(self._monotonic(), transitions)
+                self._notify(transitions)
         return state
 
     def metrics(self) -> BreakerMetrics:
@@ -516,6 +678,50 @@ class CircuitBreaker:
                 raise ValueError(f"listener={listener!r}: not a listener of {self!r}") from None
             self._listeners = tuple(listeners)
 
+    def add_call_listener(self, listener: object) -> None:
+        """Publish every call's events to ``listener`` (see :class:`BreakerCallListener`).
+
+        ``listener`` needs at least one of ``before_call``, ``on_success``, ``on_failure``,
+        ``on_ignored`` and ``on_rejected`` (``TypeError`` otherwise). Listeners apply to every way
+        in, including wrappers built before they were added. While none is registered the calls
+        pay nothing for the feature.
+        """
+        methods = [getattr(listener, event, None) for event in _EVENTS]
+        if not any(callable(m) for m in methods):
+            raise TypeError(
+                f"listener={listener!r}: has none of the call-listener methods {', '.join(_EVENTS)}"
+            )
+        for event, method in zip(_EVENTS, methods, strict=True):
+            if method is not None and not callable(method):
+                raise TypeError(f"listener={listener!r}: its {event} is not callable")
+        with self._lock:
+            current = () if self._events is None else self._events.listeners
+            self._events = _CallEvents.of((*current, listener))
+            self._gate = _LISTENED
+
+    def remove_call_listener(self, listener: object) -> None:
+        """Stop publishing call events to ``listener``; ``ValueError`` if it was never added."""
+        with self._lock:
+            listeners = [] if self._events is None else list(self._events.listeners)
+            try:
+                listeners.remove(listener)
+            except ValueError:
+                raise ValueError(
+                    f"listener={listener!r}: not a call listener of {self!r}"
+                ) from None
+            self._events = _CallEvents.of(tuple(listeners)) if listeners else None
+            self._gate = self._state if self._events is None else _LISTENED
+
+    def _emit(self, callbacks: tuple[Callable[..., object], ...], *args: object) -> None:
+        for callback in callbacks:
+            try:
+                callback(self, *args)
+            except Exception:
+                # A broken observer must not break the call it observes.
+                _logger.exception(
+                    "call listener %r of circuit breaker %r failed", callback, self._name
+                )
+
     def _notify(self, transitions: list[tuple[BreakerState, BreakerState]]) -> None:
         for old, new in transitions:
             for listener in self._listeners:
@@ -565,6 +771,7 @@ class CircuitBreaker:
         transitions: list[tuple[BreakerState, BreakerState]] = []
         with self._lock:
             self._clear_window()
+            self._last_failure = None
             self._transition(_CLOSED, transitions)
         self._notify(transitions)
 
@@ -585,6 +792,7 @@ class CircuitBreaker:
         if old is new:
             return
         self._state = new
+        self._gate = new if self._events is None else _LISTENED
         self._epoch += 1
         self._trials_in_flight = 0
         self._trial_successes = 0
@@ -593,6 +801,25 @@ class CircuitBreaker:
     def _open(self, now: float, transitions: list[tuple[BreakerState, BreakerState]]) -> None:
         self._open_until = now + self._recovery_timeout
         self._transition(_OPEN, transitions)
+
+    def _advance(
+        self, now: float, transitions: list[tuple[BreakerState, BreakerState]]
+    ) -> BreakerState:
+        """Apply the timers that are due at ``now`` and return the state (under the lock).
+
+        Each timer takes effect at the moment it fell due, as a background timer would have made
+        it: a HALF_OPEN period that expired at ``t`` re-opens the breaker until
+        ``t + recovery_timeout``, which may itself be past already.
+        """
+        state = self._state
+        if state is _HALF_OPEN and now >= self._half_open_until:
+            self._open(self._half_open_until, transitions)
+            state = _OPEN
+        if state is _OPEN and now >= self._open_until:
+            self._transition(_HALF_OPEN, transitions)
+            self._half_open_until = now + self._max_wait
+            state = _HALF_OPEN
+        return state
 
     def _clear_window(self) -> None:
         self._consecutive_failures = 0
@@ -610,22 +837,20 @@ class CircuitBreaker:
             wait = self._open_until - self._monotonic()
             if wait > 0.0:
                 self._rejected.increment()
-                raise CircuitOpenError(self._name, wait)
+                raise CircuitOpenError(self._name, wait, self._last_failure)
         elif state is _FORCED_OPEN:
             self._rejected.increment()
-            raise CircuitOpenError(self._name, math.inf)
+            raise CircuitOpenError(self._name, math.inf, self._last_failure)
         return self._acquire_locked()
 
     def _acquire_locked(self) -> int:
         transitions: list[tuple[BreakerState, BreakerState]] = []
         wait = 0.0
         with self._lock:
-            state = self._state
+            now = self._monotonic()
+            state = self._advance(now, transitions)
             if state is _OPEN:
-                wait = self._open_until - self._monotonic()
-                if wait <= 0.0:
-                    self._transition(_HALF_OPEN, transitions)
-                    state = _HALF_OPEN
+                wait = self._open_until - now
             if state is _HALF_OPEN:
                 if self._trials_in_flight + self._trial_successes < self._half_open_max_calls:
                     self._trials_in_flight += 1
@@ -640,13 +865,14 @@ class CircuitBreaker:
                 permit = _REJECT
                 if state is _FORCED_OPEN:
                     wait = math.inf
+            failure = self._last_failure
         self._notify(transitions)
         if permit == _SATURATED:
             self._saturated.increment()
-            raise CircuitOpenError(self._name, 0.0)
+            raise CircuitOpenError(self._name, 0.0, failure)
         if permit == _REJECT:
             self._rejected.increment()
-            raise CircuitOpenError(self._name, wait)
+            raise CircuitOpenError(self._name, wait, failure)
         return permit
 
     def _on_success(self, permit: int, start: float) -> None:
@@ -662,29 +888,71 @@ class CircuitBreaker:
         )
         self._record(permit, _SUCCESS, slow=slow, now=now)
 
+    def _classify(self, exc: BaseException) -> int:
+        """The outcome an exception stands for; a raising predicate propagates."""
+        check = self._ignore_check
+        if isinstance(exc, self._ignore_types) and (check is None or check(exc)):
+            return _IGNORED
+        check = self._record_check
+        if isinstance(exc, self._record_types) and (check is None or check(exc)):
+            return _FAILURE
+        return _SUCCESS if isinstance(exc, Exception) else _IGNORED
+
+    def _judge(self, result: object) -> int:
+        """The outcome a returned value stands for; a raising predicate propagates."""
+        ignore = self._ignore_result
+        if ignore is not None and ignore(result):
+            return _IGNORED
+        record = self._record_result
+        if record is not None and record(result):
+            return _FAILURE
+        return _SUCCESS
+
     def _on_error(self, permit: int, exc: BaseException, start: float) -> None:
-        if isinstance(exc, self._ignore_on):
-            outcome = _IGNORED
-        elif isinstance(exc, self._record_on):
-            outcome = _FAILURE
-        elif isinstance(exc, Exception):
-            outcome = _SUCCESS
-        else:
-            outcome = _IGNORED
+        try:
+            outcome = self._classify(exc)
+        except BaseException:
+            self._record(permit, _IGNORED, slow=False, now=0.0)
+            raise
         now = self._monotonic() if self._timed else 0.0
+        self._settle(permit, outcome, start, now, exc)
+
+    def _on_result(self, permit: int, result: object, start: float) -> None:
+        try:
+            outcome = self._judge(result)
+        except BaseException:
+            self._record(permit, _IGNORED, slow=False, now=0.0)
+            raise
+        if outcome == _SUCCESS:
+            self._on_success(permit, start)
+        else:
+            self._settle(permit, outcome, start, self._monotonic() if self._timed else 0.0, None)
+
+    def _settle(
+        self, permit: int, outcome: int, start: float, now: float, failure: BaseException | None
+    ) -> None:
         slow = (
             self._slow_call_duration_threshold is not None
             and now - start >= self._slow_call_duration_threshold
         )
-        self._record(permit, outcome, slow=slow, now=now)
+        self._record(permit, outcome, slow=slow, now=now, failure=failure)
 
-    def _record(self, permit: int, outcome: int, *, slow: bool, now: float) -> None:
+    def _record(
+        self,
+        permit: int,
+        outcome: int,
+        *,
+        slow: bool,
+        now: float,
+        failure: BaseException | None = None,
+    ) -> None:
         transitions: list[tuple[BreakerState, BreakerState]] = []
         with self._lock:
             if outcome == _SUCCESS:
                 self._successes.increment()
             elif outcome == _FAILURE:
                 self._failed_calls += 1
+                self._last_failure = failure
             else:
                 self._ignored_calls += 1
             state = self._state
@@ -692,16 +960,41 @@ class CircuitBreaker:
                 if outcome != _IGNORED and (state is _CLOSED or state is _FORCED_CLOSED):
                     self._record_closed(state, outcome, slow=slow, now=now, transitions=transitions)
             elif state is _HALF_OPEN and permit == self._epoch:
-                self._trials_in_flight -= 1
-                if outcome == _FAILURE or slow:
-                    self._open(self._monotonic() if not self._timed else now, transitions)
-                elif outcome == _SUCCESS:
-                    self._trial_successes += 1
-                    if self._trial_successes >= self._half_open_max_calls:
-                        self._clear_window()
-                        self._transition(_CLOSED, transitions)
+                self._record_trial(outcome, slow=slow, now=now, transitions=transitions)
         if transitions:
             self._notify(transitions)
+
+    def _record_trial(
+        self,
+        outcome: int,
+        *,
+        slow: bool,
+        now: float,
+        transitions: list[tuple[BreakerState, BreakerState]],
+    ) -> None:
+        now = now if self._timed else self._monotonic()
+        if now >= self._half_open_until:
+            # Undecided for max_wait_in_half_open: the breaker re-opened then, without this trial.
+            self._advance(now, transitions)
+            return
+        self._trials_in_flight -= 1
+        if outcome == _IGNORED:
+            return  # neither success nor failure, however long it took: only the place is freed
+        if outcome == _FAILURE or (slow and self._slow_call_rate_threshold is not None):
+            self._open(now, transitions)
+            return
+        self._trial_successes += 1
+        if self._trial_successes >= self._half_open_max_calls:
+            self._clear_window()
+            self._last_failure = None
+            self._transition(_CLOSED, transitions)
+
+    def _release(self, permit: int) -> None:
+        """Give back a trial's place without recording an outcome."""
+        if permit >= 0:
+            with self._lock:
+                if self._state is _HALF_OPEN and permit == self._epoch:
+                    self._trials_in_flight -= 1
 
     def _record_closed(
         self,
@@ -739,51 +1032,219 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------------------ drivers
 
-    def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    def _call(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refuse_generators: bool = False,
+    ) -> R:
+        events = self._events
+        if events is not None:
+            return self._call_observed(events, fn, args, kwargs, refuse_generators)
         permit = self._acquire()
         if permit == _PASS:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if refuse_generators and type(result) in _GENERATOR_TYPES:
+                self._refuse(permit, fn, result)
+            return result
         start = self._monotonic() if self._timed else 0.0
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._on_error(permit, exc, start)
             raise
-        self._on_success(permit, start)
+        if refuse_generators and type(result) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, result)
+        if self._judges_results:
+            self._on_result(permit, result, start)
+        else:
+            self._on_success(permit, start)
         return result
 
     async def _acall(
-        self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refuse_generators: bool = False,
     ) -> R:
+        events = self._events
+        if events is not None:
+            return await self._acall_observed(events, fn, args, kwargs, refuse_generators)
         permit = self._acquire()
         if permit == _PASS:
-            return await fn(*args, **kwargs)
+            awaitable = fn(*args, **kwargs)
+            if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+                self._refuse(permit, fn, awaitable)
+            result = await awaitable
+            if refuse_generators and type(result) in _GENERATOR_TYPES:
+                self._refuse(permit, fn, result)
+            return result
         start = self._monotonic() if self._timed else 0.0
         try:
-            result = await fn(*args, **kwargs)
+            awaitable = fn(*args, **kwargs)
         except BaseException as exc:
             self._on_error(permit, exc, start)
             raise
-        self._on_success(permit, start)
+        if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, awaitable)  # an async generator cannot even be awaited
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            self._on_error(permit, exc, start)
+            raise
+        if refuse_generators and type(result) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, result)
+        if self._judges_results:
+            self._on_result(permit, result, start)
+        else:
+            self._on_success(permit, start)
         return result
 
+    # With call listeners: the same steps, each one published. Every clock read here is needed
+    # for the durations the listeners are given.
+
+    def _call_observed(
+        self,
+        events: _CallEvents,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refuse_generators: bool,
+    ) -> R:
+        permit = self._acquire_observed(events)
+        start = self._monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if permit != _PASS:
+                self._observe_error(events, permit, exc, start)
+            raise
+        if refuse_generators and type(result) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, result)
+        if permit != _PASS:
+            self._observe_result(events, permit, result, start)
+        return result
+
+    async def _acall_observed(
+        self,
+        events: _CallEvents,
+        fn: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refuse_generators: bool,
+    ) -> R:
+        permit = self._acquire_observed(events)
+        start = self._monotonic()
+        try:
+            awaitable = fn(*args, **kwargs)
+        except BaseException as exc:
+            if permit != _PASS:
+                self._observe_error(events, permit, exc, start)
+            raise
+        if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, awaitable)
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            if permit != _PASS:
+                self._observe_error(events, permit, exc, start)
+            raise
+        if refuse_generators and type(result) in _GENERATOR_TYPES:
+            self._refuse(permit, fn, result)
+        if permit != _PASS:
+            self._observe_result(events, permit, result, start)
+        return result
+
+    def _acquire_observed(self, events: _CallEvents) -> int:
+        try:
+            permit = self._acquire()
+        except CircuitOpenError as error:
+            self._emit(events.on_rejected, error)
+            raise
+        if permit != _PASS:
+            self._emit(events.before_call)
+        return permit
+
+    def _observe_error(
+        self, events: _CallEvents, permit: int, exc: BaseException, start: float
+    ) -> None:
+        try:
+            outcome = self._classify(exc)
+        except BaseException:
+            self._record(permit, _IGNORED, slow=False, now=0.0)
+            raise
+        now = self._monotonic()
+        self._settle(permit, outcome, start, now, exc)
+        if outcome == _FAILURE:
+            self._emit(events.on_failure, exc, now - start, None)
+        elif outcome == _SUCCESS:
+            self._emit(events.on_success, now - start)
+        else:
+            self._emit(events.on_ignored, exc, now - start)
+
+    def _observe_result(
+        self, events: _CallEvents, permit: int, result: object, start: float
+    ) -> None:
+        outcome = _SUCCESS
+        if self._judges_results:
+            try:
+                outcome = self._judge(result)
+            except BaseException:
+                self._record(permit, _IGNORED, slow=False, now=0.0)
+                raise
+        now = self._monotonic()
+        self._settle(permit, outcome, start, now, None)
+        if outcome == _SUCCESS:
+            self._emit(events.on_success, now - start)
+        elif outcome == _FAILURE:
+            self._emit(events.on_failure, None, now - start, result)
+        else:
+            self._emit(events.on_ignored, None, now - start)
+
+    def _refuse(self, permit: int, fn: Callable[..., object], result: object) -> NoReturn:
+        """A generator came back from ``call``/``acall``: record nothing and say why."""
+        self._release(permit)
+        if isinstance(result, types.GeneratorType):
+            result.close()  # never started: closing it runs no code of the caller's
+        made = "a generator" if isinstance(result, types.GeneratorType) else "an async generator"
+        raise TypeError(_generator_refusal(self, fn, made=made))
+
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)`` through the breaker."""
-        return self._call(fn, args, kwargs)
+        """Call ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises :class:`CircuitOpenError` when the breaker refuses the call, and ``TypeError``
+        (recording nothing) when ``fn`` returns a generator: its outcome would happen while it is
+        iterated, after the breaker has let go.
+        """
+        return self._call(fn, args, kwargs, True)  # noqa: FBT003
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Await ``fn(*args, **kwargs)`` through the breaker."""
-        return await self._acall(fn, args, kwargs)
+        """Await ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises :class:`CircuitOpenError` when the breaker refuses the call, and ``TypeError``
+        (recording nothing) when ``fn`` returns an async generator, or resolves to a generator.
+        """
+        return await self._acall(fn, args, kwargs, True)  # noqa: FBT003
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """``fn`` guarded by this breaker: a wrapper that calls ``fn`` directly."""
+        """``fn`` guarded by this breaker: a wrapper that calls ``fn`` directly.
+
+        Raises ``TypeError`` at once when ``fn`` is a generator function, sync or async.
+        """
+        _refuse_generator_function(self, fn)
         # The driver is chosen once, here, so the per-call path carries no configuration checks.
-        driver = _sync_windowed if self._window is not None else _sync_fast
+        driver = _sync_fast if self._fast else _sync_general
         return functools.wraps(fn)(driver(self, fn))
 
     def awrap(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[object, None, R]]:
-        """``fn`` guarded by this breaker: an async wrapper that awaits ``fn`` directly."""
-        driver = _async_windowed if self._window is not None else _async_fast
+        """``fn`` guarded by this breaker: an async wrapper that awaits ``fn`` directly.
+
+        Raises ``TypeError`` at once when ``fn`` is a generator function, sync or async.
+        """
+        _refuse_generator_function(self, fn)
+        driver = _async_fast if self._fast else _async_general
         return functools.wraps(fn)(driver(self, fn))
 
     @overload
@@ -793,15 +1254,38 @@ class CircuitBreaker:
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or an async function (``@breaker``)."""
+        """Decorate a sync or an async function (``@breaker``); generator functions are refused."""
         if inspect.iscoroutinefunction(fn):
             return self.awrap(fn)
         return self.wrap(fn)
 
 
+def _refuse_generator_function(breaker: CircuitBreaker, fn: object) -> None:
+    """Raise ``TypeError`` when calling ``fn`` makes a generator rather than doing the work."""
+    target = fn.__func__ if isinstance(fn, staticmethod | classmethod) else fn
+    if callable(target) and not (
+        inspect.isroutine(target) or isinstance(target, functools.partial | type)
+    ):
+        target = type(target).__call__  # a callable object: what runs is its class's __call__
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
+        raise TypeError(_generator_refusal(breaker, fn, made=kind))
+
+
+def _generator_refusal(breaker: CircuitBreaker, fn: object, *, made: str) -> str:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return (
+        f"circuit breaker {breaker.name!r} cannot guard {name}: it makes {made}, whose outcome "
+        "happens while it is iterated, not when it is created, so every call would count as a "
+        "success and no error would be seen. Guard the function that consumes the generator, or "
+        "the call that produces each item."
+    )
+
+
 # ------------------------------------------------------------------------------------ drivers
 # The guarded callables that wrap() and awrap() return. Everything they use is bound to closure
-# locals; a state other than CLOSED (or OPEN within its timeout) goes to the general driver.
+# locals; a gate other than CLOSED (or OPEN within its timeout) goes to the general driver. The
+# gate is never CLOSED or OPEN while call listeners are registered, so they see every call.
 
 
 def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
@@ -818,12 +1302,12 @@ def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         # The state is read again off the CLOSED path rather than kept in a local: storing it
         # costs the success path more than the second read costs the others.
-        if breaker._state is not closed:  # noqa: SLF001
-            if breaker._state is open_:  # noqa: SLF001
+        if breaker._gate is not closed:  # noqa: SLF001
+            if breaker._gate is open_:  # noqa: SLF001
                 wait = breaker._open_until - monotonic()  # noqa: SLF001
                 if wait > 0.0:
                     count_rejected()
-                    raise rejection(name, wait)
+                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
             return call(fn, args, kwargs)
         try:
             # Spreading an empty **kwargs costs more than testing it: skip it when empty.
@@ -839,8 +1323,9 @@ def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
     return guarded
 
 
-def _sync_windowed(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
-    """A rate window or slow-call threshold: outcomes are recorded under the lock anyway."""
+def _sync_general(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
+    """A rate window, a slow-call threshold or result predicates: outcomes are recorded under the
+    lock anyway, so only the OPEN rejection is short-cut."""
     call = breaker._call  # noqa: SLF001
     count_rejected = breaker._rejected.increment  # noqa: SLF001
     monotonic = breaker._monotonic  # noqa: SLF001
@@ -848,11 +1333,11 @@ def _sync_windowed(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R
     open_, rejection = _OPEN, CircuitOpenError
 
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is open_:  # noqa: SLF001
+        if breaker._gate is open_:  # noqa: SLF001
             wait = breaker._open_until - monotonic()  # noqa: SLF001
             if wait > 0.0:
                 count_rejected()
-                raise rejection(name, wait)
+                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
         return call(fn, args, kwargs)
 
     return guarded
@@ -872,12 +1357,12 @@ def _async_fast(
     target: Callable[..., Awaitable[R]] = fn
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is not closed:  # noqa: SLF001
-            if breaker._state is open_:  # noqa: SLF001
+        if breaker._gate is not closed:  # noqa: SLF001
+            if breaker._gate is open_:  # noqa: SLF001
                 wait = breaker._open_until - monotonic()  # noqa: SLF001
                 if wait > 0.0:
                     count_rejected()
-                    raise rejection(name, wait)
+                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
             return await acall(fn, args, kwargs)
         try:
             result = await (target(*args, **kwargs) if kwargs else target(*args))
@@ -892,10 +1377,10 @@ def _async_fast(
     return guarded
 
 
-def _async_windowed(
+def _async_general(
     breaker: CircuitBreaker, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[object, None, R]]:
-    """The async twin of :func:`_sync_windowed`."""
+    """The async twin of :func:`_sync_general`."""
     acall = breaker._acall  # noqa: SLF001
     count_rejected = breaker._rejected.increment  # noqa: SLF001
     monotonic = breaker._monotonic  # noqa: SLF001
@@ -903,11 +1388,11 @@ def _async_windowed(
     open_, rejection = _OPEN, CircuitOpenError
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is open_:  # noqa: SLF001
+        if breaker._gate is open_:  # noqa: SLF001
             wait = breaker._open_until - monotonic()  # noqa: SLF001
             if wait > 0.0:
                 count_rejected()
-                raise rejection(name, wait)
+                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
         return await acall(fn, args, kwargs)
 
     return guarded
@@ -944,13 +1429,44 @@ def _percent(key: str, value: object) -> float | None:
     return float(value)
 
 
-def _exception_types(
-    key: str, value: object, *, allow_empty: bool
-) -> tuple[type[BaseException], ...]:
-    if not isinstance(value, tuple) or not all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in value
-    ):
-        raise TypeError(f"{key}={value!r}: expected a tuple of exception classes")
-    if not value and not allow_empty:
-        raise ConfigurationError(key, value, "must name at least one exception class")
+def _max_wait(value: object) -> float:
+    """``max_wait_in_half_open`` in seconds; ``math.inf`` for None or 0 (wait for ever)."""
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"max_wait_in_half_open={value!r}: expected a number of seconds or None")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0.0:
+        raise ConfigurationError(
+            "max_wait_in_half_open", value, "must be positive, or 0 or None to wait for ever"
+        )
+    return math.inf if seconds == 0.0 else seconds
+
+
+def _result_predicate(key: str, value: ResultPredicate | None) -> ResultPredicate | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{key}={value!r}: expected a predicate on the returned value, or None")
     return value
+
+
+def _matcher(
+    key: str, value: object, *, allow_empty: bool
+) -> tuple[tuple[type[BaseException], ...], Callable[[BaseException], bool] | None]:
+    """``record_on``/``ignore_on`` as the classes to test and an optional predicate after them."""
+    if isinstance(value, type):
+        if not issubclass(value, BaseException):
+            raise TypeError(f"{key}={value!r}: not an exception class")
+        return (value,), None
+    if isinstance(value, tuple):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
+            raise TypeError(f"{key}={value!r}: expected a tuple of exception classes")
+        if not value and not allow_empty:
+            raise ConfigurationError(key, value, "must name at least one exception class")
+        return value, None
+    if callable(value):
+        # Like RetryPolicy.retry_on: a predicate is asked about Exceptions only, so that a
+        # cancellation is never counted against a dependency by a broad predicate.
+        return (Exception,), value
+    raise TypeError(
+        f"{key}={value!r}: expected an exception class, a tuple of them, or a predicate"
+    )

@@ -10,11 +10,15 @@ wrapper instead that behaves exactly like the nested pair:
   through the breaker's ``_on_error``). A failure the retry's ``retry_on`` accepts is then handed to
   the retry's own slow path with the *guarded* callable (``breaker.wrap(fn)``, built once), so every
   later attempt goes through the breaker as in the nested pair.
-- Any other state: the call goes to the nested pair itself, built once at wrap time.
+- Any other state, or call listeners registered on the breaker: the call goes to the nested pair
+  itself, built once at wrap time. The wrapper tests the breaker's ``_gate``, which equals its state
+  only while it has no call listener, so listeners cost the fused path nothing until one is added.
+- A generator function is refused with ``TypeError`` when the pair is built, by ``breaker.wrap``.
 
 Only exact :class:`RetryPolicy` and :class:`CircuitBreaker` instances are fused (a subclass may
 override ``wrap``), and only a retry without ``deadline`` or ``retry_on_result`` (its plain wrapper
-shape) around a breaker without a rate window or slow-call threshold (its fast driver).
+shape) around a breaker without a rate window, slow-call threshold or result predicate (its fast
+driver).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def _eligible(outer: object, inner: object) -> bool:
         and type(inner) is CircuitBreaker
         and outer.deadline is None
         and outer.retry_on_result is None
-        and inner._window is None  # noqa: SLF001
+        and inner._fast  # noqa: SLF001
     )
 
 
@@ -61,7 +65,7 @@ def fuse_sync(outer: object, inner: object, fn: Callable[P, R]) -> Callable[P, R
     target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
 
     def fused(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is not closed:  # noqa: SLF001
+        if breaker._gate is not closed:  # noqa: SLF001
             return nested(*args, **kwargs)
         try:
             # Spreading an empty **kwargs costs more than testing it: skip it when empty.
@@ -102,7 +106,7 @@ def fuse_async(
     target: Callable[..., Awaitable[R]] = fn
 
     async def fused(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is not closed:  # noqa: SLF001
+        if breaker._gate is not closed:  # noqa: SLF001
             return await nested(*args, **kwargs)
         try:
             result = await (target(*args, **kwargs) if kwargs else target(*args))
