@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from strategylab.fault_tolerance import Bulkhead, Fallback, Pipeline, RetryPolicy, Timeout
+from strategylab.fault_tolerance import (
+    Bulkhead,
+    CircuitBreaker,
+    Fallback,
+    Pipeline,
+    RetryPolicy,
+    Timeout,
+)
 from strategylab.fault_tolerance._typing import refuse_generator
 from strategylab.testing import FakeClock
 
@@ -192,3 +200,25 @@ def test_refuse_generator_lets_ordinary_callables_through() -> None:
     refuse_generator(functools.partial(sorted, [2, 1]), "Policy")
     refuse_generator(Ticker, "Policy")  # calling the class constructs an instance
     refuse_generator(retry, "Policy")
+
+
+async def _quote() -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("RetryPolicy", lambda: RetryPolicy(clock=FakeClock())),
+        ("circuit breaker", lambda: CircuitBreaker("dep", clock=FakeClock())),
+        ("Bulkhead", lambda: Bulkhead(2)),
+        ("Fallback", lambda: Fallback.value(None)),
+        ("Timeout", lambda: Timeout(1.0)),
+        ("Pipeline", lambda: Pipeline(Timeout(1.0), RetryPolicy(clock=FakeClock()))),
+    ],
+    ids=["RetryPolicy", "CircuitBreaker", "Bulkhead", "Fallback", "Timeout", "Pipeline"],
+)
+def test_sync_wrap_refuses_a_coroutine_function(name: str, make: Callable[[], Any]) -> None:
+    """wrap() of a coroutine function would judge the coroutine's creation: it is refused."""
+    with pytest.raises(TypeError, match=f"{name}.*awrap"):
+        make().wrap(_quote)

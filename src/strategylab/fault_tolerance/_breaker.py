@@ -46,6 +46,13 @@ from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 
+from ._typing import (
+    GENERATOR_TYPES,
+    generator_result_error,
+    refuse_coroutine_function,
+    refuse_generator,
+)
+
 __all__ = [
     "BreakerCallListener",
     "BreakerMetrics",
@@ -121,7 +128,6 @@ ResultPredicate = Callable[[Any], bool]
 _LISTENED: Final = object()
 """The value of ``_gate`` while call listeners are registered: no state is this object."""
 
-_GENERATOR_TYPES: Final = frozenset({types.GeneratorType, types.AsyncGeneratorType})
 
 DEFAULT_MAX_WAIT_IN_HALF_OPEN: Final = 60.0
 """Seconds a breaker stays HALF_OPEN without a decision before it re-opens."""
@@ -1045,7 +1051,7 @@ class CircuitBreaker:
         permit = self._acquire()
         if permit == _PASS:
             result = fn(*args, **kwargs)
-            if refuse_generators and type(result) in _GENERATOR_TYPES:
+            if refuse_generators and type(result) in GENERATOR_TYPES:
                 self._refuse(permit, fn, result)
             return result
         start = self._monotonic() if self._timed else 0.0
@@ -1054,7 +1060,7 @@ class CircuitBreaker:
         except BaseException as exc:
             self._on_error(permit, exc, start)
             raise
-        if refuse_generators and type(result) in _GENERATOR_TYPES:
+        if refuse_generators and type(result) in GENERATOR_TYPES:
             self._refuse(permit, fn, result)
         if self._judges_results:
             self._on_result(permit, result, start)
@@ -1075,10 +1081,10 @@ class CircuitBreaker:
         permit = self._acquire()
         if permit == _PASS:
             awaitable = fn(*args, **kwargs)
-            if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+            if refuse_generators and type(awaitable) in GENERATOR_TYPES:
                 self._refuse(permit, fn, awaitable)
             result = await awaitable
-            if refuse_generators and type(result) in _GENERATOR_TYPES:
+            if refuse_generators and type(result) in GENERATOR_TYPES:
                 self._refuse(permit, fn, result)
             return result
         start = self._monotonic() if self._timed else 0.0
@@ -1087,14 +1093,14 @@ class CircuitBreaker:
         except BaseException as exc:
             self._on_error(permit, exc, start)
             raise
-        if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+        if refuse_generators and type(awaitable) in GENERATOR_TYPES:
             self._refuse(permit, fn, awaitable)  # an async generator cannot even be awaited
         try:
             result = await awaitable
         except BaseException as exc:
             self._on_error(permit, exc, start)
             raise
-        if refuse_generators and type(result) in _GENERATOR_TYPES:
+        if refuse_generators and type(result) in GENERATOR_TYPES:
             self._refuse(permit, fn, result)
         if self._judges_results:
             self._on_result(permit, result, start)
@@ -1121,7 +1127,7 @@ class CircuitBreaker:
             if permit != _PASS:
                 self._observe_error(events, permit, exc, start)
             raise
-        if refuse_generators and type(result) in _GENERATOR_TYPES:
+        if refuse_generators and type(result) in GENERATOR_TYPES:
             self._refuse(permit, fn, result)
         if permit != _PASS:
             self._observe_result(events, permit, result, start)
@@ -1143,7 +1149,7 @@ class CircuitBreaker:
             if permit != _PASS:
                 self._observe_error(events, permit, exc, start)
             raise
-        if refuse_generators and type(awaitable) in _GENERATOR_TYPES:
+        if refuse_generators and type(awaitable) in GENERATOR_TYPES:
             self._refuse(permit, fn, awaitable)
         try:
             result = await awaitable
@@ -1151,7 +1157,7 @@ class CircuitBreaker:
             if permit != _PASS:
                 self._observe_error(events, permit, exc, start)
             raise
-        if refuse_generators and type(result) in _GENERATOR_TYPES:
+        if refuse_generators and type(result) in GENERATOR_TYPES:
             self._refuse(permit, fn, result)
         if permit != _PASS:
             self._observe_result(events, permit, result, start)
@@ -1208,8 +1214,7 @@ class CircuitBreaker:
         self._release(permit)
         if isinstance(result, types.GeneratorType):
             result.close()  # never started: closing it runs no code of the caller's
-        made = "a generator" if isinstance(result, types.GeneratorType) else "an async generator"
-        raise TypeError(_generator_refusal(self, fn, made=made))
+        raise generator_result_error(fn, result, f"circuit breaker {self._name!r}")
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the breaker.
@@ -1233,7 +1238,8 @@ class CircuitBreaker:
 
         Raises ``TypeError`` at once when ``fn`` is a generator function, sync or async.
         """
-        _refuse_generator_function(self, fn)
+        refuse_generator(fn, f"circuit breaker {self._name!r}")
+        refuse_coroutine_function(fn, f"circuit breaker {self._name!r}")
         # The driver is chosen once, here, so the per-call path carries no configuration checks.
         driver = _sync_fast if self._fast else _sync_general
         return functools.wraps(fn)(driver(self, fn))
@@ -1243,7 +1249,7 @@ class CircuitBreaker:
 
         Raises ``TypeError`` at once when ``fn`` is a generator function, sync or async.
         """
-        _refuse_generator_function(self, fn)
+        refuse_generator(fn, f"circuit breaker {self._name!r}")
         driver = _async_fast if self._fast else _async_general
         return functools.wraps(fn)(driver(self, fn))
 
@@ -1258,28 +1264,6 @@ class CircuitBreaker:
         if inspect.iscoroutinefunction(fn):
             return self.awrap(fn)
         return self.wrap(fn)
-
-
-def _refuse_generator_function(breaker: CircuitBreaker, fn: object) -> None:
-    """Raise ``TypeError`` when calling ``fn`` makes a generator rather than doing the work."""
-    target = fn.__func__ if isinstance(fn, staticmethod | classmethod) else fn
-    if callable(target) and not (
-        inspect.isroutine(target) or isinstance(target, functools.partial | type)
-    ):
-        target = type(target).__call__  # a callable object: what runs is its class's __call__
-    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
-        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
-        raise TypeError(_generator_refusal(breaker, fn, made=kind))
-
-
-def _generator_refusal(breaker: CircuitBreaker, fn: object, *, made: str) -> str:
-    name = getattr(fn, "__qualname__", None) or repr(fn)
-    return (
-        f"circuit breaker {breaker.name!r} cannot guard {name}: it makes {made}, whose outcome "
-        "happens while it is iterated, not when it is created, so every call would count as a "
-        "success and no error would be seen. Guard the function that consumes the generator, or "
-        "the call that produces each item."
-    )
 
 
 # ------------------------------------------------------------------------------------ drivers

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from strategylab.errors import BulkheadFullError, ConfigurationError
 
-from ._typing import DecoratorMixin, refuse_generator
+from ._typing import DecoratorMixin, refuse_coroutine_function, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -295,6 +295,7 @@ class Bulkhead(DecoratorMixin):
         Raises :class:`TypeError` for a generator function, whose body would run outside the slot.
         """
         refuse_generator(fn, "Bulkhead")
+        refuse_coroutine_function(fn, "Bulkhead")
         # The fast paths of _acquire and _release are inlined: two fewer Python calls is a quarter
         # of the uncontended overhead. Anything but the uncontended case goes to the methods.
         lock = self._lock

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 from strategylab.errors import ConfigurationError
 
-from ._typing import DecoratorMixin, refuse_generator
+from ._typing import DecoratorMixin, refuse_coroutine_function, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -98,6 +98,7 @@ class Fallback(DecoratorMixin):
         Raises :class:`TypeError` for a generator function, whose failures it could not see.
         """
         refuse_generator(fn, "Fallback")
+        refuse_coroutine_function(fn, "Fallback")
         handler = self._sync_handler()
         on = self._on
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._fused import fuse_async, fuse_sync
 from ._timeout import Timeout, abandon_aware
-from ._typing import DecoratorMixin, Policy, refuse_generator
+from ._typing import DecoratorMixin, Policy, refuse_coroutine_function, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -117,6 +117,7 @@ class Pipeline(DecoratorMixin):
         exactly like the two nested ones (see ``_fused``), at about half the cost per call.
         """
         refuse_generator(fn, "Pipeline")
+        refuse_coroutine_function(fn, "Pipeline")
         policies = self._policies
         wrapped = abandon_aware(fn) if self._abandonable else fn
         i = len(policies) - 1

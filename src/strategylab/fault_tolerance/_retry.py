@@ -35,7 +35,12 @@ from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, RetryExhaustedError
 
 from ._retry_after import retry_after_hint
-from ._typing import GENERATOR_TYPES, generator_result_error, refuse_generator
+from ._typing import (
+    GENERATOR_TYPES,
+    generator_result_error,
+    refuse_coroutine_function,
+    refuse_generator,
+)
 
 __all__ = ["RetryDetails", "RetryHook", "RetryPolicy", "is_testing", "set_testing"]
 
@@ -594,8 +599,7 @@ class RetryPolicy:
         generator or async generator function.
         """
         refuse_generator(fn, "RetryPolicy")
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(f"{_callable_name(fn)} is a coroutine function: use awrap()")
+        refuse_coroutine_function(fn, "RetryPolicy")
         if self.deadline is not None:
             wrapper = _sync_deadline_wrapper(self, fn)
         elif self.retry_on_result is not None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CallTimeoutError, ConfigurationError
 
-from ._typing import DecoratorMixin, refuse_generator
+from ._typing import DecoratorMixin, refuse_coroutine_function, refuse_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -220,6 +220,7 @@ class Timeout(DecoratorMixin):
         :class:`~strategylab.fault_tolerance.Pipeline`).
         """
         refuse_generator(fn, "Timeout")
+        refuse_coroutine_function(fn, "Timeout")
         call = self.call
 
         @functools.wraps(fn)

@@ -35,6 +35,7 @@ __all__ = [
     "DecoratorMixin",
     "Policy",
     "generator_result_error",
+    "refuse_coroutine_function",
     "refuse_generator",
 ]
 
@@ -56,6 +57,8 @@ def _generator_kind(fn: object) -> str | None:
     """``"generator function"``, ``"async generator function"`` or ``None``."""
     # inspect unwraps functools.partial and bound methods; an instance is judged by its __call__
     # (a class is not: calling it constructs an instance).
+    if isinstance(fn, staticmethod | classmethod):
+        fn = fn.__func__
     candidates = [fn]
     if not isinstance(fn, type) and not inspect.isroutine(fn):
         candidates.append(getattr(fn, "__call__", None))  # noqa: B004 - the method, not callable()
@@ -83,6 +86,19 @@ def refuse_generator(fn: object, policy: str) -> None:
             f"generator, so {policy} would see the call succeed before the body runs and never "
             "see what the body raises while it is iterated (nor can a retry take back items "
             f"already yielded); {_ADVICE}"
+        )
+
+
+def refuse_coroutine_function(fn: object, policy: str) -> None:
+    """Raise :class:`TypeError` if a sync ``wrap`` is given a coroutine function.
+
+    Calling it only creates the coroutine, so ``policy`` would judge that (a success, at once)
+    instead of the awaited work; ``awrap`` or the ``@policy`` decorator is the way to guard it.
+    """
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"{policy} cannot wrap {_name_of(fn)} with wrap(): it is a coroutine function, and "
+            "calling it only creates the coroutine; use awrap() or the decorator"
         )
 
 
