@@ -165,3 +165,60 @@ def test_error_raised_in_a_process_pool_worker_reaches_the_parent() -> None:
             failed.result(timeout=30)
         assert (info.value.attempts, info.value.result) == (4, "pending")
         assert pool.submit(_square, 7).result(timeout=30) == 49
+
+
+class UserError(Exception):
+    """A user's exception whose constructor does not match its args, like many in the wild."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def _local_error() -> BaseException:
+    class HiddenError(Exception):
+        pass
+
+    return HiddenError("no importable class")
+
+
+@pytest.mark.parametrize(
+    "round_trip",
+    [
+        pytest.param(lambda e: pickle.loads(pickle.dumps(e)), id="pickle"),  # noqa: S301
+        pytest.param(copy.copy, id="copy"),
+        pytest.param(copy.deepcopy, id="deepcopy"),
+    ],
+)
+def test_circuit_open_error_carries_a_users_exception_as_last_failure(
+    round_trip: Callable[[BaseException], BaseException],
+) -> None:
+    """A last_failure whose own pickling would fail is rebuilt with its attributes."""
+    restored = round_trip(CircuitOpenError("orders", 3.0, UserError(503, "down")))
+    assert isinstance(restored, CircuitOpenError)
+    failure = restored.last_failure
+    assert isinstance(failure, UserError)
+    assert (failure.code, failure.args) == (503, ("503: down",))
+
+
+def test_a_held_exception_of_an_unimportable_class_becomes_a_named_runtime_error() -> None:
+    """A class pickle cannot import is carried as a RuntimeError naming it, not a failure."""
+    restored = pickle.loads(pickle.dumps(CircuitOpenError("q", 1.0, _local_error())))  # noqa: S301
+    assert isinstance(restored.last_failure, RuntimeError)
+    assert "HiddenError: no importable class" in str(restored.last_failure)
+
+
+def _raise_open_with_user_failure() -> None:
+    raise CircuitOpenError("orders", 2.0, UserError(429, "slow down"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_circuit_open_error_with_a_users_failure_crosses_a_process_pool() -> None:
+    """The pool stays usable and the parent sees the breaker's last failure."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(CircuitOpenError) as info:
+            pool.submit(_raise_open_with_user_failure).result(timeout=30)
+        assert isinstance(info.value.last_failure, UserError)
+        assert info.value.last_failure.code == 429
+        assert pool.submit(_square, 6).result(timeout=30) == 36

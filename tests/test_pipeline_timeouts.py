@@ -269,3 +269,24 @@ def test_abandoned_sync_call_keeps_its_bulkhead_slot_until_it_returns(
 def test_a_timeout_alone_still_returns_a_prompt_result() -> None:
     """A call that finishes in time returns its value through the worker thread."""
     assert Pipeline.of(total_timeout=Timeout(5), timeout=Timeout(5)).call(lambda: 7) == 7
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+def test_attempt_timeout_expiring_after_the_total_one_is_not_a_failure(
+    release: threading.Event,
+) -> None:
+    """An attempt timeout firing after the total one gave up is not counted by the breaker."""
+    breaker = CircuitBreaker("q", failure_threshold=1)
+    guarded = Pipeline.of(
+        total_timeout=Timeout(0.02, name="total"),
+        breaker=breaker,
+        timeout=Timeout(0.2, name="attempt"),
+    ).wrap(release.wait)
+    with pytest.raises(CallTimeoutError) as info:
+        guarded()
+    assert info.value.operation == "total"
+    _wait_for(lambda: breaker.metrics().ignored_calls == 1)
+    metrics = breaker.metrics()
+    assert metrics.failed_calls == 0
+    assert metrics.state is BreakerState.CLOSED

@@ -566,3 +566,10 @@ async def test_zero_hint_leaves_the_wait_to_the_backoff(drive: Drive) -> None:
     policy = make_policy(clock, jitter=None)
     assert await drive(policy, Script(WaitError(0.0), WaitError(0.0))) == "ok"
     assert clock.sleeps == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("digits", [309, 400, 401, 4300, 5000, 100_000])
+def test_absurdly_long_delay_seconds_is_an_infinite_wait(digits: int) -> None:
+    """Delay-seconds longer than any float (or than int() accepts) is math.inf, never an error."""
+    assert parse_retry_after("9" * digits, now=0.0) == math.inf
+    assert parse_retry_after("0" * digits + "7", now=0.0) == 7.0

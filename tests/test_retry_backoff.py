@@ -87,6 +87,23 @@ def test_backoff_is_the_formula_over_the_whole_domain(
     )
 
 
+@given(
+    base=st.floats(min_value=0.0, max_value=1e6),
+    multiplier=st.floats(min_value=1.0, max_value=10.0),
+    cap=st.floats(min_value=0.0, max_value=1e9),
+    retry=st.integers(0, 300),
+)
+def test_backoff_is_the_float_expression_while_the_power_is_finite(
+    base: float, multiplier: float, cap: float, retry: int
+) -> None:
+    """While multiplier**n is a finite float, backoff(n) is that float expression, to the bit."""
+    try:
+        expected = min(base * multiplier**retry, cap)
+    except OverflowError:
+        return
+    assert policy(base, multiplier, cap).backoff(retry) == expected
+
+
 @given(base=bases, multiplier=multipliers, cap=caps, retry=retries)
 def test_backoff_never_decreases_from_one_retry_to_the_next(
     base: float, multiplier: float, cap: float, retry: int

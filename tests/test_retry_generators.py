@@ -222,3 +222,99 @@ def test_sync_wrap_refuses_a_coroutine_function(name: str, make: Callable[[], An
     """wrap() of a coroutine function would judge the coroutine's creation: it is refused."""
     with pytest.raises(TypeError, match=f"{name}.*awrap"):
         make().wrap(_quote)
+
+
+def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An ordinary pass-through decorator: it hides a generator function from inspect."""
+
+    @functools.wraps(fn)
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return logged
+
+
+def _consumed(fn: Callable[..., Iterator[int]]) -> Callable[..., list[int]]:
+    """A decorator that consumes the generator it wraps: its result is a list."""
+
+    @functools.wraps(fn)
+    def consumed(*args: Any, **kwargs: Any) -> list[int]:
+        return list(fn(*args, **kwargs))
+
+    return consumed
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: CircuitBreaker("dep", clock=FakeClock()).wrap(f),
+        lambda f: RetryPolicy(clock=FakeClock()).wrap(f),
+        lambda f: Pipeline(RetryPolicy(clock=FakeClock()), CircuitBreaker("d")).wrap(f),
+    ],
+    ids=["breaker", "retry", "fused-pipeline"],
+)
+def test_generator_behind_a_wraps_decorator_is_refused_when_called(
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> None:
+    """A generator function hidden by @functools.wraps is refused at its first call."""
+    with pytest.raises(TypeError, match="generator"):
+        make(_logged(ticks))()
+
+
+def test_breaker_records_nothing_for_a_hidden_generator() -> None:
+    """The refused call is neither a success nor a failure."""
+    breaker = CircuitBreaker("dep", clock=FakeClock())
+    with pytest.raises(TypeError):
+        breaker.wrap(_logged(ticks))()
+    metrics = breaker.metrics()
+    assert (metrics.successful_calls, metrics.failed_calls) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: CircuitBreaker("dep", clock=FakeClock()).wrap(f),
+        lambda f: RetryPolicy(clock=FakeClock()).wrap(f),
+    ],
+    ids=["breaker", "retry"],
+)
+def test_a_decorator_that_consumes_its_generator_is_guarded_normally(
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> None:
+    """A wrapper that returns a list, not the generator, works as any function does."""
+
+    def three() -> Iterator[int]:
+        yield from (1, 2, 3)
+
+    assert make(_consumed(three))() == [1, 2, 3]
+
+
+async def test_async_generator_behind_a_wraps_decorator_is_refused_by_awrap() -> None:
+    """awrap of a hidden async generator function refuses it at its first call."""
+    for policy in (CircuitBreaker("dep", clock=FakeClock()), RetryPolicy(clock=FakeClock())):
+        with pytest.raises(TypeError, match="generator"):
+            await policy.awrap(_logged(aticks))()
+
+
+def test_retry_call_refuses_a_generator_from_a_later_attempt() -> None:
+    """The first attempt fails, the second returns a generator: refused, not returned."""
+    results: list[object] = [ConnectionError("reset"), ticks()]
+
+    def flaky() -> object:
+        outcome = results.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    with pytest.raises(TypeError, match="generator"):
+        RetryPolicy(clock=FakeClock(), jitter=None).call(flaky)
+
+
+async def test_retry_acall_refuses_a_coroutine_that_resolves_to_a_generator() -> None:
+    """Awaiting the call gives a generator: refused, as the breaker's acall does."""
+
+    async def make_ticks() -> Iterator[int]:
+        return ticks()
+
+    with pytest.raises(TypeError, match="generator"):
+        await RetryPolicy(clock=FakeClock()).acall(make_ticks)

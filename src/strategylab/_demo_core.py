@@ -209,7 +209,7 @@ def _report(
     from strategylab.fault_tolerance import RecoveryStatistics  # noqa: PLC0415
 
     assert isinstance(stats, RecoveryStatistics)  # noqa: S101
-    calls = Table(title="client calls (timeout ▸ retry ▸ breaker)")
+    calls = Table(title="client calls (total timeout ▸ retry ▸ breaker ▸ attempt timeout)")
     calls.add_column("outcome")
     calls.add_column("count", justify="right")
     calls.add_row("answered", f"{tally.ok:,}")

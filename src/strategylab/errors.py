@@ -27,6 +27,8 @@ own last exception. Where a boundary does translate, it does so once, with ``rai
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "AuditIntegrityError",
     "BulkheadFullError",
@@ -44,14 +46,16 @@ __all__ = [
 
 def _rebuild(
     cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
-) -> object:
+) -> BaseException:
     """Recreate an exception from :meth:`PicklableErrorMixin.__reduce__`, bypassing ``__init__``."""
     # BaseException.__new__ stores ``args`` (OSError's also derives errno and strerror from them);
-    # neither calls __init__, whose signature need not match ``args``.
+    # neither calls __init__, whose signature need not match ``args``. A shallow copy hands the
+    # _HeldError wrappers back as they are: unwrap them here.
+    args = tuple(_unheld(arg) for arg in args)
     exc = cls.__new__(cls, *args)
     exc.args = args
     for key, value in state.items():
-        setattr(exc, key, value)
+        setattr(exc, key, _unheld(value))
     return exc
 
 
@@ -67,6 +71,56 @@ def _slot_names(cls: type) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _reduction(
+    exc: BaseException,
+) -> tuple[type[BaseException], tuple[object, ...], dict[str, object]]:
+    """What :func:`_rebuild` needs: the class, the args and the attributes (dict and slots).
+
+    Exceptions held in the args or the attributes (a breaker's ``last_failure``, a wrapped cause)
+    are wrapped so that they, too, are rebuilt without their ``__init__``: a user's exception whose
+    constructor does not match its ``args`` must not make this one unpicklable.
+    """
+    state: dict[str, object] = dict(getattr(exc, "__dict__", {}))
+    for name in _slot_names(type(exc)):
+        try:
+            state[name] = getattr(exc, name)
+        except AttributeError:
+            continue
+    args: tuple[object, ...] = getattr(exc, "args", ())
+    return (
+        type(exc),
+        tuple(_held(arg) for arg in args),
+        {key: _held(value) for key, value in state.items()},
+    )
+
+
+class _HeldError:
+    """An exception held by another one, pickled and copied the way the mixin does it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        error = self.error
+        try:
+            pickle.dumps(type(error))
+        except Exception:
+            # A class pickle cannot name (defined in a function): keep its name and message.
+            stand_in = RuntimeError(f"{type(error).__qualname__}: {error}")
+            return (_rebuild, (RuntimeError, stand_in.args, {}))
+        return (_rebuild, _reduction(error))
+
+
+def _held(value: object) -> object:
+    return _HeldError(value) if isinstance(value, BaseException) else value
+
+
+def _unheld(value: object) -> object:
+    return value.error if isinstance(value, _HeldError) else value
+
+
 class PicklableErrorMixin:
     """Makes an exception survive :mod:`pickle` and :mod:`copy` whatever its ``__init__`` takes.
 
@@ -76,21 +130,18 @@ class PicklableErrorMixin:
     unpickling a worker's result breaks a whole :class:`concurrent.futures.ProcessPoolExecutor`.
     This ``__reduce__`` instead recreates the instance with ``cls.__new__(cls, *args)`` and
     restores ``args``, the instance ``__dict__`` (attributes and ``__notes__``) and every slot.
-    ``__cause__``, ``__context__`` and ``__traceback__`` are not carried, as with any pickled
-    exception.
+    Exceptions it holds (in ``args`` or an attribute, such as
+    :attr:`CircuitOpenError.last_failure`) are rebuilt the same way, so a user's exception with an
+    unusual constructor travels too (one whose class pickle cannot import becomes a
+    ``RuntimeError`` naming it). ``__cause__``, ``__context__`` and ``__traceback__`` are not
+    carried, as with any pickled exception.
     """
 
     __slots__ = ()
 
     def __reduce__(self) -> tuple[object, ...]:
-        state: dict[str, object] = dict(getattr(self, "__dict__", {}))
-        for name in _slot_names(type(self)):
-            try:
-                state[name] = getattr(self, name)
-            except AttributeError:
-                continue
-        args: tuple[object, ...] = getattr(self, "args", ())
-        return (_rebuild, (type(self), args, state))
+        assert isinstance(self, BaseException)  # noqa: S101 - a mixin for exceptions only
+        return (_rebuild, _reduction(self))
 
 
 class StrategyLabError(PicklableErrorMixin, Exception):

@@ -49,6 +49,7 @@ from strategylab.errors import CircuitOpenError, ConfigurationError
 from ._typing import (
     GENERATOR_TYPES,
     generator_result_error,
+    hides_generator,
     refuse_coroutine_function,
     refuse_generator,
 )
@@ -1240,6 +1241,13 @@ class CircuitBreaker:
         """
         refuse_generator(fn, f"circuit breaker {self._name!r}")
         refuse_coroutine_function(fn, f"circuit breaker {self._name!r}")
+        if hides_generator(fn):
+            call = self.call
+
+            def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+                return call(fn, *args, **kwargs)
+
+            return functools.wraps(fn)(checked)
         # The driver is chosen once, here, so the per-call path carries no configuration checks.
         driver = _sync_fast if self._fast else _sync_general
         return functools.wraps(fn)(driver(self, fn))
@@ -1250,6 +1258,13 @@ class CircuitBreaker:
         Raises ``TypeError`` at once when ``fn`` is a generator function, sync or async.
         """
         refuse_generator(fn, f"circuit breaker {self._name!r}")
+        if hides_generator(fn):
+            acall = self.acall
+
+            async def achecked(*args: P.args, **kwargs: P.kwargs) -> R:
+                return await acall(fn, *args, **kwargs)
+
+            return functools.wraps(fn)(achecked)
         driver = _async_fast if self._fast else _async_general
         return functools.wraps(fn)(driver(self, fn))
 

@@ -13,7 +13,9 @@ wrapper instead that behaves exactly like the nested pair:
 - Any other state, or call listeners registered on the breaker: the call goes to the nested pair
   itself, built once at wrap time. The wrapper tests the breaker's ``_gate``, which equals its state
   only while it has no call listener, so listeners cost the fused path nothing until one is added.
-- A generator function is refused with ``TypeError`` when the pair is built, by ``breaker.wrap``.
+- A generator function is refused with ``TypeError`` when the pair is built, by ``breaker.wrap``;
+  a function whose ``__wrapped__`` chain hides one is not fused, so that the nested pair checks
+  each of its results.
 
 Only exact :class:`RetryPolicy` and :class:`CircuitBreaker` instances are fused (a subclass may
 override ``wrap``), and only a retry without ``deadline`` or ``retry_on_result`` (its plain wrapper
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._breaker import _CLOSED, _RECORD, CircuitBreaker
 from ._retry import RetryPolicy
+from ._typing import hides_generator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -51,7 +54,7 @@ def _eligible(outer: object, inner: object) -> bool:
 
 def fuse_sync(outer: object, inner: object, fn: Callable[P, R]) -> Callable[P, R] | None:
     """``outer.wrap(inner.wrap(fn))`` as one wrapper, or None when the pair cannot be fused."""
-    if not _eligible(outer, inner):
+    if not _eligible(outer, inner) or hides_generator(fn):
         return None
     assert isinstance(outer, RetryPolicy)  # noqa: S101 - checked by _eligible, for mypy
     assert isinstance(inner, CircuitBreaker)  # noqa: S101
@@ -92,7 +95,7 @@ def fuse_async(
     outer: object, inner: object, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Awaitable[R]] | None:
     """``outer.awrap(inner.awrap(fn))`` as one coroutine function, or None when not fusable."""
-    if not _eligible(outer, inner):
+    if not _eligible(outer, inner) or hides_generator(fn):
         return None
     assert isinstance(outer, RetryPolicy)  # noqa: S101 - checked by _eligible, for mypy
     assert isinstance(inner, CircuitBreaker)  # noqa: S101

@@ -38,6 +38,7 @@ from ._retry_after import retry_after_hint
 from ._typing import (
     GENERATOR_TYPES,
     generator_result_error,
+    hides_generator,
     refuse_coroutine_function,
     refuse_generator,
 )
@@ -91,6 +92,25 @@ _Failure = Exception | _Rejected
 
 class _RefusedGeneratorError(TypeError):
     """``acall`` refusing a generator; raised inside its ``try`` and never retried."""
+
+
+async def _awaited(
+    fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> R:
+    """``await fn(*args, **kwargs)`` for ``acall`` and later attempts, refusing generators.
+
+    Both what ``fn`` returns (an async generator cannot be awaited) and what awaiting it gives
+    are checked; the refusal is a :class:`_RefusedGeneratorError`, which is never retried.
+    """
+    pending = fn(*args, **kwargs)
+    if type(pending) in GENERATOR_TYPES:
+        error = generator_result_error(fn, pending, "RetryPolicy")
+        raise _RefusedGeneratorError(*error.args)
+    result = await pending
+    if type(result) in GENERATOR_TYPES:
+        error = generator_result_error(fn, result, "RetryPolicy")
+        raise _RefusedGeneratorError(*error.args)
+    return result
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -195,11 +215,19 @@ _MAX_SHIFT = 2200
 
 
 def _capped_power(base: float, multiplier: float, cap: float, retry: int) -> float:
-    """``min(base * multiplier**retry, cap)``, correctly rounded, for every valid input."""
+    """``min(base * multiplier**retry, cap)`` for every valid input, without overflow."""
     if base == 0 or cap == 0:
         return 0.0
     if retry == 0 or multiplier == 1 or base >= cap:
         return float(min(base, cap))
+    try:
+        # The formula as written, whenever the power is a finite float: the same value, to the
+        # last bit, as the expression a user would check it against.
+        naive = base * multiplier**retry
+    except OverflowError:
+        pass  # the power alone overflows (the product may not): computed exactly below
+    else:
+        return float(min(naive, cap))
     mantissa, exponent = math.frexp(multiplier)
     if mantissa == 0.5:
         return _capped_shift(base, (exponent - 1) * retry, cap)
@@ -371,9 +399,11 @@ class RetryPolicy:
     def backoff(self, retry: int) -> float:
         """Seconds before retry ``retry`` (0 for the first retry), before jitter.
 
-        Exactly ``min(base_delay * multiplier**retry, max_delay)``, rounded once to a float, for
-        every ``retry >= 0``: 0 when ``base_delay`` or ``max_delay`` is 0, never above
-        ``max_delay``, never an overflow, non-decreasing in ``retry``. Raises :class:`TypeError`
+        ``min(base_delay * multiplier**retry, max_delay)`` for every ``retry >= 0``: the float
+        expression itself while ``multiplier**retry`` is a finite float, and past that the exact
+        value rounded once (so a subnormal base is not capped early); 0 when ``base_delay`` or
+        ``max_delay`` is 0, never above ``max_delay``, never an overflow, non-decreasing in
+        ``retry``. Raises :class:`TypeError`
         for a non-integer ``retry`` and :class:`ValueError` for a negative one.
         """
         return _capped_power(self.base_delay, self.multiplier, self.max_delay, _retry_index(retry))
@@ -502,6 +532,8 @@ class RetryPolicy:
                     raise
                 failure = exc
             else:
+                if type(result) in GENERATOR_TYPES:
+                    raise generator_result_error(fn, result, "RetryPolicy")
                 if reject is None or not reject(result):
                     return result
                 failure = _Rejected(result)
@@ -530,7 +562,7 @@ class RetryPolicy:
                 await clock.asleep(delay)
             attempt += 1
             try:
-                result = await fn(*args, **kwargs)
+                result = await _awaited(fn, args, kwargs)
             except self._catch as exc:
                 if not self._retryable(exc):
                     raise
@@ -572,13 +604,7 @@ class RetryPolicy:
         """
         start = None if self.deadline is None else self.clock.monotonic()
         try:
-            pending = fn(*args, **kwargs)
-            if type(pending) in GENERATOR_TYPES:
-                # Raised inside the try so that one except clause serves both steps;
-                # _retryable() lets it through.
-                error = generator_result_error(fn, pending, "RetryPolicy")
-                raise _RefusedGeneratorError(*error.args)
-            result = await pending
+            result = await _awaited(fn, args, kwargs)
         except self._catch as exc:
             if not self._retryable(exc):
                 raise
@@ -600,6 +626,13 @@ class RetryPolicy:
         """
         refuse_generator(fn, "RetryPolicy")
         refuse_coroutine_function(fn, "RetryPolicy")
+        if hides_generator(fn):
+            call = self.call
+
+            def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+                return call(fn, *args, **kwargs)
+
+            return functools.wraps(fn)(checked)
         if self.deadline is not None:
             wrapper = _sync_deadline_wrapper(self, fn)
         elif self.retry_on_result is not None:
@@ -614,6 +647,13 @@ class RetryPolicy:
         Raises :class:`TypeError` for a generator or async generator function.
         """
         refuse_generator(fn, "RetryPolicy")
+        if hides_generator(fn):
+            acall = self.acall
+
+            async def achecked(*args: P.args, **kwargs: P.kwargs) -> R:
+                return await acall(fn, *args, **kwargs)
+
+            return functools.wraps(fn)(achecked)
         if self.deadline is not None:
             wrapper = _async_deadline_wrapper(self, fn)
         elif self.retry_on_result is not None:

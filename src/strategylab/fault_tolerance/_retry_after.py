@@ -33,6 +33,8 @@ _HTTP_RETRY_AFTER_STATUSES = frozenset({429, 503})
 _MAX_CAUSES = 8
 """How far down the ``__cause__`` chain a hint is looked for (a chain may be long or cyclic)."""
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+_MAX_DIGITS = 400
+"""Digits past which delay-seconds exceed the largest float (about 1.8e308)."""
 
 
 def parse_retry_after(value: str | bytes, *, now: float) -> float | None:
@@ -46,8 +48,12 @@ def parse_retry_after(value: str | bytes, *, now: float) -> float | None:
     """
     text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
     if _DELAY_SECONDS.fullmatch(text):
+        digits = text.lstrip("0") or "0"
+        if len(digits) > _MAX_DIGITS:
+            # Longer than any float (and than int() converts by default): an absurd wait.
+            return math.inf
         try:
-            return float(int(text))
+            return float(int(digits))
         except OverflowError:
             return math.inf
     try:

@@ -192,8 +192,11 @@ class Timeout(DecoratorMixin):
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` in a worker thread and wait for it at most ``seconds``."""
         started = self._clock.monotonic()
+        parent = _CURRENT.get()
+        if parent is not None and parent.is_set():
+            raise _CallAbandonedError  # an outer sync timeout gave up on this call: start nothing
         context = contextvars.copy_context()
-        token = _Abandonment(_CURRENT.get())
+        token = _Abandonment(parent)
         future: concurrent.futures.Future[R] = _shared_executor().submit(
             context.run,
             _run_in_worker,
@@ -211,6 +214,10 @@ class Timeout(DecoratorMixin):
                 return future.result()
             token.abandoned = True
             future.cancel()
+            if parent is not None and parent.is_set():
+                # Nobody waits for this expiry any more: an outer timeout expired first, so no
+                # layer between the two may count it as a failure.
+                raise _CallAbandonedError from exc
             raise self._expired(started) from exc
 
     def wrap(self, fn: Callable[P, R], /) -> Callable[P, R]:

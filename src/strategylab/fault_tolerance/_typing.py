@@ -35,6 +35,7 @@ __all__ = [
     "DecoratorMixin",
     "Policy",
     "generator_result_error",
+    "hides_generator",
     "refuse_coroutine_function",
     "refuse_generator",
 ]
@@ -44,6 +45,9 @@ R = TypeVar("R")
 
 GENERATOR_TYPES: frozenset[type] = frozenset({types.GeneratorType, types.AsyncGeneratorType})
 """The types of generator objects; ``type(result) in GENERATOR_TYPES`` is the cheap test."""
+
+_MAX_WRAPPED = 100
+"""How deep :func:`hides_generator` follows ``__wrapped__`` (a cycle must not hang it)."""
 
 _ADVICE = "guard the call that produces each item, or the code that consumes the generator, instead"
 
@@ -87,6 +91,24 @@ def refuse_generator(fn: object, policy: str) -> None:
             "see what the body raises while it is iterated (nor can a retry take back items "
             f"already yielded); {_ADVICE}"
         )
+
+
+def hides_generator(fn: object) -> bool:
+    """Whether a decorator's ``__wrapped__`` chain under ``fn`` reaches a generator function.
+
+    Such an ``fn`` (``@functools.wraps`` around a generator function) may return the generator
+    or consume it: it cannot be refused when it is wrapped, so the breaker and the retry wrap it
+    with a driver that checks each result (:func:`generator_result_error`), a cost that only
+    these functions pay.
+    """
+    seen = 0
+    current = getattr(fn, "__wrapped__", None)
+    while current is not None and seen < _MAX_WRAPPED:
+        if _generator_kind(current) is not None:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        seen += 1
+    return False
 
 
 def refuse_coroutine_function(fn: object, policy: str) -> None:
