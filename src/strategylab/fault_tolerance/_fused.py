@@ -25,8 +25,11 @@ driver).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+import inspect
+import types
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._breaker import _CLOSED, _RECORD, CircuitBreaker
 from ._retry import RetryPolicy
@@ -65,6 +68,26 @@ def fuse_sync(outer: object, inner: object, fn: Callable[P, R]) -> Callable[P, R
     on_error = breaker._on_error  # noqa: SLF001
     successes, next_ = breaker._successes.ticks, next  # noqa: SLF001
     closed, record = _CLOSED, _RECORD
+    signature = _plain_signature(fn)
+    if signature is not None:
+        exact = _generate(
+            _SYNC_SOURCE,
+            signature,
+            "fuse_sync",
+            breaker,
+            fn,
+            nested,
+            on_error,
+            successes,
+            next_,
+            catch,
+            check,
+            retry,
+            guarded,
+            closed,
+            record,
+        )
+        return cast("Callable[P, R]", functools.wraps(guarded)(exact))
     target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
 
     def fused(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -106,6 +129,26 @@ def fuse_async(
     on_error = breaker._on_error  # noqa: SLF001
     successes, next_ = breaker._successes.ticks, next  # noqa: SLF001
     closed, record = _CLOSED, _RECORD
+    signature = _plain_signature(fn)
+    if signature is not None:
+        exact = _generate(
+            _ASYNC_SOURCE,
+            signature,
+            "fuse_async",
+            breaker,
+            fn,
+            nested,
+            on_error,
+            successes,
+            next_,
+            catch,
+            check,
+            retry,
+            guarded,
+            closed,
+            record,
+        )
+        return cast("Callable[P, Awaitable[R]]", functools.wraps(guarded)(exact))
     target: Callable[..., Awaitable[R]] = fn
 
     async def fused(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -126,6 +169,140 @@ def fuse_async(
         return await retry(guarded, args, kwargs, None, failure)
 
     return functools.wraps(guarded)(fused)
+
+
+# ------------------------------------------------------------------- exact-signature wrappers
+# A wrapper declared as ``(*args, **kwargs)`` pays for packing both on every call (about 30 ns of
+# the fused pair's ~110 ns on CPython 3.11); one declared with ``fn``'s own parameters pays
+# nothing. So for a plain Python function (no ``*args``/``**kwargs`` of its own) the fused wrapper
+# is generated with the same parameters, the way ``dataclasses`` and ``attrs`` generate methods.
+# Defaults are passed on explicitly: ``fn`` receives the very objects it would have bound itself.
+# A call with wrong arguments now fails at the wrapper, before the breaker sees anything.
+
+_SYNC_SOURCE = """
+def fuse_sync(__sl_b, __sl_target, __sl_nested, __sl_on_error, __sl_successes, __sl_next,
+              __sl_catch, __sl_check, __sl_retry, __sl_guarded, __sl_closed, __sl_record{defaults}):
+    def fused({params}):
+        if __sl_b._gate is not __sl_closed:
+            return __sl_nested({call})
+        try:
+            __sl_result = __sl_target({call})
+        except BaseException as __sl_exc:
+            __sl_on_error(__sl_record, __sl_exc, 0.0)
+            if not isinstance(__sl_exc, __sl_catch) or (
+                __sl_check is not None and not __sl_check(__sl_exc)
+            ):
+                raise
+            __sl_failure = __sl_exc
+        else:
+            __sl_next(__sl_successes)
+            if __sl_b._consecutive_failures:
+                __sl_b._consecutive_failures = 0
+            return __sl_result
+        return __sl_retry(__sl_guarded, ({args}), {{{kwargs}}}, None, __sl_failure)
+    return fused
+"""
+
+_ASYNC_SOURCE = """
+def fuse_async(__sl_b, __sl_target, __sl_nested, __sl_on_error, __sl_successes, __sl_next,
+               __sl_catch, __sl_check, __sl_retry, __sl_guarded, __sl_closed,
+               __sl_record{defaults}):
+    async def fused({params}):
+        if __sl_b._gate is not __sl_closed:
+            return await __sl_nested({call})
+        try:
+            __sl_result = await __sl_target({call})
+        except BaseException as __sl_exc:
+            __sl_on_error(__sl_record, __sl_exc, 0.0)
+            if not isinstance(__sl_exc, __sl_catch) or (
+                __sl_check is not None and not __sl_check(__sl_exc)
+            ):
+                raise
+            __sl_failure = __sl_exc
+        else:
+            __sl_next(__sl_successes)
+            if __sl_b._consecutive_failures:
+                __sl_b._consecutive_failures = 0
+            return __sl_result
+        return await __sl_retry(__sl_guarded, ({args}), {{{kwargs}}}, None, __sl_failure)
+    return fused
+"""
+
+_MAX_PARAMETERS = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Signature:
+    """The pieces of source that declare ``fn``'s parameters and pass them on."""
+
+    params: str
+    call: str
+    args: str
+    kwargs: str
+    defaults: tuple[object, ...]
+
+
+def _plain_signature(fn: object) -> _Signature | None:
+    """``fn``'s parameters as source, or None when a generic wrapper must serve.
+
+    Only a plain Python function (not a method, a partial, a builtin or a callable object) whose
+    parameters are named ones, without ``*args`` or ``**kwargs``, and none of them in the
+    generated code's own ``__sl_`` namespace.
+    """
+    if type(fn) is not types.FunctionType:
+        return None
+    code = fn.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    n_pos, n_kw = code.co_argcount, code.co_kwonlyargcount
+    names = code.co_varnames[: n_pos + n_kw]
+    if len(names) > _MAX_PARAMETERS or any(n.startswith("__sl_") for n in names):
+        return None
+    positional, keyword = names[:n_pos], names[n_pos:]
+    defaults: list[object] = []
+    params: list[str] = []
+    pos_defaults = fn.__defaults__ or ()
+    first_default = n_pos - len(pos_defaults)
+    for i, name in enumerate(positional):
+        if i >= first_default:
+            params.append(f"{name}=__sl_d{len(defaults)}")
+            defaults.append(pos_defaults[i - first_default])
+        else:
+            params.append(name)
+        if i == code.co_posonlyargcount - 1:
+            params.append("/")
+    kw_defaults = fn.__kwdefaults__ or {}
+    if keyword:
+        params.append("*")
+    for name in keyword:
+        if name in kw_defaults:
+            params.append(f"{name}=__sl_d{len(defaults)}")
+            defaults.append(kw_defaults[name])
+        else:
+            params.append(name)
+    return _Signature(
+        params=", ".join(params),
+        call=", ".join([*positional, *(f"{n}={n}" for n in keyword)]),
+        args="".join(f"{n}, " for n in positional),
+        kwargs=", ".join(f"{n!r}: {n}" for n in keyword),
+        defaults=tuple(defaults),
+    )
+
+
+def _generate(source: str, signature: _Signature, factory: str, *closure: object) -> Any:
+    """Compile ``source`` for ``signature`` and build the wrapper from ``closure``."""
+    names = "".join(f", __sl_d{i}" for i in range(len(signature.defaults)))
+    text = source.format(
+        defaults=names,
+        params=signature.params,
+        call=signature.call,
+        args=signature.args,
+        kwargs=signature.kwargs,
+    )
+    namespace: dict[str, Any] = {}
+    # The source is ours; only parameter names, already checked to be identifiers, come from fn.
+    exec(compile(text, f"<strategylab {factory}>", "exec"), {}, namespace)  # noqa: S102
+    return namespace[factory](*closure, *signature.defaults)
 
 
 def is_fused(fn: Callable[..., Any]) -> bool:
