@@ -16,6 +16,7 @@ import pytest
 
 import strategylab
 from strategylab.errors import CircuitOpenError, RetryExhaustedError
+from strategylab.market._spool import SpoolCorruption
 
 
 def _project_exceptions() -> dict[str, type[BaseException]]:
@@ -60,6 +61,11 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.chaos._proxy.ToxicNotFoundError": lambda c: c("feed", "latency"),
     "strategylab.fault_tolerance._audit._LineError": lambda c: c("not json"),
     "strategylab.market._exchange_faults.FaultRequestError": lambda c: c("rate", "not a number"),
+    "strategylab.market._failover_store.StoreStallError": lambda c: c("postgres", "write", 0.5),
+    "strategylab.market._feed.UnknownSymbolsError": lambda c: c("unknown: ZZZ", ("ZZZ",)),
+    "strategylab.market._spool.SpoolCorruptionError": lambda c: c(
+        [SpoolCorruption(path=Path("1.seg"), offset=16, length=8, moved_to=Path("x"), ranges={})]
+    ),
     "strategylab.market._exchange_orders.OrderRequestError": lambda c: c("qty", "must be > 0"),
     "strategylab.market._optimizer.JobCrashedError": lambda c: c({"fast": 5}, "SIGKILL"),
     "strategylab.market._optimizer.JobError": lambda c: c({"fast": 5}, "ValueError: x"),
@@ -71,6 +77,9 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.market._orders.OrderRefusedError": lambda c: c("bad", status=422, field="qty"),
     "strategylab.market._orders.RateLimitedError": lambda c: c("slow down", retry_after=1.5),
     "strategylab.market._risk.RiskRejectedError": _risk_rejected,
+    "strategylab.market._store.StoreCorruptedError": lambda c: c(
+        Path("ticks.db"), "quick_check: page 9 is never used", Path("ticks.db.corrupt-x")
+    ),
 }
 
 

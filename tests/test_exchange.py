@@ -289,20 +289,69 @@ async def test_slow_subscriber_is_disconnected_without_stalling_generation(
 
 
 @pytest.mark.timeout(15)
-async def test_unknown_symbol_and_garbage_control_messages_get_errors(
-    make_exchange: MakeExchange,
-) -> None:
-    """Bad control messages are answered with an error and the connection stays usable."""
+async def test_garbage_control_messages_get_errors(make_exchange: MakeExchange) -> None:
+    """A bad control message is answered with an error and the connection stays usable."""
     exchange = await make_exchange(tick_rate=0, max_ticks=30)
     client = await WsClient.connect(exchange.ws_url)
     async with asyncio.timeout(10):
         await client.conn.send("not json")
         kind, body = await client.next()
         assert (kind, body["type"]) == ("json", "error")
-        await client.send({"op": "subscribe", "symbols": ["ZZZ"]})
-        kind, body = await client.next()
-        assert body == {"type": "error", "reason": "unknown symbol", "symbol": "ZZZ"}
         await client.subscribe(symbols=["B"])
         seqs = [t.seq for t in (await client.next())[1]]
     await client.close()
     assert seqs == list(range(1, 11))
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize(
+    ("requested", "from_seq"),
+    [(["B", "ZZZ", "QQQ"], {}), (["QQQ", "B", "ZZZ"], {"B": 1, "ZZZ": 1, "QQQ": 5})],
+)
+async def test_unknown_symbols_are_named_and_the_known_ones_subscribed(
+    make_exchange: MakeExchange, requested: list[str], from_seq: dict[str, int]
+) -> None:
+    """A subscribe naming unknown symbols gets an error listing all of them, then the known ones
+    are subscribed and stream."""
+    exchange = await make_exchange(tick_rate=0, max_ticks=30)
+    client = await WsClient.connect(exchange.ws_url)
+    async with asyncio.timeout(10):
+        await client.send({"op": "subscribe", "symbols": requested, "from_seq": from_seq})
+        kind, body = await client.next()
+        assert (kind, body) == (
+            "json",
+            {
+                "type": "error",
+                "reason": "unknown symbols",
+                "unknown": [s for s in requested if s != "B"],
+            },
+        )
+        kind, body = await client.next()
+        assert (kind, body["type"], body["symbols"]) == ("json", "subscribed", ["B"])
+        seqs: list[int] = []
+        while len(seqs) < 10:
+            kind, body = await client.next()
+            if kind == "ticks":
+                assert {t.symbol for t in body} == {"B"}
+                seqs += [t.seq for t in body]
+    await client.close()
+    assert seqs == list(range(1, 11))
+
+
+@pytest.mark.timeout(15)
+async def test_only_unknown_symbols_get_heartbeats_and_no_ticks(
+    make_exchange: MakeExchange,
+) -> None:
+    """With no known symbol the subscriber is told so, then gets heartbeats (alive) and no tick,
+    and the as-fast-as-possible generator does not run for it."""
+    exchange = await make_exchange(tick_rate=0, max_ticks=30, heartbeat_interval=0.05)
+    client = await WsClient.connect(exchange.ws_url)
+    async with asyncio.timeout(10):
+        await client.send({"op": "subscribe", "symbols": ["ZZZ"], "from_seq": {"ZZZ": 1}})
+        assert (await client.next())[1]["unknown"] == ["ZZZ"]
+        subscribed = (await client.next())[1]
+        assert (subscribed["type"], subscribed["symbols"]) == ("subscribed", [])
+        kinds = [(await client.next())[0] for _ in range(3)]
+    await client.close()
+    assert kinds == ["heartbeat"] * 3
+    assert exchange.ticks_emitted == 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,93 @@ async def test_stop_keeps_the_queue_for_the_next_start() -> None:
     await ingestor.wait_accounted({"A": 20}, timeout=5)
     assert sorted(q for _, q in store.rows) == list(range(1, 21))
     await ingestor.aclose(5)
+
+
+class FlakyAckLog(AckLog):
+    """A real ack log whose first appends fail as given (a full disk, a bug)."""
+
+    def __init__(self, path: Path, failures: Sequence[Exception]) -> None:
+        super().__init__(path)
+        self.failures = list(failures)
+
+    def append(self, watermarks: Mapping[str, int]) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        super().append(watermarks)
+
+
+@pytest.mark.timeout(10)
+async def test_a_full_disk_under_the_ack_log_is_reported_and_only_the_append_retried(
+    tmp_path: Path,
+) -> None:
+    """ENOSPC on the ack log after the commit: reported once as DISK_SPACE_EXHAUSTED, the writer
+    stays up, unhealthy and still holding the batch until the append succeeds; no rewrite."""
+    store = MemoryStore()
+    acks = FlakyAckLog(
+        tmp_path / "acks.jsonl",
+        [OSError(errno.ENOSPC, "No space left on device") for _ in range(3)],
+    )
+    manager = ErrorRecoveryManager(capture_state=False)
+    clock = FakeClock(autojump_threshold=None)
+    ingestor = Ingestor(
+        store,
+        IngestorConfig(batch_size=10, linger=0, name="ingestor"),
+        ack_log=acks,
+        manager=manager,
+        clock=clock,
+    )
+    await ingestor.start()
+    await ingestor.put(ticks(1, 10))
+    async with asyncio.timeout(5):
+        while ingestor.statistics().write_failures < 1:  # noqa: ASYNC110 - no event per failure
+            await asyncio.sleep(0)
+    stats = ingestor.statistics()
+    assert (stats.failing, stats.healthy, stats.queued, stats.acknowledged) == (
+        "ack_log",
+        False,
+        10,
+        0,
+    )
+    assert await ingestor.health() is False
+    async with asyncio.timeout(5):
+        while ingestor.accounted().get("A", 0) < 10:
+            clock.advance(10.0)
+            await asyncio.sleep(0)
+    assert acks.failures == []
+    assert store.batches == [10]  # stored once; only the ack was retried
+    stats = ingestor.statistics()
+    assert (stats.failing, stats.healthy, stats.queued, stats.acknowledged) == (None, True, 0, 10)
+    assert stats.restarts == 0
+    await ingestor.aclose(5)
+    assert read_acks(tmp_path / "acks.jsonl") == {"A": 10}
+    assert manager.statistics().error_type_distribution[ErrorType.DISK_SPACE_EXHAUSTED] == 1
+
+
+@pytest.mark.timeout(10)
+async def test_a_writer_that_dies_is_reported_restarted_and_resumes_the_queue(
+    tmp_path: Path,
+) -> None:
+    """An unexpected exception kills the writer run: reported, restarted with backoff, and the
+    batch at the head of the queue is written again (idempotently) and acknowledged."""
+    store = MemoryStore()
+    acks = FlakyAckLog(tmp_path / "acks.jsonl", [RuntimeError("bug in the ack path")])
+    manager = ErrorRecoveryManager(capture_state=False)
+    ingestor = Ingestor(
+        store,
+        IngestorConfig(batch_size=10, linger=0, name="ingestor"),
+        ack_log=acks,
+        manager=manager,
+        clock=FakeClock(),
+    )
+    await ingestor.start()
+    await ingestor.put(ticks(1, 10))
+    await ingestor.wait_accounted({"A": 10}, timeout=5)
+    stats = ingestor.statistics()
+    assert stats.restarts == 1
+    assert stats.healthy is True
+    assert len(store.rows) == 10
+    assert store.batches == [10, 10]  # written again after the restart, stored once
+    assert await ingestor.health() is True
+    await ingestor.aclose(5)
+    assert read_acks(tmp_path / "acks.jsonl") == {"A": 10}
+    assert manager.statistics().total_errors == 1

@@ -299,7 +299,7 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
 
 
 async def _check(exchange_dir: Path, node_dir: Path) -> IntegrityReport:
-    store = SQLiteTickStore(node_dir / "ticks.db")
+    store = SQLiteTickStore(node_dir / "ticks.db", on_corruption="raise")
     await store.open()
     try:
         return await check(

@@ -113,6 +113,7 @@ def check_command(
     import json  # noqa: PLC0415
 
     from strategylab.chaos import IntegrityReport, check  # noqa: PLC0415
+    from strategylab.market import StoreCorruptedError  # noqa: PLC0415
     from strategylab.market._sqlite_store import SQLiteTickStore  # noqa: PLC0415
 
     for label, path in (("emitted log", emitted), ("database", db)):
@@ -121,14 +122,19 @@ def check_command(
             raise typer.Exit(2)
 
     async def run() -> IntegrityReport:
-        store = SQLiteTickStore(db)
+        # A reader never repairs: a damaged file is reported, not moved aside under a node.
+        store = SQLiteTickStore(db, on_corruption="raise")
         await store.open()
         try:
             return await check(emitted, store, acks, require_complete=require_complete)
         finally:
             await store.aclose()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except StoreCorruptedError as exc:
+        typer.echo(f"strategylab check: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
     raise typer.Exit(0 if report.ok else 1)
 

@@ -25,6 +25,14 @@ opening the log truncates it away, logs a warning, and reports it in :class:`Aud
 (``repaired_tear``, ``discarded_bytes``). :meth:`AuditLog.verify` on a path never repairs anything:
 there a torn line is an error.
 
+Full disk: by default an append that fails (``ENOSPC`` included) raises and leaves the log as it
+was. With ``hold_when_full=N`` a record whose write fails with ``ENOSPC`` or ``EDQUOT`` is instead
+*held* in memory (at most ``N`` of them), already sealed into the chain, and written, in order,
+before the next record once space returns (or by :meth:`AuditLog.flush_held`). ``held`` counts
+them. A held record is not durable: a crash while the disk is full loses the held records (the
+file is still a valid chain, a prefix of the full one). When ``N`` records are held, appends raise
+the ``OSError`` again.
+
 Opening the log checks only the last record (its own hash and encoding), so that opening a long log
 costs O(1); call :meth:`AuditLog.verify` to check the whole chain.
 """
@@ -32,8 +40,10 @@ costs O(1); call :meth:`AuditLog.verify` to check the whole chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -79,6 +89,7 @@ GENESIS_HASH: Final = "0" * 64
 _FIELDS: Final = frozenset({"seq", "timestamp", "kind", "data", "prev_hash", "hash"})
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _TAIL_CHUNK: Final = 64 * 1024
+_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class _HashMismatchError(ValueError):
@@ -495,10 +506,17 @@ class AuditLog:
         *,
         clock: Clock = SYSTEM_CLOCK,
         fsync: bool = True,
+        hold_when_full: int = 0,
     ) -> None:
+        if isinstance(hold_when_full, bool) or not isinstance(hold_when_full, int):
+            raise TypeError(f"hold_when_full={hold_when_full!r}: must be an int >= 0")
+        if hold_when_full < 0:
+            raise ValueError(f"hold_when_full={hold_when_full!r}: must be an int >= 0")
         self._path = Path(path)
         self._clock = clock
         self._fsync = fsync
+        self._hold_limit = hold_when_full
+        self._held: list[bytes] = []
         self._lock = threading.Lock()
         self._broken: str | None = None
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,6 +551,20 @@ class AuditLog:
         """Whether :meth:`close` has been called."""
         return self._fd is None
 
+    @property
+    def held(self) -> int:
+        """Records sealed but held in memory because the disk was full (see the module doc)."""
+        return len(self._held)
+
+    def flush_held(self) -> int:
+        """Write the held records now; returns how many are still held (the disk still full).
+
+        Raises ``ValueError`` when the log is closed.
+        """
+        with self._lock:
+            self._write_held(self._writable_fd())
+            return len(self._held)
+
     def append(self, kind: str, data: Mapping[str, JSONInput]) -> AuditRecord:
         """Write one record and return it once it is written (and fsynced when ``fsync=True``).
 
@@ -552,17 +584,52 @@ class AuditLog:
                 seq=seq + 1, timestamp=timestamp, kind=kind, data=normalized, prev_hash=prev_hash
             )
             line = record.to_line()
+            if self._held and not self._write_held(fd):
+                # Behind records still held: this one must wait its turn, in order.
+                if len(self._held) >= self._hold_limit:
+                    raise OSError(errno.ENOSPC, f"{os.fspath(self._path)}: disk full")
+                self._held.append(line)
+                self._head = (record.seq, record.hash)
+                return record
             start = self._size
             try:
                 _write_all(fd, line)
                 if self._fsync:
                     os.fsync(fd)
+            except OSError as exc:
+                self._roll_back(fd, start)
+                if exc.errno not in _FULL or len(self._held) >= self._hold_limit:
+                    raise
+                _log.warning(
+                    "audit log %s: disk full; holding records in memory until space returns",
+                    os.fspath(self._path),
+                )
+                self._held.append(line)
             except BaseException:
                 self._roll_back(fd, start)
                 raise
-            self._size = start + len(line)
+            else:
+                self._size = start + len(line)
             self._head = (record.seq, record.hash)
             return record
+
+    def _write_held(self, fd: int) -> bool:
+        """Write held records in order (caller holds the lock); True once none is held."""
+        while self._held:
+            line = self._held[0]
+            start = self._size
+            try:
+                _write_all(fd, line)
+                if self._fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                self._roll_back(fd, start)
+                if exc.errno in _FULL:
+                    return False
+                raise
+            self._size = start + len(line)
+            del self._held[0]
+        return True
 
     async def aappend(self, kind: str, data: Mapping[str, JSONInput]) -> AuditRecord:
         """:meth:`append` for the event loop: with ``fsync=True`` the write runs in a thread.
@@ -587,6 +654,16 @@ class AuditLog:
         """Release the file and its lock; idempotent."""
         with self._lock:
             if self._fd is not None:
+                if self._held and self._broken is None:
+                    with contextlib.suppress(OSError):
+                        self._write_held(self._fd)
+                    if self._held:
+                        _log.error(
+                            "audit log %s: closed with %d record(s) held (disk full); "
+                            "they are not in the file",
+                            os.fspath(self._path),
+                            len(self._held),
+                        )
                 fd, self._fd = self._fd, None
                 os.close(fd)
 

@@ -62,6 +62,7 @@ __all__ = [
     "classify",
     "component_kind",
     "default_classifier",
+    "is_corruption",
     "register_rule",
 ]
 
@@ -276,13 +277,47 @@ _SQLITE_PRIMARY: Final[dict[int, ErrorType]] = {
     sqlite3.SQLITE_LOCKED: _T.SYSTEM_OVERLOAD,
     sqlite3.SQLITE_CANTOPEN: _T.DATABASE_CONNECTION_LOST,
     sqlite3.SQLITE_IOERR: _T.DATABASE_CONNECTION_LOST,
-    # Integrity: the stored data can no longer be trusted, which is an ingestion failure.
+    # Integrity: the stored data can no longer be trusted, which is an ingestion failure. Unlike
+    # the other causes of that type it is never transient (see is_corruption): the store moves
+    # the damaged file aside and rebuilds instead of retrying it.
     sqlite3.SQLITE_CORRUPT: _T.DATA_INGESTION_FAILURE,
     sqlite3.SQLITE_NOTADB: _T.DATA_INGESTION_FAILURE,
     # Same reasoning as EACCES: a read-only file or mount is a deployment problem.
     sqlite3.SQLITE_READONLY: _T.CONFIGURATION_ERROR,
     sqlite3.SQLITE_PERM: _T.CONFIGURATION_ERROR,
 }
+
+
+_CORRUPT_SQLITE: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_CORRUPT_SQLSTATES: Final = frozenset({"XX001", "XX002"})
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if getattr(exc, "corruption", False) is True:
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _CORRUPT_SQLITE:
+        return True
+    return getattr(exc, "sqlstate", None) in _CORRUPT_SQLSTATES
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception in its cause chain, says stored data is damaged.
+
+    Corruption is SQLite's ``SQLITE_CORRUPT`` or ``SQLITE_NOTADB`` (any extended code),
+    PostgreSQL's ``data_corrupted`` / ``index_corrupted`` (XX001, XX002), or a project exception
+    with ``corruption = True`` (``StoreCorruptedError``). It classifies as DATA_INGESTION_FAILURE,
+    but unlike the other causes of that type it is never transient: retrying the same file cannot
+    succeed, so callers stop retrying, keep the damaged file for a human and rebuild.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < _MAX_CHAIN:
+        if _is_corrupt(link):
+            return True
+        seen.add(id(link))
+        link = _next_link(link)
+    return False
 
 
 def _sqlite_error(exc: BaseException, kind: ComponentKind | None) -> ErrorType | None:

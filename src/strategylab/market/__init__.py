@@ -50,6 +50,7 @@ from ._failover_store import (
     FailoverStore,
 )
 from ._feed import (
+    AcknowledgingSink,
     Feed,
     FeedConfig,
     FeedDisconnectedError,
@@ -60,6 +61,7 @@ from ._feed import (
     StaleFeedError,
     TickRangeLostError,
     TickSink,
+    UnknownSymbolsError,
 )
 from ._ingest import (
     Ingestor,
@@ -129,6 +131,7 @@ from ._sqlite_store import (
 )
 from ._store import (
     QuarantinedTick,
+    StoreCorruptedError,
     TickStore,
 )
 from ._strategy import (
@@ -146,6 +149,7 @@ from ._tick import (
 
 __all__ = [
     "AckLog",
+    "AcknowledgingSink",
     "AmbiguousOrderError",
     "BacktestConfig",
     "BacktestEngine",
@@ -208,6 +212,7 @@ __all__ = [
     "SpoolStatistics",
     "SpoolStore",
     "StaleFeedError",
+    "StoreCorruptedError",
     "Strategy",
     "StrategyContext",
     "StrategyEngine",
@@ -218,6 +223,7 @@ __all__ = [
     "TickRangeLostError",
     "TickSink",
     "TickStore",
+    "UnknownSymbolsError",
     "decode_frame",
     "decode_ticks",
     "encode_frame",

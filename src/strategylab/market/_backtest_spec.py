@@ -86,7 +86,7 @@ def run_backtest(spec: BacktestSpec) -> BacktestResult:
 
 
 async def _run_event_driven(spec: BacktestSpec, strategy: Strategy, path: Path) -> BacktestResult:
-    store = SQLiteTickStore(path)
+    store = SQLiteTickStore(path, on_corruption="raise")
     await store.open()
     try:
         return await BacktestEngine(strategy, store, spec.config()).run()

@@ -277,6 +277,7 @@ class Exchange:
         self.faults = FaultBoard(clock=clock, seed=config.seed)
         self._subs: set[_Subscriber] = set()
         self._live: list[_Subscriber] = []  # subscribed: receive live frames
+        self._idle: set[_Subscriber] = set()  # subscribed to no known symbol: heartbeats only
         self._has_live = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -498,16 +499,17 @@ class Exchange:
     def _unsubscribe(self, sub: _Subscriber) -> None:
         if sub in self._live:
             self._live.remove(sub)
+        self._idle.discard(sub)
         sub.room.set()
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            if not self._live:
+            if not self._live and not self._idle:
                 continue
             beat = Heartbeat(ts=int(self._clock.time() * 1e9), last=self._gen.last_seq)
             frame = self._wire(KIND_HEARTBEAT, encode_heartbeat(beat))
-            for sub in self._live:
+            for sub in (*self._live, *self._idle):
                 sub.push(frame)
 
     # -- WebSocket --------------------------------------------------------------------------
@@ -577,22 +579,33 @@ class Exchange:
             self._replay(sub, message)
 
     def _subscribe(self, sub: _Subscriber, message: Subscribe) -> None:
+        """Subscribe the known symbols; name the unknown ones in an error first (one bad symbol
+        never blocks the others). With none known the subscriber gets heartbeats only."""
         known = self._history
-        if sub in self._live:
+        if sub in self._live or sub in self._idle:
             sub.push(json.dumps({"type": "error", "reason": "already subscribed"}))
             return
-        unknown = [s for s in (*message.symbols, *message.from_seq) if s not in known]
-        wanted = message.symbols or list(self.config.symbols)
-        stray = [s for s in message.from_seq if s not in wanted]
-        if unknown or stray:
-            bad = (unknown or stray)[0]
-            reason = "unknown symbol" if unknown else "from_seq for a symbol not subscribed"
-            sub.push(json.dumps({"type": "error", "reason": reason, "symbol": bad}))
+        requested = list(dict.fromkeys((*message.symbols, *message.from_seq)))
+        unknown = [s for s in requested if s not in known]
+        wanted = [s for s in message.symbols if s in known]
+        if not message.symbols:
+            wanted = list(self.config.symbols)
+        stray = [s for s in message.from_seq if s in known and s not in wanted]
+        if stray:
+            reason = "from_seq for a symbol not subscribed"
+            sub.push(json.dumps({"type": "error", "reason": reason, "symbol": stray[0]}))
             return
-        sub.symbols = None if set(wanted) == set(self.config.symbols) else frozenset(wanted)
+        if unknown:
+            sub.push(json.dumps({"type": "error", "reason": "unknown symbols", "unknown": unknown}))
         last = self._gen.last_seq
         sub.push(json.dumps({"type": "subscribed", "symbols": wanted, "last": last}))
+        if not wanted:
+            self._idle.add(sub)
+            return
+        sub.symbols = None if set(wanted) == set(self.config.symbols) else frozenset(wanted)
         for symbol, from_seq in message.from_seq.items():
+            if symbol not in known:
+                continue
             to_seq = last[symbol]
             if from_seq <= to_seq:
                 ticks = self._retained(sub, symbol, max(from_seq, 1), to_seq)

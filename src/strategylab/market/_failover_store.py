@@ -20,6 +20,19 @@ States::
 An acknowledged batch is either committed in the primary or fsynced in the spool, and it leaves
 the spool only after the primary committed it: nothing acknowledged is lost.
 
+A STALL is a failure too: every operation on the primary (a write, a quarantine, a probe, a drain
+write, ``last_seqs``) must finish within ``stall_timeout`` seconds. One that overruns raises
+:class:`StoreStallError` here at once (a write's batch then goes to the spool, as for any failed
+write) and is left to finish on its own in the background (the primary is idempotent, so a late
+commit is harmless; a cancelled psycopg call could itself block for seconds on a frozen server).
+Such *stragglers* are cancelled, with a deadline, by :meth:`FailoverStore.aclose`. While a probe
+is still pending no second one is started.
+
+Spool corruption (see :mod:`strategylab.market._spool`) found when opening or draining is reported
+to the manager as one :class:`~strategylab.market.SpoolCorruptionError` per pass, and
+:meth:`FailoverStore.last_seqs` holds every symbol at its resume limit, so the feed asks the
+exchange for the damaged range again.
+
 Only the error that starts an outage is reported to the recovery manager. Failed probes and failed
 drain attempts during the same outage are counted in :meth:`FailoverStore.statistics` instead:
 reporting each one would look like a storm of new errors and escalate (for a full disk, to the
@@ -29,25 +42,40 @@ emergency shutdown) while the failover is doing its job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Sequence
-from typing import Final
+import math
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final, TypeVar
 
-from strategylab.fault_tolerance import ErrorRecoveryManager
+from strategylab.errors import ConfigurationError, StrategyLabError
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
 
-from ._spool import SpoolStore
+from ._spool import SpoolCorruptionError, SpoolStore
 from ._store import QuarantinedTick, TickStore
 from ._tick import Tick
 
-__all__ = ["FailoverState", "FailoverStatistics", "FailoverStore"]
+__all__ = ["FailoverState", "FailoverStatistics", "FailoverStore", "StoreStallError"]
+
+_T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
 
 _UNLOCKED_PASSES: Final = 8
 """At most this many drain passes run while writes keep going to the spool (see ``_drain``)."""
+
+
+class StoreStallError(StrategyLabError, TimeoutError):
+    """The primary store did not finish an operation within ``stall_timeout`` seconds."""
+
+    error_type = ErrorType.DATABASE_CONNECTION_LOST
+
+    def __init__(self, store: str, operation: str, timeout: float) -> None:
+        super().__init__(f"{store}: {operation} did not finish within stall_timeout={timeout}s")
+        self.store = store
+        self.operation = operation
+        self.timeout = timeout
 
 
 class FailoverState(enum.Enum):
@@ -71,12 +99,104 @@ class FailoverStatistics:
     failed_probes: int
     failed_drains: int
     spool_pending: int
+    stalls: int
+    """Primary operations abandoned after ``stall_timeout``."""
+    corruptions: int
+    """Damaged spool ranges found (and reported) since the store was opened."""
 
 
 def _merge_max(into: dict[str, int], other: dict[str, int]) -> None:
     for symbol, seq in other.items():
         if seq > into.get(symbol, 0):
             into[symbol] = seq
+
+
+class _StallGuard:
+    """Runs primary operations with a deadline and keeps the ones it abandoned."""
+
+    def __init__(self, store: str, timeout: float) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.stalls = 0
+        self.stragglers: set[asyncio.Task[Any]] = set()
+
+    async def run(self, operation: str, call: Coroutine[Any, Any, _T]) -> _T:
+        task = asyncio.create_task(call, name=f"{self.store}.{operation}")
+        try:
+            done, _ = await asyncio.wait((task,), timeout=self.timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            self._adopt(task)
+            raise
+        if not done:
+            self.stalls += 1
+            self._adopt(task)
+            raise StoreStallError(self.store, operation, self.timeout)
+        return task.result()
+
+    def pending(self, operation: str) -> bool:
+        name = f"{self.store}.{operation}"
+        return any(task.get_name() == name for task in self.stragglers)
+
+    def _adopt(self, task: asyncio.Task[Any]) -> None:
+        self.stragglers.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.stragglers.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.info("abandoned %s ended late: %r", task.get_name(), exc)
+
+    async def aclose(self, deadline: float) -> None:
+        tasks = set(self.stragglers)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=deadline)
+            for task in stuck:
+                _log.error("%s still running %ss after it was cancelled", task.get_name(), deadline)
+
+
+class _Bounded:
+    """The primary as a drain sees it: every write and read bounded by the stall guard."""
+
+    def __init__(self, primary: TickStore, guard: _StallGuard) -> None:
+        self._primary = primary
+        self._guard = guard
+
+    @property
+    def name(self) -> str:
+        return self._primary.name
+
+    async def open(self) -> None:
+        await self._primary.open()
+
+    async def aclose(self) -> None:
+        await self._primary.aclose()
+
+    async def write(self, ticks: Sequence[Tick]) -> int:
+        return await self._guard.run("drain", self._primary.write(ticks))
+
+    async def last_seqs(self) -> dict[str, int]:
+        return await self._guard.run("last_seqs", self._primary.last_seqs())
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        return await self._primary.read(symbol, from_seq, to_seq)
+
+    async def symbols(self) -> list[str]:
+        return await self._primary.symbols()
+
+    async def duplicates(self) -> int:
+        return await self._primary.duplicates()
+
+    async def quarantine(self, entries: Sequence[QuarantinedTick]) -> None:
+        await self._guard.run("quarantine", self._primary.quarantine(entries))
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        return await self._primary.quarantined()
+
+    async def health(self) -> bool:
+        return await self._guard.run("health", self._primary.health())
 
 
 class FailoverStore:
@@ -93,12 +213,24 @@ class FailoverStore:
         *,
         manager: ErrorRecoveryManager | None = None,
         probe_interval: float = 0.5,
+        stall_timeout: float = 1.0,
         name: str = "store",
     ) -> None:
-        if probe_interval <= 0:
-            raise ValueError(f"probe_interval={probe_interval!r}: must be > 0")
+        """``probe_interval`` and ``stall_timeout`` are seconds; a bad one raises
+        :class:`~strategylab.errors.ConfigurationError` naming it."""
+        for key, value in (("probe_interval", probe_interval), ("stall_timeout", stall_timeout)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(key, value, "must be a finite number of seconds > 0")
         self.primary = primary
         self.spool = spool
+        self._guard = _StallGuard(primary.name, float(stall_timeout))
+        self._bounded = _Bounded(primary, self._guard)
+        self._reported = 0
         self._manager = manager
         self._probe_interval = probe_interval
         self._name = name
@@ -137,12 +269,27 @@ class FailoverStore:
         A spool left non-empty by an earlier run is drained before writes go to the primary.
         """
         await self.spool.open()
+        await self._report_corruptions()
         try:
             await self.primary.open()
         except Exception as exc:
             await self._fail_over(exc)
         else:
             if not self.spool.is_empty():
+                # Before the first drain: a primary that ends before the spool begins lost a
+                # range after it was acknowledged (a rebuilt file): fetch that range again.
+                try:
+                    await self.spool.hold_behind(await self._bounded.last_seqs())
+                except Exception as exc:  # positions unknown: nothing to compare with
+                    _log.warning("%s: primary positions unavailable: %r", self._name, exc)
+            if self.spool.needs_settle:
+                # Before anything new reaches the primary: its positions now are from before
+                # the damage. If that fails, the drain settles first (writes go to the spool).
+                try:
+                    await self.spool.settle(self._bounded)
+                except Exception as exc:  # any failure: the drain settles first
+                    _log.warning("%s: primary positions unavailable: %r", self._name, exc)
+            if not self.spool.is_empty() or self.spool.needs_settle:
                 self._set_state(FailoverState.SPOOLING)
                 self._failovers += 1
         if self._task is None:
@@ -160,6 +307,7 @@ class FailoverStore:
             await asyncio.wait([task])
             if not task.cancelled() and (exc := task.exception()) is not None:
                 _log.error("%s: failback task had died: %r", self._name, exc)
+        await self._guard.aclose(max(1.0, self._guard.timeout))
         async with self._lock:
             try:
                 await self.primary.aclose()
@@ -177,7 +325,10 @@ class FailoverStore:
     async def health(self) -> bool:
         """True when writes are being durably accepted right now (by the primary or the spool)."""
         if self._state is FailoverState.PRIMARY:
-            return await self.primary.health()
+            try:
+                return await self._guard.run("health", self.primary.health())
+            except StoreStallError:
+                return False
         return await self.spool.health()
 
     async def failover(self) -> bool:
@@ -200,6 +351,8 @@ class FailoverStore:
             failed_probes=self._failed_probes,
             failed_drains=self._failed_drains,
             spool_pending=self.spool.pending_batches,
+            stalls=self._guard.stalls,
+            corruptions=len(self.spool.corruptions()),
         )
 
     async def wait_for_state(self, state: FailoverState) -> None:
@@ -229,7 +382,10 @@ class FailoverStore:
     async def write(self, ticks: Sequence[Tick]) -> int:
         """Durably store ``ticks`` in the primary, or in the spool while the primary is down.
 
-        Returns the primary's count of new ticks, or ``len(ticks)`` when spooled.
+        A primary write that fails, or does not finish within ``stall_timeout`` seconds, fails
+        over: the batch is spooled instead. Returns the primary's count of new ticks, or
+        ``len(ticks)`` when spooled. Raises what the spool raises when it cannot take the batch
+        either (:class:`OSError`): then nothing was acknowledged.
         """
         if not ticks:
             return 0
@@ -237,13 +393,15 @@ class FailoverStore:
         async with self._lock:
             if self._state is FailoverState.PRIMARY:
                 try:
-                    written = await self.primary.write(ticks)
+                    written = await self._guard.run("write", self.primary.write(ticks))
                 except Exception as exc:
                     failure = exc
                     self._switch_to_spool()
                 else:
                     self._to_primary += 1
                     self._remember(ticks)
+                    if self.spool.has_resume_limits:
+                        await self.spool.record_stored(ticks)
                     return written
             written = await self.spool.write(ticks)
             self._to_spool += 1
@@ -253,12 +411,17 @@ class FailoverStore:
         return written
 
     async def last_seqs(self) -> dict[str, int]:
-        """The highest sequence per symbol in the primary or the spool (or acknowledged here)."""
+        """The highest sequence per symbol in the primary or the spool (or acknowledged here),
+        held at the resume limits that spool corruption left (where the feed must resume).
+
+        A primary that fails or stalls (``stall_timeout``) is left out."""
         merged = dict(self._known)
         _merge_max(merged, await self.spool.last_seqs())
-        with contextlib.suppress(Exception):
-            _merge_max(merged, await self.primary.last_seqs())
-        return merged
+        try:
+            _merge_max(merged, await self._guard.run("last_seqs", self.primary.last_seqs()))
+        except Exception as exc:  # the spool and the acks still count
+            _log.debug("%s: primary positions unavailable: %r", self._name, exc)
+        return self.spool.apply_resume_limits(merged)
 
     async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
         """Ticks of ``symbol`` in the range from the primary and the pending spool, in order."""
@@ -281,7 +444,7 @@ class FailoverStore:
         async with self._lock:
             if self._state is FailoverState.PRIMARY:
                 try:
-                    await self.primary.quarantine(entries)
+                    await self._guard.run("quarantine", self.primary.quarantine(entries))
                 except Exception as exc:
                     self._switch_to_spool()
                     failure: Exception | None = exc
@@ -323,6 +486,12 @@ class FailoverStore:
             self._switch_to_spool()
         await self._report(exc)
 
+    async def _report_corruptions(self) -> None:
+        found = self.spool.corruptions()
+        new, self._reported = found[self._reported :], len(found)
+        if new and self._manager is not None:
+            await self._manager.handle(SpoolCorruptionError(new), component=self._name)
+
     async def _report(self, exc: Exception) -> None:
         _log.warning("%s: primary %s failed, spooling: %r", self._name, self.primary.name, exc)
         if self._manager is not None:
@@ -352,9 +521,11 @@ class FailoverStore:
                 await asyncio.sleep(self._probe_interval)
 
     async def _probe(self) -> bool:
+        if self._guard.pending("health"):
+            return False  # the last probe is still waiting for an answer
         try:
-            return (await self.primary.health()) is True
-        except Exception:
+            return (await self._bounded.health()) is True
+        except Exception:  # a stall too: a failed probe
             return False
 
     async def _drain(self) -> bool:
@@ -369,12 +540,14 @@ class FailoverStore:
         try:
             for _ in range(_UNLOCKED_PASSES):
                 before = self.spool.pending_batches
-                self._drained += await self.spool.drain(self.primary)
+                self._drained += await self.spool.drain(self._bounded)
+                await self._report_corruptions()
                 after = self.spool.pending_batches
                 if after <= 0 or 2 * after > before:
                     break
             async with self._lock:
-                self._drained += await self.spool.drain(self.primary)
+                self._drained += await self.spool.drain(self._bounded)
+                await self._report_corruptions()
                 self._failbacks += 1
                 self._set_state(FailoverState.PRIMARY)
         except Exception as exc:

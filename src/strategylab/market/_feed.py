@@ -15,8 +15,20 @@ then reads frames and, per frame:
 * hands the frame's good ticks to the sink in ONE await (the sink applies backpressure).
 
 A connection with no frame (heartbeats included) for ``stale_after`` seconds is closed and
-reopened; reconnects back off exponentially with full jitter, the first one immediately. Errors go
-to the optional :class:`ErrorRecoveryManager` from owned background tasks, never blocking reads.
+reopened. Silence is counted only while this process could observe frames: when the watchdog
+itself wakes up late (the process was stopped with SIGSTOP, or its event loop was blocked), the
+frames that arrived meanwhile are still buffered, unread, so the watchdog re-arms instead of
+discarding them with the connection.
+
+Reconnects back off exponentially with full jitter, the first one immediately; the backoff is reset
+only by a connection that has proven itself (data delivered and acknowledged by the sink, or alive
+``proven_after`` seconds), never by a bare "subscribed", and a server's request to wait (close code
+1012/1013, ``Retry-After`` on a 429/503 handshake) is honoured (:class:`FeedBackoff`). A failed
+connection attempt is logged once per cause until a connection succeeds; a lost connection once
+per outage. Symbols the exchange does not know are logged (ERROR) and reported once
+(:class:`UnknownSymbolsError`, a CONFIGURATION_ERROR) while the others are ingested. Text that
+came from the peer is escaped before it reaches a log line. Errors go to the optional
+:class:`ErrorRecoveryManager` from owned background tasks, never blocking reads.
 """
 
 from __future__ import annotations
@@ -24,22 +36,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import random
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, retry_after_hint
 
-from ._feed_backoff import Backoff
+from ._feed_backoff import RETRY_LATER_CODES, FeedBackoff
 from ._protocol import (
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
@@ -57,6 +72,7 @@ from ._store import QuarantinedTick
 from ._tick import Tick, validate_tick
 
 __all__ = [
+    "AcknowledgingSink",
     "Feed",
     "FeedConfig",
     "FeedDisconnectedError",
@@ -67,6 +83,7 @@ __all__ = [
     "StaleFeedError",
     "TickRangeLostError",
     "TickSink",
+    "UnknownSymbolsError",
 ]
 
 _log = logging.getLogger(__name__)
@@ -74,6 +91,20 @@ _INF = math.inf
 _MAX_REPORTS = 32
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
+_PROOF_POLL = 0.05
+"""Seconds between checks of the sink's acknowledgements while a connection has not yet proven
+itself (only then: a proven connection costs the watchdog nothing)."""
+_PAUSE_FRACTION = 0.25
+"""A watchdog that wakes later than planned by more than this fraction of ``stale_after`` (and
+at least :data:`_PAUSE_MIN`) was not running: it re-arms rather than judge the silence."""
+_PAUSE_MIN = 0.05
+_PEER_TEXT = 120
+"""Characters of peer-supplied text kept (escaped) in a log line or an error message."""
+
+
+def _peer(text: object) -> str:
+    """Peer-supplied text made safe for one log line: truncated, then escaped by ``repr``."""
+    return repr(str(text)[:_PEER_TEXT])
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -113,6 +144,19 @@ class TickRangeLostError(FeedError):
     error_type = ErrorType.DATA_INGESTION_FAILURE
 
 
+class UnknownSymbolsError(FeedError):
+    """The exchange does not know some configured symbols; the others are ingested.
+
+    ``symbols`` holds the unknown names. A configuration error: retrying does not fix it.
+    """
+
+    error_type = ErrorType.CONFIGURATION_ERROR
+
+    def __init__(self, message: str, symbols: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.symbols = symbols
+
+
 class _KickedError(Exception):
     """The feed was asked to reconnect (reload, failover)."""
 
@@ -136,11 +180,28 @@ class TickSink(Protocol):
         ...
 
 
+class AcknowledgingSink(TickSink, Protocol):
+    """A sink that also says what it has durably dealt with (the ingestor does).
+
+    A feed proves a connection by seeing ``accounted()`` pass the position the connection started
+    from; with a sink that lacks the method, a delivery (``put`` returned) counts instead.
+    """
+
+    def accounted(self) -> Mapping[str, int]:
+        """Per symbol, the highest sequence stored or quarantined (committed)."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class FeedConfig:
     """How a :class:`Feed` connects and when it gives up on a connection.
 
     ``urls`` is the primary exchange endpoint followed by backups (FAILOVER moves to the next).
+    Times are in seconds. ``proven_after``: a connection alive this long after "subscribed" has
+    proven itself and resets the reconnect backoff (so does data it delivered being stored).
+    ``retry_later_floor``: the least wait after the server closes with 1012 or 1013.
+    ``max_server_wait``: the cap on a ``Retry-After`` wait the server asks for. Raises
+    :class:`~strategylab.errors.ConfigurationError` naming a bad field.
     """
 
     urls: tuple[str, ...]
@@ -154,6 +215,9 @@ class FeedConfig:
     max_replay_attempts: int = 3
     max_held: int = 1_000_000
     recovery_timeout: float = 10.0
+    proven_after: float = 5.0
+    retry_later_floor: float = 1.0
+    max_server_wait: float = 60.0
     report_quiet: float = 5.0
     """Repeats of an error type within this many seconds of the last are counted, not reported."""
     name: str = "feed"
@@ -166,7 +230,13 @@ class FeedConfig:
                 raise ConfigurationError("urls", url, "must start with ws:// or wss://")
         if not self.symbols or not all(self.symbols):
             raise ConfigurationError("symbols", self.symbols, "must be non-empty symbol names")
-        for key in ("stale_after", "backoff_floor", "connect_timeout", "replay_timeout"):
+        for key in (
+            "stale_after",
+            "backoff_floor",
+            "connect_timeout",
+            "replay_timeout",
+            "proven_after",
+        ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number > 0")
@@ -180,6 +250,10 @@ class FeedConfig:
             raise ConfigurationError("max_held", self.max_held, "must be >= 1")
         if not self.recovery_timeout > 0:
             raise ConfigurationError("recovery_timeout", self.recovery_timeout, "must be > 0")
+        for key in ("retry_later_floor", "max_server_wait"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigurationError(key, value, "must be a finite number >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,6 +281,14 @@ class FeedStatistics:
     stale_timeouts: int
     reports_suppressed: int
     """Errors counted but not sent to the manager: repeats within one episode, or overflow."""
+    connect_failures: int
+    """Connection attempts that failed before the WebSocket handshake completed."""
+    pauses: int
+    """Times the stale watchdog woke late (process stopped, loop blocked) and re-armed."""
+    proven: bool
+    """The current connection has proven itself (data stored, or alive ``proven_after``)."""
+    unknown_symbols: tuple[str, ...]
+    """Configured symbols the exchange said it does not know (on the last subscription)."""
     last_seq: Mapping[str, int]
     """The last sequence accounted for (delivered, quarantined or declared lost) per symbol."""
 
@@ -247,8 +329,18 @@ class Feed:
         self._clock = clock
         self._key = config.signing_key
         self._symbols = frozenset(config.symbols)
-        self._backoff = Backoff(
-            config.backoff_floor, config.backoff_cap, rng=rng or random.Random(), clock=clock
+        self._backoff = FeedBackoff(
+            config.backoff_floor,
+            config.backoff_cap,
+            proven_after=config.proven_after,
+            retry_later_floor=config.retry_later_floor,
+            max_server_wait=config.max_server_wait,
+            rng=rng or random.Random(),
+            clock=clock,
+        )
+        accounted = getattr(sink, "accounted", None)
+        self._accounted: Callable[[], Mapping[str, int]] | None = (
+            accounted if callable(accounted) else None
         )
         self._url_index = 0
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +348,13 @@ class Feed:
         self._reports: set[asyncio.Task[None]] = set()
         self._ws: ClientConnection | None = None
         self._healthy = asyncio.Event()
+        self._proven = asyncio.Event()
+        self._proof_base: dict[str, int] = {}
+        self._observed_from = 0.0
+        self._unknown: frozenset[str] = frozenset()
+        self._unknown_reported: frozenset[str] = frozenset()
+        self._connect_logged: set[str] = set()
+        self._connect_failures = self._pauses = 0
         self._connected = False
         self._subscribed = False
         self._blocked = False
@@ -331,7 +430,8 @@ class Feed:
             return False
         if self._blocked:
             return True
-        return self._clock.monotonic() - self._last_seen < self._config.stale_after
+        since = max(self._last_seen, self._observed_from)
+        return self._clock.monotonic() - since < self._config.stale_after
 
     async def wait_healthy(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until connected and subscribed; ``TimeoutError`` after ``timeout`` seconds."""
@@ -358,6 +458,10 @@ class Feed:
             reconnects=max(0, self._connects - 1),
             stale_timeouts=self._stale,
             reports_suppressed=self._suppressed,
+            connect_failures=self._connect_failures,
+            pauses=self._pauses,
+            proven=self._backoff.proven,
+            unknown_symbols=tuple(s for s in self._config.symbols if s in self._unknown),
             last_seq=dict(self._delivered),
         )
 
@@ -376,34 +480,99 @@ class Feed:
         while True:
             url = self.url
             self._connects += 1
-            error: BaseException | None
             try:
-                await self._connection(url)
-                error = FeedDisconnectedError(f"{url}: the exchange closed the connection")
-            except _KickedError:
-                error = None
-            except FeedError as exc:
-                error = exc
-            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-                error = FeedDisconnectedError(f"{url}: {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-            except Exception as exc:
-                # Bad input must never kill the feed: log it, report it, reconnect.
-                _log.exception("feed %s: unexpected error; reconnecting", self.name)
-                error = FeedDisconnectedError(f"{url}: unexpected {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
+                error = await self._connect_once(url)
             finally:
+                ws = self._ws
+                if ws is not None:
+                    self._check_proven()  # data stored just before the close still counts
                 self._on_disconnect()
-            if error is not None and not self._outage:
-                self._outage = True
-                self._report(error, recovered=self._wait_recovered)
-            delay = self._backoff.next_delay()
+            close_code = ws.close_code if ws is not None else None
+            retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
+            delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
+            if error is not None:
+                if ws is None:
+                    self._connect_failures += 1
+                    self._log_connect_failure(url, error, delay)
+                elif not self._outage:
+                    self._log_drop(url, ws, error, delay)
+                if not self._outage:
+                    self._outage = True
+                    self._report(error, recovered=self._wait_recovered)
             if delay > 0:
                 await self._clock.asleep(delay)
+
+    async def _connect_once(self, url: str) -> Exception | None:
+        """One connection from attempt to end; the error that ended it (None when kicked)."""
+        try:
+            await self._connection(url)
+        except _KickedError:
+            return None
+        except FeedError as exc:
+            return exc
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            error = FeedDisconnectedError(f"{url}: {type(exc).__name__}: {_peer(exc)}")
+            error.__cause__ = exc
+            return error
+        except Exception as exc:
+            # Bad input must never kill the feed: log it, report it, reconnect.
+            _log.exception("feed %s: unexpected error; reconnecting", self.name)
+            error = FeedDisconnectedError(f"{url}: unexpected {type(exc).__name__}: {_peer(exc)}")
+            error.__cause__ = exc
+            return error
+        return FeedDisconnectedError(f"{url}: the exchange closed the connection")
+
+    def _log_connect_failure(self, url: str, error: Exception, delay: float) -> None:
+        """Once per cause until a connection succeeds: a refused or failed attempt, and why."""
+        key, cause = _connect_failure(error, self._config.connect_timeout)
+        if key in self._connect_logged:
+            return
+        self._connect_logged.add(key)
+        _log.warning(
+            "feed %s: cannot connect to %s: %s; retrying in %.2fs with backoff "
+            "(logged once per cause until connected)",
+            self.name,
+            url,
+            cause,
+            delay,
+        )
+
+    def _log_drop(self, url: str, ws: ClientConnection, error: Exception, delay: float) -> None:
+        """Once per outage: why an established connection ended."""
+        code = ws.close_code
+        if isinstance(error, StaleFeedError | ReplayTimeoutError) or code is None:
+            cause = str(error)
+        else:
+            cause = f"closed with code {code} reason {_peer(ws.close_reason or '')}"
+            if code in RETRY_LATER_CODES:
+                cause += " (the server asks the client to wait)"
+        _log.warning(
+            "feed %s: connection to %s lost: %s; reconnecting in %.2fs "
+            "(logged once until a connection proves itself)",
+            self.name,
+            url,
+            cause,
+            delay,
+        )
+
+    def _check_proven(self) -> None:
+        """Has the current connection proven itself? Then the backoff starts over."""
+        backoff = self._backoff
+        if backoff.proven or not self._subscribed:
+            return
+        if backoff.alive(self._last_seen) or (self._stored_progress() and backoff.stored()):
+            self._outage = False
+            self._proven.set()
+
+    def _stored_progress(self) -> bool:
+        """Whether the sink has dealt with data this connection delivered."""
+        done = self._delivered if self._accounted is None else self._accounted()
+        return any(done.get(s, 0) > n for s, n in self._proof_base.items())
 
     def _on_disconnect(self) -> None:
         self._connected = self._subscribed = self._blocked = False
         self._healthy.clear()
+        self._proven.clear()
         self._ws = None
         self._reader = None
         # Held ticks and pending replays are per connection: the resubscription resends them.
@@ -413,7 +582,10 @@ class Feed:
         self._hb_last.clear()
 
     async def _wait_recovered(self) -> None:
-        await self.wait_healthy(self._config.recovery_timeout)
+        """A drop is recovered when a new connection has proven itself, not merely subscribed:
+        a server that accepts and closes again is still an outage."""
+        async with asyncio.timeout(self._config.recovery_timeout):
+            await self._proven.wait()
 
     async def _connection(self, url: str) -> None:
         cfg = self._config
@@ -430,12 +602,15 @@ class Feed:
         async with ws:
             self._ws = ws
             self._connected = True
+            self._connect_logged.clear()  # a new episode of failed attempts starts after this
             stored = await self._sink.last_seqs()
             delivered = self._delivered
             for symbol in cfg.symbols:
                 delivered[symbol] = max(delivered.get(symbol, 0), stored.get(symbol, 0))
             from_seq = {s: delivered[s] + 1 for s in cfg.symbols}
-            self._last_seen = self._clock.monotonic()
+            self._proof_base = {s: delivered[s] for s in cfg.symbols}
+            self._unknown = frozenset()
+            self._last_seen = self._observed_from = self._clock.monotonic()
             self._kick_reason = None
             reader = self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}.read")
             await ws.send(
@@ -453,34 +628,55 @@ class Feed:
                 await asyncio.wait({reader})
 
     async def _watch(self, reader: asyncio.Task[None]) -> None:
-        """Wait on the reader; close on a stale connection or an unanswered replay."""
-        cfg = self._config
+        """Wait on the reader; close on a stale connection or an unanswered replay.
+
+        Silence is measured from the later of the last frame and the last time the watchdog woke
+        up late: a late wake-up means this process was not running (SIGSTOP, a blocked loop),
+        and what the peer sent meanwhile is buffered, unread; judging it stale would discard it.
+        """
         clock = self._clock
+        late = max(self._config.stale_after * _PAUSE_FRACTION, _PAUSE_MIN)
         while True:
             now = clock.monotonic()
-            deadline = self._last_seen + cfg.stale_after
-            if self._blocked:
-                deadline = now + cfg.stale_after
-            elif now >= deadline:
-                self._stale += 1
-                raise StaleFeedError(
-                    f"{self.url}: no frame for {now - self._last_seen:.2f}s "
-                    f"(stale_after={cfg.stale_after}s)"
-                )
-            for symbol, pending in self._pending.items():
-                due = pending.requested_at + cfg.replay_timeout
-                if now >= due:
-                    raise ReplayTimeoutError(
-                        f"replay of {symbol} {pending.first}..{pending.last} unanswered "
-                        f"after {cfg.replay_timeout}s"
-                    )
-                deadline = min(deadline, due)
-            await asyncio.wait({reader}, timeout=max(deadline - now, 0.001))
+            if not self._backoff.proven:
+                self._check_proven()
+            deadline = self._deadline(now)
+            if self._subscribed and not self._backoff.proven:
+                deadline = min(deadline, now + _PROOF_POLL)
+            wait = max(deadline - now, 0.001)
+            await asyncio.wait({reader}, timeout=wait)
             if reader.done():
                 if reader.cancelled():
                     raise _KickedError(self._kick_reason or "cancelled")
                 reader.result()  # raises what ended the reader
                 return
+            woke = clock.monotonic()
+            if woke - (now + wait) > late:
+                self._pauses += 1
+                self._observed_from = woke
+
+    def _deadline(self, now: float) -> float:
+        """When the watchdog must look again; raises if the connection is stale or a replay
+        went unanswered."""
+        cfg = self._config
+        since = max(self._last_seen, self._observed_from)
+        deadline = since + cfg.stale_after
+        if self._blocked:
+            deadline = now + cfg.stale_after
+        elif now >= deadline:
+            self._stale += 1
+            raise StaleFeedError(
+                f"{self.url}: no frame for {now - since:.2f}s (stale_after={cfg.stale_after}s)"
+            )
+        for symbol, pending in self._pending.items():
+            due = max(pending.requested_at, self._observed_from) + cfg.replay_timeout
+            if now >= due:
+                raise ReplayTimeoutError(
+                    f"replay of {symbol} {pending.first}..{pending.last} unanswered "
+                    f"after {cfg.replay_timeout}s"
+                )
+            deadline = min(deadline, due)
+        return deadline
 
     async def _read(self, ws: ClientConnection) -> None:
         key = self._key
@@ -518,9 +714,10 @@ class Feed:
             await self._on_ticks(ws, ticks)
 
     def _on_subscribed(self) -> None:
+        # Not a reset of the backoff or of the outage: a server that answers "subscribed" and
+        # closes has proven nothing (see _check_proven).
         self._subscribed = True
-        self._outage = False
-        self._backoff.reset()
+        self._backoff.healthy()
         self._healthy.set()
 
     # ------------------------------------------------------------------ the hot path
@@ -793,16 +990,40 @@ class Feed:
         kind = reply.get("type")
         if kind == "subscribed":
             self._on_subscribed()
+        elif kind == "error" and "unknown" in reply:
+            self._on_unknown_symbols(reply.get("unknown"))
         elif kind == "error":
             await self._on_exchange_error(ws, reply)
         else:
             self._control_errors += 1
             self._report(InvalidTickError(f"unexpected control message: {message[:200]!r}"))
 
+    def _on_unknown_symbols(self, names: object) -> None:
+        """The exchange subscribed the symbols it knows and names the others: log and report
+        them once per distinct set, and keep ingesting the rest."""
+        listed = names if isinstance(names, list) else []
+        unknown = frozenset(s for s in listed if isinstance(s, str) and s in self._symbols)
+        if not unknown:
+            self._control_errors += 1
+            self._report(
+                InvalidTickError(f"unknown-symbols error naming none of ours: {names!r:.200}")
+            )
+            return
+        self._unknown = unknown
+        if unknown == self._unknown_reported:
+            return
+        self._unknown_reported = unknown
+        ordered = tuple(s for s in self._config.symbols if s in unknown)
+        known = [s for s in self._config.symbols if s not in unknown]
+        rest = f"ingesting {', '.join(known)}" if known else "no configured symbol is known"
+        what = f"the exchange does not know symbol(s) {', '.join(map(repr, ordered))}; {rest}"
+        _log.error("feed %s: %s", self.name, what)
+        self._report(UnknownSymbolsError(what, ordered))
+
     async def _on_exchange_error(self, ws: ClientConnection, reply: dict[str, object]) -> None:
         """An error naming a range is a loss of that range (the exchange then replays the rest);
         any other error is counted and reported."""
-        reason = str(reply.get("reason", ""))[:200]
+        reason = _peer(reply.get("reason", ""))
         symbol, first, last = reply.get("symbol"), reply.get("from_seq"), reply.get("to_seq")
         if not (
             isinstance(symbol, str)
@@ -852,6 +1073,27 @@ class Feed:
             await manager.handle(exc, component=self.name, operation=recovered)
         except Exception:
             _log.exception("feed %s: the recovery manager failed on %r", self.name, exc)
+
+
+def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:
+    """``(key, cause)`` of a failed connection attempt: one key per kind of cause, and a line
+    that says why, with anything the peer supplied escaped."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    if isinstance(cause, InvalidStatus):
+        response = cause.response
+        retry = response.headers.get("Retry-After")
+        text = f"handshake rejected: HTTP {response.status_code} {_peer(response.reason_phrase)}"
+        if retry is not None:
+            text += f", Retry-After {_peer(retry)}"
+        return f"http {response.status_code}", text
+    if isinstance(cause, socket.gaierror):
+        return "dns", f"DNS lookup failed: {cause.strerror or _peer(cause)}"
+    if isinstance(cause, TimeoutError):
+        return "timeout", f"no handshake within connect_timeout={connect_timeout}s"
+    if isinstance(cause, OSError) and cause.errno is not None:
+        name = errno.errorcode.get(cause.errno, str(cause.errno))
+        return f"errno {name}", f"{cause.strerror or 'error'} ({name})"
+    return type(cause).__name__, f"{type(cause).__name__}: {_peer(cause)}"
 
 
 def last_seqs_of(ticks: Sequence[Tick]) -> dict[str, int]:

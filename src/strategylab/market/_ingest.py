@@ -7,6 +7,18 @@ with ``store.write`` (idempotent on (symbol, seq)) and only then ACKNOWLEDGES th
 watermarks go to the :class:`AckLog` and the counters. A failed write is reported to the recovery
 manager and retried with backoff, forever: a batch is never dropped (with a ``FailoverStore`` the
 failover to the spool happens inside the store).
+
+A batch leaves the queue only once it is acknowledged, i.e. stored AND its watermarks are in the ack
+log. When the ack-log append fails (``ENOSPC`` on a full disk) after the store committed, the
+failure is reported like a failed write (classified DISK_SPACE_EXHAUSTED) and only the append is
+retried, with the same backoff, until space returns; the queue keeps the batch, so ``queued`` stays
+honest and the feed is held back. An ack that could not be written yet is never a loss (the ack log
+may claim less than is stored, never more).
+
+The writer task is owned by a :class:`~strategylab._tasks.SupervisedTask`: should it die of an
+unexpected exception anyway, the failure is reported to the recovery manager,
+:meth:`Ingestor.health` is False while it is down, and it is restarted with backoff, resuming at
+the head of the queue (writes are idempotent, so a batch written twice is stored once).
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import math
 import random
 from collections.abc import Mapping
 
-from strategylab._tasks import cancel_and_wait
+from strategylab._tasks import SupervisedTask, cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 from strategylab.fault_tolerance import ErrorContext, ErrorRecoveryManager, classify
@@ -85,6 +97,12 @@ class IngestStatistics:
     """A write is in progress or being retried."""
     acked: Mapping[str, int]
     """The acknowledged watermark per symbol."""
+    healthy: bool = True
+    """The writer is running and neither a write nor an ack-log append is failing right now."""
+    failing: str | None = None
+    """What is failing right now (``"write"``, ``"ack_log"``, ``"writer"``), else None."""
+    restarts: int = 0
+    """Times the writer task died and was restarted by its supervisor."""
 
 
 class _Quarantine:
@@ -124,11 +142,19 @@ class Ingestor:
         self._full_batch = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._supervisor = SupervisedTask(
+            self._writer,
+            name=f"{self._config.name}.writer",
+            on_failure=self._writer_died,
+            delay=lambda _n: self._backoff.next_delay(),
+            clock=clock,
+        )
         self._reports: set[asyncio.Task[None]] = set()
         self._draining = False
         self._closed = False
         self._writing = False
         self._failing = False
+        self._failing_what: str | None = None
         self._acked: dict[str, int] = {}
         self._accounted: dict[str, int] = {}
         self._batches = self._acknowledged = self._new = 0
@@ -181,12 +207,14 @@ class Ingestor:
             raise IngestorClosedError(f"{self.name} is closed")
         if self._task is None or self._task.done():
             self._draining = False
-            self._task = asyncio.create_task(self._writer(), name=f"{self.name}.writer")
+            self._task = self._supervisor.start()
 
     async def stop(self) -> None:
         """Stop the writer now; queued ticks stay queued for the next :meth:`start`."""
         current = asyncio.current_task()
-        await cancel_and_wait(t for t in (self._task, *self._reports) if t is not current)
+        if self._task is not current:
+            await self._supervisor.stop()
+        await cancel_and_wait(t for t in self._reports if t is not current)
         self._task = None
         self._writing = False
 
@@ -225,10 +253,20 @@ class Ingestor:
         await self.start()
 
     async def health(self) -> bool:
-        """Writer running, the last write did not fail, and a store round trip succeeds."""
-        if self._task is None or self._task.done() or self._failing:
+        """Writer running (not down awaiting a restart), the last write and ack-log append did
+        not fail, and a store round trip succeeds."""
+        if not self._healthy_now():
             return False
         return await self._store.health()
+
+    def _healthy_now(self) -> bool:
+        task = self._task
+        return (
+            task is not None
+            and not task.done()
+            and not self._supervisor.down
+            and (not self._failing)
+        )
 
     def statistics(self) -> IngestStatistics:
         """A frozen snapshot of the counters."""
@@ -242,6 +280,9 @@ class Ingestor:
             write_failures=self._failures,
             writing=self._writing,
             acked=dict(self._acked),
+            healthy=self._healthy_now(),
+            failing="writer" if self._supervisor.down else self._failing_what,
+            restarts=self._supervisor.restarts,
         )
 
     def accounted(self) -> dict[str, int]:
@@ -319,29 +360,22 @@ class Ingestor:
             try:
                 new = await store.write(batch)
             except Exception as exc:
-                self._failures += 1
-                if not self._failing:
-                    # Only the failure that starts an outage is reported; the retries that
-                    # follow are counted (a storm of reports would escalate to a shutdown).
-                    self._report(exc)
-                self._failing = True
-                delay = self._backoff.next_delay()
-                _log.warning(
-                    "%s: write of %d ticks failed (%r); retry in %.3fs",
-                    self.name,
-                    len(batch),
-                    exc,
-                    delay,
-                )
-                await self._clock.asleep(delay)
+                await self._failed("write", exc, len(batch))
                 continue
             break
-        self._failing = False
-        self._writing = False
-        self._backoff.reset()
         watermarks = {t.symbol: t.seq for t in batch}
-        if self._ack_log is not None:
-            self._ack_log.append(watermarks)
+        ack_log = self._ack_log
+        if ack_log is not None:
+            while True:
+                try:
+                    ack_log.append(watermarks)
+                except OSError as exc:
+                    # Stored but not yet acknowledged: retry the append only (not the write).
+                    await self._failed("ack_log", exc, len(batch))
+                    continue
+                break
+        self._recovered()
+        self._writing = False
         self._batches += 1
         self._acknowledged += len(batch)
         self._new += new
@@ -355,20 +389,35 @@ class Ingestor:
         async with self._progress:
             self._progress.notify_all()
 
+    async def _failed(self, what: str, exc: Exception, size: int) -> None:
+        """Count a failed write or append, report the one that starts an outage, back off."""
+        self._failures += 1
+        if not self._failing:
+            # Only the failure that starts an outage is reported; the retries that follow are
+            # counted (a storm of reports would escalate to a shutdown).
+            self._report(exc)
+        self._failing = True
+        self._failing_what = what
+        delay = self._backoff.next_delay()
+        _log.warning(
+            "%s: %s of %d ticks failed (%r); retry in %.3fs", self.name, what, size, exc, delay
+        )
+        await self._clock.asleep(delay)
+
+    def _recovered(self) -> None:
+        self._failing = False
+        self._failing_what = None
+        self._backoff.reset()
+
     async def _write_quarantine(self, item: _Quarantine) -> None:
         while True:
             try:
                 await self._store.quarantine(item.entries)
             except Exception as exc:
-                self._failures += 1
-                if not self._failing:
-                    self._report(exc)
-                self._failing = True
-                await self._clock.asleep(self._backoff.next_delay())
+                await self._failed("quarantine", exc, len(item.entries))
                 continue
             break
-        self._failing = False
-        self._backoff.reset()
+        self._recovered()
         self._quarantined += len(item.entries)
         accounted = self._accounted
         for entry in item.entries:
@@ -381,6 +430,12 @@ class Ingestor:
             self._progress.notify_all()
 
     # ------------------------------------------------------------------ reporting
+
+    def _writer_died(self, exc: Exception) -> None:
+        """The supervisor's ``on_failure``: count and report; the queue is kept for the restart."""
+        self._failures += 1
+        self._writing = False
+        self._report(exc)
 
     def _report(self, exc: Exception) -> None:
         manager = self._manager

@@ -15,10 +15,11 @@ the ack log claim less than is stored, never more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,26 +82,57 @@ def read_emitted(path: str | os.PathLike[str]) -> Iterator[Tick]:
 
 
 class AckLog:
-    """Append-only JSONL of acknowledgement watermarks, written after each commit."""
+    """Append-only JSONL of acknowledgement watermarks, written after each commit.
+
+    Each :meth:`append` is one ``write`` of whole lines on an unbuffered descriptor. When it fails
+    (``OSError``, e.g. ``ENOSPC`` on a full disk) the file is cut back to where the append started,
+    so a failed append leaves no partial line and can simply be retried; nothing is kept in a
+    buffer to be flushed (twice, or half) later.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8", buffering=1)
-
-    def append(self, watermarks: dict[str, int]) -> None:
-        """Record that every tick up to ``watermarks[symbol]`` is durably stored."""
-        self._file.write(
-            "".join(
-                json.dumps({"symbol": s, "seq": n}, separators=(",", ":")) + "\n"
-                for s, n in watermarks.items()
-            )
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644
         )
+        self._size = os.fstat(self._fd).st_size
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._fd is None
+
+    def append(self, watermarks: Mapping[str, int]) -> None:
+        """Record that every tick up to ``watermarks[symbol]`` is durably stored.
+
+        Raises ``OSError`` when the write fails (nothing of it stays in the file) and
+        ``ValueError`` when the log is closed.
+        """
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the ack log is closed")
+        data = "".join(
+            json.dumps({"symbol": s, "seq": n}, separators=(",", ":")) + "\n"
+            for s, n in watermarks.items()
+        ).encode("utf-8")
+        start = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # A short write on a full disk leaves part of a line: cut it off (truncating needs
+            # no space) so the next append starts on a line boundary.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
+        self._size = start + len(data)
 
     def close(self) -> None:
-        """Close the file."""
-        if not self._file.closed:
-            self._file.close()
+        """Close the file; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def read_acks(path: str | os.PathLike[str]) -> dict[str, int]:

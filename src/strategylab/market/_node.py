@@ -9,11 +9,32 @@ In process::
 
 As a process (``python -m strategylab.market._node --exchange-url ws://127.0.0.1:P/ws --db PATH
 --data-dir D --symbols A,B``) it prints one JSON ``status`` line every ``--status-interval`` seconds
-and, on SIGTERM or SIGINT, drains the queue, commits, prints a ``stopped`` line and exits 0.
+and, on SIGTERM or SIGINT, drains the queue for at most ``--drain-timeout`` seconds (default 1;
+ticks still queued then were never acknowledged and are replayed by the next run), prints a
+``stopped`` line and exits 0: SIGTERM stops a node within 2 s whatever state its store is in.
+
+Exit codes: 0 stopped on request; 1 operational failure at start (an ``OSError``); 2 a bad option,
+including a store that can never work (see below); 3 an EMERGENCY_SHUTDOWN: the node stopped
+intake, flushed what it could within ``--shutdown-deadline`` seconds, printed an
+``emergency_shutdown`` line naming the reason, and exited.
 
 The store is SQLite (``--db``) or PostgreSQL (``--postgres DSN``), wrapped in a ``FailoverStore``
 with a durable spool in ``data_dir/spool``. Recoveries are audited in ``data_dir/audit.jsonl``;
 acknowledgements go to ``data_dir/acks.jsonl`` (the integrity checker's "acknowledged" set).
+
+The store configuration is checked before anything is opened: an SQLite file that is not a
+database or holds ``ticks``/``quarantine`` tables of another schema, a DSN that does not parse, a
+database or role the server says does not exist, refused credentials, or a PostgreSQL ``ticks``
+table of another schema are configuration errors, not transient faults: one line on stderr naming
+``--db`` or ``--postgres`` and exit 2. A PostgreSQL server that cannot be reached at start *is*
+transient: the node starts, spools durably, and drains into the server once it answers.
+
+A full disk (``ENOSPC``/``SQLITE_FULL``) on any file the node writes (store, spool, ack log,
+audit log, status output) is reported as DISK_SPACE_EXHAUSTED. The node's policy for it puts a
+RETRY first: the recovery re-probes the component's health for up to ``--disk-full-grace``
+seconds (default 60, the database SLA) and succeeds only once the component is observed healthy
+again (ingest resumes by itself); a disk still full after that falls through the standard chain
+to the emergency shutdown.
 """
 
 from __future__ import annotations
@@ -24,16 +45,32 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
+import sqlite3
+import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import psycopg
+from psycopg import conninfo
+
+from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
-from strategylab.fault_tolerance import AuditLog, ErrorRecoveryManager
+from strategylab.fault_tolerance import (
+    DEFAULT_POLICIES,
+    AuditLog,
+    ErrorContext,
+    ErrorRecoveryManager,
+    ErrorType,
+    RecoveryPolicy,
+    RecoveryStrategyKind,
+    RetryPolicy,
+)
 
 from ._exchange import parse_signing_key
 from ._failover_store import FailoverStore
@@ -42,12 +79,16 @@ from ._ingest import Ingestor, IngestorConfig
 from ._ledger import AckLog
 from ._pg_store import PostgresTickStore
 from ._spool import SpoolStore
+from ._sqlite_store import SCHEMA as SQLITE_SCHEMA
 from ._sqlite_store import SQLiteTickStore
 from ._store import TickStore
 
-__all__ = ["Node", "NodeConfig", "main"]
+__all__ = ["EXIT_EMERGENCY", "Node", "NodeConfig", "main"]
 
 _log = logging.getLogger(__name__)
+
+EXIT_EMERGENCY: Final = 3
+"""The exit code of a node that ended in an EMERGENCY_SHUTDOWN."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,13 +111,18 @@ class NodeConfig:
     max_queue: int = 200_000
     linger: float = 0.02
     spool: bool = True
-    drain_timeout: float = 30.0
+    drain_timeout: float = 1.0
+    """Seconds :meth:`Node.aclose` may take in all (stop the feed, flush, close the store)."""
+    shutdown_deadline: float = 5.0
+    """Seconds an emergency shutdown may take to stop intake, flush and close."""
+    disk_full_grace: float = 60.0
+    """Seconds a DISK_SPACE_EXHAUSTED recovery waits for the component to be healthy again."""
 
     def __post_init__(self) -> None:
-        if not self.status_interval > 0:
-            raise ConfigurationError("status_interval", self.status_interval, "must be > 0")
-        if not self.drain_timeout > 0:
-            raise ConfigurationError("drain_timeout", self.drain_timeout, "must be > 0")
+        for key in ("status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(key, value, "must be a finite number > 0")
 
     @property
     def db_path(self) -> Path:
@@ -95,7 +141,12 @@ class Node:
         self._store: TickStore | None = None
         self._ingestor: Ingestor | None = None
         self._feed: Feed | None = None
+        self._status_out: _StatusOutput | None = None
         self._started_at = 0.0
+        self._halted = asyncio.Event()
+        self._emergency: ErrorContext | None = None
+        self._emergency_task: asyncio.Task[bool] | None = None
+        self._close_task: asyncio.Task[bool] | None = None
         # Validate now, so that a bad option fails before anything is opened.
         self._feed_config = FeedConfig(
             urls=(config.exchange_url, *config.backup_urls),
@@ -142,17 +193,43 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def halted(self) -> asyncio.Event:
+        """Set once an emergency shutdown has stopped the node (see :attr:`emergency`)."""
+        return self._halted
+
+    @property
+    def emergency(self) -> ErrorContext | None:
+        """The error that triggered the emergency shutdown, if one ran."""
+        return self._emergency
+
     async def start(self) -> None:
-        """Open the store, start the ingestor and the feed."""
+        """Check the store configuration, open the store, start the ingestor and the feed.
+
+        Raises :class:`ConfigurationError` (key ``--db`` or ``--postgres``) for a store that can
+        never work, before anything is opened or created; ``OSError`` if the data directory
+        cannot be created.
+        """
         cfg = self.config
+        await check_store_config(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self._audit = AuditLog(cfg.data_dir / "audit.jsonl", clock=self._clock)
-        manager = self._manager = ErrorRecoveryManager(clock=self._clock, audit=self._audit)
+        # A full disk holds audit records in memory, in order, until space returns.
+        self._audit = AuditLog(
+            cfg.data_dir / "audit.jsonl", clock=self._clock, hold_when_full=10_000
+        )
+        manager = self._manager = ErrorRecoveryManager(
+            policies={ErrorType.DISK_SPACE_EXHAUSTED: _disk_full_policy(cfg, self._clock)},
+            clock=self._clock,
+            audit=_OpenAudit(self._audit),
+            shutdown_handler=self._emergency_shutdown,
+            shutdown_deadline=cfg.shutdown_deadline,
+        )
+        self._status_out = _StatusOutput(manager)
         primary: TickStore
         if cfg.postgres is not None:
             primary = PostgresTickStore(cfg.postgres)
         else:
-            primary = SQLiteTickStore(cfg.db_path)
+            primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
         store: TickStore = primary
         if cfg.spool:
             store = FailoverStore(primary, SpoolStore(cfg.data_dir / "spool"), manager=manager)
@@ -169,6 +246,7 @@ class Node:
         if isinstance(store, FailoverStore):
             manager.register(store)
         manager.register(ingestor)
+        manager.register(self._status_out)
         manager.register(feed, depends_on=(ingestor.name,))
         await ingestor.start()
         await feed.start()
@@ -180,15 +258,77 @@ class Node:
         await self.ingestor.wait_accounted(last_seqs, timeout)
 
     async def aclose(self) -> None:
-        """Stop the feed, drain and commit the queue, close the store and the logs."""
+        """Stop the feed, flush the queue, close the store and the logs, all within
+        ``config.drain_timeout`` seconds; idempotent (a second call waits for the first)."""
+        await self._close(self.config.drain_timeout)
+
+    async def _close(self, deadline: float) -> bool:
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close_all(deadline), name="node.close")
+            self._close_task.add_done_callback(log_failure)
+        # A close already under way (an emergency shutdown) is waited for within THIS deadline.
+        try:
+            async with asyncio.timeout(deadline + 0.25):
+                return await asyncio.shield(self._close_task)
+        except TimeoutError:
+            _log.error("node: close did not finish within %.1fs", deadline)
+            return False
+
+    async def _close_all(self, deadline: float) -> bool:
+        """Stop intake, flush what can be flushed, close; True when nothing was left behind."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        clean = True
         if self._feed is not None:
-            await self._feed.stop()
+            clean &= await _bounded(self._feed.stop(), min(0.5, deadline / 3), "feed stop")
         if self._ingestor is not None:
-            await self._ingestor.aclose(self.config.drain_timeout)
+            # Leave a little of the budget for closing the store and the logs.
+            await self._ingestor.aclose(max(end - loop.time() - 0.2, 0.05))
+            clean &= self._ingestor.statistics().queued == 0
         if self._store is not None:
-            await self._store.aclose()
+            clean &= await _bounded(
+                self._store.aclose(), max(end - loop.time(), 0.1), "store close"
+            )
         if self._audit is not None:
             self._audit.close()
+        return clean
+
+    async def _emergency_shutdown(self, context: ErrorContext) -> bool:
+        """The manager's EMERGENCY_SHUTDOWN handler: stop intake, flush within the deadline, halt.
+
+        The work runs in a task the node owns, so that stopping the component whose task reported
+        the error (and is waiting here) cannot cancel the shutdown half-way.
+        """
+        if self._emergency_task is None:
+            self._emergency = context
+            self._emergency_task = asyncio.create_task(
+                self._halt(context), name="node.emergency-shutdown"
+            )
+            self._emergency_task.add_done_callback(log_failure)
+        return await asyncio.shield(self._emergency_task)
+
+    async def _halt(self, context: ErrorContext) -> bool:
+        _log.error(
+            "EMERGENCY SHUTDOWN: %s in %s: %s",
+            context.error_type.value,
+            context.component,
+            context.message,
+        )
+        try:
+            if self._audit is not None:
+                with contextlib.suppress(Exception):
+                    await self._audit.aappend(
+                        "emergency_shutdown",
+                        {
+                            "error_id": str(context.error_id),
+                            "error_type": context.error_type.value,
+                            "component": context.component,
+                            "reason": context.message,
+                        },
+                    )
+            return await self._close(self.config.shutdown_deadline)
+        finally:
+            self._halted.set()
 
     def status(self) -> dict[str, Any]:
         """The JSON-ready status line (``event`` is added by the caller)."""
@@ -196,7 +336,25 @@ class Node:
         ingest = self.ingestor.statistics()
         recovery = self.manager.statistics()
         elapsed = max(self._clock.monotonic() - self._started_at, 1e-9)
+        store = self._store
+        store_state = "primary"
+        spool_pending = 0
+        if isinstance(store, FailoverStore):
+            failover = store.statistics()
+            store_state, spool_pending = failover.state.value, failover.spool_pending
+        status_out = self._status_out
         return {
+            "healthy": ingest.healthy
+            and (status_out is None or status_out.ok)
+            and feed.connected
+            and feed.subscribed,
+            "ingest_healthy": ingest.healthy,
+            "failing": ingest.failing,
+            "writer_restarts": ingest.restarts,
+            "write_failures": ingest.write_failures,
+            "store_state": store_state,
+            "spool_pending": spool_pending,
+            "emergency": None if self._emergency is None else self._emergency.error_type.value,
             "ticks_stored": ingest.acknowledged,
             "ticks_per_s": round(ingest.acknowledged / elapsed, 1),
             "queued": ingest.queued,
@@ -230,16 +388,316 @@ class Node:
         }
 
 
+# ------------------------------------------------------------------------ store configuration
+
+_PG_COLUMNS: Final = (
+    ("symbol", "text"),
+    ("seq", "bigint"),
+    ("ts", "bigint"),
+    ("bid", "double precision"),
+    ("ask", "double precision"),
+    ("bid_size", "double precision"),
+    ("ask_size", "double precision"),
+)
+# psycopg gives no SQLSTATE for a connection the server refused (libpq reports it as text only),
+# so these are the server's and libpq's messages for rejections that retrying cannot fix. Anything
+# else (refused, timed out, starting up, too many clients) is transient.
+_PG_PERMANENT: Final = (
+    "does not exist",
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "not permitted to log in",
+    "no password supplied",
+    "invalid connection option",
+)
+
+
+async def check_store_config(config: NodeConfig) -> None:
+    """Refuse a store configuration that can never work, before anything is opened.
+
+    Raises :class:`ConfigurationError` with key ``--db`` (an SQLite path in a missing directory,
+    a directory, a file that is not a database, ``ticks``/``quarantine``/``health`` tables of
+    another schema) or ``--postgres`` (a DSN that does not parse; a server that rejects the
+    connection for good: unknown database or role, refused credentials; a ``ticks`` table of
+    another schema). An unreachable PostgreSQL server is not an error here (the node spools).
+    """
+    if config.postgres is not None:
+        await _check_postgres(config.postgres, config.connect_timeout)
+    else:
+        await asyncio.to_thread(_check_sqlite, config.db_path, must_exist_dir=config.db is not None)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, int, int]]:
+    rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    return [(str(r[1]), str(r[2]).upper(), int(r[3]), int(r[5])) for r in rows]
+
+
+def _describe(columns: Sequence[tuple[str, str, int, int]]) -> str:
+    return ", ".join(
+        f"{name} {kind}{' NOT NULL' if notnull else ''}{' PK' if pk else ''}"
+        for name, kind, notnull, pk in columns
+    )
+
+
+def _sqlite_magic(path: Path) -> bool:
+    """Whether ``path`` starts with SQLite's file header string (it was an SQLite database)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
+    shown = os.fspath(path)
+    if path.is_dir():
+        raise ConfigurationError("--db", shown, "is a directory, not an SQLite file")
+    if not path.exists():
+        if must_exist_dir and not path.parent.is_dir():
+            raise ConfigurationError("--db", shown, f"directory {path.parent} does not exist")
+        return  # a new database: the store creates the schema
+    expected = sqlite3.connect(":memory:")
+    try:
+        for statement in SQLITE_SCHEMA:
+            expected.execute(statement)
+        tables = [str(r[0]) for r in expected.execute("SELECT name FROM sqlite_master")]
+        want = {table: _columns(expected, table) for table in tables}
+    finally:
+        expected.close()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    except sqlite3.Error as exc:
+        raise ConfigurationError("--db", shown, f"cannot be opened: {exc}") from None
+    try:
+        for table, columns in want.items():
+            have = _columns(conn, table)
+            if have and have != columns:
+                raise ConfigurationError(
+                    "--db",
+                    shown,
+                    f"table {table!r} has another schema ({_describe(have)}); "
+                    f"expected ({_describe(columns)})",
+                )
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB and not _sqlite_magic(
+            path
+        ):
+            raise ConfigurationError("--db", shown, f"is not an SQLite database ({exc})") from None
+        # An SQLite file SQLite cannot read (a damaged header page) is the store's to repair: it
+        # moves the file aside and rebuilds, which it must never do to a file that is not one.
+        # Busy, I/O, a full disk, a damaged page: not a configuration error; the store's own
+        # recovery deals with those.
+        _log.warning("--db %s: could not check the schema: %r", shown, exc)
+    finally:
+        conn.close()
+
+
+def _redact(dsn: str) -> str:
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    if "password" in params:
+        params["password"] = "***"  # noqa: S105 - a mask, not a password
+    return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+async def _check_postgres(dsn: str, connect_timeout: float) -> None:
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigurationError("--postgres", _redact(dsn), f"does not parse: {reason}") from None
+    shown = _redact(dsn)
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            dsn, connect_timeout=max(1, round(connect_timeout)), autocommit=True
+        )
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        if any(marker in reason for marker in _PG_PERMANENT):
+            raise ConfigurationError("--postgres", shown, f"rejected: {reason}") from None
+        _log.warning("--postgres: server not reachable at start (%s); spooling until it is", reason)
+        return
+    try:
+        cur = await conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass('ticks') AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum"
+        )
+        have = tuple((str(name), str(kind)) for name, kind in await cur.fetchall())
+        cur = await conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass('ticks') "
+            "AND i.indisprimary"
+        )
+        key = sorted(str(row[0]) for row in await cur.fetchall())
+    except psycopg.Error as exc:
+        _log.warning("--postgres: could not check the ticks table: %r", exc)
+        return
+    finally:
+        await conn.close()
+    if have and (have != _PG_COLUMNS or key != ["seq", "symbol"]):
+        described = ", ".join(f"{n} {k}" for n, k in have)
+        raise ConfigurationError(
+            "--postgres",
+            shown,
+            f"table 'ticks' has another schema ({described}; primary key {key or 'none'}); "
+            "expected (" + ", ".join(f"{n} {k}" for n, k in _PG_COLUMNS) + "; primary key "
+            "(symbol, seq))",
+        )
+
+
 # ---------------------------------------------------------------------------------- process
 
 
-def _print(event: str, data: Mapping[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"event": event, **data}, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+class _StatusOutput:
+    """Where the status lines go (stdout), as a component the recovery manager can observe.
+
+    A line is written with one ``os.write`` on the descriptor, not through Python's buffer: on a
+    full disk (``ENOSPC``) the line is dropped whole (any partial write is cut off again) instead of
+    staying in a buffer to come out later, torn or twice. The failure that starts such an outage is
+    reported to the manager (DISK_SPACE_EXHAUSTED); ``health()`` is True once the volume has free
+    space again (or, for a pipe or terminal, once a line went out).
+    """
+
+    name = "status"
+
+    def __init__(self, manager: ErrorRecoveryManager | None) -> None:
+        self._manager = manager
+        self.ok = True
+        self.dropped = 0
+        self._reports: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Nothing to stop: the last lines still go out."""
+
+    async def health(self) -> bool:
+        """True when the last line went out or, for a file, its volume has free space again."""
+        if self.ok:
+            return True
+        try:
+            fd = sys.stdout.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return os.fstatvfs(fd).f_bavail > 0
+        except (AttributeError, OSError, ValueError):
+            pass
+        return False
+
+    def write(self, event: str, data: Mapping[str, Any]) -> None:
+        """Write one JSON line; a failed write is counted, reported once, and dropped."""
+        line = json.dumps({"event": event, **data}, separators=(",", ":")) + "\n"
+        try:
+            _write_line(line)
+        except OSError as exc:
+            self.dropped += 1
+            if self.ok and self._manager is not None:
+                task = asyncio.get_running_loop().create_task(self._report(exc))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
+            self.ok = False
+            return
+        self.ok = True
+
+    async def _report(self, exc: OSError) -> None:
+        assert self._manager is not None  # noqa: S101 - checked by write()
+        try:
+            await self._manager.handle(exc, component=self.name)
+        except Exception:
+            _log.exception("status: the recovery manager failed on %r", exc)
 
 
-async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
-    """Run a node until ``stop`` is set or SIGTERM/SIGINT arrives; print status lines."""
+def _write_line(line: str) -> None:
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        # Not a real descriptor (a test capturing output): the stream's own write.
+        out.write(line)
+        out.flush()
+        return
+    out.flush()
+    data = line.encode("utf-8")
+    start = os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        if start is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+        raise
+
+
+def _print(event: str, data: Mapping[str, Any], out: _StatusOutput | None = None) -> None:
+    if out is not None:
+        out.write(event, data)
+        return
+    with contextlib.suppress(OSError):
+        _write_line(json.dumps({"event": event, **data}, separators=(",", ":")) + "\n")
+
+
+class _OpenAudit:
+    """The manager's audit sink: the node's audit log, and nothing once the log is closed (a
+    recovery finishing during shutdown must not turn into a logged traceback)."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    async def aappend(self, kind: str, data: dict[str, Any], /) -> object:
+        if self._log.closed:
+            _log.debug("audit log closed; %s record not written", kind)
+            return None
+        return await self._log.aappend(kind, data)
+
+
+async def _bounded(step: Awaitable[object], seconds: float, what: str) -> bool:
+    """Await ``step`` for at most ``seconds``; False (logged in one line) on a timeout or error."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        _log.error("node: %s did not finish within %.2fs", what, seconds)
+        return False
+    except Exception as exc:
+        _log.error("node: %s failed: %r", what, exc)
+        return False
+    return True
+
+
+def _disk_full_policy(config: NodeConfig, clock: Clock) -> RecoveryPolicy:
+    """DISK_SPACE_EXHAUSTED: RETRY (wait up to the grace for the component to be healthy again)
+    before the standard chain (degradation, failover, emergency shutdown)."""
+    base = DEFAULT_POLICIES[ErrorType.DISK_SPACE_EXHAUSTED]
+    chain = (RecoveryStrategyKind.RETRY, *base.chain)
+    probe = RetryPolicy(
+        max_attempts=1_000_000,
+        base_delay=0.1,
+        multiplier=2.0,
+        max_delay=1.0,
+        jitter=None,
+        deadline=config.disk_full_grace,
+        clock=clock,
+        name="disk-full",
+    )
+    return dataclasses.replace(base, chain=chain, retry=probe)
+
+
+async def run_node(
+    config: NodeConfig, stop: asyncio.Event | None = None, *, node: Node | None = None
+) -> int:
+    """Run a node until ``stop`` is set, SIGTERM/SIGINT arrives, or an emergency shutdown halts
+    it; print status lines. Returns the exit code: 0, or :data:`EXIT_EMERGENCY`.
+
+    Raises :class:`ConfigurationError` for a store that can never work (nothing is started).
+    """
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -247,21 +705,45 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, done.set)
             installed.append(sig)
-    node = Node(config)
+    node = node if node is not None else Node(config)
+    started = False
     try:
         await node.start()
-        _print("started", {"pid": os.getpid(), "symbols": list(config.symbols)})
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(config.status_interval):
-                    await done.wait()
-            _print("status", node.status())
+        started = True
+        out = node._status_out  # noqa: SLF001 - our own instance
+        _print("started", {"pid": os.getpid(), "symbols": list(config.symbols)}, out)
+        halted = node.halted
+        while not done.is_set() and not halted.is_set():
+            waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(halted.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=config.status_interval)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if halted.is_set():
+                break
+            _print("status", node.status(), out)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await node.aclose()
-    if node._ingestor is not None:  # noqa: SLF001 - our own instance
-        _print("stopped", node.status())
+    emergency = node.emergency
+    if emergency is not None:
+        _print(
+            "emergency_shutdown",
+            {
+                "reason": emergency.message,
+                "error_type": emergency.error_type.value,
+                "component": emergency.component,
+                "exit_code": EXIT_EMERGENCY,
+                **node.status(),
+            },
+            node._status_out,  # noqa: SLF001 - our own instance
+        )
+        return EXIT_EMERGENCY
+    if started:
+        _print("stopped", node.status(), node._status_out)  # noqa: SLF001 - our own instance
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -279,6 +761,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000)
     p.add_argument("--max-queue", type=int, default=200_000)
     p.add_argument("--no-spool", action="store_true", help="no failover spool")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=1.0,
+        help="seconds a SIGTERM stop may spend flushing and closing (default 1)",
+    )
+    p.add_argument(
+        "--shutdown-deadline",
+        type=float,
+        default=5.0,
+        help="seconds an emergency shutdown may spend flushing and closing (default 5)",
+    )
+    p.add_argument(
+        "--disk-full-grace",
+        type=float,
+        default=60.0,
+        help="seconds to wait for space on a full disk before the emergency shutdown (default 60)",
+    )
     return p
 
 
@@ -299,11 +799,15 @@ def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
         batch_size=args.batch_size,
         max_queue=args.max_queue,
         spool=not args.no_spool,
+        drain_timeout=args.drain_timeout,
+        shutdown_deadline=args.shutdown_deadline,
+        disk_full_grace=args.disk_full_grace,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 2 for a bad option."""
+    """Entry point: 0 after a clean shutdown, 1 for an operational failure at start, 2 for a bad
+    option (a store that can never work included), 3 after an emergency shutdown."""
     try:
         config = config_from_args(argv)
         # Build once to validate the feed and ingestor settings before anything starts.
@@ -313,11 +817,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        asyncio.run(run_node(config))
+        return asyncio.run(run_node(config))
+    except ConfigurationError as exc:
+        sys.stderr.write(f"strategylab node: error: {exc}\n")
+        return 2
     except OSError as exc:
         sys.stderr.write(f"strategylab node: error: {exc}\n")
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ Control messages from the feed are JSON text messages:
 ``from_seq`` is given, a replay of retained history from that sequence on (inclusive);
 ``{"op": "replay", "symbol": s, "from_seq": a, "to_seq": b}`` asks for a range again. The exchange
 answers with JSON text: ``{"type": "subscribed", "symbols": [...], "last": {...}}`` or
-``{"type": "error", "reason": "..."}`` (for example when a range is no longer retained).
+``{"type": "error", "reason": "..."}`` (for example when a range is no longer retained, with
+``symbol``, ``from_seq`` and ``to_seq``). A subscribe naming symbols the exchange does not know is
+answered ``{"type": "error", "reason": "unknown symbols", "unknown": [...]}`` and then
+``subscribed`` for the known ones (possibly none: heartbeats only); one bad symbol never blocks
+the others.
+
+Closing, the exchange uses 1013 (Try Again Later) when it drops a subscriber that fell behind; a
+feed waits at least a floor before reconnecting after 1012 or 1013.
 """
 
 from __future__ import annotations

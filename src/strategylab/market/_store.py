@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
+from strategylab.errors import StrategyLabError
+from strategylab.fault_tolerance import ErrorType
+
 from ._tick import Tick
 
-__all__ = ["QuarantinedTick", "TickStore"]
+__all__ = ["QuarantinedTick", "StoreCorruptedError", "TickStore"]
+
+
+class StoreCorruptedError(StrategyLabError):
+    """A store's file failed its integrity check: corruption, not a transient error.
+
+    Retrying cannot help (the damaged bytes stay damaged), so ``retryable`` is False and
+    :func:`~strategylab.fault_tolerance.classify` reads ``error_type``: DATA_INGESTION_FAILURE,
+    the type SQLite's own ``SQLITE_CORRUPT`` and ``SQLITE_NOTADB`` map to. ``path`` is the damaged
+    file, ``reason`` what the check found, ``moved_to`` where the damaged file was moved (``None``
+    while it is still in place).
+    """
+
+    error_type: ClassVar[ErrorType] = ErrorType.DATA_INGESTION_FAILURE
+    retryable: ClassVar[bool] = False
+    corruption: ClassVar[bool] = True
+
+    def __init__(
+        self, path: str | os.PathLike[str], reason: str, moved_to: Path | None = None
+    ) -> None:
+        where = f"; moved to {moved_to}" if moved_to is not None else ""
+        super().__init__(f"{path}: corrupted: {reason}{where}")
+        self.path = Path(path)
+        self.reason = reason
+        self.moved_to = moved_to
 
 
 class QuarantinedTick(msgspec.Struct, frozen=True):
