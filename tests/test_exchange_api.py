@@ -281,3 +281,46 @@ async def test_health_follows_the_server(tmp_path: Path) -> None:
     finally:
         await ex.stop()
     assert not await ex.health()
+
+
+@pytest.mark.timeout(10)
+async def test_bulk_lookup_answers_found_orders_and_unknown_ids(
+    exchange: Exchange, http: aiohttp.ClientSession
+) -> None:
+    """POST /api/orders/lookup: the orders with the ids asked for, and the ids never seen."""
+    for cid in ("k1", "k2"):
+        order = {"client_order_id": cid, "symbol": "A", "side": "buy", "qty": 1, "type": "limit"}
+        status, _, _ = await call(
+            http, "POST", f"{exchange.url}/api/orders", json={**order, "price": 50.0}
+        )
+        assert status == 201
+    status, body, _ = await call(
+        http,
+        "POST",
+        f"{exchange.url}/api/orders/lookup",
+        json={"client_order_ids": ["k2", "nope", "k1"]},
+    )
+    assert status == 200
+    assert [o["client_order_id"] for o in body["orders"]] == ["k2", "k1"]
+    assert {o["status"] for o in body["orders"]} == {"open"}
+    assert body["unknown"] == ["nope"]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"client_order_ids": "k1"},
+        {"client_order_ids": ["k1", 7]},
+        {"client_order_ids": [""]},
+        {"client_order_ids": ["x"] * 1001},
+        {},
+    ],
+)
+async def test_bad_bulk_lookup_is_400_naming_the_field(
+    exchange: Exchange, http: aiohttp.ClientSession, body: object
+) -> None:
+    """A malformed bulk lookup is refused with 400 naming client_order_ids."""
+    status, answer, _ = await call(http, "POST", f"{exchange.url}/api/orders/lookup", json=body)
+    assert status == 400
+    assert answer["field"] == "client_order_ids"

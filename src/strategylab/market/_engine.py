@@ -7,11 +7,23 @@ node stores, and a slow strategy back-pressures only its own feed, never the nod
 other source calls ``await engine.put(ticks)``. ``last_seqs`` starts at the exchange's current
 sequence, so a (re)started engine trades on live data, never on a replay of history.
 
-Orders: ``ctx.submit`` runs the :class:`RiskEngine` check synchronously, records the order
-``inflight`` in the SQLite book (durably) and only then sends it in an owned task through the
-:class:`OrderClient`. An ambiguous outcome leaves it in flight; the resolver asks the exchange by
-client order id (found: take its status; 404: resend with the same id). Fills are polled from
-``GET /api/fills`` and recorded once each; positions are per strategy and symbol.
+Orders: ``ctx.submit`` runs the :class:`RiskEngine` check synchronously and gives the order its
+client order id. When the strategy's callback returns, the orders it decided and the strategy's
+state after deciding them are recorded in ONE durable transaction (orders ``inflight``), and only
+then sent, each in an owned task, through the :class:`OrderClient`: a crash can never keep the
+orders and lose the decision (a restarted strategy would repeat it), nor the reverse. A callback
+that raises sends nothing: its decisions are dropped with its state, and the strategy restarts from
+the state recorded with its last orders.
+
+Ambiguity: a request that changes state at the exchange (a submit, a cancel) whose outcome is
+unknown (timeout, reset, 5xx, breaker open, past the retry budget) is marked unresolved and
+resolved in the background: every ``resolve_interval`` seconds (backing off to
+``resolve_max_interval`` while the exchange fails, never sooner than its Retry-After) the resolver
+asks the exchange about every unresolved client order id in one bulk lookup, then takes the
+exchange's word (a submit found: its status; not found: resent with the same id; a cancel whose
+order is still open: cancelled again). Until the exchange says an order is cancelled, it counts as
+working exposure. Fills are polled from ``GET /api/fills`` and recorded once each; positions are
+per strategy and symbol.
 
 Isolation: an exception in a strategy's callback stops delivery to that strategy alone and is
 reported as STRATEGY_EXECUTION_ERROR with component = the strategy's name; the recovery (manager
@@ -20,7 +32,8 @@ once it failed ``max_failures`` times within ``failure_window`` seconds.
 
 Run as a process: ``python -m strategylab.market._engine --exchange-url http://127.0.0.1:P --db
 PATH --strategy NAME=module:Class --symbols A,B``; it prints JSON lines: ``reconciled`` (the
-items), ``trading``, a ``status`` every ``--status-interval`` seconds, and ``stopped`` on SIGTERM.
+items and the ``seconds`` it took), ``trading``, a ``status`` every ``--status-interval`` seconds,
+and ``stopped`` on SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +73,7 @@ from ._orders import (
     OrderRefusedError,
 )
 from ._positions import PositionStore
-from ._risk import RiskEngine, RiskRejection
+from ._risk import RiskEngine, RiskRejection, exposure
 from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
 
 if TYPE_CHECKING:
@@ -83,7 +96,13 @@ class EngineConfig:
     failure_window: float = 60.0
     fill_poll_interval: float = 0.1
     resolve_interval: float = 0.2
+    """Seconds between rounds of the resolver while every round reaches the exchange."""
+    resolve_max_interval: float = 0.5
+    """The longest wait between rounds while the exchange fails (backoff doubles up to it), so an
+    ambiguous outcome is resolved within about this long after the API answers again."""
     state_interval: float = 1.0
+    """Seconds between saves of state that changed without an order (with an order it is saved
+    in the order's own transaction)."""
     close_deadline: float = 5.0
 
     def __post_init__(self) -> None:
@@ -93,12 +112,19 @@ class EngineConfig:
             "failure_window",
             "fill_poll_interval",
             "resolve_interval",
+            "resolve_max_interval",
             "state_interval",
             "close_deadline",
         ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number of seconds > 0")
+        if self.resolve_max_interval < self.resolve_interval:
+            raise ConfigurationError(
+                "resolve_max_interval",
+                self.resolve_max_interval,
+                f"must be >= resolve_interval ({self.resolve_interval!r})",
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +144,8 @@ class EngineStatus:
     """Refused by the exchange (4xx)."""
     ambiguous: int
     """Outcomes that were ambiguous (each then resolved by asking the exchange)."""
+    unresolved: int
+    """Ambiguous outcomes not yet resolved (the resolver is still asking)."""
     resent: int
     strategies: tuple[StrategyStatus, ...]
     reconciliation: tuple[ReconciliationItem, ...]
@@ -195,14 +223,18 @@ class StrategyEngine:
         self._now_ns = 0
         self._positions: dict[tuple[str, str], float] = {}
         self._live: dict[str, _Live] = {}
-        self._ambiguous: set[str] = set()
+        self._ambiguous: dict[str, str] = {}
+        """Client order id → the request whose outcome is unknown: ``submit`` or ``cancel``."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._resolve_wake = asyncio.Event()
+        self._resolve_failures = 0
         self._fill_cursor = 0
         self._rejected_ids = 0
         self.rejections: deque[tuple[str, RiskRejection]] = deque(maxlen=1000)
         self.reconciliation: tuple[ReconciliationItem, ...] = ()
+        self.reconcile_seconds = 0.0
+        """How long the last reconciliation took (seconds on ``clock``)."""
         self.trading = False
         self.orders_sent = 0
         self.orders_filled = 0
@@ -223,14 +255,16 @@ class StrategyEngine:
         if self.trading:
             return
         await self.client.start()
-        self.reconciliation = tuple(await reconcile(self.client, self.store))
+        began = self._clock.monotonic()
+        items, exchange_last = await _reconcile_and_last_seqs(self.client, self.store)
+        self.reconciliation = tuple(items)
+        self.reconcile_seconds = self._clock.monotonic() - began
         self._positions = {(p.strategy, p.symbol): p.qty for p in self.store.positions()}
         for order in self.store.orders(frozenset({"inflight", "open"})):
             live = _Live(order.strategy, order.request, order.status)
             live.order_id, live.filled = order.order_id, order.filled_qty
             self._live[order.cid] = live
         self._fill_cursor = 0
-        exchange_last = await self.client.last_seqs()
         self._last_seq = {s: exchange_last.get(s, 0) for s in self._by_symbol}
         for runner in self.runners.values():
             if self._manager is not None and runner.name not in {
@@ -298,12 +332,18 @@ class StrategyEngine:
                 continue
             for runner in by_symbol.get(symbol, ()):
                 if runner.running:
+                    runner.in_callback = True
                     try:
                         runner.strategy.on_tick(tick, runner.ctx)
                     except Exception as exc:
+                        runner.in_callback = False
+                        self.drop_intents(runner)
                         self._fail(runner, exc)
                     else:
+                        runner.in_callback = False
                         runner.dirty = True
+                        if runner.intents:
+                            self.commit_intents(runner)
 
     async def quarantine(self, entries: list[QuarantinedTick]) -> None:
         """Refused input is counted; strategies never see it."""
@@ -348,27 +388,65 @@ class StrategyEngine:
         )
 
     def submit_for(self, runner: StrategyRunner, request: OrderRequest) -> str:
-        """Risk-check, record in flight (durably), then send; returns the client order id.
+        """Risk-check and name the order; returns its client order id.
 
-        A refused order gets an id ending in ``-rN`` that is never sent; its
-        :class:`RiskRejection` is in :attr:`rejections`.
+        Inside a strategy callback the order is recorded (with the strategy's state) and sent
+        when the callback returns (:meth:`commit_intents`); outside one, at once. A refused order
+        gets an id ending in ``-rN`` that is never sent; its :class:`RiskRejection` is in
+        :attr:`rejections`.
         """
         name, symbol = runner.name, request.symbol
-        exposure = self.position(name, symbol) + self._pending(name, symbol)
+        # Per side over the account, never netted: a working order may never fill (see check).
+        position, working_buy, working_sell = exposure(symbol, self._positions, self._live.values())
         quote = self._quotes.get(symbol)
         mark = None if quote is None else (quote[1] if request.side is Side.BUY else quote[0])
-        rejection = self.risk.check(request, exposure, mark)
+        rejection = self.risk.check(request, position, mark, working_buy, working_sell)
         if rejection is not None:
             self._rejected_ids += 1
             cid = f"{self.store.engine_id}-{name}-r{self._rejected_ids}"
             self.rejections.append((cid, rejection))
             _log.info("risk refused %s %s: %s", name, request, rejection.reason)
             return cid
-        cid = self.store.record_inflight(name, request, None)
+        if runner.next_order == 0:
+            runner.next_order = self.store.next_order(name)
+        cid = f"{self.store.engine_id}-{name}-{runner.next_order}"
+        runner.next_order += 1
+        # Working from now on (the risk check of the next order in this callback counts it).
         self._live[cid] = _Live(name, request, "inflight")
-        self.orders_sent += 1
-        self._spawn(self._send(cid, request), f"send {cid}")
+        runner.intents.append((cid, request))
+        if not runner.in_callback:
+            self.commit_intents(runner)
         return cid
+
+    def commit_intents(self, runner: StrategyRunner) -> bool:
+        """Record the runner's decided orders and its state in one transaction, then send them.
+
+        False (nothing sent; the strategy is recovered as after a failure, from the state
+        recorded with its last orders) when its ``state()`` raises or the book cannot be written.
+        """
+        intents, runner.intents = runner.intents, []
+        if not intents:
+            return True
+        try:
+            state = runner.strategy.state()
+            self.store.record_intents(runner.name, intents, state, next_order=runner.next_order)
+        except Exception as exc:  # the strategy's state() or the book (sqlite3.Error, OSError)
+            for cid, _request in intents:
+                self._live.pop(cid, None)
+            _log.error("%s: %d order(s) not recorded, not sent: %r", runner.name, len(intents), exc)
+            self._fail(runner, exc)
+            return False
+        runner.dirty = False
+        for cid, request in intents:
+            self.orders_sent += 1
+            self._spawn(self._send(cid, request), f"send {cid}")
+        return True
+
+    def drop_intents(self, runner: StrategyRunner) -> None:
+        """Forget the orders of a callback that raised: they were never recorded nor sent."""
+        intents, runner.intents = runner.intents, []
+        for cid, _request in intents:
+            self._live.pop(cid, None)
 
     def cancel_all_for(self, strategy: str, symbol: str | None) -> None:
         """Cancel the strategy's open orders (cancels pass the risk engine in every state)."""
@@ -406,12 +484,16 @@ class StrategyEngine:
             _log.warning("exchange refused %s: %s", cid, exc)
             return
         except AmbiguousOrderError as exc:
-            self.ambiguous_total += 1
-            self._ambiguous.add(cid)
-            self._resolve_wake.set()
+            self._unresolved(cid, "submit")
             _log.warning("%s; kept in flight until the exchange says", exc)
             return
         self._apply(cid, order)
+
+    def _unresolved(self, cid: str, request: str) -> None:
+        if cid not in self._ambiguous:
+            self.ambiguous_total += 1
+        self._ambiguous[cid] = request
+        self._resolve_wake.set()
 
     def _set_status(self, cid: str, status: str) -> None:
         live = self._live.get(cid)
@@ -434,56 +516,123 @@ class StrategyEngine:
     async def _cancel(self, cid: str, order_id: str) -> None:
         try:
             order = await self.client.cancel(order_id)
-        except (OrderApiError, aiohttp.ClientError, TimeoutError, CircuitOpenError) as exc:
-            _log.warning(
-                "cancel of %s failed: %r (it stays open; retried on the next cancel)", cid, exc
-            )
+        except OrderRefusedError as exc:
+            _log.warning("exchange refused the cancel of %s: %s", cid, exc)
             return
-        if order is not None:
+        except _LOOKUP_ERRORS as exc:
+            # Carried out or not: only the exchange knows. Working exposure until it says.
+            self._unresolved(cid, "cancel")
+            _log.warning("cancel of %s: outcome unknown (%r); asking the exchange", cid, exc)
+            return
+        if order is None:
+            self._unresolved(cid, "cancel")  # 404 by exchange id: ask by client id
+        else:
+            self._ambiguous.pop(cid, None)
             self._apply(cid, order)
 
     async def _resolve_loop(self) -> None:
+        wait = self.config.resolve_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.resolve_interval):
+                async with asyncio.timeout(wait):
                     await self._resolve_wake.wait()
             self._resolve_wake.clear()
-            await self.resolve_ambiguous()
+            wait = await self._resolve_round()
 
-    async def resolve_ambiguous(self) -> int:
-        """Ask the exchange about every ambiguous order once; returns how many remain."""
-        for cid in sorted(self._ambiguous):
-            try:
-                found = await self.client.lookup(cid)
-            except _LOOKUP_ERRORS:
-                continue  # still unknown; asked again next round
-            if found is not None:
-                self._ambiguous.discard(cid)
-                self._apply(cid, found)
-                continue
-            live = self._live.get(cid)
-            if live is None:
-                self._ambiguous.discard(cid)
-                continue
-            # 404: never accepted. The same id can be sent again without risk of a second order.
-            self.resent += 1
-            try:
-                order = await self.client.submit(cid, live.request)
-            except OrderRefusedError as exc:
-                self._ambiguous.discard(cid)
-                self.orders_refused += 1
-                self.store.update_order(cid, status="rejected", reason=str(exc))
-                self._set_status(cid, "rejected")
-            except AmbiguousOrderError:
-                continue
-            else:
-                self._ambiguous.discard(cid)
-                self._apply(cid, order)
+    async def _resolve_round(self) -> float:
+        """One round; the seconds to wait before the next (backing off while the API fails)."""
+        try:
+            await self.resolve_ambiguous(raise_errors=True)
+        except CircuitOpenError as exc:
+            self._resolve_failures += 1
+            # The breaker admits a trial after retry_after: ask right then, not a backoff later.
+            return max(min(self._resolve_backoff(), exc.retry_after), 0.01)
+        except _LOOKUP_ERRORS:
+            self._resolve_failures += 1
+            return max(self._resolve_backoff(), self.client.rate_limited_for())
+        self._resolve_failures = 0
+        return max(self.config.resolve_interval, self.client.rate_limited_for())
+
+    def _resolve_backoff(self) -> float:
+        config = self.config
+        exponent = min(self._resolve_failures, 16)
+        return min(config.resolve_interval * 2.0**exponent, config.resolve_max_interval)
+
+    async def resolve_ambiguous(self, *, raise_errors: bool = False) -> int:
+        """Ask the exchange about every unresolved order once (one bulk lookup) and act on the
+        answers; returns how many remain unresolved.
+
+        With ``raise_errors`` a lookup that fails raises the client's error (an
+        :class:`OrderApiError`, aiohttp's, ``TimeoutError``, :class:`CircuitOpenError`);
+        otherwise it leaves them unresolved.
+        """
+        cids = sorted(self._ambiguous)
+        if not cids:
+            return 0
+        try:
+            found = await self.client.lookup_many(cids)
+        except _LOOKUP_ERRORS:
+            if raise_errors:
+                raise
+            return len(self._ambiguous)
+        limit = asyncio.Semaphore(self.client.lookup_concurrency)
+        actions = [
+            self._bounded(limit, action)
+            for cid in cids
+            if (action := self._settle(cid, found.get(cid))) is not None
+        ]
+        if actions:
+            await asyncio.gather(*actions)
         return len(self._ambiguous)
+
+    def _settle(self, cid: str, order: ExchangeOrder | None) -> Coroutine[Any, Any, None] | None:
+        """Take the exchange's answer about ``cid``; a request to send again, if one is needed."""
+        request = self._ambiguous.get(cid)
+        if request is None:
+            return None  # resolved meanwhile (an answer arrived)
+        if request == "cancel" and order is not None and order.status == "open":
+            # The cancel never happened: send it again (a repeated cancel is harmless).
+            return self._cancel(cid, order.id)
+        if order is not None:
+            del self._ambiguous[cid]
+            self._apply(cid, order)
+            return None
+        if request == "submit" and cid in self._live:
+            # Never accepted: the same id can be sent again without risk of a second order.
+            return self._resend(cid)
+        del self._ambiguous[cid]
+        if request == "cancel":
+            self.store.update_order(cid, status="void", reason="unknown at the exchange")
+            self._set_status(cid, "void")
+        return None
+
+    @staticmethod
+    async def _bounded(limit: asyncio.Semaphore, action: Awaitable[None]) -> None:
+        async with limit:
+            await action
+
+    async def _resend(self, cid: str) -> None:
+        live = self._live.get(cid)
+        if live is None:
+            self._ambiguous.pop(cid, None)
+            return
+        self.resent += 1
+        try:
+            order = await self.client.submit(cid, live.request)
+        except OrderRefusedError as exc:
+            self._ambiguous.pop(cid, None)
+            self.orders_refused += 1
+            self.store.update_order(cid, status="rejected", reason=str(exc))
+            self._set_status(cid, "rejected")
+        except AmbiguousOrderError:
+            return  # still unknown: asked again next round
+        else:
+            self._ambiguous.pop(cid, None)
+            self._apply(cid, order)
 
     @property
     def ambiguous(self) -> frozenset[str]:
-        """Client ids whose outcome is not yet known."""
+        """Client ids whose outcome (of a submit or a cancel) is not yet known."""
         return frozenset(self._ambiguous)
 
     # ------------------------------------------------------------------ fills
@@ -532,24 +681,35 @@ class StrategyEngine:
                 self._set_status(fill.client_order_id, "filled")
             runner = self.runners.get(strategy)
             if runner is not None and runner.running:
-                event = Fill(
-                    order_id=fill.order_id,
-                    client_order_id=fill.client_order_id,
-                    symbol=fill.symbol,
-                    side=side,
-                    qty=fill.qty,
-                    price=fill.price,
-                    fee=0.0,
-                    ts=fill.ts,
+                self._deliver_fill(
+                    runner,
+                    Fill(
+                        order_id=fill.order_id,
+                        client_order_id=fill.client_order_id,
+                        symbol=fill.symbol,
+                        side=side,
+                        qty=fill.qty,
+                        price=fill.price,
+                        fee=0.0,
+                        ts=fill.ts,
+                    ),
                 )
-                try:
-                    runner.strategy.on_fill(event, runner.ctx)
-                except Exception as exc:
-                    self._fail(runner, exc)
-                else:
-                    runner.dirty = True
         self._fill_cursor = len(fills)
         return new
+
+    def _deliver_fill(self, runner: StrategyRunner, event: Fill) -> None:
+        runner.in_callback = True
+        try:
+            runner.strategy.on_fill(event, runner.ctx)
+        except Exception as exc:
+            runner.in_callback = False
+            self.drop_intents(runner)
+            self._fail(runner, exc)
+        else:
+            runner.in_callback = False
+            runner.dirty = True
+            if runner.intents:
+                self.commit_intents(runner)
 
     # ------------------------------------------------------------------ isolation
 
@@ -621,10 +781,27 @@ class StrategyEngine:
             orders_rejected=len(self.rejections),
             orders_refused=self.orders_refused,
             ambiguous=self.ambiguous_total,
+            unresolved=len(self._ambiguous),
             resent=self.resent,
             strategies=tuple(r.status() for r in self.runners.values()),
             reconciliation=self.reconciliation,
         )
+
+
+async def _reconcile_and_last_seqs(
+    client: OrderClient, store: PositionStore
+) -> tuple[list[ReconciliationItem], dict[str, int]]:
+    """Reconciliation and the exchange's last sequences, concurrently (one round trip less)."""
+    items = asyncio.ensure_future(reconcile(client, store))
+    last = asyncio.ensure_future(client.last_seqs())
+    try:
+        await asyncio.gather(items, last)
+    except BaseException:
+        for task in (items, last):
+            task.cancel()
+        await asyncio.gather(items, last, return_exceptions=True)
+        raise
+    return items.result(), last.result()
 
 
 # ---------------------------------------------------------------------------------- process
@@ -679,7 +856,11 @@ async def run_engine(
     except BaseException:
         await engine.aclose()  # the client session and the book, opened before reconciling
         raise
-    _emit("reconciled", items=[i.to_dict() for i in engine.reconciliation])
+    _emit(
+        "reconciled",
+        items=[i.to_dict() for i in engine.reconciliation],
+        seconds=round(engine.reconcile_seconds, 6),
+    )
     symbols = tuple(engine._by_symbol)  # noqa: SLF001 - our own engine
     feed = Feed(FeedConfig(urls=(ws_url,), symbols=symbols, signing_key=signing_key), engine)
     try:
@@ -712,6 +893,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--symbols", required=True, help="comma-separated")
     p.add_argument("--params", default="{}", help="JSON keyword arguments for every strategy")
     p.add_argument("--status-interval", type=float, default=1.0)
+    p.add_argument(
+        "--state-interval",
+        type=float,
+        default=1.0,
+        help="seconds between saves of strategy state changed without an order",
+    )
+    p.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=30.0,
+        help="the longest 429 Retry-After wait honoured, seconds",
+    )
     p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
     p.add_argument("--max-position", type=float, default=1_000.0)
     p.add_argument("--signing-key", default=None, help="hex or text, as given to the exchange")
@@ -732,6 +925,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )
+        config = EngineConfig(state_interval=args.state_interval)
+        max_retry_after = args.max_retry_after
+        if not (math.isfinite(max_retry_after) and max_retry_after > 0):
+            raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
+                "--max-retry-after", max_retry_after, "must be a finite number of seconds > 0"
+            )
     except (ConfigurationError, ValueError, ImportError, AttributeError) as exc:
         sys.stderr.write(f"strategylab trade: error: {exc}\n")
         return 2
@@ -744,10 +943,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             manager = ErrorRecoveryManager(audit=audit)
             engine = StrategyEngine(
                 factories,
-                client=OrderClient(base, manager=manager),
+                client=OrderClient(base, manager=manager, max_retry_after=max_retry_after),
                 db=args.db,
                 risk=RiskEngine(limits),
                 manager=manager,
+                config=config,
             )
             await run_engine(
                 engine, ws_url, status_interval=args.status_interval, signing_key=signing_key
@@ -755,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except (OSError, aiohttp.ClientError, OrderApiError) as exc:
+    except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
         sys.stderr.write(f"strategylab trade: error: cannot reconcile with {base}: {exc}\n")
         return 1

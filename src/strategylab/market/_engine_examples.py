@@ -1,7 +1,8 @@
 """Small strategies that exercise the live engine (used by its process tests and the demo).
 
-- :class:`RestingBids`: every ``every`` ticks, one limit buy at ``fraction`` of the bid (far
-  from the market, so it rests), up to ``count`` orders. Its state counts ticks and orders.
+- :class:`RestingBids`: every ``every`` ticks (after the first ``start_after``), one limit buy at
+  ``fraction`` of the bid (far from the market, so it rests), up to ``count`` orders. Its state
+  counts ticks and orders.
 - :class:`TickTrader`: every ``every`` ticks, a market order alternating buy and sell of ``qty``.
 """
 
@@ -32,16 +33,22 @@ class RestingBids(Strategy):
         count: int = 3,
         fraction: float = 0.5,
         qty: float = 1.0,
+        start_after: int = 0,
     ) -> None:
         super().__init__(name, symbols)
         self.every, self.count, self.fraction, self.qty = every, count, fraction, qty
+        self.start_after = start_after
         self.ticks = 0
         self.placed = 0
 
     def on_tick(self, tick: Tick, ctx: StrategyContext) -> None:
         """Place the next resting bid when due."""
         self.ticks += 1
-        if self.placed < self.count and self.ticks % self.every == 0:
+        if (
+            self.placed < self.count
+            and self.ticks > self.start_after
+            and self.ticks % self.every == 0
+        ):
             price = round(tick.bid * self.fraction, 2)
             ctx.submit(
                 OrderRequest(

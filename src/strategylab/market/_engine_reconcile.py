@@ -1,8 +1,12 @@
 """Reconciliation: make the engine's book agree with the exchange before it trades.
 
+Speed: the exchange is read once, concurrently (every order, the book's in-flight and open orders
+by client order id in bulk, fills, positions), so reconciling costs a few round trips however many
+orders were in flight, not one lookup per order.
+
 Order of work: in-flight orders are resolved by client order id (found: take the exchange's status;
-404: never accepted, voided, not resent, because the decision behind it is stale); open orders take
-the exchange's status; orders carrying this book's id prefix that the book does not know are
+unknown: never accepted, voided, not resent, because the decision behind it is stale); open orders
+take the exchange's status; orders carrying this book's id prefix that the book does not know are
 cancelled if open; exchange fills of the book's orders that it has not recorded are recorded (which
 moves positions); positions are reset to the sum of their fills; finally the account's positions at
 the exchange are compared with the book's totals per symbol. Every difference is one
@@ -11,10 +15,11 @@ the exchange are compared with the book's totals per symbol. Every difference is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
-from ._orders import OrderClient
+from ._orders import ExchangeFill, ExchangeOrder, ExchangePosition, OrderClient
 from ._positions import OPEN_STATUSES, PositionStore
 from ._strategy import Side
 
@@ -51,12 +56,18 @@ class ReconciliationItem:
 
 
 async def reconcile(client: OrderClient, store: PositionStore) -> list[ReconciliationItem]:  # noqa: C901, PLR0912
-    """Fix every difference between ``store`` and the exchange; returns what was fixed."""
+    """Fix every difference between ``store`` and the exchange; returns what was fixed.
+
+    Raises the client's errors (:class:`~strategylab.market._orders.OrderApiError`, aiohttp's,
+    ``TimeoutError``) when the exchange cannot be read: nothing trades unreconciled.
+    """
     items: list[ReconciliationItem] = []
-    exchange_orders = {o.client_order_id: o for o in await client.orders()}
-    for order in store.orders(OPEN_STATUSES):
+    book_open = store.orders(OPEN_STATUSES)
+    listed, by_cid, fills, at_exchange_list = await _read(client, [o.cid for o in book_open])
+    exchange_orders = {o.client_order_id: o for o in listed}
+    for order in book_open:
         if order.status == "inflight":
-            found = await client.lookup(order.cid)
+            found = by_cid.get(order.cid)
             if found is None:
                 store.update_order(order.cid, status="void", reason="never accepted (404)")
                 items.append(
@@ -64,7 +75,7 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
                         what="inflight_order",
                         key=order.cid,
                         expected="inflight",
-                        found="not at the exchange (404 by client id)",
+                        found="not at the exchange (client id unknown)",
                         action="voided; not resent (the decision behind it is stale)",
                     )
                 )
@@ -80,7 +91,7 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
                     )
                 )
             continue
-        ex = exchange_orders.get(order.cid)
+        ex = by_cid.get(order.cid)
         if ex is None:
             store.update_order(order.cid, status="void", reason="not at the exchange")
             items.append(
@@ -116,7 +127,7 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
                 what="unknown_order", key=cid, expected="absent", found=ex.status, action=action
             )
         )
-    for fill in await client.fills():
+    for fill in fills:
         if store.has_fill(fill.id):
             continue
         owner = store.order(fill.client_order_id)
@@ -161,7 +172,7 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
     totals: dict[str, float] = {}
     for (_strategy, symbol), qty in derived.items():
         totals[symbol] = totals.get(symbol, 0.0) + qty
-    at_exchange = {p.symbol: p.qty for p in await client.positions()}
+    at_exchange = {p.symbol: p.qty for p in at_exchange_list}
     for symbol in sorted(set(totals) | set(at_exchange)):
         ours, theirs = totals.get(symbol, 0.0), at_exchange.get(symbol, 0.0)
         if abs(ours - theirs) > _EPS:
@@ -181,3 +192,24 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
 
 def _fields(item: ReconciliationItem) -> tuple[str, str, str, str, str]:
     return item.what, item.key, item.expected, item.found, item.action
+
+
+async def _read(
+    client: OrderClient, cids: list[str]
+) -> tuple[
+    list[ExchangeOrder], dict[str, ExchangeOrder | None], list[ExchangeFill], list[ExchangePosition]
+]:
+    """Every read reconciliation needs, concurrently; the first failure cancels the rest."""
+    orders = asyncio.ensure_future(client.orders())
+    found = asyncio.ensure_future(client.lookup_many(cids))
+    fills = asyncio.ensure_future(client.fills())
+    positions = asyncio.ensure_future(client.positions())
+    tasks = (orders, found, fills, positions)
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return orders.result(), found.result(), fills.result(), positions.result()

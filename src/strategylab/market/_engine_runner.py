@@ -95,6 +95,12 @@ class StrategyRunner:
         self.failures = 0
         self.restarts = 0
         self.dirty = False
+        self.in_callback = False
+        """True while a callback of the strategy runs: its orders wait for it to return."""
+        self.intents: list[tuple[str, OrderRequest]] = []
+        """Orders decided in the running callback: (client order id, request)."""
+        self.next_order = 0
+        """The number of the next client order id (0: not read from the book yet)."""
         self._max_failures = max_failures
         self._window = failure_window
         self._recent: deque[float] = deque()
@@ -162,8 +168,17 @@ class StrategyRunner:
         if state:
             instance.restore(state)
         self.strategy = instance
-        instance.on_start(self.ctx)
+        self.in_callback = True
+        try:
+            instance.on_start(self.ctx)
+        except BaseException:
+            self._engine.drop_intents(self)
+            raise
+        finally:
+            self.in_callback = False
         self.running = True
+        if self.intents:
+            self._engine.commit_intents(self)
 
     def record_failure(self, exc: BaseException, now: float) -> None:
         """Count a failure (the caller has stopped delivering to this runner)."""

@@ -329,6 +329,7 @@ class Exchange:
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_post("/api/orders", self._post_order)
         app.router.add_get("/api/orders", self._list_orders)
+        app.router.add_post("/api/orders/lookup", self.book.lookup_route)
         app.router.add_get("/api/orders/by-client-id/{cid}", self._get_order_by_cid)
         app.router.add_get("/api/orders/{id}", self._get_order)
         app.router.add_delete("/api/orders/{id}", self._cancel_order)

@@ -4,6 +4,11 @@ Small on purpose (the strategy engine of issue 4 trades against it): a market or
 at once at the current ask (buy) or bid (sell); a limit order fills in full at the quote as soon as
 the quote crosses its price, and rests until then or until it is cancelled. A ``client_order_id``
 names an order for ever: submitting it again returns the existing order, never a second one.
+
+Bulk lookup (``POST /api/orders/lookup``, :meth:`OrderBook.lookup_route`): a body
+``{"client_order_ids": [cid, ...]}`` of at most :data:`MAX_LOOKUP` ids answers
+``{"orders": [order, ...], "unknown": [cid, ...]}`` in one round trip, so a restarted engine
+resolves every order it had in flight at once instead of one request per order.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import msgspec
+from aiohttp import web
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import PicklableErrorMixin
@@ -20,7 +26,9 @@ from strategylab.errors import PicklableErrorMixin
 from ._tick import Tick
 
 __all__ = [
+    "MAX_LOOKUP",
     "Fill",
+    "LookupResult",
     "Order",
     "OrderBook",
     "OrderRequestError",
@@ -33,6 +41,8 @@ OrderType = Literal["market", "limit"]
 Status = Literal["open", "filled", "cancelled", "rejected"]
 STATUSES: frozenset[str] = frozenset({"open", "filled", "cancelled", "rejected"})
 _MAX_CLIENT_ID = 128
+MAX_LOOKUP = 1000
+"""Client order ids one bulk lookup may ask about."""
 
 
 class OrderRequestError(PicklableErrorMixin, ValueError):
@@ -76,6 +86,33 @@ class Fill(msgspec.Struct, frozen=True, kw_only=True):
     qty: float
     price: float
     ts: int
+
+
+class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a bulk lookup: the orders found, and the client ids the exchange never saw."""
+
+    orders: list[Order]
+    unknown: list[str]
+
+
+def parse_lookup(body: object) -> list[str]:
+    """The client order ids of a bulk-lookup body; :class:`OrderRequestError` naming the field."""
+    if not isinstance(body, Mapping):
+        raise OrderRequestError("body", "must be a JSON object")
+    cids = body.get("client_order_ids")
+    if not isinstance(cids, list):
+        raise OrderRequestError("client_order_ids", f"must be a list of strings, got {cids!r}")
+    if len(cids) > MAX_LOOKUP:
+        raise OrderRequestError(
+            "client_order_ids", f"at most {MAX_LOOKUP} ids per request, got {len(cids)}"
+        )
+    for cid in cids:
+        if not isinstance(cid, str) or not cid or len(cid) > _MAX_CLIENT_ID:
+            raise OrderRequestError(
+                "client_order_ids",
+                f"each must be a string of 1..{_MAX_CLIENT_ID} chars, got {cid!r}",
+            )
+    return cids
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,6 +311,30 @@ class OrderBook:
         """The order with this client id (``KeyError`` if unknown)."""
         return self._orders[self._by_client[client_order_id]]
 
+    def lookup(self, client_order_ids: Iterable[str]) -> LookupResult:
+        """The orders with these client ids (in the order asked), and the ids never seen."""
+        found: list[Order] = []
+        unknown: list[str] = []
+        for cid in client_order_ids:
+            order_id = self._by_client.get(cid)
+            if order_id is None:
+                unknown.append(cid)
+            else:
+                found.append(self._orders[order_id])
+        return LookupResult(orders=found, unknown=unknown)
+
+    async def lookup_route(self, request: web.Request) -> web.Response:
+        """``POST /api/orders/lookup``: :meth:`lookup` over HTTP (400 names the bad field)."""
+        try:
+            cids = parse_lookup(msgspec.json.decode(await request.read()))
+        except msgspec.DecodeError as exc:
+            return _bad_request("body", f"body: is not JSON: {exc}")
+        except OrderRequestError as exc:
+            return _bad_request(exc.field, str(exc))
+        return web.Response(
+            body=msgspec.json.encode(self.lookup(cids)), content_type="application/json"
+        )
+
     def orders(self, status: str | None = None) -> list[Order]:
         """Every order, or those with ``status``, oldest first."""
         return [o for o in self._orders.values() if status is None or o.status == status]
@@ -289,3 +350,8 @@ class OrderBook:
     def quote(self, symbol: str) -> tuple[float, float] | None:
         """The last true (bid, ask) of ``symbol``."""
         return self._quotes.get(symbol)
+
+
+def _bad_request(field: str, message: str) -> web.Response:
+    body = msgspec.json.encode({"error": message, "field": field})
+    return web.Response(status=400, body=body, content_type="application/json")

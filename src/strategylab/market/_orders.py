@@ -14,21 +14,29 @@ translated once (``raise AmbiguousOrderError(...) from exc``) by :meth:`OrderCli
 
 Idempotency is the exchange's: a ``client_order_id`` names an order for ever, so re-sending the
 same id (every retry does) can never create a second order. An ambiguous outcome is resolved only
-by asking (:meth:`OrderClient.lookup`: found, or 404 = never accepted), never by guessing.
+by asking (:meth:`OrderClient.lookup`: found, or 404 = never accepted), never by guessing; many at
+once with :meth:`OrderClient.lookup_many` (one ``POST /api/orders/lookup`` per ``lookup_batch`` ids,
+or, against an exchange without that endpoint, single lookups ``lookup_concurrency`` at a time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import msgspec
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import CallTimeoutError, CircuitOpenError, StrategyLabError
+from strategylab.errors import (
+    CallTimeoutError,
+    CircuitOpenError,
+    ConfigurationError,
+    StrategyLabError,
+)
 from strategylab.fault_tolerance import (
     CircuitBreaker,
     ErrorContext,
@@ -36,8 +44,10 @@ from strategylab.fault_tolerance import (
     Pipeline,
     RetryPolicy,
     Timeout,
+    parse_retry_after,
 )
 
+from ._exchange_orders import MAX_LOOKUP, LookupResult
 from ._exchange_orders import Fill as ExchangeFill
 from ._exchange_orders import Order as ExchangeOrder
 from ._exchange_orders import Position as ExchangePosition
@@ -62,7 +72,8 @@ __all__ = [
 
 _log = logging.getLogger("strategylab.market.orders")
 T = TypeVar("T")
-_MAX_RETRY_AFTER: Final = 5.0
+_DEFAULT_RETRY_AFTER = 1.0
+"""The wait after a 429 that names none (or none that can be read)."""
 
 
 class OrderApiError(StrategyLabError):
@@ -113,14 +124,42 @@ def _retryable(exc: BaseException) -> bool:
     )
 
 
-def _retry_after(value: str | None) -> float:
+def _retry_after(value: str | None, *, now: float, cap: float) -> float:
+    """Seconds to wait for a 429's ``Retry-After`` (delay-seconds or HTTP-date), at most ``cap``."""
+    seconds = None if value is None else parse_retry_after(value, now=now)
+    if seconds is None:
+        seconds = _DEFAULT_RETRY_AFTER
+    return min(seconds, cap)
+
+
+def _positive(key: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(key, value, "must be a number of seconds")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(key, value, "must be a finite number of seconds > 0")
+    return float(value)
+
+
+def _count(key: str, value: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ConfigurationError(key, value, f"must be an integer within 1..{high}")
+    return value
+
+
+async def gather_all(coros: Iterable[Coroutine[object, object, T]]) -> list[T]:
+    """Run ``coros`` concurrently; their results in order.
+
+    The first failure cancels the others (awaited) and propagates as it is, not in an
+    ``ExceptionGroup``, so callers catch the client's own errors.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0
-    if not math.isfinite(seconds) or seconds < 0:
-        seconds = 1.0
-    return min(seconds, _MAX_RETRY_AFTER)
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class OrderClient:
@@ -132,7 +171,19 @@ class OrderClient:
     retries 5xx, 429 (after waiting Retry-After on ``clock``), connection errors and attempt
     timeouts; 4xx is final. When a call
     finally fails, the error is reported to ``manager`` as NETWORK_TIMEOUT (a timeout) or
-    EXTERNAL_API_FAILURE (anything else) under this component's ``name``.
+    EXTERNAL_API_FAILURE (anything else) under this component's ``name``; a call refused by the
+    open breaker is not reported again (the failures that opened it were).
+
+    Options (seconds unless said otherwise; a bad value raises
+    :class:`~strategylab.errors.ConfigurationError` naming it): ``timeout`` bounds a whole call,
+    backoff and Retry-After waits included; ``attempt_timeout`` one HTTP request;
+    ``max_retry_after`` caps the wait a 429's ``Retry-After`` asks for (the exchange's value is
+    honoured up to it; a wait longer than what remains of ``timeout`` ends the call at
+    ``timeout``, never with an early retry); ``lookup_batch`` (count, 1..1000) is the most client
+    ids per bulk lookup; ``lookup_concurrency`` (count, 1..64) the single lookups in flight at
+    once when the exchange has no bulk endpoint (or ``bulk_lookup`` is False).
+    :attr:`rate_limited_until` is the ``clock`` time before which the exchange asked not to be
+    called again (its last 429).
     """
 
     def __init__(
@@ -146,7 +197,18 @@ class OrderClient:
         breaker: CircuitBreaker | None = None,
         manager: ErrorRecoveryManager | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_retry_after: float = 30.0,
+        lookup_batch: int = 200,
+        lookup_concurrency: int = 8,
+        bulk_lookup: bool = True,
     ) -> None:
+        _positive("timeout", timeout)
+        _positive("attempt_timeout", attempt_timeout)
+        self.max_retry_after = _positive("max_retry_after", max_retry_after)
+        self.lookup_batch = _count("lookup_batch", lookup_batch, MAX_LOOKUP)
+        self.lookup_concurrency = _count("lookup_concurrency", lookup_concurrency, 64)
+        self.rate_limited_until = 0.0
+        self._bulk_lookup = bool(bulk_lookup)  # until the exchange says it has no such endpoint
         self.base_url = base_url.rstrip("/")
         self._name = name
         self._clock = clock
@@ -210,6 +272,10 @@ class OrderClient:
         """Same as :meth:`stop`."""
         await self.stop()
 
+    def rate_limited_for(self) -> float:
+        """Seconds (on ``clock``) the exchange's last 429 still asks to wait; 0.0 when none."""
+        return max(0.0, self.rate_limited_until - self._clock.monotonic())
+
     async def health(self) -> bool:
         """True when ``GET /api/status`` answers 200 right now (one attempt, no retry)."""
         try:
@@ -245,7 +311,14 @@ class OrderClient:
             if status == 429:
                 # The retry policy waits ``retry_after`` (its Retry-After hint) before the next
                 # attempt, instead of its own short backoff; nothing is held while it waits.
-                wait = _retry_after(response.headers.get("Retry-After"))
+                wait = _retry_after(
+                    response.headers.get("Retry-After"),
+                    now=self._clock.time(),
+                    cap=self.max_retry_after,
+                )
+                self.rate_limited_until = max(
+                    self.rate_limited_until, self._clock.monotonic() + wait
+                )
                 raise RateLimitedError(f"{method} {path}: 429 {text}", retry_after=wait)
             if status >= 500:
                 raise ExchangeUnavailableError(f"{method} {path}: {status} {text}", status=status)
@@ -269,6 +342,12 @@ class OrderClient:
         try:
             return await self._pipeline.acall(fn, method, path, body, decode)
         except OrderRefusedError:
+            raise
+        except CircuitOpenError:
+            # Not a new failure of the exchange: the breaker already acts on the failures that
+            # opened it. Reporting each rejection made one outage with a few dozen concurrent
+            # calls look like dozens of errors and escalate to an emergency shutdown.
+            self.failures += 1
             raise
         except Exception as exc:
             self.failures += 1
@@ -316,6 +395,45 @@ class OrderClient:
     async def lookup(self, cid: str) -> ExchangeOrder | None:
         """The exchange's order for ``cid``, or None when the exchange never accepted it."""
         return await self._call("GET", f"/api/orders/by-client-id/{cid}", None, ExchangeOrder)
+
+    async def lookup_many(self, cids: Iterable[str]) -> dict[str, ExchangeOrder | None]:
+        """The exchange's order for each of ``cids`` (None: never accepted), in bulk.
+
+        One ``POST /api/orders/lookup`` per ``lookup_batch`` ids. Against an exchange without that
+        endpoint (404 or 405) it falls back, for good, to :meth:`lookup` with at most
+        ``lookup_concurrency`` requests at once. Raises what :meth:`lookup` raises; ids answered
+        before a failure are lost with it (ask again).
+        """
+        wanted = list(dict.fromkeys(cids))
+        result: dict[str, ExchangeOrder | None] = {}
+        for start in range(0, len(wanted), self.lookup_batch):
+            chunk = wanted[start : start + self.lookup_batch]
+            if self._bulk_lookup:
+                try:
+                    answer = await self._call(
+                        "POST", "/api/orders/lookup", {"client_order_ids": chunk}, LookupResult
+                    )
+                except OrderRefusedError as exc:
+                    if exc.status != 405:  # Method Not Allowed: an exchange without the route
+                        raise
+                    answer = None
+                if answer is not None:
+                    result.update(dict.fromkeys(answer.unknown))
+                    result.update((o.client_order_id, o) for o in answer.orders)
+                    continue
+                _log.warning("%s: no bulk lookup endpoint; single lookups from now on", self._name)
+                self._bulk_lookup = False
+            result.update(await self._lookup_each(chunk))
+        return result
+
+    async def _lookup_each(self, cids: list[str]) -> dict[str, ExchangeOrder | None]:
+        limit = asyncio.Semaphore(self.lookup_concurrency)
+
+        async def one(cid: str) -> tuple[str, ExchangeOrder | None]:
+            async with limit:
+                return cid, await self.lookup(cid)
+
+        return dict(await gather_all([one(cid) for cid in cids]))
 
     async def get(self, order_id: str) -> ExchangeOrder | None:
         """The order with exchange id ``order_id`` (None if unknown)."""

@@ -76,10 +76,12 @@ class PersistedOrder:
 
     @property
     def remaining_signed(self) -> float:
-        """Signed quantity still to fill (0 unless in flight or open)."""
-        if self.status not in OPEN_STATUSES:
+        """Signed quantity (units) that may still move the position: 0 once cancelled, rejected
+        or void; for a ``filled`` order, what its recorded fills do not yet cover (the exchange
+        said filled, the fill itself is not recorded yet)."""
+        if self.status not in OPEN_STATUSES and self.status != "filled":
             return 0.0
-        return (self.qty - self.filled_qty) * self.side.sign
+        return max(self.qty - self.filled_qty, 0.0) * self.side.sign
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,6 +225,51 @@ class PositionStore:
                     "UPDATE strategies SET state = ? WHERE name = ?", (json.dumps(state), strategy)
                 )
         return cid
+
+    def next_order(self, strategy: str) -> int:
+        """The number the strategy's next client order id takes (1 for a new strategy)."""
+        row = self._db.execute(
+            "SELECT next_order FROM strategies WHERE name = ?", (strategy,)
+        ).fetchone()
+        return 1 if row is None else int(row[0])
+
+    def record_intents(
+        self,
+        strategy: str,
+        orders: list[tuple[str, OrderRequest]],
+        state: dict[str, JSONValue],
+        *,
+        next_order: int,
+    ) -> None:
+        """Record ``orders`` (client id, request) in flight together with the strategy's
+        ``state`` and its ``next_order`` number, in one durable transaction: a decision and the
+        orders it led to are saved together or not at all."""
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                [
+                    (
+                        cid,
+                        strategy,
+                        r.symbol,
+                        r.side.value,
+                        r.qty,
+                        r.type.value,
+                        r.price,
+                        "inflight",
+                        None,
+                        0.0,
+                        None,
+                    )
+                    for cid, r in orders
+                ],
+            )
+            db.execute(
+                "INSERT INTO strategies (name, state, next_order) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+                "next_order = MAX(next_order, excluded.next_order)",
+                (strategy, json.dumps(state), next_order),
+            )
 
     def update_order(
         self,

@@ -3,21 +3,33 @@
 States (:class:`RiskState`):
 
 - ``ACTIVE``: every order within the limits passes.
-- ``REDUCING``: only orders that reduce the absolute size of a position (without flipping it) pass.
-  Entered automatically when market data for a watched symbol is stale (no tick within
-  ``stale_after`` seconds on the injected clock) and left automatically when every watched symbol
-  is fresh again; or entered by hand with :meth:`RiskEngine.reduce_only`.
+- ``REDUCING``: only orders that reduce a position and cannot take it across zero, whatever
+  subset of the working orders fills, pass. Entered automatically when market data for a watched
+  symbol is stale (no tick within ``stale_after`` seconds on the injected clock) and left
+  automatically when every watched symbol is fresh again; or entered by hand with
+  :meth:`RiskEngine.reduce_only`.
 - ``HALTED``: no order passes (cancels are always allowed: :meth:`RiskEngine.check_cancel`). Only
   :meth:`RiskEngine.resume` leaves it; fresh data never does.
 
-Limits, checked in this order after the state: order-rate throttle (a token bucket of ``burst``
-orders refilled at ``max_orders_per_second`` on the injected clock), maximum order notional
-(``qty × price``, the limit price or else the mark), maximum absolute position per symbol after
-the order. A refused order gets a :class:`RiskRejection` naming the limit and the values.
+Limits, checked in this order after the state: maximum order notional (``qty × price``, the limit
+price or else the mark), maximum absolute position per symbol, order-rate throttle (a token bucket
+of ``burst`` orders refilled at ``max_orders_per_second`` on the injected clock). A refused order
+gets a :class:`RiskRejection` naming the limit and the values.
+
+Worst case per side. A working order (resting limit, or market order in flight) may fill or may
+never fill, so it must never make room for another order. The check therefore never nets working
+orders against each other: a buy of ``q`` passes the position limit only if the filled position
+plus *every* working buy plus ``q`` stays within ``max_position`` (working sells are assumed not
+to fill), and a sell likewise on the short side. Whatever subset of the working orders then fills,
+in whatever order, the filled position stays between ``position - working_sell`` and ``position +
+working_buy``, so it never breaks the limit. Reduce-only uses the same bounds with zero as the
+limit: long ``P``, a sell of ``q`` passes only if ``working_sell + q <= P``; no buy passes; flat,
+nothing passes (but cancels).
 
 The check is the hot path of both live trading and backtests: one clock read, a few comparisons,
 no allocation when the order passes. Staleness is evaluated lazily against the earliest deadline,
-so a check does not walk the symbols.
+so a check does not walk the symbols. :func:`exposure` builds the check's inputs from a book of
+positions and working orders.
 """
 
 from __future__ import annotations
@@ -25,8 +37,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
@@ -34,15 +47,19 @@ from strategylab.errors import ConfigurationError, StrategyLabError
 from ._strategy import OrderRequest, Side
 
 __all__ = [
+    "Exposure",
     "RiskEngine",
     "RiskLimit",
     "RiskLimits",
     "RiskRejectedError",
     "RiskRejection",
     "RiskState",
+    "WorkingOrder",
+    "exposure",
 ]
 
 _log = logging.getLogger("strategylab.market.risk")
+_BUY = Side.BUY
 
 
 class RiskState(enum.Enum):
@@ -271,32 +288,54 @@ class RiskEngine:
         """Cancels are allowed in every state (this exists so callers say so explicitly)."""
 
     def check(  # noqa: PLR0911 - one return per rule
-        self, request: OrderRequest, position: float, mark_price: float | None
+        self,
+        request: OrderRequest,
+        position: float,
+        mark_price: float | None,
+        working_buy: float = 0.0,
+        working_sell: float = 0.0,
     ) -> RiskRejection | None:
-        """``None`` if ``request`` may be sent with ``position`` held; else why not.
+        """``None`` if ``request`` may be sent; else why not.
 
-        ``mark_price`` prices a market order's notional (the ask for a buy, the bid for a sell);
-        a limit order is priced at its limit. Passing consumes one throttle token.
+        ``position`` is the filled position in ``request.symbol`` (signed, units). ``working_buy``
+        and ``working_sell`` are the unfilled quantities (units, both >= 0) of every order on each
+        side that may still fill: resting limit orders and orders in flight, including one whose
+        outcome is unknown. They are never netted: see the module docstring. ``mark_price``
+        prices a market order's notional (the ask for a buy, the bid for a sell); a limit order
+        is priced at its limit. Passing consumes one throttle token.
+
+        Raises :class:`ValueError` if ``working_buy`` or ``working_sell`` is negative or NaN (a
+        negative working quantity would make room that no order provides).
         """
+        if not (working_buy >= 0.0 and working_sell >= 0.0):
+            raise ValueError(
+                f"working_buy={working_buy!r}, working_sell={working_sell!r}: "
+                "working quantities must be >= 0"
+            )
         now = self._monotonic()
         if now >= self._deadline:
             self._refresh(now)
-        state = self._state
         qty = request.qty
-        delta = qty if request.side is Side.BUY else -qty
-        after = position + delta
+        buy = request.side is _BUY
+        # The position if every working order on this side and this one fill, and nothing on the
+        # other side does: the furthest the filled position can go in this order's direction.
+        worst = position + working_buy + qty if buy else position - working_sell - qty
+        state = self._state
         if state is not RiskState.ACTIVE:
             if state is RiskState.HALTED:
                 return self._reject(RiskLimit.HALTED, request, 0.0, 0.0, self.reason)
-            # Reducing: the order must shrink |position| without flipping it.
-            if not (position * delta < 0.0 and qty <= abs(position)):
+            # Reducing: whatever fills, the position must not cross zero (written so that NaN
+            # refuses). A buy needs a short position, a sell a long one, since qty > 0.
+            if not (worst <= 0.0 if buy else worst >= 0.0):
                 return self._reject(
                     RiskLimit.REDUCE_ONLY,
                     request,
-                    abs(after),
-                    abs(position),
-                    f"{self.reason}; only orders reducing |position| {abs(position):g} pass, "
-                    f"this one leaves {after:g}",
+                    worst,
+                    0.0,
+                    f"{self.reason}; only orders that reduce the position without crossing zero "
+                    f"pass: position {position:g}, working "
+                    f"{'buys' if buy else 'sells'} {working_buy if buy else working_sell:g}, "
+                    f"this {request.side.value} {qty:g} could leave {worst:g}",
                 )
         price = request.price if request.price is not None else mark_price
         if price is None:
@@ -312,13 +351,16 @@ class RiskEngine:
                 self._max_notional,
                 f"notional {notional:g} > max_order_notional {self._max_notional:g}",
             )
-        if abs(after) > self._max_position and abs(after) > abs(position):
+        limit = self._max_position
+        if not (worst <= limit if buy else worst >= -limit):
             return self._reject(
                 RiskLimit.POSITION,
                 request,
-                after,
-                self._max_position,
-                f"position after the order {after:g} exceeds max_position {self._max_position:g}",
+                worst,
+                limit,
+                f"worst-case position {worst:g} (filled {position:g}, working "
+                f"{'buys' if buy else 'sells'} {working_buy if buy else working_sell:g}, "
+                f"this {request.side.value} {qty:g}) exceeds max_position {limit:g}",
             )
         tokens = self._tokens + (now - self._refilled_at) * self._rate
         tokens = min(tokens, self._burst)
@@ -342,3 +384,55 @@ class RiskEngine:
         return RiskRejection(
             limit=limit, symbol=request.symbol, value=value, threshold=threshold, reason=reason
         )
+
+
+class WorkingOrder(Protocol):
+    """An order that may still fill, as :func:`exposure` reads it."""
+
+    @property
+    def request(self) -> OrderRequest:
+        """The order as asked for (its symbol and side)."""
+        ...
+
+    @property
+    def remaining_signed(self) -> float:
+        """Quantity still to fill (units), signed by side; 0 once it can no longer fill."""
+        ...
+
+
+class Exposure(NamedTuple):
+    """The inputs of :meth:`RiskEngine.check` for one symbol (units)."""
+
+    position: float
+    """Filled position, signed."""
+    working_buy: float
+    """Unfilled quantity of every working buy (>= 0)."""
+    working_sell: float
+    """Unfilled quantity of every working sell (>= 0)."""
+
+
+def exposure(
+    symbol: str,
+    positions: Mapping[tuple[str, str], float],
+    orders: Iterable[WorkingOrder],
+) -> Exposure:
+    """``symbol``'s filled position summed over every ``(owner, symbol)`` key of ``positions``,
+    and its working orders' unfilled quantities per side, never netted.
+
+    The exchange holds one position per symbol for the account, so the limit applies to the sum
+    over strategies. ``orders`` may include orders of other symbols and finished ones (they add
+    nothing).
+    """
+    position = 0.0
+    for (_owner, held), qty in positions.items():
+        if held == symbol:
+            position += qty
+    working_buy = working_sell = 0.0
+    for order in orders:
+        if order.request.symbol == symbol:
+            remaining = order.remaining_signed
+            if remaining > 0.0:
+                working_buy += remaining
+            elif remaining < 0.0:
+                working_sell -= remaining
+    return Exposure(position, working_buy, working_sell)
