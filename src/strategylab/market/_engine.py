@@ -224,7 +224,10 @@ class StrategyEngine:
         self._positions: dict[tuple[str, str], float] = {}
         self._live: dict[str, _Live] = {}
         self._ambiguous: dict[str, str] = {}
-        """Client order id → the request whose outcome is unknown: ``submit`` or ``cancel``."""
+        """Client order id → the request whose outcome is unknown: ``submit`` or ``cancel`` (or
+        ``late``: voided at reconciliation and watched, see :meth:`_watch_late_arrivals`)."""
+        self._late: dict[str, float] = {}
+        """Voided at reconciliation: watched until this monotonic time."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._resolve_wake = asyncio.Event()
@@ -264,6 +267,7 @@ class StrategyEngine:
             live = _Live(order.strategy, order.request, order.status)
             live.order_id, live.filled = order.order_id, order.filled_qty
             self._live[order.cid] = live
+        self._watch_late_arrivals(items)
         self._fill_cursor = 0
         self._last_seq = {s: exchange_last.get(s, 0) for s in self._by_symbol}
         for runner in self.runners.values():
@@ -489,6 +493,28 @@ class StrategyEngine:
             return
         self._apply(cid, order)
 
+    def _watch_late_arrivals(self, items: Sequence[ReconciliationItem]) -> None:
+        """Keep watching in-flight orders that reconciliation voided as never accepted.
+
+        The crashed run may have sent one a moment before it died: it can still be on its way and
+        reach the exchange after reconciliation asked. Each such order counts as working exposure
+        and is asked about in the background until the time a request of the client may take has
+        passed twice over; if it turns up open it is cancelled (its decision is stale), if it
+        turned up filled or cancelled its status is taken; if it never turns up it stays void.
+        """
+        until = self._clock.monotonic() + 2.0 * self.client.timeout
+        for item in items:
+            if item.what != "inflight_order" or not item.action.startswith("voided"):
+                continue
+            order = self.store.order(item.key)
+            if order is None:
+                continue
+            self._live[item.key] = _Live(order.strategy, order.request, "inflight")
+            self._late[item.key] = until
+            self._ambiguous[item.key] = "late"
+        if self._late:
+            self._resolve_wake.set()
+
     def _unresolved(self, cid: str, request: str) -> None:
         if cid not in self._ambiguous:
             self.ambiguous_total += 1
@@ -590,6 +616,8 @@ class StrategyEngine:
         request = self._ambiguous.get(cid)
         if request is None:
             return None  # resolved meanwhile (an answer arrived)
+        if request == "late":
+            return self._settle_late(cid, order)
         if request == "cancel" and order is not None and order.status == "open":
             # The cancel never happened: send it again (a repeated cancel is harmless).
             return self._cancel(cid, order.id)
@@ -603,6 +631,29 @@ class StrategyEngine:
         del self._ambiguous[cid]
         if request == "cancel":
             self.store.update_order(cid, status="void", reason="unknown at the exchange")
+            self._set_status(cid, "void")
+        return None
+
+    def _settle_late(
+        self, cid: str, order: ExchangeOrder | None
+    ) -> Coroutine[Any, Any, None] | None:
+        """An order voided at reconciliation: cancel it if it arrived late, else wait it out."""
+        if order is not None:
+            del self._ambiguous[cid]
+            self._late.pop(cid, None)
+            self.store.update_order(cid, status=order.status, order_id=order.id)
+            live = self._live.get(cid)
+            if live is not None:
+                live.order_id = order.id
+                live.status = order.status
+            if order.status == "open":
+                _log.warning("%s arrived at the exchange after it was voided: cancelling it", cid)
+                return self._cancel(cid, order.id)
+            self._set_status(cid, order.status)
+            return None
+        if self._clock.monotonic() >= self._late.get(cid, 0.0):
+            del self._ambiguous[cid]
+            self._late.pop(cid, None)
             self._set_status(cid, "void")
         return None
 

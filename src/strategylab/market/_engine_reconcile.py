@@ -55,7 +55,7 @@ class ReconciliationItem:
         }
 
 
-async def reconcile(client: OrderClient, store: PositionStore) -> list[ReconciliationItem]:  # noqa: C901, PLR0912
+async def reconcile(client: OrderClient, store: PositionStore) -> list[ReconciliationItem]:  # noqa: C901, PLR0912, PLR0915
     """Fix every difference between ``store`` and the exchange; returns what was fixed.
 
     Raises the client's errors (:class:`~strategylab.market._orders.OrderApiError`, aiohttp's,
@@ -116,15 +116,28 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
             )
     prefix = store.engine_id + "-"
     for cid, ex in exchange_orders.items():
-        if not cid.startswith(prefix) or store.order(cid) is not None:
+        if not cid.startswith(prefix):
             continue
+        known = store.order(cid)
+        if known is not None and not (known.status == "void" and ex.status == "open"):
+            continue
+        # Unknown to the book, or voided as never accepted and then accepted after all (it was
+        # still on its way when an earlier run reconciled): the decision behind it is stale.
         action = "reported"
         if ex.status == "open":
             await client.cancel(ex.id)
-            action = "cancelled (unknown to the book)"
+            action = (
+                "cancelled (unknown to the book)"
+                if known is None
+                else "cancelled (voided earlier, arrived late)"
+            )
         items.append(
             ReconciliationItem(
-                what="unknown_order", key=cid, expected="absent", found=ex.status, action=action
+                what="unknown_order",
+                key=cid,
+                expected="absent" if known is None else "void",
+                found=ex.status,
+                action=action,
             )
         )
     for fill in fills:

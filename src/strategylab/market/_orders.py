@@ -214,6 +214,9 @@ class OrderClient:
         self._clock = clock
         self._manager = manager
         self._attempt_timeout = attempt_timeout
+        self.timeout = float(timeout)
+        """Seconds one call may take in total, retries included: how long a request sent by a
+        client like this one may still be on its way to the exchange."""
         self.retry = (
             retry
             if retry is not None
