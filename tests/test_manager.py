@@ -614,8 +614,11 @@ async def test_audit_records_recoveries_and_fall_throughs(clock: FakeClock, tmp_
     finally:
         log.close()
     records = list(AuditLog.read(tmp_path / "audit.jsonl"))
-    assert [r.kind for r in records] == ["fall_through", "recovery"]
-    data = records[1].data
+    assert [r.kind for r in records] == ["error", "fall_through", "recovery"]
+    arrived = records[0].data["context"]
+    assert isinstance(arrived, dict)
+    assert arrived["error_id"] == str(context.error_id)
+    data = records[2].data
     assert (data["error_id"], data["success"], data["strategy"]) == (
         str(context.error_id),
         True,
@@ -623,7 +626,7 @@ async def test_audit_records_recoveries_and_fall_throughs(clock: FakeClock, tmp_
     )
     assert isinstance(data["context"], dict)
     assert data["context"]["message"] == "boom"
-    assert verification.records == 2
+    assert verification.records == 3
 
 
 async def test_audit_failure_does_not_fail_the_recovery(clock: FakeClock) -> None:

@@ -91,6 +91,15 @@ def pg_missing_role(_: Path) -> list[str]:
     return ["--postgres", f"host=127.0.0.1 port=5432 dbname=test user=nobody_{uuid.uuid4().hex}"]
 
 
+def pg_bad_port(_: Path) -> list[str]:
+    return ["--postgres", "host=127.0.0.1 port=notanumber dbname=test user=postgres"]
+
+
+def pg_bad_server_setting(_: Path) -> list[str]:
+    dsn = "host=127.0.0.1 port=5432 dbname=test user=postgres options='-c statement_timeout=abc'"
+    return ["--postgres", dsn]
+
+
 CASES: dict[str, tuple[Callable[[Path], list[str]], str, str]] = {
     "sqlite-other-ticks-schema": (sqlite_other_schema, "--db", "another schema"),
     "sqlite-other-quarantine-schema": (sqlite_other_quarantine, "--db", "quarantine"),
@@ -101,6 +110,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str, str]] = {
     "pg-unknown-option": (pg_unknown_option, "--postgres", "does not parse"),
     "pg-missing-database": (pg_missing_database, "--postgres", "does not exist"),
     "pg-missing-role": (pg_missing_role, "--postgres", "does not exist"),
+    "pg-bad-port": (pg_bad_port, "--postgres", "invalid integer value"),
+    "pg-bad-server-setting": (pg_bad_server_setting, "--postgres", "invalid value for parameter"),
 }
 
 
@@ -210,3 +221,32 @@ async def test_an_unreachable_postgres_at_start_is_transient_the_node_spools(
         if node.returncode is None:
             node.kill()
             await node.wait()
+
+
+@pytest.fixture
+def read_only_volume(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs holding one SQLite database (root only, as CI runs)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mount_cmd = ["/bin/mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]
+    subprocess.run(mount_cmd, check=True)  # noqa: S603 - our own arguments
+    try:
+        conn = sqlite3.connect(mount / "ticks.db")
+        conn.execute("CREATE TABLE other (x)")
+        conn.close()
+        subprocess.run(["/bin/mount", "-o", "remount,ro", str(mount)], check=True)  # noqa: S603
+        yield mount
+    finally:
+        subprocess.run(["/bin/umount", "-l", str(mount)], check=False)  # noqa: S603
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("name", ["ticks.db", "new.db"])
+def test_a_database_on_a_read_only_volume_exits_2(
+    tmp_path: Path, read_only_volume: Path, name: str
+) -> None:
+    """An existing file or a new one on a read-only volume can never be written: refused."""
+    result = run_node(tmp_path / "node", "--db", str(read_only_volume / name))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("strategylab node: error: --db="), result.stderr
+    assert "not writable" in result.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, classify
 from strategylab.fault_tolerance._classify import is_corruption
+from strategylab.market._node import _check_sqlite
 from strategylab.market._sqlite_store import SQLiteTickStore, wal_damage
 from strategylab.market._store import StoreCorruptedError
 from strategylab.market._tick import Tick
@@ -291,3 +292,65 @@ def test_torn_wal_tail_is_not_damage(tmp_path: Path) -> None:
 def wal_frames_of(data: bytes | bytearray) -> tuple[int, int]:
     page_size = struct.unpack(">I", data[8:12])[0]
     return page_size, (len(data) - 32) // (24 + page_size)
+
+
+def _flip(path: Path, at: int, mask: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def _crash_image(tmp_path: Path) -> Path:
+    """The files of a store with six commits in its WAL, as a SIGKILL would leave them."""
+    live = tmp_path / "live"
+    live.mkdir()
+    store = SQLiteTickStore(live / "ticks.db")
+    await store.open()
+    crashed = tmp_path / "crashed"
+    try:
+        for first in range(1, 601, 100):
+            await store.write(ticks("A", first, first + 99))
+        crashed.mkdir()
+        for name in ("ticks.db", "ticks.db-wal"):
+            shutil.copy(live / name, crashed / name)
+    finally:
+        await store.aclose()
+    return crashed / "ticks.db"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("field", [8, 12], ids=["salt-1", "salt-2"])
+async def test_damaged_frame_salts_with_later_commits_are_damage(
+    tmp_path: Path, field: int
+) -> None:
+    """A frame whose salts were flipped is not the end of its generation when later frames carry
+    them and commit: SQLite would drop those commits."""
+    db = await _crash_image(tmp_path)
+    wal = Path(f"{db}-wal")
+    page_size, frames = wal_frames(wal)
+    _flip(wal, 32 + (frames // 2) * (24 + page_size) + field, 0x40)
+    reason = wal_damage(wal)
+    assert reason is not None
+    assert "salts" in reason
+
+
+@pytest.mark.timeout(30)
+async def test_the_nodes_start_check_leaves_a_crashed_wal_for_the_store(tmp_path: Path) -> None:
+    """The node's schema check opens the file read-only: it never checkpoints (and so deletes) a
+    WAL whose damage the store must see."""
+    db = await _crash_image(tmp_path)
+    wal = Path(f"{db}-wal")
+    damaged = _flip(wal, 32 + 24 + 100, 0x01)
+    _check_sqlite(db, must_exist_dir=True)
+    assert _read(wal) == damaged
+    reopened = SQLiteTickStore(db)
+    await reopened.open()
+    try:
+        assert reopened.wal_damage is not None
+    finally:
+        await reopened.aclose()

@@ -251,7 +251,8 @@ class ErrorRecoveryManager:
     strategy runs under when a policy has none (default: 3 attempts, 0.1 s base, doubling, 2 s cap,
     full jitter, on ``clock``). ``shutdown_handler`` replaces the default emergency shutdown (stop
     every registered component in reverse registration order, each within ``shutdown_deadline``
-    seconds). ``audit`` receives one ``recovery`` record per handled error, one ``escalation``
+    seconds). ``audit`` receives one ``error`` record when an error arrives (its context), one
+    ``recovery`` record per handled error when its recovery ends, one ``escalation``
     record per threshold crossing (DESIGN §4) and one ``fall_through`` record per step to a later
     strategy within a recovery. ``capture_state=False`` skips the :class:`SystemState` snapshot
     taken for each exception.
@@ -417,6 +418,9 @@ class ErrorRecoveryManager:
         key: _Key = (context.error_type, context.component)
         self._stats.record_error(context.error_type)
         self._emit("error", context, detail=context.message)
+        # On arrival, not only when the recovery ends: a fault whose recovery waits for ever (an
+        # exchange that refuses every connection) is in the audit trail from its first moment.
+        await self._audit_append("error", {"context": context.to_dict()})
 
         level, crossed = self._patterns.record(key, started, policy)
         severity = context.severity.raised(level) if level else context.severity

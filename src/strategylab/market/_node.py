@@ -411,6 +411,9 @@ _PG_PERMANENT: Final = (
     "not permitted to log in",
     "no password supplied",
     "invalid connection option",
+    "invalid integer value",
+    "invalid value for parameter",
+    "unrecognized configuration parameter",
 )
 
 
@@ -442,21 +445,46 @@ def _describe(columns: Sequence[tuple[str, str, int, int]]) -> str:
 
 
 def _sqlite_magic(path: Path) -> bool:
-    """Whether ``path`` starts with SQLite's file header string (it was an SQLite database)."""
+    """Whether ``path`` has SQLite's database header, whole or in part (it was one of ours).
+
+    True for the 16-byte header string, and, when that is damaged, for the rest of the 100-byte
+    header as SQLite writes it: a power-of-two page size (or 1 for 65,536) and the fixed payload
+    fractions 64, 32, 32. A file with neither is not SQLite's: the node refuses it rather than let
+    the store move a user's file aside.
+    """
     try:
         with path.open("rb") as file:
-            return file.read(16) == b"SQLite format 3\x00"
+            head = file.read(100)
     except OSError:
         return False
+    if head[:16] == b"SQLite format 3\x00":
+        return True
+    if len(head) < 100 or head[21:24] != b"\x40\x20\x20":
+        return False
+    page = int.from_bytes(head[16:18], "big")
+    return page == 1 or (512 <= page <= 32768 and page & (page - 1) == 0)
 
 
-def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
-    shown = os.fspath(path)
+def _check_sqlite_path(path: Path, shown: str, *, must_exist_dir: bool) -> bool:
+    """Refuse a path the store could never write; True when the file exists already."""
     if path.is_dir():
         raise ConfigurationError("--db", shown, "is a directory, not an SQLite file")
     if not path.exists():
         if must_exist_dir and not path.parent.is_dir():
             raise ConfigurationError("--db", shown, f"directory {path.parent} does not exist")
+        if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConfigurationError("--db", shown, f"directory {path.parent} is not writable")
+        return False
+    for target in (path, path.parent):
+        # SQLite writes the file and, in WAL mode, its -wal and -shm beside it.
+        if not os.access(target, os.W_OK):
+            raise ConfigurationError("--db", shown, f"{target} is not writable")
+    return True
+
+
+def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
+    shown = os.fspath(path)
+    if not _check_sqlite_path(path, shown, must_exist_dir=must_exist_dir):
         return  # a new database: the store creates the schema
     expected = sqlite3.connect(":memory:")
     try:
@@ -467,7 +495,10 @@ def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
     finally:
         expected.close()
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        # Read-only: closing a read-write connection checkpoints a leftover WAL into the file and
+        # deletes it, before the store could check its frames (a damaged frame would make SQLite
+        # drop acknowledged commits silently). A reader never checkpoints.
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ConfigurationError("--db", shown, f"cannot be opened: {exc}") from None
     try:
@@ -480,6 +511,9 @@ def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
                     f"table {table!r} has another schema ({_describe(have)}); "
                     f"expected ({_describe(columns)})",
                 )
+    except UnicodeDecodeError as exc:
+        # Undecodable text in the schema: damage for the store to repair, not a setting.
+        _log.warning("--db %s: could not check the schema: %r", shown, exc)
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB and not _sqlite_magic(
             path

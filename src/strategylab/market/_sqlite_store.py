@@ -243,26 +243,39 @@ def _wal_frames_damage(
         at = _WAL_HEADER.size + i * frame
         _page, _commit, f1, f2, k1, k2 = _FRAME_HEADER.unpack_from(data, at)
         if (f1, f2) != salts:
-            return None  # the end of this generation
+            # The end of this generation, unless a later frame carries its salts and commits: a
+            # generation's frames are a prefix of the file, so this frame's salts were damaged.
+            later = _later_commits(data, frame, frames, i, salts)
+            if not later:
+                return None
+            return (
+                f"WAL frame {i + 1} of {frames} has damaged salts: SQLite drops it and {later} "
+                "later commit(s)"
+            )
         s0, s1 = _wal_checksum(data[at : at + 8], big, s0, s1)
         s0, s1 = _wal_checksum(data[at + _FRAME_HEADER.size : at + frame], big, s0, s1)
         if (s0, s1) == (k1, k2):
             continue
-        later = 0
-        for j in range(i + 1, frames):
-            _p, commit, g1, g2, _k1, _k2 = _FRAME_HEADER.unpack_from(
-                data, _WAL_HEADER.size + j * frame
-            )
-            if (g1, g2) != salts:
-                break
-            later += commit != 0
+        later = _later_commits(data, frame, frames, i, salts)
         if not later:
-            return None  # a torn, never-committed tail
+            # A torn, never-committed tail. (Damage inside the very last commit cannot be told
+            # from a torn last write: the feed's replay brings that one transaction back.)
+            return None
         return (
             f"WAL frame {i + 1} of {frames} fails its checksum: SQLite drops it and "
             f"{later} later commit(s)"
         )
     return None
+
+
+def _later_commits(data: bytes, frame: int, frames: int, after: int, salts: tuple[int, int]) -> int:
+    """Commit frames of the generation ``salts`` after frame ``after`` (0-based)."""
+    later = 0
+    for j in range(after + 1, frames):
+        _p, commit, g1, g2, _k1, _k2 = _FRAME_HEADER.unpack_from(data, _WAL_HEADER.size + j * frame)
+        if (g1, g2) == salts:
+            later += commit != 0
+    return later
 
 
 def _fsync_dir(path: Path) -> None:
@@ -562,15 +575,16 @@ class SQLiteTickStore:
             found.append(self._wal_damage)
         try:
             conn = self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # Text in the schema that is not UTF-8 can only be damaged bytes.
+            if isinstance(exc, sqlite3.DatabaseError) and not _is_damage(exc):
                 raise
             found.append(self._replace(f"cannot open it: {exc}"))
             return found
         try:
             problem = _integrity_problem(conn)
-        except sqlite3.Error as exc:
-            if not _is_damage(exc):
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            if isinstance(exc, sqlite3.Error) and not _is_damage(exc):
                 conn.close()
                 raise
             problem = f"reading it: {exc}"
