@@ -354,3 +354,25 @@ async def test_the_nodes_start_check_leaves_a_crashed_wal_for_the_store(tmp_path
         assert reopened.wal_damage is not None
     finally:
         await reopened.aclose()
+
+
+def _damage_middle_page(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    middle = (len(data) // page // 2) * page
+    data[middle + 8 : middle + 40] = b"\xa5" * 32
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.timeout(30)
+async def test_verify_false_skips_the_full_scan_but_not_the_cheap_checks(tmp_path: Path) -> None:
+    """A damaged middle page: the full scan finds it; a reader that opted out of it opens."""
+    db = tmp_path / "ticks.db"
+    await filled(db)
+    _damage_middle_page(db)
+    with pytest.raises(StoreCorruptedError, match="quick_check"):
+        await SQLiteTickStore(db, on_corruption="raise").open()
+    reader = SQLiteTickStore(db, on_corruption="raise", verify=False)
+    await reader.open()
+    await reader.aclose()
+    assert aside(db) == []

@@ -86,7 +86,8 @@ def run_backtest(spec: BacktestSpec) -> BacktestResult:
 
 
 async def _run_event_driven(spec: BacktestSpec, strategy: Strategy, path: Path) -> BacktestResult:
-    store = SQLiteTickStore(path, on_corruption="raise")
+    # A reader that runs often: no full scan on open (a damaged page still fails the read).
+    store = SQLiteTickStore(path, on_corruption="raise", verify=False)
     await store.open()
     try:
         return await BacktestEngine(strategy, store, spec.config()).run()
