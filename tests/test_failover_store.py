@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +17,7 @@ from strategylab.market._spool import SpoolStore
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._store import TickStore
 from strategylab.market._tick import Tick
+from volumes import fill, tmpfs
 
 DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 SYMBOLS = ("AAA", "BBB", "CCC")
@@ -88,41 +86,8 @@ class OrderedSQLite(SQLiteTickStore):
 
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
-    mountpoint = tmp_path / "vol"
-    mountpoint.mkdir()
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if mount is None or umount is None:
-        pytest.fail("the storage-full test needs mount(8) and umount(8) to mount a tmpfs")
-    result = subprocess.run(  # noqa: S603
-        [mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "cannot mount a size-limited tmpfs for the storage-full test (needs root and "
-            f"mount(2)): {result.stderr.strip() or result.returncode}"
-        )
-    try:
+    with tmpfs(tmp_path / "vol", 4) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([umount, "-l", str(mountpoint)], check=False)  # noqa: S603
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until the volume is full; returns how many bytes it took."""
-    chunk = b"\0" * 65_536
-    written = 0
-    with path.open("wb", buffering=0) as file:
-        for size in (65_536, 4096, 512, 1):
-            try:
-                while True:
-                    written += file.write(chunk[:size])
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    return written
 
 
 @pytest.mark.timeout(30)

@@ -9,7 +9,8 @@ import pytest
 
 from strategylab.fault_tolerance import AuditLog
 from strategylab.market._ledger import AckLog, read_acks
-from test_node_faults import fill, volume
+from test_node_faults import volume
+from volumes import fill
 
 pytestmark = pytest.mark.integration
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +19,7 @@ from strategylab.market._ledger import read_acks
 from strategylab.market._node import EXIT_EMERGENCY, Node, NodeConfig, run_node
 from strategylab.market._sqlite_store import SQLiteTickStore
 from test_node_process import next_event, spawn, status_until
+from volumes import fill, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -31,41 +29,8 @@ SYMBOLS = "A,B"
 @pytest.fixture
 def volume(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs (as root): a real volume that can be filled to the brim."""
-    mountpoint = tmp_path / "vol"
-    mountpoint.mkdir()
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if mount is None or umount is None:
-        pytest.fail("the disk-full tests need mount(8) and umount(8) to mount a tmpfs")
-    result = subprocess.run(  # noqa: S603
-        [mount, "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "cannot mount a size-limited tmpfs (needs root and mount(2)): "
-            f"{result.stderr.strip() or result.returncode}"
-        )
-    try:
+    with tmpfs(tmp_path / "vol", 24) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([umount, "-l", str(mountpoint)], check=False)  # noqa: S603
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until its volume is full; returns how many bytes it took."""
-    chunk = b"\0" * 65_536
-    written = 0
-    with path.open("wb", buffering=0) as file:
-        for size in (65_536, 4096, 512, 1):
-            try:
-                while True:
-                    written += file.write(chunk[:size])
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    return written
 
 
 @pytest.fixture

@@ -4,10 +4,7 @@ that fail, and the failover store must not drain into a disk that cannot take a 
 from __future__ import annotations
 
 import asyncio
-import errno
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from strategylab.market._failover_store import FailoverState, FailoverStore
 from strategylab.market._spool import SpoolStore
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._tick import Tick
+from volumes import fill, tmpfs
 
 BATCH = 20_000
 
@@ -32,41 +30,8 @@ def ticks(symbol: str, first: int, last: int) -> list[Tick]:
 @pytest.fixture
 def volume(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs (needs root and mount(2), as the storage-full tests do)."""
-    mountpoint = tmp_path / "vol"
-    mountpoint.mkdir()
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if mount is None or umount is None:
-        pytest.fail("the storage-full test needs mount(8) and umount(8) to mount a tmpfs")
-    result = subprocess.run(  # noqa: S603
-        [mount, "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "cannot mount a size-limited tmpfs for the storage-full test (needs root and "
-            f"mount(2)): {result.stderr.strip() or result.returncode}"
-        )
-    try:
+    with tmpfs(tmp_path / "vol", 16) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([umount, "-l", str(mountpoint)], check=False)  # noqa: S603
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until the volume is full; returns how many bytes it took."""
-    chunk = b"\0" * 65_536
-    written = 0
-    with path.open("wb", buffering=0) as file:
-        for size in (65_536, 4096, 512, 1):
-            try:
-                while True:
-                    written += file.write(chunk[:size])
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    return written
 
 
 def one_row_commit(store: SQLiteTickStore) -> None:
