@@ -336,18 +336,7 @@ class StrategyEngine:
                 continue
             for runner in by_symbol.get(symbol, ()):
                 if runner.running:
-                    runner.in_callback = True
-                    try:
-                        runner.strategy.on_tick(tick, runner.ctx)
-                    except Exception as exc:
-                        runner.in_callback = False
-                        self.drop_intents(runner)
-                        self._fail(runner, exc)
-                    else:
-                        runner.in_callback = False
-                        runner.dirty = True
-                        if runner.intents:
-                            self.commit_intents(runner)
+                    self._callback(runner, runner.strategy.on_tick, tick)
 
     async def quarantine(self, entries: list[QuarantinedTick]) -> None:
         """Refused input is counted; strategies never see it."""
@@ -749,9 +738,16 @@ class StrategyEngine:
         return new
 
     def _deliver_fill(self, runner: StrategyRunner, event: Fill) -> None:
+        self._callback(runner, runner.strategy.on_fill, event)
+
+    def _callback(
+        self, runner: StrategyRunner, callback: Callable[[Any, Any], object], event: object
+    ) -> None:
+        """Run one strategy callback; commit the orders it decided with its state, or, if it
+        raised, drop them and recover the strategy."""
         runner.in_callback = True
         try:
-            runner.strategy.on_fill(event, runner.ctx)
+            callback(event, runner.ctx)
         except Exception as exc:
             runner.in_callback = False
             self.drop_intents(runner)
