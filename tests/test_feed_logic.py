@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -33,8 +34,12 @@ from strategylab.testing import FakeClock
 Handler = Callable[["Peer"], Awaitable[None]]
 
 
+T0 = time.time_ns()
+"""Exchange time of the scripted ticks: now, as the feed bounds timestamps to its clock."""
+
+
 def tick(seq: int, symbol: str = "A", *, bid: float = 1.0, ask: float = 1.1, ts: int = 0) -> Tick:
-    return Tick(symbol, seq, ts or seq * 1000, bid, ask, 1.0, 1.0)
+    return Tick(symbol, seq, ts or T0 + seq * 1000, bid, ask, 1.0, 1.0)
 
 
 def ticks_frame(ticks: list[Tick], key: bytes | None = None) -> bytes:
@@ -278,7 +283,7 @@ async def test_invalid_ticks_are_quarantined_with_reasons_and_advance_the_sequen
             tick(1),
             tick(2, bid=2.0, ask=1.0),
             tick(3, bid=math.nan),
-            tick(4, ts=10),
+            tick(4, ts=T0 + 10),
             tick(5),
         ]
         await peer.ws.send(ticks_frame(frame))

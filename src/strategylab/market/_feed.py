@@ -63,13 +63,14 @@ from ._protocol import (
     ReplayRequest,
     SignatureError,
     Subscribe,
+    control_bounds_error,
     decode_frame,
     decode_heartbeat,
     decode_replay_done,
     decode_ticks,
 )
 from ._store import QuarantinedTick
-from ._tick import Tick, validate_tick
+from ._tick import INT64_MAX, INT64_MIN, Tick, TickBounds, validate_tick
 
 __all__ = [
     "AcknowledgingSink",
@@ -87,7 +88,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_INF = math.inf
 _MAX_REPORTS = 32
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
@@ -99,6 +99,8 @@ _PAUSE_FRACTION = 0.25
 at least :data:`_PAUSE_MIN`) was not running: it re-arms rather than judge the silence."""
 _PAUSE_MIN = 0.05
 _PEER_TEXT = 120
+_RAW_CHARS = 1000
+"""Characters of a refused tick's text kept in its quarantine entry."""
 """Characters of peer-supplied text kept (escaped) in a log line or an error message."""
 
 
@@ -200,7 +202,17 @@ class FeedConfig:
     Times are in seconds. ``proven_after``: a connection alive this long after "subscribed" has
     proven itself and resets the reconnect backoff (so does data it delivered being stored).
     ``retry_later_floor``: the least wait after the server closes with 1012 or 1013.
-    ``max_server_wait``: the cap on a ``Retry-After`` wait the server asks for. Raises
+    ``max_server_wait``: the cap on a ``Retry-After`` wait the server asks for.
+
+    Bounds on what a peer sends (anything outside is refused before it is acknowledged): a tick's
+    ``ts`` must lie within ``max_past`` seconds before and ``max_future`` seconds after this
+    process's wall clock, its prices within (0, ``max_price``] and its sizes within
+    [0, ``max_size``] (and its integers within a 64-bit store column); refused ticks are
+    quarantined and never move the per-symbol timestamp reference. ``max_message_bytes`` caps one
+    WebSocket message (refused at the frame header; it must exceed the exchange's largest frame:
+    ``ticks_per_frame`` × ~70 bytes, at most ~7 MB), ``max_queue`` the messages buffered unread,
+    ``max_control_bytes`` and ``max_control_depth`` a JSON control message's length (bytes) and
+    nesting, ``max_control_digits`` a number's digits in one. Raises
     :class:`~strategylab.errors.ConfigurationError` naming a bad field.
     """
 
@@ -220,9 +232,18 @@ class FeedConfig:
     max_server_wait: float = 60.0
     report_quiet: float = 5.0
     """Repeats of an error type within this many seconds of the last are counted, not reported."""
+    max_future: float = 300.0
+    max_past: float = 30 * 86_400.0
+    max_price: float = 1e9
+    max_size: float = 1e12
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_queue: int = 16
+    max_control_bytes: int = 64 * 1024
+    max_control_depth: int = 8
+    max_control_digits: int = 20
     name: str = "feed"
 
-    def __post_init__(self) -> None:  # noqa: C901 - one check per field
+    def __post_init__(self) -> None:  # noqa: C901, PLR0912 - one check per field
         if not self.urls:
             raise ConfigurationError("urls", self.urls, "must be a non-empty tuple of ws:// URLs")
         for url in self.urls:
@@ -250,10 +271,24 @@ class FeedConfig:
             raise ConfigurationError("max_held", self.max_held, "must be >= 1")
         if not self.recovery_timeout > 0:
             raise ConfigurationError("recovery_timeout", self.recovery_timeout, "must be > 0")
-        for key in ("retry_later_floor", "max_server_wait"):
+        for key in ("retry_later_floor", "max_server_wait", "max_future", "max_past"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigurationError(key, value, "must be a finite number >= 0")
+        for key in ("max_price", "max_size"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(key, value, "must be a finite number > 0")
+        for key, least in (
+            ("max_message_bytes", 1024),
+            ("max_queue", 1),
+            ("max_control_bytes", 256),
+            ("max_control_depth", 2),
+            ("max_control_digits", 20),
+        ):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ConfigurationError(key, value, f"must be an integer >= {least}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -594,7 +629,8 @@ class Feed:
             # a connection never delays the reconnect by websockets' default 10 s.
             ws = await connect(
                 url,
-                max_size=None,
+                max_size=cfg.max_message_bytes,
+                max_queue=cfg.max_queue,
                 compression=None,
                 ping_interval=None,
                 close_timeout=min(cfg.stale_after, 1.0),
@@ -733,6 +769,9 @@ class Feed:
         last = -1
         prev_ts = -1
         dups = 0
+        bounds = self._tick_bounds()
+        min_ts, max_ts = bounds.min_ts, bounds.max_ts
+        max_price, max_size = bounds.max_price, bounds.max_size
         for tick in ticks:
             if tick.symbol != symbol:
                 if last >= 0:
@@ -749,6 +788,11 @@ class Feed:
             elif last < 0:
                 continue
             seq = tick.seq
+            if not 0 < seq <= INT64_MAX:
+                # Not a position in the stream at all: quarantined, no position moves.
+                bad = [] if bad is None else bad
+                bad.append(self._refused(tick, f"seq {seq} outside 1..2**63-1"))
+                continue
             if seq != last + 1:
                 if seq <= last:
                     dups += 1
@@ -764,18 +808,20 @@ class Feed:
                             gaps = []
                         gaps.append(symbol)
                 continue
+            ts = tick.ts
             if (
-                0.0 < tick.bid <= tick.ask < _INF
-                and 0.0 <= tick.bid_size < _INF
-                and 0.0 <= tick.ask_size < _INF
-                and tick.ts >= prev_ts
+                0.0 < tick.bid <= tick.ask <= max_price
+                and 0.0 <= tick.bid_size <= max_size
+                and 0.0 <= tick.ask_size <= max_size
+                and min_ts <= ts <= max_ts
+                and ts >= prev_ts
             ):
                 prev_ts = tick.ts
                 append(tick)
             else:
                 if bad is None:
                     bad = []
-                entry = self._refuse(tick, prev_ts)
+                entry = self._refuse(tick, prev_ts, bounds)
                 if entry is None:
                     prev_ts = tick.ts
                     append(tick)
@@ -801,17 +847,34 @@ class Feed:
         if self._held_count > self._config.max_held:
             self._kick(f"{self._held_count} ticks held behind gaps > max_held")
 
-    def _refuse(self, tick: Tick, prev_ts: int) -> QuarantinedTick | None:
-        reason = validate_tick(tick, prev_ts if prev_ts >= 0 else None)
+    def _tick_bounds(self) -> TickBounds:
+        """The plausible range of a tick received now (the timestamp window moves with the
+        wall clock of this process)."""
+        cfg = self._config
+        now = self._clock.time()
+        return TickBounds(
+            min_ts=max(INT64_MIN, min(INT64_MAX, int((now - cfg.max_past) * 1e9))),
+            max_ts=max(INT64_MIN, min(INT64_MAX, int((now + cfg.max_future) * 1e9))),
+            max_price=cfg.max_price,
+            max_size=cfg.max_size,
+        )
+
+    def _refuse(self, tick: Tick, prev_ts: int, bounds: TickBounds) -> QuarantinedTick | None:
+        reason = validate_tick(tick, prev_ts if prev_ts >= 0 else None, bounds=bounds)
         if reason is None:
             return None
+        return self._refused(tick, reason)
+
+    def _refused(self, tick: Tick, reason: str) -> QuarantinedTick:
+        """The quarantine entry of a refused tick: only values that fit the store's columns
+        (the raw tick keeps the rest, as text)."""
         self._invalid += 1
         return QuarantinedTick(
             received_ns=int(self._clock.time() * 1e9),
             reason=reason,
-            raw=repr(tick),
+            raw=repr(tick)[:_RAW_CHARS],
             symbol=tick.symbol,
-            seq=tick.seq,
+            seq=tick.seq if 0 < tick.seq <= INT64_MAX else None,
         )
 
     def _drain_held(
@@ -819,6 +882,7 @@ class Feed:
     ) -> list[QuarantinedTick] | None:
         """Move held ticks that now follow on from the delivered position into ``out``."""
         delivered = self._delivered
+        bounds = self._tick_bounds()
         for symbol in list(self._held):
             held = self._held[symbol]
             last = delivered.get(symbol, 0)
@@ -829,7 +893,7 @@ class Feed:
             prev_ts = self._last_ts.get(symbol, -1)
             while (tick := held.pop(last + 1, None)) is not None:
                 self._held_count -= 1
-                entry = self._refuse(tick, prev_ts)
+                entry = self._refuse(tick, prev_ts, bounds)
                 if entry is None:
                     prev_ts = tick.ts
                     out.append(tick)
@@ -979,6 +1043,17 @@ class Feed:
         self._report(TickRangeLostError(what))
 
     async def _on_control(self, ws: ClientConnection, message: str) -> None:
+        cfg = self._config
+        refused = control_bounds_error(
+            message,
+            max_bytes=cfg.max_control_bytes,
+            max_depth=cfg.max_control_depth,
+            max_digits=cfg.max_control_digits,
+        )
+        if refused is not None:
+            self._control_errors += 1
+            self._report(InvalidTickError(f"control message refused: {refused}"))
+            return
         try:
             reply = _json_decode(message)
         except msgspec.DecodeError:

@@ -61,6 +61,7 @@ __all__ = [
     "ReplayRequest",
     "SignatureError",
     "Subscribe",
+    "control_bounds_error",
     "decode_frame",
     "decode_ticks",
     "encode_frame",
@@ -213,6 +214,42 @@ def decode_replay_done(payload: bytes) -> ReplayDone:
         return _replay_done_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise FrameError(f"undecodable replay-done payload: {exc}") from exc
+
+
+def control_bounds_error(  # noqa: C901 - one pass, a branch per character class
+    text: str, *, max_bytes: int, max_depth: int, max_digits: int
+) -> str | None:
+    """Why a JSON control message is refused before it is parsed, or None: longer than
+    ``max_bytes`` (UTF-8 bytes, checked first), nested deeper than ``max_depth`` arrays/objects,
+    or a number with more than ``max_digits`` digits. One linear pass, strings skipped."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        return f"longer than max_bytes={max_bytes}"
+    depth = digits = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if "0" <= char <= "9":
+            digits += 1
+            if digits > max_digits:
+                return f"a number with more than max_digits={max_digits} digits"
+            continue
+        digits = 0
+        if char in "[{":
+            depth += 1
+            if depth > max_depth:
+                return f"nested deeper than max_depth={max_depth}"
+        elif char in "]}":
+            depth -= 1
+        elif char == '"':
+            in_string = True
+    return None
 
 
 ControlKind = Literal["subscribe", "replay"]
