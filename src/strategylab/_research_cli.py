@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from strategylab._files import sqlite_uri
 from strategylab.errors import StrategyLabError
 from strategylab.market._backtest_result import BacktestResult
 from strategylab.market._backtest_spec import BacktestSpec
@@ -182,7 +183,7 @@ def _resolve_range(db: Path, symbol: str, start: str | None, end: str | None) ->
             clauses.append(comparisons[option, kind])
             args.append(value)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(sqlite_uri(db, "ro"), uri=True)
         try:
             symbols = [r[0] for r in conn.execute("SELECT DISTINCT symbol FROM ticks")]
             row = conn.execute(

@@ -56,6 +56,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, Self, TypeAlias, overload
 
+from strategylab._files import make_private_dir, open_private
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import AuditIntegrityError
 
@@ -90,6 +91,12 @@ _FIELDS: Final = frozenset({"seq", "timestamp", "kind", "data", "prev_hash", "ha
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _TAIL_CHUNK: Final = 64 * 1024
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+MAX_DEPTH: Final = 200
+"""How deeply ``data`` may nest lists and objects; deeper data is refused on append and a deeper
+line is a damaged record on read (a hostile line nested 100,000 deep must not crash the reader)."""
+_LINE_DEPTH: Final = MAX_DEPTH + 2  # the record object and its "data" object around the data
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET: Final = re.compile(rb"[\[\]{}]")
 
 
 class _HashMismatchError(ValueError):
@@ -131,7 +138,7 @@ def _check_text(text: str, where: str) -> None:
             raise ValueError(f"{where}: string is not valid Unicode (lone surrogate)") from None
 
 
-def _normalize(value: object, where: str, seen: set[int]) -> JSONValue:  # noqa: C901 - one branch per JSON type
+def _normalize(value: object, where: str, seen: set[int], depth: int = 0) -> JSONValue:  # noqa: C901 - one branch per JSON type
     """A plain-JSON deep copy of ``value``; an error names the offending key path."""
     if value is None or isinstance(value, bool):
         return value
@@ -147,6 +154,8 @@ def _normalize(value: object, where: str, seen: set[int]) -> JSONValue:  # noqa:
     if isinstance(value, Mapping | list | tuple):
         if id(value) in seen:
             raise ValueError(f"{where}: circular reference")
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
         seen.add(id(value))
         try:
             if isinstance(value, Mapping):
@@ -157,9 +166,11 @@ def _normalize(value: object, where: str, seen: set[int]) -> JSONValue:  # noqa:
                             f"{where}[{key!r}]: keys must be str, not {type(key).__name__}"
                         )
                     _check_text(key, f"{where}[{key!r}]")
-                    out[str.__str__(key)] = _normalize(item, f"{where}[{key!r}]", seen)
+                    out[str.__str__(key)] = _normalize(item, f"{where}[{key!r}]", seen, depth + 1)
                 return out
-            return [_normalize(item, f"{where}[{i}]", seen) for i, item in enumerate(value)]
+            return [
+                _normalize(item, f"{where}[{i}]", seen, depth + 1) for i, item in enumerate(value)
+            ]
         finally:
             seen.discard(id(value))
     raise TypeError(f"{where}: {type(value).__name__} is not JSON-serialisable")
@@ -313,12 +324,31 @@ def _reject_constant(name: str) -> JSONValue:
     raise ValueError(f"{name} is not JSON")
 
 
+def _too_deep(raw: bytes) -> bool:
+    """Whether ``raw`` nests lists/objects deeper than a record may (brackets in strings aside)."""
+    if raw.count(b"[") + raw.count(b"{") <= _LINE_DEPTH:
+        return False  # the common case: too few brackets to be too deep
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub(b"", raw)):
+        if match.group() in {b"[", b"{"}:
+            depth += 1
+            if depth > _LINE_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _parse_line(raw: bytes) -> AuditRecord:
     """Check one newline-terminated line on its own (not its place in the chain)."""
+    if _too_deep(raw):
+        raise _LineError(f"line nests lists/objects deeper than {_LINE_DEPTH} levels")
     try:
         obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _LineError(f"line is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # a backstop: _too_deep should have refused the line already
+        raise _LineError("line nests lists/objects too deeply to parse") from None
     if not isinstance(obj, dict):
         raise _LineError(f"line is a JSON {type(obj).__name__}, not a record object")
     keys = set(obj)
@@ -346,9 +376,11 @@ def _find_seq(path: Path, seq: int, *, after_line: int, limit: int | None) -> in
         for number, raw in enumerate(_lines(file, limit), start=1):
             if number <= after_line:
                 continue
+            if _too_deep(raw):
+                continue
             try:
                 obj = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict) and obj.get("seq") == seq:
                 return number
@@ -519,11 +551,10 @@ class AuditLog:
         self._held: list[bytes] = []
         self._lock = threading.Lock()
         self._broken: str | None = None
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._path.parent)
         created = not self._path.exists()
-        self._fd: int | None = os.open(
-            self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644
-        )
+        # Never through a planted symlink (UnsafePathError names it); created 0600.
+        self._fd: int | None = open_private(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         try:
             self._lock_file()
             if created and fsync:

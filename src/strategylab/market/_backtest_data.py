@@ -17,6 +17,8 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from strategylab._files import sqlite_uri
+
 from ._sqlite_store import SQLiteTickStore
 from ._tick import Tick
 
@@ -87,7 +89,9 @@ class TickArrays:
 def _open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such tick database")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    # A quoted URI: "#", "?" and "%" in the file name are part of the name (never a fragment,
+    # a query or an escape that would open another file, or this one read-write).
+    return sqlite3.connect(sqlite_uri(path, "ro"), uri=True, check_same_thread=False)
 
 
 def _fetch(conn: sqlite3.Connection, symbol: str, from_seq: int, to_seq: int) -> Rows:

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from strategylab._files import make_private_dir, open_private
+
 from ._protocol import decode_ticks, encode_ticks
 from ._tick import Tick
 
@@ -36,9 +38,10 @@ class EmittedLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         # Unbuffered: each record reaches the OS before the batch is sent to any subscriber.
-        self._file: BinaryIO = self.path.open("ab", buffering=0)
+        fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._file: BinaryIO = os.fdopen(fd, "ab", buffering=0)
 
     def append(self, ticks: list[Tick]) -> None:
         """Log ``ticks`` as one record."""
@@ -92,10 +95,9 @@ class AckLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644
-        )
+        make_private_dir(self.path.parent)
+        # Never through a planted symlink; created 0600 (UnsafePathError names a symlink).
+        self._fd: int | None = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
 
     @property

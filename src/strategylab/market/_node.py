@@ -58,9 +58,16 @@ from typing import Any, Final
 import psycopg
 from psycopg import conninfo
 
+from strategylab._files import (
+    SQLITE_SIBLINGS,
+    UnsafePathError,
+    make_private_dir,
+    refuse_symlinks,
+    sqlite_uri,
+)
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import ConfigurationError
+from strategylab.errors import AuditIntegrityError, ConfigurationError
 from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
     AuditLog,
@@ -211,8 +218,17 @@ class Node:
         cannot be created.
         """
         cfg = self.config
+        # Before anything reads or writes there: a symlink planted at a file the node creates
+        # or appends to is refused (UnsafePathError names it), never followed.
+        refuse_symlinks(
+            cfg.data_dir,
+            cfg.data_dir / "audit.jsonl",
+            cfg.data_dir / "acks.jsonl",
+            cfg.data_dir / "spool",
+            *(() if cfg.postgres is not None else (f"{cfg.db_path}{s}" for s in SQLITE_SIBLINGS)),
+        )
         await check_store_config(cfg)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cfg.data_dir)  # 0700 when created here
         # A full disk holds audit records in memory, in order, until space returns.
         self._audit = AuditLog(
             cfg.data_dir / "audit.jsonl", clock=self._clock, hold_when_full=10_000
@@ -498,7 +514,7 @@ def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
         # Read-only: closing a read-write connection checkpoints a leftover WAL into the file and
         # deletes it, before the store could check its frames (a damaged frame would make SQLite
         # drop acknowledged commits silently). A reader never checkpoints.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
     except sqlite3.Error as exc:
         raise ConfigurationError("--db", shown, f"cannot be opened: {exc}") from None
     try:
@@ -840,8 +856,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 1 for an operational failure at start, 2 for a bad
-    option (a store that can never work included), 3 after an emergency shutdown."""
+    """Entry point: 0 after a clean shutdown, 1 for an operational failure at start (a damaged
+    audit log included), 2 for a bad option (a store that can never work, a symlink planted in the
+    data directory included), 3 after an emergency shutdown."""
     try:
         config = config_from_args(argv)
         # Build once to validate the feed and ingestor settings before anything starts.
@@ -852,9 +869,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         return asyncio.run(run_node(config))
-    except ConfigurationError as exc:
+    except (ConfigurationError, UnsafePathError) as exc:
         sys.stderr.write(f"strategylab node: error: {exc}\n")
         return 2
+    except AuditIntegrityError as exc:
+        sys.stderr.write(f"strategylab node: error: audit log damaged: {exc}\n")
+        return 1
     except OSError as exc:
         sys.stderr.write(f"strategylab node: error: {exc}\n")
         return 1

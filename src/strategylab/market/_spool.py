@@ -58,10 +58,11 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 import msgspec
 
+from strategylab._files import make_private_dir, open_private, refuse_symlinks
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorType
 
@@ -322,6 +323,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_APPEND: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+_REPLACE: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+def _open_private(path: Path, flags: int, mode: str) -> BinaryIO:
+    """A spool file opened without following a symlink (UnsafePathError); created 0600."""
+    return cast("BinaryIO", os.fdopen(open_private(path, flags), mode))
+
+
 def _append(file: BinaryIO, payload: bytes) -> None:
     file.write(_frame(payload))
     file.flush()
@@ -340,7 +350,7 @@ def _intact(data: bytes, spans: Sequence[Span]) -> bytes:
 def _write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as file:
+    with _open_private(tmp, _REPLACE, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
@@ -349,7 +359,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def _truncate(path: Path, size: int) -> None:
-    with path.open("r+b") as file:
+    with _open_private(path, os.O_RDWR, "r+b") as file:
         file.truncate(size)
         os.fsync(file.fileno())
 
@@ -760,11 +770,13 @@ class SpoolStore:
             raise RuntimeError(f"{self._name}: spool is not open (call open() first)")
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()  # an interrupted rewrite; the file it was to replace is intact
         holes, holes_lost = self._load_holes()
         segments = self.segments()
+        # A planted symlink is never read as spooled data nor written through.
+        refuse_symlinks(*segments, self.directory / _QUARANTINE)
         surveys = [
             _survey(path, tail=index == len(segments) - 1) for index, path in enumerate(segments)
         ]
@@ -922,6 +934,7 @@ class SpoolStore:
     def _load_holes(self) -> tuple[list[_Hole], bool]:
         """The stored resume limits, and True if the file was there but unreadable."""
         path = self.directory / _HOLES
+        refuse_symlinks(path)
         if not path.exists():
             return [], False
         try:
@@ -951,7 +964,7 @@ class SpoolStore:
         if file is None or file.tell() >= self._segment_bytes:
             self._close_file()
             path = self.directory / f"{self._next_index:012d}{_SUFFIX}"
-            file = self._file = path.open("ab")
+            file = self._file = _open_private(path, _APPEND, "ab")
             self._file_path = path
             self._file_index = self._next_index
             self._next_index += 1
@@ -973,7 +986,7 @@ class SpoolStore:
     def _append_quarantine(self, payload: bytes) -> None:
         path = self.directory / _QUARANTINE
         created = not path.exists()
-        with path.open("ab") as file:
+        with _open_private(path, _APPEND, "ab") as file:
             _append(file, payload)
         if created:
             _fsync_dir(self.directory)
@@ -984,7 +997,7 @@ class SpoolStore:
 
     def _probe(self) -> None:
         path = self.directory / _PROBE
-        with path.open("wb") as file:
+        with _open_private(path, _REPLACE, "wb") as file:
             file.write(time.time_ns().to_bytes(8, "big"))
             file.flush()
             os.fsync(file.fileno())

@@ -53,6 +53,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
+from strategylab._files import SQLITE_SIBLINGS, create_private_file, refuse_symlinks, sqlite_uri
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.fault_tolerance import ErrorRecoveryManager
 from strategylab.fault_tolerance._classify import is_corruption
@@ -140,8 +141,15 @@ def _is_damage(exc: sqlite3.Error) -> bool:
 
 
 def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # SQLite follows symlinks: refuse one planted at the file or its -wal/-shm (UnsafePathError
+    # names it), and create the file 0600 ourselves (SQLite gives -wal/-shm the file's mode).
+    refuse_symlinks(*(_sibling(path, suffix) for suffix in SQLITE_SIBLINGS))
+    create_private_file(path)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch. A quoted
+    # URI: "#", "?" and "%" in the file name are part of the name.
+    conn = sqlite3.connect(
+        sqlite_uri(path, "rw"), uri=True, isolation_level=None, check_same_thread=False
+    )
     try:
         _configure(conn, path, synchronous, busy_timeout)
     except BaseException:
