@@ -69,7 +69,7 @@ async def _start_exchange(data_dir: Path) -> tuple[asyncio.subprocess.Process, i
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "strategylab", "exchange", "--port", "0", "--symbols", "A"),
-        *("--tick-rate", "200", "--data-dir", str(data_dir)),
+        *("--tick-rate", "200", "--data-dir", str(data_dir), "--admin-open"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )

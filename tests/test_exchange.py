@@ -28,6 +28,7 @@ async def make_exchange(tmp_path: Path) -> AsyncIterator[MakeExchange]:
 
     async def make(**options: Any) -> Exchange:
         options.setdefault("symbols", SYMBOLS)
+        options.setdefault("admin_open", True)  # post_fault calls /admin/faults without a token
         options.setdefault("data_dir", tmp_path / f"exchange{len(started)}")
         extra = {k: options.pop(k) for k in ("clock", "on_drop") if k in options}
         exchange = Exchange(ExchangeConfig(**options), **extra)

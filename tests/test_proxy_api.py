@@ -195,7 +195,9 @@ async def test_errors_have_toxiproxy_shape(api: Api) -> None:
             assert isinstance(body, dict)
             assert body["status"] == 400
             assert field in str(body["error"]), (field, body)
-        async with api.http.post(api.base + "/proxies", data=b"{not json") as response:
+        async with api.http.post(
+            api.base + "/proxies", data=b"{not json", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400
 
 

@@ -35,9 +35,10 @@ import dataclasses
 import itertools
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from strategylab.errors import ConfigurationError, StrategyLabError
 
@@ -116,14 +117,29 @@ class ProxyStatistics:
     bytes_received_downstream: int
 
 
+_HOST: Final = re.compile(r"[A-Za-z0-9._:%-]+")
+_MAX_HOST: Final = 253
+
+
 def parse_address(field: str, value: object, *, allow_port_zero: bool) -> tuple[str, int]:
-    """``"host:port"`` (``"[v6]:port"`` too) as ``(host, port)``; errors name ``field``."""
+    """``"host:port"`` (``"[v6]:port"`` too) as ``(host, port)``; errors name ``field``.
+
+    Raises :class:`ConfigurationError` for a missing part, a host with characters no host name
+    or IP address has (NUL, spaces, ``/``...) or longer than 253, or a port outside 0..65535
+    (1..65535 unless ``allow_port_zero``).
+    """
     if not isinstance(value, str):
         raise ConfigurationError(field, value, "must be a string 'host:port'")
     host, sep, port_text = value.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not port_text.isdigit() or not port_text.isascii():
         raise ConfigurationError(field, value, "must be 'host:port'")
+    if len(host) > _MAX_HOST or not _HOST.fullmatch(host):
+        raise ConfigurationError(
+            field, value, "host must be a name or IP address (letters, digits, '.-_:%')"
+        )
+    if len(port_text) > 5:
+        raise ConfigurationError(field, value, "port out of range")
     port = int(port_text)
     if not (0 if allow_port_zero else 1) <= port <= 65535:
         raise ConfigurationError(field, value, "port out of range")
@@ -254,7 +270,13 @@ class Proxy:
     async def update(
         self, *, listen: str | None = None, upstream: str | None = None, enabled: bool | None = None
     ) -> None:
-        """Change addresses or state; an address change closes open connections, as Toxiproxy."""
+        """Change addresses or state; an address change closes open connections, as Toxiproxy.
+
+        Everything is validated before anything changes (:class:`ConfigurationError`). When the
+        new listen address cannot be bound (:class:`OSError`, or :class:`ConfigurationError`
+        for an address the resolver refuses), the proxy goes back to its previous addresses and
+        listens there again before the error is raised.
+        """
         new_listen = (
             self._listen
             if listen is None
@@ -267,6 +289,7 @@ class Proxy:
         )
         if enabled is not None and not isinstance(enabled, bool):
             raise ConfigurationError("enabled", enabled, "must be a boolean")
+        previous = (self._listen, self._upstream, self._enabled)
         if (new_listen, new_upstream) != (self._listen, self._upstream):
             await self._close()
             self._listen, self._upstream = new_listen, new_upstream
@@ -275,7 +298,15 @@ class Proxy:
         if not self._enabled:
             await self._close()
         elif self._started and self._server is None:
-            await self._open()
+            try:
+                await self._open()
+            except (OSError, ValueError, UnicodeError) as exc:
+                self._listen, self._upstream, self._enabled = previous
+                if self._enabled and self._started:
+                    await self._open()
+                if isinstance(exc, OSError):
+                    raise
+                raise ConfigurationError("listen", listen, f"cannot listen: {exc}") from None
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()

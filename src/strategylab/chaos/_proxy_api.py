@@ -18,6 +18,13 @@ route                                       answer
 ``POST /reset``                             remove all toxics, enable all proxies; 204
 ==========================================  =====================================================
 
+Every route is an admin route and is guarded (:mod:`strategylab._http_guard`): a browser
+``Origin`` not in ``--allow-origin`` or a browser ``User-Agent`` is a 403 (as Toxiproxy), a body
+that is not ``application/json`` a 415, a body over ``--max-body`` bytes a 413 (from the
+``Content-Length`` header when there is one), JSON nested deeper than ``--max-json-depth`` or with
+a number longer than ``--max-number-digits`` a 400. Every request is validated completely before
+anything changes: a 400 leaves every proxy as it was.
+
 A proxy is ``{name, listen, upstream, enabled, toxics}``; a toxic is ``{name, type, stream,
 toxicity, attributes}``. Errors are Toxiproxy's ``{"error": message, "status": code}``: 404 for an
 unknown proxy or toxic, 409 for a duplicate name, 400 for bad input, with the field named.
@@ -25,6 +32,7 @@ unknown proxy or toxic, 409 for a duplicate name, 400 for bad input, with the fi
 Run it as its own process::
 
     python -m strategylab.chaos._proxy_api --port 0 [--host 127.0.0.1] [--seed N] [--config F]
+        [--max-body BYTES] [--max-json-depth N] [--max-number-digits N] [--allow-origin O ...]
 
 It prints one JSON line, ``{"event":"listening","port":N}``, then serves until SIGTERM or SIGINT.
 """
@@ -43,6 +51,7 @@ from typing import Final
 
 from aiohttp import web
 
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
 from strategylab.errors import ConfigurationError
 
 from ._proxy import (
@@ -51,6 +60,7 @@ from ._proxy import (
     ProxyServer,
     ToxicExistsError,
     ToxicNotFoundError,
+    parse_address,
 )
 from ._toxics import Toxic
 
@@ -87,11 +97,16 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         raise
 
 
+@web.middleware
+async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    refused = refusal(request, request.app[LIMITS_KEY])
+    if refused is not None:
+        return _error(refused.status, f"{refused.field}: {refused.reason}")
+    return await handler(request)
+
+
 async def _body(request: web.Request) -> dict[str, object]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError("body", "<request body>", f"invalid JSON: {exc}") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ConfigurationError("body", type(body).__name__, "must be a JSON object")
     return body
@@ -133,22 +148,31 @@ async def _list_proxies(request: web.Request) -> web.Response:
 
 async def _create_proxy(request: web.Request) -> web.Response:
     body = await _body(request)
-    proxy = await _server(request).create(
-        _string(body, "name"),
-        listen=str(_optional(body, "listen", str, default="127.0.0.1:0")),
-        upstream=_string(body, "upstream"),
-        enabled=bool(_optional(body, "enabled", bool, default=True)),
-    )
+    name, listen, upstream, enabled = _proxy_config(body)
+    proxy = await _server(request).create(name, listen=listen, upstream=upstream, enabled=enabled)
     return web.json_response(proxy.to_json(), status=201)
 
 
+def _proxy_config(body: Mapping[str, object]) -> tuple[str, str, str, bool]:
+    """``(name, listen, upstream, enabled)`` of a proxy record, every field checked."""
+    listen = str(_optional(body, "listen", str, default="127.0.0.1:0"))
+    upstream = _string(body, "upstream")
+    parse_address("listen", listen, allow_port_zero=True)
+    parse_address("upstream", upstream, allow_port_zero=False)
+    return (
+        _string(body, "name"),
+        listen,
+        upstream,
+        bool(_optional(body, "enabled", bool, default=True)),
+    )
+
+
 async def _populate(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError("body", "<request body>", f"invalid JSON: {exc}") from None
+    body = await read_json(request)
     if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
         raise ConfigurationError("body", type(body).__name__, "must be a JSON list of proxies")
+    for item in body:  # all of them valid before the first is created
+        _proxy_config(item)
     proxies = await _server(request).populate(body)
     return web.json_response({"proxies": [proxy.to_json() for proxy in proxies]}, status=201)
 
@@ -242,10 +266,13 @@ async def _reset(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def create_app(server: ProxyServer) -> web.Application:
-    """An aiohttp application serving Toxiproxy's API over ``server`` (which the caller owns)."""
-    app = web.Application(middlewares=[_errors])
+def create_app(server: ProxyServer, limits: HttpLimits | None = None) -> web.Application:
+    """An aiohttp application serving Toxiproxy's API over ``server`` (which the caller owns),
+    guarded and bounded by ``limits`` (default :class:`HttpLimits`)."""
+    limits = HttpLimits() if limits is None else limits
+    app = web.Application(middlewares=[_errors, _guard], client_max_size=limits.max_body)
     app[_SERVER_KEY] = server
+    app[LIMITS_KEY] = limits
     app.router.add_get("/version", _version)
     app.router.add_get("/proxies", _list_proxies)
     app.router.add_post("/proxies", _create_proxy)
@@ -271,9 +298,13 @@ async def serve(
     port: int = 0,
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event,
+    limits: HttpLimits | None = None,
 ) -> None:
-    """Serve the API over ``server`` until ``stop`` is set; ``ready(port)`` once listening."""
-    runner = web.AppRunner(create_app(server), access_log=None)
+    """Serve the API over ``server`` until ``stop`` is set; ``ready(port)`` once listening.
+
+    ``limits`` bound and guard every request (default :class:`HttpLimits`).
+    """
+    runner = web.AppRunner(create_app(server, limits), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -299,7 +330,9 @@ async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> 
 
     async with ProxyServer(rng=rng) as server:
         await server.populate(configs)
-        await serve(server, host=args.host, port=args.port, ready=ready, stop=stop)
+        await serve(
+            server, host=args.host, port=args.port, ready=ready, stop=stop, limits=args.limits
+        )
     return 0
 
 
@@ -320,8 +353,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8474, help="API port; 0 picks a free one")
     parser.add_argument("--seed", type=int, default=None, help="seed toxicity and toxic randomness")
     parser.add_argument("--config", default=None, help="JSON list of proxies to create at start")
+    parser.add_argument("--max-body", type=int, default=1 << 20, help="request body bytes")
+    parser.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
+    parser.add_argument("--max-number-digits", type=int, default=64, help="digits per number")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        help="a browser origin allowed to call the API (repeatable; default none)",
+    )
     args = parser.parse_args(argv)
     try:
+        args.limits = HttpLimits(
+            max_body=args.max_body,
+            max_depth=args.max_json_depth,
+            max_digits=args.max_number_digits,
+            allowed_origins=frozenset(args.allow_origin),
+        )
         configs = [] if args.config is None else _load_config(args.config)
         return asyncio.run(_amain(args, configs))
     except (ConfigurationError, OSError, json.JSONDecodeError) as exc:

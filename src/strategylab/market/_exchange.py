@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal, too_large
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
 
@@ -93,7 +94,10 @@ class ExchangeConfig:
     ``tick_rate`` is ticks per second over all symbols; 0 means as fast as the slowest subscriber
     takes them. ``max_ticks`` stops generation after that many ticks (replays and heartbeats go
     on). ``retention`` ticks per symbol are kept for replay. ``send_queue`` bounds each
-    subscriber's outbox in frames.
+    subscriber's outbox in frames. ``/admin/*`` needs ``admin_token`` as a bearer token; with no
+    token it is closed (403) unless ``admin_open``. ``http_limits`` bound every HTTP request
+    (413 body, 400 JSON depth and number digits) and name the browser origins allowed on
+    ``/admin/*`` (none by default: a browser ``Origin`` or ``User-Agent`` there is a 403).
     """
 
     host: str = "127.0.0.1"
@@ -109,8 +113,10 @@ class ExchangeConfig:
     max_ticks: int | None = None
     admin_token: str | None = None
     send_queue: int = 1024
+    admin_open: bool = False
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
 
-    def __post_init__(self) -> None:  # noqa: C901
+    def __post_init__(self) -> None:  # noqa: C901, PLR0912
         def bad(key: str, reason: str) -> ConfigurationError:
             return ConfigurationError(key, getattr(self, key), reason)
 
@@ -139,6 +145,8 @@ class ExchangeConfig:
             raise bad("max_ticks", "must be >= 0 (None = unlimited)")
         if self.admin_token is not None and not self.admin_token:
             raise bad("admin_token", "must not be empty (None = no admin auth)")
+        if self.admin_open and self.admin_token is not None:
+            raise bad("admin_open", "contradicts admin_token (open means no token)")
         if self.send_queue < 2:
             raise bad("send_queue", "must be >= 2 frames")
 
@@ -325,7 +333,12 @@ class Exchange:
         if self._runner is not None:
             return
         self._log = EmittedLog(self.config.log_path)
-        app = web.Application(middlewares=[self._api_fault_middleware])
+        limits = self.config.http_limits
+        app = web.Application(
+            middlewares=[self._guard_middleware, self._api_fault_middleware],
+            client_max_size=limits.max_body,
+        )
+        app[LIMITS_KEY] = limits
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_post("/api/orders", self._post_order)
         app.router.add_get("/api/orders", self._list_orders)
@@ -652,6 +665,28 @@ class Exchange:
     # -- HTTP API ---------------------------------------------------------------------------
 
     @web.middleware
+    async def _guard_middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        limits = self.config.http_limits
+        if request.path.startswith("/admin/"):
+            refused = refusal(request, limits)
+            if refused is not None and refused.status == 403:  # browser-driven
+                self._security_event(request, f"refused {refused.field}")
+        else:
+            refused = too_large(request, limits)
+        if refused is not None:
+            return _error(refused.status, f"{refused.field}: {refused.reason}", refused.field)
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            field_name = "body"
+            reason = f"{field_name}: larger than {limits.max_body} bytes"
+            return _error(413, reason, field_name)
+
+    @web.middleware
     async def _api_fault_middleware(
         self,
         request: web.Request,
@@ -670,16 +705,12 @@ class Exchange:
             headers={"Retry-After": "1"},
         )
 
-    @staticmethod
-    async def _body(request: web.Request) -> object:
-        return msgspec.json.decode(await request.read())
-
     async def _post_order(self, request: web.Request) -> web.Response:
         try:
-            body = await self._body(request)
+            body = await read_json(request)
             order, created = self.book.submit(body)
-        except msgspec.DecodeError as exc:
-            return _error(400, f"body is not JSON: {exc}", "body")
+        except ConfigurationError as exc:
+            return _error(400, str(exc), "body")
         except OrderRequestError as exc:
             return _error(400, str(exc), exc.field)
         return _json(order, 201 if created else 200)
@@ -738,30 +769,45 @@ class Exchange:
 
     # -- admin ------------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        token = self.config.admin_token
-        if token is None:
-            return True
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return True
+    def _security_event(self, request: web.Request, what: str) -> None:
         self.security_events += 1
         logger.warning(
-            "security event: %s admin token on %s %s from %s",
-            "wrong" if given else "missing",
+            "security event: %s on %s %s from %s",
+            what,
             request.method,
             request.path,
             request.remote,
         )
-        return False
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """``None`` when the request may use the admin API, else the 401/403 to answer."""
+        token = self.config.admin_token
+        if token is None:
+            if self.config.admin_open:
+                return None
+            self._security_event(request, "admin call while the admin API is closed")
+            return _error(
+                403, "admin API closed: start with --admin-token (or --admin-open)", "admin_token"
+            )
+        given = request.headers.get("Authorization", "")
+        try:
+            # aiohttp hands undecodable header bytes over as surrogates: not a token.
+            given_bytes = given.encode()
+        except UnicodeEncodeError:
+            self._security_event(request, "malformed (non-UTF-8) admin token")
+            return _error(401, "Authorization: not UTF-8", "Authorization")
+        if hmac.compare_digest(given_bytes, f"Bearer {token}".encode()):
+            return None
+        self._security_event(request, f"{'wrong' if given else 'missing'} admin token")
+        return _error(401, "admin token missing or wrong", "Authorization")
 
     async def _post_fault(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error(401, "admin token missing or wrong", "Authorization")
+        if (refused := self._refused(request)) is not None:
+            return refused
         try:
-            fault = parse_fault(await self._body(request), self._clock.monotonic())
-        except msgspec.DecodeError as exc:
-            return _error(400, f"body is not JSON: {exc}", "body")
+            fault = parse_fault(await read_json(request), self._clock.monotonic())
+        except ConfigurationError as exc:
+            return _error(400, str(exc), "body")
         except FaultRequestError as exc:
             return _error(400, str(exc), exc.field)
         self.faults.set(fault)
@@ -769,13 +815,13 @@ class Exchange:
         return _json(fault.to_json(self._clock.monotonic()), 201)
 
     async def _get_faults(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error(401, "admin token missing or wrong", "Authorization")
+        if (refused := self._refused(request)) is not None:
+            return refused
         return _json(self.faults.snapshot())
 
     async def _delete_faults(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error(401, "admin token missing or wrong", "Authorization")
+        if (refused := self._refused(request)) is not None:
+            return refused
         raw = request.query.get("kind")
         try:
             kind = None if raw is None else FaultKind(raw)
@@ -840,7 +886,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=Path("exchange-data"))
     p.add_argument("--max-ticks", type=int, default=None)
-    p.add_argument("--admin-token", default=None)
+    p.add_argument("--admin-token", default=None, help="bearer token for /admin/*")
+    p.add_argument(
+        "--admin-open",
+        action="store_true",
+        help="serve /admin/* without a token (default: closed unless --admin-token)",
+    )
+    p.add_argument("--max-body", type=int, default=1 << 20, help="HTTP body bytes")
+    p.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
+    p.add_argument("--max-number-digits", type=int, default=64, help="digits per JSON number")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        help="a browser origin allowed on /admin/* (repeatable; default none)",
+    )
     p.add_argument("--send-queue", type=int, default=1024, help="frames per subscriber")
     return p
 
@@ -863,6 +923,13 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExchangeConfig:
         max_ticks=args.max_ticks,
         admin_token=args.admin_token,
         send_queue=args.send_queue,
+        admin_open=args.admin_open,
+        http_limits=HttpLimits(
+            max_body=args.max_body,
+            max_depth=args.max_json_depth,
+            max_digits=args.max_number_digits,
+            allowed_origins=frozenset(args.allow_origin),
+        ),
     )
 
 

@@ -20,8 +20,9 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from strategylab._http_guard import read_json
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import PicklableErrorMixin
+from strategylab.errors import ConfigurationError, PicklableErrorMixin
 
 from ._tick import Tick
 
@@ -326,9 +327,9 @@ class OrderBook:
     async def lookup_route(self, request: web.Request) -> web.Response:
         """``POST /api/orders/lookup``: :meth:`lookup` over HTTP (400 names the bad field)."""
         try:
-            cids = parse_lookup(msgspec.json.decode(await request.read()))
-        except msgspec.DecodeError as exc:
-            return _bad_request("body", f"body: is not JSON: {exc}")
+            cids = parse_lookup(await read_json(request))
+        except ConfigurationError as exc:
+            return _bad_request("body", str(exc))
         except OrderRequestError as exc:
             return _bad_request(exc.field, str(exc))
         return web.Response(
