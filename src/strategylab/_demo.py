@@ -28,6 +28,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from strategylab._secrets import write_secret_file
 from strategylab.chaos import IntegrityReport, Proxy, check
 from strategylab.errors import StrategyLabError
 from strategylab.market._sqlite_store import SQLiteTickStore
@@ -112,9 +113,7 @@ async def _toxic(proxy: Proxy, kind: str, **attributes: Any) -> AsyncIterator[No
         proxy.remove_toxic(up.name)
 
 
-async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one place
-    data_dir: Path, ticks: int, tick_rate: int, console: Console
-) -> int:
+async def _run(data_dir: Path, ticks: int, tick_rate: int, console: Console) -> int:
     exchange_dir, node_dir = data_dir / "exchange", data_dir / "node"
     trading_dir = data_dir / "trading"
     trading_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +124,36 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
     for log in (data_dir / "exchange.log", data_dir / "node.log", data_dir / "trading.log"):
         log.unlink(missing_ok=True)
     key, token = secrets.token_hex(32), secrets.token_hex(16)
+    # Children get the secrets through 0600 files, never argv (/proc/PID/cmdline is public).
+    key_file = write_secret_file(data_dir / "signing.key", key)
+    token_file = write_secret_file(data_dir / "admin.token", token)
+    try:
+        return await _run_children(
+            data_dir,
+            ticks,
+            tick_rate,
+            console,
+            token=token,
+            key_file=key_file,
+            token_file=token_file,
+        )
+    finally:
+        key_file.unlink(missing_ok=True)
+        token_file.unlink(missing_ok=True)
+
+
+async def _run_children(  # noqa: C901, PLR0915 - one linear script, kept in one place
+    data_dir: Path,
+    ticks: int,
+    tick_rate: int,
+    console: Console,
+    *,
+    token: str,
+    key_file: Path,
+    token_file: Path,
+) -> int:
+    exchange_dir, node_dir = data_dir / "exchange", data_dir / "node"
+    trading_dir = data_dir / "trading"
     symbols = ",".join(SYMBOLS)
     exchange, ready = await _spawn(
         data_dir / "exchange.log",
@@ -132,7 +161,8 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
         "exchange",
         *("--port", "0", "--data-dir", str(exchange_dir), "--symbols", symbols),
         *("--tick-rate", str(tick_rate), "--ticks-per-frame", "100", "--max-ticks", str(ticks)),
-        *("--heartbeat-interval", "0.25", "--signing-key", key, "--admin-token", token),
+        *("--heartbeat-interval", "0.25", "--signing-key-file", str(key_file)),
+        *("--admin-token-file", str(token_file)),
         *("--seed", "42", "--retention", str(ticks)),
     )
     base = f"http://127.0.0.1:{ready['port']}"
@@ -163,7 +193,8 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 "strategylab",
                 "node",
                 *("--exchange-url", f"ws://127.0.0.1:{proxy.listen_port}/ws"),
-                *("--data-dir", str(node_dir), "--symbols", symbols, "--signing-key", key),
+                *("--data-dir", str(node_dir), "--symbols", symbols),
+                *("--signing-key-file", str(key_file)),
                 *("--status-interval", "0.25", "--stale-after", "1.0", "--connect-timeout", "1.0"),
             )
             assert node.stdout is not None  # noqa: S101
@@ -174,7 +205,8 @@ async def _run(  # noqa: C901, PLR0915 - one linear script, kept readable in one
                 *("--exchange-url", base, "--db", str(trading_dir / "book.db")),
                 *("--strategy", f"ma-aapl={_MA}", "--symbols", "AAPL"),
                 *("--params", json.dumps({"fast": 20, "slow": 200, "qty": 1})),
-                *("--status-interval", "0.25", "--max-position", "10", "--signing-key", key),
+                *("--status-interval", "0.25", "--max-position", "10"),
+                *("--signing-key-file", str(key_file)),
             )  # fmt: skip
             assert trader.stdout is not None  # noqa: S101
 

@@ -139,6 +139,55 @@ def check_command(
     raise typer.Exit(0 if report.ok else 1)
 
 
+audit_app = typer.Typer(
+    name="audit", help="Check the recovery audit log.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(audit_app)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")],
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the HMAC key of a keyed log (default: $STRATEGYLAB_AUDIT_KEY)."
+        ),
+    ] = None,
+    anchor: Annotated[
+        Path | None, typer.Option(help="The anchor file whose heads the log must contain.")
+    ] = None,
+) -> None:
+    """Verify the audit log's hash chain, HMACs and anchors (exit 1 on the first problem)."""
+    from strategylab.errors import AuditIntegrityError  # noqa: PLC0415
+    from strategylab.fault_tolerance._audit import AuditLog, load_audit_key  # noqa: PLC0415
+
+    prog = "strategylab audit verify"
+    for label, given in (("audit log", path), ("--anchor", anchor), ("--key-file", key_file)):
+        if given is not None and not given.is_file():
+            typer.echo(f"{prog}: {label} {str(given)!r} is not a file", err=True)
+            raise typer.Exit(2)
+    try:
+        key = load_audit_key(key_file)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"{prog}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        result = AuditLog.verify(path, key=key, anchor=anchor)
+    except AuditIntegrityError as exc:
+        typer.echo(f"{prog}: FAILED: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"{prog}: cannot read: {exc}", err=True)
+        raise typer.Exit(1) from None
+    keyed = "keyed (HMAC-SHA256)" if result.keyed else "unkeyed"
+    typer.echo(
+        f"{prog}: ok: {result.records} records, head {result.head_seq} {result.head_hash}, "
+        f"{keyed}, {result.anchors} anchors checked"
+    )
+    raise typer.Exit(0)
+
+
 app.command("backtest")(backtest_command)
 app.command("optimize")(optimize_command)
 

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import AuditLog, ErrorContext, ErrorRecoveryManager, ErrorType
@@ -954,7 +955,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
     p.add_argument("--max-position", type=float, default=1_000.0)
-    p.add_argument("--signing-key", default=None, help="hex or text, as given to the exchange")
+    add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
     return p
 
 
@@ -968,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
         params = json.loads(args.params)
         factories = [load_factory(spec, symbols, params) for spec in args.strategy]
-        signing_key = parse_signing_key(args.signing_key)
+        signing_key = parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab trade"))
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )

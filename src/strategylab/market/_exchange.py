@@ -40,6 +40,7 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal, too_large
+from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
 
@@ -70,6 +71,7 @@ __all__ = ["Exchange", "ExchangeConfig", "main", "parse_signing_key", "run_excha
 
 logger = logging.getLogger("strategylab.market.exchange")
 
+_PROG: Final = "strategylab exchange"
 _CLOSE_GRACE: Final = 2.0  # seconds a kicked subscriber gets before its transport is aborted
 _FAST_YIELD_EVERY: Final = 16  # frames between yields to the loop in as-fast-as-possible mode
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
@@ -107,11 +109,11 @@ class ExchangeConfig:
     ticks_per_frame: int = 100
     heartbeat_interval: float = 1.0
     retention: int = 100_000
-    signing_key: bytes | None = None
+    signing_key: bytes | None = field(default=None, repr=False)  # a secret: never in a repr
     seed: int = 0
     data_dir: Path = field(default_factory=lambda: Path("exchange-data"))
     max_ticks: int | None = None
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)  # a secret: never in a repr
     send_queue: int = 1024
     admin_open: bool = False
     http_limits: HttpLimits = field(default_factory=HttpLimits)
@@ -872,9 +874,7 @@ def print_listening(port: int) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="strategylab exchange", description="Run the exchange simulator."
-    )
+    p = argparse.ArgumentParser(prog=_PROG, description="Run the exchange simulator.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = ephemeral")
     p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated")
@@ -882,15 +882,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ticks-per-frame", type=int, default=100)
     p.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
     p.add_argument("--retention", type=int, default=100_000, help="ticks per symbol")
-    p.add_argument("--signing-key", default=None, help="hex or text; omitted = unsigned")
+    add_secret_options(p, SIGNING_KEY, "none of them = unsigned")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=Path("exchange-data"))
     p.add_argument("--max-ticks", type=int, default=None)
-    p.add_argument("--admin-token", default=None, help="bearer token for /admin/*")
+    add_secret_options(p, ADMIN_TOKEN, "none of them = /admin/* closed (or --admin-open)")
     p.add_argument(
         "--admin-open",
         action="store_true",
-        help="serve /admin/* without a token (default: closed unless --admin-token)",
+        help="serve /admin/* without a token (default: closed unless an admin token is given)",
     )
     p.add_argument("--max-body", type=int, default=1 << 20, help="HTTP body bytes")
     p.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
@@ -917,11 +917,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExchangeConfig:
         ticks_per_frame=args.ticks_per_frame,
         heartbeat_interval=args.heartbeat_interval,
         retention=args.retention,
-        signing_key=parse_signing_key(args.signing_key),
+        signing_key=parse_signing_key(resolve_secret(args, SIGNING_KEY, prog=_PROG)),
         seed=args.seed,
         data_dir=args.data_dir,
         max_ticks=args.max_ticks,
-        admin_token=args.admin_token,
+        admin_token=resolve_secret(args, ADMIN_TOKEN, prog=_PROG),
         send_queue=args.send_queue,
         admin_open=args.admin_open,
         http_limits=HttpLimits(

@@ -4,8 +4,14 @@ One :class:`Feed` owns one connection at a time. Per connection it subscribes fr
 point of every symbol (the higher of what the store holds and what this feed already handed on),
 then reads frames and, per frame:
 
-* verifies the CRC and signature (:func:`decode_frame`); a bad frame is counted and dropped (a bad
-  signature is also a SECURITY_VIOLATION) and the range it carried comes back through gap detection;
+* verifies the CRC and signature (:func:`decode_frame`); a bad frame is counted and dropped and the
+  range it carried comes back through gap detection. A frame with a missing or wrong signature is
+  a forgery: nothing it carried is used, the connection it came on is dropped (one
+  :class:`SecurityViolationError`, reported per forged frame as a connection drop whose
+  recovery is the reconnect), and the feed reconnects (to the next endpoint when backups are
+  configured) to keep ingesting authenticated data. ``max_violations`` forged frames within
+  ``violation_window`` seconds pull the kill switch (:class:`SecurityKillSwitchError`): the
+  ``kill_switch`` callback when one is given, else a CRITICAL report to the manager;
 * drops duplicates (``seq <= last delivered``), holds ticks that arrive after a gap and asks the
   exchange for the missing range (:class:`ReplayRequest`), delivering in order once it is filled; a
   range the exchange no longer retains is declared lost (counted, quarantined, reported): never
@@ -34,6 +40,7 @@ came from the peer is escaped before it reaches a log line. Errors go to the opt
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -52,7 +59,13 @@ from websockets.exceptions import InvalidStatus
 from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, retry_after_hint
+from strategylab.fault_tolerance import (
+    ErrorContext,
+    ErrorRecoveryManager,
+    ErrorSeverity,
+    ErrorType,
+    retry_after_hint,
+)
 
 from ._feed_backoff import RETRY_LATER_CODES, FeedBackoff
 from ._protocol import (
@@ -81,6 +94,8 @@ __all__ = [
     "FeedStatistics",
     "InvalidTickError",
     "ReplayTimeoutError",
+    "SecurityKillSwitchError",
+    "SecurityViolationError",
     "StaleFeedError",
     "TickRangeLostError",
     "TickSink",
@@ -126,6 +141,21 @@ class FeedDisconnectedError(FeedError, ConnectionError):
 
 class StaleFeedError(FeedDisconnectedError):
     """No frame, heartbeats included, for ``stale_after`` seconds: the connection is dead."""
+
+
+class SecurityViolationError(FeedDisconnectedError):
+    """A frame failed authentication (unsigned or a bad signature): the connection is dropped.
+
+    Reported as the connection drop it caused (recovered by a reconnect observed proven), not as
+    a SECURITY_VIOLATION, whose policy is the emergency shutdown: one forged frame must not
+    silence the node. Past the threshold, :class:`SecurityKillSwitchError` is that emergency.
+    """
+
+
+class SecurityKillSwitchError(FeedError):
+    """Too many forged frames within the window: the feed asks for the process to end."""
+
+    error_type = ErrorType.SECURITY_VIOLATION
 
 
 class ReplayTimeoutError(FeedError, TimeoutError):
@@ -212,7 +242,8 @@ class FeedConfig:
     WebSocket message (refused at the frame header; it must exceed the exchange's largest frame:
     ``ticks_per_frame`` × ~70 bytes, at most ~7 MB), ``max_queue`` the messages buffered unread,
     ``max_control_bytes`` and ``max_control_depth`` a JSON control message's length (bytes) and
-    nesting, ``max_control_digits`` a number's digits in one. Raises
+    nesting, ``max_control_digits`` a number's digits in one. ``max_violations`` forged frames
+    (missing or bad signature) within ``violation_window`` seconds pull the kill switch. Raises
     :class:`~strategylab.errors.ConfigurationError` naming a bad field.
     """
 
@@ -241,6 +272,8 @@ class FeedConfig:
     max_control_bytes: int = 64 * 1024
     max_control_depth: int = 8
     max_control_digits: int = 20
+    max_violations: int = 5
+    violation_window: float = 60.0
     name: str = "feed"
 
     def __post_init__(self) -> None:  # noqa: C901, PLR0912 - one check per field
@@ -275,7 +308,7 @@ class FeedConfig:
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigurationError(key, value, "must be a finite number >= 0")
-        for key in ("max_price", "max_size"):
+        for key in ("max_price", "max_size", "violation_window"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number > 0")
@@ -285,6 +318,7 @@ class FeedConfig:
             ("max_control_bytes", 256),
             ("max_control_depth", 2),
             ("max_control_digits", 20),
+            ("max_violations", 1),
         ):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
@@ -308,6 +342,7 @@ class FeedStatistics:
     crc_errors: int
     """Frames dropped as malformed (CRC mismatch, bad header, undecodable payload)."""
     signature_errors: int
+    """Forged frames (missing or bad signature); each one dropped its connection."""
     invalid_ticks: int
     lost_ticks: int
     lost_ranges: int
@@ -357,8 +392,15 @@ class Feed:
         manager: ErrorRecoveryManager | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        kill_switch: Callable[[SecurityKillSwitchError], Awaitable[object]] | None = None,
     ) -> None:
+        """``kill_switch`` is awaited (once, in an owned task) when forged frames cross
+        ``max_violations`` within ``violation_window``; without one, the crossing is reported
+        to the manager as a CRITICAL SECURITY_VIOLATION."""
         self._config = config
+        self._kill_switch = kill_switch
+        self._violations: collections.deque[float] = collections.deque()
+        self._killed = False
         self._sink = sink
         self._manager = manager
         self._clock = clock
@@ -525,7 +567,13 @@ class Feed:
             close_code = ws.close_code if ws is not None else None
             retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
             delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
-            if error is not None:
+            if isinstance(error, SecurityViolationError):
+                # Reported when the frame arrived; the next connection goes to a backup if any.
+                self._outage = True
+                if len(self._config.urls) > 1:
+                    self._url_index = (self._url_index + 1) % len(self._config.urls)
+                    delay = 0.0
+            elif error is not None:
                 if ws is None:
                     self._connect_failures += 1
                     self._log_connect_failure(url, error, delay)
@@ -738,9 +786,7 @@ class Feed:
                 else:
                     raise FrameError(f"unknown frame kind {kind!r}")  # noqa: TRY301
             except SignatureError as exc:
-                self._signature_errors += 1
-                self._report(exc)
-                continue
+                raise self._on_forged(exc) from exc
             except FrameError as exc:
                 self._crc_errors += 1
                 self._report(exc)
@@ -748,6 +794,57 @@ class Feed:
             if not self._subscribed:
                 self._on_subscribed()
             await self._on_ticks(ws, ticks)
+
+    def _on_forged(self, exc: SignatureError) -> SecurityViolationError:
+        """Record a forged frame, pull the kill switch past the threshold; the error that drops
+        the connection (nothing else from a connection that carried a forgery is trusted)."""
+        self._signature_errors += 1
+        cfg = self._config
+        now = self._clock.monotonic()
+        times = self._violations
+        times.append(now)
+        while now - times[0] > cfg.violation_window:
+            times.popleft()
+        error = SecurityViolationError(
+            f"{self.url}: forged frame ({exc}); connection dropped "
+            f"({len(times)} of {cfg.max_violations} within {cfg.violation_window}s)"
+        )
+        _log.warning("feed %s: %s; reconnecting", self.name, error)
+        # Every violation is recorded (never folded into a quiet period): the count matters.
+        self._report(error, recovered=self._wait_recovered)
+        if len(times) >= cfg.max_violations and not self._killed:
+            self._killed = True
+            self._pull_kill_switch(
+                SecurityKillSwitchError(
+                    f"{len(times)} forged frames within {cfg.violation_window}s "
+                    f"(max_violations={cfg.max_violations}): kill switch"
+                )
+            )
+        return error
+
+    def _pull_kill_switch(self, error: SecurityKillSwitchError) -> None:
+        _log.error("feed %s: %s", self.name, error)
+        # Owned like a report, but beyond _MAX_REPORTS: the kill switch is never dropped.
+        task = asyncio.create_task(self._kill(error), name=f"{self.name}.kill-switch")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _kill(self, error: SecurityKillSwitchError) -> None:
+        try:
+            if self._kill_switch is not None:
+                await self._kill_switch(error)
+            elif self._manager is not None:
+                context = ErrorContext.from_exception(
+                    error,
+                    component=self.name,
+                    error_type=ErrorType.SECURITY_VIOLATION,
+                    severity=ErrorSeverity.CRITICAL,
+                    capture_state=False,
+                    clock=self._clock,
+                )
+                await self._manager.handle(context)
+        except Exception:
+            _log.exception("feed %s: the kill switch failed", self.name)
 
     def _on_subscribed(self) -> None:
         # Not a reset of the backoff or of the outage: a server that answers "subscribed" and

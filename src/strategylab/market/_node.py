@@ -65,6 +65,7 @@ from strategylab._files import (
     refuse_symlinks,
     sqlite_uri,
 )
+from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import AuditIntegrityError, ConfigurationError
@@ -73,11 +74,14 @@ from strategylab.fault_tolerance import (
     AuditLog,
     ErrorContext,
     ErrorRecoveryManager,
+    ErrorSeverity,
     ErrorType,
     RecoveryPolicy,
     RecoveryStrategyKind,
     RetryPolicy,
 )
+from strategylab.fault_tolerance._audit import KEY_ENV as AUDIT_KEY_ENV
+from strategylab.fault_tolerance._audit import load_audit_key
 
 from ._exchange import parse_signing_key
 from ._failover_store import FailoverStore
@@ -107,7 +111,7 @@ class NodeConfig:
     data_dir: Path
     db: Path | None = None
     postgres: str | None = None
-    signing_key: bytes | None = None
+    signing_key: bytes | None = dataclasses.field(default=None, repr=False)  # a secret
     backup_urls: tuple[str, ...] = ()
     status_interval: float = 1.0
     stale_after: float = 3.0
@@ -223,15 +227,29 @@ class Node:
         refuse_symlinks(
             cfg.data_dir,
             cfg.data_dir / "audit.jsonl",
+            cfg.data_dir / "audit.anchor.jsonl",
             cfg.data_dir / "acks.jsonl",
             cfg.data_dir / "spool",
             *(() if cfg.postgres is not None else (f"{cfg.db_path}{s}" for s in SQLITE_SIBLINGS)),
         )
         await check_store_config(cfg)
         make_private_dir(cfg.data_dir)  # 0700 when created here
-        # A full disk holds audit records in memory, in order, until space returns.
+        # A full disk holds audit records in memory, in order, until space returns. The chain is
+        # keyed when $STRATEGYLAB_AUDIT_KEY is set; its head is anchored in a second file and on
+        # stdout ("audit_anchor"), so that a shortened log is caught by `strategylab audit verify`.
+        try:
+            audit_key = load_audit_key()
+        except ValueError as exc:
+            raise ConfigurationError(AUDIT_KEY_ENV, "<hidden>", str(exc)) from None
         self._audit = AuditLog(
-            cfg.data_dir / "audit.jsonl", clock=self._clock, hold_when_full=10_000
+            cfg.data_dir / "audit.jsonl",
+            clock=self._clock,
+            hold_when_full=10_000,
+            key=audit_key,
+            anchor=cfg.data_dir / "audit.anchor.jsonl",
+            on_anchor=lambda seq, digest: _print(
+                "audit_anchor", {"seq": seq, "hash": digest}, self._status_out
+            ),
         )
         manager = self._manager = ErrorRecoveryManager(
             policies={ErrorType.DISK_SPACE_EXHAUSTED: _disk_full_policy(cfg, self._clock)},
@@ -258,7 +276,13 @@ class Node:
             manager=manager,
             clock=self._clock,
         )
-        feed = self._feed = Feed(self._feed_config, ingestor, manager=manager, clock=self._clock)
+        feed = self._feed = Feed(
+            self._feed_config,
+            ingestor,
+            manager=manager,
+            clock=self._clock,
+            kill_switch=self._kill_switch,
+        )
         if isinstance(store, FailoverStore):
             manager.register(store)
         manager.register(ingestor)
@@ -308,6 +332,19 @@ class Node:
         if self._audit is not None:
             self._audit.close()
         return clean
+
+    async def _kill_switch(self, error: Exception) -> None:
+        """The feed's kill switch (forged frames past its threshold): the emergency shutdown."""
+        await self._emergency_shutdown(
+            ErrorContext.from_exception(
+                error,
+                component=self.feed.name,
+                error_type=ErrorType.SECURITY_VIOLATION,
+                severity=ErrorSeverity.CRITICAL,
+                capture_state=False,
+                clock=self._clock,
+            )
+        )
 
     async def _emergency_shutdown(self, context: ErrorContext) -> bool:
         """The manager's EMERGENCY_SHUTDOWN handler: stop intake, flush within the deadline, halt.
@@ -804,7 +841,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--postgres", default=None, help="PostgreSQL DSN instead of SQLite")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--symbols", required=True, help="comma-separated")
-    p.add_argument("--signing-key", default=None, help="hex or text, as given to the exchange")
+    add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
     p.add_argument("--status-interval", type=float, default=1.0)
     p.add_argument("--stale-after", type=float, default=3.0)
     p.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt")
@@ -842,7 +879,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
         data_dir=args.data_dir,
         db=args.db,
         postgres=args.postgres,
-        signing_key=parse_signing_key(args.signing_key),
+        signing_key=parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab node")),
         status_interval=args.status_interval,
         stale_after=args.stale_after,
         connect_timeout=args.connect_timeout,
