@@ -151,6 +151,7 @@ def test_write_secret_file_is_private_and_replaces_a_symlink(tmp_path: Path) -> 
 def test_configs_never_show_the_secrets_in_their_repr(tmp_path: Path) -> None:
     """A logged or printed config does not leak the signing key or the admin token."""
     from strategylab.market._exchange import ExchangeConfig  # noqa: PLC0415
+    from strategylab.market._feed import FeedConfig  # noqa: PLC0415
     from strategylab.market._node import NodeConfig  # noqa: PLC0415
 
     exchange = ExchangeConfig(data_dir=tmp_path, signing_key=SECRET.encode(), admin_token=SECRET)
@@ -160,6 +161,8 @@ def test_configs_never_show_the_secrets_in_their_repr(tmp_path: Path) -> None:
         data_dir=tmp_path,
         signing_key=SECRET.encode(),
     )
+    feed = FeedConfig(urls=("ws://127.0.0.1:9/ws",), symbols=("X",), signing_key=SECRET.encode())
     assert SECRET not in repr(exchange)
     assert SECRET not in repr(node)
+    assert SECRET not in repr(feed)
     assert exchange.admin_token == SECRET

@@ -249,7 +249,7 @@ class FeedConfig:
 
     urls: tuple[str, ...]
     symbols: tuple[str, ...]
-    signing_key: bytes | None = None
+    signing_key: bytes | None = dataclasses.field(default=None, repr=False)
     stale_after: float = 3.0
     backoff_floor: float = 0.05
     backoff_cap: float = 5.0
