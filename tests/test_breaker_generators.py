@@ -95,8 +95,11 @@ def test_staticmethod_object_is_refused_in_a_class_body(breaker: CircuitBreaker)
 
 def test_ordinary_callables_are_accepted(breaker: CircuitBreaker) -> None:
     """Functions, lambdas returning lists, partials and classes are wrapped as before."""
-    for fn in (len, lambda: [1], functools.partial(sum, [1]), dict):
-        breaker.wrap(fn)
+    assert breaker.wrap(len)([1, 2]) == 2
+    assert breaker.wrap(lambda: [1])() == [1]
+    assert breaker.wrap(functools.partial(sum, [1]))() == 1
+    assert breaker.wrap(dict)(a=1) == {"a": 1}
+    assert breaker.metrics().successful_calls == 4
 
 
 @pytest.mark.parametrize("fn", [numbers, anumbers], ids=["gen", "asyncgen"])

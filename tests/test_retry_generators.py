@@ -196,10 +196,11 @@ def test_wrap_and_awrap_refuse_generator_functions(
 
 def test_refuse_generator_lets_ordinary_callables_through() -> None:
     """refuse_generator() returns quietly for functions, partials and classes."""
-    refuse_generator(len, "Policy")
-    refuse_generator(functools.partial(sorted, [2, 1]), "Policy")
-    refuse_generator(Ticker, "Policy")  # calling the class constructs an instance
-    refuse_generator(retry, "Policy")
+    # calling the class constructs an instance, not a generator
+    for fn in (len, functools.partial(sorted, [2, 1]), Ticker, retry):
+        refuse_generator(fn, "Policy")  # raises TypeError on a generator function
+    assert RetryPolicy().wrap(functools.partial(sorted, [2, 1]))() == [1, 2]
+    assert isinstance(RetryPolicy().wrap(Ticker)(), Ticker)
 
 
 async def _quote() -> int:
