@@ -26,8 +26,10 @@ from typing import Any
 import aiohttp
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape as markup_escape
 from rich.table import Table
 
+from strategylab._logging import escape
 from strategylab._secrets import write_secret_file
 from strategylab.chaos import IntegrityReport, Proxy, check
 from strategylab.errors import StrategyLabError
@@ -440,5 +442,6 @@ def run_demo(*, data_dir: Path, ticks: int, tick_rate: int) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_run(data_dir, ticks, tick_rate, console))
     except (OSError, TimeoutError, DemoError) as exc:
-        console.print(f"[red]strategylab demo: error: {exc}")
+        # The message may carry a child's or a peer's text: no markup, no control characters.
+        console.print(f"[red]strategylab demo: error: {markup_escape(escape(str(exc)))}")
         return 1

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from strategylab._files import sqlite_uri
+from strategylab._logging import escape
 from strategylab.errors import StrategyLabError
 from strategylab.market._backtest_result import BacktestResult
 from strategylab.market._backtest_spec import BacktestSpec
@@ -229,7 +230,7 @@ def _fmt(value: object) -> str:
 
 
 def _usage_exit(command: str, exc: UsageError) -> typer.Exit:
-    typer.echo(f"strategylab {command}: {exc}", err=True)
+    typer.echo(f"strategylab {command}: {escape(str(exc))}", err=True)
     return typer.Exit(_EXIT_USAGE)
 
 
@@ -434,7 +435,7 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
             title=f"{strategy} on {symbol}, {span.ticks:,} ticks",
         )
     except WorkerStartError as exc:
-        typer.echo(f"strategylab optimize: {exc}", err=True)
+        typer.echo(f"strategylab optimize: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
     ranked = report.ranked(metric)
     if as_json:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from strategylab import __version__
+from strategylab._logging import configure_logging, escape
 from strategylab._research_cli import backtest_command, optimize_command
 
 app = typer.Typer(
@@ -133,7 +134,7 @@ def check_command(
     try:
         report = asyncio.run(run())
     except StoreCorruptedError as exc:
-        typer.echo(f"strategylab check: {exc}", err=True)
+        typer.echo(f"strategylab check: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
     raise typer.Exit(0 if report.ok else 1)
@@ -170,15 +171,15 @@ def audit_verify(
     try:
         key = load_audit_key(key_file)
     except (OSError, ValueError) as exc:
-        typer.echo(f"{prog}: {exc}", err=True)
+        typer.echo(f"{prog}: {escape(str(exc))}", err=True)
         raise typer.Exit(2) from None
     try:
         result = AuditLog.verify(path, key=key, anchor=anchor)
     except AuditIntegrityError as exc:
-        typer.echo(f"{prog}: FAILED: {exc}", err=True)
+        typer.echo(f"{prog}: FAILED: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"{prog}: cannot read: {exc}", err=True)
+        typer.echo(f"{prog}: cannot read: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
     keyed = "keyed (HMAC-SHA256)" if result.keyed else "unkeyed"
     typer.echo(
@@ -193,5 +194,6 @@ app.command("optimize")(optimize_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: escaped logging (:mod:`strategylab._logging`), then the app."""
+    configure_logging()
     app()

@@ -65,6 +65,7 @@ from strategylab._files import (
     refuse_symlinks,
     sqlite_uri,
 )
+from strategylab._logging import configure_logging, escape
 from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
@@ -901,19 +902,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Build once to validate the feed and ingestor settings before anything starts.
         Node(config)
     except ConfigurationError as exc:
-        sys.stderr.write(f"strategylab node: error: {exc}\n")
+        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
         return 2
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    configure_logging(logging.WARNING, sys.stderr)
     try:
         return asyncio.run(run_node(config))
     except (ConfigurationError, UnsafePathError) as exc:
-        sys.stderr.write(f"strategylab node: error: {exc}\n")
+        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
         return 2
     except AuditIntegrityError as exc:
-        sys.stderr.write(f"strategylab node: error: audit log damaged: {exc}\n")
+        sys.stderr.write(f"strategylab node: error: audit log damaged: {escape(str(exc))}\n")
         return 1
     except OSError as exc:
-        sys.stderr.write(f"strategylab node: error: {exc}\n")
+        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
         return 1
 
 
