@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import websockets
 
 from strategylab.market._protocol import (
+    KIND_CONTROL,
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
+    decode_control,
     decode_frame,
     decode_heartbeat,
     decode_replay_done,
@@ -41,9 +44,13 @@ class WsClient:
         await self.conn.send(json.dumps(message))
 
     async def subscribe(
-        self, symbols: list[str] | None = None, from_seq: dict[str, int] | None = None
+        self,
+        symbols: list[str] | None = None,
+        from_seq: dict[str, int] | None = None,
+        session: str = "",
     ) -> dict[str, Any]:
-        await self.send({"op": "subscribe", "symbols": symbols or [], "from_seq": from_seq or {}})
+        message = {"op": "subscribe", "symbols": symbols or [], "from_seq": from_seq or {}}
+        await self.send({**message, "session": session} if session else message)
         kind, body = await self.next()
         assert kind == "json", (kind, body)
         assert body["type"] == "subscribed", body
@@ -53,13 +60,17 @@ class WsClient:
         return await self.conn.recv()
 
     async def next(self) -> tuple[str, Any]:
-        """("json", dict) | ("ticks", list[Tick]) | ("heartbeat", Heartbeat) | ("done", ...)."""
+        """("json", dict: a text answer or a control frame) | ("ticks", list[Tick]) |
+        ("heartbeat", Heartbeat) | ("done", ReplayDone)."""
         msg = await self.conn.recv()
         if isinstance(msg, str):
             return "json", json.loads(msg)
         frame = decode_frame(msg, self.key)
         if frame.kind == KIND_HEARTBEAT:
             return "heartbeat", decode_heartbeat(frame.payload)
+        if frame.kind == KIND_CONTROL:  # a keyed exchange's answers are signed frames
+            fields = msgspec.structs.asdict(decode_control(frame.payload))
+            return "json", {k: v for k, v in fields.items() if v is not None}
         if frame.kind == KIND_REPLAY_DONE:
             return "done", decode_replay_done(frame.payload)
         return "ticks", decode_ticks(frame.payload)

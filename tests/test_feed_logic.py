@@ -17,11 +17,14 @@ from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
 from strategylab.market._feed import Feed, FeedConfig
 from strategylab.market._feed_backoff import Backoff
 from strategylab.market._protocol import (
+    KIND_CONTROL,
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
     KIND_TICKS,
+    ControlReply,
     Heartbeat,
     ReplayDone,
+    encode_control,
     encode_frame,
     encode_heartbeat,
     encode_replay_done,
@@ -52,12 +55,20 @@ class Peer:
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
 
-    async def subscribe(self) -> dict[str, object]:
+    async def subscribe(self, key: bytes | None = None) -> dict[str, object]:
+        """Answer the subscribe: JSON text, or with ``key`` a signed control frame bound to the
+        feed's session (as a keyed exchange answers)."""
         raw = await self.ws.recv()
         assert isinstance(raw, str), "control messages are JSON text"
         message: dict[str, object] = json.loads(raw)
         assert message["op"] == "subscribe"
-        await self.ws.send(json.dumps({"type": "subscribed", "symbols": message["symbols"]}))
+        symbols = message["symbols"]
+        assert isinstance(symbols, list)
+        if key is None:
+            await self.ws.send(json.dumps({"type": "subscribed", "symbols": symbols}))
+        else:
+            reply = ControlReply("subscribed", symbols=symbols, session=str(message["session"]))
+            await self.ws.send(encode_frame(KIND_CONTROL, encode_control(reply), key))
         return message
 
     async def control(self) -> dict[str, object]:
@@ -257,7 +268,7 @@ async def test_a_forged_frame_is_not_delivered_and_drops_only_its_connection() -
     forgeries = [ticks_frame([tick(2)], b"wrong-key"), ticks_frame([tick(3)])]
 
     async def script(peer: Peer) -> None:
-        await peer.subscribe()
+        await peer.subscribe(key)
         await peer.ws.send(ticks_frame([tick(1)], key))
         if forgeries:
             await peer.ws.send(forgeries.pop(0))

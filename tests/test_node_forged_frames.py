@@ -19,15 +19,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from strategylab.market._protocol import (
+    KIND_CONTROL,
     KIND_HEARTBEAT,
+    KIND_REPLAY_DONE,
     KIND_TICKS,
+    ControlReply,
     Heartbeat,
+    ReplayDone,
+    encode_control,
     encode_frame,
     encode_heartbeat,
+    encode_replay_done,
     encode_ticks,
 )
 from strategylab.market._tick import Tick
@@ -39,7 +46,9 @@ KEY = bytes.fromhex(KEY_HEX)
 LAST = 20
 Proc = asyncio.subprocess.Process
 # (connection number from 1, first seq wanted) -> the frames to send, in order.
-Script = Callable[[int, int], list[bytes]]
+Script = Callable[[int, int], list[bytes | str]]
+LOST_RANGE = {"type": "error", "reason": "x", "symbol": "A", "from_seq": 6, "to_seq": 10**9}
+LOST_REPLY = ControlReply("error", reason="x", symbol="A", from_seq=6, to_seq=10**9)
 
 
 def tick(seq: int, bid: float) -> Tick:
@@ -54,13 +63,30 @@ def genuine(first: int, last: int) -> list[bytes]:
     ]
 
 
-FORGERIES: dict[str, Callable[[int], bytes]] = {
+def control(reply: ControlReply, session: str, key: bytes | None = KEY) -> bytes:
+    """A control answer as a keyed exchange sends it: a signed frame bound to ``session``."""
+    bound = msgspec.structs.replace(reply, session=session)
+    return encode_frame(KIND_CONTROL, encode_control(bound), key)
+
+
+FORGERIES: dict[str, Callable[[int], bytes | str]] = {
     "unsigned": lambda seq: encode_frame(KIND_TICKS, encode_ticks([tick(seq, 999.0)])),
     "wrong key": lambda seq: encode_frame(
         KIND_TICKS, encode_ticks([tick(seq, 999.0)]), b"not the key"
     ),
     "unsigned heartbeat": lambda _seq: encode_frame(
         KIND_HEARTBEAT, encode_heartbeat(Heartbeat(ts=time.time_ns(), last={"A": 10**6}))
+    ),
+    # The control channel: the issue's example (a billion ticks declared lost), as text ...
+    "unsigned control text": lambda _seq: json.dumps(LOST_RANGE),
+    "unsigned subscribed text": lambda _seq: json.dumps({"type": "subscribed", "symbols": ["A"]}),
+    # ... as an unsigned control frame, and as a signed one captured on another connection.
+    "unsigned control frame": lambda _seq: control(LOST_REPLY, "", key=None),
+    "replayed control frame": lambda _seq: control(LOST_REPLY, "other session"),
+    "replayed replay-done": lambda seq: encode_frame(
+        KIND_REPLAY_DONE,
+        encode_replay_done(ReplayDone(symbol="A", to_seq=seq, session="other session")),
+        KEY,
     ),
 }
 
@@ -74,7 +100,9 @@ async def exchange(script: Script) -> AsyncIterator[tuple[int, list[int]]]:
         request = json.loads(await ws.recv())
         first = int(request.get("from_seq", {}).get("A", 1))
         subscriptions.append(first)
-        await ws.send(json.dumps({"type": "subscribed"}))
+        session = request.get("session", "")
+        last = {"A": first - 1}
+        await ws.send(control(ControlReply("subscribed", symbols=["A"], last=last), session))
         for frame in script(len(subscriptions), first):
             await ws.send(frame)
         beat = encode_frame(
@@ -128,10 +156,10 @@ async def test_a_forged_frame_drops_one_connection_and_every_genuine_tick_is_sto
     """Signed 1-5, one forged frame, signed 6-20: the node stays up and stores 1-20, genuine."""
     forge = FORGERIES[forgery]
 
-    def script(n: int, first: int) -> list[bytes]:
+    def script(n: int, first: int) -> list[bytes | str]:
         if n == 1:
             return [*genuine(1, 5), forge(6), *genuine(6, LAST)]
-        return genuine(first, LAST)
+        return [*genuine(first, LAST)]
 
     async with exchange(script) as (port, subscriptions):
         proc = await spawn_node(port, tmp_path / "node")
@@ -163,7 +191,7 @@ async def test_a_forged_frame_drops_one_connection_and_every_genuine_tick_is_sto
 async def test_forged_frames_past_the_threshold_end_the_node_with_exit_3(tmp_path: Path) -> None:
     """A forged frame on every connection: the fifth within 60 s ends the process, exit 3."""
 
-    def script(_n: int, first: int) -> list[bytes]:
+    def script(_n: int, first: int) -> list[bytes | str]:
         return [*genuine(first, first), FORGERIES["unsigned"](first + 1)]
 
     async with exchange(script) as (port, subscriptions):

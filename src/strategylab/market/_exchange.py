@@ -40,6 +40,7 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal, too_large
+from strategylab._logging import configure_logging, escape
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
@@ -50,13 +51,16 @@ from ._exchange_orders import STATUSES, OrderBook, OrderRequestError, OrderState
 from ._ledger import EmittedLog
 from ._protocol import (
     CONTROL_DECODER,
+    KIND_CONTROL,
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
     KIND_TICKS,
+    ControlReply,
     Heartbeat,
     ReplayDone,
     ReplayRequest,
     Subscribe,
+    encode_control,
     encode_frame,
     encode_heartbeat,
     encode_replay_done,
@@ -74,6 +78,19 @@ logger = logging.getLogger("strategylab.market.exchange")
 _PROG: Final = "strategylab exchange"
 _CLOSE_GRACE: Final = 2.0  # seconds a kicked subscriber gets before its transport is aborted
 _FAST_YIELD_EVERY: Final = 16  # frames between yields to the loop in as-fast-as-possible mode
+_MAX_SESSION: Final = 64  # characters of a subscriber's session token
+_control_json_encoder = msgspec.json.Encoder()
+
+
+def _control_json(reply: ControlReply) -> str:
+    """A control answer as the JSON text an unsigned exchange sends (no ``session``)."""
+    return _control_json_encoder.encode(msgspec.structs.replace(reply, session="")).decode()
+
+
+def _range_error(reason: str, symbol: str, from_seq: int, to_seq: int) -> ControlReply:
+    return ControlReply("error", reason=reason, symbol=symbol, from_seq=from_seq, to_seq=to_seq)
+
+
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
 
 
@@ -193,6 +210,7 @@ class _History:
 class _Replay:
     ticks: list[Tick]
     done: ReplayDone | None
+    session: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +225,17 @@ _Item = bytes | str | _Replay | _Close
 class _Subscriber:
     """One WebSocket connection: its subscription and its bounded outbox, drained by a sender."""
 
-    __slots__ = ("abort_handle", "kicked", "outbox", "peer", "room", "symbols", "transport", "wake")
+    __slots__ = (
+        "abort_handle",
+        "kicked",
+        "outbox",
+        "peer",
+        "room",
+        "session",
+        "symbols",
+        "transport",
+        "wake",
+    )
 
     def __init__(self, peer: str, transport: asyncio.BaseTransport | None) -> None:
         self.peer = peer
@@ -219,6 +247,7 @@ class _Subscriber:
         self.room.set()
         self.kicked: str | None = None
         self.abort_handle: asyncio.TimerHandle | None = None
+        self.session = ""  # the feed's token for this connection, echoed in signed answers
 
     def push(self, item: _Item) -> None:
         if self.kicked is None:
@@ -542,9 +571,7 @@ class Exchange:
                 if msg.type is WSMsgType.TEXT:
                     self._control(sub, msg.data)
                 else:
-                    sub.push(
-                        json.dumps({"type": "error", "reason": "expected a JSON text message"})
-                    )
+                    self._answer(sub, ControlReply("error", reason="expected a JSON text message"))
         finally:
             self._unsubscribe(sub)
             self._subs.discard(sub)
@@ -581,13 +608,16 @@ class Exchange:
         for i in range(0, len(ticks), step):
             await ws.send_bytes(self._wire(KIND_TICKS, encode_ticks(ticks[i : i + step])))
         if replay.done is not None:
-            await ws.send_bytes(self._wire(KIND_REPLAY_DONE, encode_replay_done(replay.done)))
+            done = replay.done
+            if self.config.signing_key is not None:
+                done = ReplayDone(symbol=done.symbol, to_seq=done.to_seq, session=replay.session)
+            await ws.send_bytes(self._wire(KIND_REPLAY_DONE, encode_replay_done(done)))
 
     def _control(self, sub: _Subscriber, text: str) -> None:
         try:
             message = CONTROL_DECODER.decode(text)
         except msgspec.DecodeError as exc:
-            sub.push(json.dumps({"type": "error", "reason": f"bad control message: {exc}"}))
+            self._answer(sub, ControlReply("error", reason=f"bad control message: {exc}"))
             return
         if isinstance(message, Subscribe):
             self._subscribe(sub, message)
@@ -598,8 +628,7 @@ class Exchange:
         """Subscribe the known symbols; name the unknown ones in an error first (one bad symbol
         never blocks the others). With none known the subscriber gets heartbeats only."""
         known = self._history
-        if sub in self._live or sub in self._idle:
-            sub.push(json.dumps({"type": "error", "reason": "already subscribed"}))
+        if not self._take_session(sub, message.session):
             return
         requested = list(dict.fromkeys((*message.symbols, *message.from_seq)))
         unknown = [s for s in requested if s not in known]
@@ -609,12 +638,12 @@ class Exchange:
         stray = [s for s in message.from_seq if s in known and s not in wanted]
         if stray:
             reason = "from_seq for a symbol not subscribed"
-            sub.push(json.dumps({"type": "error", "reason": reason, "symbol": stray[0]}))
+            self._answer(sub, ControlReply("error", reason=reason, symbol=stray[0]))
             return
         if unknown:
-            sub.push(json.dumps({"type": "error", "reason": "unknown symbols", "unknown": unknown}))
+            self._answer(sub, ControlReply("error", reason="unknown symbols", unknown=unknown))
         last = self._gen.last_seq
-        sub.push(json.dumps({"type": "subscribed", "symbols": wanted, "last": last}))
+        self._answer(sub, ControlReply("subscribed", symbols=wanted, last=dict(last)))
         if not wanted:
             self._idle.add(sub)
             return
@@ -626,21 +655,34 @@ class Exchange:
             if from_seq <= to_seq:
                 ticks = self._retained(sub, symbol, max(from_seq, 1), to_seq)
                 if ticks:
-                    sub.push(_Replay(ticks, None))
+                    sub.push(_Replay(ticks, None, sub.session))
         # From here on every batch reaches this subscriber, after the replay queued above.
         self._live.append(sub)
         self._has_live.set()
+
+    def _take_session(self, sub: _Subscriber, session: str) -> bool:
+        """Record the subscriber's session token (echoed in signed answers); refuse a second
+        subscribe on one connection, or a long token."""
+        if sub in self._live or sub in self._idle:
+            self._answer(sub, ControlReply("error", reason="already subscribed"))
+            return False
+        if len(session) > _MAX_SESSION:
+            reason = f"session token longer than {_MAX_SESSION} characters"
+            self._answer(sub, ControlReply("error", reason=reason))
+            return False
+        sub.session = session
+        return True
 
     def _replay(self, sub: _Subscriber, message: ReplayRequest) -> None:
         symbol, from_seq, to_seq = message.symbol, message.from_seq, message.to_seq
         history = self._history.get(symbol)
         if history is None or from_seq < 1 or to_seq < from_seq:
             reason = "unknown symbol" if history is None else "empty or invalid range"
-            sub.push(self._range_error(reason, symbol, from_seq, to_seq))
+            self._answer(sub, _range_error(reason, symbol, from_seq, to_seq))
             return
         to_seq = min(to_seq, history.last)
         ticks = self._retained(sub, symbol, from_seq, to_seq) if from_seq <= to_seq else []
-        sub.push(_Replay(ticks, ReplayDone(symbol=symbol, to_seq=to_seq)))
+        sub.push(_Replay(ticks, ReplayDone(symbol=symbol, to_seq=to_seq), sub.session))
 
     def _retained(self, sub: _Subscriber, symbol: str, from_seq: int, to_seq: int) -> list[Tick]:
         """Ticks ``from_seq..to_seq``; the part no longer retained is reported as an error."""
@@ -648,21 +690,18 @@ class Exchange:
         first = history.first
         if from_seq < first:
             gone_to = min(to_seq, first - 1)
-            sub.push(self._range_error("no longer retained", symbol, from_seq, gone_to))
+            self._answer(sub, _range_error("no longer retained", symbol, from_seq, gone_to))
             from_seq = gone_to + 1
         return history.range(from_seq, to_seq) if from_seq <= to_seq else []
 
-    @staticmethod
-    def _range_error(reason: str, symbol: str, from_seq: int, to_seq: int) -> str:
-        return json.dumps(
-            {
-                "type": "error",
-                "reason": reason,
-                "symbol": symbol,
-                "from_seq": from_seq,
-                "to_seq": to_seq,
-            }
-        )
+    def _answer(self, sub: _Subscriber, reply: ControlReply) -> None:
+        """Queue a control answer: JSON text without a signing key; with one, a signed control
+        frame bound to the subscriber's session (see :mod:`._protocol`)."""
+        if self.config.signing_key is None:
+            sub.push(_control_json(reply))
+            return
+        bound = msgspec.structs.replace(reply, session=sub.session)
+        sub.push(self._wire(KIND_CONTROL, encode_control(bound)))
 
     # -- HTTP API ---------------------------------------------------------------------------
 
@@ -938,13 +977,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
     except ConfigurationError as exc:
-        sys.stderr.write(f"strategylab exchange: error: {exc}\n")
+        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
         return 2
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    configure_logging(logging.WARNING, sys.stderr)
     try:
         asyncio.run(run_exchange(config, ready=print_listening))
     except OSError as exc:
-        sys.stderr.write(f"strategylab exchange: error: {exc}\n")
+        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
         return 1
     return 0
 

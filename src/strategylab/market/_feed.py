@@ -44,9 +44,11 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import hmac
 import logging
 import math
 import random
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -69,14 +71,17 @@ from strategylab.fault_tolerance import (
 
 from ._feed_backoff import RETRY_LATER_CODES, FeedBackoff
 from ._protocol import (
+    KIND_CONTROL,
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
     KIND_TICKS,
+    Frame,
     FrameError,
     ReplayRequest,
     SignatureError,
     Subscribe,
     control_bounds_error,
+    decode_control,
     decode_frame,
     decode_heartbeat,
     decode_replay_done,
@@ -393,12 +398,17 @@ class Feed:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         kill_switch: Callable[[SecurityKillSwitchError], Awaitable[object]] | None = None,
+        on_violation: Callable[[SecurityViolationError], object] | None = None,
     ) -> None:
         """``kill_switch`` is awaited (once, in an owned task) when forged frames cross
         ``max_violations`` within ``violation_window``; without one, the crossing is reported
-        to the manager as a CRITICAL SECURITY_VIOLATION."""
+        to the manager as a CRITICAL SECURITY_VIOLATION. ``on_violation`` is called
+        synchronously for every forged frame or forged control message, before the connection
+        is dropped (a trader halts trading there); an exception from it is logged, never
+        raised into the feed."""
         self._config = config
         self._kill_switch = kill_switch
+        self._on_violation = on_violation
         self._violations: collections.deque[float] = collections.deque()
         self._killed = False
         self._sink = sink
@@ -437,6 +447,7 @@ class Feed:
         self._blocked = False
         self._outage = False
         self._kick_reason: str | None = None
+        self._session = ""
         self._last_seen = 0.0
         # Per-symbol state: the last accounted-for seq, the last valid ts, held ticks, replays.
         self._delivered: dict[str, int] = {}
@@ -696,10 +707,12 @@ class Feed:
             self._unknown = frozenset()
             self._last_seen = self._observed_from = self._clock.monotonic()
             self._kick_reason = None
+            # A fresh token per connection: a signed answer is only taken on the connection it
+            # was made for (see _protocol).
+            session = self._session = secrets.token_hex(16)
             reader = self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}.read")
-            await ws.send(
-                _json_encode(Subscribe(symbols=list(cfg.symbols), from_seq=from_seq)).decode()
-            )
+            subscribe = Subscribe(symbols=list(cfg.symbols), from_seq=from_seq, session=session)
+            await ws.send(_json_encode(subscribe).decode())
             try:
                 await self._watch(reader)
             except StaleFeedError:
@@ -768,6 +781,11 @@ class Feed:
         async for message in ws:
             self._last_seen = clock.monotonic()
             if isinstance(message, str):
+                if key is not None:
+                    # With a key every answer comes as a signed frame: text is a forgery.
+                    raise self._on_forged(
+                        SignatureError("unsigned control text message while a signing key is set")
+                    )
                 await self._on_control(ws, message)
                 continue
             self._frames += 1
@@ -776,15 +794,9 @@ class Feed:
                 kind = frame.kind
                 if kind == KIND_TICKS:
                     ticks = decode_ticks(frame.payload)
-                elif kind == KIND_HEARTBEAT:
-                    await self._on_heartbeat(ws, decode_heartbeat(frame.payload).last)
-                    continue
-                elif kind == KIND_REPLAY_DONE:
-                    done = decode_replay_done(frame.payload)
-                    await self._on_replay_done(ws, done.symbol, done.to_seq)
-                    continue
                 else:
-                    raise FrameError(f"unknown frame kind {kind!r}")  # noqa: TRY301
+                    await self._on_other_frame(ws, frame)
+                    continue
             except SignatureError as exc:
                 raise self._on_forged(exc) from exc
             except FrameError as exc:
@@ -794,6 +806,34 @@ class Feed:
             if not self._subscribed:
                 self._on_subscribed()
             await self._on_ticks(ws, ticks)
+
+    async def _on_other_frame(self, ws: ClientConnection, frame: Frame) -> None:
+        """A verified frame that carries no ticks: heartbeat, replay done or control answer.
+        Raises :class:`FrameError` for an unknown kind or a bad payload, :class:`SignatureError`
+        for an answer of another session."""
+        kind = frame.kind
+        if kind == KIND_HEARTBEAT:
+            await self._on_heartbeat(ws, decode_heartbeat(frame.payload).last)
+        elif kind == KIND_REPLAY_DONE:
+            done = decode_replay_done(frame.payload)
+            self._check_session(done.session, "replay-done")
+            await self._on_replay_done(ws, done.symbol, done.to_seq)
+        elif kind == KIND_CONTROL:
+            reply = decode_control(frame.payload)
+            self._check_session(reply.session, "control")
+            fields = msgspec.structs.asdict(reply)
+            answer = {k: v for k, v in fields.items() if v is not None}
+            await self._on_reply(ws, answer, repr(answer))
+        else:
+            raise FrameError(f"unknown frame kind {kind!r}")
+
+    def _check_session(self, session: str, what: str) -> None:
+        """With a key, a signed answer must carry this connection's session token: one captured
+        on another connection and replayed here is a forgery (raises :class:`SignatureError`)."""
+        if self._key is not None and not hmac.compare_digest(
+            session.encode("utf-8", "surrogatepass"), self._session.encode()
+        ):
+            raise SignatureError(f"signed {what} frame of another session (replayed)")
 
     def _on_forged(self, exc: SignatureError) -> SecurityViolationError:
         """Record a forged frame, pull the kill switch past the threshold; the error that drops
@@ -810,6 +850,11 @@ class Feed:
             f"({len(times)} of {cfg.max_violations} within {cfg.violation_window}s)"
         )
         _log.warning("feed %s: %s; reconnecting", self.name, error)
+        if self._on_violation is not None:
+            try:
+                self._on_violation(error)
+            except Exception:
+                _log.exception("feed %s: the on_violation callback failed", self.name)
         # Every violation is recorded (never folded into a quiet period): the count matters.
         self._report(error, recovered=self._wait_recovered)
         if len(times) >= cfg.max_violations and not self._killed:
@@ -1159,6 +1204,10 @@ class Feed:
             self._control_errors += 1
             self._report(InvalidTickError(f"undecodable control message: {message[:200]!r}"))
             return
+        await self._on_reply(ws, reply, message)
+
+    async def _on_reply(self, ws: ClientConnection, reply: dict[str, object], message: str) -> None:
+        """Act on one decoded control answer (from JSON text, or a verified control frame)."""
         kind = reply.get("type")
         if kind == "subscribed":
             self._on_subscribed()

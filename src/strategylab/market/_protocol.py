@@ -5,7 +5,7 @@ Market data travels as binary WebSocket messages, one *frame* each::
     offset  size  field
     0       2     magic b"SL"
     2       1     version (1)
-    3       1     kind: b"T" ticks, b"H" heartbeat, b"R" replay done
+    3       1     kind: b"T" ticks, b"H" heartbeat, b"R" replay done, b"C" control reply
     4       1     flags: bit 0 = signed
     5       4     CRC32 over kind, flags, signature and payload, big-endian
     9       32    HMAC-SHA256 over kind + payload, present only when signed
@@ -21,10 +21,20 @@ possibly for several symbols, each symbol's ticks in sequence order. A heartbeat
 ``{"ts": ns, "last": {symbol: last_seq}}``; a replay-done payload is ``{"symbol": s, "to_seq": n}``.
 
 Control messages from the feed are JSON text messages:
-``{"op": "subscribe", "symbols": [...], "from_seq": {symbol: n}}`` asks for live ticks and, where
-``from_seq`` is given, a replay of retained history from that sequence on (inclusive);
-``{"op": "replay", "symbol": s, "from_seq": a, "to_seq": b}`` asks for a range again. The exchange
-answers with JSON text: ``{"type": "subscribed", "symbols": [...], "last": {...}}`` or
+``{"op": "subscribe", "symbols": [...], "from_seq": {symbol: n}, "session": s}`` asks for live
+ticks and, where ``from_seq`` is given, a replay of retained history from that sequence on
+(inclusive); ``session`` is a random token the feed draws for each connection.
+``{"op": "replay", "symbol": s, "from_seq": a, "to_seq": b}`` asks for a range again.
+
+The exchange answers (a :class:`ControlReply`). Without a signing key the answer is a JSON text
+message; **with a key it is a signed** ``b"C"`` **frame** whose msgpack payload also carries the
+subscriber's ``session``, and a replay-done frame carries it too. A feed with a key therefore
+treats every text message as forged (it could change the feed's state: declare a range lost,
+answer a subscription) and refuses a control frame or replay-done frame of another session (a
+signed answer captured on one connection and replayed on another). Heartbeats are broadcast
+unbound to a session: replayed, they only repeat sequences the exchange had already reached,
+which the feed asks for again and the exchange clamps. Answers are
+``{"type": "subscribed", "symbols": [...], "last": {...}}`` or
 ``{"type": "error", "reason": "..."}`` (for example when a range is no longer retained, with
 ``symbol``, ``from_seq`` and ``to_seq``). A subscribe naming symbols the exchange does not know is
 answered ``{"type": "error", "reason": "unknown symbols", "unknown": [...]}`` and then
@@ -51,9 +61,11 @@ from strategylab.fault_tolerance import ErrorType
 from ._tick import Tick
 
 __all__ = [
+    "KIND_CONTROL",
     "KIND_HEARTBEAT",
     "KIND_REPLAY_DONE",
     "KIND_TICKS",
+    "ControlReply",
     "Frame",
     "FrameError",
     "Heartbeat",
@@ -73,6 +85,7 @@ VERSION: Final = 1
 KIND_TICKS: Final = b"T"
 KIND_HEARTBEAT: Final = b"H"
 KIND_REPLAY_DONE: Final = b"R"
+KIND_CONTROL: Final = b"C"
 _SIGNED: Final = 0x01
 _HEADER = struct.Struct(">2sBcBI")  # magic, version, kind, flags, crc32
 _SIG_LEN: Final = 32
@@ -98,10 +111,30 @@ class Heartbeat(msgspec.Struct, frozen=True):
 
 
 class ReplayDone(msgspec.Struct, frozen=True):
-    """A requested replay has been sent in full."""
+    """A requested replay has been sent in full (``session``: the subscriber's, see above)."""
 
     symbol: str
     to_seq: int
+    session: str = ""
+
+
+class ControlReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Exchange → feed: the answer to a control message (JSON text, or a signed ``b"C"`` frame).
+
+    ``type`` is ``"subscribed"`` (with ``symbols`` and ``last``) or ``"error"`` (with
+    ``reason`` and, for a range no longer retained, ``symbol``/``from_seq``/``to_seq``; for
+    unknown symbols, ``unknown``). ``session`` echoes the subscriber's session token.
+    """
+
+    type: str
+    reason: str | None = None
+    symbol: str | None = None
+    from_seq: int | None = None
+    to_seq: int | None = None
+    unknown: list[str] | None = None
+    symbols: list[str] | None = None
+    last: dict[str, int] | None = None
+    session: str = ""
 
 
 class Subscribe(msgspec.Struct, frozen=True, tag_field="op", tag="subscribe"):
@@ -109,6 +142,7 @@ class Subscribe(msgspec.Struct, frozen=True, tag_field="op", tag="subscribe"):
 
     symbols: list[str]
     from_seq: dict[str, int] = {}
+    session: str = ""
 
 
 class ReplayRequest(msgspec.Struct, frozen=True, tag_field="op", tag="replay"):
@@ -130,6 +164,7 @@ _tick_encoder = msgspec.msgpack.Encoder()
 _ticks_decoder = msgspec.msgpack.Decoder(list[Tick])
 _heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 _replay_done_decoder = msgspec.msgpack.Decoder(ReplayDone)
+_control_decoder = msgspec.msgpack.Decoder(ControlReply)
 CONTROL_DECODER: Final = msgspec.json.Decoder(Subscribe | ReplayRequest)
 
 
@@ -214,6 +249,19 @@ def decode_replay_done(payload: bytes) -> ReplayDone:
         return _replay_done_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise FrameError(f"undecodable replay-done payload: {exc}") from exc
+
+
+def encode_control(reply: ControlReply) -> bytes:
+    """The msgpack payload of a control frame."""
+    return _tick_encoder.encode(reply)
+
+
+def decode_control(payload: bytes) -> ControlReply:
+    """Decode a control-frame payload; raises :class:`FrameError` on a bad one."""
+    try:
+        return _control_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"undecodable control payload: {exc}") from exc
 
 
 def control_bounds_error(  # noqa: C901 - one pass, a branch per character class
