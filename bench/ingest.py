@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -42,9 +44,11 @@ KEY = "6b6579"  # "key", hex
 BATCH = 20_000
 
 
-async def _spawn(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+async def _spawn(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=env
     )
     assert process.stdout is not None
     async with asyncio.timeout(30):
@@ -67,16 +71,22 @@ async def _one_run(root: Path, ticks: int, *, via_proxy: bool) -> float:
         "exchange",
         *("--port", "0", "--data-dir", str(root / "exchange"), "--symbols", ",".join(SYMBOLS)),
         *("--tick-rate", "0", "--ticks-per-frame", "500", "--max-ticks", str(ticks)),
-        *("--retention", str(ticks), "--signing-key", KEY, "--heartbeat-interval", "0.5"),
+        *("--retention", str(ticks), "--heartbeat-interval", "0.5"),
+        env={**os.environ, "STRATEGYLAB_SIGNING_KEY": KEY},  # never on the command line
     )
     proxy: asyncio.subprocess.Process | None = None
     port = ready["port"]
     try:
         async with aiohttp.ClientSession() as http:
             if via_proxy:
-                proxy, api = await _spawn("strategylab", "proxy", "--port", "0")
+                # The proxy API's admin token: in the child's environment, never on its argv.
+                token = secrets.token_urlsafe(24)
+                env = {**os.environ, "STRATEGYLAB_ADMIN_TOKEN": token}
+                proxy, api = await _spawn("strategylab", "proxy", "--port", "0", env=env)
                 body = {"name": "bench", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}"}
-                async with http.post(f"http://127.0.0.1:{api['port']}/proxies", json=body) as r:
+                url = f"http://127.0.0.1:{api['port']}/proxies"
+                auth = {"Authorization": f"Bearer {token}"}
+                async with http.post(url, json=body, headers=auth) as r:
                     r.raise_for_status()
                     port = int((await r.json())["listen"].rsplit(":", 1)[1])
             node = Node(

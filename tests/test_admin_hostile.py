@@ -17,7 +17,7 @@ import pytest
 
 from strategylab._http_guard import HttpLimits
 from strategylab.chaos._proxy import ProxyServer
-from strategylab.chaos._proxy_api import serve
+from strategylab.chaos._proxy_api import ProxyApiAccess, serve
 from strategylab.market._exchange import Exchange, ExchangeConfig
 from strategylab.testing import FakeClock
 
@@ -281,7 +281,11 @@ async def api(http: aiohttp.ClientSession) -> AsyncIterator[Api]:
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     limits = HttpLimits(max_body=256 * 1024)
     async with ProxyServer() as server, asyncio.TaskGroup() as group:
-        group.create_task(serve(server, port=0, ready=ready.set_result, stop=stop, limits=limits))
+        # Open: the browser and body guards come first and hold without a token too.
+        access = ProxyApiAccess(admin_open=True)
+        group.create_task(
+            serve(server, port=0, ready=ready.set_result, stop=stop, limits=limits, access=access)
+        )
         async with asyncio.timeout(5):
             port = await ready
         yield Api(http, f"http://127.0.0.1:{port}", server, upstream.sockets[0].getsockname()[1])

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from strategylab.chaos._proxy import ProxyServer
-from strategylab.chaos._proxy_api import serve
+from strategylab.chaos._proxy_api import ProxyApiAccess, serve
 
 
 class Api:
@@ -45,7 +45,10 @@ async def api() -> AsyncIterator[Api]:
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     async with ProxyServer() as server, asyncio.TaskGroup() as group:
-        group.create_task(serve(server, port=0, ready=ready.set_result, stop=stop))
+        # Open without a token: these tests drive the routes; tests/test_proxy_api_token.py the
+        # token.
+        access = ProxyApiAccess(admin_open=True)
+        group.create_task(serve(server, port=0, ready=ready.set_result, stop=stop, access=access))
         async with asyncio.timeout(5):
             port = await ready
         async with aiohttp.ClientSession() as http:

@@ -25,6 +25,7 @@ from ._proxy import (
     ToxicExistsError,
     ToxicNotFoundError,
 )
+from ._proxy_api import ProxyApiAccess
 from ._proxy_api import create_app as create_proxy_api
 from ._toxics import Stream, Toxic, ToxicType
 
@@ -34,6 +35,7 @@ __all__ = [
     "Gap",
     "IntegrityReport",
     "Proxy",
+    "ProxyApiAccess",
     "ProxyError",
     "ProxyExistsError",
     "ProxyNotFoundError",

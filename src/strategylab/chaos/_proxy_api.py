@@ -18,6 +18,14 @@ route                                       answer
 ``POST /reset``                             remove all toxics, enable all proxies; 204
 ==========================================  =====================================================
 
+Changes need the admin token. With ``--admin-token-file PATH`` (or ``$STRATEGYLAB_ADMIN_TOKEN``;
+``--admin-token T`` works too but is visible in the process list), every request that can change
+something (``POST``, ``PATCH``, ``DELETE``, ``/reset`` included) must carry ``Authorization: Bearer
+T``: a missing or wrong token, or a header that is not UTF-8, is a 401. With no token the API is
+closed to changes (403 naming how to open it) unless ``--admin-open`` is given, which is refused
+unless the API listens on a loopback address (the default, 127.0.0.1). ``GET`` stays open in every
+mode: it changes nothing and shows no secret. Every refusal is logged as a security event.
+
 Every route is an admin route and is guarded (:mod:`strategylab._http_guard`): a browser
 ``Origin`` not in ``--allow-origin`` or a browser ``User-Agent`` is a 403 (as Toxiproxy), a body
 that is not ``application/json`` a 415, a body over ``--max-body`` bytes a 413 (from the
@@ -32,6 +40,7 @@ unknown proxy or toxic, 409 for a duplicate name, 400 for bad input, with the fi
 Run it as its own process::
 
     python -m strategylab.chaos._proxy_api --port 0 [--host 127.0.0.1] [--seed N] [--config F]
+        [--admin-token-file PATH | --admin-open] [--log-level LEVEL]
         [--max-body BYTES] [--max-json-depth N] [--max-number-digits N] [--allow-origin O ...]
 
 It prints one JSON line, ``{"event":"listening","port":N}``, then serves until SIGTERM or SIGINT.
@@ -41,17 +50,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import json
+import logging
 import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from aiohttp import web
 
 from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
+from strategylab._logging import configure_logging, escape
+from strategylab._secrets import SecretOption, add_secret_options, resolve_secret
 from strategylab.errors import ConfigurationError
 
 from ._proxy import (
@@ -64,12 +79,45 @@ from ._proxy import (
 )
 from ._toxics import Toxic
 
-__all__ = ["VERSION", "create_app", "main", "serve"]
+__all__ = ["VERSION", "ProxyApiAccess", "create_app", "main", "serve"]
 
 VERSION: Final = "2.9.0-strategylab"
 """Reported by ``GET /version``: the Toxiproxy API level this subset follows."""
 
+_PROG: Final = "strategylab proxy"
+_READ_METHODS: Final = frozenset({"GET", "HEAD"})
+_ADMIN_TOKEN: Final = SecretOption(
+    name="admin-token",
+    env="STRATEGYLAB_ADMIN_TOKEN",
+    help="bearer token for the API's changes (POST, PATCH, DELETE)",
+)
+
+_log = logging.getLogger("strategylab.chaos.proxy_api")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyApiAccess:
+    """Who may change proxies through the API.
+
+    With ``admin_token`` every ``POST``, ``PATCH`` and ``DELETE`` needs ``Authorization: Bearer
+    TOKEN``; with none they are refused (403) unless ``admin_open``. ``GET`` is always open.
+    The default is closed. Contradictory values raise :class:`ConfigurationError`.
+    """
+
+    admin_token: str | None = field(default=None, repr=False)  # a secret: never in a repr
+    admin_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None and not self.admin_token:
+            raise ConfigurationError("admin_token", "", "must not be empty (None = no token)")
+        if self.admin_open and self.admin_token is not None:
+            raise ConfigurationError(
+                "admin_open", self.admin_open, "contradicts admin_token (open means no token)"
+            )
+
+
 _SERVER_KEY: Final = web.AppKey("proxy_server", ProxyServer)
+_ACCESS_KEY: Final = web.AppKey("proxy_api_access", ProxyApiAccess)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,11 +145,56 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         raise
 
 
+def _security_event(request: web.Request, what: str) -> None:
+    # The path is the peer's text: the log formatter (strategylab._logging) escapes it.
+    _log.warning(
+        "security event: %s on %s %s from %s", what, request.method, request.path, request.remote
+    )
+
+
+def _unauthorized(request: web.Request) -> web.Response | None:
+    """``None`` when ``request`` may proceed, else the 401 or 403 to answer."""
+    if request.method in _READ_METHODS:
+        return None
+    access = request.app[_ACCESS_KEY]
+    token = access.admin_token
+    if token is None:
+        if access.admin_open:
+            return None
+        _security_event(request, "change while the API is closed")
+        return _error(
+            403,
+            "proxy API closed to changes: start it with --admin-token-file PATH (or "
+            "$STRATEGYLAB_ADMIN_TOKEN), or --admin-open on a loopback address",
+        )
+    given = request.headers.get("Authorization", "")
+    try:
+        # aiohttp hands undecodable header bytes over as surrogates: not a token.
+        given_bytes = given.encode()
+    except UnicodeEncodeError:
+        _security_event(request, "malformed (non-UTF-8) admin token")
+        return _challenge(_error(401, "Authorization: not UTF-8"))
+    if hmac.compare_digest(given_bytes, f"Bearer {token}".encode()):
+        return None
+    _security_event(request, f"{'wrong' if given else 'missing'} admin token")
+    return _challenge(_error(401, "Authorization: admin token missing or wrong"))
+
+
+def _challenge(response: web.Response) -> web.Response:
+    response.headers["WWW-Authenticate"] = 'Bearer realm="strategylab proxy"'
+    return response
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
     refused = refusal(request, request.app[LIMITS_KEY])
     if refused is not None:
+        if refused.status == 403:  # browser-driven
+            _security_event(request, f"refused {refused.field}")
         return _error(refused.status, f"{refused.field}: {refused.reason}")
+    denied = _unauthorized(request)  # not `or`: an empty aiohttp response is falsy
+    if denied is not None:
+        return denied
     return await handler(request)
 
 
@@ -266,13 +359,17 @@ async def _reset(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def create_app(server: ProxyServer, limits: HttpLimits | None = None) -> web.Application:
+def create_app(
+    server: ProxyServer, limits: HttpLimits | None = None, access: ProxyApiAccess | None = None
+) -> web.Application:
     """An aiohttp application serving Toxiproxy's API over ``server`` (which the caller owns),
-    guarded and bounded by ``limits`` (default :class:`HttpLimits`)."""
+    guarded and bounded by ``limits`` (default :class:`HttpLimits`); ``access`` says who may
+    change proxies (default :class:`ProxyApiAccess`: nobody)."""
     limits = HttpLimits() if limits is None else limits
     app = web.Application(middlewares=[_errors, _guard], client_max_size=limits.max_body)
     app[_SERVER_KEY] = server
     app[LIMITS_KEY] = limits
+    app[_ACCESS_KEY] = ProxyApiAccess() if access is None else access
     app.router.add_get("/version", _version)
     app.router.add_get("/proxies", _list_proxies)
     app.router.add_post("/proxies", _create_proxy)
@@ -299,12 +396,14 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event,
     limits: HttpLimits | None = None,
+    access: ProxyApiAccess | None = None,
 ) -> None:
     """Serve the API over ``server`` until ``stop`` is set; ``ready(port)`` once listening.
 
-    ``limits`` bound and guard every request (default :class:`HttpLimits`).
+    ``limits`` bound and guard every request (default :class:`HttpLimits`); ``access`` says who
+    may change proxies (default :class:`ProxyApiAccess`: nobody, ``GET`` only).
     """
-    runner = web.AppRunner(create_app(server, limits), access_log=None)
+    runner = web.AppRunner(create_app(server, limits, access), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -331,7 +430,13 @@ async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> 
     async with ProxyServer(rng=rng) as server:
         await server.populate(configs)
         await serve(
-            server, host=args.host, port=args.port, ready=ready, stop=stop, limits=args.limits
+            server,
+            host=args.host,
+            port=args.port,
+            ready=ready,
+            stop=stop,
+            limits=args.limits,
+            access=args.access,
         )
     return 0
 
@@ -343,16 +448,53 @@ def _load_config(path: str) -> list[dict[str, object]]:
     return configs
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _access(args: argparse.Namespace) -> ProxyApiAccess:
+    access = ProxyApiAccess(
+        admin_token=resolve_secret(args, _ADMIN_TOKEN, prog=_PROG), admin_open=args.admin_open
+    )
+    if access.admin_open and not _is_loopback(args.host):
+        raise ConfigurationError(
+            "--admin-open",
+            args.host,
+            "an API open without a token must listen on a loopback address; "
+            "give --admin-token-file to listen on another",
+        )
+    return access
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="strategylab proxy",
+        prog=_PROG,
         description="A TCP fault proxy with a subset of Toxiproxy's HTTP API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8474, help="API port; 0 picks a free one")
     parser.add_argument("--seed", type=int, default=None, help="seed toxicity and toxic randomness")
     parser.add_argument("--config", default=None, help="JSON list of proxies to create at start")
+    add_secret_options(parser, _ADMIN_TOKEN, "none of them = changes refused (or --admin-open)")
+    parser.add_argument(
+        "--admin-open",
+        action="store_true",
+        help="allow changes without a token (loopback addresses only; default: closed unless "
+        "an admin token is given)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="least severe log records written to stderr (default WARNING)",
+    )
     parser.add_argument("--max-body", type=int, default=1 << 20, help="request body bytes")
     parser.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
     parser.add_argument("--max-number-digits", type=int, default=64, help="digits per number")
@@ -364,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        args.access = _access(args)
         args.limits = HttpLimits(
             max_body=args.max_body,
             max_depth=args.max_json_depth,
@@ -371,9 +514,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowed_origins=frozenset(args.allow_origin),
         )
         configs = [] if args.config is None else _load_config(args.config)
+        configure_logging(getattr(logging, args.log_level), sys.stderr)
         return asyncio.run(_amain(args, configs))
     except (ConfigurationError, OSError, json.JSONDecodeError) as exc:
-        sys.stderr.write(f"proxy api: {exc}\n")
+        sys.stderr.write(f"proxy api: {escape(str(exc))}\n")
         return 2
 
 

@@ -16,12 +16,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import struct
 import sys
 from collections.abc import Sequence
 
 import aiohttp
 import psutil
+
+from strategylab._logging import configure_logging
 
 __all__ = ["main", "measure"]
 
@@ -44,9 +48,11 @@ async def _sink(port: int) -> None:
         await server.serve_forever()
 
 
-async def _spawn(*args: str) -> tuple[asyncio.subprocess.Process, int]:
+async def _spawn(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=env
     )
     assert process.stdout is not None  # noqa: S101
     async with asyncio.timeout(30):
@@ -78,13 +84,18 @@ async def _send(port: int, total: int, chunk: int) -> float:
 async def measure(megabytes: int, chunks: Sequence[int], rounds: int) -> list[dict[str, float]]:
     """MB/s direct and through the proxy for each chunk size (best of ``rounds``)."""
     sink, sink_port = await _spawn("strategylab.chaos._proxy_bench", "--sink")
-    api, api_port = await _spawn("strategylab", "proxy", "--port", "0")
+    # The API's admin token goes to the child in its environment, never on its command line.
+    token = secrets.token_urlsafe(24)
+    env = {**os.environ, "STRATEGYLAB_ADMIN_TOKEN": token}
+    api, api_port = await _spawn("strategylab", "proxy", "--port", "0", env=env)
     try:
         async with aiohttp.ClientSession() as http:
             response = await http.post(
                 f"http://127.0.0.1:{api_port}/proxies",
                 json={"name": "bench", "upstream": f"127.0.0.1:{sink_port}"},
+                headers={"Authorization": f"Bearer {token}"},
             )
+            response.raise_for_status()
             proxy_port = int((await response.json())["listen"].rpartition(":")[2])
         cpu = psutil.Process(api.pid)
         results = []
@@ -119,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, action="append", default=None)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    configure_logging()
     if args.sink:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_sink(0))
