@@ -30,10 +30,25 @@ reported as STRATEGY_EXECUTION_ERROR with component = the strategy's name; the r
 chain, or the same steps without a manager) restarts it from its persisted state, or disables it
 once it failed ``max_failures`` times within ``failure_window`` seconds.
 
+Forged market data (a frame with a missing or wrong signature; the feed drops the connection it
+came on and reconnects) halts trading at once through a *security hold* on the risk engine
+(:meth:`StrategyEngine.on_security_violation`): every new order is refused (HALTED, reason
+``security: forged frame ... (hold until ...)``), cancels still pass, and the violation is audited.
+The hold lifts by itself, so that a peer without the key cannot stop trading for good with one
+frame, but only once ``security_hold`` seconds have passed without another violation AND
+authenticated ticks have been delivered since the last one (so on a fresh connection) AND the
+feed reports itself healthy; a hold never lifts a halt put in place by an operator or an
+emergency (:meth:`RiskEngine.halt`). ``max_violations`` forged frames within
+``violation_window`` seconds pull the kill switch (:meth:`StrategyEngine.kill_switch`): risk
+HALTED for good, every open order of this engine cancelled at the exchange within
+``close_deadline``, strategy states persisted, an audit record, and the process ends with
+:data:`EXIT_KILL_SWITCH`.
+
 Run as a process: ``python -m strategylab.market._engine --exchange-url http://127.0.0.1:P --db
 PATH --strategy NAME=module:Class --symbols A,B``; it prints JSON lines: ``reconciled`` (the
 items and the ``seconds`` it took), ``trading``, a ``status`` every ``--status-interval`` seconds,
-and ``stopped`` on SIGTERM.
+``security_violation`` for each forged frame, and ``stopped`` on SIGTERM (exit 0), or
+``kill_switch`` when forged frames crossed the threshold (exit 3).
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import importlib
 import inspect
 import json
@@ -53,10 +69,11 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
+from strategylab._logging import configure_logging, escape
 from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
@@ -78,14 +95,31 @@ from ._risk import RiskEngine, RiskRejection, exposure
 from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
 
 if TYPE_CHECKING:
+    from strategylab.fault_tolerance._component import AuditSink
+
     from ._store import QuarantinedTick
     from ._tick import Tick
 
-__all__ = ["EngineConfig", "EngineStatus", "StrategyEngine", "main", "run_engine"]
+__all__ = [
+    "EXIT_KILL_SWITCH",
+    "SECURITY_HOLD",
+    "EngineConfig",
+    "EngineStatus",
+    "StrategyEngine",
+    "main",
+    "run_engine",
+]
 
 _log = logging.getLogger("strategylab.market.engine")
 _LOOKUP_ERRORS = (OrderApiError, aiohttp.ClientError, TimeoutError, CircuitOpenError)
 _FINAL = frozenset({"filled", "cancelled", "rejected", "void"})
+
+EXIT_KILL_SWITCH: Final = 3
+"""The exit code of a trader whose kill switch was pulled (the node's EXIT_EMERGENCY too)."""
+_CANCEL_ROUNDS = 3
+"""Kill switch: list and cancel, list and cancel, list to confirm (bounded by a deadline)."""
+SECURITY_HOLD: Final = "security"
+"""The risk-engine hold source of the security hold (see the module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +139,10 @@ class EngineConfig:
     """Seconds between saves of state that changed without an order (with an order it is saved
     in the order's own transaction)."""
     close_deadline: float = 5.0
+    """Seconds a stop, or the kill switch's cancels, may take."""
+    security_hold: float = 60.0
+    """Seconds without a forged frame before the security hold may lift (the feed's
+    ``violation_window`` by default)."""
 
     def __post_init__(self) -> None:
         if self.max_failures < 1:
@@ -116,6 +154,7 @@ class EngineConfig:
             "resolve_max_interval",
             "state_interval",
             "close_deadline",
+            "security_hold",
         ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -148,6 +187,8 @@ class EngineStatus:
     unresolved: int
     """Ambiguous outcomes not yet resolved (the resolver is still asking)."""
     resent: int
+    security_violations: int
+    """Forged frames seen (each one held trading; see the module docstring)."""
     strategies: tuple[StrategyStatus, ...]
     reconciliation: tuple[ReconciliationItem, ...]
 
@@ -179,6 +220,37 @@ class _Live:
         return (self.request.qty - self.filled) * self.request.side.sign
 
 
+class _Security:
+    """The engine's security hold and kill switch (see the module docstring)."""
+
+    __slots__ = (
+        "authenticated",
+        "feed_health",
+        "held_since",
+        "hold_task",
+        "hold_until",
+        "kill_task",
+        "killed",
+        "report",
+        "ticks",
+        "violations",
+    )
+
+    def __init__(self) -> None:
+        self.violations = 0
+        self.feed_health: Callable[[], Awaitable[bool]] | None = None
+        self.held_since: float | None = None
+        """Monotonic time of the last forged frame while the hold is in force (None: no hold)."""
+        self.hold_until = 0.0
+        self.ticks = 0
+        """Authenticated ticks delivered since the last forged frame."""
+        self.authenticated = asyncio.Event()
+        self.hold_task: asyncio.Task[None] | None = None
+        self.kill_task: asyncio.Task[None] | None = None
+        self.killed = asyncio.Event()
+        self.report: dict[str, object] = {}
+
+
 class StrategyEngine:
     """Runs strategies live (see the module docstring). ``await start()`` reconciles first."""
 
@@ -193,8 +265,10 @@ class StrategyEngine:
         config: EngineConfig | None = None,
         clock: Clock = SYSTEM_CLOCK,
         name: str = "strategy-engine",
+        audit: AuditSink | None = None,
     ) -> None:
         self.config = config if config is not None else EngineConfig()
+        self._audit = audit
         self.client = client
         self.store = PositionStore(db)
         self._clock = clock
@@ -246,6 +320,7 @@ class StrategyEngine:
         self.ambiguous_total = 0
         self.resent = 0
         self.quarantined = 0
+        self._security = _Security()
 
     # ------------------------------------------------------------------ Component
 
@@ -286,6 +361,8 @@ class StrategyEngine:
             except Exception as exc:
                 self._fail(runner, exc)
         self.trading = True
+        if self._security.held_since is not None:  # held when stopped: the hold goes on
+            self._arm_security_hold()
         self._loops = [
             asyncio.create_task(self._fill_loop(), name=f"{self._name}.fills"),
             asyncio.create_task(self._resolve_loop(), name=f"{self._name}.resolver"),
@@ -295,10 +372,16 @@ class StrategyEngine:
     async def stop(self) -> None:
         """Stop trading: finish sends within ``close_deadline`` (cancel the rest), persist state."""
         self.trading = False
-        for task in self._loops:
+        kill = self._security.kill_task
+        if kill is not None and not kill.done():
+            # The emergency shutdown cancels orders through the client: let it finish first.
+            await asyncio.wait({kill}, timeout=self.config.close_deadline + 1.0)
+        hold = self._security.hold_task
+        self._security.hold_task = None
+        for task in (*self._loops, *([hold] if hold is not None else [])):
             task.cancel()
-        if self._loops:
-            await asyncio.wait(self._loops)
+        if self._loops or hold is not None:
+            await asyncio.wait([*self._loops, *([hold] if hold is not None else [])])
         self._loops = []
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=self.config.close_deadline)
@@ -338,6 +421,12 @@ class StrategyEngine:
             for runner in by_symbol.get(symbol, ()):
                 if runner.running:
                     self._callback(runner, runner.strategy.on_tick, tick)
+        security = self._security
+        if security.held_since is not None:
+            # Only authenticated ticks reach a sink: the feed verified them on a connection
+            # that carried no forgery (a forged frame drops its connection).
+            security.ticks += len(ticks)
+            security.authenticated.set()
 
     async def quarantine(self, entries: list[QuarantinedTick]) -> None:
         """Refused input is counted; strategies never see it."""
@@ -460,6 +549,222 @@ class StrategyEngine:
             if key == cid:
                 return rejection
         return None
+
+    # ------------------------------------------------------------------ security
+
+    @property
+    def security_violations(self) -> int:
+        """Forged frames seen (each one held trading)."""
+        return self._security.violations
+
+    @property
+    def security_hold_until(self) -> float | None:
+        """Monotonic time before which the security hold cannot lift (None: no hold)."""
+        security = self._security
+        return None if security.held_since is None else security.hold_until
+
+    @property
+    def feed_health(self) -> Callable[[], Awaitable[bool]] | None:
+        """Asked before the security hold lifts (:func:`run_engine` sets its feed's ``health``);
+        None: not asked."""
+        return self._security.feed_health
+
+    @feed_health.setter
+    def feed_health(self, probe: Callable[[], Awaitable[bool]] | None) -> None:
+        self._security.feed_health = probe
+
+    @property
+    def killed(self) -> asyncio.Event:
+        """Set once the kill switch's emergency shutdown has run (see :meth:`kill_switch`)."""
+        return self._security.killed
+
+    @property
+    def kill_report(self) -> dict[str, object]:
+        """What the kill switch did: ``reason``, ``cancelled``, ``left_open``, ``complete``."""
+        return dict(self._security.report)
+
+    def on_security_violation(self, error: BaseException) -> None:
+        """A forged frame (the feed's ``on_violation``): hold trading at once, audit it.
+
+        Every new order is refused until the hold lifts (see the module docstring); another
+        violation restarts the hold. Synchronous, so nothing is sent between the forged frame and
+        the halt.
+        """
+        clock, security = self._clock, self._security
+        now = clock.monotonic()
+        hold = self.config.security_hold
+        security.violations += 1
+        security.held_since = now
+        security.hold_until = now + hold
+        security.ticks = 0
+        security.authenticated.clear()
+        until = _iso(clock.time() + hold)
+        self.risk.hold(SECURITY_HOLD, f"security: forged frame: {error} (hold until {until})")
+        _log.error("security violation: %s; trading held until %s", error, until)
+        self._record(
+            "security_violation",
+            {"reason": str(error), "violations": security.violations, "hold_until": until},
+        )
+        self._arm_security_hold()
+
+    def _arm_security_hold(self) -> None:
+        security = self._security
+        if security.hold_task is None or security.hold_task.done():
+            security.hold_task = asyncio.get_running_loop().create_task(
+                self._security_hold(), name=f"{self._name}.security-hold"
+            )
+
+    async def _security_hold(self) -> None:
+        """Lift the security hold once it expired, authenticated data flowed since the last
+        violation and the feed is healthy; every violation meanwhile restarts the wait."""
+        clock, security = self._clock, self._security
+        noted = False
+        while True:
+            wait = security.hold_until - clock.monotonic()
+            if wait > 0:
+                noted = False
+                await clock.asleep(wait)
+                continue
+            if security.ticks > 0 and await self._feed_healthy():
+                if security.hold_until <= clock.monotonic():  # no violation while asking
+                    break
+                continue
+            if not noted:
+                noted = True
+                self.risk.hold(
+                    SECURITY_HOLD,
+                    "security: forged frame "
+                    f"{clock.monotonic() - (security.held_since or 0.0):.0f}s ago (hold "
+                    "expired; waiting for authenticated data on a fresh connection)",
+                )
+            security.authenticated.clear()
+            await security.authenticated.wait()
+        held_for = clock.monotonic() - (security.held_since or 0.0)
+        security.held_since = None
+        self.risk.release(SECURITY_HOLD)
+        _log.warning("security hold lifted after %.1fs: authenticated data flows", held_for)
+        self._record(
+            "security_hold_released",
+            {"held_seconds": round(held_for, 3), "ticks_since": security.ticks},
+        )
+
+    async def _feed_healthy(self) -> bool:
+        probe = self._security.feed_health
+        if probe is None:
+            return True
+        try:
+            return await probe()
+        except Exception:  # a failing probe is an unhealthy feed, never a lifted hold
+            _log.exception("feed health probe failed")
+            return False
+
+    async def kill_switch(self, error: BaseException) -> None:
+        """Forged frames past the threshold (the feed's ``kill_switch``): emergency shutdown.
+
+        Risk HALTED (a manual halt: no hold's expiry lifts it), strategies no longer called,
+        every open order of this engine cancelled at the exchange within ``close_deadline``,
+        strategy states persisted, an audit record; then :attr:`killed` is set (the process
+        exits with :data:`EXIT_KILL_SWITCH`). Runs in a task the engine owns, so cancelling the
+        caller cannot stop it half-way; a second call waits for the first.
+        """
+        security = self._security
+        if security.kill_task is None:
+            self.risk.halt(f"security kill switch: {error}")
+            self.trading = False
+            _log.critical("KILL SWITCH: %s", error)
+            security.report = {"reason": str(error)}
+            security.kill_task = asyncio.get_running_loop().create_task(
+                self._emergency(str(error)), name=f"{self._name}.kill-switch"
+            )
+        await asyncio.shield(security.kill_task)
+
+    async def _emergency(self, reason: str) -> None:
+        security = self._security
+        try:
+            cancelled, left_open, complete = await self.cancel_everything(
+                self.config.close_deadline
+            )
+            self._flush_states(force=True)
+            security.report = {
+                "reason": reason,
+                "cancelled": cancelled,
+                "left_open": left_open,
+                "complete": complete,
+            }
+            if self._audit is not None:
+                try:
+                    await self._audit.aappend("kill_switch", dict(security.report))
+                except Exception:
+                    _log.exception("could not audit the kill switch")
+        finally:
+            security.killed.set()
+
+    async def cancel_everything(self, deadline: float) -> tuple[int, list[str], bool]:
+        """Cancel every open order of this engine at the exchange within ``deadline`` seconds.
+
+        Orders still in flight are marked so that they are cancelled as soon as they come back
+        open (and the sends are waited for); orders open at the exchange under this engine's ids
+        are cancelled whether the book still tracks them or not. Returns (orders cancelled,
+        client ids still open at the exchange at the last look, whether the exchange confirmed
+        that none is left).
+        """
+        self.risk.check_cancel()
+        prefix = f"{self.store.engine_id}-"
+        cancelled = 0
+        left: list[str] = []
+        for order in self._live.values():
+            order.cancel_requested = True
+        try:
+            async with asyncio.timeout(deadline):
+                for attempt in range(_CANCEL_ROUNDS):
+                    pending = [t for t in self._tasks if not t.done()]
+                    if pending:  # sends in flight: an order they open is cancelled by _apply
+                        await asyncio.wait(pending)
+                    found = [
+                        o
+                        for o in await self.client.orders("open")
+                        if o.client_order_id.startswith(prefix)
+                    ]
+                    left = [o.client_order_id for o in found]
+                    if not found:
+                        return cancelled, left, True
+                    if attempt < _CANCEL_ROUNDS - 1:
+                        cancelled += await self._cancel_listed(found)
+        except TimeoutError:
+            _log.error("kill switch: cancels not confirmed within %.1fs", deadline)
+        except (*_LOOKUP_ERRORS, OrderRefusedError) as exc:
+            _log.error("kill switch: cannot list open orders at the exchange: %r", exc)
+        return cancelled, left, False
+
+    async def _cancel_listed(self, found: Sequence[ExchangeOrder]) -> int:
+        """Cancel ``found`` (open at the exchange) concurrently; how many are now cancelled."""
+        results = await asyncio.gather(
+            *(self.client.cancel(o.id) for o in found), return_exceptions=True
+        )
+        cancelled = 0
+        for order, result in zip(found, results, strict=True):
+            if isinstance(result, ExchangeOrder):
+                if result.status == "cancelled":
+                    cancelled += 1
+                self._ambiguous.pop(order.client_order_id, None)
+                self._apply(order.client_order_id, result)
+            elif isinstance(result, Exception):
+                _log.warning("kill switch: cancel of %s: %r", order.id, result)
+        return cancelled
+
+    def _record(self, kind: str, data: dict[str, object]) -> None:
+        """Append to the audit log from synchronous code (in an owned task)."""
+        audit = self._audit
+        if audit is None:
+            return
+
+        async def append() -> None:
+            try:
+                await audit.aappend(kind, data)
+            except Exception:
+                _log.exception("could not append %s to the audit log", kind)
+
+        self._spawn(append(), f"audit {kind}")
 
     # ------------------------------------------------------------------ orders
 
@@ -831,6 +1136,7 @@ class StrategyEngine:
             ambiguous=self.ambiguous_total,
             unresolved=len(self._ambiguous),
             resent=self.resent,
+            security_violations=self.security_violations,
             strategies=tuple(r.status() for r in self.runners.values()),
             reconciliation=self.reconciliation,
         )
@@ -879,6 +1185,10 @@ def load_factory(spec: str, symbols: tuple[str, ...], params: dict[str, Any]) ->
     return factory
 
 
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).isoformat(timespec="seconds")
+
+
 def _emit(event: str, **data: object) -> None:
     sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
     sys.stdout.flush()
@@ -891,10 +1201,15 @@ async def run_engine(
     stop: asyncio.Event | None = None,
     status_interval: float = 1.0,
     signing_key: bytes | None = None,
-) -> None:
-    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop`` or SIGTERM/SIGINT.
+    max_violations: int = 5,
+    violation_window: float = 60.0,
+) -> int:
+    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop``, SIGTERM/SIGINT or the
+    kill switch. Returns the exit code: 0, or :data:`EXIT_KILL_SWITCH`.
 
-    With ``signing_key``, market data whose HMAC does not verify never reaches a strategy.
+    With ``signing_key``, market data whose HMAC does not verify never reaches a strategy: each
+    forged frame holds trading (:meth:`StrategyEngine.on_security_violation`), and
+    ``max_violations`` of them within ``violation_window`` seconds pull the kill switch.
     """
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -909,8 +1224,12 @@ async def run_engine(
         items=[i.to_dict() for i in engine.reconciliation],
         seconds=round(engine.reconcile_seconds, 6),
     )
-    symbols = tuple(engine._by_symbol)  # noqa: SLF001 - our own engine
-    feed = Feed(FeedConfig(urls=(ws_url,), symbols=symbols, signing_key=signing_key), engine)
+    try:
+        feed = _guarded_feed(engine, ws_url, signing_key, max_violations, violation_window)
+    except BaseException:
+        await engine.aclose()
+        raise
+    killed = engine.killed
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -920,17 +1239,67 @@ async def run_engine(
                 break
         await feed.start()
         _emit("trading", pid=os.getpid())
-        while not done.is_set():
+        while not done.is_set() and not killed.is_set():
             _emit("status", **engine.status().to_dict())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(status_interval):
-                    await done.wait()
+            waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(killed.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=status_interval, return_when="FIRST_COMPLETED")
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await feed.stop()
         await engine.aclose()
+    if killed.is_set():
+        _emit(
+            "kill_switch",
+            **engine.kill_report,
+            exit_code=EXIT_KILL_SWITCH,
+            status=engine.status().to_dict(),
+        )
+        return EXIT_KILL_SWITCH
     _emit("stopped", **engine.status().to_dict())
+    return 0
+
+
+def _guarded_feed(
+    engine: StrategyEngine,
+    ws_url: str,
+    signing_key: bytes | None,
+    max_violations: int,
+    violation_window: float,
+) -> Feed:
+    """The engine's feed: each forged frame holds trading (and is printed); past the threshold,
+    the kill switch stops the feed, then runs the engine's emergency shutdown."""
+
+    def on_violation(error: BaseException) -> None:
+        engine.on_security_violation(error)
+        _emit(
+            "security_violation",
+            reason=str(error),
+            violations=engine.security_violations,
+            risk_reason=engine.risk.reason,
+        )
+
+    async def kill_switch(error: BaseException) -> None:
+        # Trading is already held (every forged frame holds it): first stop taking data from a
+        # link that is being forged, then the emergency shutdown. The feed runs this in its own
+        # task, which its stop leaves running.
+        await feed.stop()
+        await engine.kill_switch(error)
+
+    config = FeedConfig(
+        urls=(ws_url,),
+        symbols=tuple(engine._by_symbol),  # noqa: SLF001 - our own engine
+        signing_key=signing_key,
+        max_violations=max_violations,
+        violation_window=violation_window,
+    )
+    feed = Feed(config, engine, kill_switch=kill_switch, on_violation=on_violation)
+    engine.feed_health = feed.health
+    return feed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -956,15 +1325,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
     p.add_argument("--max-position", type=float, default=1_000.0)
     add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
+    p.add_argument(
+        "--feed-url",
+        default=None,
+        help="ws://HOST:PORT/ws of the market data (default: the exchange's /ws)",
+    )
+    p.add_argument(
+        "--max-violations",
+        type=int,
+        default=5,
+        help="forged frames within --violation-window that pull the kill switch (default 5)",
+    )
+    p.add_argument(
+        "--violation-window",
+        type=float,
+        default=60.0,
+        help="seconds over which forged frames are counted (default 60)",
+    )
+    p.add_argument(
+        "--security-hold",
+        type=float,
+        default=None,
+        help="seconds without a forged frame before trading may resume "
+        "(default: --violation-window)",
+    )
     return p
 
 
+def _seconds(flag: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(flag, value, "must be a finite number of seconds > 0")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 2 for bad options."""
+    """Entry point: 0 after a clean shutdown, 1 when the exchange cannot be reached to
+    reconcile, 2 for bad options, :data:`EXIT_KILL_SWITCH` when the kill switch was pulled."""
     from ._risk import RiskLimits  # noqa: PLC0415 - only the process needs it
 
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    configure_logging(logging.WARNING, sys.stderr)
     try:
         symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
         params = json.loads(args.params)
@@ -973,19 +1373,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )
-        config = EngineConfig(state_interval=args.state_interval)
-        max_retry_after = args.max_retry_after
-        if not (math.isfinite(max_retry_after) and max_retry_after > 0):
+        max_retry_after = _seconds("--max-retry-after", args.max_retry_after)
+        if args.max_violations < 1:
             raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
-                "--max-retry-after", max_retry_after, "must be a finite number of seconds > 0"
+                "--max-violations", args.max_violations, "must be an integer >= 1"
             )
+        window = _seconds("--violation-window", args.violation_window)
+        hold = window if args.security_hold is None else args.security_hold
+        config = EngineConfig(
+            state_interval=args.state_interval,
+            security_hold=_seconds("--security-hold", hold),
+        )
+        base = args.exchange_url.rstrip("/")
+        ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+        if args.feed_url is not None:
+            ws_url = args.feed_url
+            if not ws_url.startswith(("ws://", "wss://")):
+                raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
+                    "--feed-url", ws_url, "must start with ws:// or wss://"
+                )
     except (ConfigurationError, ValueError, ImportError, AttributeError) as exc:
-        sys.stderr.write(f"strategylab trade: error: {exc}\n")
+        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
         return 2
-    base = args.exchange_url.rstrip("/")
-    ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
 
-    async def run() -> None:
+    async def run() -> int:
         args.db.parent.mkdir(parents=True, exist_ok=True)
         with AuditLog(args.db.with_suffix(".audit.jsonl")) as audit:
             manager = ErrorRecoveryManager(audit=audit)
@@ -996,18 +1407,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 risk=RiskEngine(limits),
                 manager=manager,
                 config=config,
+                audit=audit,
             )
-            await run_engine(
-                engine, ws_url, status_interval=args.status_interval, signing_key=signing_key
+            return await run_engine(
+                engine,
+                ws_url,
+                status_interval=args.status_interval,
+                signing_key=signing_key,
+                max_violations=args.max_violations,
+                violation_window=window,
             )
 
     try:
-        asyncio.run(run())
+        return asyncio.run(run())
     except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
-        sys.stderr.write(f"strategylab trade: error: cannot reconcile with {base}: {exc}\n")
+        sys.stderr.write(
+            f"strategylab trade: error: cannot reconcile with {base}: {escape(str(exc))}\n"
+        )
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@ States (:class:`RiskState`):
   symbol is stale (no tick within ``stale_after`` seconds on the injected clock) and left
   automatically when every watched symbol is fresh again; or entered by hand with
   :meth:`RiskEngine.reduce_only`.
-- ``HALTED``: no order passes (cancels are always allowed: :meth:`RiskEngine.check_cancel`). Only
-  :meth:`RiskEngine.resume` leaves it; fresh data never does.
+- ``HALTED``: no order passes (cancels are always allowed: :meth:`RiskEngine.check_cancel`).
+  Entered by hand or in an emergency with :meth:`RiskEngine.halt`, which only
+  :meth:`RiskEngine.resume` leaves; or by a *hold* (:meth:`RiskEngine.hold`), a halt that belongs
+  to one source (the engine's security hold after a forged frame is one) and that only
+  :meth:`RiskEngine.release` of that source lifts. Holds and the manual state are independent:
+  releasing a hold never lifts an operator's halt, and :meth:`RiskEngine.resume` never lifts a
+  hold. Fresh data leaves neither.
 
 Limits, checked in this order after the state: maximum order notional (``qty × price``, the limit
 price or else the mark), maximum absolute position per symbol, order-rate throttle (a token bucket
@@ -143,6 +148,7 @@ class RiskEngine:
         "_clock",
         "_deadline",
         "_halt_reason",
+        "_holds",
         "_last_tick",
         "_limits",
         "_manual",
@@ -182,6 +188,7 @@ class RiskEngine:
         self._state = RiskState.ACTIVE
         self._manual: RiskState | None = None  # a state set by hand wins over the data rule
         self._halt_reason = ""
+        self._holds: dict[str, str] = {}  # source -> reason; any hold means HALTED
         self._deadline = self._next_deadline()
         self.rejections = 0
         self.transitions: list[tuple[RiskState, RiskState, str]] = []
@@ -213,9 +220,12 @@ class RiskEngine:
         state = self.state
         if state is RiskState.ACTIVE:
             return ""
-        if self._manual is not None:
-            return self._halt_reason
-        return "stale market data: " + ", ".join(sorted(self._stale))
+        return self._why()
+
+    @property
+    def holds(self) -> dict[str, str]:
+        """The holds in force: source → reason (a copy)."""
+        return dict(self._holds)
 
     def watch(self, symbols: Iterable[str]) -> None:
         """Watch more symbols for staleness, counting from now."""
@@ -228,19 +238,36 @@ class RiskEngine:
         """Enter HALTED (manual or emergency); only :meth:`resume` leaves it."""
         self._manual = RiskState.HALTED
         self._halt_reason = reason or "halted"
-        self._set(RiskState.HALTED, self._halt_reason)
+        self._refresh(self._monotonic())
 
     def reduce_only(self, reason: str) -> None:
-        """Enter REDUCING by hand; only :meth:`resume` leaves it."""
+        """Enter REDUCING by hand (HALTED while a hold is in force); only :meth:`resume` leaves
+        it."""
         self._manual = RiskState.REDUCING
         self._halt_reason = reason or "reduce only"
-        self._set(RiskState.REDUCING, self._halt_reason)
+        self._refresh(self._monotonic())
 
     def resume(self) -> None:
-        """Leave a manual state; the data rule then decides (REDUCING while data is stale)."""
+        """Leave a manual state; holds stay, then the data rule decides (REDUCING while stale)."""
         self._manual = None
         self._halt_reason = ""
         self._refresh(self._monotonic())
+
+    def hold(self, source: str, reason: str) -> None:
+        """HALTED until :meth:`release` of ``source`` (a second hold of ``source`` replaces the
+        reason); independent of :meth:`halt` and :meth:`resume`."""
+        if not source:
+            raise ValueError("source must be a non-empty str")
+        self._holds[source] = reason or f"held by {source}"
+        self._refresh(self._monotonic())
+
+    def release(self, source: str) -> bool:
+        """Lift the hold of ``source`` (True if there was one); other holds and a manual state
+        stay in force."""
+        if self._holds.pop(source, None) is None:
+            return False
+        self._refresh(self._monotonic())
+        return True
 
     def on_tick(self, symbol: str) -> None:
         """Record fresh market data for ``symbol`` (call for every tick, or every batch)."""
@@ -265,16 +292,25 @@ class RiskEngine:
             # While something is stale, any tick of it refreshes through on_tick; otherwise the
             # next deadline is when the oldest fresh symbol goes stale.
             self._deadline = min(fresh) + stale_after if fresh else math.inf
-        if self._manual is not None:
-            target = self._manual
-            why = self._halt_reason
-        elif self._stale:
+        if self._manual is RiskState.HALTED or self._holds:
+            target = RiskState.HALTED
+        elif self._manual is not None or self._stale:
             target = RiskState.REDUCING
-            why = "stale market data: " + ", ".join(sorted(self._stale))
         else:
-            target = RiskState.ACTIVE
-            why = "market data fresh"
-        self._set(target, why)
+            self._set(RiskState.ACTIVE, "market data fresh")
+            return
+        self._set(target, self._why())
+
+    def _why(self) -> str:
+        """The reasons in force, strictest first: manual halt, holds, manual reduce, stale."""
+        manual = self._manual
+        parts = [self._halt_reason] if manual is RiskState.HALTED else []
+        parts.extend(self._holds.values())
+        if manual is RiskState.REDUCING:
+            parts.append(self._halt_reason)
+        if not parts and self._stale:
+            parts.append("stale market data: " + ", ".join(sorted(self._stale)))
+        return "; ".join(parts)
 
     def _set(self, state: RiskState, why: str) -> None:
         if state is not self._state:
