@@ -51,7 +51,7 @@ import hashlib
 import hmac
 import struct
 import zlib
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -80,6 +80,7 @@ __all__ = [
     "encode_ticks",
 ]
 
+_T = TypeVar("_T")
 MAGIC: Final = b"SL"
 VERSION: Final = 1
 KIND_TICKS: Final = b"T"
@@ -232,10 +233,7 @@ def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
 
 def decode_heartbeat(payload: bytes) -> Heartbeat:
     """Decode a heartbeat payload; raises :class:`FrameError` on a bad one."""
-    try:
-        return _heartbeat_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise FrameError(f"undecodable heartbeat payload: {exc}") from exc
+    return _decode(_heartbeat_decoder, payload, "heartbeat")
 
 
 def encode_replay_done(done: ReplayDone) -> bytes:
@@ -245,10 +243,7 @@ def encode_replay_done(done: ReplayDone) -> bytes:
 
 def decode_replay_done(payload: bytes) -> ReplayDone:
     """Decode a replay-done payload; raises :class:`FrameError` on a bad one."""
-    try:
-        return _replay_done_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise FrameError(f"undecodable replay-done payload: {exc}") from exc
+    return _decode(_replay_done_decoder, payload, "replay-done")
 
 
 def encode_control(reply: ControlReply) -> bytes:
@@ -258,10 +253,14 @@ def encode_control(reply: ControlReply) -> bytes:
 
 def decode_control(payload: bytes) -> ControlReply:
     """Decode a control-frame payload; raises :class:`FrameError` on a bad one."""
+    return _decode(_control_decoder, payload, "control")
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[_T], payload: bytes, what: str) -> _T:
     try:
-        return _control_decoder.decode(payload)
+        return decoder.decode(payload)
     except msgspec.DecodeError as exc:
-        raise FrameError(f"undecodable control payload: {exc}") from exc
+        raise FrameError(f"undecodable {what} payload: {exc}") from exc
 
 
 def control_bounds_error(  # noqa: C901 - one pass, a branch per character class
