@@ -261,14 +261,21 @@ class FeedConfig:
     connect_timeout: float = 5.0
     replay_timeout: float = 5.0
     max_replay_attempts: int = 3
-    max_held: int = 1_000_000
+    max_held: int = 100_000
+    """Ticks held behind gaps, all symbols together, before the feed resyncs (memory bound)."""
+    max_put: int = 10_000
+    """Most ticks handed to the sink in one ``put`` (a long replay is delivered in slices)."""
     recovery_timeout: float = 10.0
     proven_after: float = 5.0
     retry_later_floor: float = 1.0
     max_server_wait: float = 60.0
     report_quiet: float = 5.0
     """Repeats of an error type within this many seconds of the last are counted, not reported."""
-    max_future: float = 300.0
+    recovered_quiet: float = 60.0
+    """After the manager recovered from an error type, repeats within this many seconds are
+    counted, not reported: escalation then counts episodes, so a stream of noise the feed heals
+    itself (corrupt frames, refused ticks) cannot escalate to an emergency shutdown."""
+    max_future: float = 5.0
     max_past: float = 30 * 86_400.0
     max_price: float = 1e9
     max_size: float = 1e12
@@ -305,11 +312,18 @@ class FeedConfig:
             raise ConfigurationError(
                 "max_replay_attempts", self.max_replay_attempts, "must be >= 1"
             )
-        if self.max_held < 1:
-            raise ConfigurationError("max_held", self.max_held, "must be >= 1")
+        for key in ("max_held", "max_put"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
+                raise ConfigurationError(key, getattr(self, key), "must be an integer >= 1")
         if not self.recovery_timeout > 0:
             raise ConfigurationError("recovery_timeout", self.recovery_timeout, "must be > 0")
-        for key in ("retry_later_floor", "max_server_wait", "max_future", "max_past"):
+        for key in (
+            "retry_later_floor",
+            "max_server_wait",
+            "max_future",
+            "max_past",
+            "recovered_quiet",
+        ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigurationError(key, value, "must be a finite number >= 0")
@@ -459,6 +473,7 @@ class Feed:
         self._hb_delivered: dict[str, int] = {}
         self._connects = 0
         self._episodes: dict[object, float] = {}
+        self._quiet_until: dict[object, float] = {}
         self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
         self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
         self._lost_ranges = self._control_errors = self._stale = self._suppressed = 0
@@ -1061,14 +1076,16 @@ class Feed:
                         f"{len(bad)} invalid tick(s) quarantined; first: {bad[0].reason}"
                     )
                 )
-            if out:
+            step = self._config.max_put
+            for start in range(0, len(out), step):
+                piece = out if len(out) <= step else out[start : start + step]
                 self._blocked = True
                 try:
-                    await self._sink.put(out)
+                    await self._sink.put(piece)
                 finally:
                     self._blocked = False
                     self._last_seen = self._clock.monotonic()
-                self._ticks += len(out)
+                self._ticks += len(piece)
         except BaseException:
             self._rewind(out, bad)
             raise
@@ -1140,6 +1157,8 @@ class Feed:
         if pending is None:
             return
         # The exchange clamps a replay to what it has emitted; later ticks arrive live.
+        if to_seq < pending.last:
+            await self._refuse_beyond(symbol, to_seq)
         pending.last = min(pending.last, to_seq)
         if self._delivered.get(symbol, 0) < pending.last:
             # Some of the replay did not arrive intact (a corrupted frame): ask again, then give up.
@@ -1153,6 +1172,26 @@ class Feed:
             return
         del self._pending[symbol]
         await self._after_fill(ws)
+
+    async def _refuse_beyond(self, symbol: str, emitted: int) -> None:
+        """The exchange says it emitted ``symbol`` only up to ``emitted``, yet ticks beyond the
+        hole are held: it never sent those as part of this stream. Quarantine them (without
+        moving the delivered position) instead of asking for the hole again and again."""
+        held = self._held.get(symbol)
+        if not held:
+            return
+        beyond = sorted(seq for seq in held if seq > emitted + 1)
+        if not beyond:
+            return
+        refused = [
+            self._refused(held.pop(seq), f"seq beyond the exchange's last emitted {emitted}")
+            for seq in beyond
+        ]
+        self._held_count -= len(refused)
+        if not held:
+            del self._held[symbol]
+        await self._sink.quarantine(refused)
+        self._report(InvalidTickError(f"{len(refused)} {symbol} tick(s) {refused[0].reason}"))
 
     async def _after_fill(self, ws: ClientConnection) -> None:
         if not self._held:
@@ -1251,6 +1290,9 @@ class Feed:
             and symbol in self._symbols
             and isinstance(first, int)
             and isinstance(last, int)
+            and not isinstance(first, bool)
+            and not isinstance(last, bool)
+            and 1 <= first <= last <= INT64_MAX
         ):
             self._control_errors += 1
             self._report(InvalidTickError(f"exchange error: {reason} ({reply!r:.200})"))
@@ -1274,7 +1316,10 @@ class Feed:
         kind = getattr(exc, "error_type", None)
         last = self._episodes.get(kind)
         self._episodes[kind] = now
-        if recovered is None and last is not None and now - last < self._config.report_quiet:
+        if recovered is None and (
+            (last is not None and now - last < self._config.report_quiet)
+            or now < self._quiet_until.get(kind, -math.inf)
+        ):
             self._suppressed += 1
             return
         if len(self._reports) >= _MAX_REPORTS:
@@ -1291,9 +1336,13 @@ class Feed:
         recovered: Callable[[], Awaitable[object]] | None,
     ) -> None:
         try:
-            await manager.handle(exc, component=self.name, operation=recovered)
+            outcome = await manager.handle(exc, component=self.name, operation=recovered)
         except Exception:
             _log.exception("feed %s: the recovery manager failed on %r", self.name, exc)
+            return
+        if outcome.success:
+            kind = getattr(exc, "error_type", None)
+            self._quiet_until[kind] = self._clock.monotonic() + self._config.recovered_quiet
 
 
 def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:

@@ -673,12 +673,15 @@ class SpoolStore:
                     await self._repair_sealed(survey, into)
                 payloads = await asyncio.to_thread(_records, path)
                 chunk: list[Tick] = []
+                batch = self._drain_batch
                 for payload in payloads:
                     chunk.extend(decode_ticks(payload))
-                    if len(chunk) >= self._drain_batch:
-                        await into.write(chunk)
-                        await self.record_stored(chunk)
-                        chunk = []
+                    # One record may hold more than a batch: write it in slices, so that no
+                    # write outgrows the primary's stall timeout and the drain can converge.
+                    while len(chunk) >= batch:
+                        head, chunk = chunk[:batch], chunk[batch:]
+                        await into.write(head)
+                        await self.record_stored(head)
                 if chunk:
                     await into.write(chunk)
                     await self.record_stored(chunk)
