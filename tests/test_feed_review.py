@@ -225,3 +225,30 @@ async def test_a_tick_minutes_ahead_is_refused_and_holds_nothing_back(ahead_s: i
         await sink.wait(lambda: len(sink.seqs()) >= 19)
     assert sink.seqs() == [*range(1, 6), *range(7, 21)]
     assert [q.seq for q in sink.quarantined] == [6]
+
+
+@pytest.mark.timeout(10)
+async def test_a_late_replay_done_of_an_earlier_request_is_not_taken_for_a_clamp() -> None:
+    """Request 1 (4..5) is filled by live ticks before its replay-done arrives; by then request 2
+    (9..9) is pending. The late done (to_seq 5) answers request 1, not a clamp of request 2:
+    nothing is quarantined and 1..12 are delivered."""
+
+    async def script(peer: Peer) -> None:
+        await peer.subscribe()
+        await peer.ticks([1, 2, 3, 6, 7, 8])
+        first = await peer.control()
+        assert (first["from_seq"], first["to_seq"]) == (4, 5)
+        await peer.ticks([4, 5])
+        await peer.ticks([10, 11, 12])
+        second = await peer.control()
+        assert (second["from_seq"], second["to_seq"]) == (9, 9)
+        await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(ReplayDone("A", 5))))
+        await peer.ticks([9])
+        await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(ReplayDone("A", 9))))
+        await peer.ws.wait_closed()
+
+    sink = Sink()
+    async with scripted(script) as url, running(url, sink):
+        await sink.wait(lambda: len(sink.seqs()) >= 12)
+    assert sink.seqs() == list(range(1, 13))
+    assert not sink.quarantined

@@ -118,6 +118,7 @@ _PAUSE_FRACTION = 0.25
 """A watchdog that wakes later than planned by more than this fraction of ``stale_after`` (and
 at least :data:`_PAUSE_MIN`) was not running: it re-arms rather than judge the silence."""
 _PAUSE_MIN = 0.05
+_MAX_ASKED = 64  # unanswered replay requests remembered per symbol
 _PEER_TEXT = 120
 _RAW_CHARS = 1000
 """Characters of a refused tick's text kept in its quarantine entry."""
@@ -469,6 +470,7 @@ class Feed:
         self._held: dict[str, dict[int, Tick]] = {}
         self._held_count = 0
         self._pending: dict[str, _Pending] = {}
+        self._asked: dict[str, collections.deque[int]] = {}  # to_seq of unanswered requests
         self._hb_last: dict[str, int] = {}
         self._hb_delivered: dict[str, int] = {}
         self._connects = 0
@@ -688,6 +690,7 @@ class Feed:
         self._held.clear()
         self._held_count = 0
         self._pending.clear()
+        self._asked.clear()
         self._hb_last.clear()
 
     async def _wait_recovered(self) -> None:
@@ -832,7 +835,7 @@ class Feed:
         elif kind == KIND_REPLAY_DONE:
             done = decode_replay_done(frame.payload)
             self._check_session(done.session, "replay-done")
-            await self._on_replay_done(ws, done.symbol, done.to_seq)
+            await self._on_done_frame(ws, done.symbol, done.to_seq)
         elif kind == KIND_CONTROL:
             reply = decode_control(frame.payload)
             self._check_session(reply.session, "control")
@@ -1125,6 +1128,8 @@ class Feed:
             pending.requested_at = self._clock.monotonic()
             pending.beats = 0
         self._replays += 1
+        asked = self._asked.setdefault(symbol, collections.deque(maxlen=_MAX_ASKED))
+        asked.append(last)
         await ws.send(
             _json_encode(ReplayRequest(symbol=symbol, from_seq=first, to_seq=last)).decode()
         )
@@ -1152,13 +1157,20 @@ class Feed:
         self._hb_last = {s: n for s, n in last_by_symbol.items() if s in self._symbols}
         self._hb_delivered = {s: delivered.get(s, 0) for s in self._hb_last}
 
+    async def _on_done_frame(self, ws: ClientConnection, symbol: str, to_seq: int) -> None:
+        """A replay-done frame: it answers the oldest request for ``symbol`` still unanswered
+        (the exchange answers in order). A ``to_seq`` below what that request asked for means
+        the exchange clamped it: it never emitted beyond ``to_seq``."""
+        asked = self._asked.get(symbol)
+        if asked and to_seq < asked.popleft():
+            await self._refuse_beyond(symbol, to_seq)
+        await self._on_replay_done(ws, symbol, to_seq)
+
     async def _on_replay_done(self, ws: ClientConnection, symbol: str, to_seq: int) -> None:
         pending = self._pending.get(symbol)
         if pending is None:
             return
         # The exchange clamps a replay to what it has emitted; later ticks arrive live.
-        if to_seq < pending.last:
-            await self._refuse_beyond(symbol, to_seq)
         pending.last = min(pending.last, to_seq)
         if self._delivered.get(symbol, 0) < pending.last:
             # Some of the replay did not arrive intact (a corrupted frame): ask again, then give up.
