@@ -113,8 +113,10 @@ async def test_bad_order_is_400_naming_the_field(
 
 @pytest.mark.timeout(10)
 async def test_non_json_body_is_400(exchange: Exchange, http: aiohttp.ClientSession) -> None:
-    """A body that is not JSON is refused with field 'body'."""
-    status, body, _ = await call(http, "POST", f"{exchange.url}/api/orders", data=b"{nope")
+    """A body declared JSON that is not JSON is refused with field 'body'."""
+    headers = {"Content-Type": "application/json"}
+    url = f"{exchange.url}/api/orders"
+    status, body, _ = await call(http, "POST", url, data=b"{nope", headers=headers)
     assert (status, body["field"]) == (400, "body")
 
 

@@ -1,4 +1,4 @@
-"""Guards for the HTTP control surfaces (the exchange's admin API, the proxy API).
+"""Guards for the HTTP surfaces (the exchange's order and admin APIs, the proxy API).
 
 Two concerns, shared by both aiohttp apps:
 
@@ -6,9 +6,12 @@ Two concerns, shared by both aiohttp apps:
   (``client_max_size``, and a 413 from the ``Content-Length`` header before any byte of the body
   is read), the JSON nesting depth and the digits of a number (:func:`loads`, a 400 naming
   ``body``). Python's own limits (a :class:`RecursionError` at ~1,000 levels, a 4,300-digit
-  ``int``) would otherwise surface as a 500.
-* **No browser-driven admin.** :func:`refusal` answers why a request must not reach an admin
-  route: a browser ``Origin`` not explicitly allowed (403), a browser ``User-Agent`` as Toxiproxy
+  ``int``) would otherwise surface as a 500. :func:`loads` also refuses what JSON allows but no
+  handler can use safely: a key given twice (which one wins differs between parsers, so a
+  validator and the code after it could see different values) and a lone UTF-16 surrogate
+  (``"\\ud800"``: a string that cannot be encoded again, so answering or logging it fails later).
+* **No browser-driven requests.** :func:`refusal` answers why a request must not reach a route:
+  a browser ``Origin`` not explicitly allowed (403), a browser ``User-Agent`` as Toxiproxy
   refuses it (403), or a body that is not ``application/json`` (415, which also shuts out the
   "simple" cross-site ``text/plain`` and form POSTs that need no CORS preflight).
 """
@@ -36,7 +39,7 @@ __all__ = [
 ]
 
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-"""Methods whose body an admin route reads as JSON."""
+"""Methods whose body a guarded route reads as JSON."""
 
 _BROWSER_AGENT: Final = "mozilla/"
 _CROSS_SITE: Final = frozenset({"cross-site", "same-site"})
@@ -92,30 +95,20 @@ def loads(raw: bytes, limits: HttpLimits) -> object:
     """Decode a JSON body within ``limits``.
 
     Raises :class:`ConfigurationError` (field ``body``) for invalid UTF-8 or JSON, ``NaN`` or
-    ``Infinity``, a number longer than ``max_digits`` characters or nesting deeper than
-    ``max_depth``. The decoder never recurses past ``max_depth`` + 1 levels' worth of work: a
-    deeper document is refused by Python's recursion guard, caught here.
+    ``Infinity``, a number longer than ``max_digits`` characters, nesting deeper than
+    ``max_depth``, a key repeated in one object or a lone surrogate in a string or key (the
+    message names where). The decoder never recurses past ``max_depth`` + 1 levels' worth of
+    work: a deeper document is refused by Python's recursion guard, caught here.
     """
     digits = limits.max_digits
-
-    def number(text: str, kind: type[float | int]) -> float | int:
-        if len(text.lstrip("-")) > digits:
-            raise _bad_body(f"a number has more than {digits} digits")
-        value = kind(text)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _bad_body(f"number {text[:20]} is out of range")
-        return value
-
-    def constant(text: str) -> object:
-        raise _bad_body(f"{text} is not JSON")
-
     try:
         text = raw.decode("utf-8")
         value: object = json.loads(
             text,
-            parse_int=lambda t: number(t, int),
-            parse_float=lambda t: number(t, float),
-            parse_constant=constant,
+            parse_int=lambda t: _number(t, int, digits),
+            parse_float=lambda t: _number(t, float, digits),
+            parse_constant=_constant,
+            object_pairs_hook=_unique,
         )
     except UnicodeDecodeError as exc:
         raise _bad_body(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
@@ -123,26 +116,89 @@ def loads(raw: bytes, limits: HttpLimits) -> object:
         raise _bad_body(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise _bad_body(f"nesting deeper than {limits.max_depth} levels") from None
-    if _depth(value) > limits.max_depth:
-        raise _bad_body(f"nesting deeper than {limits.max_depth} levels")
+    _check(value, limits.max_depth)
     return value
 
 
-def _depth(value: object) -> int:
-    """Nesting depth of decoded JSON, iteratively (a scalar is 0)."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
+def _number(text: str, kind: type[float | int], digits: int) -> float | int:
+    if len(text.lstrip("-")) > digits:
+        raise _bad_body(f"a number has more than {digits} digits")
+    value = kind(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad_body(f"number {text[:20]} is out of range")
+    return value
+
+
+def _constant(text: str) -> object:
+    raise _bad_body(f"{text} is not JSON")
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object's pairs as a dict; a key given twice is refused (parsers differ on which wins,
+    so a check and the code after it could read different values)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _bad_body(f"key {_shown(key)} is repeated")
+            seen.add(key)
+    return value
+
+
+def _shown(text: str) -> str:
+    """``text`` as a message may quote it: ``repr`` (escapes controls), at most 60 characters."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_Trail = tuple["_Trail", str | int] | None
+
+
+def _where(trail: _Trail) -> str:
+    """A JSON path such as ``$.orders[3].id`` (keys shortened and escaped) for a message."""
+    parts: list[str] = []
+    while trail is not None:
+        trail, step = trail
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        else:
+            key = step if step.isascii() and step.isprintable() else repr(step)
+            parts.append("." + (key if len(key) <= 40 else key[:37] + "..."))
+    return "$" + "".join(reversed(parts))
+
+
+def _check(value: object, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` and any lone surrogate, iteratively; the path
+    of an offending string is built only when there is one."""
+    stack: list[tuple[object, int, _Trail]] = [(value, 0, None)]
     while stack:
-        item, level = stack.pop()
+        item, level, trail = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                raise _bad_body(f"lone surrogate in the string at {_where(trail)}")
+            continue
         if isinstance(item, dict):
-            children: list[object] = list(item.values())
+            for key, child in item.items():
+                if not _encodable(key):
+                    raise _bad_body(f"lone surrogate in a key of {_where(trail)}")
+                stack.append((child, level + 1, (trail, key)))
         elif isinstance(item, list):
-            children = item
+            stack.extend((child, level + 1, (trail, i)) for i, child in enumerate(item))
         else:
             continue
-        deepest = max(deepest, level + 1)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+        if level + 1 > max_depth:
+            raise _bad_body(f"nesting deeper than {max_depth} levels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +220,7 @@ def too_large(request: web.Request, limits: HttpLimits) -> Refusal | None:
 
 
 def refusal(request: web.Request, limits: HttpLimits) -> Refusal | None:
-    """Why ``request`` must not reach an admin route, or ``None`` when it may."""
+    """Why ``request`` must not reach a guarded route, or ``None`` when it may."""
     origin = request.headers.get("Origin")
     allowed = origin is not None and origin in limits.allowed_origins
     if origin is not None and not allowed:

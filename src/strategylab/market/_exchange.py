@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal, too_large
+from strategylab._files import UnsafePathError
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
 from strategylab._logging import configure_logging, escape
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
@@ -115,8 +116,9 @@ class ExchangeConfig:
     on). ``retention`` ticks per symbol are kept for replay. ``send_queue`` bounds each
     subscriber's outbox in frames. ``/admin/*`` needs ``admin_token`` as a bearer token; with no
     token it is closed (403) unless ``admin_open``. ``http_limits`` bound every HTTP request
-    (413 body, 400 JSON depth and number digits) and name the browser origins allowed on
-    ``/admin/*`` (none by default: a browser ``Origin`` or ``User-Agent`` there is a 403).
+    (413 body, 400 JSON depth and number digits) and name the browser origins allowed (none by
+    default: a browser ``Origin`` or ``User-Agent`` is a 403 and a body not declared JSON a 415
+    on every route, the order API and the market-data WebSocket included).
     """
 
     host: str = "127.0.0.1"
@@ -711,14 +713,13 @@ class Exchange:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
+        # Every route, not only /admin/*: a web page must not place orders or read them (nor
+        # open the market-data WebSocket, which browsers send cross-site with an Origin).
         limits = self.config.http_limits
-        if request.path.startswith("/admin/"):
-            refused = refusal(request, limits)
-            if refused is not None and refused.status == 403:  # browser-driven
-                self._security_event(request, f"refused {refused.field}")
-        else:
-            refused = too_large(request, limits)
+        refused = refusal(request, limits)
         if refused is not None:
+            if refused.status == 403:  # browser-driven
+                self._security_event(request, f"refused {refused.field}")
             return _error(refused.status, f"{refused.field}: {refused.reason}", refused.field)
         try:
             return await handler(request)
@@ -726,6 +727,19 @@ class Exchange:
             field_name = "body"
             reason = f"{field_name}: larger than {limits.max_body} bytes"
             return _error(413, reason, field_name)
+        except web.HTTPException:
+            raise  # aiohttp's own answers (404, 405)
+        except Exception as exc:
+            if request.path == "/ws":
+                raise  # upgraded: there is no HTTP answer left to give
+            # Handlers validate before they change anything, so nothing is half-applied here.
+            logger.error(  # noqa: TRY400 - one escaped line, no traceback a peer could shape
+                "internal error on %s %s: %s",
+                request.method,
+                escape(request.path[:200]),
+                escape(repr(exc)[:500]),
+            )
+            return _error(500, "internal error")
 
     @web.middleware
     async def _api_fault_middleware(
@@ -815,8 +829,8 @@ class Exchange:
         logger.warning(
             "security event: %s on %s %s from %s",
             what,
-            request.method,
-            request.path,
+            escape(request.method),
+            escape(request.path[:200]),
             request.remote,
         )
 
@@ -938,7 +952,7 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-origin",
         action="append",
         default=[],
-        help="a browser origin allowed on /admin/* (repeatable; default none)",
+        help="a browser origin allowed to call the exchange (repeatable; default none)",
     )
     p.add_argument("--send-queue", type=int, default=1024, help="frames per subscriber")
     return p
@@ -973,7 +987,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExchangeConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 2 for bad options."""
+    """Entry point: 0 after a clean shutdown, 1 for an operational failure (the port taken),
+    2 for bad options or a symlink planted in the data directory."""
     try:
         config = config_from_args(argv)
     except ConfigurationError as exc:
@@ -982,6 +997,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.WARNING, sys.stderr)
     try:
         asyncio.run(run_exchange(config, ready=print_listening))
+    except UnsafePathError as exc:
+        # A symlink planted in the data directory: a usage problem, as for the node.
+        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
+        return 2
     except OSError as exc:
         sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
         return 1

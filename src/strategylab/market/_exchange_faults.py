@@ -8,7 +8,6 @@ by a seeded :class:`random.Random`: a real fault at a chosen rate, not a simulat
 from __future__ import annotations
 
 import enum
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,15 @@ from dataclasses import dataclass
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import PicklableErrorMixin
 
-__all__ = ["ActiveFault", "FaultBoard", "FaultKind", "FaultRequestError", "parse_fault"]
+__all__ = [
+    "MAX_DURATION",
+    "MIN_DURATION",
+    "ActiveFault",
+    "FaultBoard",
+    "FaultKind",
+    "FaultRequestError",
+    "parse_fault",
+]
 
 
 class FaultKind(enum.Enum):
@@ -62,46 +69,68 @@ class ActiveFault:
 
 
 _API_STATUSES = frozenset({429, 500, 502, 503, 504})
+_PHASES = ("before", "after")
+_FIELDS = frozenset({"kind", "duration", "rate", "status", "phase"})
+MIN_DURATION = 0.001
+"""The shortest fault, in seconds."""
+MAX_DURATION = 86_400.0
+"""The longest fault, in seconds (a day): no request can switch a fault on for good."""
 
 
-def _number(body: Mapping[str, object], field: str, default: float | None) -> float:
+def _shown(value: object) -> str:
+    """``value`` as an error message may quote it: ``repr``, at most 60 characters."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _number(
+    body: Mapping[str, object], field: str, default: float | None, low: float, high: float
+) -> float:
+    """A number within ``low..high``; compared before ``float()`` (a huge int never overflows)."""
     value = body.get(field, default)
     if value is None:
         raise FaultRequestError(field, "is required")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FaultRequestError(field, f"must be a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise FaultRequestError(
+            field, f"must be a number within {low:g}..{high:g}, got {_shown(value)}"
+        )
+    return float(value) + 0.0  # -0.0 becomes 0.0
 
 
 def parse_fault(body: object, now: float) -> ActiveFault:
-    """Validate an admin request ``{"kind", "duration", "rate"?, "status"?, "phase"?}``."""
+    """Validate an admin request ``{"kind", "duration", "rate"?, "status"?, "phase"?}``: every
+    field checked (type and range, no unknown key) before a fault exists."""
     if not isinstance(body, Mapping):
         raise FaultRequestError("body", "must be a JSON object")
+    unknown = sorted(str(key) for key in body if key not in _FIELDS)
+    if unknown:
+        key = unknown[0]
+        raise FaultRequestError(
+            key[:60] if key.isprintable() else "body",
+            f"unknown field {_shown(key)} (known: {', '.join(sorted(_FIELDS))})",
+        )
     raw_kind = body.get("kind")
-    try:
-        kind = FaultKind(raw_kind)
-    except ValueError:
+    kind = next((k for k in FaultKind if isinstance(raw_kind, str) and raw_kind == k.value), None)
+    if kind is None:
         names = ", ".join(k.value for k in FaultKind)
-        raise FaultRequestError("kind", f"{raw_kind!r} is not one of {names}") from None
-    duration = _number(body, "duration", None)
-    if duration <= 0:
-        raise FaultRequestError("duration", f"must be > 0 seconds, got {duration!r}")
-    rate = _number(body, "rate", 1.0)
-    if not 0.0 <= rate <= 1.0:
-        raise FaultRequestError("rate", f"must be within 0..1, got {rate!r}")
+        raise FaultRequestError("kind", f"{_shown(raw_kind)} is not one of {names}")
+    duration = _number(body, "duration", None, MIN_DURATION, MAX_DURATION)
+    rate = _number(body, "rate", 1.0, 0.0, 1.0)
     status = body.get("status", 503)
     if isinstance(status, bool) or not isinstance(status, int) or status not in _API_STATUSES:
-        raise FaultRequestError("status", f"must be one of {sorted(_API_STATUSES)}, got {status!r}")
+        raise FaultRequestError(
+            "status", f"must be one of {sorted(_API_STATUSES)}, got {_shown(status)}"
+        )
     phase = body.get("phase", "before")
-    if phase not in {"before", "after"}:
-        raise FaultRequestError("phase", f"must be 'before' or 'after', got {phase!r}")
+    if not isinstance(phase, str) or phase not in _PHASES:
+        raise FaultRequestError("phase", f"must be 'before' or 'after', got {_shown(phase)}")
     return ActiveFault(
         kind=kind,
         rate=rate,
         duration=duration,
         expires_at=now + duration,
         status=status,
-        phase=str(phase),
+        phase=phase,
     )
 
 

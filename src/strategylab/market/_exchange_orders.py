@@ -9,13 +9,18 @@ Bulk lookup (``POST /api/orders/lookup``, :meth:`OrderBook.lookup_route`): a bod
 ``{"client_order_ids": [cid, ...]}`` of at most :data:`MAX_LOOKUP` ids answers
 ``{"orders": [order, ...], "unknown": [cid, ...]}`` in one round trip, so a restarted engine
 resolves every order it had in flight at once instead of one request per order.
+
+Every field of a body is checked before anything changes (:class:`OrderRequestError` names it):
+only the known keys; ``client_order_id`` printable text of 1..128 characters (no NUL, control,
+format or lone surrogate character: it is stored, echoed and logged); ``qty`` and ``price``
+finite numbers within :data:`MIN_AMOUNT`..:data:`MAX_AMOUNT`. A new order and its fill are built
+first and recorded only when complete, so a failure half-way leaves the book as it was.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -27,7 +32,9 @@ from strategylab.errors import ConfigurationError, PicklableErrorMixin
 from ._tick import Tick
 
 __all__ = [
+    "MAX_AMOUNT",
     "MAX_LOOKUP",
+    "MIN_AMOUNT",
     "Fill",
     "LookupResult",
     "Order",
@@ -44,6 +51,15 @@ STATUSES: frozenset[str] = frozenset({"open", "filled", "cancelled", "rejected"}
 _MAX_CLIENT_ID = 128
 MAX_LOOKUP = 1000
 """Client order ids one bulk lookup may ask about."""
+MAX_AMOUNT = 1e9
+"""The largest ``qty`` or ``price`` an order may carry (the feed's own bound on a price)."""
+MIN_AMOUNT = 1e-9
+"""The smallest ``qty`` or ``price``: below it a number is noise (or a subnormal), not an amount."""
+_ORDER_KEYS = frozenset({"client_order_id", "symbol", "side", "type", "qty", "price"})
+_LOOKUP_KEYS = frozenset({"client_order_ids"})
+_T = TypeVar("_T", bound=str)
+_SIDES: tuple[Side, ...] = ("buy", "sell")
+_TYPES: tuple[OrderType, ...] = ("market", "limit")
 
 
 class OrderRequestError(PicklableErrorMixin, ValueError):
@@ -96,24 +112,59 @@ class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
     unknown: list[str]
 
 
-def parse_lookup(body: object) -> list[str]:
-    """The client order ids of a bulk-lookup body; :class:`OrderRequestError` naming the field."""
+def _shown(value: object) -> str:
+    """``value`` as an error message may quote it: ``repr``, at most 60 characters."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _object(body: object, keys: frozenset[str]) -> Mapping[str, object]:
+    """``body`` as a JSON object with no key outside ``keys``."""
     if not isinstance(body, Mapping):
         raise OrderRequestError("body", "must be a JSON object")
-    cids = body.get("client_order_ids")
+    unknown = sorted(str(key) for key in body if key not in keys)
+    if unknown:
+        key = unknown[0]
+        raise OrderRequestError(
+            key[:60] if key.isprintable() else "body",
+            f"unknown field {_shown(key)} (known: {', '.join(sorted(keys))})",
+        )
+    return body
+
+
+def _client_id(value: object, field: str) -> str:
+    """A valid client order id: printable text (no control, format, NUL or lone surrogate
+    character) of 1..128 characters."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= _MAX_CLIENT_ID
+        or not value.isprintable()
+    ):
+        raise OrderRequestError(
+            field, f"must be printable text of 1..{_MAX_CLIENT_ID} chars, got {_shown(value)}"
+        )
+    return value
+
+
+def _choice(value: object, field: str, choices: tuple[_T, ...]) -> _T:
+    for choice in choices:
+        if isinstance(value, str) and value == choice:
+            return choice
+    raise OrderRequestError(field, f"must be one of {', '.join(choices)}, got {_shown(value)}")
+
+
+def parse_lookup(body: object) -> list[str]:
+    """The client order ids of a bulk-lookup body; :class:`OrderRequestError` naming the field."""
+    cids = _object(body, _LOOKUP_KEYS).get("client_order_ids")
     if not isinstance(cids, list):
-        raise OrderRequestError("client_order_ids", f"must be a list of strings, got {cids!r}")
+        raise OrderRequestError(
+            "client_order_ids", f"must be a list of strings, got {_shown(cids)}"
+        )
     if len(cids) > MAX_LOOKUP:
         raise OrderRequestError(
             "client_order_ids", f"at most {MAX_LOOKUP} ids per request, got {len(cids)}"
         )
-    for cid in cids:
-        if not isinstance(cid, str) or not cid or len(cid) > _MAX_CLIENT_ID:
-            raise OrderRequestError(
-                "client_order_ids",
-                f"each must be a string of 1..{_MAX_CLIENT_ID} chars, got {cid!r}",
-            )
-    return cids
+    return [_client_id(cid, "client_order_ids") for cid in cids]
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,16 +176,18 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     realized_pnl: float
 
 
-def _positive(body: Mapping[str, object], field: str) -> float:
+def _amount(body: Mapping[str, object], field: str) -> float:
     value = body.get(field)
     if value is None:
         raise OrderRequestError(field, "is required")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OrderRequestError(field, f"must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0.0:
-        raise OrderRequestError(field, f"must be a finite number > 0, got {value!r}")
-    return number
+        raise OrderRequestError(field, f"must be a number, got {_shown(value)}")
+    # Compared before float(): an int too large for a float would raise OverflowError; NaN fails.
+    if not MIN_AMOUNT <= value <= MAX_AMOUNT:
+        raise OrderRequestError(
+            field, f"must be a number within {MIN_AMOUNT:g}..{MAX_AMOUNT:g}, got {_shown(value)}"
+        )
+    return float(value)
 
 
 class OrderBook:
@@ -155,41 +208,31 @@ class OrderBook:
         return int(self._clock.time() * 1e9)
 
     def _parse(self, body: object) -> tuple[str, str, Side, OrderType, float, float | None]:
-        if not isinstance(body, Mapping):
-            raise OrderRequestError("body", "must be a JSON object")
-        cid = body.get("client_order_id")
-        if not isinstance(cid, str) or not cid or len(cid) > _MAX_CLIENT_ID:
-            raise OrderRequestError(
-                "client_order_id", f"must be a string of 1..{_MAX_CLIENT_ID} chars, got {cid!r}"
-            )
-        symbol = body.get("symbol")
+        fields = _object(body, _ORDER_KEYS)
+        cid = _client_id(fields.get("client_order_id"), "client_order_id")
+        symbol = fields.get("symbol")
         if not isinstance(symbol, str) or symbol not in self._symbols:
-            raise OrderRequestError("symbol", f"unknown symbol {symbol!r}")
-        side = body.get("side")
-        if side not in {"buy", "sell"}:
-            raise OrderRequestError("side", f"must be 'buy' or 'sell', got {side!r}")
-        kind = body.get("type", "market")
-        if kind not in {"market", "limit"}:
-            raise OrderRequestError("type", f"must be 'market' or 'limit', got {kind!r}")
-        qty = _positive(body, "qty")
+            raise OrderRequestError("symbol", f"unknown symbol {_shown(symbol)}")
+        side = _choice(fields.get("side"), "side", _SIDES)
+        kind = _choice(fields.get("type", "market"), "type", _TYPES)
+        qty = _amount(fields, "qty")
         price: float | None = None
         if kind == "limit":
-            price = _positive(body, "price")
-        elif body.get("price") is not None:
+            price = _amount(fields, "price")
+        elif fields.get("price") is not None:
             raise OrderRequestError("price", "must be absent for a market order")
         return cid, symbol, side, kind, qty, price
 
     def submit(self, body: object) -> tuple[Order, bool]:
         """Place an order from a request body; returns it and whether it is new.
 
-        Raises :class:`OrderRequestError` naming the bad field. A known ``client_order_id``
-        returns the existing order (``False``) without looking at the rest of the body.
+        Raises :class:`OrderRequestError` naming the bad field, before anything changes. A known
+        ``client_order_id`` returns the existing order (``False``) and places nothing.
         """
-        if isinstance(body, Mapping) and isinstance(cid := body.get("client_order_id"), str):
-            existing = self._by_client.get(cid)
-            if existing is not None:
-                return self._orders[existing], False
         cid, symbol, side, kind, qty, price = self._parse(body)
+        existing = self._by_client.get(cid)
+        if existing is not None:
+            return self._orders[existing], False
         now = self._now()
         order = Order(
             id=f"O{len(self._orders) + 1:08d}",
@@ -203,13 +246,19 @@ class OrderBook:
             created_ns=now,
             updated_ns=now,
         )
+        fill: Fill | None = None
+        position: Position | None = None
         quote = self._quotes.get(symbol)
         if quote is not None:
             fill_price = self._crossing(order, quote[0], quote[1])
             if fill_price is not None:
-                order = self._fill(order, fill_price, now)
+                order, fill, position = self._fill(order, fill_price, now)
         elif kind == "market":
             order = msgspec.structs.replace(order, status="rejected", reason="no quote yet")
+        # Everything is built: record it (dict and list stores only, nothing that can fail).
+        if fill is not None and position is not None:
+            self._fills.append(fill)
+            self._positions[fill.symbol] = position
         self._orders[order.id] = order
         self._by_client[cid] = order.id
         if order.status == "open":
@@ -227,7 +276,9 @@ class OrderBook:
             return bid
         return None
 
-    def _fill(self, order: Order, price: float, ts: int) -> Order:
+    def _fill(self, order: Order, price: float, ts: int) -> tuple[Order, Fill, Position]:
+        """``order`` filled in full at ``price``, its fill and the position after it: built,
+        not recorded (the caller records all three together)."""
         fill = Fill(
             id=f"F{len(self._fills) + 1:08d}",
             order_id=order.id,
@@ -238,13 +289,13 @@ class OrderBook:
             price=price,
             ts=ts,
         )
-        self._fills.append(fill)
-        self._apply(fill)
-        return msgspec.structs.replace(
+        filled = msgspec.structs.replace(
             order, status="filled", filled_qty=order.qty, avg_fill_price=price, updated_ns=ts
         )
+        return filled, fill, self._applied(fill)
 
-    def _apply(self, fill: Fill) -> None:
+    def _applied(self, fill: Fill) -> Position:
+        """The position of ``fill.symbol`` after ``fill``."""
         pos = self._positions.get(fill.symbol) or Position(
             symbol=fill.symbol, qty=0.0, avg_price=0.0, realized_pnl=0.0
         )
@@ -262,9 +313,7 @@ class OrderBook:
             elif (new_qty > 0.0) != (qty > 0.0):
                 avg = fill.price  # flipped: the remainder opened at this price
             qty = new_qty
-        self._positions[fill.symbol] = Position(
-            symbol=fill.symbol, qty=qty, avg_price=avg, realized_pnl=pnl
-        )
+        return Position(symbol=fill.symbol, qty=qty, avg_price=avg, realized_pnl=pnl)
 
     def cancel(self, order_id: str) -> Order:
         """Cancel an open order. ``KeyError`` if unknown, :class:`OrderStateError` if not open."""
@@ -299,7 +348,9 @@ class OrderBook:
             for order in list(resting.values()):
                 price = self._crossing(order, tick.bid, tick.ask)
                 if price is not None:
-                    filled = self._fill(order, price, tick.ts)
+                    filled, fill, position = self._fill(order, price, tick.ts)
+                    self._fills.append(fill)
+                    self._positions[fill.symbol] = position
                     self._orders[order.id] = filled
                     del resting[order.id]
                     self._open_count -= 1
