@@ -25,6 +25,10 @@ Errors::
         ├── ProxyNotFoundError    no proxy by that name (HTTP 404)
         ├── ToxicExistsError      the proxy already has a toxic with that name (HTTP 409)
         └── ToxicNotFoundError    the proxy has no toxic by that name (HTTP 404)
+    OSError                       a listen address cannot be bound; the message names the proxy
+
+A change that fails changes nothing: listen addresses are bound before a proxy moves to them, and
+:class:`ProxyServer` applies a change to several proxies only once all of them are ready.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import random
 import re
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
@@ -43,7 +49,7 @@ from typing import Any, Final, Self
 from strategylab.errors import ConfigurationError, StrategyLabError
 
 from ._proxy_link import Connection, Counters
-from ._toxics import Stream, Toxic
+from ._toxics import Stream, Toxic, check_name, shown
 
 __all__ = [
     "Proxy",
@@ -129,17 +135,17 @@ def parse_address(field: str, value: object, *, allow_port_zero: bool) -> tuple[
     (1..65535 unless ``allow_port_zero``).
     """
     if not isinstance(value, str):
-        raise ConfigurationError(field, value, "must be a string 'host:port'")
+        raise ConfigurationError(field, shown(value), "must be a string 'host:port'")
     host, sep, port_text = value.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port_text.isdigit() or not port_text.isascii():
-        raise ConfigurationError(field, value, "must be 'host:port'")
+        raise ConfigurationError(field, shown(value), "must be 'host:port'")
     if len(host) > _MAX_HOST or not _HOST.fullmatch(host):
         raise ConfigurationError(
-            field, value, "host must be a name or IP address (letters, digits, '.-_:%')"
+            field, shown(value), "host must be a name or IP address (letters, digits, '.-_:%')"
         )
     if len(port_text) > 5:
-        raise ConfigurationError(field, value, "port out of range")
+        raise ConfigurationError(field, shown(value), "port out of range")
     port = int(port_text)
     if not (0 if allow_port_zero else 1) <= port <= 65535:
         raise ConfigurationError(field, value, "port out of range")
@@ -148,6 +154,63 @@ def parse_address(field: str, value: object, *, allow_port_zero: bool) -> tuple[
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Listener:
+    """A proxy's listening socket; its connections go to ``owner``.
+
+    The owner can change: a proxy that :meth:`ProxyServer.populate` replaces hands its socket to
+    its successor when both listen on the same address, so the port is never released between.
+    """
+
+    __slots__ = ("owner", "server")
+
+    def __init__(self, owner: Proxy) -> None:
+        self.owner = owner
+        self.server: asyncio.Server | None = None
+
+    def accept(self) -> asyncio.Protocol:
+        return self.owner.connection_protocol()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None  # noqa: S101 - set by _listen_on
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def _listen_on(owner: Proxy, address: tuple[str, int]) -> _Listener:
+    """A listener bound to ``address`` for ``owner``.
+
+    :class:`OSError` (its ``errno`` kept, the message naming the proxy and the address) when the
+    address cannot be bound or resolved; :class:`ConfigurationError` when the resolver refuses the
+    host outright (an IDNA label too long, say).
+    """
+    listener = _Listener(owner)
+    shown_address = _format_address(*address)
+    try:
+        listener.server = await asyncio.get_running_loop().create_server(
+            listener.accept, address[0], address[1], reuse_address=True
+        )
+    except OSError as exc:
+        reason = (
+            os.strerror(exc.errno)
+            if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror)
+            else (exc.strerror or str(exc))
+        )
+        message = f"proxy {owner.name!r} cannot listen on {shown_address}: {reason.lower()}"
+        raise OSError(exc.errno, message) from exc
+    except (ValueError, UnicodeError) as exc:
+        raise ConfigurationError("listen", shown_address, f"cannot listen: {exc}") from None
+    return listener
 
 
 class Proxy:
@@ -169,10 +232,9 @@ class Proxy:
         rng: random.Random | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError("name", name, "must be a non-empty string")
+        check_name("name", name)
         if not isinstance(enabled, bool):
-            raise ConfigurationError("enabled", enabled, "must be a boolean")
+            raise ConfigurationError("enabled", shown(enabled), "must be a boolean")
         self._name = name
         self._listen = parse_address("listen", listen, allow_port_zero=True)
         self._upstream = parse_address("upstream", upstream, allow_port_zero=False)
@@ -182,8 +244,9 @@ class Proxy:
         self._connect_timeout = connect_timeout
         self._toxics: dict[str, Toxic] = {}
         self._toxic_tuple: tuple[Toxic, ...] = ()
-        self._server: asyncio.Server | None = None
+        self._listener: _Listener | None = None
         self._started = False
+        self._changing = asyncio.Lock()  # one address or state change at a time
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -223,12 +286,16 @@ class Proxy:
     # Lifecycle (the Component protocol).
 
     async def start(self) -> None:
-        """Listen, if enabled. Starting a started proxy does nothing."""
+        """Listen, if enabled. Starting a started proxy does nothing.
+
+        Raises :class:`OSError` (naming the proxy and the address) when the listen address cannot
+        be bound, :class:`ConfigurationError` when the resolver refuses its host.
+        """
         if self._started:
             return
-        self._started = True
         if self._enabled:
-            await self._open()
+            self._install(await _listen_on(self, self._listen))
+        self._started = True
 
     async def stop(self) -> None:
         """Stop listening, close every connection, and wait for the proxy's tasks to end."""
@@ -242,7 +309,7 @@ class Proxy:
 
     async def health(self) -> bool:
         """True when the proxy is enabled and its listening socket is open."""
-        return self._enabled and self._server is not None and self._server.is_serving()
+        return self._enabled and self._listener is not None and self._listener.serving
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -257,25 +324,23 @@ class Proxy:
         await self.stop()
 
     async def enable(self) -> None:
-        """Accept connections again, on the same port as before."""
-        self._enabled = True
-        if self._started and self._server is None:
-            await self._open()
+        """Accept connections again, on the same port as before (unchanged if that fails)."""
+        await self.update(enabled=True)
 
     async def disable(self) -> None:
         """Close every open connection and refuse new ones (the port is released)."""
-        self._enabled = False
-        await self._close()
+        await self.update(enabled=False)
 
     async def update(
         self, *, listen: str | None = None, upstream: str | None = None, enabled: bool | None = None
     ) -> None:
         """Change addresses or state; an address change closes open connections, as Toxiproxy.
 
-        Everything is validated before anything changes (:class:`ConfigurationError`). When the
-        new listen address cannot be bound (:class:`OSError`, or :class:`ConfigurationError`
-        for an address the resolver refuses), the proxy goes back to its previous addresses and
-        listens there again before the error is raised.
+        All or nothing: everything is validated (:class:`ConfigurationError`) and a new listen
+        address bound (:class:`OSError`) before anything changes, so a failed update leaves the
+        proxy listening where it was, with its connections and toxics. The new address is bound
+        while the old one is still held: moving to another host on the *same* port needs a
+        disable first (or two updates through another port).
         """
         new_listen = (
             self._listen
@@ -288,44 +353,73 @@ class Proxy:
             else parse_address("upstream", upstream, allow_port_zero=False)
         )
         if enabled is not None and not isinstance(enabled, bool):
-            raise ConfigurationError("enabled", enabled, "must be a boolean")
-        previous = (self._listen, self._upstream, self._enabled)
-        if (new_listen, new_upstream) != (self._listen, self._upstream):
-            await self._close()
-            self._listen, self._upstream = new_listen, new_upstream
-        if enabled is not None:
-            self._enabled = enabled
-        if not self._enabled:
-            await self._close()
-        elif self._started and self._server is None:
-            try:
-                await self._open()
-            except (OSError, ValueError, UnicodeError) as exc:
-                self._listen, self._upstream, self._enabled = previous
-                if self._enabled and self._started:
-                    await self._open()
-                if isinstance(exc, OSError):
-                    raise
-                raise ConfigurationError("listen", listen, f"cannot listen: {exc}") from None
+            raise ConfigurationError("enabled", shown(enabled), "must be a boolean")
+        async with self._changing:
+            wanted = self._enabled if enabled is None else enabled
+            moved = new_listen != self._listen
+            listener = None
+            if self._started and wanted and (moved or self._listener is None):
+                listener = await _listen_on(self, new_listen)  # may fail: nothing changed yet
+            # Nothing below can fail.
+            old = None
+            if moved or not wanted:
+                old, self._listener = self._listener, None
+            if moved or new_upstream != self._upstream or not wanted:
+                self._abort_connections()
+            self._listen, self._upstream, self._enabled = new_listen, new_upstream, wanted
+            if listener is not None:
+                self._install(listener)
+            if old is not None:
+                await old.aclose()
 
-    async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
-        host, port = self._listen
-        self._server = await loop.create_server(
-            self._protocol_factory, host, port, reuse_address=True
-        )
-        bound = self._server.sockets[0].getsockname()
-        self._listen = (host, int(bound[1]))
+    def _install(self, listener: _Listener) -> None:
+        listener.owner = self
+        self._listener = listener
+        self._listen = (self._listen[0], listener.port)
         _log.debug("proxy %s listening on %s -> %s", self._name, self.listen, self.upstream)
 
-    async def _close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+    def _abort_connections(self) -> None:
         for conn in tuple(self._connections):
             conn.abort()
-        if server is not None:
-            await server.wait_closed()
+
+    async def _close(self) -> None:
+        listener, self._listener = self._listener, None
+        self._abort_connections()
+        if listener is not None:
+            await listener.aclose()
+
+    # Two-phase changes for ProxyServer: bind first (may fail), then apply (cannot fail).
+
+    async def _bind_to_enable(self) -> _Listener | None:
+        """A listener on the proxy's address when enabling it needs one, bound but not used."""
+        if self._started and self._listener is None:
+            return await _listen_on(self, self._listen)
+        return None
+
+    def _reset_with(self, listener: _Listener | None) -> None:
+        """Remove every toxic and enable, with the listener :meth:`_bind_to_enable` bound."""
+        self._toxics.clear()
+        self._toxics_changed()
+        self._enabled = True
+        if listener is not None:
+            self._install(listener)
+
+    def _hands_over(self, successor: Proxy) -> bool:
+        """Whether ``successor`` (replacing this proxy) asks for the socket this one listens on."""
+        return (
+            successor.enabled
+            and self._listener is not None
+            and successor._listen == self._listen
+            and self._listen[1] != 0
+        )
+
+    def _take_listener(self, predecessor: Proxy) -> None:
+        """Become started on ``predecessor``'s socket (see :meth:`_hands_over`)."""
+        listener = predecessor._listener
+        predecessor._listener = None
+        assert listener is not None  # noqa: S101 - checked by _hands_over
+        self._install(listener)
+        self._started = True
 
     # Toxics.
 
@@ -402,10 +496,9 @@ class Proxy:
                 self.remove_toxic(toxic.name)
 
     async def reset(self) -> None:
-        """Remove every toxic and enable the proxy."""
-        self._toxics.clear()
-        self._toxics_changed()
-        await self.enable()
+        """Remove every toxic and enable the proxy (nothing changes if it cannot listen)."""
+        async with self._changing:
+            self._reset_with(await self._bind_to_enable())
 
     def _toxics_changed(self) -> None:
         self._toxic_tuple = tuple(self._toxics.values())
@@ -495,7 +588,8 @@ class Proxy:
             if self.counters.waiters:
                 self.counters.notify()
 
-    def _protocol_factory(self) -> asyncio.Protocol:
+    def connection_protocol(self) -> asyncio.Protocol:
+        """The protocol for a socket accepted on the proxy's listener."""
         return Connection(self, next(self._ids)).client
 
     async def _connect(self, conn: Connection) -> None:
@@ -519,8 +613,50 @@ def _index(stream: Stream) -> int:
     return 0 if stream is Stream.UPSTREAM else 1
 
 
+def validate_records(configs: object) -> list[tuple[str, str, str, bool]]:
+    """``(name, listen, upstream, enabled)`` of each ``{name, listen?, upstream, enabled?}``
+    record of a JSON list (what ``/populate`` and ``--config`` take), every field checked.
+
+    Raises :class:`ConfigurationError` naming the record and the field (``[1].listen``) for a
+    value that is not a list of objects, a bad field, or a name given twice.
+    """
+    if not isinstance(configs, list | tuple):
+        raise ConfigurationError("proxies", shown(configs), "must be a JSON list of proxies")
+    records: list[tuple[str, str, str, bool]] = []
+    names: set[str] = set()
+    for index, config in enumerate(configs):
+        try:
+            record = _record(config, names)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"[{index}].{exc.key}", exc.value, exc.reason) from None
+        names.add(record[0])
+        records.append(record)
+    return records
+
+
+def _record(config: object, names: set[str]) -> tuple[str, str, str, bool]:
+    if not isinstance(config, Mapping):
+        raise ConfigurationError("proxy", shown(config), "must be a JSON object")
+    name = check_name("name", config.get("name"))
+    if name in names:
+        raise ConfigurationError("name", name, "is given twice")
+    listen = config.get("listen", "127.0.0.1:0")
+    upstream = config.get("upstream")
+    enabled = config.get("enabled", True)
+    parse_address("listen", listen, allow_port_zero=True)
+    parse_address("upstream", upstream, allow_port_zero=False)
+    if not isinstance(enabled, bool):
+        raise ConfigurationError("enabled", shown(enabled), "must be a boolean")
+    return name, str(listen), str(upstream), enabled
+
+
 class ProxyServer:
-    """Named proxies, created, listed and deleted together (what the HTTP API serves)."""
+    """Named proxies, created, listed and deleted together (what the HTTP API serves).
+
+    Every change is all or nothing: it is validated and every listener it needs is bound before
+    any proxy changes, so a change that fails (:class:`ConfigurationError`, :class:`OSError`,
+    :class:`ProxyError`) leaves every proxy as it was. Changes through the server are serialized.
+    """
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
@@ -543,32 +679,67 @@ class ProxyServer:
         self, name: str, *, listen: str = "127.0.0.1:0", upstream: str, enabled: bool = True
     ) -> Proxy:
         """Create and start a proxy."""
+        proxy = Proxy(name, listen, upstream, enabled, rng=self._rng)  # validates
         async with self._lock:
             if name in self._proxies:
                 raise ProxyExistsError(name)
-            proxy = Proxy(name, listen, upstream, enabled, rng=self._rng)
             await proxy.start()
             self._proxies[name] = proxy
             return proxy
 
-    async def populate(self, configs: Iterable[Mapping[str, Any]]) -> list[Proxy]:
-        """Create or replace proxies from ``{name, listen, upstream, enabled}`` records."""
-        created = []
-        for config in configs:
-            name = config.get("name")
-            if not isinstance(name, str):
-                raise ConfigurationError("name", name, "must be a non-empty string")
-            if name in self._proxies:
-                await self.delete(name)
-            created.append(
-                await self.create(
-                    name,
-                    listen=config.get("listen", "127.0.0.1:0"),
-                    upstream=config.get("upstream"),  # type: ignore[arg-type]
-                    enabled=config.get("enabled", True),
-                )
-            )
-        return created
+    async def update(
+        self,
+        name: str,
+        *,
+        listen: str | None = None,
+        upstream: str | None = None,
+        enabled: bool | None = None,
+    ) -> Proxy:
+        """:meth:`Proxy.update` the proxy called ``name``, serialized with the other changes."""
+        async with self._lock:
+            proxy = self.get(name)
+            await proxy.update(listen=listen, upstream=upstream, enabled=enabled)
+            return proxy
+
+    async def populate(self, configs: Iterable[Mapping[str, object]]) -> list[Proxy]:
+        """Create or replace proxies from ``{name, listen, upstream, enabled}`` records.
+
+        All or nothing: every record is validated (:func:`validate_records`) and every new
+        listener bound before the first proxy is replaced. A replaced proxy whose successor asks
+        for the address it listens on hands its socket over, so the port is never released.
+        """
+        records = validate_records(list(configs))
+        async with self._lock:
+            fresh = [
+                Proxy(name, listen, upstream, enabled, rng=self._rng)
+                for name, listen, upstream, enabled in records
+            ]
+            inherit: set[str] = set()  # names whose successor takes the listening socket
+            started: list[Proxy] = []
+            try:
+                for proxy in fresh:
+                    old = self._proxies.get(proxy.name)
+                    if old is not None and old._hands_over(proxy):  # noqa: SLF001
+                        inherit.add(proxy.name)
+                    else:
+                        await proxy.start()
+                        started.append(proxy)
+            except BaseException:
+                for proxy in started:
+                    await proxy.stop()
+                raise
+            # Nothing below can fail.
+            replaced = []
+            for proxy in fresh:
+                old = self._proxies.get(proxy.name)
+                if old is not None:
+                    if proxy.name in inherit:
+                        proxy._take_listener(old)  # noqa: SLF001
+                    replaced.append(old)
+                self._proxies[proxy.name] = proxy
+            for old in replaced:
+                await old.stop()
+            return fresh
 
     async def delete(self, name: str) -> None:
         """Stop and forget a proxy."""
@@ -578,9 +749,23 @@ class ProxyServer:
         await proxy.stop()
 
     async def reset(self) -> None:
-        """Remove every toxic from every proxy and enable them all."""
-        for proxy in tuple(self._proxies.values()):
-            await proxy.reset()
+        """Remove every toxic from every proxy and enable them all.
+
+        All or nothing: when a disabled proxy cannot listen again, nothing changes.
+        """
+        async with self._lock:
+            staged: list[tuple[Proxy, _Listener | None]] = []
+            try:
+                for proxy in self._proxies.values():
+                    # One at a time, so that a failure knows what to release.
+                    staged.append((proxy, await proxy._bind_to_enable()))  # noqa: PERF401, SLF001
+            except BaseException:
+                for _, listener in staged:
+                    if listener is not None:
+                        await listener.aclose()
+                raise
+            for proxy, listener in staged:
+                proxy._reset_with(listener)  # noqa: SLF001
 
     async def close(self) -> None:
         """Stop every proxy."""

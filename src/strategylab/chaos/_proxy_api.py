@@ -30,12 +30,19 @@ Every route is an admin route and is guarded (:mod:`strategylab._http_guard`): a
 ``Origin`` not in ``--allow-origin`` or a browser ``User-Agent`` is a 403 (as Toxiproxy), a body
 that is not ``application/json`` a 415, a body over ``--max-body`` bytes a 413 (from the
 ``Content-Length`` header when there is one), JSON nested deeper than ``--max-json-depth`` or with
-a number longer than ``--max-number-digits`` a 400. Every request is validated completely before
-anything changes: a 400 leaves every proxy as it was.
+a number longer than ``--max-number-digits`` a 400. Every request is all or nothing: it is
+validated completely and every listener it needs is bound before anything changes, so a 400 (a bad
+field, or a listen address that cannot be bound) leaves every proxy as it was (``/populate``,
+``PATCH``, ``/reset`` included). A request aiohttp cannot even parse (a duplicate
+``Content-Type``, ``Content-Length: -1``) is a 400 logged as one escaped WARNING line by
+``strategylab.chaos.proxy_api.http``, without a traceback.
 
 A proxy is ``{name, listen, upstream, enabled, toxics}``; a toxic is ``{name, type, stream,
-toxicity, attributes}``. Errors are Toxiproxy's ``{"error": message, "status": code}``: 404 for an
-unknown proxy or toxic, 409 for a duplicate name, 400 for bad input, with the field named.
+toxicity, attributes}``. Names of both are 1..128 characters of ``A-Z a-z 0-9 . _ -`` (the first a
+letter, digit or ``_``), so that every name can be addressed in a URL; toxic attributes are
+bounded (durations at most an hour; see :mod:`strategylab.chaos._toxics`). Errors are
+Toxiproxy's ``{"error": message, "status": code}``: 404 for an unknown proxy or toxic, 409 for a
+duplicate name, 400 for bad input, with the field named.
 
 Run it as its own process::
 
@@ -44,6 +51,10 @@ Run it as its own process::
         [--max-body BYTES] [--max-json-depth N] [--max-number-digits N] [--allow-origin O ...]
 
 It prints one JSON line, ``{"event":"listening","port":N}``, then serves until SIGTERM or SIGINT.
+``--config`` is a JSON list of proxies as ``/populate`` takes it (a regular UTF-8 file of at most
+16 MiB, within the JSON limits). Exit status: 0 after a signal; 2 for bad options or a bad
+``--config`` (one line naming the file and the fault); 1 when the API's or a proxy's address
+cannot be bound. Errors are one line, ``strategylab proxy: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -54,17 +65,19 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import random
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, loads, read_json, refusal
 from strategylab._logging import configure_logging, escape
 from strategylab._secrets import SecretOption, add_secret_options, resolve_secret
 from strategylab.errors import ConfigurationError
@@ -76,8 +89,9 @@ from ._proxy import (
     ToxicExistsError,
     ToxicNotFoundError,
     parse_address,
+    validate_records,
 )
-from ._toxics import Toxic
+from ._toxics import Toxic, check_name, shown
 
 __all__ = ["VERSION", "ProxyApiAccess", "create_app", "main", "serve"]
 
@@ -93,6 +107,35 @@ _ADMIN_TOKEN: Final = SecretOption(
 )
 
 _log = logging.getLogger("strategylab.chaos.proxy_api")
+_http_log = logging.getLogger("strategylab.chaos.proxy_api.http")
+"""aiohttp's server logger for this API (its errors), instead of ``aiohttp.server``."""
+
+_MAX_CONFIG_BYTES: Final = 16 << 20
+_MAX_REASON: Final = 300
+
+
+def _malformed_in_one_line(record: logging.LogRecord) -> bool:
+    """Turn aiohttp's record of a request it could not parse into one WARNING line.
+
+    A duplicate ``Content-Type``, a ``Content-Length: -1`` or a bad request line is the peer's
+    fault and is answered 400 before any handler or middleware runs; aiohttp logs it at ERROR
+    with a parser traceback. Keep the peer's address and the parser's reason (escaped by the
+    log formatter); drop the traceback. Every other record (a handler's 500) is left alone.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "malformed HTTP request from %s answered %s: %s"
+        reason = " ".join(str(exc.message).split())  # the parser's layout, on one line
+        record.args = (remote, exc.code, reason[:_MAX_REASON])
+        record.exc_info = None
+        record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
+_http_log.addFilter(_malformed_in_one_line)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +180,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     except ConfigurationError as exc:
         return _error(400, str(exc))
     except OSError as exc:
-        # Binding the listen address failed (in use, not local): the request asked for it.
+        # Binding a listen address failed (in use, not local): the request asked for it, and
+        # nothing changed (ProxyServer binds before it applies).
         return _error(400, f"listen: {exc.strerror or exc}")
     except web.HTTPException as exc:
         if exc.status >= 400:
@@ -215,14 +259,14 @@ def _optional(body: Mapping[str, object], key: str, kind: type, *, default: obje
         else (isinstance(value, kind) and not isinstance(value, bool))
     )
     if not valid:
-        raise ConfigurationError(key, value, f"must be a {kind.__name__}")
+        raise ConfigurationError(key, shown(value), f"must be a {kind.__name__}")
     return value
 
 
 def _string(body: Mapping[str, object], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(key, value, "is required (a non-empty string)")
+        raise ConfigurationError(key, shown(value), "is required (a non-empty string)")
     return value
 
 
@@ -253,7 +297,7 @@ def _proxy_config(body: Mapping[str, object]) -> tuple[str, str, str, bool]:
     parse_address("listen", listen, allow_port_zero=True)
     parse_address("upstream", upstream, allow_port_zero=False)
     return (
-        _string(body, "name"),
+        check_name("name", body.get("name")),
         listen,
         upstream,
         bool(_optional(body, "enabled", bool, default=True)),
@@ -262,10 +306,9 @@ def _proxy_config(body: Mapping[str, object]) -> tuple[str, str, str, bool]:
 
 async def _populate(request: web.Request) -> web.Response:
     body = await read_json(request)
-    if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+    if not isinstance(body, list):
         raise ConfigurationError("body", type(body).__name__, "must be a JSON list of proxies")
-    for item in body:  # all of them valid before the first is created
-        _proxy_config(item)
+    # All or nothing: ProxyServer validates every record and binds before it replaces any.
     proxies = await _server(request).populate(body)
     return web.json_response({"proxies": [proxy.to_json() for proxy in proxies]}, status=201)
 
@@ -276,12 +319,14 @@ async def _get_proxy(request: web.Request) -> web.Response:
 
 
 async def _update_proxy(request: web.Request) -> web.Response:
-    proxy = _server(request).get(request.match_info["proxy"])
+    name = request.match_info["proxy"]
+    _server(request).get(name)  # a 404 before a 400
     body = await _body(request)
     listen = _optional(body, "listen", str, default=None)
     upstream = _optional(body, "upstream", str, default=None)
     enabled = _optional(body, "enabled", bool, default=None)
-    await proxy.update(
+    proxy = await _server(request).update(
+        name,
         listen=listen if isinstance(listen, str) else None,
         upstream=upstream if isinstance(upstream, str) else None,
         enabled=enabled if isinstance(enabled, bool) else None,
@@ -311,8 +356,8 @@ def _toxicity(body: Mapping[str, object], default: float | None) -> float | None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError("toxicity", value, "must be a number between 0 and 1")
-    return float(value)
+        raise ConfigurationError("toxicity", shown(value), "must be a number between 0 and 1")
+    return value  # range checked by Toxic (never float() first: a huge int overflows it)
 
 
 async def _create_toxic(request: web.Request) -> web.Response:
@@ -341,7 +386,9 @@ async def _update_toxic(request: web.Request) -> web.Response:
     body = await _body(request)
     for key in ("type", "stream", "name"):
         if key in body and body[key] != getattr(current, key):
-            raise ConfigurationError(key, body[key], "cannot be changed; delete and re-create")
+            raise ConfigurationError(
+                key, shown(body[key]), "cannot be changed; delete and re-create"
+            )
     toxic = proxy.update_toxic_from(
         current.name, toxicity=_toxicity(body, None), attributes=_attributes(body)
     )
@@ -403,7 +450,7 @@ async def serve(
     ``limits`` bound and guard every request (default :class:`HttpLimits`); ``access`` says who
     may change proxies (default :class:`ProxyApiAccess`: nobody, ``GET`` only).
     """
-    runner = web.AppRunner(create_app(server, limits, access), access_log=None)
+    runner = web.AppRunner(create_app(server, limits, access), access_log=None, logger=_http_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -428,7 +475,10 @@ async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> 
         sys.stdout.flush()
 
     async with ProxyServer(rng=rng) as server:
-        await server.populate(configs)
+        try:
+            await server.populate(configs)
+        except ConfigurationError as exc:  # the resolver refused a listen host of the file
+            raise ConfigurationError("--config", args.config, str(exc)) from None
         await serve(
             server,
             host=args.host,
@@ -441,11 +491,46 @@ async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> 
     return 0
 
 
-def _load_config(path: str) -> list[dict[str, object]]:
-    configs = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
-        raise ConfigurationError("config", path, "must hold a JSON list of proxies")
-    return configs
+def _load_config(path: str, limits: HttpLimits) -> list[dict[str, object]]:
+    """The proxies of the ``--config`` file, every record validated.
+
+    Raises :class:`ConfigurationError` naming the file and what is wrong with it: missing,
+    unreadable, not a regular file (a FIFO would hang the start, ``/dev/zero`` never end),
+    larger than 16 MiB, not UTF-8, not JSON within ``limits`` (nesting, digits), or a bad record.
+    """
+
+    def bad(reason: str) -> ConfigurationError:
+        return ConfigurationError("--config", path, reason)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise bad("no such file") from None
+    except OSError as exc:
+        raise bad(f"cannot be opened: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise bad("is not a regular file")
+        data = b""
+        while len(data) <= _MAX_CONFIG_BYTES:
+            chunk = os.read(fd, _MAX_CONFIG_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise bad(f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise bad(f"is larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        records = validate_records(loads(data, limits))
+    except ConfigurationError as exc:
+        raise bad(exc.reason if exc.key == "body" else str(exc)) from None
+    return [
+        {"name": name, "listen": listen, "upstream": upstream, "enabled": enabled}
+        for name, listen, upstream, enabled in records
+    ]
 
 
 def _is_loopback(host: str) -> bool:
@@ -478,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="A TCP fault proxy with a subset of Toxiproxy's HTTP API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8474, help="API port; 0 picks a free one")
+    parser.add_argument("--port", type=_port, default=8474, help="API port; 0 picks a free one")
     parser.add_argument("--seed", type=int, default=None, help="seed toxicity and toxic randomness")
     parser.add_argument("--config", default=None, help="JSON list of proxies to create at start")
     add_secret_options(parser, _ADMIN_TOKEN, "none of them = changes refused (or --admin-open)")
@@ -513,12 +598,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_digits=args.max_number_digits,
             allowed_origins=frozenset(args.allow_origin),
         )
-        configs = [] if args.config is None else _load_config(args.config)
-        configure_logging(getattr(logging, args.log_level), sys.stderr)
+        configs = [] if args.config is None else _load_config(args.config, args.limits)
+    except ConfigurationError as exc:
+        return _fail(exc, 2)
+    configure_logging(getattr(logging, args.log_level), sys.stderr)
+    try:
         return asyncio.run(_amain(args, configs))
-    except (ConfigurationError, OSError, json.JSONDecodeError) as exc:
-        sys.stderr.write(f"proxy api: {escape(str(exc))}\n")
-        return 2
+    except ConfigurationError as exc:
+        return _fail(exc, 2)
+    except OSError as exc:  # the API's or a proxy's address cannot be bound: operational
+        return _fail(exc, 1)
+
+
+def _fail(exc: Exception, code: int) -> int:
+    sys.stderr.write(f"{_PROG}: error: {escape(str(exc))}\n")
+    return code
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text[:20]!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not within 0..65535")
+    return port
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ drawn once per connection and toxic from the proxy's seedable :class:`random.Ran
 
 - ``latency``: ``latency`` ms, ``jitter`` ms. Each chunk is held until ``latency ± jitter``
   after it reached the proxy (chunks keep flowing meanwhile: latency does not cut throughput).
-- ``bandwidth``: ``rate`` KB/s (1 KB = 1000 bytes; must be > 0). Data leaves at most at ``rate``.
+- ``bandwidth``: ``rate`` KB/s (1 KB = 1000 bytes; 1..10⁹). Data leaves at most at ``rate``.
 - ``timeout``: ``timeout`` ms. Data is dropped; the connection is closed ``timeout`` after the
   toxic applied to it (0: held open, silent, until the toxic is removed).
 - ``reset_peer``: ``timeout`` ms. On the first data after the toxic applies, wait ``timeout``, then
@@ -22,6 +22,12 @@ drawn once per connection and toxic from the proxy's seedable :class:`random.Ran
 - ``blackhole``: no attributes. Data is read and discarded, nothing is forwarded, and the
   connection stays open: a partition that the peers cannot see.
 
+Every attribute is an integer within a range (``corrupt``'s ``rate`` a number within 0..1): a
+duration at most an hour (:data:`MAX_DURATION_MS`; ``slicer``'s ``delay`` in µs likewise), a size
+at most 2⁵³ bytes; anything else is a :class:`~strategylab.errors.ConfigurationError` naming the
+attribute. A toxic's ``name``, like a proxy's, is 1..128 characters of ``A-Z a-z 0-9 . _ -``, not
+starting with ``.`` or ``-`` (:func:`check_name`): it is part of the API's URLs.
+
 ``corrupt`` and ``blackhole`` are not in Toxiproxy. As with Toxiproxy's ``timeout`` toxic, data a
 ``blackhole`` (or ``timeout``) toxic dropped is gone: removing the toxic lets *new* data through and
 never replays what was discarded, which is what a real partition does to bytes in flight.
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Final, TypeVar
 
@@ -77,11 +84,67 @@ class Stream(enum.StrEnum):
     """Server to client."""
 
 
-def _check_int(field: str, value: object, *, minimum: int = 0) -> None:
+MAX_NAME: Final = 128
+"""The longest proxy or toxic name."""
+MAX_DURATION_MS: Final = 3_600_000
+"""The longest duration a toxic takes (an hour), in milliseconds."""
+MAX_RATE_KBPS: Final = 1_000_000_000
+"""The highest ``bandwidth`` rate, KB/s (a terabyte per second: no limit in practice)."""
+MAX_BYTES: Final = 1 << 53
+"""The largest byte count a toxic takes (exact in every JSON client's numbers)."""
+
+_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_SHOWN: Final = 60
+
+
+def shown(value: object) -> object:
+    """``value`` for an error message, a long string, container or integer cut short.
+
+    Errors echo the rejected value; a peer's 500,000-character name is not echoed whole.
+    """
+    if isinstance(value, str) and len(value) > _SHOWN:
+        return f"{value[:_SHOWN]}... ({len(value)} characters)"
+    if isinstance(value, bytes | list | dict) and len(repr(value)) > _SHOWN:
+        return f"{repr(value)[:_SHOWN]}... ({len(value)} items)"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    return value
+
+
+def check_name(field: str, value: object) -> str:
+    """``value`` if it is a valid proxy or toxic name, else :class:`ConfigurationError`.
+
+    A name is a path segment of the API (``/proxies/{name}``) and appears in logs: 1..128
+    characters of ``A-Z a-z 0-9 . _ -``, the first not ``.`` or ``-`` (so never ``..``, which a
+    URL client resolves away, nor an option to a command line). No control character, no
+    surrogate, nothing a URL must encode.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(field, shown(value), "must be a string")
+    if not 1 <= len(value) <= MAX_NAME or not _NAME.fullmatch(value):
+        raise ConfigurationError(
+            field,
+            shown(value),
+            f"must be 1..{MAX_NAME} characters of A-Z a-z 0-9 . _ - "
+            "(the first a letter, digit or _)",
+        )
+    return value
+
+
+def _check_int(
+    field: str, value: object, *, minimum: int = 0, maximum: int, unit: str = ""
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(field, value, "must be an integer")
-    if value < minimum:
-        raise ConfigurationError(field, value, f"must be >= {minimum}")
+        raise ConfigurationError(field, shown(value), "must be an integer")
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(field, shown(value), f"must be within {minimum}..{maximum}{unit}")
+
+
+def _check_duration(field: str, value: object, *, micro: bool = False) -> None:
+    if micro:
+        _check_int(field, value, maximum=MAX_DURATION_MS * 1000, unit=" µs (an hour)")
+    else:
+        _check_int(field, value, maximum=MAX_DURATION_MS, unit=" ms (an hour)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,8 +155,8 @@ class LatencyAttributes:
     jitter: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("latency", self.latency)
-        _check_int("jitter", self.jitter)
+        _check_duration("latency", self.latency)
+        _check_duration("jitter", self.jitter)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +166,7 @@ class BandwidthAttributes:
     rate: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("rate", self.rate, minimum=1)
+        _check_int("rate", self.rate, minimum=1, maximum=MAX_RATE_KBPS, unit=" KB/s")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +176,7 @@ class TimeoutAttributes:
     timeout: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("timeout", self.timeout)
+        _check_duration("timeout", self.timeout)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +186,7 @@ class ResetPeerAttributes:
     timeout: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("timeout", self.timeout)
+        _check_duration("timeout", self.timeout)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,9 +198,9 @@ class SlicerAttributes:
     delay: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("average_size", self.average_size, minimum=1)
-        _check_int("size_variation", self.size_variation)
-        _check_int("delay", self.delay)
+        _check_int("average_size", self.average_size, minimum=1, maximum=MAX_BYTES, unit=" bytes")
+        _check_int("size_variation", self.size_variation, maximum=MAX_BYTES, unit=" bytes")
+        _check_duration("delay", self.delay, micro=True)
         if self.size_variation >= self.average_size:
             raise ConfigurationError(
                 "size_variation", self.size_variation, "must be smaller than average_size"
@@ -151,7 +214,7 @@ class LimitDataAttributes:
     bytes: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("bytes", self.bytes)
+        _check_int("bytes", self.bytes, maximum=MAX_BYTES, unit=" bytes")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +224,7 @@ class SlowCloseAttributes:
     delay: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("delay", self.delay)
+        _check_duration("delay", self.delay)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,11 +234,7 @@ class CorruptAttributes:
     rate: float = 0.0
 
     def __post_init__(self) -> None:
-        value = self.rate
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigurationError("rate", value, "must be a number")
-        if not 0.0 <= value <= 1.0:
-            raise ConfigurationError("rate", value, "must be between 0 and 1")
+        _check_fraction("rate", self.rate)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,6 +267,14 @@ _ATTRIBUTES: Final[Mapping[ToxicType, type[ToxicAttributes]]] = {
 }
 
 
+def _check_fraction(field: str, value: object) -> None:
+    # NaN fails the range test; a huge int is compared as an int, never turned into a float.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(field, shown(value), "must be a number")
+    if not 0 <= value <= 1:
+        raise ConfigurationError(field, value, "must be between 0 and 1")
+
+
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
@@ -218,7 +285,7 @@ def _parse_enum(kind: type[_E], field: str, value: object) -> _E:
         with contextlib.suppress(ValueError):
             return kind(value)
     allowed = ", ".join(member.value for member in kind)
-    raise ConfigurationError(field, value, f"must be one of: {allowed}")
+    raise ConfigurationError(field, shown(value), f"must be one of: {allowed}")
 
 
 def build_attributes(
@@ -231,8 +298,8 @@ def build_attributes(
         if key not in known:
             expected = ", ".join(sorted(known)) or "none"
             raise ConfigurationError(
-                f"attributes.{key}",
-                values[key],
+                f"attributes.{shown(key)}",
+                shown(values[key]),
                 f"unknown attribute for a {toxic_type.value} toxic (expected: {expected})",
             )
     merged: dict[str, object] = dataclasses.asdict(base) if base is not None else {}
@@ -256,12 +323,9 @@ class Toxic:
     attributes: ToxicAttributes
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError("name", self.name, "must be a non-empty string")
-        if isinstance(self.toxicity, bool) or not isinstance(self.toxicity, int | float):
-            raise ConfigurationError("toxicity", self.toxicity, "must be a number")
-        if not 0.0 <= self.toxicity <= 1.0:
-            raise ConfigurationError("toxicity", self.toxicity, "must be between 0 and 1")
+        check_name("name", self.name)
+        _check_fraction("toxicity", self.toxicity)
+        object.__setattr__(self, "toxicity", float(self.toxicity))  # 1 and 1.0 alike
         expected = _ATTRIBUTES[self.type]
         if not isinstance(self.attributes, expected):
             raise ConfigurationError(
