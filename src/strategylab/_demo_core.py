@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from strategylab._children import ChildGuard, ChildProcesses, cancel_on_signals
 from strategylab.fault_tolerance import (
     AuditLog,
     BreakerState,
@@ -67,11 +68,16 @@ _COMPONENT = "quote-api"
 
 
 class QuoteService:
-    """The dependency: a quote server in its own process, restartable on the same port."""
+    """The dependency: a quote server in its own process, restartable on the same port.
 
-    def __init__(self) -> None:
+    Its processes are started through ``children``, so none outlives the demo (see
+    :mod:`strategylab._children`).
+    """
+
+    def __init__(self, children: ChildProcesses) -> None:
         self.port = 0
         self.starts = 0
+        self._children = children
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -79,21 +85,28 @@ class QuoteService:
         return _COMPONENT
 
     async def start(self) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _SERVER, str(self.port), stdout=asyncio.subprocess.PIPE
+        process = await self._children.start(
+            _COMPONENT,
+            sys.executable,
+            "-c",
+            _SERVER,
+            str(self.port),
+            stdout=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None  # noqa: S101 - PIPE was asked for
         async with asyncio.timeout(10):
             line = await process.stdout.readline()
+        if not line:
+            await self._children.stop(process, signal.SIGKILL)
+            raise OSError(f"{_COMPONENT}: the service exited before it printed its port")
         self.port = int(line)
         self._process = process
         self.starts += 1
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await self._children.stop(process, signal.SIGKILL)
 
     async def restart(self) -> None:
         await self.stop()
@@ -137,8 +150,10 @@ class _Tally:
     outcomes: list[RecoveryOutcome] = field(default_factory=list)
 
 
-async def _run(calls: int, faults: int, audit_path: Path, console: Console) -> int:
-    service = QuoteService()
+async def _run(
+    calls: int, faults: int, audit_path: Path, console: Console, children: ChildProcesses
+) -> int:
+    service = QuoteService(children)
     await service.start()
     tally = _Tally()
     breaker = CircuitBreaker(_COMPONENT, failure_threshold=3, recovery_timeout=0.3)
@@ -247,8 +262,32 @@ def _report(
     console.print(rec)
 
 
+async def _amain(calls: int, faults: int, audit_path: Path, console: Console) -> int:
+    with ChildGuard() as guard:
+        children = ChildProcesses(guard)
+        with cancel_on_signals(on_repeat=children.kill) as received:
+            try:
+                return await _run(calls, faults, audit_path, console, children)
+            except asyncio.CancelledError:
+                if not received:
+                    raise
+                # Our own cancellation, from the signal handler: the service was stopped on the
+                # way out (QuoteService.stop in _run's finally, then aclose below).
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                console.print(
+                    f"[yellow]interrupted by {received[0].name}: the quote service was stopped; "
+                    "nothing is kept (the audit log was in a temporary directory)"
+                )
+                return 128 + int(received[0])
+            finally:
+                await children.aclose()
+
+
 def run_demo(*, calls: int, faults: int) -> int:
-    """Run the demonstration; the exit code is 0 only when every injected fault was recovered."""
+    """Run the demonstration; the exit code is 0 only when every injected fault was recovered,
+    128 + N when signal N interrupted it."""
     console = Console()
     with tempfile.TemporaryDirectory(prefix="strategylab-demo-") as tmp:
-        return asyncio.run(_run(calls, faults, Path(tmp) / "audit.jsonl", console))
+        return asyncio.run(_amain(calls, faults, Path(tmp) / "audit.jsonl", console))

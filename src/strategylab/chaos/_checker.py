@@ -1,7 +1,8 @@
 """The Jepsen-style integrity checker: what the exchange emitted against what the store holds.
 
 Inputs: the exchange's emitted log (:func:`strategylab.market._ledger.read_emitted` format), a
-:class:`~strategylab.market._store.TickStore`, and optionally the node's ack log. Per symbol:
+:class:`TickSource` (any :class:`~strategylab.market._store.TickStore`, or an SQLite store's file
+opened read-only by :func:`check_sqlite`), and optionally the node's ack log. Per symbol:
 
 - *lost* = acknowledged − stored, where acknowledged is every seq ≤ the ack watermark (and an
   invalid tick that sits in the quarantine counts as accounted for);
@@ -23,38 +24,59 @@ symbol in sequence order, in windows; a window of consecutive sequences is check
 self-delimiting and keeps float64 bits, so equal bytes mean equal ticks). Only a window that fails
 that comparison is walked tick by tick. Stored and emitted sequences are kept as sorted lists of
 inclusive ranges, so lost, missing and gaps are range arithmetic.
+
+A checker only reads. :func:`check_sqlite` opens the database with SQLite's ``mode=ro``: it never
+creates the schema, never switches the journal mode, never moves a damaged file aside. A file in
+WAL mode with no ``-wal`` beside it (no connection has it open: SQLite deletes the WAL when the last
+one closes) is opened ``immutable=1`` as well, because a read-only connection to a WAL database
+would otherwise create ``-wal`` and ``-shm`` files and could not remove them; the file's size,
+modification time and inode are compared before and after, and a file that changed meanwhile (a
+node started writing it) fails the check instead of being trusted. A WAL database that is open
+elsewhere is read through its existing ``-wal``/``-shm``, which SQLite needs. Inputs that cannot be
+used (missing, empty, not SQLite, not a tick store, an ack log that is not JSON lines) raise
+:class:`CheckInputError`; a damaged file raises :class:`~strategylab.market.StoreCorruptedError`.
+Both say which file and what is wrong, in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import os
+import sqlite3
+import stat
 import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Protocol
 
 import msgspec
 
+from strategylab._files import sqlite_uri
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
+from strategylab.market import StoreCorruptedError
 from strategylab.market._ledger import read_acks, read_emitted_payloads
-from strategylab.market._store import QuarantinedTick, TickStore
+from strategylab.market._sqlite_store import wal_damage
+from strategylab.market._store import QuarantinedTick
 from strategylab.market._tick import Tick, validate_tick
 
 __all__ = [
+    "CheckInputError",
     "Corruption",
     "EmittedLogError",
     "Gap",
     "IntegrityReport",
     "SymbolIntegrity",
     "TickSet",
+    "TickSource",
     "check",
+    "check_sqlite",
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -70,7 +92,12 @@ Range = tuple[int, int]
 """An inclusive range of sequence numbers."""
 
 
-class EmittedLogError(StrategyLabError):
+class CheckInputError(StrategyLabError):
+    """An input of the check cannot be used: a missing, empty or foreign file, or an ack log that
+    is not JSON lines. The message names the file and what is wrong, in one line."""
+
+
+class EmittedLogError(CheckInputError):
     """The emitted log has a record that is not a torn tail and does not decode."""
 
     def __init__(self, path: Path, offset: int, reason: str) -> None:
@@ -233,8 +260,10 @@ class IntegrityReport:
             "elapsed_s": self.elapsed_s,
         }
 
-    def summary(self, limit: int = 5) -> str:
-        """A readable plain-text report: verdict, a table per symbol, the first few findings."""
+    def summary(self, limit: int = 5, width: int = 80) -> str:
+        """A readable plain-text report: verdict, a table (a row per measure, a column per
+        symbol, split into as many blocks as it takes to keep lines within ``width``), and the
+        first ``limit`` findings of each kind."""
         verdict = "OK" if self.ok else "FAILED"
         lines = [
             f"integrity {verdict}: {self.emitted} emitted, {self.stored} stored "
@@ -243,30 +272,16 @@ class IntegrityReport:
             f"checked in {self.elapsed_s:.2f} s ({self.rate:,.0f} ticks/s)"
             + (" [completeness required]" if self.require_complete else ""),
         ]
-        columns: tuple[str, ...] = (
-            "emitted",
-            "stored",
-            "acknowledged",
-            "lost",
-            "missing",
-            "duplicated",
-        )
-        columns += ("unexpected", "corrupted", "quarantined", "invalid_stored", "gap_count")
-        table: list[tuple[str, ...]] = [("symbol", *columns)]
-        table += [(s.symbol, *(str(getattr(s, c)) for c in columns)) for s in self.symbols]
+        measures: tuple[str, ...] = (
+            "emitted", "stored", "acknowledged", "lost", "missing", "duplicated",
+            "unexpected", "corrupted", "quarantined", "invalid_stored", "gap_count",
+        )  # fmt: skip
+        columns = [(s.symbol, [f"{getattr(s, m):,}" for m in measures]) for s in self.symbols]
         totals: tuple[int, ...] = (self.emitted, self.stored, self.acknowledged, self.lost.count)
         totals += (self.missing.count, self.duplicated.count, self.unexpected.count)
         totals += (self.corrupted.count, self.quarantined.count, self.invalid_stored.count)
-        table.append(("TOTAL", *(str(v) for v in (*totals, self.gap_count))))
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines.extend(
-            "  "
-            + "  ".join(
-                cell.rjust(w) if i else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in table
-        )
+        columns.append(("TOTAL", [f"{v:,}" for v in (*totals, self.gap_count)]))
+        lines.extend(_blocks(measures, columns, width))
         for name in ("lost", "duplicated", "unexpected", "corrupted", "invalid_stored", "missing"):
             found: TickSet = getattr(self, name)
             if found:
@@ -282,6 +297,29 @@ class IntegrityReport:
             more = self.gap_count - min(limit, len(self.gaps))
             lines.append(f"  gaps: {shown}" + (f" … and {more} more" if more else ""))
         return "\n".join(lines)
+
+
+def _blocks(labels: tuple[str, ...], columns: list[tuple[str, list[str]]], width: int) -> list[str]:
+    """``labels`` down the side, ``columns`` across, in blocks of columns that fit ``width``
+    (a column wider than ``width`` on its own still gets a block: numbers are never cut)."""
+    side = max(len(label) for label in labels)
+    blocks: list[list[tuple[str, list[str], int]]] = [[]]
+    used = 2 + side
+    for heading, cells in columns:
+        w = max(len(heading), *(len(c) for c in cells))
+        if blocks[-1] and used + 2 + w > width:
+            blocks.append([])
+            used = 2 + side
+        blocks[-1].append((heading, cells, w))
+        used += 2 + w
+    out: list[str] = []
+    for block in blocks:
+        out.append("  " + " " * side + "".join(f"  {h.rjust(w)}" for h, _c, w in block))
+        out.extend(
+            "  " + label.ljust(side) + "".join(f"  {c[i].rjust(w)}" for _h, c, w in block)
+            for i, label in enumerate(labels)
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------ range arithmetic
@@ -452,12 +490,20 @@ def _batches(
 ) -> Iterator[tuple[list[Tick], list[Any]]]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        for offset, payload in read_emitted_payloads(path):
+        records = read_emitted_payloads(path)
+        while True:
+            try:
+                offset, payload = next(records)
+            except StopIteration:
+                return
+            except OSError as exc:
+                raise CheckInputError(
+                    f"{path}: cannot read the emitted log: {exc.strerror or exc}"
+                ) from None
             try:
                 yield _ticks_decoder.decode(payload), _raw_decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 raise EmittedLogError(path, offset, str(exc)) from exc
-        return
     batch: list[Tick] = []
     for tick in source:
         batch.append(tick)
@@ -505,6 +551,26 @@ def _load_emitted(source: str | os.PathLike[str] | Iterable[Tick]) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------- store side
+
+
+class TickSource(Protocol):
+    """What the check reads from a store: every :class:`~strategylab.market.TickStore` is one."""
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        """Stored ticks of ``symbol`` in sequence order, ``from_seq``..``to_seq`` inclusive."""
+        ...
+
+    async def symbols(self) -> list[str]:
+        """Every symbol with at least one stored tick."""
+        ...
+
+    async def duplicates(self) -> int:
+        """Rows beyond the first per (symbol, seq)."""
+        ...
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        """Everything quarantined."""
+        ...
 
 
 @dataclass(slots=True)
@@ -557,7 +623,7 @@ def _window(rows: list[Tick], e: _Emitted | None, out: _Stored) -> None:
             out.corrupted.setdefault(seq, _differing_fields(row, raw))
 
 
-async def _scan(store: TickStore, symbol: str, e: _Emitted | None, window: int) -> _Stored:
+async def _scan(store: TickSource, symbol: str, e: _Emitted | None, window: int) -> _Stored:
     """Read ``symbol`` from the store in sequence windows up to the last emitted seq, then the
     rest in one read (everything past the emitted end is unexpected anyway)."""
     out = _Stored()
@@ -583,7 +649,20 @@ def _acks(acks: str | os.PathLike[str] | Mapping[str, int] | None) -> dict[str, 
         return None
     if isinstance(acks, Mapping):
         return {str(s): int(n) for s, n in acks.items()}
-    return read_acks(acks)
+    try:
+        return read_acks(acks)
+    except FileNotFoundError:
+        raise CheckInputError(f"{os.fspath(acks)}: the ack log does not exist") from None
+    except OSError as exc:
+        raise CheckInputError(
+            f"{os.fspath(acks)}: cannot read the ack log: {exc.strerror or exc}"
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        # json's own message, a missing key, or a line that is not an object.
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckInputError(
+            f'{os.fspath(acks)}: not an ack log (JSON lines {{"symbol": ..., "seq": ...}}): {what}'
+        ) from None
 
 
 def _quarantine(entries: list[QuarantinedTick]) -> tuple[dict[str, set[int]], int]:
@@ -621,7 +700,7 @@ class _Totals:
 
 async def check(
     emitted_log: str | os.PathLike[str] | Iterable[Tick],
-    store: TickStore,
+    store: TickSource,
     acks: str | os.PathLike[str] | Mapping[str, int] | None = None,
     *,
     require_complete: bool = False,
@@ -634,15 +713,16 @@ async def check(
     ``emitted_log`` is a path to an emitted log (or any iterable of ticks, for tests); ``acks`` a
     path to an ack log or a ``{symbol: watermark}`` mapping; ``limit`` caps the items kept per
     finding (counts stay exact); ``window`` is how many sequences are read from the store at once.
-    The store must be open. The emitted log is read in a worker thread.
+    The store must be open; the check only reads it. The emitted log is read in a worker thread.
+    An unreadable emitted log or ack log raises :class:`CheckInputError` naming it.
     """
     if limit < 0:
         raise ValueError(f"limit={limit!r}: must be >= 0")
     if window < 1:
         raise ValueError(f"window={window!r}: must be >= 1")
     started = clock.monotonic()
+    acked = _acks(acks)  # the cheap input first: a bad ack log fails before the long read
     emitted = await asyncio.to_thread(_load_emitted, emitted_log)
-    acked = _acks(acks)
     quarantine, quarantine_unusable = _quarantine(await store.quarantined())
     store_duplicates = await store.duplicates()
     symbols = sorted(set(emitted) | set(await store.symbols()) | set(acked or ()))
@@ -735,3 +815,190 @@ async def check(
         quarantine_unmatched=quarantine_unusable + quarantine_total - accounted_quarantine,
         elapsed_s=clock.monotonic() - started,
     )
+
+
+# ---------------------------------------------------------------------- SQLite, read-only
+
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_SQLITE_HEADER: Final = 100
+_WAL_VERSION: Final = 2
+"""Bytes 18 and 19 of the header (write and read format versions) are 2 in WAL mode."""
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _identity(path: Path) -> tuple[int, int, int, bool]:
+    """What must not change while an immutable connection reads ``path``."""
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns, info.st_ino, _sibling(path, "-wal").exists()
+
+
+class _ReadOnlySQLite:
+    """A tick store's SQLite file opened read-only: the :class:`TickSource` of :func:`check_sqlite`.
+
+    Never creates, repairs or converts anything; see the module docstring for ``immutable=1``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int, int, bool] | None = None
+        self._tables: frozenset[str] = frozenset()
+
+    # -- lifecycle (worker thread) --------------------------------------------------------
+
+    def open(self) -> None:
+        header = self._header()
+        wal, shm = _sibling(self.path, "-wal"), _sibling(self.path, "-shm")
+        immutable = (
+            header[18] == _WAL_VERSION
+            and header[19] == _WAL_VERSION
+            and not wal.exists()
+            and not shm.exists()
+        )
+        if wal.exists() and (reason := wal_damage(wal)) is not None:
+            raise StoreCorruptedError(self.path, reason)
+        uri = sqlite_uri(self.path, "ro") + ("&immutable=1" if immutable else "")
+        if immutable:
+            self._identity = _identity(self.path)
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+        try:
+            self._validate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _validate(self, conn: sqlite3.Connection) -> None:
+        """A tick store (it has ``ticks``) whose every page passes ``quick_check``."""
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(10)").fetchall()]
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+        self._tables = frozenset(str(name) for (name,) in rows)
+        if "ticks" not in self._tables:
+            raise CheckInputError(
+                f"{self.path}: an SQLite database, but not a tick store (no ticks table)"
+            )
+        if found != ["ok"]:
+            raise StoreCorruptedError(self.path, "quick_check: " + "; ".join(found))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def verify_unchanged(self) -> None:
+        """Raise :class:`CheckInputError` if an immutable read met a file that changed."""
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise CheckInputError(
+                f"{self.path}: changed while it was being checked (is a node writing it?); "
+                "run the check again"
+            )
+
+    def _header(self) -> bytes:
+        path = self.path
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckInputError(f"{path}: not a regular file")
+            if info.st_size == 0:
+                raise CheckInputError(f"{path}: empty (0 bytes), not a tick store")
+            with path.open("rb") as file:
+                header = file.read(_SQLITE_HEADER)
+        except FileNotFoundError:
+            raise CheckInputError(f"{path}: does not exist") from None
+        except OSError as exc:
+            raise CheckInputError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        if not header.startswith(_SQLITE_MAGIC) or len(header) < _SQLITE_HEADER:
+            raise CheckInputError(f"{path}: not an SQLite database")
+        return header
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _DAMAGE_CODES:
+            return StoreCorruptedError(self.path, str(exc))
+        return CheckInputError(f"{self.path}: cannot read it: {exc}")
+
+    def _fetch(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError(f"{self.path}: not open")
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+        except UnicodeDecodeError as exc:  # text that is not UTF-8 can only be damaged bytes
+            raise StoreCorruptedError(self.path, f"reading it: {exc}") from None
+
+    async def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        return await asyncio.to_thread(functools.partial(self._fetch, sql, params))
+
+    # -- TickSource -----------------------------------------------------------------------
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        upper = to_seq if to_seq is not None else (1 << 63) - 1
+        rows = await self._query(
+            "SELECT symbol, seq, ts, bid, ask, bid_size, ask_size FROM ticks "
+            "WHERE symbol = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (symbol, from_seq, upper),
+        )
+        return [Tick(*row) for row in rows]
+
+    async def symbols(self) -> list[str]:
+        rows = await self._query("SELECT DISTINCT symbol FROM ticks ORDER BY symbol")
+        return [str(row[0]) for row in rows]
+
+    async def duplicates(self) -> int:
+        rows = await self._query(
+            "SELECT COALESCE(SUM(n - 1), 0) FROM "
+            "(SELECT COUNT(*) AS n FROM ticks GROUP BY symbol, seq HAVING n > 1)"
+        )
+        return int(rows[0][0])
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        if "quarantine" not in self._tables:
+            return []
+        rows = await self._query(
+            "SELECT received_ns, reason, raw, symbol, seq FROM quarantine ORDER BY id"
+        )
+        return [
+            QuarantinedTick(received_ns=r[0], reason=r[1], raw=r[2], symbol=r[3], seq=r[4])
+            for r in rows
+        ]
+
+
+async def check_sqlite(
+    emitted_log: str | os.PathLike[str],
+    db: str | os.PathLike[str],
+    acks: str | os.PathLike[str] | Mapping[str, int] | None = None,
+    *,
+    require_complete: bool = False,
+    limit: int = 1000,
+    clock: Clock = SYSTEM_CLOCK,
+) -> IntegrityReport:
+    """:func:`check` against an SQLite tick store's file, opened read-only (see the module
+    docstring): the file's bytes and modification time stay as they were.
+
+    Raises :class:`CheckInputError` for an input that cannot be used (missing, empty, not SQLite,
+    not a tick store; an unreadable emitted log or ack log) and
+    :class:`~strategylab.market.StoreCorruptedError` for a damaged database, each naming the file.
+    """
+    source = _ReadOnlySQLite(Path(db))
+    await asyncio.to_thread(source.open)
+    try:
+        report = await check(
+            emitted_log, source, acks, require_complete=require_complete, limit=limit, clock=clock
+        )
+        await asyncio.to_thread(source.verify_unchanged)
+    finally:
+        await asyncio.to_thread(source.close)
+    return report
