@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from strategylab._files import sqlite_uri
+from strategylab._files import check_sqlite_readable, sqlite_uri
 from strategylab._logging import escape
 from strategylab.errors import StrategyLabError
 from strategylab.market._backtest_result import BacktestResult
@@ -183,6 +183,10 @@ def _resolve_range(db: Path, symbol: str, start: str | None, end: str | None) ->
             kind, value = _parse_bound(text, option)
             clauses.append(comparisons[option, kind])
             args.append(value)
+    try:
+        check_sqlite_readable(db)
+    except OSError as exc:  # UnsafePathError names the file; a missing one is named here
+        raise UsageError(f"--db {str(db)!r}: {exc.strerror or exc}") from None
     try:
         conn = sqlite3.connect(sqlite_uri(db, "ro"), uri=True)
         try:

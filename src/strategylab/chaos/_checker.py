@@ -57,7 +57,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from strategylab._files import sqlite_uri
+from strategylab._files import UnsafePathError, check_sqlite_readable, sqlite_uri
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
 from strategylab.market import StoreCorruptedError
@@ -851,6 +851,10 @@ class _ReadOnlySQLite:
     # -- lifecycle (worker thread) --------------------------------------------------------
 
     def open(self) -> None:
+        try:
+            check_sqlite_readable(self.path)
+        except UnsafePathError as exc:
+            raise CheckInputError(str(exc)) from None
         header = self._header()
         wal, shm = _sibling(self.path, "-wal"), _sibling(self.path, "-shm")
         immutable = (

@@ -17,7 +17,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from strategylab._files import sqlite_uri
+from strategylab._files import check_sqlite_readable, sqlite_uri
 
 from ._sqlite_store import SQLiteTickStore
 from ._tick import Tick
@@ -89,6 +89,7 @@ class TickArrays:
 def _open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such tick database")
+    check_sqlite_readable(path)  # a FIFO, or a planted -wal/-shm symlink: UnsafePathError
     # A quoted URI: "#", "?" and "%" in the file name are part of the name (never a fragment,
     # a query or an escape that would open another file, or this one read-write).
     return sqlite3.connect(sqlite_uri(path, "ro"), uri=True, check_same_thread=False)
