@@ -43,6 +43,7 @@ def _write(tmp_path: Path, count: int = 10) -> tuple[Path, Path, Path, list[str]
     """A keyed log and its anchors written by a child process; returns its anchor stdout lines."""
     path, anchor, key_file = tmp_path / "audit.jsonl", tmp_path / "anchor.jsonl", tmp_path / "key"
     key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)  # a key file others can read is refused
     proc = subprocess.run(  # noqa: S603
         [sys.executable, "-c", WRITER, str(path), str(anchor), str(count)],
         env=_env(STRATEGYLAB_AUDIT_KEY=KEY),
@@ -142,6 +143,7 @@ def test_wrong_key_and_missing_key_fail(tmp_path: Path) -> None:
     path, _, _, _ = _write(tmp_path, 3)
     wrong = tmp_path / "wrong"
     wrong.write_text("another-key-of-enough-length")
+    wrong.chmod(0o600)
     assert "HMAC does not match" in _one_line(_verify(str(path), "--key-file", str(wrong)), 1)
     assert "keyed" in _one_line(_verify(str(path)), 1)
 

@@ -218,9 +218,10 @@ def test_load_audit_key_from_file_and_environment(tmp_path: Path) -> None:
     """The key comes from a file (newline stripped) or the environment; a short key is named."""
     key_file = tmp_path / "key"
     key_file.write_bytes(KEY + b"\n")
+    key_file.chmod(0o600)  # a key file others can read is refused
     assert load_audit_key(key_file) == KEY
     assert load_audit_key(environ={"STRATEGYLAB_AUDIT_KEY": "e" * 20}) == b"e" * 20
     assert load_audit_key(environ={}) is None
     key_file.write_bytes(b"short")
-    with pytest.raises(ValueError, match=r"key file .* at least 16 bytes"):
+    with pytest.raises(ValueError, match=r"audit-key-file.* at least 16 bytes"):
         load_audit_key(key_file)

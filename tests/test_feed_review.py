@@ -118,7 +118,9 @@ async def test_a_held_tick_beyond_what_the_exchange_emitted_is_quarantined_not_c
         await peer.ws.send(ticks_frame([tick(far, ts=T0 + 6000)], KEY))
         request = await peer.control()
         requests.append(request)
-        done = ReplayDone(symbol="A", to_seq=5, session=session)
+        rid = request["request_id"]
+        assert isinstance(rid, int)
+        done = ReplayDone(symbol="A", to_seq=5, session=session, request_id=rid)
         await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(done), KEY))
         await peer.ws.send(ticks_frame([tick(s) for s in range(6, 21)], KEY))
         try:
@@ -242,9 +244,13 @@ async def test_a_late_replay_done_of_an_earlier_request_is_not_taken_for_a_clamp
         await peer.ticks([10, 11, 12])
         second = await peer.control()
         assert (second["from_seq"], second["to_seq"]) == (9, 9)
-        await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(ReplayDone("A", 5))))
-        await peer.ticks([9])
-        await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(ReplayDone("A", 9))))
+        for request, to_seq in ((first, 5), (second, 9)):
+            if to_seq == 9:
+                await peer.ticks([9])
+            rid = request["request_id"]
+            assert isinstance(rid, int)
+            done = ReplayDone("A", to_seq, request_id=rid)
+            await peer.ws.send(encode_frame(KIND_REPLAY_DONE, encode_replay_done(done)))
         await peer.ws.wait_closed()
 
     sink = Sink()

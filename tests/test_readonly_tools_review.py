@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def make_db(path: Path) -> None:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 - our own module, fixed arguments
         [sys.executable, "-m", "strategylab", *args],
         capture_output=True,
         text=True,
@@ -34,10 +35,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-COMMANDS = {
-    "backtest": lambda db: ("backtest", "--db", db, "--symbol", "A", "--strategy", "ma_crossover"),
-    "check": lambda db: ("check", str(Path(db).with_name("emitted.log")), db),
-}
+def backtest(db: str) -> tuple[str, ...]:
+    return ("backtest", "--db", db, "--symbol", "A", "--strategy", "ma_crossover")
+
+
+def check(db: str) -> tuple[str, ...]:
+    return ("check", str(Path(db).with_name("emitted.log")), db)
+
+
+COMMANDS: dict[str, Callable[[str], tuple[str, ...]]] = {"backtest": backtest, "check": check}
 
 
 @pytest.mark.timeout(120)
@@ -49,7 +55,7 @@ def test_a_planted_sibling_symlink_is_named_in_one_line(
     db = tmp_path / "ticks.db"
     make_db(db)
     victim = tmp_path / "victim"
-    os.symlink(victim, f"{db}{sibling}")
+    Path(f"{db}{sibling}").symlink_to(victim)
     result = run(*COMMANDS[command](str(db)))
     assert result.returncode in (1, 2), result
     assert "Traceback" not in result.stderr

@@ -1,11 +1,14 @@
-"""Secrets (the feed's signing key, the admin token) from a private file or the environment.
+"""Secrets (the feed's signing key, the admin token, the audit key) from a private file or the
+environment.
 
 A value given on the command line is readable by every local user in ``/proc/PID/cmdline`` and
 ``ps``; a file readable only by its owner, or an environment variable (``/proc/PID/environ`` is
 readable only by the same user and root), is not. Every command that takes ``--signing-key`` or
 ``--admin-token`` also takes ``--signing-key-file PATH`` / ``--admin-token-file PATH`` and reads
 ``STRATEGYLAB_SIGNING_KEY`` / ``STRATEGYLAB_ADMIN_TOKEN``; the old options still work, with a
-one-line warning on stderr.
+one-line warning on stderr. The audit key has no value option at all: ``--audit-key-file PATH``
+or ``STRATEGYLAB_AUDIT_KEY`` (:data:`AUDIT_KEY`, read by ``load_audit_key`` through
+:func:`secret_from`, the same code path as the other secrets).
 
 Errors name the option, the file or the variable, never the secret.
 
@@ -27,12 +30,15 @@ from strategylab.errors import ConfigurationError
 
 __all__ = [
     "ADMIN_TOKEN",
+    "AUDIT_KEY",
     "MAX_SECRET_BYTES",
     "SIGNING_KEY",
     "SecretOption",
+    "add_secret_file_option",
     "add_secret_options",
     "read_secret_file",
     "resolve_secret",
+    "secret_from",
     "write_secret_file",
 ]
 
@@ -70,6 +76,10 @@ SIGNING_KEY: Final = SecretOption(
 ADMIN_TOKEN: Final = SecretOption(
     name="admin-token", env="STRATEGYLAB_ADMIN_TOKEN", help="bearer token for /admin/*"
 )
+AUDIT_KEY: Final = SecretOption(
+    name="audit-key", env="STRATEGYLAB_AUDIT_KEY", help="HMAC key of the audit log (>= 16 bytes)"
+)
+"""File or environment only: there is no ``--audit-key`` value option."""
 
 
 def add_secret_options(parser: argparse.ArgumentParser, secret: SecretOption, extra: str) -> None:
@@ -80,6 +90,11 @@ def add_secret_options(parser: argparse.ArgumentParser, secret: SecretOption, ex
         help=f"{secret.help}; VISIBLE to every local user in the process list: prefer "
         f"{secret.file_flag} or ${secret.env}; {extra}",
     )
+    add_secret_file_option(parser, secret)
+
+
+def add_secret_file_option(parser: argparse.ArgumentParser, secret: SecretOption) -> None:
+    """Add only ``--NAME-file`` to ``parser`` (a secret never given as a value, the audit key)."""
     parser.add_argument(
         secret.file_flag,
         type=Path,
@@ -164,8 +179,6 @@ def resolve_secret(
         raise ConfigurationError(
             secret.file_flag, str(path), f"contradicts {secret.flag}; give only one of them"
         )
-    if path is not None:
-        return read_secret_file(path, option=secret.file_flag)
     if value is not None:
         if not value:
             raise ConfigurationError(secret.flag, "", "must not be empty")
@@ -174,6 +187,19 @@ def resolve_secret(
             f"list; use {secret.file_flag} or ${secret.env}\n"
         )
         return value
+    return secret_from(path, secret, environ=environ)
+
+
+def secret_from(
+    path: Path | None, secret: SecretOption, *, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The secret in the file at ``path`` (as :func:`read_secret_file`, errors naming
+    ``--NAME-file``) when ``path`` is given, else the environment variable, else ``None``.
+
+    An empty (or blank) environment variable is refused, naming the variable.
+    """
+    if path is not None:
+        return read_secret_file(path, option=secret.file_flag)
     env = os.environ if environ is None else environ
     from_env = env.get(secret.env)
     if from_env is None:

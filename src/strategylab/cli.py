@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
@@ -39,14 +39,24 @@ def _root(
 @app.command()
 def demo(
     data_dir: Annotated[
-        Path, typer.Option(help="Where the exchange log and the node's SQLite store are kept.")
+        Path,
+        typer.Option(
+            help="Where the exchange log and the node's SQLite store are kept: a new or empty "
+            "directory, or one an earlier demo created (only what it created is cleared)."
+        ),
     ] = Path("strategylab-data"),
     ticks: Annotated[int, typer.Option(min=10_000, help="Ticks the exchange emits.")] = 400_000,
     tick_rate: Annotated[
         int, typer.Option(min=1_000, max=200_000, help="Ticks per second from the exchange.")
     ] = 20_000,
 ) -> None:
-    """Ingest market data through real faults, then prove nothing was lost (exit 1 if it was)."""
+    """Ingest market data through real faults, then prove nothing was lost.
+
+    Exit status: 0 nothing lost, duplicated, corrupted or missing; 1 a finding, or a process
+    that could not start; 2 a usage error (a --data-dir the demo did not create and will not
+    clear); 128 + N when signal N (SIGINT, SIGTERM, SIGHUP) interrupted it, after its processes
+    were stopped in order.
+    """
     from strategylab._demo import run_demo as run_market_demo  # noqa: PLC0415
 
     raise typer.Exit(run_market_demo(data_dir=data_dir, ticks=ticks, tick_rate=tick_rate))
@@ -99,45 +109,43 @@ def proxy(ctx: typer.Context) -> None:
     raise typer.Exit(proxy_main(ctx.args))
 
 
+CHECK_VIOLATION: Final = 3
+"""``strategylab check``'s exit status when the check ran and found the data wrong."""
+
+
 @app.command("check")
 def check_command(
     emitted: Annotated[Path, typer.Argument(help="The exchange's emitted log.")],
-    db: Annotated[Path, typer.Argument(help="The SQLite tick store.")],
+    db: Annotated[Path, typer.Argument(help="The SQLite tick store (opened read-only).")],
     acks: Annotated[Path | None, typer.Option(help="The node's ack log.")] = None,
     require_complete: Annotated[
         bool, typer.Option(help="Count emitted ticks that are not stored as errors.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check a SQLite tick store against the exchange's emitted log (exit 1 on any finding)."""
+    """Check a SQLite tick store against the exchange's emitted log, without writing to it.
+
+    The database is opened read-only: its bytes and modification time stay as they were.
+
+    Exit status: 0 nothing wrong; 1 an input cannot be used (missing, empty, not a tick store,
+    damaged, an ack log that is not JSON lines); 2 a usage error; 3 integrity violated (ticks
+    lost, duplicated, unexpected, corrupted or stored although invalid, or missing with
+    --require-complete).
+    """
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    from strategylab.chaos import IntegrityReport, check  # noqa: PLC0415
+    from strategylab.chaos._checker import CheckInputError, check_sqlite  # noqa: PLC0415
     from strategylab.market import StoreCorruptedError  # noqa: PLC0415
-    from strategylab.market._sqlite_store import SQLiteTickStore  # noqa: PLC0415
-
-    for label, path in (("emitted log", emitted), ("database", db)):
-        if not path.is_file():
-            typer.echo(f"strategylab check: {label} {str(path)!r} does not exist", err=True)
-            raise typer.Exit(2)
-
-    async def run() -> IntegrityReport:
-        # A reader never repairs: a damaged file is reported, not moved aside under a node.
-        store = SQLiteTickStore(db, on_corruption="raise")
-        await store.open()
-        try:
-            return await check(emitted, store, acks, require_complete=require_complete)
-        finally:
-            await store.aclose()
 
     try:
-        report = asyncio.run(run())
-    except StoreCorruptedError as exc:
+        report = asyncio.run(check_sqlite(emitted, db, acks, require_complete=require_complete))
+    except (CheckInputError, StoreCorruptedError) as exc:
+        # One line naming the file: escaped, since a file name may hold control characters.
         typer.echo(f"strategylab check: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if report.ok else CHECK_VIOLATION)
 
 
 audit_app = typer.Typer(
@@ -152,29 +160,60 @@ def audit_verify(
     key_file: Annotated[
         Path | None,
         typer.Option(
-            help="File holding the HMAC key of a keyed log (default: $STRATEGYLAB_AUDIT_KEY)."
+            help="File holding the HMAC key of a keyed log, mode 0600 or narrower "
+            "(default: $STRATEGYLAB_AUDIT_KEY)."
         ),
     ] = None,
     anchor: Annotated[
-        Path | None, typer.Option(help="The anchor file whose heads the log must contain.")
+        list[Path] | None,
+        typer.Option(
+            help="An anchor source whose heads the log must contain: the anchor file, or a saved "
+            "stdout of the node or trader (its audit_anchor lines; other lines are skipped). "
+            "Repeatable."
+        ),
     ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(metavar="SEQ:HASH", help="A head noted elsewhere that the log must contain."),
+    ] = None,
+    max_line: Annotated[
+        int, typer.Option(min=1024, help="The longest line accepted, bytes (default 1 MiB).")
+    ] = 1024 * 1024,
 ) -> None:
-    """Verify the audit log's hash chain, HMACs and anchors (exit 1 on the first problem)."""
+    """Verify the audit log's hash chain, HMACs and anchors (exit 1 on the first problem).
+
+    Exit status: 0 intact; 1 tampered or unreadable; 2 a usage error (a missing file, a key file
+    others can read, a malformed --head).
+    """
+    import re  # noqa: PLC0415
+
     from strategylab.errors import AuditIntegrityError  # noqa: PLC0415
     from strategylab.fault_tolerance._audit import AuditLog, load_audit_key  # noqa: PLC0415
 
     prog = "strategylab audit verify"
-    for label, given in (("audit log", path), ("--anchor", anchor), ("--key-file", key_file)):
-        if given is not None and not given.is_file():
-            typer.echo(f"{prog}: {label} {str(given)!r} is not a file", err=True)
+    given = [("audit log", path), ("--key-file", key_file)]
+    for label, file in given + [("--anchor", source) for source in anchor or ()]:
+        if file is not None and not file.is_file():
+            typer.echo(f"{prog}: {label} {str(file)!r} is not a file", err=True)
             raise typer.Exit(2)
+    expected: tuple[int, str] | None = None
+    if head is not None:
+        match = re.fullmatch(r"([1-9][0-9]*):([0-9a-f]{64})", head)
+        if match is None:
+            typer.echo(
+                f"{prog}: --head {escape(head)!r}: must be SEQ:HASH (64 hex digits)", err=True
+            )
+            raise typer.Exit(2)
+        expected = (int(match[1]), match[2])
     try:
-        key = load_audit_key(key_file)
+        key = load_audit_key(key_file, option="--key-file")
     except (OSError, ValueError) as exc:
         typer.echo(f"{prog}: {escape(str(exc))}", err=True)
         raise typer.Exit(2) from None
     try:
-        result = AuditLog.verify(path, key=key, anchor=anchor)
+        result = AuditLog.verify(
+            path, key=key, anchor=anchor or None, expected_head=expected, max_line=max_line
+        )
     except AuditIntegrityError as exc:
         typer.echo(f"{prog}: FAILED: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None

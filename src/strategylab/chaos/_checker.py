@@ -855,6 +855,8 @@ class _ReadOnlySQLite:
             check_sqlite_readable(self.path)
         except UnsafePathError as exc:
             raise CheckInputError(str(exc)) from None
+        except FileNotFoundError:
+            pass  # named below, with the other unusable inputs
         header = self._header()
         wal, shm = _sibling(self.path, "-wal"), _sibling(self.path, "-shm")
         immutable = (

@@ -17,7 +17,7 @@ from strategylab.errors import (
     RetryExhaustedError,
 )
 
-from ._audit import AuditLog, AuditRecord, AuditVerification
+from ._audit import AuditLog, AuditRecord, AuditVerification, load_audit_key
 from ._breaker import (
     BreakerCallListener,
     BreakerMetrics,
@@ -97,6 +97,7 @@ __all__ = [
     "UserImpact",
     "classify",
     "is_testing",
+    "load_audit_key",
     "open_breaker_names",
     "parse_retry_after",
     "register_rule",

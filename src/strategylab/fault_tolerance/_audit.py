@@ -24,14 +24,21 @@ Both are closed by the two defences the log offers:
   HMAC-SHA256 (with the key) of the record's ``hash``. Without the key nobody can forge a record or
   re-hash an edited one; ``verify(path, key=...)`` checks every ``mac``, and a keyed log verified
   without its key fails (it is never reported as a plain, valid chain). :func:`load_audit_key`
-  reads the key from a file or from the environment variable ``STRATEGYLAB_AUDIT_KEY``.
+  reads the key from a file (mode 0600 or narrower, as every secret:
+  :func:`strategylab._secrets.read_secret_file`) or from the environment variable
+  ``STRATEGYLAB_AUDIT_KEY``; either is UTF-8 text, surrounding whitespace stripped.
 - **Anchors**: ``AuditLog(path, anchor=anchor_path, anchor_every=N)`` appends the head
   (``seq``, ``hash``, ``timestamp``, and a ``mac`` when keyed) to a separate append-only file every
   ``N`` records and on close, fsynced, 0600, never through a symlink; ``on_anchor`` also hands each
   anchor to the caller (the node prints it on stdout). ``verify(path, anchor=anchor_path)`` checks
   that every anchored head is in the log at its ``seq`` with the same ``hash`` and that the log is
-  not shorter than the last anchor. An insider who can shorten *both* files by the same amount is
-  caught only by a copy of the anchor kept elsewhere (the node's stdout, another host).
+  not shorter than the last anchor (on open too: the log refuses to reopen shorter than its
+  anchor file). An insider who can shorten *both* files by the same amount is caught only by a
+  copy of the anchors kept elsewhere (the node's stdout, another host): ``anchor`` also accepts a
+  saved stdout (its lines ``{"event":"audit_anchor","seq":..,"hash":..}``; every other line of it
+  is ignored), and several anchor sources at once. Stdout anchors carry no ``mac``: an anchor only
+  adds a constraint (this record must be there, with this hash), so an unauthenticated one can
+  make a verification fail, never pass.
 
 Crash semantics: an append is one ``write`` of the whole line on an unbuffered descriptor, followed
 by ``fsync`` when ``fsync=True``, and :meth:`AuditLog.append` returns only after both. A crash in
@@ -48,8 +55,13 @@ them. A held record is not durable: a crash while the disk is full loses the hel
 file is still a valid chain, a prefix of the full one). When ``N`` records are held, appends raise
 the ``OSError`` again.
 
-Opening the log checks only the last record (its own hash and encoding), so that opening a long log
-costs O(1); call :meth:`AuditLog.verify` to check the whole chain.
+Opening the log verifies the whole chain, as :meth:`AuditLog.verify` does (with the log's key,
+against its anchor file), because appending to a log damaged anywhere would vouch for it. The file
+is read once, streamed, in constant memory: measured 0.12-0.15 s per MB (some 50 us per record of
+350-400 bytes), so 100,000 records take about 5 s at start. A line longer than ``max_line`` (default
+:data:`MAX_LINE_BYTES`, 1 MiB; no record the node writes comes close) is a damaged record: it is
+skipped in chunks, never held in memory whole, and named in the AuditIntegrityError; ``append``
+refuses a record whose line would be longer.
 """
 
 from __future__ import annotations
@@ -59,13 +71,16 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import functools
 import hashlib
 import hmac
+import io
 import json
 import logging
 import math
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,17 +88,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, Self, TypeAlias, overload
 
 from strategylab._files import make_private_dir, open_private
+from strategylab._secrets import AUDIT_KEY, read_secret_file, secret_from
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import AuditIntegrityError
+from strategylab.errors import AuditIntegrityError, ConfigurationError
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from types import TracebackType
+
+    from _typeshed import WriteableBuffer
 
 if sys.platform != "win32":
     import fcntl
 
 __all__ = [
     "GENESIS_HASH",
+    "MAX_LINE_BYTES",
     "AuditLog",
     "AuditRecord",
     "AuditVerification",
@@ -108,7 +128,10 @@ GENESIS_HASH: Final = "0" * 64
 _FIELDS: Final = frozenset({"seq", "timestamp", "kind", "data", "prev_hash", "hash"})
 _KEYED_FIELDS: Final = _FIELDS | {"mac"}
 _ANCHOR_FIELDS: Final = frozenset({"seq", "hash", "timestamp"})
-KEY_ENV: Final = "STRATEGYLAB_AUDIT_KEY"
+_STDOUT_ANCHOR: Final = "audit_anchor"
+_STDOUT_FIELDS: Final = frozenset({"event", "seq", "hash"})
+_ANCHOR_LINE: Final = 1024
+KEY_ENV: Final = AUDIT_KEY.env
 """The environment variable :func:`load_audit_key` reads when no key file is given."""
 MIN_KEY_BYTES: Final = 16
 """The shortest key accepted, in bytes."""
@@ -116,6 +139,8 @@ _MAC_DOMAIN: Final = b"strategylab-audit-record-v1:"
 _ANCHOR_DOMAIN: Final = b"strategylab-audit-anchor-v1:"
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _TAIL_CHUNK: Final = 64 * 1024
+MAX_LINE_BYTES: Final = 1024 * 1024
+"""The longest line (newline included) the log appends or reads by default, in bytes."""
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 MAX_DEPTH: Final = 200
 """How deeply ``data`` may nest lists and objects; deeper data is refused on append and a deeper
@@ -172,24 +197,28 @@ def load_audit_key(
     key_file: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    option: str = AUDIT_KEY.file_flag,
 ) -> bytes | None:
-    """The audit key: the bytes of ``key_file`` (one trailing newline stripped), else the value of
-    ``STRATEGYLAB_AUDIT_KEY`` (UTF-8), else ``None`` (an unkeyed chain).
+    """The audit key: the text of ``key_file``, else the value of ``STRATEGYLAB_AUDIT_KEY``, else
+    ``None`` (an unkeyed chain); UTF-8, surrounding whitespace stripped.
 
-    Raises ``ValueError`` naming the file or the variable when the key is shorter than 16 bytes,
-    ``OSError`` when the file cannot be read.
+    The file is read as every secret is (:func:`strategylab._secrets.read_secret_file`): a regular
+    file, mode 0600 or narrower, at most 64 KiB. Raises :class:`ConfigurationError` (a
+    ``ValueError``) naming ``option`` (the command's flag) and the path, or the variable, never the
+    key, when the file is refused or the key is shorter than 16 bytes.
     """
     if key_file is not None:
-        key = Path(key_file).read_bytes()
-        key = key.removesuffix(b"\n").removesuffix(b"\r")
-        where = f"key file {os.fspath(key_file)!r}"
+        text: str | None = read_secret_file(Path(key_file), option=option)
     else:
-        value = (os.environ if environ is None else environ).get(KEY_ENV)
-        if value is None:
-            return None
-        key, where = value.encode("utf-8"), f"${KEY_ENV}"
+        text = secret_from(None, AUDIT_KEY, environ=environ)
+    if text is None:
+        return None
+    key = text.encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{where}: the audit key must be at least {MIN_KEY_BYTES} bytes")
+        name, shown = (KEY_ENV, "<hidden>") if key_file is None else (option, os.fspath(key_file))
+        raise ConfigurationError(
+            name, shown, f"the audit key must be at least {MIN_KEY_BYTES} bytes"
+        )
     return key
 
 
@@ -409,6 +438,9 @@ def _reject_constant(name: str) -> JSONValue:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _too_deep(raw: bytes) -> bool:
     """Whether ``raw`` nests lists/objects deeper than a record may (brackets in strings aside)."""
     if raw.count(b"[") + raw.count(b"{") <= _LINE_DEPTH:
@@ -429,7 +461,7 @@ def _parse_line(raw: bytes) -> AuditRecord:
     if _too_deep(raw):
         raise _LineError(f"line nests lists/objects deeper than {_LINE_DEPTH} levels")
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise _LineError(f"line is not valid UTF-8 JSON: {exc}") from None
     except RecursionError:  # a backstop: _too_deep should have refused the line already
@@ -449,19 +481,88 @@ def _parse_line(raw: bytes) -> AuditRecord:
         raise _LineError(f"{label} was altered: hash mismatch") from None
     except (TypeError, ValueError) as exc:
         raise _LineError(f"{label} is malformed: {exc}") from None
-    if record.to_line() != raw:
+    # ``obj`` holds exactly the record's plain-JSON values once the record is built, so its
+    # encoding is the record's line (one encoding fewer per line than ``to_line``; a
+    # ``"mac":null`` that ``to_line`` would drop is caught separately).
+    if ("mac" in obj and record.mac is None) or _canonical(obj) + b"\n" != raw:
         # Same values, different bytes (e.g. 1E+16 for 1e+16): still an edit of the file.
         raise _LineError(f"{label} was altered: the line is not in canonical encoding")
     return record
 
 
-def _find_seq(path: Path, seq: int, *, after_line: int, limit: int | None) -> int | None:
+class _Readable(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+_Opener: TypeAlias = "Callable[[], AbstractContextManager[_Readable]]"
+
+
+class _PreadRaw(io.RawIOBase):
+    """A descriptor read from offset 0 with ``pread``: its own position, the descriptor's offset
+    and its open state untouched (the log's descriptor stays the writer's)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self._fd, len(view), self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _fd_opener(fd: int) -> _Opener:
+    return lambda: io.BufferedReader(_PreadRaw(fd), buffer_size=_TAIL_CHUNK)
+
+
+def _open_path(path: Path) -> io.BufferedReader:
+    """``path`` opened for reading; a FIFO, device or directory there is refused, not read."""
+    # O_NONBLOCK: opening a FIFO must not hang the reader; it is refused below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    return io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=_TAIL_CHUNK)
+
+
+def _lines(file: _Readable, limit: int | None, max_line: int) -> Iterator[bytes | None]:
+    """The lines of ``file`` up to byte ``limit``; a line longer than ``max_line`` bytes (its
+    newline included) is consumed in chunks, never held whole, and yielded as ``None``."""
+    offset = 0
+    while limit is None or offset < limit:
+        raw = file.readline(max_line + 1 if limit is None else min(max_line + 1, limit - offset))
+        if not raw:
+            return
+        offset += len(raw)
+        if len(raw) <= max_line:
+            yield raw
+            continue
+        while not raw.endswith(b"\n") and (limit is None or offset < limit):
+            raw = file.readline(_TAIL_CHUNK if limit is None else min(_TAIL_CHUNK, limit - offset))
+            if not raw:
+                break
+            offset += len(raw)
+        yield None
+
+
+def _find_seq(
+    opener: _Opener, seq: int, *, after_line: int, limit: int | None, max_line: int
+) -> int | None:
     """The line number, after ``after_line``, of a line that claims ``seq``; for diagnostics."""
-    with path.open("rb") as file:
-        for number, raw in enumerate(_lines(file, limit), start=1):
-            if number <= after_line:
-                continue
-            if _too_deep(raw):
+    with opener() as file:
+        for number, raw in enumerate(_lines(file, limit, max_line), start=1):
+            if number <= after_line or raw is None or _too_deep(raw):
                 continue
             try:
                 obj = json.loads(raw)
@@ -472,21 +573,9 @@ def _find_seq(path: Path, seq: int, *, after_line: int, limit: int | None) -> in
     return None
 
 
-def _lines(file: _Readable, limit: int | None) -> Iterator[bytes]:
-    offset = 0
-    while limit is None or offset < limit:
-        raw = file.readline() if limit is None else file.readline(limit - offset)
-        if not raw:
-            return
-        offset += len(raw)
-        yield raw
-
-
-class _Readable(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
-
-
-def _seq_reason(path: Path, line: int, seq: int, prev: int, limit: int | None) -> str:
+def _seq_reason(
+    opener: _Opener, line: int, seq: int, prev: int, *, limit: int | None, max_line: int
+) -> str:
     expected = prev + 1
     if seq == prev:
         return (
@@ -495,7 +584,7 @@ def _seq_reason(path: Path, line: int, seq: int, prev: int, limit: int | None) -
         )
     if seq < prev:
         return f"records out of order: record {seq} follows record {prev}"
-    where = _find_seq(path, expected, after_line=line, limit=limit)
+    where = _find_seq(opener, expected, after_line=line, limit=limit, max_line=max_line)
     if where is not None:
         return f"records out of order: record {expected} is at line {where}, after record {seq}"
     if expected == 1:
@@ -527,41 +616,52 @@ def _check_mac(record: AuditRecord, key: bytes | None) -> str | None:
     return None
 
 
-def _raise_mac(record: AuditRecord, key: bytes | None) -> None:
-    if (reason := _check_mac(record, key)) is not None:
-        raise _LineError(reason)
+def _line_record(raw: bytes | None, line: int, max_line: int) -> AuditRecord:
+    """The record of line number ``line`` on its own; raises _LineError."""
+    if raw is None:
+        raise _LineError(
+            f"line {line} is longer than {max_line} bytes, the limit of a record line "
+            "(a damaged or hostile line; not read into memory)"
+        )
+    if not raw.endswith(b"\n"):
+        raise _LineError(
+            f"line {line} is torn (no trailing newline): an append was interrupted; "
+            "opening the log for append truncates it"
+        )
+    return _parse_line(raw)
 
 
 def _scan(
     path: Path,
     *,
+    opener: _Opener | None = None,
     expected_head: tuple[int, str] | None = None,
     limit: int | None = None,
     key: bytes | None = None,
     anchors: Mapping[int, str] | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> Iterator[AuditRecord]:
-    """Yield each record once it has been checked against its line and its predecessor."""
+    """Yield each record once it has been checked against its line and its predecessor.
+
+    ``opener`` reads the log (default: ``path``, which then only names it in errors).
+    """
     shown = os.fspath(path)
+    read: _Opener = opener if opener is not None else lambda: _open_path(path)
     prev_seq, prev_hash = 0, GENESIS_HASH
     anchored = dict(anchors or {})
     if expected_head is not None and expected_head[0] > 0:
         anchored[expected_head[0]] = expected_head[1]
     anchor_seq = max(anchored, default=0)
-    with path.open("rb") as file:
-        for line, raw in enumerate(_lines(file, limit), start=1):
-            if not raw.endswith(b"\n"):
-                raise AuditIntegrityError(
-                    shown,
-                    line,
-                    f"line {line} is torn (no trailing newline): an append was interrupted; "
-                    "opening the log for append truncates it",
-                )
+    with read() as file:
+        for line, raw in enumerate(_lines(file, limit, max_line), start=1):
             try:
-                record = _parse_line(raw)
+                record = _line_record(raw, line, max_line)
             except _LineError as exc:
                 raise AuditIntegrityError(shown, line, exc.reason) from None
             if record.seq != prev_seq + 1:
-                reason = _seq_reason(path, line, record.seq, prev_seq, limit)
+                reason = _seq_reason(
+                    read, line, record.seq, prev_seq, limit=limit, max_line=max_line
+                )
                 raise AuditIntegrityError(shown, line, reason)
             if record.prev_hash != prev_hash:
                 raise AuditIntegrityError(
@@ -602,24 +702,43 @@ def _check_anchor(expected_head: tuple[int, str] | None) -> None:
         raise ValueError(f"expected_head={expected_head!r}: seq 0 goes with the genesis hash only")
 
 
-def _parse_anchor(raw: bytes, key: bytes | None) -> tuple[int, str, str]:
-    """One anchor line's (seq, hash, timestamp); raises _LineError."""
-    if not raw.endswith(b"\n"):
-        raise _LineError("the anchor line is torn (no trailing newline)")
-    if len(raw) > 1024:
-        raise _LineError("the anchor line is too long to be an anchor")
+def _check_max_line(max_line: object) -> int:
+    if isinstance(max_line, bool) or not isinstance(max_line, int) or max_line < _ANCHOR_LINE:
+        raise ValueError(f"max_line={max_line!r}: must be an int >= {_ANCHOR_LINE} (bytes)")
+    return max_line
+
+
+def _load_object(raw: bytes) -> dict[str, JSONValue]:
+    """One line as a JSON object; raises _LineError (never RecursionError)."""
+    if _too_deep(raw):
+        raise _LineError("the anchor line nests too deeply to be an anchor")
     try:
         obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _LineError(f"the anchor line is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict) or set(obj) not in (_ANCHOR_FIELDS, _ANCHOR_FIELDS | {"mac"}):
+    if not isinstance(obj, dict):
         raise _LineError("the anchor line is not an object with seq, hash, timestamp (and mac)")
-    seq, digest, timestamp = obj["seq"], obj["hash"], obj["timestamp"]
+    return obj
+
+
+def _anchor_head(obj: Mapping[str, JSONValue]) -> tuple[int, str]:
+    seq, digest = obj["seq"], obj["hash"]
     try:
         _check_seq("seq", seq, 1)
         _check_hash_field("hash", digest)
     except ValueError as exc:
         raise _LineError(f"the anchor is malformed: {exc}") from None
+    assert isinstance(seq, int)  # noqa: S101 - checked just above
+    assert isinstance(digest, str)  # noqa: S101
+    return seq, digest
+
+
+def _file_anchor(obj: Mapping[str, JSONValue], key: bytes | None) -> tuple[int, str]:
+    """An anchor-file entry's (seq, hash), its HMAC checked when ``key`` is given."""
+    if set(obj) not in (_ANCHOR_FIELDS, _ANCHOR_FIELDS | {"mac"}):
+        raise _LineError("the anchor line is not an object with seq, hash, timestamp (and mac)")
+    seq, digest = _anchor_head(obj)
+    timestamp = obj["timestamp"]
     if not isinstance(timestamp, str):
         raise _LineError(f"the anchor is malformed: timestamp={timestamp!r}: must be a string")
     mac = obj.get("mac")
@@ -632,32 +751,125 @@ def _parse_anchor(raw: bytes, key: bytes | None) -> tuple[int, str, str]:
             )
     elif mac is not None:
         raise _LineError("the anchors are keyed (HMAC-SHA256): verify them with the key")
-    return seq, digest, timestamp
+    return seq, digest
 
 
-def read_anchors(anchor: str | os.PathLike[str], *, key: bytes | None = None) -> dict[int, str]:
-    """The anchored heads in ``anchor``, ``{seq: hash}``, checked line by line.
+def _stdout_anchor(obj: Mapping[str, JSONValue], key: bytes | None) -> tuple[int, str]:
+    """A saved ``{"event":"audit_anchor",...}`` stdout line's (seq, hash)."""
+    fields = {name: value for name, value in obj.items() if name != "event"}
+    if set(fields) == {"seq", "hash"}:
+        return _anchor_head(fields)  # unauthenticated: it can only add a constraint
+    if set(fields) in (_ANCHOR_FIELDS, _ANCHOR_FIELDS | {"mac"}):
+        return _file_anchor(fields, key)
+    raise _LineError(
+        f'the "{_STDOUT_ANCHOR}" line is not an object with event, seq, hash (and timestamp, mac)'
+    )
 
-    Raises AuditIntegrityError naming the anchor file and line when a line is damaged, forged (a
-    bad HMAC when ``key`` is given) or out of order (``seq`` must increase), ``OSError`` when the
-    file cannot be read.
+
+def _anchor_line(
+    raw: bytes | None, key: bytes | None, *, stdout: bool
+) -> tuple[tuple[int, str] | None, bool]:
+    """One line of an anchor source: its ``(seq, hash)`` or ``None`` (a line to skip), and whether
+    the source has shown itself to be a saved stdout (any line with an ``"event"``).
+
+    In an anchor file every line must be an anchor; in a saved stdout only ``audit_anchor`` events
+    and anchor-file lines count, everything else (status lines, stray text) is skipped.
     """
-    shown = os.fspath(anchor)
-    key = _check_key(key)
-    out: dict[int, str] = {}
-    last = 0
-    with Path(anchor).open("rb") as file:
-        for line, raw in enumerate(_lines(file, None), start=1):
+    if raw is None or not raw.endswith(b"\n") or (not stdout and len(raw) > _ANCHOR_LINE):
+        if stdout:
+            return None, stdout
+        if raw is None or len(raw) > _ANCHOR_LINE:
+            raise _LineError("the anchor line is too long to be an anchor")
+        raise _LineError("the anchor line is torn (no trailing newline)")
+    try:
+        obj = _load_object(raw)
+    except _LineError:
+        if stdout:
+            return None, stdout
+        raise
+    if "event" in obj:
+        if obj["event"] != _STDOUT_ANCHOR:
+            return None, True
+        return _stdout_anchor(obj, key), True
+    if len(raw) > _ANCHOR_LINE:
+        raise _LineError("the anchor line is too long to be an anchor")
+    return _file_anchor(obj, key), stdout
+
+
+def _read_anchor_source(
+    opener: _Opener,
+    shown: str,
+    *,
+    key: bytes | None,
+    max_line: int,
+    into: dict[int, tuple[str, str]],
+) -> None:
+    """Add the anchors of one source to ``into`` (``{seq: (hash, "file:line")}``)."""
+    stdout, last = False, 0
+    with opener() as file:
+        for line, raw in enumerate(_lines(file, None, max_line), start=1):
             try:
-                seq, digest, _ = _parse_anchor(raw, key)
+                head, stdout = _anchor_line(raw, key, stdout=stdout)
             except _LineError as exc:
                 raise AuditIntegrityError(shown, line, exc.reason) from None
-            if seq <= last:
+            if head is None:
+                continue
+            seq, digest = head
+            known = into.get(seq)
+            # A saved stdout may repeat a head (a node restarted on a lost anchor file re-anchors
+            # it); an anchor file never does.
+            repeat = stdout and seq == last and known is not None and known[0] == digest
+            if seq <= last and not repeat:
                 raise AuditIntegrityError(
                     shown, line, f"anchors out of order: record {seq} is anchored after {last}"
                 )
-            out[seq], last = digest, seq
-    return out
+            if known is not None and known[0] != digest:
+                raise AuditIntegrityError(
+                    shown,
+                    line,
+                    f"the anchor of record {seq} disagrees with the one at {known[1]}: the "
+                    "sources anchor different logs, or one of them was forged",
+                )
+            into.setdefault(seq, (digest, f"{shown}:{line}"))
+            last = seq
+
+
+def _anchor_paths(
+    anchor: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> list[str | os.PathLike[str]]:
+    if isinstance(anchor, str | os.PathLike):
+        return [anchor]
+    return list(anchor)
+
+
+def read_anchors(
+    anchor: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    key: bytes | None = None,
+    max_line: int = MAX_LINE_BYTES,
+) -> dict[int, str]:
+    """The anchored heads in ``anchor`` (one source or several), ``{seq: hash}``, checked line by
+    line.
+
+    A source is an anchor file or a saved stdout of the node or the trader (its
+    ``{"event":"audit_anchor",...}`` lines; other lines are skipped). Raises AuditIntegrityError
+    naming the source and line when a line is damaged, forged (a bad HMAC when ``key`` is given),
+    out of order (``seq`` must increase) or contradicts another source; ``OSError`` when a source
+    cannot be read.
+    """
+    key = _check_key(key)
+    max_line = _check_max_line(max_line)
+    found: dict[int, tuple[str, str]] = {}
+    for source in _anchor_paths(anchor):
+        path = Path(source)
+        _read_anchor_source(
+            functools.partial(_open_path, path),
+            os.fspath(source),
+            key=key,
+            max_line=max_line,
+            into=found,
+        )
+    return {seq: digest for seq, (digest, _) in sorted(found.items())}
 
 
 def _verify_path(
@@ -665,14 +877,19 @@ def _verify_path(
     *,
     expected_head: tuple[int, str] | None = None,
     key: bytes | None = None,
-    anchor: str | os.PathLike[str] | None = None,
+    anchor: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> AuditVerification:
     """Check the whole chain in ``path``; raise AuditIntegrityError at the first broken line."""
     _check_anchor(expected_head)
     key = _check_key(key)
-    anchors = read_anchors(anchor, key=key) if anchor is not None else {}
+    max_line = _check_max_line(max_line)
+    anchors = read_anchors(anchor, key=key, max_line=max_line) if anchor is not None else {}
     count, head = 0, (0, GENESIS_HASH)
-    for record in _scan(Path(path), expected_head=expected_head, key=key, anchors=anchors):
+    scan = _scan(
+        Path(path), expected_head=expected_head, key=key, anchors=anchors, max_line=max_line
+    )
+    for record in scan:
         count, head = count + 1, (record.seq, record.hash)
     return AuditVerification(
         path=os.fspath(path),
@@ -692,7 +909,8 @@ class _VerifyPath(Protocol):
         *,
         expected_head: tuple[int, str] | None = None,
         key: bytes | None = None,
-        anchor: str | os.PathLike[str] | None = None,
+        anchor: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        max_line: int = MAX_LINE_BYTES,
     ) -> AuditVerification: ...
 
 
@@ -726,8 +944,10 @@ class AuditLog:
 
     ``key`` (bytes, at least 16) makes the chain keyed; ``anchor`` (a path) receives the head every
     ``anchor_every`` records and on close, and ``on_anchor(seq, hash)`` is called with each anchor
-    written. Opening a keyed log without its key, or with the wrong one, raises
-    AuditIntegrityError, as does opening an unkeyed log with a key.
+    written. Opening verifies the whole file (see the module doc): a damaged line anywhere, a
+    line longer than ``max_line`` bytes, a log shorter than its anchor file, a keyed log opened
+    without its key or with the wrong one, or an unkeyed log opened with a key raises
+    AuditIntegrityError naming the file and line, and nothing is appended.
     """
 
     verify = _Verify()
@@ -743,6 +963,7 @@ class AuditLog:
         anchor: str | os.PathLike[str] | None = None,
         anchor_every: int = 100,
         on_anchor: Callable[[int, str], object] | None = None,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         if isinstance(hold_when_full, bool) or not isinstance(hold_when_full, int):
             raise TypeError(f"hold_when_full={hold_when_full!r}: must be an int >= 0")
@@ -751,6 +972,7 @@ class AuditLog:
         if isinstance(anchor_every, bool) or not isinstance(anchor_every, int) or anchor_every < 1:
             raise ValueError(f"anchor_every={anchor_every!r}: must be an int >= 1")
         self._key = _check_key(key)
+        self._max_line = _check_max_line(max_line)
         self._anchor_every = anchor_every
         self._on_anchor = on_anchor
         self._anchored = 0
@@ -770,14 +992,31 @@ class AuditLog:
             self._lock_file()
             if created and fsync:
                 _fsync_dir(self._path.parent)
-            self._discarded = self._repair_tear()
+            self._discarded = self._repair_tear(self._fd, self._path, "line")
             self._size = os.fstat(self._fd).st_size
-            self._head = self._read_head()
+            anchors: dict[int, str] = {}
             if anchor is not None:
-                self._anchor_fd = open_private(anchor, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                # Read and written: the heads already anchored are checked against the log, and
+                # a reopened log does not anchor its head a second time.
+                self._anchor_fd = open_private(anchor, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+                self._repair_tear(self._anchor_fd, Path(anchor), "anchor")
+                found: dict[int, tuple[str, str]] = {}
+                _read_anchor_source(
+                    _fd_opener(self._anchor_fd),
+                    os.fspath(anchor),
+                    key=self._key,
+                    max_line=self._max_line,
+                    into=found,
+                )
+                anchors = {seq: digest for seq, (digest, _) in found.items()}
+                self._anchored = max(anchors, default=0)
+            self._head = self._check_chain(anchors)
         except BaseException:
             os.close(self._fd)
             self._fd = None
+            if self._anchor_fd is not None:
+                os.close(self._anchor_fd)
+                self._anchor_fd = None
             raise
 
     @property
@@ -827,9 +1066,7 @@ class AuditLog:
             record = AuditRecord.seal(
                 seq=seq + 1, timestamp=timestamp, kind=kind, data=normalized, prev_hash=prev_hash
             )
-            if self._key is not None:
-                record = dataclasses.replace(record, mac=_record_mac(self._key, record.hash))
-            line = record.to_line()
+            record, line = self._keyed_line(record)
             if self._held and not self._write_held(fd):
                 # Behind records still held: this one must wait its turn, in order.
                 if len(self._held) >= self._hold_limit:
@@ -859,6 +1096,19 @@ class AuditLog:
             self._head = (record.seq, record.hash)
             self._maybe_anchor(timestamp)
             return record
+
+    def _keyed_line(self, record: AuditRecord) -> tuple[AuditRecord, bytes]:
+        """``record`` with its ``mac`` when keyed, and its line, no longer than ``max_line``."""
+        if self._key is not None:
+            record = dataclasses.replace(record, mac=_record_mac(self._key, record.hash))
+        line = record.to_line()
+        if len(line) > self._max_line:
+            # The log would refuse to reopen with that line in it.
+            raise ValueError(
+                f"data: the record would be a {len(line)}-byte line, longer than "
+                f"max_line={self._max_line}; nothing was written"
+            )
+        return record, line
 
     def _maybe_anchor(self, timestamp: str) -> None:
         if not self._held and self._head[0] % self._anchor_every == 0:
@@ -969,7 +1219,16 @@ class AuditLog:
             anchor = expected_head if expected_head is not None else self._head
             limit = self._size
         count, head = 0, (0, GENESIS_HASH)
-        for record in _scan(self._path, expected_head=anchor, limit=limit, key=self._key):
+        assert self._fd is not None  # noqa: S101 - _verify_open is only reached on an open log
+        scan = _scan(
+            self._path,
+            opener=_fd_opener(self._fd),
+            expected_head=anchor,
+            limit=limit,
+            key=self._key,
+            max_line=self._max_line,
+        )
+        for record in scan:
             count, head = count + 1, (record.seq, record.hash)
         return AuditVerification(
             path=os.fspath(self._path),
@@ -1011,43 +1270,45 @@ class AuditLog:
                 f"{os.fspath(self._path)} is already open for append by another AuditLog",
             ) from exc
 
-    def _repair_tear(self) -> int:
+    def _repair_tear(self, fd: int, path: Path, what: str) -> int:
         """Truncate a last line that has no newline (an unacknowledged, interrupted append)."""
-        assert self._fd is not None  # noqa: S101
-        size = os.fstat(self._fd).st_size
-        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return 0
-        keep = _line_start(self._fd, size)
-        os.ftruncate(self._fd, keep)
+        keep = _line_start(fd, size)
+        os.ftruncate(fd, keep)
         if self._fsync:
-            os.fsync(self._fd)
+            os.fsync(fd)
         discarded = size - keep
         _log.warning(
-            "audit log %s: truncated a torn last line (%d bytes, an append interrupted by a "
+            "audit log %s: truncated a torn last %s (%d bytes, an append interrupted by a "
             "crash; it was never acknowledged)",
-            os.fspath(self._path),
+            os.fspath(path),
+            what,
             discarded,
         )
         return discarded
 
-    def _read_head(self) -> tuple[int, str]:
-        """The last record's (seq, hash), after checking that record on its own."""
+    def _check_chain(self, anchors: Mapping[int, str]) -> tuple[int, str]:
+        """The last record's (seq, hash), after verifying the whole file (once, streamed)."""
         assert self._fd is not None  # noqa: S101
-        if self._size == 0:
-            return (0, GENESIS_HASH)
-        start = _line_start(self._fd, self._size - 1)
-        raw = os.pread(self._fd, self._size - start, start)
+        head = (0, GENESIS_HASH)
+        scan = _scan(
+            self._path,
+            opener=_fd_opener(self._fd),
+            limit=self._size,
+            key=self._key,
+            anchors=anchors,
+            max_line=self._max_line,
+        )
         try:
-            record = _parse_line(raw)
-            _raise_mac(record, self._key)
-        except _LineError as exc:
-            line = _count_newlines(self._fd, self._size)
+            for record in scan:
+                head = (record.seq, record.hash)
+        except AuditIntegrityError as exc:
             raise AuditIntegrityError(
-                os.fspath(self._path),
-                line,
-                f"{exc.reason}; refusing to chain new records onto a corrupt tail",
+                exc.path, exc.line, f"{exc.reason}; refusing to append to a damaged log"
             ) from None
-        return (record.seq, record.hash)
+        return head
 
 
 def _line_start(fd: int, end: int) -> int:
@@ -1060,17 +1321,6 @@ def _line_start(fd: int, end: int) -> int:
             return start + index + 1
         pos = start
     return 0
-
-
-def _count_newlines(fd: int, end: int) -> int:
-    count, pos = 0, 0
-    while pos < end:
-        chunk = os.pread(fd, min(_TAIL_CHUNK, end - pos), pos)
-        if not chunk:
-            break
-        count += chunk.count(b"\n")
-        pos += len(chunk)
-    return count
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from strategylab._files import make_private_dir, open_private
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorContext, ErrorType, RetryPolicy
 
@@ -622,10 +623,14 @@ def _fill_from_json(values: list[JSONValue]) -> Fill:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Created here, 0600, exclusively: whatever was left or planted at the name is removed first
+    # (a link itself, never its target), so nothing outside is written through it.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
     try:
-        with tmp.open("wb") as out:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

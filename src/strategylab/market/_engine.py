@@ -65,6 +65,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -73,11 +74,25 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
+from strategylab._files import UnsafePathError, make_private_dir
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
+from strategylab._secrets import (
+    AUDIT_KEY,
+    SIGNING_KEY,
+    add_secret_file_option,
+    add_secret_options,
+    resolve_secret,
+)
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
-from strategylab.fault_tolerance import AuditLog, ErrorContext, ErrorRecoveryManager, ErrorType
+from strategylab.fault_tolerance import (
+    AuditIntegrityError,
+    AuditLog,
+    ErrorContext,
+    ErrorRecoveryManager,
+    ErrorType,
+    load_audit_key,
+)
 
 from ._engine_reconcile import ReconciliationItem, reconcile
 from ._engine_runner import StrategyFactory, StrategyFailingError, StrategyRunner, StrategyStatus
@@ -92,6 +107,7 @@ from ._orders import (
 )
 from ._positions import PositionStore
 from ._risk import RiskEngine, RiskRejection, exposure
+from ._store import StoreCorruptedError
 from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
 
 if TYPE_CHECKING:
@@ -1325,6 +1341,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
     p.add_argument("--max-position", type=float, default=1_000.0)
     add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
+    add_secret_file_option(p, AUDIT_KEY)
     p.add_argument(
         "--feed-url",
         default=None,
@@ -1370,6 +1387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = json.loads(args.params)
         factories = [load_factory(spec, symbols, params) for spec in args.strategy]
         signing_key = parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab trade"))
+        audit_key = load_audit_key(args.audit_key_file)
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )
@@ -1397,8 +1415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     async def run() -> int:
-        args.db.parent.mkdir(parents=True, exist_ok=True)
-        with AuditLog(args.db.with_suffix(".audit.jsonl")) as audit:
+        make_private_dir(args.db.parent)  # 0700, every missing parent too; never a symlink
+        # Keyed and anchored as the node's: the head goes to a second file and to stdout.
+        with AuditLog(
+            args.db.with_suffix(".audit.jsonl"),
+            key=audit_key,
+            anchor=args.db.with_suffix(".audit.anchor.jsonl"),
+            on_anchor=lambda seq, digest: _emit("audit_anchor", seq=seq, hash=digest),
+        ) as audit:
             manager = ErrorRecoveryManager(audit=audit)
             engine = StrategyEngine(
                 factories,
@@ -1420,6 +1444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
+    except (UnsafePathError, StoreCorruptedError) as exc:
+        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
+        return 1
+    except AuditIntegrityError as exc:
+        sys.stderr.write(f"strategylab trade: error: audit log damaged: {escape(str(exc))}\n")
+        return 1
+    except sqlite3.Error as exc:
+        sys.stderr.write(f"strategylab trade: error: {args.db}: {escape(str(exc))}\n")
+        return 1
     except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
         sys.stderr.write(

@@ -612,7 +612,7 @@ class Exchange:
         if replay.done is not None:
             done = replay.done
             if self.config.signing_key is not None:
-                done = ReplayDone(symbol=done.symbol, to_seq=done.to_seq, session=replay.session)
+                done = msgspec.structs.replace(done, session=replay.session)
             await ws.send_bytes(self._wire(KIND_REPLAY_DONE, encode_replay_done(done)))
 
     def _control(self, sub: _Subscriber, text: str) -> None:
@@ -684,7 +684,8 @@ class Exchange:
             return
         to_seq = min(to_seq, history.last)
         ticks = self._retained(sub, symbol, from_seq, to_seq) if from_seq <= to_seq else []
-        sub.push(_Replay(ticks, ReplayDone(symbol=symbol, to_seq=to_seq), sub.session))
+        done = ReplayDone(symbol=symbol, to_seq=to_seq, request_id=message.request_id)
+        sub.push(_Replay(ticks, done, sub.session))
 
     def _retained(self, sub: _Subscriber, symbol: str, from_seq: int, to_seq: int) -> list[Tick]:
         """Ticks ``from_seq..to_seq``; the part no longer retained is reported as an error."""

@@ -77,6 +77,7 @@ from ._protocol import (
     KIND_TICKS,
     Frame,
     FrameError,
+    ReplayDone,
     ReplayRequest,
     SignatureError,
     Subscribe,
@@ -118,7 +119,6 @@ _PAUSE_FRACTION = 0.25
 """A watchdog that wakes later than planned by more than this fraction of ``stale_after`` (and
 at least :data:`_PAUSE_MIN`) was not running: it re-arms rather than judge the silence."""
 _PAUSE_MIN = 0.05
-_MAX_ASKED = 64  # unanswered replay requests remembered per symbol
 _PEER_TEXT = 120
 _RAW_CHARS = 1000
 """Characters of a refused tick's text kept in its quarantine entry."""
@@ -386,11 +386,13 @@ class FeedStatistics:
 class _Pending:
     """One outstanding replay for a symbol."""
 
-    __slots__ = ("attempts", "beats", "first", "last", "requested_at")
+    __slots__ = ("asked", "attempts", "beats", "first", "last", "request_id", "requested_at")
 
     def __init__(self, first: int, last: int, requested_at: float) -> None:
         self.first = first
         self.last = last
+        self.asked = last  # what the current request asked for (``last`` shrinks to a clamp)
+        self.request_id = 0
         self.requested_at = requested_at
         self.attempts = 1
         self.beats = 0
@@ -470,7 +472,6 @@ class Feed:
         self._held: dict[str, dict[int, Tick]] = {}
         self._held_count = 0
         self._pending: dict[str, _Pending] = {}
-        self._asked: dict[str, collections.deque[int]] = {}  # to_seq of unanswered requests
         self._hb_last: dict[str, int] = {}
         self._hb_delivered: dict[str, int] = {}
         self._connects = 0
@@ -690,7 +691,6 @@ class Feed:
         self._held.clear()
         self._held_count = 0
         self._pending.clear()
-        self._asked.clear()
         self._hb_last.clear()
 
     async def _wait_recovered(self) -> None:
@@ -835,7 +835,7 @@ class Feed:
         elif kind == KIND_REPLAY_DONE:
             done = decode_replay_done(frame.payload)
             self._check_session(done.session, "replay-done")
-            await self._on_done_frame(ws, done.symbol, done.to_seq)
+            await self._on_done_frame(ws, done)
         elif kind == KIND_CONTROL:
             reply = decode_control(frame.payload)
             self._check_session(reply.session, "control")
@@ -1127,12 +1127,14 @@ class Feed:
             pending.first, pending.last = first, last
             pending.requested_at = self._clock.monotonic()
             pending.beats = 0
+        pending = self._pending[symbol]
         self._replays += 1
-        asked = self._asked.setdefault(symbol, collections.deque(maxlen=_MAX_ASKED))
-        asked.append(last)
-        await ws.send(
-            _json_encode(ReplayRequest(symbol=symbol, from_seq=first, to_seq=last)).decode()
+        pending.request_id = self._replays  # unique per feed: a late answer is told apart
+        pending.asked = last
+        request = ReplayRequest(
+            symbol=symbol, from_seq=first, to_seq=last, request_id=self._replays
         )
+        await ws.send(_json_encode(request).decode())
 
     # ------------------------------------------------------------------ control and heartbeats
 
@@ -1157,13 +1159,20 @@ class Feed:
         self._hb_last = {s: n for s, n in last_by_symbol.items() if s in self._symbols}
         self._hb_delivered = {s: delivered.get(s, 0) for s in self._hb_last}
 
-    async def _on_done_frame(self, ws: ClientConnection, symbol: str, to_seq: int) -> None:
-        """A replay-done frame: it answers the oldest request for ``symbol`` still unanswered
-        (the exchange answers in order). A ``to_seq`` below what that request asked for means
-        the exchange clamped it: it never emitted beyond ``to_seq``."""
-        asked = self._asked.get(symbol)
-        if asked and to_seq < asked.popleft():
-            await self._refuse_beyond(symbol, to_seq)
+    async def _on_done_frame(self, ws: ClientConnection, done: ReplayDone) -> None:
+        """A replay-done frame. One echoing an earlier request than the symbol's current one is
+        late and changes nothing; one answering the current request below what it asked means
+        the exchange never emitted more: what is held beyond is quarantined, not chased. (An
+        exchange that echoes no ``request_id`` is taken at its word, without the clamp check.)"""
+        symbol, to_seq = done.symbol, done.to_seq
+        pending = self._pending.get(symbol)
+        if pending is None:
+            return
+        if done.request_id:
+            if done.request_id != pending.request_id:
+                return
+            if to_seq < pending.asked:
+                await self._refuse_beyond(symbol, to_seq)
         await self._on_replay_done(ws, symbol, to_seq)
 
     async def _on_replay_done(self, ws: ClientConnection, symbol: str, to_seq: int) -> None:

@@ -59,14 +59,22 @@ import psycopg
 from psycopg import conninfo
 
 from strategylab._files import (
-    SQLITE_SIBLINGS,
     UnsafePathError,
+    check_sqlite_files,
     make_private_dir,
+    open_private,
     refuse_symlinks,
+    refuse_unsafe_dirs,
     sqlite_uri,
 )
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import SIGNING_KEY, add_secret_options, resolve_secret
+from strategylab._secrets import (
+    AUDIT_KEY,
+    SIGNING_KEY,
+    add_secret_file_option,
+    add_secret_options,
+    resolve_secret,
+)
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import AuditIntegrityError, ConfigurationError
@@ -80,9 +88,8 @@ from strategylab.fault_tolerance import (
     RecoveryPolicy,
     RecoveryStrategyKind,
     RetryPolicy,
+    load_audit_key,
 )
-from strategylab.fault_tolerance._audit import KEY_ENV as AUDIT_KEY_ENV
-from strategylab.fault_tolerance._audit import load_audit_key
 
 from ._exchange import parse_signing_key
 from ._failover_store import FailoverStore
@@ -113,6 +120,8 @@ class NodeConfig:
     db: Path | None = None
     postgres: str | None = None
     signing_key: bytes | None = dataclasses.field(default=None, repr=False)  # a secret
+    audit_key: bytes | None = dataclasses.field(default=None, repr=False)  # a secret
+    """HMAC key of the audit chain; ``None``: ``$STRATEGYLAB_AUDIT_KEY`` when set, else unkeyed."""
     backup_urls: tuple[str, ...] = ()
     status_interval: float = 1.0
     stale_after: float = 3.0
@@ -225,23 +234,22 @@ class Node:
         cfg = self.config
         # Before anything reads or writes there: a symlink planted at a file the node creates
         # or appends to is refused (UnsafePathError names it), never followed.
+        # So is anything but a regular file (a FIFO would block the open) and a planted hard link.
+        # The SQLite files are checked by check_store_config (a directory there is a bad --db).
+        refuse_unsafe_dirs(cfg.data_dir, cfg.data_dir / "spool")
         refuse_symlinks(
-            cfg.data_dir,
             cfg.data_dir / "audit.jsonl",
             cfg.data_dir / "audit.anchor.jsonl",
             cfg.data_dir / "acks.jsonl",
-            cfg.data_dir / "spool",
-            *(() if cfg.postgres is not None else (f"{cfg.db_path}{s}" for s in SQLITE_SIBLINGS)),
         )
         await check_store_config(cfg)
         make_private_dir(cfg.data_dir)  # 0700 when created here
         # A full disk holds audit records in memory, in order, until space returns. The chain is
-        # keyed when $STRATEGYLAB_AUDIT_KEY is set; its head is anchored in a second file and on
-        # stdout ("audit_anchor"), so that a shortened log is caught by `strategylab audit verify`.
-        try:
-            audit_key = load_audit_key()
-        except ValueError as exc:
-            raise ConfigurationError(AUDIT_KEY_ENV, "<hidden>", str(exc)) from None
+        # keyed with --audit-key-file or $STRATEGYLAB_AUDIT_KEY; its head is anchored in a second
+        # file and on stdout ("audit_anchor"), so that a shortened log is caught by `strategylab
+        # audit verify`. Opening verifies the whole chain (and the anchors): a log damaged
+        # anywhere is an AuditIntegrityError, never appended to.
+        audit_key = cfg.audit_key if cfg.audit_key is not None else load_audit_key()
         self._audit = AuditLog(
             cfg.data_dir / "audit.jsonl",
             clock=self._clock,
@@ -507,7 +515,7 @@ def _sqlite_magic(path: Path) -> bool:
     the store move a user's file aside.
     """
     try:
-        with path.open("rb") as file:
+        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as file:
             head = file.read(100)
     except OSError:
         return False
@@ -538,6 +546,9 @@ def _check_sqlite_path(path: Path, shown: str, *, must_exist_dir: bool) -> bool:
 
 def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
     shown = os.fspath(path)
+    if not path.is_dir():  # a directory is a bad --db, said below
+        # SQLite would follow a symlink, block on a FIFO, write through a hard link.
+        check_sqlite_files(path)
     if not _check_sqlite_path(path, shown, must_exist_dir=must_exist_dir):
         return  # a new database: the store creates the schema
     expected = sqlite3.connect(":memory:")
@@ -843,6 +854,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--symbols", required=True, help="comma-separated")
     add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
+    add_secret_file_option(p, AUDIT_KEY)
     p.add_argument("--status-interval", type=float, default=1.0)
     p.add_argument("--stale-after", type=float, default=3.0)
     p.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt")
@@ -881,6 +893,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
         db=args.db,
         postgres=args.postgres,
         signing_key=parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab node")),
+        audit_key=load_audit_key(args.audit_key_file),
         status_interval=args.status_interval,
         stale_after=args.stale_after,
         connect_timeout=args.connect_timeout,

@@ -22,6 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from strategylab._files import (
+    check_sqlite_files,
+    create_private_file,
+    make_private_dir,
+    sqlite_uri,
+)
+from strategylab.fault_tolerance._classify import is_corruption
+
+from ._store import StoreCorruptedError
 from ._strategy import JSONValue, OrderRequest, OrderType, Side
 
 __all__ = ["PersistedOrder", "PersistedPosition", "PositionStore"]
@@ -115,6 +124,36 @@ _ORDER_COLUMNS = (
 )
 
 
+def _open_book(path: Path) -> sqlite3.Connection:
+    """Open (or create, 0600 in a 0700 directory) the book at ``path`` with its schema.
+
+    SQLite follows symlinks and blocks on a FIFO, so the file and its -wal/-shm/-journal are
+    checked first: :class:`UnsafePathError` names a symlink, a file that is not regular or a
+    planted hard link. A file that is not an SQLite database (or is damaged) raises
+    :class:`StoreCorruptedError` naming it; it is never moved aside or rebuilt, since the book is
+    the only record of what was sent.
+    """
+    make_private_dir(path.parent)
+    check_sqlite_files(path)
+    create_private_file(path)  # -wal and -shm get the file's mode from SQLite
+    db = sqlite3.connect(
+        sqlite_uri(path, "rw"), uri=True, isolation_level=None, check_same_thread=False
+    )
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if not is_corruption(exc):
+            raise
+        raise StoreCorruptedError(path, f"not a usable SQLite book ({exc})") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class PositionStore:
     """The SQLite book at ``path`` (created if missing; WAL, ``synchronous=FULL``).
 
@@ -124,11 +163,7 @@ class PositionStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = _open_book(self.path)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'engine_id'").fetchone()
         if row is None:
             engine_id = uuid.uuid4().hex[:8]

@@ -112,11 +112,16 @@ class Heartbeat(msgspec.Struct, frozen=True):
 
 
 class ReplayDone(msgspec.Struct, frozen=True):
-    """A requested replay has been sent in full (``session``: the subscriber's, see above)."""
+    """A requested replay has been sent in full (``session``: the subscriber's, see above).
+
+    ``request_id`` echoes the request's, so that a feed tells the answer to its current request
+    from a late answer to an earlier one; ``to_seq`` below what that request asked for means the
+    exchange never emitted more (it clamps a replay to what it has)."""
 
     symbol: str
     to_seq: int
     session: str = ""
+    request_id: int = 0
 
 
 class ControlReply(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -152,6 +157,8 @@ class ReplayRequest(msgspec.Struct, frozen=True, tag_field="op", tag="replay"):
     symbol: str
     from_seq: int
     to_seq: int
+    request_id: int = 0
+    """Echoed in the :class:`ReplayDone` (0: none)."""
 
 
 class Frame(msgspec.Struct, frozen=True, gc=False):

@@ -49,6 +49,7 @@ Quarantined entries are spooled the same way in ``quarantine.log`` (msgpack list
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -62,7 +63,7 @@ from typing import BinaryIO, Final, cast
 
 import msgspec
 
-from strategylab._files import make_private_dir, open_private, refuse_symlinks
+from strategylab._files import make_private_dir, open_private, read_private, refuse_symlinks
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorType
 
@@ -286,7 +287,7 @@ class _Survey:
 
 def _survey(path: Path, *, tail: bool = False, quarantine: bool = False) -> _Survey:
     """Read ``path`` back; with ``tail``, a torn tail is told apart from other damage."""
-    data = path.read_bytes()
+    data = read_private(path)
     scan = _scan_bytes(data)
     records: list[tuple[int, dict[str, tuple[int, int]]]] = []
     for offset, end, payload in scan.records:
@@ -309,7 +310,7 @@ def _survey(path: Path, *, tail: bool = False, quarantine: bool = False) -> _Sur
 
 def _records(path: Path) -> list[bytes]:
     """The payloads of the intact records of a file, in order."""
-    return [payload for _, _, payload in _scan_bytes(path.read_bytes()).records]
+    return [payload for _, _, payload in _scan_bytes(read_private(path)).records]
 
 
 # ---------------------------------------------------------------------------- small file helpers
@@ -325,6 +326,7 @@ def _fsync_dir(directory: Path) -> None:
 
 _APPEND: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _REPLACE: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def _open_private(path: Path, flags: int, mode: str) -> BinaryIO:
@@ -350,7 +352,11 @@ def _intact(data: bytes, spans: Sequence[Span]) -> bytes:
 def _write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + ".tmp")
-    with _open_private(tmp, _REPLACE, "wb") as file:
+    # A fresh file, created here: whatever was left or planted at the name is removed (a link
+    # itself, never its target), so nothing outside is truncated or written.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with _open_private(tmp, _CREATE, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
@@ -859,7 +865,7 @@ class SpoolStore:
     def _rewrite(self, survey: _Survey, found: list[_Found]) -> None:
         """Move the damaged spans of a file aside, cut a torn tail, keep the intact records."""
         path = survey.path
-        data = path.read_bytes()
+        data = read_private(path)
         for each in found:
             if each.path == path:
                 self._set_aside(data, each)
@@ -941,7 +947,7 @@ class SpoolStore:
         if not path.exists():
             return [], False
         try:
-            raw = json.loads(path.read_bytes())
+            raw = json.loads(read_private(path))
             return [_Hole.from_json(item) for item in raw["holes"]], False
         except (ValueError, TypeError, KeyError) as exc:
             # The limits are lost: hold every spooled symbol at what the primary has (settle).
@@ -982,7 +988,7 @@ class SpoolStore:
             raise
 
     def _repair(self, path: Path) -> None:
-        scan = _scan_bytes(path.read_bytes())
+        scan = _scan_bytes(read_private(path))
         if scan.damaged and scan.damaged[-1][1] == scan.size:
             _truncate(path, scan.damaged[-1][0])
 

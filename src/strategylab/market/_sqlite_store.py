@@ -39,6 +39,7 @@ import concurrent.futures
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import math
 import os
@@ -47,13 +48,20 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from strategylab._files import SQLITE_SIBLINGS, create_private_file, refuse_symlinks, sqlite_uri
+from strategylab._files import (
+    check_sqlite_files,
+    create_private_file,
+    make_private_dir,
+    open_private,
+    read_private,
+    sqlite_uri,
+)
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.fault_tolerance import ErrorRecoveryManager
 from strategylab.fault_tolerance._classify import is_corruption
@@ -141,9 +149,10 @@ def _is_damage(exc: sqlite3.Error) -> bool:
 
 
 def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
-    # SQLite follows symlinks: refuse one planted at the file or its -wal/-shm (UnsafePathError
-    # names it), and create the file 0600 ourselves (SQLite gives -wal/-shm the file's mode).
-    refuse_symlinks(*(_sibling(path, suffix) for suffix in SQLITE_SIBLINGS))
+    # SQLite follows symlinks and blocks on a FIFO: refuse a symlink, anything but a regular file
+    # and a hard link planted at the file or its -wal/-shm/-journal (UnsafePathError names it),
+    # and create the file 0600 ourselves (SQLite gives -wal/-shm the file's mode).
+    check_sqlite_files(path)
     create_private_file(path)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch. A quoted
     # URI: "#", "?" and "%" in the file name are part of the name.
@@ -229,7 +238,7 @@ def wal_damage(path: str | os.PathLike[str]) -> str | None:
     generation are not damage. Reads the whole file (bounded by ``wal_size_limit`` in use).
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_private(path)  # never a planted FIFO (which would block) or symlink
     except FileNotFoundError:
         return None
     if len(data) < _WAL_HEADER.size:
@@ -563,7 +572,7 @@ class SQLiteTickStore:
                 raise StoreCorruptedError(
                     self.path, f"{self._damaged} (reopen the store to rebuild it)"
                 ) from self._damaged
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             conn = self._conn = self._connect()
         return conn
 
@@ -572,14 +581,14 @@ class SQLiteTickStore:
         found: list[StoreCorruptedError] = []
         if self._conn is not None:
             return found
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         self._damaged = self._rebuilt = self._wal_damage = None
+        check_sqlite_files(self.path)  # before anything here reads them
         wal = _sibling(self.path, "-wal")
         if self.path.exists() and (reason := wal_damage(wal)) is not None:
             # The database is consistent without the dropped commits; their ticks come back
             # from the exchange's replay. The WAL is copied (SQLite will overwrite it) for a human.
-            copy = _sibling(self._aside_base(), "-wal")
-            copy.write_bytes(wal.read_bytes())
+            copy = self._copy_aside(wal)
             self._wal_damage = StoreCorruptedError(wal, reason, copy)
             _log.error(
                 "%s: %s: %s; copied it to %s; the dropped ticks are replayed from the exchange",
@@ -629,14 +638,38 @@ class SQLiteTickStore:
         )
         return self._rebuilt
 
-    def _aside_base(self) -> Path:
+    def _aside_bases(self) -> Iterator[Path]:
+        """``<name>.corrupt-<UTC time>``, then ``…-2``, ``…-3``: names to move damage aside to."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.time()))
-        base = _sibling(self.path, f".corrupt-{stamp}")
-        n = 1
-        while any(_sibling(base, s).exists() for s in ("", "-wal", "-shm")):
-            n += 1
-            base = _sibling(self.path, f".corrupt-{stamp}-{n}")
-        return base
+        yield _sibling(self.path, f".corrupt-{stamp}")
+        for n in itertools.count(2):
+            yield _sibling(self.path, f".corrupt-{stamp}-{n}")
+
+    def _aside_base(self) -> Path:
+        # lexists: a dangling symlink planted at a name counts as taken, never as free.
+        for base in self._aside_bases():
+            if not any(os.path.lexists(_sibling(base, s)) for s in ("", "-wal", "-shm")):
+                return base
+        raise AssertionError("unreachable: the names are endless")  # pragma: no cover
+
+    def _copy_aside(self, wal: Path) -> Path:
+        """Copy the damaged WAL to a new ``<name>.corrupt-<UTC time>[-n]-wal``, created 0600 and
+        exclusively: a name that exists (a planted symlink included) is skipped, never written
+        through."""
+        data = read_private(wal)
+        for base in self._aside_bases():
+            copy = _sibling(base, "-wal")
+            try:
+                fd = open_private(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            _fsync_dir(self.path.parent)
+            return copy
+        raise AssertionError("unreachable: the names are endless")  # pragma: no cover
 
     def _move_aside(self) -> Path:
         base = self._aside_base()
@@ -644,8 +677,8 @@ class SQLiteTickStore:
         # replay into it.
         for suffix in ("-wal", "-shm", ""):
             source = _sibling(self.path, suffix)
-            if source.exists():
-                source.replace(_sibling(base, suffix))
+            if os.path.lexists(source):
+                source.replace(_sibling(base, suffix))  # rename: a link is moved, not followed
         _fsync_dir(self.path.parent)
         return base
 
