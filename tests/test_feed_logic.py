@@ -182,7 +182,9 @@ async def test_gap_is_replayed_and_delivered_in_order() -> None:
     async with scripted(script) as url, running(url, sink) as feed:
         await sink.wait(lambda: len(sink.ticks) >= 9)
         assert sink.seqs() == list(range(1, 10))
-        assert requests == [{"op": "replay", "symbol": "A", "from_seq": 4, "to_seq": 5}]
+        assert requests == [
+            {"op": "replay", "symbol": "A", "from_seq": 4, "to_seq": 5, "request_id": 1}
+        ]
         stats = feed.statistics()
         assert (stats.gaps, stats.replays_requested, stats.lost_ticks) == (1, 1, 0)
 
@@ -362,7 +364,9 @@ async def test_heartbeat_reveals_a_gap_at_the_tail() -> None:
     async with scripted(script) as url, running(url, sink) as feed:
         await sink.wait(lambda: len(sink.ticks) >= 5)
         assert sink.seqs() == [1, 2, 3, 4, 5]
-        assert requests == [{"op": "replay", "symbol": "A", "from_seq": 4, "to_seq": 5}]
+        assert requests == [
+            {"op": "replay", "symbol": "A", "from_seq": 4, "to_seq": 5, "request_id": 1}
+        ]
         assert feed.statistics().gaps == 1
 
 
