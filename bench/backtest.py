@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from strategylab.market import SQLiteTickStore, Tick
-from strategylab.market._backtest_data import load_sqlite_arrays
-from strategylab.market._backtest_spec import BacktestSpec, StrategyName, run_backtest
-from strategylab.market._risk import RiskEngine, RiskLimits
-from strategylab.market._strategy import OrderRequest, Side
+from strategylab.research._data import load_sqlite_arrays
+from strategylab.research._spec import BacktestSpec, StrategyName, run_backtest
+from strategylab.strategy._strategy import OrderRequest, Side
+from strategylab.trading._risk import RiskEngine, RiskLimits
 
 SYMBOL = "SIM"
 CASES: tuple[tuple[StrategyName, dict[str, float | int]], ...] = (

@@ -36,8 +36,8 @@ import aiohttp
 import msgspec
 
 from strategylab.market._ledger import read_emitted
-from strategylab.market._node import Node, NodeConfig
 from strategylab.market._sqlite_store import raw_insert_rate
+from strategylab.node._node import Node, NodeConfig
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
 KEY = "6b6579"  # "key", hex

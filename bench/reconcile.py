@@ -49,11 +49,11 @@ import aiohttp
 
 from strategylab.chaos import Proxy
 from strategylab.market import Tick
-from strategylab.market._engine import EngineConfig, StrategyEngine
-from strategylab.market._engine_examples import RestingBids
-from strategylab.market._orders import OrderClient
-from strategylab.market._positions import PositionStore
-from strategylab.market._strategy import OrderRequest, OrderType, Side, Strategy
+from strategylab.strategy._examples import RestingBids
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side, Strategy
+from strategylab.trading._engine import EngineConfig, StrategyEngine
+from strategylab.trading._orders import OrderClient
+from strategylab.trading._positions import PositionStore
 
 IN_FLIGHT = 50
 LATENCY_MS = 350
@@ -127,12 +127,12 @@ async def _trader_process(book: Path, run_dir: Path, port: int) -> tuple[float, 
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.market._engine", "--exchange-url", f"http://127.0.0.1:{port}"),
+        *("-m", "strategylab.node._trader", "--exchange-url", f"http://127.0.0.1:{port}"),
         *(
             "--db",
             str(db),
             "--strategy",
-            f"{STRATEGY}=strategylab.market._engine_examples:RestingBids",
+            f"{STRATEGY}=strategylab.strategy._examples:RestingBids",
         ),
         *("--symbols", "A", "--params", json.dumps({"count": 0})),
         stdout=asyncio.subprocess.PIPE,

@@ -18,7 +18,7 @@ import pytest
 from strategylab._http_guard import HttpLimits
 from strategylab.chaos._proxy import ProxyServer
 from strategylab.chaos._proxy_api import ProxyApiAccess, serve
-from strategylab.market._exchange import Exchange, ExchangeConfig
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.testing import FakeClock
 
 pytestmark = pytest.mark.integration

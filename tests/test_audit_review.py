@@ -304,7 +304,7 @@ async def test_trader_audit_log_is_keyed_and_anchored(
         "strategylab",
         "trade",
         *("--exchange-url", exchange.url, "--db", str(db), "--symbols", "A"),
-        *("--strategy", "bids=strategylab.market._engine_examples:RestingBids"),
+        *("--strategy", "bids=strategylab.strategy._examples:RestingBids"),
         *("--status-interval", "0.1", *extra),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -14,12 +14,12 @@ import pytest
 
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, RetryPolicy
 from strategylab.market import SQLiteTickStore, Tick
-from strategylab.market._backtest import BacktestConfig, BacktestEngine, BacktestError
-from strategylab.market._backtest_data import TickSource
-from strategylab.market._backtest_result import YEAR_NS, BacktestResult, equity_metrics
-from strategylab.market._backtest_spec import BacktestSpec, run_backtest
-from strategylab.market._builtin_strategies import MeanReversion, MovingAverageCrossover
-from strategylab.market._strategy import (
+from strategylab.research._backtest import BacktestConfig, BacktestEngine, BacktestError
+from strategylab.research._data import TickSource
+from strategylab.research._result import YEAR_NS, BacktestResult, equity_metrics
+from strategylab.research._spec import BacktestSpec, run_backtest
+from strategylab.strategy._builtin import MeanReversion, MovingAverageCrossover
+from strategylab.strategy._strategy import (
     Fill,
     OrderRequest,
     OrderType,

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from strategylab.market import Tick
-from strategylab.market._builtin_strategies import (
+from strategylab.strategy._builtin import (
     MeanReversion,
     MovingAverageCrossover,
     make_strategy,
 )
-from strategylab.market._strategy import OrderRequest, Side, Strategy
+from strategylab.strategy._strategy import OrderRequest, Side, Strategy
 
 
 class Recorder:

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from exchange_client import SYMBOLS, WsClient
-from strategylab.market._exchange import Exchange, ExchangeConfig
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.market._feed import Feed, FeedConfig
 from strategylab.market._protocol import (
     KIND_CONTROL,

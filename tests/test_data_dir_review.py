@@ -33,10 +33,10 @@ from strategylab._files import (
     refuse_symlinks,
 )
 from strategylab.market import SpoolStore, SQLiteTickStore, Tick
-from strategylab.market._backtest import _write_atomically
-from strategylab.market._positions import PositionStore
 from strategylab.market._store import StoreCorruptedError
+from strategylab.research._backtest import _write_atomically
 from strategylab.testing import FakeClock
+from strategylab.trading._positions import PositionStore
 
 VICTIM = b"precious, outside the data directory\n"
 
@@ -462,7 +462,7 @@ def _trade(db: Path) -> tuple[str, ...]:
     return (
         "trade",
         *("--exchange-url", "http://127.0.0.1:9", "--db", str(db)),
-        *("--strategy", "bids=strategylab.market._engine_examples:RestingBids", "--symbols", "A"),
+        *("--strategy", "bids=strategylab.strategy._examples:RestingBids", "--symbols", "A"),
     )
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from strategylab.clock import SYSTEM_CLOCK
+from strategylab.exchange._faults import parse_fault
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, RecoveryStrategyKind
 from strategylab.market import Exchange, ExchangeConfig, Tick
-from strategylab.market._engine import EngineConfig, StrategyEngine
-from strategylab.market._engine_examples import TickTrader
-from strategylab.market._exchange_faults import parse_fault
-from strategylab.market._orders import OrderClient
-from strategylab.market._risk import RiskEngine, RiskLimit, RiskLimits
-from strategylab.market._strategy import JSONValue, OrderRequest, Side, Strategy, StrategyContext
+from strategylab.strategy._examples import TickTrader
+from strategylab.strategy._strategy import JSONValue, OrderRequest, Side, Strategy, StrategyContext
+from strategylab.trading._engine import EngineConfig, StrategyEngine
+from strategylab.trading._orders import OrderClient
+from strategylab.trading._risk import RiskEngine, RiskLimit, RiskLimits
 
 
 async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:

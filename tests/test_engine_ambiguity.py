@@ -12,11 +12,11 @@ import pytest
 
 from strategylab.clock import SYSTEM_CLOCK
 from strategylab.errors import ConfigurationError
+from strategylab.exchange._faults import parse_fault
 from strategylab.market import Exchange, ExchangeConfig, Tick
-from strategylab.market._engine import EngineConfig, StrategyEngine
-from strategylab.market._engine_examples import RestingBids
-from strategylab.market._exchange_faults import parse_fault
-from strategylab.market._orders import OrderClient
+from strategylab.strategy._examples import RestingBids
+from strategylab.trading._engine import EngineConfig, StrategyEngine
+from strategylab.trading._orders import OrderClient
 
 
 async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:

@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 
 from strategylab.market import Exchange, ExchangeConfig, Tick
-from strategylab.market._engine import EngineConfig, StrategyEngine
-from strategylab.market._engine_examples import RestingBids
-from strategylab.market._orders import OrderClient
-from strategylab.market._positions import PositionStore
-from strategylab.market._strategy import (
+from strategylab.strategy._examples import RestingBids
+from strategylab.strategy._strategy import (
     JSONValue,
     OrderRequest,
     OrderType,
@@ -25,6 +22,9 @@ from strategylab.market._strategy import (
     Strategy,
     StrategyContext,
 )
+from strategylab.trading._engine import EngineConfig, StrategyEngine
+from strategylab.trading._orders import OrderClient
+from strategylab.trading._positions import PositionStore
 
 
 async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
@@ -130,8 +130,8 @@ async def test_callback_that_raises_sends_none_of_its_orders(
 async def spawn(port: int, db: Path, state_interval: float) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.market._engine", "--exchange-url", f"http://127.0.0.1:{port}"),
-        *("--db", str(db), "--strategy", "bids=strategylab.market._engine_examples:RestingBids"),
+        *("-m", "strategylab.node._trader", "--exchange-url", f"http://127.0.0.1:{port}"),
+        *("--db", str(db), "--strategy", "bids=strategylab.strategy._examples:RestingBids"),
         *("--symbols", "A", "--params", json.dumps({"every": 3, "count": 3})),
         *("--status-interval", "0.05", "--state-interval", str(state_interval)),
         stdout=asyncio.subprocess.PIPE,

@@ -10,11 +10,11 @@ import pytest
 
 from strategylab.chaos import Proxy
 from strategylab.market import Exchange, ExchangeConfig
-from strategylab.market._engine import StrategyEngine
-from strategylab.market._engine_examples import RestingBids
-from strategylab.market._orders import OrderClient
-from strategylab.market._positions import PositionStore
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.strategy._examples import RestingBids
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
+from strategylab.trading._engine import StrategyEngine
+from strategylab.trading._orders import OrderClient
+from strategylab.trading._positions import PositionStore
 
 BID = OrderRequest(symbol="A", side=Side.BUY, qty=1.0, type=OrderType.LIMIT, price=1.0)
 

@@ -12,22 +12,22 @@ from typing import Any
 import pytest
 
 from strategylab.clock import SYSTEM_CLOCK
+from strategylab.exchange._faults import parse_fault
 from strategylab.market import Exchange, ExchangeConfig
-from strategylab.market._exchange_faults import parse_fault
-from strategylab.market._positions import PositionStore
+from strategylab.trading._positions import PositionStore
 
 
 async def spawn(port: int, db: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "strategylab.market._engine",
+        "strategylab.node._trader",
         "--exchange-url",
         f"http://127.0.0.1:{port}",
         "--db",
         str(db),
         "--strategy",
-        "bids=strategylab.market._engine_examples:RestingBids",
+        "bids=strategylab.strategy._examples:RestingBids",
         "--symbols",
         "A",
         "--params",

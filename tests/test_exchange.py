@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from exchange_client import SYMBOLS, WsClient
-from strategylab.market._exchange import Exchange, ExchangeConfig
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.market._ledger import read_emitted
 from strategylab.market._protocol import FrameError, SignatureError, decode_frame, encode_ticks
 from strategylab.market._tick import Tick, validate_tick

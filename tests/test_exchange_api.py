@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 
 from strategylab.errors import ConfigurationError
-from strategylab.market._exchange import Exchange, ExchangeConfig
-from strategylab.market._exchange_faults import FaultBoard, FaultKind, parse_fault
-from strategylab.market._exchange_gen import TickGenerator
-from strategylab.market._exchange_orders import OrderBook
+from strategylab.exchange._book import OrderBook
+from strategylab.exchange._faults import FaultBoard, FaultKind, parse_fault
+from strategylab.exchange._gen import TickGenerator
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.market._tick import Tick
 from strategylab.testing import FakeClock
 

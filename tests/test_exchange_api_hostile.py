@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from strategylab.market._exchange import Exchange, ExchangeConfig
-from strategylab.market._orders import OrderClient
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.market._tick import Tick
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
 from strategylab.testing import FakeClock
+from strategylab.trading._orders import OrderClient
 
 pytestmark = pytest.mark.integration
 

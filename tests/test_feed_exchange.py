@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from strategylab.exchange._faults import parse_fault
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
-from strategylab.market._exchange import Exchange, ExchangeConfig
-from strategylab.market._exchange_faults import parse_fault
 from strategylab.market._feed import Feed, FeedConfig
 from strategylab.market._ingest import Ingestor, IngestorConfig
 from strategylab.market._ledger import read_acks, read_emitted
-from strategylab.market._node import Node, NodeConfig
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._store import TickStore
 from strategylab.market._tick import Tick
+from strategylab.node._node import Node, NodeConfig
 
 SYMBOLS = ("A", "B")
 

@@ -18,10 +18,10 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from strategylab.errors import ConfigurationError
 from strategylab.market._feed import FeedConfig
-from strategylab.market._node import Node, NodeConfig
 from strategylab.market._protocol import KIND_TICKS, encode_frame, encode_ticks
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._tick import Tick
+from strategylab.node._node import Node, NodeConfig
 
 pytestmark = pytest.mark.integration
 

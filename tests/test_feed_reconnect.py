@@ -16,8 +16,8 @@ from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
 from strategylab.clock import SYSTEM_CLOCK
+from strategylab.exchange._server import Exchange, ExchangeConfig
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, RecoveryStrategyKind
-from strategylab.market._exchange import Exchange, ExchangeConfig
 from strategylab.market._feed import Feed, FeedConfig
 from strategylab.market._ingest import Ingestor
 from strategylab.market._sqlite_store import SQLiteTickStore

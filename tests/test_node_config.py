@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from strategylab.market._node import NodeConfig, check_store_config
 from strategylab.market._sqlite_store import SQLiteTickStore
+from strategylab.node._node import NodeConfig, check_store_config
 from test_node_process import next_event, spawn, status_until
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
-from strategylab.market._optimizer import (
+from strategylab.research._optimizer import (
     JobResult,
     JobStatus,
     Optimizer,

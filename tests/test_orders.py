@@ -12,11 +12,11 @@ import pytest
 
 from strategylab.chaos import Proxy
 from strategylab.clock import SYSTEM_CLOCK
+from strategylab.exchange._faults import parse_fault
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
 from strategylab.market import Exchange, ExchangeConfig
-from strategylab.market._exchange_faults import parse_fault
-from strategylab.market._orders import AmbiguousOrderError, OrderClient, OrderRefusedError
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
+from strategylab.trading._orders import AmbiguousOrderError, OrderClient, OrderRefusedError
 
 BUY = OrderRequest(symbol="A", side=Side.BUY, qty=1)
 

@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 
 from strategylab.errors import ConfigurationError
+from strategylab.exchange._book import Order
 from strategylab.market import Exchange, ExchangeConfig
-from strategylab.market._exchange_orders import Order
-from strategylab.market._orders import OrderClient
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
 from strategylab.testing import FakeClock
+from strategylab.trading._orders import OrderClient
 
 RESTING = OrderRequest(symbol="A", side=Side.BUY, qty=1, type=OrderType.LIMIT, price=1.0)
 

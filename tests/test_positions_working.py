@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from strategylab.market._positions import PositionStore
-from strategylab.market._risk import Exposure, exposure
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
+from strategylab.trading._positions import PositionStore
+from strategylab.trading._risk import Exposure, exposure
 
 
 def book_exposure(store: PositionStore, symbol: str) -> Exposure:

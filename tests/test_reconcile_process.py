@@ -15,9 +15,9 @@ import pytest
 
 from strategylab.chaos import Proxy
 from strategylab.clock import SYSTEM_CLOCK
+from strategylab.exchange._faults import parse_fault
 from strategylab.market import Exchange, ExchangeConfig
-from strategylab.market._exchange_faults import parse_fault
-from strategylab.market._positions import PositionStore
+from strategylab.trading._positions import PositionStore
 
 LATENCY_MS = 300
 """Added to every answer on the restarted trader's link: one lookup per order would take
@@ -27,8 +27,8 @@ LATENCY_MS = 300
 async def spawn(url: str, db: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.market._engine", "--exchange-url", url, "--db", str(db)),
-        *("--strategy", "bids=strategylab.market._engine_examples:RestingBids", "--symbols", "A"),
+        *("-m", "strategylab.node._trader", "--exchange-url", url, "--db", str(db)),
+        *("--strategy", "bids=strategylab.strategy._examples:RestingBids", "--symbols", "A"),
         *(
             "--params",
             json.dumps({"every": 1, "count": 30, "start_after": 50}),

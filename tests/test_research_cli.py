@@ -26,7 +26,7 @@ from strategylab._research_cli import (
     parse_ranges,
 )
 from strategylab.market import SQLiteTickStore, Tick
-from strategylab.market._optimizer import JobResult, JobStatus, Optimizer, ParamValue
+from strategylab.research._optimizer import JobResult, JobStatus, Optimizer, ParamValue
 
 SYMBOL = "BTC-USD"
 TICKS = 3_000

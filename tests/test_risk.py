@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from strategylab.errors import ConfigurationError
-from strategylab.market._risk import RiskEngine, RiskLimit, RiskLimits, RiskState
-from strategylab.market._strategy import OrderRequest, OrderType, Side
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
 from strategylab.testing import FakeClock
+from strategylab.trading._risk import RiskEngine, RiskLimit, RiskLimits, RiskState
 
 BUY = OrderRequest(symbol="A", side=Side.BUY, qty=10)
 SELL = OrderRequest(symbol="A", side=Side.SELL, qty=10)

@@ -24,7 +24,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from strategylab.market._risk import (
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
+from strategylab.testing import FakeClock
+from strategylab.trading._risk import (
     RiskEngine,
     RiskLimit,
     RiskLimits,
@@ -32,8 +34,6 @@ from strategylab.market._risk import (
     RiskState,
     exposure,
 )
-from strategylab.market._strategy import OrderRequest, OrderType, Side
-from strategylab.testing import FakeClock
 
 MAX_POSITION = 10.0
 MAX_NOTIONAL = 1_000.0

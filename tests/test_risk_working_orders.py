@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from strategylab.market._risk import (
+from strategylab.strategy._strategy import OrderRequest, OrderType, Side
+from strategylab.testing import FakeClock
+from strategylab.trading._risk import (
     Exposure,
     RiskEngine,
     RiskLimit,
@@ -15,8 +17,6 @@ from strategylab.market._risk import (
     RiskRejection,
     exposure,
 )
-from strategylab.market._strategy import OrderRequest, OrderType, Side
-from strategylab.testing import FakeClock
 
 
 @dataclass(slots=True)

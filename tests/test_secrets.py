@@ -150,9 +150,9 @@ def test_write_secret_file_is_private_and_replaces_a_symlink(tmp_path: Path) -> 
 
 def test_configs_never_show_the_secrets_in_their_repr(tmp_path: Path) -> None:
     """A logged or printed config does not leak the signing key or the admin token."""
-    from strategylab.market._exchange import ExchangeConfig  # noqa: PLC0415
+    from strategylab.exchange._server import ExchangeConfig  # noqa: PLC0415
     from strategylab.market._feed import FeedConfig  # noqa: PLC0415
-    from strategylab.market._node import NodeConfig  # noqa: PLC0415
+    from strategylab.node._node import NodeConfig  # noqa: PLC0415
 
     exchange = ExchangeConfig(data_dir=tmp_path, signing_key=SECRET.encode(), admin_token=SECRET)
     node = NodeConfig(

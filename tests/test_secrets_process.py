@@ -147,7 +147,7 @@ COMMANDS = {
     "node": ["node", "--exchange-url", "ws://127.0.0.1:9/ws", "--data-dir", "{tmp}/n",
              "--symbols", "X"],
     "trade": ["trade", "--exchange-url", "http://127.0.0.1:9", "--db", "{tmp}/book.db",
-              "--strategy", "a=strategylab.market._builtin_strategies:MovingAverageCrossover",
+              "--strategy", "a=strategylab.strategy._builtin:MovingAverageCrossover",
               "--symbols", "X"],
 }  # fmt: skip
 BAD = {

@@ -27,15 +27,6 @@ from websockets.exceptions import ConnectionClosed
 
 from strategylab.fault_tolerance import AuditLog
 from strategylab.market import Exchange, ExchangeConfig, Tick
-from strategylab.market._engine import (
-    EXIT_KILL_SWITCH,
-    SECURITY_HOLD,
-    EngineConfig,
-    StrategyEngine,
-    main,
-)
-from strategylab.market._engine_examples import RestingBids, TickTrader
-from strategylab.market._orders import OrderClient
 from strategylab.market._protocol import (
     KIND_CONTROL,
     KIND_HEARTBEAT,
@@ -47,9 +38,18 @@ from strategylab.market._protocol import (
     encode_heartbeat,
     encode_ticks,
 )
-from strategylab.market._risk import RiskEngine, RiskLimit, RiskLimits, RiskState
-from strategylab.market._strategy import Strategy
+from strategylab.node._trader import main
+from strategylab.strategy._examples import RestingBids, TickTrader
+from strategylab.strategy._strategy import Strategy
 from strategylab.testing import FakeClock
+from strategylab.trading._engine import (
+    EXIT_KILL_SWITCH,
+    SECURITY_HOLD,
+    EngineConfig,
+    StrategyEngine,
+)
+from strategylab.trading._orders import OrderClient
+from strategylab.trading._risk import RiskEngine, RiskLimit, RiskLimits, RiskState
 
 KEY_HEX = "5f3c0a91d2e84b7766aa10ce9b3f2d48"
 KEY = bytes.fromhex(KEY_HEX)
@@ -340,7 +340,7 @@ def test_bad_security_options_exit_2_naming_the_flag(
     """A bad security option is refused before anything starts, with the flag named."""
     argv = [
         *("--exchange-url", "http://127.0.0.1:1", "--db", str(tmp_path / "b.db")),
-        *("--strategy", "t=strategylab.market._engine_examples:TickTrader", "--symbols", "A"),
+        *("--strategy", "t=strategylab.strategy._examples:TickTrader", "--symbols", "A"),
         *(flag, value),
     ]
     assert main(argv) == 2
@@ -414,7 +414,7 @@ async def spawn_trader(exchange: Exchange, feed_url: str, db: Path, *extra: str)
         "strategylab",
         "trade",
         *("--exchange-url", exchange.url, "--feed-url", feed_url, "--db", str(db)),
-        *("--strategy", "bids=strategylab.market._engine_examples:RestingBids"),
+        *("--strategy", "bids=strategylab.strategy._examples:RestingBids"),
         *("--symbols", "A", "--status-interval", "0.05", *extra),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

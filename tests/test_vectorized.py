@@ -10,16 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from strategylab.market import Tick
-from strategylab.market._backtest import BacktestConfig, BacktestEngine
-from strategylab.market._backtest_data import ROW_DTYPE, TickArrays
-from strategylab.market._backtest_result import BacktestResult
-from strategylab.market._builtin_strategies import MeanReversion, MovingAverageCrossover
-from strategylab.market._strategy import Strategy
-from strategylab.market._vectorized import (
+from strategylab.research._backtest import BacktestConfig, BacktestEngine
+from strategylab.research._data import ROW_DTYPE, TickArrays
+from strategylab.research._result import BacktestResult
+from strategylab.research._vectorized import (
     ma_crossover_targets,
     mean_reversion_targets,
     run_vectorized,
 )
+from strategylab.strategy._builtin import MeanReversion, MovingAverageCrossover
+from strategylab.strategy._strategy import Strategy
 
 T0 = 1_600_000_000_000_000_000
 

@@ -54,13 +54,12 @@ from strategylab._children import ChildGuard, ChildProcesses, cancel_on_signals
 from strategylab._files import DIR_MODE, create_private_file
 from strategylab._logging import escape
 from strategylab._secrets import write_secret_file
-from strategylab.chaos import IntegrityReport, Proxy
-from strategylab.chaos._checker import CheckInputError, check_sqlite
+from strategylab.chaos import CheckInputError, IntegrityReport, Proxy, check_sqlite
 from strategylab.errors import StrategyLabError
 from strategylab.market import StoreCorruptedError
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT")
-_MA = "strategylab.market._builtin_strategies:MovingAverageCrossover"
+_MA = "strategylab.strategy._builtin:MovingAverageCrossover"
 _READY_TIMEOUT = 30.0
 
 MARKER: Final = ".strategylab-demo"

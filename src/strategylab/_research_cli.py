@@ -29,11 +29,10 @@ from rich.table import Table
 from strategylab._files import check_sqlite_readable, sqlite_uri
 from strategylab._logging import escape
 from strategylab.errors import StrategyLabError
-from strategylab.market._backtest_result import BacktestResult
-from strategylab.market._backtest_spec import BacktestSpec
-from strategylab.market._builtin_strategies import BUILTIN_STRATEGIES, make_strategy
-from strategylab.market._optimizer import (
+from strategylab.research import (
     BACKTEST_METRICS,
+    BacktestResult,
+    BacktestSpec,
     JobResult,
     JobStatus,
     OptimizationReport,
@@ -45,6 +44,7 @@ from strategylab.market._optimizer import (
     random_search,
     scoped_backtest_spec,
 )
+from strategylab.strategy import BUILTIN_STRATEGIES, make_strategy
 
 __all__ = [
     "DEFAULT_DB",
@@ -295,7 +295,7 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     except UsageError as exc:
         raise _usage_exit("backtest", exc) from None
 
-    from strategylab.market._backtest_spec import run_backtest  # noqa: PLC0415
+    from strategylab.research import run_backtest  # noqa: PLC0415
 
     console = Console()
     with console.status(

@@ -80,7 +80,7 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def exchange(ctx: typer.Context) -> None:
     """Run the exchange simulator (options: strategylab exchange --help)."""
-    from strategylab.market._exchange import main as exchange_main  # noqa: PLC0415
+    from strategylab.exchange._server import main as exchange_main  # noqa: PLC0415
 
     raise typer.Exit(exchange_main(ctx.args))
 
@@ -88,7 +88,7 @@ def exchange(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def node(ctx: typer.Context) -> None:
     """Run an ingesting node: feed → ingestor → store (options: strategylab node --help)."""
-    from strategylab.market._node import main as node_main  # noqa: PLC0415
+    from strategylab.node._node import main as node_main  # noqa: PLC0415
 
     raise typer.Exit(node_main(ctx.args))
 
@@ -96,7 +96,7 @@ def node(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def trade(ctx: typer.Context) -> None:
     """Trade strategies live against the exchange, reconciling first (options: --help)."""
-    from strategylab.market._engine import main as engine_main  # noqa: PLC0415
+    from strategylab.node._trader import main as engine_main  # noqa: PLC0415
 
     raise typer.Exit(engine_main(ctx.args))
 
@@ -135,7 +135,7 @@ def check_command(
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    from strategylab.chaos._checker import CheckInputError, check_sqlite  # noqa: PLC0415
+    from strategylab.chaos import CheckInputError, check_sqlite  # noqa: PLC0415
     from strategylab.market import StoreCorruptedError  # noqa: PLC0415
 
     try:
@@ -188,7 +188,7 @@ def audit_verify(
     import re  # noqa: PLC0415
 
     from strategylab.errors import AuditIntegrityError  # noqa: PLC0415
-    from strategylab.fault_tolerance._audit import AuditLog, load_audit_key  # noqa: PLC0415
+    from strategylab.fault_tolerance import AuditLog, load_audit_key  # noqa: PLC0415
 
     prog = "strategylab audit verify"
     given = [("audit log", path), ("--key-file", key_file)]

@@ -7,6 +7,7 @@ integrity checker that compares what the exchange emitted with what the store ho
 from __future__ import annotations
 
 from ._checker import (
+    CheckInputError,
     Corruption,
     EmittedLogError,
     Gap,
@@ -14,6 +15,7 @@ from ._checker import (
     SymbolIntegrity,
     TickSet,
     check,
+    check_sqlite,
 )
 from ._proxy import (
     Proxy,
@@ -30,6 +32,7 @@ from ._proxy_api import create_app as create_proxy_api
 from ._toxics import Stream, Toxic, ToxicType
 
 __all__ = [
+    "CheckInputError",
     "Corruption",
     "EmittedLogError",
     "Gap",
@@ -49,5 +52,6 @@ __all__ = [
     "ToxicNotFoundError",
     "ToxicType",
     "check",
+    "check_sqlite",
     "create_proxy_api",
 ]

@@ -60,11 +60,15 @@ import msgspec
 from strategylab._files import UnsafePathError, check_sqlite_readable, sqlite_uri
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
-from strategylab.market import StoreCorruptedError
-from strategylab.market._ledger import read_acks, read_emitted_payloads
-from strategylab.market._sqlite_store import wal_damage
-from strategylab.market._store import QuarantinedTick
-from strategylab.market._tick import Tick, validate_tick
+from strategylab.market import (
+    QuarantinedTick,
+    StoreCorruptedError,
+    Tick,
+    read_acks,
+    read_emitted_payloads,
+    validate_tick,
+    wal_damage,
+)
 
 __all__ = [
     "CheckInputError",

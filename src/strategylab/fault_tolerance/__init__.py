@@ -27,8 +27,9 @@ from ._breaker import (
     open_breaker_names,
 )
 from ._bulkhead import Bulkhead, BulkheadStatistics
-from ._classify import ClassificationRule, Classifier, classify, register_rule
+from ._classify import ClassificationRule, Classifier, classify, is_corruption, register_rule
 from ._component import (
+    AuditSink,
     Component,
     Degradable,
     Reloadable,
@@ -55,6 +56,7 @@ __all__ = [
     "AuditIntegrityError",
     "AuditLog",
     "AuditRecord",
+    "AuditSink",
     "AuditVerification",
     "BreakerCallListener",
     "BreakerMetrics",
@@ -96,6 +98,7 @@ __all__ = [
     "Timeout",
     "UserImpact",
     "classify",
+    "is_corruption",
     "is_testing",
     "load_audit_key",
     "open_breaker_names",

@@ -1,153 +1,298 @@
-"""Strategy Lab's reference market pipeline.
+"""Strategy Lab's market-data path: from the exchange's wire to durable storage.
 
-An exchange simulator (WebSocket market data, HTTP order API, protocol faults), a resilient feed,
-an ingestor with backpressure, tick stores (SQLite by default, PostgreSQL, a durable spool and a
-failover store that drains it back), a node that wires them to an ErrorRecoveryManager, and the
-trading path: a strategy engine behind a risk engine, an order client that resolves ambiguous
-outcomes, a backtest engine with a vectorised twin, and an optimiser over worker processes.
+The wire protocol (signed frames, control answers, and the order API's wire types), a resilient
+feed, an ingestor with backpressure, the acknowledgement ledgers, and the tick stores (SQLite by
+default, PostgreSQL, a durable spool and a failover store that drains it back).
+
+Every name is imported lazily on first use (PEP 562), so ``import strategylab.market`` stays light.
+
+Compatibility aliases: the names this package exported before it was split (the simulator, live
+trading, research, the node) still import from here, lazily, from their new homes —
+:mod:`strategylab.exchange`, :mod:`strategylab.strategy`, :mod:`strategylab.trading`,
+:mod:`strategylab.research` and :mod:`strategylab.node`. New code imports them from there.
 """
 
 from __future__ import annotations
 
-from ._backtest import (
-    BacktestConfig,
-    BacktestEngine,
-    BacktestError,
-    BacktestStatistics,
-)
-from ._backtest_result import (
-    BacktestResult,
-)
-from ._backtest_spec import (
-    BacktestSpec,
-    run_backtest,
-)
-from ._builtin_strategies import (
-    MeanReversion,
-    MovingAverageCrossover,
-)
-from ._engine import (
-    EngineConfig,
-    EngineStatus,
-    StrategyEngine,
-    run_engine,
-)
-from ._engine_reconcile import (
-    ReconciliationItem,
-)
-from ._engine_runner import (
-    StrategyFailingError,
-    StrategyStatus,
-)
-from ._exchange import (
-    Exchange,
-    ExchangeConfig,
-    run_exchange,
-)
-from ._failover_store import (
-    FailoverState,
-    FailoverStatistics,
-    FailoverStore,
-)
-from ._feed import (
-    AcknowledgingSink,
-    Feed,
-    FeedConfig,
-    FeedDisconnectedError,
-    FeedError,
-    FeedStatistics,
-    InvalidTickError,
-    ReplayTimeoutError,
-    StaleFeedError,
-    TickRangeLostError,
-    TickSink,
-    UnknownSymbolsError,
-)
-from ._ingest import (
-    Ingestor,
-    IngestorClosedError,
-    IngestorConfig,
-    IngestStatistics,
-)
-from ._ledger import (
-    AckLog,
-    EmittedLog,
-    read_acks,
-    read_emitted,
-)
-from ._node import (
-    Node,
-    NodeConfig,
-    run_node,
-)
-from ._optimizer import (
-    JobResult,
-    JobStatus,
-    OptimizationReport,
-    Optimizer,
-    grid,
-    random_search,
-    rank,
-)
-from ._orders import (
-    AmbiguousOrderError,
-    ExchangeUnavailableError,
-    OrderApiError,
-    OrderClient,
-    OrderRefusedError,
-    RateLimitedError,
-)
-from ._pg_store import (
-    PostgresTickStore,
-)
-from ._protocol import (
-    Frame,
-    FrameError,
-    Heartbeat,
-    ReplayDone,
-    ReplayRequest,
-    SignatureError,
-    Subscribe,
-    decode_frame,
-    decode_ticks,
-    encode_frame,
-    encode_ticks,
-)
-from ._risk import (
-    RiskEngine,
-    RiskLimit,
-    RiskLimits,
-    RiskRejectedError,
-    RiskRejection,
-    RiskState,
-)
-from ._spool import (
-    SpoolStatistics,
-    SpoolStore,
-)
-from ._sqlite_store import (
-    SQLiteTickStore,
-    raw_insert_rate,
-)
-from ._store import (
-    QuarantinedTick,
-    StoreCorruptedError,
-    TickStore,
-)
-from ._strategy import (
-    Fill,
-    OrderRequest,
-    OrderType,
-    Side,
-    Strategy,
-    StrategyContext,
-)
-from ._tick import (
-    Tick,
-    validate_tick,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Compatibility aliases (see the module docstring).
+    from strategylab.exchange import (
+        Exchange,
+        ExchangeConfig,
+        run_exchange,
+    )
+    from strategylab.node import (
+        Node,
+        NodeConfig,
+        run_engine,
+        run_node,
+    )
+    from strategylab.research import (
+        BacktestConfig,
+        BacktestEngine,
+        BacktestError,
+        BacktestResult,
+        BacktestSpec,
+        BacktestStatistics,
+        JobResult,
+        JobStatus,
+        OptimizationReport,
+        Optimizer,
+        grid,
+        random_search,
+        rank,
+        run_backtest,
+    )
+    from strategylab.strategy import (
+        Fill,
+        MeanReversion,
+        MovingAverageCrossover,
+        OrderRequest,
+        OrderType,
+        Side,
+        Strategy,
+        StrategyContext,
+    )
+    from strategylab.trading import (
+        AmbiguousOrderError,
+        EngineConfig,
+        EngineStatus,
+        ExchangeUnavailableError,
+        OrderApiError,
+        OrderClient,
+        OrderRefusedError,
+        RateLimitedError,
+        ReconciliationItem,
+        RiskEngine,
+        RiskLimit,
+        RiskLimits,
+        RiskRejectedError,
+        RiskRejection,
+        RiskState,
+        StrategyEngine,
+        StrategyFailingError,
+        StrategyStatus,
+    )
+
+    from ._failover_store import (
+        FailoverState,
+        FailoverStatistics,
+        FailoverStore,
+    )
+    from ._feed import (
+        AcknowledgingSink,
+        Feed,
+        FeedConfig,
+        FeedDisconnectedError,
+        FeedError,
+        FeedStatistics,
+        InvalidTickError,
+        ReplayTimeoutError,
+        StaleFeedError,
+        TickRangeLostError,
+        TickSink,
+        UnknownSymbolsError,
+    )
+    from ._ingest import (
+        Ingestor,
+        IngestorClosedError,
+        IngestorConfig,
+        IngestStatistics,
+    )
+    from ._ledger import (
+        AckLog,
+        EmittedLog,
+        read_acks,
+        read_emitted,
+        read_emitted_payloads,
+    )
+    from ._order_wire import (
+        MAX_LOOKUP,
+        ORDER_STATUSES,
+        ExchangeFill,
+        ExchangeOrder,
+        ExchangePosition,
+        LookupResult,
+        OrderStatus,
+        WireOrderType,
+        WireSide,
+        parse_signing_key,
+    )
+    from ._pg_store import (
+        PostgresTickStore,
+    )
+    from ._protocol import (
+        CONTROL_DECODER,
+        KIND_CONTROL,
+        KIND_HEARTBEAT,
+        KIND_REPLAY_DONE,
+        KIND_TICKS,
+        ControlReply,
+        Frame,
+        FrameError,
+        Heartbeat,
+        ReplayDone,
+        ReplayRequest,
+        SignatureError,
+        Subscribe,
+        decode_frame,
+        decode_ticks,
+        encode_control,
+        encode_frame,
+        encode_heartbeat,
+        encode_replay_done,
+        encode_ticks,
+    )
+    from ._spool import (
+        SpoolStatistics,
+        SpoolStore,
+    )
+    from ._sqlite_store import (
+        SQLITE_SCHEMA,
+        SQLiteTickStore,
+        raw_insert_rate,
+        wal_damage,
+    )
+    from ._store import (
+        QuarantinedTick,
+        StoreCorruptedError,
+        TickStore,
+    )
+    from ._tick import (
+        Tick,
+        validate_tick,
+    )
+
+# Where each public name lives; the first access imports it and caches it on this module.
+_HOMES: dict[str, str] = {
+    "SQLITE_SCHEMA": "strategylab.market._sqlite_store",
+    "CONTROL_DECODER": "strategylab.market._protocol",
+    "KIND_CONTROL": "strategylab.market._protocol",
+    "KIND_HEARTBEAT": "strategylab.market._protocol",
+    "KIND_REPLAY_DONE": "strategylab.market._protocol",
+    "KIND_TICKS": "strategylab.market._protocol",
+    "MAX_LOOKUP": "strategylab.market._order_wire",
+    "ORDER_STATUSES": "strategylab.market._order_wire",
+    "AckLog": "strategylab.market._ledger",
+    "AcknowledgingSink": "strategylab.market._feed",
+    "ControlReply": "strategylab.market._protocol",
+    "EmittedLog": "strategylab.market._ledger",
+    "ExchangeFill": "strategylab.market._order_wire",
+    "ExchangeOrder": "strategylab.market._order_wire",
+    "ExchangePosition": "strategylab.market._order_wire",
+    "FailoverState": "strategylab.market._failover_store",
+    "FailoverStatistics": "strategylab.market._failover_store",
+    "FailoverStore": "strategylab.market._failover_store",
+    "Feed": "strategylab.market._feed",
+    "FeedConfig": "strategylab.market._feed",
+    "FeedDisconnectedError": "strategylab.market._feed",
+    "FeedError": "strategylab.market._feed",
+    "FeedStatistics": "strategylab.market._feed",
+    "Frame": "strategylab.market._protocol",
+    "FrameError": "strategylab.market._protocol",
+    "Heartbeat": "strategylab.market._protocol",
+    "IngestStatistics": "strategylab.market._ingest",
+    "Ingestor": "strategylab.market._ingest",
+    "IngestorClosedError": "strategylab.market._ingest",
+    "IngestorConfig": "strategylab.market._ingest",
+    "InvalidTickError": "strategylab.market._feed",
+    "LookupResult": "strategylab.market._order_wire",
+    "OrderStatus": "strategylab.market._order_wire",
+    "PostgresTickStore": "strategylab.market._pg_store",
+    "QuarantinedTick": "strategylab.market._store",
+    "ReplayDone": "strategylab.market._protocol",
+    "ReplayRequest": "strategylab.market._protocol",
+    "ReplayTimeoutError": "strategylab.market._feed",
+    "SQLiteTickStore": "strategylab.market._sqlite_store",
+    "SignatureError": "strategylab.market._protocol",
+    "SpoolStatistics": "strategylab.market._spool",
+    "SpoolStore": "strategylab.market._spool",
+    "StaleFeedError": "strategylab.market._feed",
+    "StoreCorruptedError": "strategylab.market._store",
+    "Subscribe": "strategylab.market._protocol",
+    "Tick": "strategylab.market._tick",
+    "TickRangeLostError": "strategylab.market._feed",
+    "TickSink": "strategylab.market._feed",
+    "TickStore": "strategylab.market._store",
+    "UnknownSymbolsError": "strategylab.market._feed",
+    "WireOrderType": "strategylab.market._order_wire",
+    "WireSide": "strategylab.market._order_wire",
+    "decode_frame": "strategylab.market._protocol",
+    "decode_ticks": "strategylab.market._protocol",
+    "encode_control": "strategylab.market._protocol",
+    "encode_frame": "strategylab.market._protocol",
+    "encode_heartbeat": "strategylab.market._protocol",
+    "encode_replay_done": "strategylab.market._protocol",
+    "encode_ticks": "strategylab.market._protocol",
+    "parse_signing_key": "strategylab.market._order_wire",
+    "raw_insert_rate": "strategylab.market._sqlite_store",
+    "read_acks": "strategylab.market._ledger",
+    "read_emitted": "strategylab.market._ledger",
+    "read_emitted_payloads": "strategylab.market._ledger",
+    "validate_tick": "strategylab.market._tick",
+    "wal_damage": "strategylab.market._sqlite_store",
+    # Compatibility aliases.
+    "AmbiguousOrderError": "strategylab.trading",
+    "BacktestConfig": "strategylab.research",
+    "BacktestEngine": "strategylab.research",
+    "BacktestError": "strategylab.research",
+    "BacktestResult": "strategylab.research",
+    "BacktestSpec": "strategylab.research",
+    "BacktestStatistics": "strategylab.research",
+    "EngineConfig": "strategylab.trading",
+    "EngineStatus": "strategylab.trading",
+    "Exchange": "strategylab.exchange",
+    "ExchangeConfig": "strategylab.exchange",
+    "ExchangeUnavailableError": "strategylab.trading",
+    "Fill": "strategylab.strategy",
+    "JobResult": "strategylab.research",
+    "JobStatus": "strategylab.research",
+    "MeanReversion": "strategylab.strategy",
+    "MovingAverageCrossover": "strategylab.strategy",
+    "Node": "strategylab.node",
+    "NodeConfig": "strategylab.node",
+    "OptimizationReport": "strategylab.research",
+    "Optimizer": "strategylab.research",
+    "OrderApiError": "strategylab.trading",
+    "OrderClient": "strategylab.trading",
+    "OrderRefusedError": "strategylab.trading",
+    "OrderRequest": "strategylab.strategy",
+    "OrderType": "strategylab.strategy",
+    "RateLimitedError": "strategylab.trading",
+    "ReconciliationItem": "strategylab.trading",
+    "RiskEngine": "strategylab.trading",
+    "RiskLimit": "strategylab.trading",
+    "RiskLimits": "strategylab.trading",
+    "RiskRejectedError": "strategylab.trading",
+    "RiskRejection": "strategylab.trading",
+    "RiskState": "strategylab.trading",
+    "Side": "strategylab.strategy",
+    "Strategy": "strategylab.strategy",
+    "StrategyContext": "strategylab.strategy",
+    "StrategyEngine": "strategylab.trading",
+    "StrategyFailingError": "strategylab.trading",
+    "StrategyStatus": "strategylab.trading",
+    "grid": "strategylab.research",
+    "random_search": "strategylab.research",
+    "rank": "strategylab.research",
+    "run_backtest": "strategylab.research",
+    "run_engine": "strategylab.node",
+    "run_exchange": "strategylab.exchange",
+    "run_node": "strategylab.node",
+}
 
 __all__ = [
+    "CONTROL_DECODER",
+    "KIND_CONTROL",
+    "KIND_HEARTBEAT",
+    "KIND_REPLAY_DONE",
+    "KIND_TICKS",
+    "MAX_LOOKUP",
+    "ORDER_STATUSES",
+    "SQLITE_SCHEMA",
     "AckLog",
     "AcknowledgingSink",
     "AmbiguousOrderError",
@@ -157,11 +302,15 @@ __all__ = [
     "BacktestResult",
     "BacktestSpec",
     "BacktestStatistics",
+    "ControlReply",
     "EmittedLog",
     "EngineConfig",
     "EngineStatus",
     "Exchange",
     "ExchangeConfig",
+    "ExchangeFill",
+    "ExchangeOrder",
+    "ExchangePosition",
     "ExchangeUnavailableError",
     "FailoverState",
     "FailoverStatistics",
@@ -182,6 +331,7 @@ __all__ = [
     "InvalidTickError",
     "JobResult",
     "JobStatus",
+    "LookupResult",
     "MeanReversion",
     "MovingAverageCrossover",
     "Node",
@@ -192,6 +342,7 @@ __all__ = [
     "OrderClient",
     "OrderRefusedError",
     "OrderRequest",
+    "OrderStatus",
     "OrderType",
     "PostgresTickStore",
     "QuarantinedTick",
@@ -224,19 +375,41 @@ __all__ = [
     "TickSink",
     "TickStore",
     "UnknownSymbolsError",
+    "WireOrderType",
+    "WireSide",
     "decode_frame",
     "decode_ticks",
+    "encode_control",
     "encode_frame",
+    "encode_heartbeat",
+    "encode_replay_done",
     "encode_ticks",
     "grid",
+    "parse_signing_key",
     "random_search",
     "rank",
     "raw_insert_rate",
     "read_acks",
     "read_emitted",
+    "read_emitted_payloads",
     "run_backtest",
     "run_engine",
     "run_exchange",
     "run_node",
     "validate_tick",
+    "wal_damage",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import ``name`` from its home on first use (PEP 562)."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -63,18 +63,17 @@ from strategylab._files import (
     sqlite_uri,
 )
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.fault_tolerance import ErrorRecoveryManager
-from strategylab.fault_tolerance._classify import is_corruption
+from strategylab.fault_tolerance import ErrorRecoveryManager, is_corruption
 
 from ._store import QuarantinedTick, StoreCorruptedError
 from ._tick import Tick
 
-__all__ = ["SCHEMA", "SQLiteTickStore", "raw_insert_rate"]
+__all__ = ["SQLITE_SCHEMA", "SQLiteTickStore", "raw_insert_rate"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
-SCHEMA: Final = (
+SQLITE_SCHEMA: Final = (
     (
         "CREATE TABLE IF NOT EXISTS ticks ("
         "symbol TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, "
@@ -175,7 +174,7 @@ def _configure(
     if str(mode).lower() != "wal":
         raise sqlite3.OperationalError(f"{path}: journal_mode=WAL refused (got {mode!r})")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    for statement in SCHEMA:
+    for statement in SQLITE_SCHEMA:
         conn.execute(statement)
 
 

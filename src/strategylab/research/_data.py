@@ -18,9 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strategylab._files import check_sqlite_readable, sqlite_uri
-
-from ._sqlite_store import SQLiteTickStore
-from ._tick import Tick
+from strategylab.market import SQLiteTickStore, Tick
 
 __all__ = ["ROW_DTYPE", "TickArrays", "TickSource", "load_sqlite_arrays", "read_chunk"]
 

@@ -48,8 +48,7 @@ from typing import NamedTuple, Protocol
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-
-from ._strategy import OrderRequest, Side
+from strategylab.strategy import OrderRequest, Side
 
 __all__ = [
     "Exposure",

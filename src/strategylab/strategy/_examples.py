@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from strategylab.market import Tick
+
 from ._strategy import Fill, JSONValue, OrderRequest, OrderType, Side, Strategy, StrategyContext
-from ._tick import Tick
 
 __all__ = ["RestingBids", "TickTrader"]
 

@@ -20,7 +20,7 @@ first and recorded only when complete, so a failure half-way leaves the book as 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
@@ -28,8 +28,28 @@ from aiohttp import web
 from strategylab._http_guard import read_json
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, PicklableErrorMixin
+from strategylab.market import (
+    MAX_LOOKUP,
+    ORDER_STATUSES,
+    ExchangeFill,
+    ExchangeOrder,
+    ExchangePosition,
+    LookupResult,
+    OrderStatus,
+    Tick,
+    WireOrderType,
+    WireSide,
+)
 
-from ._tick import Tick
+# The wire types live with the protocol (the client side never imports the simulator); the book
+# keeps its historical names for them.
+Order = ExchangeOrder
+Fill = ExchangeFill
+Position = ExchangePosition
+Side = WireSide
+OrderType = WireOrderType
+Status = OrderStatus
+STATUSES = ORDER_STATUSES
 
 __all__ = [
     "MAX_AMOUNT",
@@ -44,13 +64,7 @@ __all__ = [
     "Position",
 ]
 
-Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit"]
-Status = Literal["open", "filled", "cancelled", "rejected"]
-STATUSES: frozenset[str] = frozenset({"open", "filled", "cancelled", "rejected"})
 _MAX_CLIENT_ID = 128
-MAX_LOOKUP = 1000
-"""Client order ids one bulk lookup may ask about."""
 MAX_AMOUNT = 1e9
 """The largest ``qty`` or ``price`` an order may carry (the feed's own bound on a price)."""
 MIN_AMOUNT = 1e-9
@@ -72,44 +86,6 @@ class OrderRequestError(PicklableErrorMixin, ValueError):
 
 class OrderStateError(ValueError):
     """The order exists but cannot do what was asked (e.g. cancel a filled order)."""
-
-
-class Order(msgspec.Struct, frozen=True, kw_only=True):
-    """An order as the exchange knows it."""
-
-    id: str
-    client_order_id: str
-    symbol: str
-    side: Side
-    type: OrderType
-    qty: float
-    price: float | None
-    status: Status
-    filled_qty: float = 0.0
-    avg_fill_price: float | None = None
-    reason: str | None = None
-    created_ns: int = 0
-    updated_ns: int = 0
-
-
-class Fill(msgspec.Struct, frozen=True, kw_only=True):
-    """One execution."""
-
-    id: str
-    order_id: str
-    client_order_id: str
-    symbol: str
-    side: Side
-    qty: float
-    price: float
-    ts: int
-
-
-class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer to a bulk lookup: the orders found, and the client ids the exchange never saw."""
-
-    orders: list[Order]
-    unknown: list[str]
 
 
 def _shown(value: object) -> str:
@@ -165,15 +141,6 @@ def parse_lookup(body: object) -> list[str]:
             "client_order_ids", f"at most {MAX_LOOKUP} ids per request, got {len(cids)}"
         )
     return [_client_id(cid, "client_order_ids") for cid in cids]
-
-
-class Position(msgspec.Struct, frozen=True, kw_only=True):
-    """Net position in one symbol: signed ``qty``, average entry price, realised P&L."""
-
-    symbol: str
-    qty: float
-    avg_price: float
-    realized_pnl: float
 
 
 def _amount(body: Mapping[str, object], field: str) -> float:

@@ -21,7 +21,7 @@ from typing import Final
 
 import numpy as np
 
-from ._strategy import Fill, JSONValue, Side
+from strategylab.strategy import Fill, JSONValue, Side
 
 __all__ = ["YEAR_NS", "BacktestResult", "EquityMetrics", "equity_metrics", "fill_from_dict"]
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from strategylab.strategy import Fill, MeanReversion, MovingAverageCrossover, Side, Strategy
+
 from ._backtest import BacktestConfig
-from ._backtest_data import TickArrays
-from ._backtest_result import BacktestResult, equity_metrics
-from ._builtin_strategies import MeanReversion, MovingAverageCrossover
-from ._strategy import Fill, Side, Strategy
+from ._data import TickArrays
+from ._result import BacktestResult, equity_metrics
 
 __all__ = ["ma_crossover_targets", "mean_reversion_targets", "run_vectorized"]
 

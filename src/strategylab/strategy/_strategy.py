@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ._tick import Tick
+from strategylab.market import Tick
 
 __all__ = [
     "Fill",

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
     from strategylab.fault_tolerance import ErrorRecoveryManager
 
-    from ._backtest_spec import BacktestSpec
+    from ._spec import BacktestSpec
 
 __all__ = [
     "BACKTEST_METRICS",
@@ -757,7 +757,7 @@ def backtest_metrics(spec: BacktestSpec) -> dict[str, float]:
 
     Only these numbers cross back to the parent, not the trades or the equity curve.
     """
-    from ._backtest_spec import run_backtest  # noqa: PLC0415 - the worker pays the import, once
+    from ._spec import run_backtest  # noqa: PLC0415 - the worker pays the import, once
 
     result = run_backtest(spec)
     return {

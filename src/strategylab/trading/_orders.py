@@ -46,12 +46,14 @@ from strategylab.fault_tolerance import (
     Timeout,
     parse_retry_after,
 )
-
-from ._exchange_orders import MAX_LOOKUP, LookupResult
-from ._exchange_orders import Fill as ExchangeFill
-from ._exchange_orders import Order as ExchangeOrder
-from ._exchange_orders import Position as ExchangePosition
-from ._strategy import OrderRequest, OrderType
+from strategylab.market import (
+    MAX_LOOKUP,
+    ExchangeFill,
+    ExchangeOrder,
+    ExchangePosition,
+    LookupResult,
+)
+from strategylab.strategy import OrderRequest, OrderType
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from strategylab.market import SQLiteTickStore
+from strategylab.strategy import BUILTIN_STRATEGIES, JSONValue, Strategy, make_strategy
+
 from ._backtest import BacktestConfig, BacktestEngine
-from ._backtest_data import load_sqlite_arrays
-from ._backtest_result import BacktestResult
-from ._builtin_strategies import BUILTIN_STRATEGIES, make_strategy
-from ._sqlite_store import SQLiteTickStore
-from ._strategy import JSONValue, Strategy
+from ._data import load_sqlite_arrays
+from ._result import BacktestResult
 
 __all__ = ["BacktestSpec", "StrategyName", "run_backtest"]
 

@@ -44,7 +44,7 @@ HALTED for good, every open order of this engine cancelled at the exchange withi
 ``close_deadline``, strategy states persisted, an audit record, and the process ends with
 :data:`EXIT_KILL_SWITCH`.
 
-Run as a process: ``python -m strategylab.market._engine --exchange-url http://127.0.0.1:P --db
+Run as a process: ``python -m strategylab.node._trader --exchange-url http://127.0.0.1:P --db
 PATH --strategy NAME=module:Class --symbols A,B``; it prints JSON lines: ``reconciled`` (the
 items and the ``seconds`` it took), ``trading``, a ``status`` every ``--status-interval`` seconds,
 ``security_violation`` for each forged frame, and ``stopped`` on SIGTERM (exit 0), or
@@ -53,20 +53,11 @@ items and the ``seconds`` it took), ``trading``, a ``status`` every ``--status-i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
-import importlib
-import inspect
-import json
 import logging
 import math
-import os
-import signal
-import sqlite3
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
@@ -74,30 +65,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
-from strategylab._files import UnsafePathError, make_private_dir
-from strategylab._logging import configure_logging, escape
-from strategylab._secrets import (
-    AUDIT_KEY,
-    SIGNING_KEY,
-    add_secret_file_option,
-    add_secret_options,
-    resolve_secret,
-)
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import (
-    AuditIntegrityError,
-    AuditLog,
     ErrorContext,
     ErrorRecoveryManager,
     ErrorType,
-    load_audit_key,
 )
+from strategylab.strategy import Fill, OrderRequest, OrderType, Side
 
-from ._engine_reconcile import ReconciliationItem, reconcile
-from ._engine_runner import StrategyFactory, StrategyFailingError, StrategyRunner, StrategyStatus
-from ._exchange import parse_signing_key
-from ._feed import Feed, FeedConfig
 from ._orders import (
     AmbiguousOrderError,
     ExchangeOrder,
@@ -106,15 +82,14 @@ from ._orders import (
     OrderRefusedError,
 )
 from ._positions import PositionStore
+from ._reconcile import ReconciliationItem, reconcile
 from ._risk import RiskEngine, RiskRejection, exposure
-from ._store import StoreCorruptedError
-from ._strategy import Fill, OrderRequest, OrderType, Side, Strategy
+from ._runner import StrategyFactory, StrategyFailingError, StrategyRunner, StrategyStatus
+from ._security import SECURITY_HOLD, SecurityGuard
 
 if TYPE_CHECKING:
-    from strategylab.fault_tolerance._component import AuditSink
-
-    from ._store import QuarantinedTick
-    from ._tick import Tick
+    from strategylab.fault_tolerance import AuditSink
+    from strategylab.market import QuarantinedTick, Tick
 
 __all__ = [
     "EXIT_KILL_SWITCH",
@@ -122,8 +97,6 @@ __all__ = [
     "EngineConfig",
     "EngineStatus",
     "StrategyEngine",
-    "main",
-    "run_engine",
 ]
 
 _log = logging.getLogger("strategylab.market.engine")
@@ -134,8 +107,6 @@ EXIT_KILL_SWITCH: Final = 3
 """The exit code of a trader whose kill switch was pulled (the node's EXIT_EMERGENCY too)."""
 _CANCEL_ROUNDS = 3
 """Kill switch: list and cancel, list and cancel, list to confirm (bounded by a deadline)."""
-SECURITY_HOLD: Final = "security"
-"""The risk-engine hold source of the security hold (see the module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,37 +207,6 @@ class _Live:
         return (self.request.qty - self.filled) * self.request.side.sign
 
 
-class _Security:
-    """The engine's security hold and kill switch (see the module docstring)."""
-
-    __slots__ = (
-        "authenticated",
-        "feed_health",
-        "held_since",
-        "hold_task",
-        "hold_until",
-        "kill_task",
-        "killed",
-        "report",
-        "ticks",
-        "violations",
-    )
-
-    def __init__(self) -> None:
-        self.violations = 0
-        self.feed_health: Callable[[], Awaitable[bool]] | None = None
-        self.held_since: float | None = None
-        """Monotonic time of the last forged frame while the hold is in force (None: no hold)."""
-        self.hold_until = 0.0
-        self.ticks = 0
-        """Authenticated ticks delivered since the last forged frame."""
-        self.authenticated = asyncio.Event()
-        self.hold_task: asyncio.Task[None] | None = None
-        self.kill_task: asyncio.Task[None] | None = None
-        self.killed = asyncio.Event()
-        self.report: dict[str, object] = {}
-
-
 class StrategyEngine:
     """Runs strategies live (see the module docstring). ``await start()`` reconciles first."""
 
@@ -336,7 +276,15 @@ class StrategyEngine:
         self.ambiguous_total = 0
         self.resent = 0
         self.quarantined = 0
-        self._security = _Security()
+        self._security = SecurityGuard(
+            risk=self.risk,
+            clock=clock,
+            hold=self.config.security_hold,
+            name=name,
+            record=self._record,
+            shutdown=self._shutdown,
+            audit=audit,
+        )
 
     # ------------------------------------------------------------------ Component
 
@@ -378,7 +326,7 @@ class StrategyEngine:
                 self._fail(runner, exc)
         self.trading = True
         if self._security.held_since is not None:  # held when stopped: the hold goes on
-            self._arm_security_hold()
+            self._security.arm()
         self._loops = [
             asyncio.create_task(self._fill_loop(), name=f"{self._name}.fills"),
             asyncio.create_task(self._resolve_loop(), name=f"{self._name}.resolver"),
@@ -437,12 +385,9 @@ class StrategyEngine:
             for runner in by_symbol.get(symbol, ()):
                 if runner.running:
                     self._callback(runner, runner.strategy.on_tick, tick)
-        security = self._security
-        if security.held_since is not None:
-            # Only authenticated ticks reach a sink: the feed verified them on a connection
-            # that carried no forgery (a forged frame drops its connection).
-            security.ticks += len(ticks)
-            security.authenticated.set()
+        # Only authenticated ticks reach a sink: the feed verified them on a connection that
+        # carried no forgery (a forged frame drops its connection).
+        self._security.delivered(len(ticks))
 
     async def quarantine(self, entries: list[QuarantinedTick]) -> None:
         """Refused input is counted; strategies never see it."""
@@ -602,77 +547,11 @@ class StrategyEngine:
     def on_security_violation(self, error: BaseException) -> None:
         """A forged frame (the feed's ``on_violation``): hold trading at once, audit it.
 
-        Every new order is refused until the hold lifts (see the module docstring); another
-        violation restarts the hold. Synchronous, so nothing is sent between the forged frame and
-        the halt.
+        Every new order is refused until the hold lifts (see :mod:`strategylab.trading._security`);
+        another violation restarts the hold. Synchronous, so nothing is sent between the forged
+        frame and the halt.
         """
-        clock, security = self._clock, self._security
-        now = clock.monotonic()
-        hold = self.config.security_hold
-        security.violations += 1
-        security.held_since = now
-        security.hold_until = now + hold
-        security.ticks = 0
-        security.authenticated.clear()
-        until = _iso(clock.time() + hold)
-        self.risk.hold(SECURITY_HOLD, f"security: forged frame: {error} (hold until {until})")
-        _log.error("security violation: %s; trading held until %s", error, until)
-        self._record(
-            "security_violation",
-            {"reason": str(error), "violations": security.violations, "hold_until": until},
-        )
-        self._arm_security_hold()
-
-    def _arm_security_hold(self) -> None:
-        security = self._security
-        if security.hold_task is None or security.hold_task.done():
-            security.hold_task = asyncio.get_running_loop().create_task(
-                self._security_hold(), name=f"{self._name}.security-hold"
-            )
-
-    async def _security_hold(self) -> None:
-        """Lift the security hold once it expired, authenticated data flowed since the last
-        violation and the feed is healthy; every violation meanwhile restarts the wait."""
-        clock, security = self._clock, self._security
-        noted = False
-        while True:
-            wait = security.hold_until - clock.monotonic()
-            if wait > 0:
-                noted = False
-                await clock.asleep(wait)
-                continue
-            if security.ticks > 0 and await self._feed_healthy():
-                if security.hold_until <= clock.monotonic():  # no violation while asking
-                    break
-                continue
-            if not noted:
-                noted = True
-                self.risk.hold(
-                    SECURITY_HOLD,
-                    "security: forged frame "
-                    f"{clock.monotonic() - (security.held_since or 0.0):.0f}s ago (hold "
-                    "expired; waiting for authenticated data on a fresh connection)",
-                )
-            security.authenticated.clear()
-            await security.authenticated.wait()
-        held_for = clock.monotonic() - (security.held_since or 0.0)
-        security.held_since = None
-        self.risk.release(SECURITY_HOLD)
-        _log.warning("security hold lifted after %.1fs: authenticated data flows", held_for)
-        self._record(
-            "security_hold_released",
-            {"held_seconds": round(held_for, 3), "ticks_since": security.ticks},
-        )
-
-    async def _feed_healthy(self) -> bool:
-        probe = self._security.feed_health
-        if probe is None:
-            return True
-        try:
-            return await probe()
-        except Exception:  # a failing probe is an unhealthy feed, never a lifted hold
-            _log.exception("feed health probe failed")
-            return False
+        self._security.on_violation(error)
 
     async def kill_switch(self, error: BaseException) -> None:
         """Forged frames past the threshold (the feed's ``kill_switch``): emergency shutdown.
@@ -683,37 +562,13 @@ class StrategyEngine:
         exits with :data:`EXIT_KILL_SWITCH`). Runs in a task the engine owns, so cancelling the
         caller cannot stop it half-way; a second call waits for the first.
         """
-        security = self._security
-        if security.kill_task is None:
-            self.risk.halt(f"security kill switch: {error}")
-            self.trading = False
-            _log.critical("KILL SWITCH: %s", error)
-            security.report = {"reason": str(error)}
-            security.kill_task = asyncio.get_running_loop().create_task(
-                self._emergency(str(error)), name=f"{self._name}.kill-switch"
-            )
-        await asyncio.shield(security.kill_task)
+        self.trading = False
+        await self._security.kill_switch(error)
 
-    async def _emergency(self, reason: str) -> None:
-        security = self._security
-        try:
-            cancelled, left_open, complete = await self.cancel_everything(
-                self.config.close_deadline
-            )
-            self._flush_states(force=True)
-            security.report = {
-                "reason": reason,
-                "cancelled": cancelled,
-                "left_open": left_open,
-                "complete": complete,
-            }
-            if self._audit is not None:
-                try:
-                    await self._audit.aappend("kill_switch", dict(security.report))
-                except Exception:
-                    _log.exception("could not audit the kill switch")
-        finally:
-            security.killed.set()
+    async def _shutdown(self) -> tuple[int, list[str], bool]:
+        result = await self.cancel_everything(self.config.close_deadline)
+        self._flush_states(force=True)
+        return result
 
     async def cancel_everything(self, deadline: float) -> tuple[int, list[str], bool]:
         """Cancel every open order of this engine at the exchange within ``deadline`` seconds.
@@ -1172,295 +1027,3 @@ async def _reconcile_and_last_seqs(
         await asyncio.gather(items, last, return_exceptions=True)
         raise
     return items.result(), last.result()
-
-
-# ---------------------------------------------------------------------------------- process
-
-
-def load_factory(spec: str, symbols: tuple[str, ...], params: dict[str, Any]) -> StrategyFactory:
-    """``NAME=module:Class`` → a factory calling ``Class(NAME, symbols, **params)`` (or
-    ``Class(symbols[0], name=NAME, **params)`` for a class whose first parameter is ``symbol``,
-    like the built-in strategies)."""
-    name, sep, target = spec.partition("=")
-    module_name, colon, attr = target.partition(":")
-    if not sep or not colon or not name or not module_name or not attr:
-        raise ConfigurationError("strategy", spec, "must look like NAME=module:Class")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise ConfigurationError("strategy", spec, f"{target} is not a Strategy subclass")
-
-    # The built-ins take ``(symbol, ..., name=)``; the engine's examples ``(name, symbols, ...)``.
-    first = next(iter(inspect.signature(cls).parameters), "")
-    make: Callable[..., Strategy] = cls
-
-    def factory() -> Strategy:
-        if first == "symbol":
-            return make(symbols[0], name=name, **params)
-        return make(name, symbols, **params)
-
-    return factory
-
-
-def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).isoformat(timespec="seconds")
-
-
-def _emit(event: str, **data: object) -> None:
-    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
-    sys.stdout.flush()
-
-
-async def run_engine(
-    engine: StrategyEngine,
-    ws_url: str,
-    *,
-    stop: asyncio.Event | None = None,
-    status_interval: float = 1.0,
-    signing_key: bytes | None = None,
-    max_violations: int = 5,
-    violation_window: float = 60.0,
-) -> int:
-    """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop``, SIGTERM/SIGINT or the
-    kill switch. Returns the exit code: 0, or :data:`EXIT_KILL_SWITCH`.
-
-    With ``signing_key``, market data whose HMAC does not verify never reaches a strategy: each
-    forged frame holds trading (:meth:`StrategyEngine.on_security_violation`), and
-    ``max_violations`` of them within ``violation_window`` seconds pull the kill switch.
-    """
-    done = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    try:
-        await engine.start()
-    except BaseException:
-        await engine.aclose()  # the client session and the book, opened before reconciling
-        raise
-    _emit(
-        "reconciled",
-        items=[i.to_dict() for i in engine.reconciliation],
-        seconds=round(engine.reconcile_seconds, 6),
-    )
-    try:
-        feed = _guarded_feed(engine, ws_url, signing_key, max_violations, violation_window)
-    except BaseException:
-        await engine.aclose()
-        raise
-    killed = engine.killed
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, done.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                break
-        await feed.start()
-        _emit("trading", pid=os.getpid())
-        while not done.is_set() and not killed.is_set():
-            _emit("status", **engine.status().to_dict())
-            waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(killed.wait()))
-            try:
-                await asyncio.wait(waiters, timeout=status_interval, return_when="FIRST_COMPLETED")
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await feed.stop()
-        await engine.aclose()
-    if killed.is_set():
-        _emit(
-            "kill_switch",
-            **engine.kill_report,
-            exit_code=EXIT_KILL_SWITCH,
-            status=engine.status().to_dict(),
-        )
-        return EXIT_KILL_SWITCH
-    _emit("stopped", **engine.status().to_dict())
-    return 0
-
-
-def _guarded_feed(
-    engine: StrategyEngine,
-    ws_url: str,
-    signing_key: bytes | None,
-    max_violations: int,
-    violation_window: float,
-) -> Feed:
-    """The engine's feed: each forged frame holds trading (and is printed); past the threshold,
-    the kill switch stops the feed, then runs the engine's emergency shutdown."""
-
-    def on_violation(error: BaseException) -> None:
-        engine.on_security_violation(error)
-        _emit(
-            "security_violation",
-            reason=str(error),
-            violations=engine.security_violations,
-            risk_reason=engine.risk.reason,
-        )
-
-    async def kill_switch(error: BaseException) -> None:
-        # Trading is already held (every forged frame holds it): first stop taking data from a
-        # link that is being forged, then the emergency shutdown. The feed runs this in its own
-        # task, which its stop leaves running.
-        await feed.stop()
-        await engine.kill_switch(error)
-
-    config = FeedConfig(
-        urls=(ws_url,),
-        symbols=tuple(engine._by_symbol),  # noqa: SLF001 - our own engine
-        signing_key=signing_key,
-        max_violations=max_violations,
-        violation_window=violation_window,
-    )
-    feed = Feed(config, engine, kill_switch=kill_switch, on_violation=on_violation)
-    engine.feed_health = feed.health
-    return feed
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strategylab trade", description="Trade strategies live.")
-    p.add_argument("--exchange-url", required=True, help="http://HOST:PORT of the exchange")
-    p.add_argument("--db", type=Path, required=True, help="the engine's SQLite book")
-    p.add_argument("--strategy", action="append", required=True, help="NAME=module:Class")
-    p.add_argument("--symbols", required=True, help="comma-separated")
-    p.add_argument("--params", default="{}", help="JSON keyword arguments for every strategy")
-    p.add_argument("--status-interval", type=float, default=1.0)
-    p.add_argument(
-        "--state-interval",
-        type=float,
-        default=1.0,
-        help="seconds between saves of strategy state changed without an order",
-    )
-    p.add_argument(
-        "--max-retry-after",
-        type=float,
-        default=30.0,
-        help="the longest 429 Retry-After wait honoured, seconds",
-    )
-    p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
-    p.add_argument("--max-position", type=float, default=1_000.0)
-    add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
-    add_secret_file_option(p, AUDIT_KEY)
-    p.add_argument(
-        "--feed-url",
-        default=None,
-        help="ws://HOST:PORT/ws of the market data (default: the exchange's /ws)",
-    )
-    p.add_argument(
-        "--max-violations",
-        type=int,
-        default=5,
-        help="forged frames within --violation-window that pull the kill switch (default 5)",
-    )
-    p.add_argument(
-        "--violation-window",
-        type=float,
-        default=60.0,
-        help="seconds over which forged frames are counted (default 60)",
-    )
-    p.add_argument(
-        "--security-hold",
-        type=float,
-        default=None,
-        help="seconds without a forged frame before trading may resume "
-        "(default: --violation-window)",
-    )
-    return p
-
-
-def _seconds(flag: str, value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigurationError(flag, value, "must be a finite number of seconds > 0")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 1 when the exchange cannot be reached to
-    reconcile, 2 for bad options, :data:`EXIT_KILL_SWITCH` when the kill switch was pulled."""
-    from ._risk import RiskLimits  # noqa: PLC0415 - only the process needs it
-
-    args = _parser().parse_args(argv)
-    configure_logging(logging.WARNING, sys.stderr)
-    try:
-        symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
-        params = json.loads(args.params)
-        factories = [load_factory(spec, symbols, params) for spec in args.strategy]
-        signing_key = parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab trade"))
-        audit_key = load_audit_key(args.audit_key_file)
-        limits = RiskLimits(
-            max_order_notional=args.max_order_notional, max_position=args.max_position
-        )
-        max_retry_after = _seconds("--max-retry-after", args.max_retry_after)
-        if args.max_violations < 1:
-            raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
-                "--max-violations", args.max_violations, "must be an integer >= 1"
-            )
-        window = _seconds("--violation-window", args.violation_window)
-        hold = window if args.security_hold is None else args.security_hold
-        config = EngineConfig(
-            state_interval=args.state_interval,
-            security_hold=_seconds("--security-hold", hold),
-        )
-        base = args.exchange_url.rstrip("/")
-        ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
-        if args.feed_url is not None:
-            ws_url = args.feed_url
-            if not ws_url.startswith(("ws://", "wss://")):
-                raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
-                    "--feed-url", ws_url, "must start with ws:// or wss://"
-                )
-    except (ConfigurationError, ValueError, ImportError, AttributeError) as exc:
-        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
-        return 2
-
-    async def run() -> int:
-        make_private_dir(args.db.parent)  # 0700, every missing parent too; never a symlink
-        # Keyed and anchored as the node's: the head goes to a second file and to stdout.
-        with AuditLog(
-            args.db.with_suffix(".audit.jsonl"),
-            key=audit_key,
-            anchor=args.db.with_suffix(".audit.anchor.jsonl"),
-            on_anchor=lambda seq, digest: _emit("audit_anchor", seq=seq, hash=digest),
-        ) as audit:
-            manager = ErrorRecoveryManager(audit=audit)
-            engine = StrategyEngine(
-                factories,
-                client=OrderClient(base, manager=manager, max_retry_after=max_retry_after),
-                db=args.db,
-                risk=RiskEngine(limits),
-                manager=manager,
-                config=config,
-                audit=audit,
-            )
-            return await run_engine(
-                engine,
-                ws_url,
-                status_interval=args.status_interval,
-                signing_key=signing_key,
-                max_violations=args.max_violations,
-                violation_window=window,
-            )
-
-    try:
-        return asyncio.run(run())
-    except (UnsafePathError, StoreCorruptedError) as exc:
-        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
-        return 1
-    except AuditIntegrityError as exc:
-        sys.stderr.write(f"strategylab trade: error: audit log damaged: {escape(str(exc))}\n")
-        return 1
-    except sqlite3.Error as exc:
-        sys.stderr.write(f"strategylab trade: error: {args.db}: {escape(str(exc))}\n")
-        return 1
-    except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
-        # Reconciliation must reach the exchange before anything trades.
-        sys.stderr.write(
-            f"strategylab trade: error: cannot reconcile with {base}: {escape(str(exc))}\n"
-        )
-        return 1
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())

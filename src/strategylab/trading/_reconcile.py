@@ -19,9 +19,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from strategylab.strategy import Side
+
 from ._orders import ExchangeFill, ExchangeOrder, ExchangePosition, OrderClient
 from ._positions import OPEN_STATUSES, PositionStore
-from ._strategy import Side
 
 __all__ = ["ReconciliationItem", "reconcile"]
 
@@ -58,7 +59,7 @@ class ReconciliationItem:
 async def reconcile(client: OrderClient, store: PositionStore) -> list[ReconciliationItem]:  # noqa: C901, PLR0912, PLR0915
     """Fix every difference between ``store`` and the exchange; returns what was fixed.
 
-    Raises the client's errors (:class:`~strategylab.market._orders.OrderApiError`, aiohttp's,
+    Raises the client's errors (:class:`~strategylab.trading._orders.OrderApiError`, aiohttp's,
     ``TimeoutError``) when the exchange cannot be read: nothing trades unreconciled.
     """
     items: list[ReconciliationItem] = []

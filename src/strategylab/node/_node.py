@@ -7,7 +7,7 @@ In process::
     await node.wait_caught_up({"A": 1000, "B": 1000}, timeout=10)
     await node.aclose()
 
-As a process (``python -m strategylab.market._node --exchange-url ws://127.0.0.1:P/ws --db PATH
+As a process (``python -m strategylab.node._node --exchange-url ws://127.0.0.1:P/ws --db PATH
 --data-dir D --symbols A,B``) it prints one JSON ``status`` line every ``--status-interval`` seconds
 and, on SIGTERM or SIGINT, drains the queue for at most ``--drain-timeout`` seconds (default 1;
 ticks still queued then were never acknowledged and are replayed by the next run), prints a
@@ -90,17 +90,20 @@ from strategylab.fault_tolerance import (
     RetryPolicy,
     load_audit_key,
 )
-
-from ._exchange import parse_signing_key
-from ._failover_store import FailoverStore
-from ._feed import Feed, FeedConfig
-from ._ingest import Ingestor, IngestorConfig
-from ._ledger import AckLog
-from ._pg_store import PostgresTickStore
-from ._spool import SpoolStore
-from ._sqlite_store import SCHEMA as SQLITE_SCHEMA
-from ._sqlite_store import SQLiteTickStore
-from ._store import TickStore
+from strategylab.market import (
+    SQLITE_SCHEMA,
+    AckLog,
+    FailoverStore,
+    Feed,
+    FeedConfig,
+    Ingestor,
+    IngestorConfig,
+    PostgresTickStore,
+    SpoolStore,
+    SQLiteTickStore,
+    TickStore,
+    parse_signing_key,
+)
 
 __all__ = ["EXIT_EMERGENCY", "Node", "NodeConfig", "main"]
 

@@ -1,6 +1,6 @@
 """The exchange simulator: WebSocket market data and an HTTP order API on one aiohttp server.
 
-Run it as its own process (``python -m strategylab.market._exchange --port 0``; it prints one JSON
+Run it as its own process (``python -m strategylab.exchange._server --port 0``; it prints one JSON
 line ``{"event": "listening", "port": N, "pid": P}``) or in-process through :class:`Exchange`.
 
 Market data (``GET /ws``, frames of :mod:`._protocol`): a feed sends ``Subscribe``; the exchange
@@ -45,29 +45,30 @@ from strategylab._logging import configure_logging, escape
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
-
-from ._exchange_faults import FaultBoard, FaultKind, FaultRequestError, parse_fault
-from ._exchange_gen import TickGenerator
-from ._exchange_orders import STATUSES, OrderBook, OrderRequestError, OrderStateError
-from ._ledger import EmittedLog
-from ._protocol import (
+from strategylab.market import (
     CONTROL_DECODER,
     KIND_CONTROL,
     KIND_HEARTBEAT,
     KIND_REPLAY_DONE,
     KIND_TICKS,
     ControlReply,
+    EmittedLog,
     Heartbeat,
     ReplayDone,
     ReplayRequest,
     Subscribe,
+    Tick,
     encode_control,
     encode_frame,
     encode_heartbeat,
     encode_replay_done,
     encode_ticks,
+    parse_signing_key,
 )
-from ._tick import Tick
+
+from ._book import STATUSES, OrderBook, OrderRequestError, OrderStateError
+from ._faults import FaultBoard, FaultKind, FaultRequestError, parse_fault
+from ._gen import TickGenerator
 
 if TYPE_CHECKING:
     from strategylab.fault_tolerance import ErrorRecoveryManager
@@ -93,18 +94,6 @@ def _range_error(reason: str, symbol: str, from_seq: int, to_seq: int) -> Contro
 
 
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
-
-
-def parse_signing_key(text: str | None) -> bytes | None:
-    """A signing key from the command line: hex when it is even-length hex, else UTF-8 text."""
-    if text is None:
-        return None
-    if not text:
-        raise ConfigurationError("signing_key", text, "must not be empty")
-    try:
-        return bytes.fromhex(text) if len(text) % 2 == 0 else text.encode()
-    except ValueError:
-        return text.encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

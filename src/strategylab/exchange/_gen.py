@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from ._tick import Tick
+from strategylab.market import Tick
 
 __all__ = ["Batch", "TickGenerator"]
 

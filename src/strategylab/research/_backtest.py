@@ -38,11 +38,11 @@ import numpy as np
 from strategylab._files import make_private_dir, open_private
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorContext, ErrorType, RetryPolicy
+from strategylab.market import Tick
+from strategylab.strategy import Fill, JSONValue, OrderRequest, OrderType, Side, Strategy
 
-from ._backtest_data import ROW_DTYPE, ChunkReader, Rows, TickSource
-from ._backtest_result import BacktestResult, equity_metrics
-from ._strategy import Fill, JSONValue, OrderRequest, OrderType, Side, Strategy
-from ._tick import Tick
+from ._data import ROW_DTYPE, ChunkReader, Rows, TickSource
+from ._result import BacktestResult, equity_metrics
 
 if TYPE_CHECKING:
     from strategylab.fault_tolerance import ErrorRecoveryManager

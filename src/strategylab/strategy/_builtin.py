@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from strategylab.market import Tick
+
 from ._strategy import JSONValue, OrderRequest, Side, Strategy, StrategyContext
-from ._tick import Tick
 
 __all__ = ["BUILTIN_STRATEGIES", "MeanReversion", "MovingAverageCrossover", "make_strategy"]
 

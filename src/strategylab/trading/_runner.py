@@ -13,16 +13,44 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from strategylab.errors import StrategyLabError
+from strategylab.strategy import OrderRequest, Strategy
 
-from ._strategy import OrderRequest, Strategy
+from ._positions import PositionStore
 
-if TYPE_CHECKING:
-    from ._engine import StrategyEngine
+__all__ = [
+    "EnginePort",
+    "StrategyFactory",
+    "StrategyFailingError",
+    "StrategyRunner",
+    "StrategyStatus",
+]
 
-__all__ = ["StrategyFactory", "StrategyFailingError", "StrategyRunner", "StrategyStatus"]
+
+class EnginePort(Protocol):
+    """What a runner needs from its engine (:class:`~strategylab.trading.StrategyEngine` is one).
+
+    Naming only this, instead of the engine class, keeps the runner free of an import cycle.
+    """
+
+    @property
+    def store(self) -> PositionStore: ...
+
+    @property
+    def now_ns(self) -> int: ...
+
+    def working_position(self, strategy: str, symbol: str) -> float: ...
+
+    def submit_for(self, runner: StrategyRunner, request: OrderRequest) -> str: ...
+
+    def cancel_all_for(self, strategy: str, symbol: str | None) -> None: ...
+
+    def commit_intents(self, runner: StrategyRunner) -> bool: ...
+
+    def drop_intents(self, runner: StrategyRunner) -> None: ...
+
 
 _log = logging.getLogger("strategylab.market.engine")
 
@@ -49,11 +77,11 @@ class StrategyStatus:
 
 
 class _Context:
-    """The :class:`~strategylab.market._strategy.StrategyContext` of one runner."""
+    """The :class:`~strategylab.strategy._strategy.StrategyContext` of one runner."""
 
     __slots__ = ("_engine", "_runner")
 
-    def __init__(self, engine: StrategyEngine, runner: StrategyRunner) -> None:
+    def __init__(self, engine: EnginePort, runner: StrategyRunner) -> None:
         self._engine = engine
         self._runner = runner
 
@@ -76,7 +104,7 @@ class StrategyRunner:
 
     def __init__(
         self,
-        engine: StrategyEngine,
+        engine: EnginePort,
         factory: StrategyFactory,
         *,
         max_failures: int,

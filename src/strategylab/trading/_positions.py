@@ -28,10 +28,9 @@ from strategylab._files import (
     make_private_dir,
     sqlite_uri,
 )
-from strategylab.fault_tolerance._classify import is_corruption
-
-from ._store import StoreCorruptedError
-from ._strategy import JSONValue, OrderRequest, OrderType, Side
+from strategylab.fault_tolerance import is_corruption
+from strategylab.market import StoreCorruptedError
+from strategylab.strategy import JSONValue, OrderRequest, OrderType, Side
 
 __all__ = ["PersistedOrder", "PersistedPosition", "PositionStore"]
 

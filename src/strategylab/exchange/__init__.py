@@ -1,0 +1,40 @@
+"""The exchange simulator, a peer of the client side: market data over WebSocket (generation,
+pub/sub, replay), an HTTP order API over an order book, and admin-injected protocol faults.
+
+Imported by tests, benchmarks, the demo and the chaos lab; never by ``market``, ``strategy``,
+``trading`` or ``research`` (the wire types both sides share live in :mod:`strategylab.market`).
+"""
+
+from __future__ import annotations
+
+from ._book import (
+    OrderBook,
+    OrderRequestError,
+    OrderStateError,
+)
+from ._faults import (
+    FaultBoard,
+    FaultKind,
+    FaultRequestError,
+)
+from ._gen import (
+    TickGenerator,
+)
+from ._server import (
+    Exchange,
+    ExchangeConfig,
+    run_exchange,
+)
+
+__all__ = [
+    "Exchange",
+    "ExchangeConfig",
+    "FaultBoard",
+    "FaultKind",
+    "FaultRequestError",
+    "OrderBook",
+    "OrderRequestError",
+    "OrderStateError",
+    "TickGenerator",
+    "run_exchange",
+]
