@@ -470,7 +470,7 @@ def _trade(db: Path) -> tuple[str, ...]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("target", ["missing", "empty"])
 async def test_trade_refuses_a_symlinked_book(tmp_path: Path, target: str) -> None:
-    """`trade --db` at a symlink (dangling or to an empty file) exits 1 with one line naming it;
+    """`trade --db` at a symlink (dangling or to an empty file) exits 2 with one line naming it;
     the target is neither created nor given a schema."""
     outside = tmp_path / "outside.db"
     if target == "empty":
@@ -479,7 +479,7 @@ async def test_trade_refuses_a_symlinked_book(tmp_path: Path, target: str) -> No
     (tmp_path / "tr" / "book.db").symlink_to(outside)
     code, err, _ = await _run(*_trade(tmp_path / "tr" / "book.db"))
     line = _one_line(err)
-    assert code == 1, err
+    assert code == 2, err
     assert "book.db" in line
     assert "symlink" in line
     if target == "empty":
@@ -491,11 +491,11 @@ async def test_trade_refuses_a_symlinked_book(tmp_path: Path, target: str) -> No
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_trade_refuses_a_fifo_as_its_book(tmp_path: Path) -> None:
-    """`trade --db` at a FIFO exits 1 with one line naming it instead of blocking."""
+    """`trade --db` at a FIFO exits 2 (as the node) with one line naming it instead of blocking."""
     os.mkfifo(tmp_path / "book.db")
     code, err, _ = await _run(*_trade(tmp_path / "book.db"))
     line = _one_line(err)
-    assert code == 1, err
+    assert code == 2, err
     assert "book.db" in line
     assert "FIFO" in line
 
@@ -523,3 +523,32 @@ async def test_trade_creates_its_book_0600_in_0700_directories(tmp_path: Path) -
     assert code == 1, err  # nothing to reconcile with: the exchange is not there
     assert _mode(tmp_path / "tr") == _mode(tmp_path / "tr" / "sub") == 0o700
     assert _mode(db) == 0o600
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("db", [".", "/", ""])
+async def test_trade_with_a_db_that_names_no_file_is_a_usage_error(db: str) -> None:
+    """`trade --db .` (or `/`, or empty) is one line naming --db, exit 2, no traceback."""
+    code, err, _ = await _run(*_trade(Path(db)))
+    line = _one_line(err)
+    assert code == 2, err
+    assert "--db" in line
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("name", ["x.tmp", "holes.json.tmp"])
+async def test_a_directory_planted_at_a_spool_temporary_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """A directory where the spool recreates a temporary is refused as a planted non-file
+    (UnsafePathError, exit 2 in the node), never an errno from unlink (second review)."""
+    from strategylab._files import UnsafePathError  # noqa: PLC0415
+    from strategylab.market._spool import SpoolStore  # noqa: PLC0415
+
+    (tmp_path / "spool").mkdir(mode=0o700)
+    (tmp_path / "spool" / name).mkdir()
+    spool = SpoolStore(tmp_path / "spool")
+    with pytest.raises(UnsafePathError, match="a directory"):
+        await spool.open()
+    assert (tmp_path / "spool" / name).is_dir()

@@ -482,3 +482,22 @@ async def test_malformed_http_is_a_400_logged_in_one_line() -> None:
     malformed = [line for line in lines if "malformed HTTP request" in line]
     assert len(malformed) == len(MALFORMED), lines
     assert all(line.startswith("WARNING:") for line in lines), lines
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("where", ["in-use", "not-local"])
+async def test_a_disabled_proxy_never_takes_an_address_it_cannot_bind(api: Api, where: str) -> None:
+    """PATCH {listen: <unbindable>, enabled: false} is a 400 that changes nothing, so neither a
+    later enable nor /reset can fail on it for ever (second review)."""
+    async with asyncio.timeout(10):
+        await api.call("POST", "/proxies", {"name": "p", "upstream": api.upstream})
+        before = await api.state()
+        with occupied() as busy:
+            listen = f"127.0.0.1:{busy}" if where == "in-use" else "192.0.2.7:5555"
+            status, body = await api.call(
+                "PATCH", "/proxies/p", {"listen": listen, "enabled": False}
+            )
+        assert status == 400, body
+        assert await api.state() == before
+        status, body = await api.call("POST", "/reset", None)
+        assert status in (200, 204), body

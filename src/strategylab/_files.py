@@ -28,6 +28,7 @@ Bottom layer: imports only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "read_private",
     "refuse_symlinks",
     "refuse_unsafe_dirs",
+    "remove_leftover",
     "sqlite_uri",
 ]
 
@@ -278,6 +280,20 @@ def make_private_dir(path: str | os.PathLike[str]) -> Path:
         _check_dir(directory, os.lstat(directory))
     _check_dir(target, os.lstat(target))
     return target
+
+
+def remove_leftover(path: str | os.PathLike[str]) -> None:
+    """Remove what is left (or planted) at a temporary name this program recreates: a file,
+    symlink, FIFO or socket is unlinked (a link itself, never its target); a directory is
+    refused with :class:`UnsafePathError`, as anything planted in a data directory is."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise _refuse(path, "a directory")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # noqa: PTH108 - a str or PathLike, never followed
 
 
 def create_private_file(path: str | os.PathLike[str]) -> None:

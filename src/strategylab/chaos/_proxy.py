@@ -340,7 +340,8 @@ class Proxy:
         address bound (:class:`OSError`) before anything changes, so a failed update leaves the
         proxy listening where it was, with its connections and toxics. The new address is bound
         while the old one is still held: moving to another host on the *same* port needs a
-        disable first (or two updates through another port).
+        disable first (or two updates through another port). A disabled proxy's new address is
+        probed (bound and released) too, so that no later enable or ``/reset`` fails on it.
         """
         new_listen = (
             self._listen
@@ -360,6 +361,11 @@ class Proxy:
             listener = None
             if self._started and wanted and (moved or self._listener is None):
                 listener = await _listen_on(self, new_listen)  # may fail: nothing changed yet
+            elif self._started and moved:
+                # Disabled, but never with an address it cannot bind: enabling it (or /reset)
+                # would fail on it for ever. Probe it (may fail: nothing changed yet).
+                probe = await _listen_on(self, new_listen)
+                await probe.aclose()
             # Nothing below can fail.
             old = None
             if moved or not wanted:

@@ -49,7 +49,6 @@ Quarantined entries are spooled the same way in ``quarantine.log`` (msgpack list
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -63,7 +62,13 @@ from typing import BinaryIO, Final, cast
 
 import msgspec
 
-from strategylab._files import make_private_dir, open_private, read_private, refuse_symlinks
+from strategylab._files import (
+    make_private_dir,
+    open_private,
+    read_private,
+    refuse_symlinks,
+    remove_leftover,
+)
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorType
 
@@ -354,8 +359,7 @@ def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     # A fresh file, created here: whatever was left or planted at the name is removed (a link
     # itself, never its target), so nothing outside is truncated or written.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    remove_leftover(tmp)
     with _open_private(tmp, _CREATE, "wb") as file:
         file.write(data)
         file.flush()
@@ -781,7 +785,7 @@ class SpoolStore:
     def _open(self) -> None:
         make_private_dir(self.directory)
         for leftover in self.directory.glob("*.tmp"):
-            leftover.unlink()  # an interrupted rewrite; the file it was to replace is intact
+            remove_leftover(leftover)  # an interrupted rewrite; the file it replaced is intact
         holes, holes_lost = self._load_holes()
         segments = self.segments()
         # A planted symlink is never read as spooled data nor written through.

@@ -260,9 +260,25 @@ def _seconds(flag: str, value: float) -> float:
     return value
 
 
+def _book_failure(exc: Exception, db: Path) -> str:
+    """The one line for a damaged book or audit log."""
+    if isinstance(exc, AuditIntegrityError):
+        return f"audit log damaged: {exc}"
+    if isinstance(exc, sqlite3.Error):
+        return f"{db}: {exc}"
+    return str(exc)
+
+
+def _check_db(db: Path) -> None:
+    """``--db`` must name a file (not ``.``, ``/``, or an existing directory)."""
+    if not db.name or db.name in {".", ".."} or db.is_dir():
+        raise ConfigurationError("--db", str(db), "must name a database file, not a directory")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 after a clean shutdown, 1 when the exchange cannot be reached to
-    reconcile, 2 for bad options, :data:`EXIT_KILL_SWITCH` when the kill switch was pulled."""
+    reconcile or the book is damaged, 2 for bad options or a file planted where a book file
+    belongs, :data:`EXIT_KILL_SWITCH` when the kill switch was pulled."""
     args = _parser().parse_args(argv)
     configure_logging(logging.WARNING, sys.stderr)
     try:
@@ -285,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_interval=args.state_interval,
             security_hold=_seconds("--security-hold", hold),
         )
+        _check_db(args.db)
         base = args.exchange_url.rstrip("/")
         ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
         if args.feed_url is not None:
@@ -327,14 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
-    except (UnsafePathError, StoreCorruptedError) as exc:
+    except UnsafePathError as exc:  # something planted where a book file belongs: as the node
         sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
-        return 1
-    except AuditIntegrityError as exc:
-        sys.stderr.write(f"strategylab trade: error: audit log damaged: {escape(str(exc))}\n")
-        return 1
-    except sqlite3.Error as exc:
-        sys.stderr.write(f"strategylab trade: error: {args.db}: {escape(str(exc))}\n")
+        return 2
+    except (StoreCorruptedError, AuditIntegrityError, sqlite3.Error) as exc:
+        sys.stderr.write(f"strategylab trade: error: {escape(_book_failure(exc, args.db))}\n")
         return 1
     except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
