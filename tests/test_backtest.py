@@ -165,16 +165,18 @@ async def test_limit_orders_rest_until_the_quote_crosses(store: SQLiteTickStore)
 
 @pytest.mark.timeout(5)
 def test_metrics_of_a_known_equity_curve() -> None:
-    """Drawdown is the largest fall from a peak; Sharpe = mean/std of differences x sqrt(n/yr)."""
+    """Drawdown is the largest fall from a peak; Sharpe: daily mean/std x sqrt(365.25)."""
     day = 86_400 * 1_000_000_000
-    equity = [0.0, 10.0, 4.0, 12.0, 7.0, 15.0]
-    metrics = equity_metrics([i * day for i in range(6)], equity)
+    diffs = [10.0, -6.0, 8.0, -5.0, 8.0] * 6  # 30 daily periods: enough to annualise
+    equity = [0.0]
+    for d in diffs:
+        equity.append(equity[-1] + d)
+    metrics = equity_metrics([i * day for i in range(len(equity))], equity)
     assert metrics.max_drawdown == 6.0
-    diffs = [10.0, -6.0, 8.0, -5.0, 8.0]
-    mean = sum(diffs) / 5
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4)
+    mean = sum(diffs) / len(diffs)
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
     assert metrics.sharpe == pytest.approx(mean / std * math.sqrt(YEAR_NS / day))
-    assert equity_metrics([0, 1, 2], [5.0, 5.0, 5.0]).sharpe == 0.0
+    assert equity_metrics([0, 1, 2], [5.0, 5.0, 5.0]).sharpe is None
     assert equity_metrics([], []).max_drawdown == 0.0
 
 

@@ -8,43 +8,35 @@ error: one line on stderr naming the value, exit status 2, no traceback. A cance
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import functools
 import json
 import math
-import signal
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from strategylab._files import check_sqlite_readable, sqlite_uri
 from strategylab._logging import escape
 from strategylab.errors import StrategyLabError
-from strategylab.research import (
-    BACKTEST_METRICS,
-    BacktestResult,
-    BacktestSpec,
-    JobResult,
-    JobStatus,
-    OptimizationReport,
-    Optimizer,
-    ParamValue,
-    WorkerStartError,
-    backtest_metrics,
-    grid,
-    random_search,
-    scoped_backtest_spec,
-)
-from strategylab.strategy import BUILTIN_STRATEGIES, make_strategy
+
+# Only for annotations: `strategylab --help` imports this module to read the commands' options,
+# and research pulls in numpy and the fault-tolerance stack. The commands import what they run.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from strategylab.research import (
+        BacktestResult,
+        BacktestSpec,
+        JobResult,
+        OptimizationReport,
+        Optimizer,
+        ParamValue,
+    )
 
 __all__ = [
     "DEFAULT_DB",
@@ -210,6 +202,8 @@ def _resolve_range(db: Path, symbol: str, start: str | None, end: str | None) ->
 
 
 def _check_strategy(name: str) -> None:
+    from strategylab.strategy import BUILTIN_STRATEGIES  # noqa: PLC0415
+
     if name not in BUILTIN_STRATEGIES:
         raise UsageError(
             f"--strategy {name!r}: expected one of {', '.join(sorted(BUILTIN_STRATEGIES))}"
@@ -217,6 +211,8 @@ def _check_strategy(name: str) -> None:
 
 
 def _check_parameters(strategy: str, symbol: str, parameters: Mapping[str, ParamValue]) -> None:
+    from strategylab.strategy import make_strategy  # noqa: PLC0415
+
     try:
         make_strategy(strategy, symbol, dict(parameters))
     except ValueError as exc:
@@ -277,6 +273,10 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     as_json: JsonOption = False,
 ) -> None:
     """Backtest one strategy over stored ticks; prints PnL, Sharpe, drawdown and trades."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from strategylab.research import run_backtest, scoped_backtest_spec  # noqa: PLC0415
+
     try:
         _check_strategy(strategy)
         parameters = parse_params(param or [])
@@ -294,8 +294,6 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
         spec = scoped_backtest_spec(spec, parameters, 1.0)
     except UsageError as exc:
         raise _usage_exit("backtest", exc) from None
-
-    from strategylab.research import run_backtest  # noqa: PLC0415
 
     console = Console()
     with console.status(
@@ -320,6 +318,8 @@ def _base_spec(
     slippage_bps: float,
     vectorised: bool,
 ) -> BacktestSpec:
+    from strategylab.research import BacktestSpec  # noqa: PLC0415
+
     try:
         return BacktestSpec(
             db_path=str(db),
@@ -336,6 +336,8 @@ def _base_spec(
 
 
 def _backtest_table(result: BacktestResult, *, vectorised: bool) -> Table:
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(
         title=f"{result.strategy} {_fmt_params(_public(result.parameters))}",
         show_header=False,
@@ -349,13 +351,20 @@ def _backtest_table(result: BacktestResult, *, vectorised: bool) -> Table:
         ("trades", f"{len(result.trades):,}"),
         ("PnL", f"{result.total_pnl:,.4f}"),
         ("fees", f"{result.fees:,.4f}"),
-        ("Sharpe", f"{result.sharpe:.3f}"),
+        ("Sharpe", _fmt_sharpe(result)),
         ("max drawdown", f"{result.max_drawdown:,.4f}"),
         ("final positions", _fmt_params(dict(result.positions)) or "flat"),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _fmt_sharpe(result: BacktestResult) -> str:
+    """The annualised Sharpe ratio, or ``n/a (why)`` when the data cannot support one."""
+    if result.sharpe is None:
+        return f"n/a ({result.sharpe_reason})"
+    return f"{result.sharpe:.3f}"
 
 
 def _public(parameters: Mapping[str, object]) -> dict[str, ParamValue]:
@@ -408,6 +417,10 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     as_json: JsonOption = False,
 ) -> None:
     """Search strategy parameters over stored ticks in worker processes; ranks the results."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from strategylab.research import WorkerStartError  # noqa: PLC0415
+
     try:
         _check_strategy(strategy)
         _check_metric(metric)
@@ -446,7 +459,7 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         typer.echo(json.dumps(_report_json(report, ranked, metric, invalid)))
     else:
         console.print(_results_table(ranked[:top], metric, strategy, symbol))
-        for line in _notes(ranked[:top]):
+        for line in [*_notes(ranked[:top]), *_sharpe_note(ranked[:top])]:
             console.print(line, markup=False, highlight=False)
         console.print(_summary_line(report, len(ranked)))
     if report.cancelled:
@@ -465,6 +478,8 @@ def _parameter_sets(
     seed: int,
     param_items: Sequence[str],
 ) -> list[dict[str, ParamValue]]:
+    from strategylab.research import grid, random_search  # noqa: PLC0415
+
     fixed = parse_params(param_items)
     space = parse_grid(grid_items)
     ranges = parse_ranges(range_items)
@@ -511,6 +526,24 @@ def _run_optimizer(
     timeout: float,
     title: str,
 ) -> OptimizationReport:
+    import asyncio  # noqa: PLC0415
+    import functools  # noqa: PLC0415
+
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from strategylab.research import (  # noqa: PLC0415
+        JobStatus,
+        Optimizer,
+        backtest_metrics,
+        scoped_backtest_spec,
+    )
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -540,6 +573,9 @@ async def _arun_interruptible(
     optimizer: Optimizer[_S], sets: list[dict[str, ParamValue]]
 ) -> OptimizationReport:
     """Run with Ctrl-C wired to :meth:`Optimizer.cancel`: partial results instead of a traceback."""
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
     loop = asyncio.get_running_loop()
     try:
         loop.add_signal_handler(signal.SIGINT, optimizer.cancel)
@@ -552,6 +588,11 @@ async def _arun_interruptible(
 
 
 def _results_table(rows: Sequence[JobResult], metric: str, strategy: str, symbol: str) -> Table:
+    from rich import box  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from strategylab.research import BACKTEST_METRICS, JobStatus  # noqa: PLC0415
+
     names: list[str] = []
     for row in rows:
         names.extend(k for k in row.parameters if k not in names)
@@ -597,9 +638,20 @@ def _notes(rows: Sequence[JobResult]) -> list[str]:
     return lines
 
 
+def _sharpe_note(rows: Sequence[JobResult]) -> list[str]:
+    """Why a finished row has no Sharpe ratio (printed under the table, once)."""
+    if any(row.metrics and "sharpe" not in row.metrics for row in rows):
+        note = (
+            "Sharpe n/a: the data spans too few periods for an annualised ratio "
+            "(`strategylab backtest` with one parameter set says how many it needs)"
+        )
+        return [note]
+    return []
+
+
 def _fmt_metric(name: str, value: float | None) -> str:
     if value is None:
-        return "-"
+        return "n/a" if name == "sharpe" else "-"
     if name == "trades":
         return f"{int(value):,}"
     if name == "sharpe":
@@ -608,6 +660,8 @@ def _fmt_metric(name: str, value: float | None) -> str:
 
 
 def _summary_line(report: OptimizationReport, total: int) -> str:
+    from strategylab.research import JobStatus  # noqa: PLC0415
+
     parts = [f"{total} runs in {report.elapsed:.1f}s"]
     parts.extend(
         f"{report.count(status)} {status.value}" for status in JobStatus if report.count(status)
