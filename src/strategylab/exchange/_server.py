@@ -14,8 +14,9 @@ Pacing: with ``tick_rate > 0`` the generator never waits for a subscriber; one w
 overflows is disconnected with a reason (it reconnects and replays). With ``tick_rate == 0`` the
 generator runs as fast as the slowest subscriber takes frames, and waits while nobody subscribes.
 
-Time: the injected ``clock`` stamps ticks and orders and expires faults; pacing (tick rate,
-heartbeats) uses the event loop's own timer, because it is work, not measurement.
+Time: the injected ``clock`` stamps ticks and orders, expires faults and paces the generator (tick
+rate) and the heartbeats, so that a tick's timestamp and its place in the schedule agree and a test
+on :class:`~strategylab.testing.FakeClock` drives both by moving the clock.
 """
 
 from __future__ import annotations
@@ -432,25 +433,24 @@ class Exchange:
             raise
 
     async def _generate_loop(self) -> None:
-        cfg = self.config
-        loop = asyncio.get_running_loop()
+        cfg, clock = self.config, self._clock
         rate, per_frame, limit = cfg.tick_rate, cfg.ticks_per_frame, cfg.max_ticks
-        started, paced = loop.time(), 0
+        started, paced = clock.monotonic(), 0
         frames = 0
         while limit is None or self._gen.total < limit:
             remaining = per_frame if limit is None else min(per_frame, limit - self._gen.total)
             if rate > 0:
-                now = loop.time()
+                now = clock.monotonic()
                 due = int((now - started) * rate) - paced
                 if due <= 0:
-                    await asyncio.sleep(max(started + (paced + 1) / rate - now, 0.002))
+                    await clock.asleep(max(started + (paced + 1) / rate - now, 0.002))
                     continue
                 if due > rate:  # fell more than a second behind: do not burst, re-anchor
                     started, paced, due = now, 0, per_frame
                 n = min(due, remaining)
                 paced += n
                 self._emit(n)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield to the subscribers, not a wait: no clock
             else:
                 await self._wait_for_room()
                 self._emit(remaining)
@@ -540,7 +540,7 @@ class Exchange:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await self._clock.asleep(self.config.heartbeat_interval)
             if not self._live and not self._idle:
                 continue
             beat = Heartbeat(ts=int(self._clock.time() * 1e9), last=self._gen.last_seq)

@@ -9,7 +9,7 @@ States::
 - PRIMARY: writes go to the primary. A write that fails is reported to the manager and the same
   batch goes to the spool (fsynced, so it is acknowledged); the store is now SPOOLING.
 - SPOOLING: every write goes to the spool. An owned background task probes ``primary.health()``
-  every ``probe_interval`` seconds.
+  every ``probe_interval`` seconds of the injected ``clock``.
 - DRAINING: the probe succeeded; the spool is drained into the primary in order while new writes
   still go to the spool (behind the drained batches, so a symbol's ticks reach the primary in
   order). When a drain pass leaves the spool empty, the switch back to PRIMARY happens under the
@@ -49,6 +49,7 @@ import math
 from collections.abc import Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
+from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
 
@@ -215,9 +216,15 @@ class FailoverStore:
         probe_interval: float = 0.5,
         stall_timeout: float = 1.0,
         name: str = "store",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``probe_interval`` and ``stall_timeout`` are seconds; a bad one raises
-        :class:`~strategylab.errors.ConfigurationError` naming it."""
+        :class:`~strategylab.errors.ConfigurationError` naming it.
+
+        The probes wait ``probe_interval`` on ``clock``. ``stall_timeout`` bounds one I/O call
+        on the primary, so, like :class:`~strategylab.fault_tolerance.Timeout`, it follows the
+        event loop's timer, which an injected clock cannot drive.
+        """
         for key, value in (("probe_interval", probe_interval), ("stall_timeout", stall_timeout)):
             if (
                 isinstance(value, bool)
@@ -233,6 +240,7 @@ class FailoverStore:
         self._reported = 0
         self._manager = manager
         self._probe_interval = probe_interval
+        self._clock = clock
         self._name = name
         self._state = FailoverState.PRIMARY
         self._lock = asyncio.Lock()
@@ -514,11 +522,11 @@ class FailoverStore:
                 continue
             if not await self._probe():
                 self._failed_probes += 1
-                await asyncio.sleep(self._probe_interval)
+                await self._clock.asleep(self._probe_interval)
                 continue
             if not await self._drain():
                 self._failed_drains += 1
-                await asyncio.sleep(self._probe_interval)
+                await self._clock.asleep(self._probe_interval)
 
     async def _probe(self) -> bool:
         if self._guard.pending("health"):

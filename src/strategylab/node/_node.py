@@ -278,7 +278,9 @@ class Node:
             primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
         store: TickStore = primary
         if cfg.spool:
-            store = FailoverStore(primary, SpoolStore(cfg.data_dir / "spool"), manager=manager)
+            store = FailoverStore(
+                primary, SpoolStore(cfg.data_dir / "spool"), manager=manager, clock=self._clock
+            )
         await store.open()
         self._store = store
         ingestor = self._ingestor = Ingestor(

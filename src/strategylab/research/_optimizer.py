@@ -9,7 +9,9 @@ Why not :class:`concurrent.futures.ProcessPoolExecutor`: it cannot kill the one 
 overran (there is no per-task process), and a worker that dies makes the whole pool BROKEN, failing
 every pending job with it. So the optimiser owns its workers: one ``multiprocessing`` process per
 slot, each with a pipe; a slot sends one job at a time and waits, on the event loop, for either
-the pipe or the process sentinel to become readable, under ``asyncio.timeout``. Hence:
+the pipe or the process sentinel to become readable, with a deadline on the injected ``clock``
+(the job's ``timeout`` and the worker's ``startup_timeout``; the elapsed times in the report are
+read from it too). Hence:
 
 - a job that overruns its timeout is an OPTIMIZATION_TIMEOUT: its worker is SIGKILLed and reaped,
   a fresh worker takes its place, and the job runs again at ``scope * shrink``; after
@@ -48,11 +50,12 @@ import os
 import pickle
 import random
 import signal
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
+from strategylab._clock_wait import wait_within
+from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorType
 
@@ -88,6 +91,8 @@ S = TypeVar("S")
 
 _ASCENDING_METRICS: Final = frozenset({"max_drawdown", "drawdown"})
 _REAP_DEADLINE: Final = 5.0
+"""Seconds a worker gets to exit (on request, or after SIGKILL). A bound on the kernel, not a
+policy: it follows the event loop's timer, so a FakeClock never leaves a worker unreaped."""
 _READY: Final = "ready"
 
 
@@ -363,6 +368,7 @@ class Optimizer(Generic[S]):
 
     ``job`` must be picklable (a module-level function) and return a ``str -> float`` mapping of
     metrics. ``make_spec`` runs in the parent. See the module docstring for the failure handling.
+    ``timeout``, ``startup_timeout`` and the elapsed times of the report are seconds on ``clock``.
     """
 
     def __init__(
@@ -380,6 +386,7 @@ class Optimizer(Generic[S]):
         progress: ProgressCallback | None = None,
         name: str = "optimizer",
         mp_context: BaseContext | str = "spawn",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         workers = default_workers() if max_workers is None else max_workers
         if workers < 1:
@@ -405,6 +412,7 @@ class Optimizer(Generic[S]):
         self._manager = manager
         self._progress = progress
         self._name = name
+        self._clock = clock
         self._ctx = (
             multiprocessing.get_context(mp_context) if isinstance(mp_context, str) else mp_context
         )
@@ -466,7 +474,7 @@ class Optimizer(Generic[S]):
         if self._running:
             raise RuntimeError(f"{self._name}: a run is already in progress")
         self._running = True
-        started = time.monotonic()
+        started = self._clock.monotonic()
         total = len(parameter_sets)
         pending: deque[tuple[int, Mapping[str, ParamValue]]] = deque(enumerate(parameter_sets))
         results: dict[int, JobResult] = {}
@@ -503,7 +511,7 @@ class Optimizer(Generic[S]):
         return OptimizationReport(
             results=tuple(results[i] for i in sorted(results)),
             cancelled=self._cancelled,
-            elapsed=time.monotonic() - started,
+            elapsed=self._clock.monotonic() - started,
             worker_pids=tuple(self._pids),
         )
 
@@ -529,7 +537,7 @@ class Optimizer(Generic[S]):
         scope = 1.0
         attempts = shrinks = crashes = 0
         notes: list[str] = []
-        started = time.monotonic()
+        started = self._clock.monotonic()
 
         def done(
             status: JobStatus, metrics: dict[str, float] | None = None, reason: str | None = None
@@ -542,7 +550,7 @@ class Optimizer(Generic[S]):
                 attempts=attempts,
                 scope=scope,
                 reason="; ".join(notes) if reason is None else reason,
-                elapsed=time.monotonic() - started,
+                elapsed=self._clock.monotonic() - started,
             )
 
         while True:
@@ -667,8 +675,7 @@ class Optimizer(Generic[S]):
         loop.add_reader(conn_fd, wake)
         loop.add_reader(sentinel, wake)
         try:
-            async with asyncio.timeout(deadline):
-                await ready
+            await wait_within(self._clock, ready, deadline)
         finally:
             loop.remove_reader(conn_fd)
             loop.remove_reader(sentinel)
@@ -760,14 +767,16 @@ def backtest_metrics(spec: BacktestSpec) -> dict[str, float]:
     from ._spec import run_backtest  # noqa: PLC0415 - the worker pays the import, once
 
     result = run_backtest(spec)
-    return {
+    metrics = {
         "pnl": result.total_pnl,
-        "sharpe": result.sharpe,
         "max_drawdown": result.max_drawdown,
         "trades": float(len(result.trades)),
         "fees": result.fees,
         "ticks": float(result.ticks),
     }
+    if result.sharpe is not None:  # None: too few periods to annualise (ranked last, shown n/a)
+        metrics["sharpe"] = result.sharpe
+    return metrics
 
 
 def scoped_backtest_spec(

@@ -25,6 +25,11 @@ order is still open: cancelled again). Until the exchange says an order is cance
 working exposure. Fills are polled from ``GET /api/fills`` and recorded once each; positions are
 per strategy and symbol.
 
+Time: the fill poll, the resolver's rounds and the state flush wait on the injected ``clock`` (a
+test on :class:`~strategylab.testing.FakeClock` drives them by moving it); ``close_deadline``
+bounds calls to the exchange, so, like :class:`~strategylab.fault_tolerance.Timeout`, it follows
+the event loop's timer.
+
 Isolation: an exception in a strategy's callback stops delivery to that strategy alone and is
 reported as STRATEGY_EXECUTION_ERROR with component = the strategy's name; the recovery (manager
 chain, or the same steps without a manager) restarts it from its persisted state, or disables it
@@ -65,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
+from strategylab._clock_wait import wait_within
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import (
@@ -726,8 +732,7 @@ class StrategyEngine:
         wait = self.config.resolve_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._resolve_wake.wait()
+                await wait_within(self._clock, self._resolve_wake.wait(), wait)
             self._resolve_wake.clear()
             wait = await self._resolve_round()
 
@@ -860,7 +865,7 @@ class StrategyEngine:
                 await self.poll_fills()
             except _LOOKUP_ERRORS as exc:
                 _log.info("fill poll failed: %r", exc)
-            await asyncio.sleep(self.config.fill_poll_interval)
+            await self._clock.asleep(self.config.fill_poll_interval)
 
     async def poll_fills(self) -> int:
         """Record new fills of this engine's orders and deliver them; returns how many."""
@@ -967,7 +972,7 @@ class StrategyEngine:
 
     async def _state_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.state_interval)
+            await self._clock.asleep(self.config.state_interval)
             self._flush_states(force=False)
 
     def _flush_states(self, *, force: bool) -> None:
