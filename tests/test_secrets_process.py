@@ -224,10 +224,13 @@ def test_demo_children_get_secrets_from_private_files_never_argv(tmp_path: Path)
         try:
             seen: dict[int, str] = {}
             deadline = time.monotonic() + 60
-            while len(seen) < 3 and time.monotonic() < deadline and demo.poll() is None:
+            def execed() -> bool:  # a child read between fork and exec shows the demo's argv
+                return len(seen) == 3 and all(c.split()[3] != "demo" for c in seen.values())
+
+            while not execed() and time.monotonic() < deadline and demo.poll() is None:
                 for child in _children(demo.pid):
                     with contextlib.suppress(OSError):
-                        seen.setdefault(child, _cmdline(child))
+                        seen[child] = _cmdline(child)
                 time.sleep(0.1)  # polling /proc for children that appear; no state to inject
             key = (data / "signing.key").read_text().strip()
             token = (data / "admin.token").read_text().strip()
