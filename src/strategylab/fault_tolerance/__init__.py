@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._pipeline import Pipeline
     from ._policy import DEFAULT_POLICIES, RecoveryPolicy, SlaClass
     from ._registry import CircuitBreakerRegistry
+    from ._reporter import ErrorReporter, ReporterStatistics
     from ._retry import RetryDetails, RetryPolicy, is_testing, set_testing
     from ._retry_after import parse_retry_after, retry_after_hint
     from ._statistics import RecoveryStatistics
@@ -78,6 +79,7 @@ __all__ = [
     "Degradable",
     "ErrorContext",
     "ErrorRecoveryManager",
+    "ErrorReporter",
     "ErrorSeverity",
     "ErrorType",
     "Fallback",
@@ -90,6 +92,7 @@ __all__ = [
     "RecoveryStatistics",
     "RecoveryStrategyKind",
     "Reloadable",
+    "ReporterStatistics",
     "Restartable",
     "RetryDetails",
     "RetryExhaustedError",
@@ -139,6 +142,7 @@ _SOURCES: dict[str, str] = {
     "Degradable": "._component",
     "ErrorContext": "._context",
     "ErrorRecoveryManager": "._manager",
+    "ErrorReporter": "._reporter",
     "ErrorSeverity": "._taxonomy",
     "ErrorType": "._taxonomy",
     "Fallback": "._fallback",
@@ -151,6 +155,7 @@ _SOURCES: dict[str, str] = {
     "RecoveryStatistics": "._statistics",
     "RecoveryStrategyKind": "._taxonomy",
     "Reloadable": "._component",
+    "ReporterStatistics": "._reporter",
     "Restartable": "._component",
     "RetryDetails": "._retry",
     "RetryExhaustedError": "strategylab.errors",

@@ -51,7 +51,7 @@ from typing import Any, Final, TypeVar
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorReporter, ErrorType
 
 from ._spool import SpoolCorruptionError, SpoolStore
 from ._store import QuarantinedTick, TickStore
@@ -238,7 +238,11 @@ class FailoverStore:
         self._guard = _StallGuard(primary.name, float(stall_timeout))
         self._bounded = _Bounded(primary, self._guard)
         self._reported = 0
-        self._manager = manager
+        # Reported in the caller (a write returns after its failure's recovery), unfolded: only
+        # the error that starts an outage is reported at all.
+        self._reporter = ErrorReporter(
+            manager, component=name, quiet=0.0, recovered_quiet=0.0, clock=clock
+        )
         self._probe_interval = probe_interval
         self._clock = clock
         self._name = name
@@ -497,13 +501,12 @@ class FailoverStore:
     async def _report_corruptions(self) -> None:
         found = self.spool.corruptions()
         new, self._reported = found[self._reported :], len(found)
-        if new and self._manager is not None:
-            await self._manager.handle(SpoolCorruptionError(new), component=self._name)
+        if new:
+            await self._reporter.areport(SpoolCorruptionError(new))
 
     async def _report(self, exc: Exception) -> None:
         _log.warning("%s: primary %s failed, spooling: %r", self._name, self.primary.name, exc)
-        if self._manager is not None:
-            await self._manager.handle(exc, component=self._name)
+        await self._reporter.areport(exc)
 
     def _failback_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -64,6 +64,7 @@ from strategylab.errors import ConfigurationError, StrategyLabError
 from strategylab.fault_tolerance import (
     ErrorContext,
     ErrorRecoveryManager,
+    ErrorReporter,
     ErrorSeverity,
     ErrorType,
     retry_after_hint,
@@ -110,6 +111,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _MAX_REPORTS = 32
+"""Error reports in flight at once (beyond, a report is counted as suppressed)."""
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 _PROOF_POLL = 0.05
@@ -323,6 +325,7 @@ class FeedConfig:
             "max_server_wait",
             "max_future",
             "max_past",
+            "report_quiet",
             "recovered_quiet",
         ):
             value = getattr(self, key)
@@ -449,7 +452,16 @@ class Feed:
         self._url_index = 0
         self._task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._reports: set[asyncio.Task[None]] = set()
+        self._kill_task: asyncio.Task[None] | None = None
+        # One report per (error type, feed) episode, and a quiet period after a recovery.
+        self._reporter = ErrorReporter(
+            manager,
+            component=config.name,
+            quiet=config.report_quiet,
+            recovered_quiet=config.recovered_quiet,
+            max_pending=_MAX_REPORTS,
+            clock=clock,
+        )
         self._ws: ClientConnection | None = None
         self._healthy = asyncio.Event()
         self._proven = asyncio.Event()
@@ -475,11 +487,9 @@ class Feed:
         self._hb_last: dict[str, int] = {}
         self._hb_delivered: dict[str, int] = {}
         self._connects = 0
-        self._episodes: dict[object, float] = {}
-        self._quiet_until: dict[object, float] = {}
         self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
         self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
-        self._lost_ranges = self._control_errors = self._stale = self._suppressed = 0
+        self._lost_ranges = self._control_errors = self._stale = 0
 
     # ------------------------------------------------------------------ Component
 
@@ -502,7 +512,8 @@ class Feed:
     async def stop(self) -> None:
         """Close the connection and stop every task this feed owns."""
         current = asyncio.current_task()
-        await cancel_and_wait(t for t in (self._task, *self._reports) if t is not current)
+        await cancel_and_wait(t for t in (self._task, self._kill_task) if t is not current)
+        await self._reporter.aclose()
         self._task = None
 
     async def aclose(self) -> None:
@@ -546,6 +557,7 @@ class Feed:
 
     def statistics(self) -> FeedStatistics:
         """A frozen snapshot of the counters."""
+        reports = self._reporter.statistics()
         return FeedStatistics(
             connected=self._connected,
             subscribed=self._subscribed,
@@ -563,7 +575,7 @@ class Feed:
             control_errors=self._control_errors,
             reconnects=max(0, self._connects - 1),
             stale_timeouts=self._stale,
-            reports_suppressed=self._suppressed,
+            reports_suppressed=reports.suppressed + reports.dropped,
             connect_failures=self._connect_failures,
             pauses=self._pauses,
             proven=self._backoff.proven,
@@ -610,7 +622,7 @@ class Feed:
                     self._log_drop(url, ws, error, delay)
                 if not self._outage:
                     self._outage = True
-                    self._report(error, recovered=self._wait_recovered)
+                    self._reporter.report(error, operation=self._wait_recovered, always=True)
             if delay > 0:
                 await self._clock.asleep(delay)
 
@@ -819,7 +831,7 @@ class Feed:
                 raise self._on_forged(exc) from exc
             except FrameError as exc:
                 self._crc_errors += 1
-                self._report(exc)
+                self._reporter.report(exc)
                 continue
             if not self._subscribed:
                 self._on_subscribed()
@@ -874,7 +886,7 @@ class Feed:
             except Exception:
                 _log.exception("feed %s: the on_violation callback failed", self.name)
         # Every violation is recorded (never folded into a quiet period): the count matters.
-        self._report(error, recovered=self._wait_recovered)
+        self._reporter.report(error, operation=self._wait_recovered, always=True)
         if len(times) >= cfg.max_violations and not self._killed:
             self._killed = True
             self._pull_kill_switch(
@@ -887,10 +899,8 @@ class Feed:
 
     def _pull_kill_switch(self, error: SecurityKillSwitchError) -> None:
         _log.error("feed %s: %s", self.name, error)
-        # Owned like a report, but beyond _MAX_REPORTS: the kill switch is never dropped.
-        task = asyncio.create_task(self._kill(error), name=f"{self.name}.kill-switch")
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        # Owned, but not a report: the kill switch is never dropped for the reports' cap.
+        self._kill_task = asyncio.create_task(self._kill(error), name=f"{self.name}.kill-switch")
 
     async def _kill(self, error: SecurityKillSwitchError) -> None:
         try:
@@ -1074,7 +1084,7 @@ class Feed:
         try:
             if bad:
                 await self._sink.quarantine(bad)
-                self._report(
+                self._reporter.report(
                     InvalidTickError(
                         f"{len(bad)} invalid tick(s) quarantined; first: {bad[0].reason}"
                     )
@@ -1212,7 +1222,9 @@ class Feed:
         if not held:
             del self._held[symbol]
         await self._sink.quarantine(refused)
-        self._report(InvalidTickError(f"{len(refused)} {symbol} tick(s) {refused[0].reason}"))
+        self._reporter.report(
+            InvalidTickError(f"{len(refused)} {symbol} tick(s) {refused[0].reason}")
+        )
 
     async def _after_fill(self, ws: ClientConnection) -> None:
         if not self._held:
@@ -1242,7 +1254,7 @@ class Feed:
                 )
             ]
         )
-        self._report(TickRangeLostError(what))
+        self._reporter.report(TickRangeLostError(what))
 
     async def _on_control(self, ws: ClientConnection, message: str) -> None:
         cfg = self._config
@@ -1254,7 +1266,7 @@ class Feed:
         )
         if refused is not None:
             self._control_errors += 1
-            self._report(InvalidTickError(f"control message refused: {refused}"))
+            self._reporter.report(InvalidTickError(f"control message refused: {refused}"))
             return
         try:
             reply = _json_decode(message)
@@ -1262,7 +1274,9 @@ class Feed:
             reply = None
         if not isinstance(reply, dict):
             self._control_errors += 1
-            self._report(InvalidTickError(f"undecodable control message: {message[:200]!r}"))
+            self._reporter.report(
+                InvalidTickError(f"undecodable control message: {message[:200]!r}")
+            )
             return
         await self._on_reply(ws, reply, message)
 
@@ -1277,7 +1291,9 @@ class Feed:
             await self._on_exchange_error(ws, reply)
         else:
             self._control_errors += 1
-            self._report(InvalidTickError(f"unexpected control message: {message[:200]!r}"))
+            self._reporter.report(
+                InvalidTickError(f"unexpected control message: {message[:200]!r}")
+            )
 
     def _on_unknown_symbols(self, names: object) -> None:
         """The exchange subscribed the symbols it knows and names the others: log and report
@@ -1286,7 +1302,7 @@ class Feed:
         unknown = frozenset(s for s in listed if isinstance(s, str) and s in self._symbols)
         if not unknown:
             self._control_errors += 1
-            self._report(
+            self._reporter.report(
                 InvalidTickError(f"unknown-symbols error naming none of ours: {names!r:.200}")
             )
             return
@@ -1299,7 +1315,7 @@ class Feed:
         rest = f"ingesting {', '.join(known)}" if known else "no configured symbol is known"
         what = f"the exchange does not know symbol(s) {', '.join(map(repr, ordered))}; {rest}"
         _log.error("feed %s: %s", self.name, what)
-        self._report(UnknownSymbolsError(what, ordered))
+        self._reporter.report(UnknownSymbolsError(what, ordered))
 
     async def _on_exchange_error(self, ws: ClientConnection, reply: dict[str, object]) -> None:
         """An error naming a range is a loss of that range (the exchange then replays the rest);
@@ -1316,54 +1332,11 @@ class Feed:
             and 1 <= first <= last <= INT64_MAX
         ):
             self._control_errors += 1
-            self._report(InvalidTickError(f"exchange error: {reason} ({reply!r:.200})"))
+            self._reporter.report(InvalidTickError(f"exchange error: {reason} ({reply!r:.200})"))
             return
         first = max(first, self._delivered.get(symbol, 0) + 1)
         await self._declare_lost(symbol, first, last, f"exchange: {reason}")
         await self._after_fill(ws)
-
-    # ------------------------------------------------------------------ reporting
-
-    def _report(
-        self, exc: Exception, recovered: Callable[[], Awaitable[object]] | None = None
-    ) -> None:
-        """Report the first error of an episode; repeats within ``report_quiet`` seconds of the
-        previous one of the same type are only counted (one fault is one error, not a storm that
-        pattern analysis would escalate to an emergency shutdown)."""
-        manager = self._manager
-        if manager is None:
-            return
-        now = self._clock.monotonic()
-        kind = getattr(exc, "error_type", None)
-        last = self._episodes.get(kind)
-        self._episodes[kind] = now
-        if recovered is None and (
-            (last is not None and now - last < self._config.report_quiet)
-            or now < self._quiet_until.get(kind, -math.inf)
-        ):
-            self._suppressed += 1
-            return
-        if len(self._reports) >= _MAX_REPORTS:
-            self._suppressed += 1
-            return
-        task = asyncio.create_task(self._handle(manager, exc, recovered))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
-
-    async def _handle(
-        self,
-        manager: ErrorRecoveryManager,
-        exc: Exception,
-        recovered: Callable[[], Awaitable[object]] | None,
-    ) -> None:
-        try:
-            outcome = await manager.handle(exc, component=self.name, operation=recovered)
-        except Exception:
-            _log.exception("feed %s: the recovery manager failed on %r", self.name, exc)
-            return
-        if outcome.success:
-            kind = getattr(exc, "error_type", None)
-            self._quiet_until[kind] = self._clock.monotonic() + self._config.recovered_quiet
 
 
 def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:

@@ -32,10 +32,15 @@ import math
 import random
 from collections.abc import Mapping
 
-from strategylab._tasks import SupervisedTask, cancel_and_wait
+from strategylab._tasks import SupervisedTask
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-from strategylab.fault_tolerance import ErrorContext, ErrorRecoveryManager, classify
+from strategylab.fault_tolerance import (
+    ErrorContext,
+    ErrorRecoveryManager,
+    ErrorReporter,
+    classify,
+)
 
 from ._feed_backoff import Backoff
 from ._ledger import AckLog
@@ -46,6 +51,7 @@ __all__ = ["IngestStatistics", "Ingestor", "IngestorClosedError", "IngestorConfi
 
 _log = logging.getLogger(__name__)
 _MAX_REPORTS = 8
+"""Error reports in flight at once (beyond, a report is counted as dropped)."""
 
 
 class IngestorClosedError(StrategyLabError):
@@ -149,7 +155,15 @@ class Ingestor:
             delay=lambda _n: self._backoff.next_delay(),
             clock=clock,
         )
-        self._reports: set[asyncio.Task[None]] = set()
+        # No folding here: the ingestor reports one error per outage itself (``_failing``).
+        self._reporter = ErrorReporter(
+            manager,
+            component=self._config.name,
+            quiet=0.0,
+            recovered_quiet=0.0,
+            max_pending=_MAX_REPORTS,
+            clock=clock,
+        )
         self._draining = False
         self._closed = False
         self._writing = False
@@ -214,7 +228,7 @@ class Ingestor:
         current = asyncio.current_task()
         if self._task is not current:
             await self._supervisor.stop()
-        await cancel_and_wait(t for t in self._reports if t is not current)
+        await self._reporter.aclose()
         self._task = None
         self._writing = False
 
@@ -439,13 +453,8 @@ class Ingestor:
 
     def _report(self, exc: Exception) -> None:
         manager = self._manager
-        if manager is None or len(self._reports) >= _MAX_REPORTS:
+        if manager is None:
             return
-        task = asyncio.create_task(self._handle(manager, exc))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
-
-    async def _handle(self, manager: ErrorRecoveryManager, exc: Exception) -> None:
         # Classified as the store's error (a lost connection, a full disk), recovered as ours.
         kind = classify(exc, component=self._store.name)
         context = ErrorContext.from_exception(
@@ -457,10 +466,7 @@ class Ingestor:
             capture_state=False,
             clock=self._clock,
         )
-        try:
-            await manager.handle(context)
-        except Exception:
-            _log.exception("%s: the recovery manager failed on %r", self.name, exc)
+        self._reporter.report(context)
 
 
 def _range_end(entry: QuarantinedTick) -> int:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from strategylab._clock_wait import wait_within
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
-from strategylab.fault_tolerance import ErrorType
+from strategylab.fault_tolerance import ErrorReporter, ErrorType
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext, SpawnProcess
@@ -409,7 +409,6 @@ class Optimizer(Generic[S]):
         self.shrink = float(shrink)
         self.max_shrinks = max_shrinks
         self.max_crash_retries = max_crash_retries
-        self._manager = manager
         self._progress = progress
         self._name = name
         self._clock = clock
@@ -420,7 +419,11 @@ class Optimizer(Generic[S]):
         self._pids: list[int] = []
         self._cancelled = False
         self._running = False
-        self._reports: set[asyncio.Task[object]] = set()
+        # In owned tasks (a recovery may probe health() with backoff: it must not hold up the
+        # other jobs), unfolded: every failed job is an error of its own.
+        self._reporter = ErrorReporter(
+            manager, component=name, quiet=0.0, recovered_quiet=0.0, clock=clock
+        )
 
     # ------------------------------------------------------------------ Component protocol
 
@@ -571,7 +574,7 @@ class Optimizer(Generic[S]):
                 if self._stopping():
                     continue
                 error = OptimizationTimeoutError(parameters, self.timeout, scope)
-                self._report(error)
+                self._reporter.report(error)
                 notes.append(f"overran {self.timeout:g}s at scope {scope:g}")
                 if shrinks < self.max_shrinks:
                     shrinks += 1
@@ -587,7 +590,7 @@ class Optimizer(Generic[S]):
                 worker = None
                 if self._stopping():
                     continue
-                self._report(JobCrashedError(parameters, status))
+                self._reporter.report(JobCrashedError(parameters, status))
                 notes.append(f"worker died ({status}) at scope {scope:g}")
                 if crashes < self.max_crash_retries:
                     crashes += 1
@@ -596,7 +599,7 @@ class Optimizer(Generic[S]):
             ok, payload = message
             if not ok:
                 assert isinstance(payload, str)  # noqa: S101 - the worker's protocol
-                self._report(JobError(parameters, payload))
+                self._reporter.report(JobError(parameters, payload))
                 notes.append(f"raised {payload}")
                 return done(JobStatus.FAILED), worker
             assert isinstance(payload, dict)  # noqa: S101 - the worker's protocol
@@ -721,23 +724,10 @@ class Optimizer(Generic[S]):
             _kill(worker)
         for worker in leftovers:
             await self._reap(worker, kill=False)
-        if self._reports:
-            if self._cancelled:
-                for task in self._reports:
-                    task.cancel()
-            await asyncio.gather(*self._reports, return_exceptions=True)
-
-    # ------------------------------------------------------------------ reporting
-
-    def _report(self, error: StrategyLabError) -> None:
-        if self._manager is None:
-            return
-        # A recovery may probe health() with backoff: it must not hold up the other jobs.
-        task = asyncio.get_running_loop().create_task(
-            self._manager.handle(error, component=self._name)
-        )
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        if self._cancelled:
+            await self._reporter.aclose()
+        else:
+            await self._reporter.ajoin()
 
 
 def _kill(worker: _Worker) -> None:

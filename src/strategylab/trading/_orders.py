@@ -40,6 +40,7 @@ from strategylab.errors import (
 from strategylab.fault_tolerance import (
     CircuitBreaker,
     ErrorContext,
+    ErrorReporter,
     ErrorType,
     Pipeline,
     RetryPolicy,
@@ -214,7 +215,11 @@ class OrderClient:
         self.base_url = base_url.rstrip("/")
         self._name = name
         self._clock = clock
-        self._manager = manager
+        # Reported in the caller, before the error reaches it; unfolded (the breaker already
+        # keeps an outage's rejections from being reported, see _call).
+        self._reporter = ErrorReporter(
+            manager, component=name, quiet=0.0, recovered_quiet=0.0, clock=clock
+        )
         self._attempt_timeout = attempt_timeout
         self.timeout = float(timeout)
         """Seconds one call may take in total, retries included: how long a request sent by a
@@ -360,7 +365,7 @@ class OrderClient:
             raise
 
     async def _report(self, exc: Exception) -> None:
-        if self._manager is None:
+        if self._reporter.manager is None:
             return
         timeout = isinstance(exc, TimeoutError | CallTimeoutError)
         error_type = ErrorType.NETWORK_TIMEOUT if timeout else ErrorType.EXTERNAL_API_FAILURE
@@ -368,7 +373,7 @@ class OrderClient:
             exc, component=self._name, error_type=error_type, capture_state=False, clock=self._clock
         )
         self.reported += 1
-        await self._manager.handle(context)
+        await self._reporter.areport(context)
 
     # ------------------------------------------------------------------ API
 
