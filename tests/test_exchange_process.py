@@ -76,10 +76,10 @@ async def test_process_prints_port_serves_and_flushes_log_on_sigterm(tmp_path: P
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--tick-rate", "-3"], "tick_rate"),
+        (["--tick-rate", "-3"], "--tick-rate"),
         (["--symbols", "A,,B"], "symbols"),
         (["--port", "not-a-port"], "--port"),
-        (["--heartbeat-interval", "0"], "heartbeat_interval"),
+        (["--heartbeat-interval", "0"], "--heartbeat-interval"),
     ],
 )
 async def test_bad_options_exit_2_naming_the_option(

@@ -139,4 +139,4 @@ def test_bad_option_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -
         ["--exchange-url", "http://x", "--data-dir", "/tmp/x", "--symbols", "A"]  # noqa: S108
     )
     assert code == 2
-    assert "urls" in capsys.readouterr().err
+    assert "--exchange-url" in capsys.readouterr().err

@@ -251,7 +251,7 @@ async def test_process_with_admin_open_takes_changes() -> None:
     ("args", "named"),
     [
         (["--admin-open", "--host", "0.0.0.0"], "--admin-open"),  # noqa: S104 - refused
-        (["--admin-open", "--admin-token", TOKEN], "admin_open"),
+        (["--admin-open", "--admin-token", TOKEN], "--admin-open"),
     ],
 )
 async def test_process_refuses_an_open_api_off_loopback_or_with_a_token(

@@ -224,6 +224,7 @@ def test_demo_children_get_secrets_from_private_files_never_argv(tmp_path: Path)
         try:
             seen: dict[int, str] = {}
             deadline = time.monotonic() + 60
+
             def execed() -> bool:  # a child read between fork and exec shows the demo's argv
                 return len(seen) == 3 and all(c.split()[3] != "demo" for c in seen.values())
 

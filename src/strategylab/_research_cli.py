@@ -2,8 +2,8 @@
 
 Plain typer command functions; ``cli.py`` registers them on its app. Bad input (an unknown strategy,
 a malformed ``--param``, a missing database, a symbol with no ticks, an empty range) is a usage
-error: one line on stderr naming the value, exit status 2, no traceback. A cancelled optimisation
-(Ctrl-C) prints what finished and exits 130.
+error: one line on stderr naming the value, exit status 2, no traceback. An optimisation in which
+every run failed exits 1; a cancelled one (Ctrl-C) prints what finished and exits 130.
 """
 
 from __future__ import annotations
@@ -416,7 +416,11 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     top: Annotated[int, typer.Option("--top", min=1, help="Rows to show in the table.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """Search strategy parameters over stored ticks in worker processes; ranks the results."""
+    """Search strategy parameters over stored ticks in worker processes; ranks the results.
+
+    Exit status: 0 at least one run finished; 1 every run failed, or the workers could not
+    start; 2 a usage error; 130 interrupted (Ctrl-C), after printing what finished.
+    """
     from rich.console import Console  # noqa: PLC0415
 
     from strategylab.research import WorkerStartError  # noqa: PLC0415
@@ -464,6 +468,13 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         console.print(_summary_line(report, len(ranked)))
     if report.cancelled:
         raise typer.Exit(_EXIT_CANCELLED)
+    if not any(row.metrics for row in ranked):
+        # Every backtest failed or was skipped: nothing was learnt, and a script must see that.
+        typer.echo(
+            f"strategylab optimize: every run failed: {_summary_line(report, len(ranked))}",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def _check_metric(metric: str) -> None:

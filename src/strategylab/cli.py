@@ -117,8 +117,10 @@ CHECK_VIOLATION: Final = 3
 
 @app.command("check")
 def check_command(
-    emitted: Annotated[Path, typer.Argument(help="The exchange's emitted log.")],
-    db: Annotated[Path, typer.Argument(help="The SQLite tick store (opened read-only).")],
+    emitted: Annotated[Path, typer.Argument(metavar="EMITTED", help="The exchange's emitted log.")],
+    db: Annotated[
+        Path, typer.Argument(metavar="DB", help="The SQLite tick store (opened read-only).")
+    ],
     acks: Annotated[Path | None, typer.Option(help="The node's ack log.")] = None,
     require_complete: Annotated[
         bool, typer.Option(help="Count emitted ticks that are not stored as errors.")
@@ -158,7 +160,7 @@ app.add_typer(audit_app)
 
 @audit_app.command("verify")
 def audit_verify(
-    path: Annotated[Path, typer.Argument(help="The audit log (audit.jsonl).")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The audit log (audit.jsonl).")],
     key_file: Annotated[
         Path | None,
         typer.Option(

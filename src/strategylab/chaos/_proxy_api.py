@@ -600,7 +600,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configs = [] if args.config is None else _load_config(args.config, args.limits)
     except ConfigurationError as exc:
-        return _fail(exc, 2)
+        # Name the flag the user typed, not the field of HttpLimits (max_depth).
+        flags = {
+            "max_depth": "--max-json-depth",
+            "max_digits": "--max-number-digits",
+            "allowed_origins": "--allow-origin",
+        }
+        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
+        return _fail(ConfigurationError(flag, exc.value, exc.reason), 2)
     configure_logging(getattr(logging, args.log_level), sys.stderr)
     try:
         return asyncio.run(_amain(args, configs))

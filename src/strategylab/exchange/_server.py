@@ -982,7 +982,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
     except ConfigurationError as exc:
-        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
+        # Name the flag the user typed, not the config field (max_body -> --max-body).
+        flags = {
+            "max_depth": "--max-json-depth",
+            "max_digits": "--max-number-digits",
+            "allowed_origins": "--allow-origin",
+        }
+        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
+        named = ConfigurationError(flag, exc.value, exc.reason)
+        sys.stderr.write(f"strategylab exchange: error: {escape(str(named))}\n")
         return 2
     configure_logging(logging.WARNING, sys.stderr)
     try:

@@ -919,8 +919,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(argv)
         # Build once to validate the feed and ingestor settings before anything starts.
         Node(config)
+        if config.data_dir.exists() and not config.data_dir.is_dir():
+            raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
+                "--data-dir", str(config.data_dir), "exists and is not a directory"
+            )
     except ConfigurationError as exc:
-        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
+        # Name the flag the user typed, not the field of the feed or ingestor config (urls).
+        flags = {"urls": "--exchange-url/--backup-url"}
+        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
+        named = ConfigurationError(flag, exc.value, exc.reason)
+        sys.stderr.write(f"strategylab node: error: {escape(str(named))}\n")
         return 2
     configure_logging(logging.WARNING, sys.stderr)
     try:

@@ -275,6 +275,49 @@ def _check_db(db: Path) -> None:
         raise ConfigurationError("--db", str(db), "must name a database file, not a directory")
 
 
+def _factories(args: argparse.Namespace) -> list[StrategyFactory]:
+    """The ``--strategy`` factories, each built once so that bad ``--params`` fail at start,
+    not at the first tick; :class:`ConfigurationError` names the flag."""
+    symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    if not symbols:
+        raise ConfigurationError("--symbols", args.symbols, "must name at least one symbol")
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        raise ConfigurationError("--params", args.params, f"not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ConfigurationError("--params", args.params, "must be a JSON object of arguments")
+    factories = []
+    for spec in args.strategy:
+        try:
+            factory = load_factory(spec, symbols, params)
+        except (ConfigurationError, ImportError, AttributeError) as exc:
+            reason = exc.reason if isinstance(exc, ConfigurationError) else str(exc)
+            raise ConfigurationError("--strategy", spec, reason) from None
+        try:
+            factory()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError("--params", args.params, f"{spec}: {exc}") from None
+        factories.append(factory)
+    return factories
+
+
+def _urls(exchange_url: str, feed_url: str | None) -> tuple[str, str]:
+    """The exchange's HTTP base and the feed's WebSocket URL (default: the exchange's ``/ws``)."""
+    if not exchange_url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            "--exchange-url",
+            exchange_url,
+            "must start with http:// or https:// (the feed's ws:// URL is --feed-url)",
+        )
+    base = exchange_url.rstrip("/")
+    if feed_url is None:
+        return base, base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+    if not feed_url.startswith(("ws://", "wss://")):
+        raise ConfigurationError("--feed-url", feed_url, "must start with ws:// or wss://")
+    return base, feed_url
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 after a clean shutdown, 1 when the exchange cannot be reached to
     reconcile or the book is damaged, 2 for bad options or a file planted where a book file
@@ -282,15 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(logging.WARNING, sys.stderr)
     try:
-        symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
-        params = json.loads(args.params)
-        factories = [load_factory(spec, symbols, params) for spec in args.strategy]
+        factories = _factories(args)
         signing_key = parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab trade"))
         audit_key = load_audit_key(args.audit_key_file)
         limits = RiskLimits(
             max_order_notional=args.max_order_notional, max_position=args.max_position
         )
         max_retry_after = _seconds("--max-retry-after", args.max_retry_after)
+        _seconds("--status-interval", args.status_interval)
+        _seconds("--state-interval", args.state_interval)
         if args.max_violations < 1:
             raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
                 "--max-violations", args.max_violations, "must be an integer >= 1"
@@ -302,15 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             security_hold=_seconds("--security-hold", hold),
         )
         _check_db(args.db)
-        base = args.exchange_url.rstrip("/")
-        ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
-        if args.feed_url is not None:
-            ws_url = args.feed_url
-            if not ws_url.startswith(("ws://", "wss://")):
-                raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
-                    "--feed-url", ws_url, "must start with ws:// or wss://"
-                )
-    except (ConfigurationError, ValueError, ImportError, AttributeError) as exc:
+        base, ws_url = _urls(args.exchange_url, args.feed_url)
+    except ConfigurationError as exc:
+        # Name the flag the user typed, not the field of RiskLimits (max_position).
+        flag = "--" + exc.key.removeprefix("--").replace("_", "-")
+        named = ConfigurationError(flag, exc.value, exc.reason)
+        sys.stderr.write(f"strategylab trade: error: {escape(str(named))}\n")
+        return 2
+    except ValueError as exc:  # a malformed signing key or audit key file
         sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
         return 2
 

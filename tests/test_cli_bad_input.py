@@ -1,0 +1,217 @@
+"""Every command, fed a catalogue of bad input: the right exit status and no traceback.
+
+Exit status 2 is a usage error (the message names the flag, not a Python field), 1 an
+operational failure (a file that cannot be used, an exchange that cannot be reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from strategylab.market import SQLiteTickStore, Tick
+
+SYMBOL = "A"
+MA = "a=strategylab.strategy._builtin:MovingAverageCrossover"
+
+# (command line with {placeholders}, exit status, text stderr must contain)
+CATALOGUE: list[tuple[str, int, str]] = [
+    # demo
+    ("demo --bogus", 2, "--bogus"),
+    ("demo --ticks abc", 2, "--ticks"),
+    ("demo --ticks 5", 2, "--ticks"),
+    ("demo --tick-rate -5", 2, "--tick-rate"),
+    ("demo --data-dir {file}", 2, "--data-dir"),
+    # demo-core
+    ("demo-core --calls -5", 2, "--calls"),
+    ("demo-core --faults abc", 2, "--faults"),
+    # exchange
+    ("exchange --bogus", 2, "--bogus"),
+    ("exchange --port -5", 2, "--port"),
+    ("exchange --port abc", 2, "--port"),
+    ("exchange --port 70000", 2, "--port"),
+    ("exchange --tick-rate abc", 2, "--tick-rate"),
+    ("exchange --heartbeat-interval -1", 2, "--heartbeat-interval"),
+    ("exchange --ticks-per-frame 0", 2, "--ticks-per-frame"),
+    ("exchange --max-body -1", 2, "--max-body"),
+    ("exchange --signing-key-file {missing}", 2, "--signing-key-file"),
+    # node
+    ("node --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
+    ("node --exchange-url ws://127.0.0.1:1/ws --symbols A", 2, "--data-dir"),
+    ("node --exchange-url http://127.0.0.1:1 --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --batch-size 0", 2, "--batch-size"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --batch-size x", 2, "--batch-size"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --stale-after -1",
+        2,
+        "--stale-after",
+    ),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols ,", 2, "--symbols"),
+    ("node --exchange-url {ws} --data-dir {file} --symbols A", 2, "--data-dir"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db {dir}", 2, "--db"),
+    # trade
+    ("trade --exchange-url {http} --strategy " + MA + " --symbols A", 2, "--db"),
+    ("trade {trade} --params {{", 2, "--params"),
+    ("trade {trade} --params [1]", 2, "--params"),
+    ('trade {trade} --params {{"bogus":1}}', 2, "--params"),
+    ('trade {trade} --params {{"fast":50,"slow":10}}', 2, "--params"),
+    ("trade {trade} --status-interval abc", 2, "--status-interval"),
+    ("trade {trade} --status-interval -1", 2, "--status-interval"),
+    ("trade {trade} --max-position abc", 2, "--max-position"),
+    ("trade {trade} --max-violations 0", 2, "--max-violations"),
+    (
+        "trade --exchange-url {ws} --db {tmp}/t/book.db --strategy " + MA + " --symbols A",
+        2,
+        "--exchange-url",
+    ),
+    (
+        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy nonsense --symbols A",
+        2,
+        "--strategy",
+    ),
+    (
+        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy a=no_such_mod:X --symbols A",
+        2,
+        "--strategy",
+    ),
+    (
+        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy " + MA + " --symbols ,",
+        2,
+        "--symbols",
+    ),
+    ("trade --exchange-url {http} --db {dir} --strategy " + MA + " --symbols A", 2, "--db"),
+    ("trade {trade}", 1, "cannot reconcile"),
+    # proxy
+    ("proxy --bogus", 2, "--bogus"),
+    ("proxy --port -5", 2, "--port"),
+    ("proxy --port abc", 2, "--port"),
+    ("proxy --seed abc", 2, "--seed"),
+    ("proxy --max-body -1", 2, "--max-body"),
+    ("proxy --max-json-depth 0", 2, "--max-json-depth"),
+    ("proxy --config {missing}", 2, "--config"),
+    ("proxy --config {empty}", 2, "--config"),
+    ("proxy --config {dir}", 2, "--config"),
+    ("proxy --config {notjson}", 2, "--config"),
+    # check
+    ("check", 2, "EMITTED"),
+    ("check {missing} {db}", 1, "missing"),
+    ("check {notjson} {empty}", 1, "empty"),
+    ("check {notjson} {dir}", 1, "dir"),
+    ("check {notjson} {garbage}", 1, "garbage"),
+    ("check {notjson} {db} --acks {missing}", 1, "missing"),
+    ("check {notjson} {db} --acks {garbage}", 1, "garbage"),
+    ("check {notjson} {db} --bogus", 2, "--bogus"),
+    # backtest
+    ("backtest --db {db}", 2, "--symbol"),
+    ("backtest --db {missing} --symbol A", 2, "--db"),
+    ("backtest --db {empty} --symbol A", 2, "--db"),
+    ("backtest --db {dir} --symbol A", 2, "--db"),
+    ("backtest --db {garbage} --symbol A", 2, "--db"),
+    ("backtest --db {db} --symbol Z", 2, "--symbol"),
+    ("backtest --db {db} --symbol A --fee-bps abc", 2, "--fee-bps"),
+    ("backtest --db {db} --symbol A --param fast", 2, "--param"),
+    ("backtest --db {db} --symbol A --param fast=50 --param slow=10", 2, "fast"),
+    ("backtest --db {db} --symbol A --strategy nonsense", 2, "--strategy"),
+    ("backtest --db {db} --symbol A --from yesterday", 2, "--from"),
+    # optimize
+    ("optimize --db {db} --symbol A", 2, "--grid"),
+    ("optimize --db {db} --symbol A --grid fast=2 --workers 0", 2, "--workers"),
+    ("optimize --db {db} --symbol A --grid fast=50 --param slow=10", 2, "no valid parameter set"),
+    ("optimize --db {db} --symbol A --grid fast=2 --metric bogus", 2, "--metric"),
+    ("optimize --db {missing} --symbol A --grid fast=2", 2, "--db"),
+    # Event-driven over 20,000 ticks overruns 1 ms at every scope: every run skipped.
+    (
+        "optimize --db {db} --symbol A --grid fast=2,3 --workers 1 --timeout 0.001 --event-driven",
+        1,
+        "every run failed",
+    ),
+    # audit verify
+    ("audit verify", 2, "PATH"),
+    ("audit verify {missing}", 2, "missing"),
+    ("audit verify {dir}", 2, "dir"),
+    ("audit verify {garbage}", 1, "FAILED"),
+    ("audit verify {empty} --head bad", 2, "--head"),
+    ("audit verify {empty} --max-line 5", 2, "--max-line"),
+    ("audit verify {empty} --key-file {missing}", 2, "--key-file"),
+    ("audit bogus", 2, "bogus"),
+]
+
+
+def _ticks(n: int) -> list[Tick]:
+    return [
+        Tick(SYMBOL, seq, 1_700_000_000_000_000_000 + seq * 1_000_000, bid, bid + 0.02, 1.0, 1.0)
+        for seq in range(1, n + 1)
+        for bid in [99.99 + (seq % 7) * 0.01]
+    ]
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The files the catalogue refers to: a real tick store, and wrong things of each kind."""
+    root = tmp_path_factory.mktemp("bad-input")
+
+    async def write(path: Path) -> None:
+        store = SQLiteTickStore(path)
+        await store.open()
+        try:
+            await store.write(_ticks(20_000))
+        finally:
+            await store.aclose()
+
+    asyncio.run(write(root / "ticks.db"))
+    (root / "empty").write_bytes(b"")
+    (root / "dir").mkdir()
+    (root / "file").write_text("a file where a directory belongs\n")
+    (root / "garbage").write_bytes(b"\x00not a database, not JSON {{\n" * 64)
+    (root / "notjson").write_text("this is not json\n")
+    port = _closed_port()
+    http = f"http://127.0.0.1:{port}"
+    return {
+        "tmp": str(root),
+        "db": str(root / "ticks.db"),
+        "empty": str(root / "empty"),
+        "dir": str(root / "dir"),
+        "file": str(root / "file"),
+        "garbage": str(root / "garbage"),
+        "notjson": str(root / "notjson"),
+        "missing": str(root / "missing"),
+        "http": http,
+        "ws": f"ws://127.0.0.1:{port}/ws",
+        "trade": f"--exchange-url {http} --db {root}/t/book.db --strategy {MA} --symbols A",
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("line", "status", "named"), CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_exits_with_one_line_naming_the_option(
+    places: dict[str, str], line: str, status: int, named: str
+) -> None:
+    """Bad input: exit 2 (usage) or 1 (operational), no traceback, the last line names the flag."""
+    argv = line.format(**places).split(" ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATEGYLAB_")}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "strategylab", *argv],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        env=env,
+        cwd=places["tmp"],
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == status, (done.returncode, done.stdout, done.stderr)
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    assert named.format(**places) in last, done.stderr
