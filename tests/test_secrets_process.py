@@ -250,7 +250,12 @@ def test_demo_children_get_secrets_from_private_files_never_argv(tmp_path: Path)
                 demo.wait()
     assert not (data / "signing.key").exists()
     assert not (data / "admin.token").exists()
-    for log in [tmp_path / "out.txt", *data.glob("*.log")]:
+    logs = sorted(data.glob("*.log"))
+    assert logs, "the demo writes its children's logs"
+    assert {log.name: log.stat().st_mode & 0o777 for log in logs} == dict.fromkeys(
+        (log.name for log in logs), 0o600
+    )  # private: they were 0644
+    for log in [tmp_path / "out.txt", *logs]:
         text = log.read_text(errors="replace")
         assert key not in text, log
         assert token not in text, log

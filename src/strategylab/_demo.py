@@ -51,7 +51,7 @@ from rich.markup import escape as markup_escape
 from rich.table import Table
 
 from strategylab._children import ChildGuard, ChildProcesses, cancel_on_signals
-from strategylab._files import DIR_MODE, create_private_file
+from strategylab._files import DIR_MODE, create_private_file, open_private
 from strategylab._logging import escape
 from strategylab._secrets import write_secret_file
 from strategylab.chaos import CheckInputError, IntegrityReport, Proxy, check_sqlite
@@ -289,7 +289,8 @@ async def _spawn(
 ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     """Start ``python -m strategylab ARGS``, its stderr (warnings) to ``log``; read its first
     JSON line."""
-    with log.open("ab") as stderr:
+    # 0600 and never through a symlink: the children's warnings may name paths and peers.
+    with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stderr:
         process = await children.start(
             name,
             sys.executable,
