@@ -46,6 +46,7 @@ from strategylab._logging import configure_logging, escape
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
+from strategylab.fault_tolerance import ErrorReporter
 from strategylab.market import (
     CONTROL_DECODER,
     KIND_CONTROL,
@@ -302,6 +303,10 @@ class Exchange:
         self._on_drop = on_drop
         self._clock = clock
         self._manager = manager
+        # One report per error, inline (a generator failure is reported once, then re-raised).
+        self._reporter = ErrorReporter(
+            manager, component=self.name, quiet=0.0, recovered_quiet=0.0, clock=self._clock
+        )
         self._gen = TickGenerator(config.symbols, config.seed)
         self._history = {s: _History(config.retention) for s in config.symbols}
         self.book = OrderBook(config.symbols, clock=clock)
@@ -417,8 +422,7 @@ class Exchange:
 
     async def _report(self, exc: BaseException) -> None:
         logger.error("exchange error: %r", exc)
-        if self._manager is not None:
-            await self._manager.handle(exc, component=self.name)
+        await self._reporter.areport(exc)
 
     # -- generation -------------------------------------------------------------------------
 
