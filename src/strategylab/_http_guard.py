@@ -30,6 +30,7 @@ from strategylab.errors import ConfigurationError
 __all__ = [
     "BODY_METHODS",
     "LIMITS_KEY",
+    "LIMIT_FLAGS",
     "HttpLimits",
     "Refusal",
     "loads",
@@ -76,6 +77,12 @@ class HttpLimits:
 
 
 LIMITS_KEY: Final = web.AppKey("http_limits", HttpLimits)
+LIMIT_FLAGS: Final = {
+    "max_depth": "--max-json-depth",
+    "max_digits": "--max-number-digits",
+    "allowed_origins": "--allow-origin",
+}
+"""The command-line options of :class:`HttpLimits` fields spelled otherwise (exchange, proxy)."""
 """Where an app keeps its :class:`HttpLimits` for :func:`read_json`."""
 
 

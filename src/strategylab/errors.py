@@ -28,6 +28,7 @@ own last exception. Where a boundary does translate, it does so once, with ``rai
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 
 __all__ = [
     "AuditIntegrityError",
@@ -156,6 +157,14 @@ class ConfigurationError(StrategyLabError, ValueError):
         self.key = key
         self.value = value
         self.reason = reason
+
+    def as_option(self, flags: Mapping[str, str] | None = None) -> ConfigurationError:
+        """This error named by the command-line option a user typed, not the config field:
+        ``max_body`` becomes ``--max-body``, or ``flags[key]`` where the option is spelled
+        otherwise (``urls`` -> ``--exchange-url/--backup-url``)."""
+        known = {} if flags is None else flags
+        flag = known.get(self.key) or "--" + self.key.removeprefix("--").replace("_", "-")
+        return ConfigurationError(flag, self.value, self.reason)
 
 
 class FaultToleranceError(StrategyLabError):

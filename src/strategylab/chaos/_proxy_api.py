@@ -77,7 +77,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from strategylab._http_guard import LIMITS_KEY, HttpLimits, loads, read_json, refusal
+from strategylab._http_guard import LIMIT_FLAGS, LIMITS_KEY, HttpLimits, loads, read_json, refusal
 from strategylab._logging import configure_logging, escape
 from strategylab._secrets import SecretOption, add_secret_options, resolve_secret
 from strategylab.errors import ConfigurationError
@@ -600,14 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configs = [] if args.config is None else _load_config(args.config, args.limits)
     except ConfigurationError as exc:
-        # Name the flag the user typed, not the field of HttpLimits (max_depth).
-        flags = {
-            "max_depth": "--max-json-depth",
-            "max_digits": "--max-number-digits",
-            "allowed_origins": "--allow-origin",
-        }
-        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
-        return _fail(ConfigurationError(flag, exc.value, exc.reason), 2)
+        return _fail(exc.as_option(LIMIT_FLAGS), 2)  # the flag typed, not the HttpLimits field
     configure_logging(getattr(logging, args.log_level), sys.stderr)
     try:
         return asyncio.run(_amain(args, configs))

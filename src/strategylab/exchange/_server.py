@@ -41,7 +41,7 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from strategylab._files import UnsafePathError
-from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
+from strategylab._http_guard import LIMIT_FLAGS, LIMITS_KEY, HttpLimits, read_json, refusal
 from strategylab._logging import configure_logging, escape
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
@@ -986,14 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
     except ConfigurationError as exc:
-        # Name the flag the user typed, not the config field (max_body -> --max-body).
-        flags = {
-            "max_depth": "--max-json-depth",
-            "max_digits": "--max-number-digits",
-            "allowed_origins": "--allow-origin",
-        }
-        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
-        named = ConfigurationError(flag, exc.value, exc.reason)
+        named = exc.as_option(LIMIT_FLAGS)  # the flag the user typed, not the config field
         sys.stderr.write(f"strategylab exchange: error: {escape(str(named))}\n")
         return 2
     configure_logging(logging.WARNING, sys.stderr)

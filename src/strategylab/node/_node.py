@@ -924,10 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--data-dir", str(config.data_dir), "exists and is not a directory"
             )
     except ConfigurationError as exc:
-        # Name the flag the user typed, not the field of the feed or ingestor config (urls).
-        flags = {"urls": "--exchange-url/--backup-url"}
-        flag = flags.get(exc.key, "--" + exc.key.removeprefix("--").replace("_", "-"))
-        named = ConfigurationError(flag, exc.value, exc.reason)
+        # The flag the user typed, not the field of the feed or ingestor config (urls).
+        named = exc.as_option({"urls": "--exchange-url/--backup-url"})
         sys.stderr.write(f"strategylab node: error: {escape(str(named))}\n")
         return 2
     configure_logging(logging.WARNING, sys.stderr)

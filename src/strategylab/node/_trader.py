@@ -347,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_db(args.db)
         base, ws_url = _urls(args.exchange_url, args.feed_url)
     except ConfigurationError as exc:
-        # Name the flag the user typed, not the field of RiskLimits (max_position).
-        flag = "--" + exc.key.removeprefix("--").replace("_", "-")
-        named = ConfigurationError(flag, exc.value, exc.reason)
+        named = exc.as_option()  # the flag the user typed, not the field of RiskLimits
         sys.stderr.write(f"strategylab trade: error: {escape(str(named))}\n")
         return 2
     except ValueError as exc:  # a malformed signing key or audit key file
