@@ -30,8 +30,12 @@ Bottom layer: imports only the standard library.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Final, TextIO
+
+from strategylab._files import make_private_dir, open_private
 
 __all__ = ["CONTINUATION", "SafeFormatter", "configure_logging", "escape"]
 
@@ -100,10 +104,16 @@ class _SafeHandler(logging.StreamHandler[TextIO]):
 
 
 def configure_logging(
-    level: int = logging.WARNING, stream: TextIO | None = None, *, force: bool = False
+    level: int = logging.WARNING,
+    stream: TextIO | None = None,
+    *,
+    log_file: Path | None = None,
+    force: bool = False,
 ) -> bool:
     """Log records of ``level`` and above to ``stream`` (default ``sys.stderr``) through a
-    :class:`SafeFormatter` in ``logging.BASIC_FORMAT`` (``LEVEL:logger:message``).
+    :class:`SafeFormatter` in ``logging.BASIC_FORMAT`` (``LEVEL:logger:message``), and to
+    ``log_file`` when given (appended; created 0600 with its directory 0700, never through a
+    symlink; :class:`~strategylab._files.UnsafePathError` otherwise).
 
     Replaces the handler an earlier call installed. Like ``logging.basicConfig``, it leaves a
     root logger with handlers of someone else's (an embedding application, pytest) alone unless
@@ -120,5 +130,11 @@ def configure_logging(
     handler = _SafeHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(SafeFormatter(logging.BASIC_FORMAT))
     root.addHandler(handler)
+    if log_file is not None:
+        make_private_dir(log_file.parent)
+        fd = open_private(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        to_file = _SafeHandler(os.fdopen(fd, "a", encoding="utf-8", buffering=1))
+        to_file.setFormatter(SafeFormatter("%(asctime)s " + logging.BASIC_FORMAT))
+        root.addHandler(to_file)
     root.setLevel(level)
     return True

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 import typer
 
 from strategylab import __version__
+from strategylab._check_cli import check_command
 from strategylab._logging import configure_logging, escape
 from strategylab._research_cli import backtest_command, optimize_command
 
@@ -111,47 +112,6 @@ def proxy(ctx: typer.Context) -> None:
     raise typer.Exit(proxy_main(ctx.args))
 
 
-CHECK_VIOLATION: Final = 3
-"""``strategylab check``'s exit status when the check ran and found the data wrong."""
-
-
-@app.command("check")
-def check_command(
-    emitted: Annotated[Path, typer.Argument(metavar="EMITTED", help="The exchange's emitted log.")],
-    db: Annotated[
-        Path, typer.Argument(metavar="DB", help="The SQLite tick store (opened read-only).")
-    ],
-    acks: Annotated[Path | None, typer.Option(help="The node's ack log.")] = None,
-    require_complete: Annotated[
-        bool, typer.Option(help="Count emitted ticks that are not stored as errors.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """Check a SQLite tick store against the exchange's emitted log, without writing to it.
-
-    The database is opened read-only: its bytes and modification time stay as they were.
-
-    Exit status: 0 nothing wrong; 1 an input cannot be used (missing, empty, not a tick store,
-    damaged, an ack log that is not JSON lines); 2 a usage error; 3 integrity violated (ticks
-    lost, duplicated, unexpected, corrupted or stored although invalid, or missing with
-    --require-complete).
-    """
-    import asyncio  # noqa: PLC0415
-    import json  # noqa: PLC0415
-
-    from strategylab.chaos import CheckInputError, check_sqlite  # noqa: PLC0415
-    from strategylab.market import StoreCorruptedError  # noqa: PLC0415
-
-    try:
-        report = asyncio.run(check_sqlite(emitted, db, acks, require_complete=require_complete))
-    except (CheckInputError, StoreCorruptedError) as exc:
-        # One line naming the file: escaped, since a file name may hold control characters.
-        typer.echo(f"strategylab check: {escape(str(exc))}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(report.to_dict()) if as_json else report.summary())
-    raise typer.Exit(0 if report.ok else CHECK_VIOLATION)
-
-
 audit_app = typer.Typer(
     name="audit", help="Check the recovery audit log.", no_args_is_help=True, add_completion=False
 )
@@ -232,6 +192,7 @@ def audit_verify(
     raise typer.Exit(0)
 
 
+app.command("check")(check_command)
 app.command("backtest")(backtest_command)
 app.command("optimize")(optimize_command)
 
