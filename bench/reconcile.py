@@ -127,14 +127,14 @@ async def _trader_process(book: Path, run_dir: Path, port: int) -> tuple[float, 
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.node._trader", "--exchange-url", f"http://127.0.0.1:{port}"),
+        *("-m", "strategylab", "trade", "--exchange-url", f"http://127.0.0.1:{port}"),
         *(
-            "--db",
+            "--book",
             str(db),
             "--strategy",
             f"{STRATEGY}=strategylab.strategy._examples:RestingBids",
         ),
-        *("--symbols", "A", "--params", json.dumps({"count": 0})),
+        *("--symbols", "A", "--param", "count=0"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )

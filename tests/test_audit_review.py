@@ -303,7 +303,7 @@ async def test_trader_audit_log_is_keyed_and_anchored(
         "-m",
         "strategylab",
         "trade",
-        *("--exchange-url", exchange.url, "--db", str(db), "--symbols", "A"),
+        *("--exchange-url", exchange.url, "--book", str(db), "--symbols", "A"),
         *("--strategy", "bids=strategylab.strategy._examples:RestingBids"),
         *("--status-interval", "0.1", *extra),
         stdout=asyncio.subprocess.PIPE,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from strategylab.chaos._checker import CheckInputError, _ReadOnlySQLite
+from strategylab.market import SQLiteTickReader, StoreUnusableError
 from strategylab.market._ledger import AckLog, EmittedLog
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._tick import Tick
@@ -260,12 +260,12 @@ def test_an_immutable_read_of_a_file_that_changed_is_refused(
 ) -> None:
     """Opened immutable (no -wal beside it), a file that changes meanwhile fails the check."""
     _emitted_log, db, _acks_log = data
-    reader = _ReadOnlySQLite(db)
-    reader.open()
+    reader = SQLiteTickReader(db)
+    reader.open_sync()
     try:
         reader.verify_unchanged()  # nothing changed yet
         os.utime(db, ns=(db.stat().st_atime_ns, db.stat().st_mtime_ns + 1_000_000_000))
-        with pytest.raises(CheckInputError, match="changed while it was being checked"):
+        with pytest.raises(StoreUnusableError, match="changed while it was being checked"):
             reader.verify_unchanged()
     finally:
         reader.close()

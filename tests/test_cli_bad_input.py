@@ -31,6 +31,8 @@ CATALOGUE: list[tuple[str, int, str]] = [
     # demo-core
     ("demo-core --calls -5", 2, "--calls"),
     ("demo-core --faults abc", 2, "--faults"),
+    ("demo-core --log-level bogus", 2, "--log-level"),
+    ("demo --log-level bogus", 2, "--log-level"),
     # exchange
     ("exchange --bogus", 2, "--bogus"),
     ("exchange --port -5", 2, "--port"),
@@ -41,12 +43,19 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("exchange --ticks-per-frame 0", 2, "--ticks-per-frame"),
     ("exchange --max-body -1", 2, "--max-body"),
     ("exchange --signing-key-file {missing}", 2, "--signing-key-file"),
+    ("exchange --symbols ,", 2, "--symbols"),
+    ("exchange --max-json-depth 0", 2, "--max-json-depth"),
+    ("exchange --log-level bogus", 2, "--log-level"),
+    ("exchange --admin-token x --admin-token-file {missing}", 2, "--admin-token-file"),
     # node
     ("node --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
     ("node --exchange-url ws://127.0.0.1:1/ws --symbols A", 2, "--data-dir"),
-    ("node --exchange-url http://127.0.0.1:1 --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
+    ("node --exchange-url ftp://127.0.0.1:1 --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
+    ("node --exchange-url {http} --data-dir {tmp}/n --symbols A --backup-url x", 2, "--backup-url"),
+    ("node --feed-url {http} --data-dir {tmp}/n --symbols A", 2, "--feed-url"),
     ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --batch-size 0", 2, "--batch-size"),
     ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --batch-size x", 2, "--batch-size"),
+    ("node --exchange-url {http} --data-dir {tmp}/n --symbols A --batch-size 0", 2, "--batch-size"),
     (
         "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --stale-after -1",
         2,
@@ -55,38 +64,91 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("node --exchange-url {ws} --data-dir {tmp}/n --symbols ,", 2, "--symbols"),
     ("node --exchange-url {ws} --data-dir {file} --symbols A", 2, "--data-dir"),
     ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db {dir}", 2, "--db"),
+    (
+        (
+            "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db postgresql://u@h/d "
+            "--postgres postgresql://u@h/d"
+        ),
+        2,
+        "--postgres",
+    ),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --log-level bogus", 2, "--log-level"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --signing-key-file {missing}",
+        2,
+        "--signing-key-file",
+    ),
     # trade
-    ("trade --exchange-url {http} --strategy " + MA + " --symbols A", 2, "--db"),
-    ("trade {trade} --params {{", 2, "--params"),
-    ("trade {trade} --params [1]", 2, "--params"),
-    ('trade {trade} --params {{"bogus":1}}', 2, "--params"),
-    ('trade {trade} --params {{"fast":50,"slow":10}}', 2, "--params"),
+    ("trade --exchange-url {http} --strategy " + MA + " --symbols A", 2, "--book"),
+    ("trade {trade} --db {tmp}/t/book.db", 2, "--db"),
+    ("trade {trade} --params {{}}", 2, "--params"),
+    ("trade {trade} --param fast", 2, "--param"),
+    ("trade {trade} --param bogus=1", 2, "--param"),
+    ("trade {trade} --param fast=50 --param slow=10", 2, "--param"),
+    ("trade {trade} --param fast=5 --param fast=6", 2, "--param"),
     ("trade {trade} --status-interval abc", 2, "--status-interval"),
     ("trade {trade} --status-interval -1", 2, "--status-interval"),
+    ("trade {trade} --status-interval nan", 2, "--status-interval"),
+    ("trade {trade} --max-retry-after 0", 2, "--max-retry-after"),
     ("trade {trade} --max-position abc", 2, "--max-position"),
+    ("trade {trade} --max-position -1", 2, "--max-position"),
     ("trade {trade} --max-violations 0", 2, "--max-violations"),
+    ("trade {trade} --log-level bogus", 2, "--log-level"),
+    ("trade {trade} --audit-key-file {missing}", 2, "--audit-key-file"),
     (
-        "trade --exchange-url {ws} --db {tmp}/t/book.db --strategy " + MA + " --symbols A",
+        "trade --exchange-url {ws} --book {tmp}/t/book.db --strategy " + MA + " --symbols A",
         2,
         "--exchange-url",
     ),
+    ("trade {trade} --feed-url {http}", 2, "--feed-url"),
     (
-        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy nonsense --symbols A",
+        "trade --exchange-url {http} --book {tmp}/t/book.db --strategy nonsense --symbols A",
         2,
         "--strategy",
     ),
     (
-        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy a=no_such_mod:X --symbols A",
+        "trade --exchange-url {http} --book {tmp}/t/book.db --strategy =ma_crossover --symbols A",
         2,
         "--strategy",
     ),
     (
-        "trade --exchange-url {http} --db {tmp}/t/book.db --strategy " + MA + " --symbols ,",
+        "trade --exchange-url {http} --book {tmp}/t/book.db --strategy a=no_such_mod:X --symbols A",
+        2,
+        "--strategy",
+    ),
+    (
+        "trade --exchange-url {http} --book {tmp}/t/book.db --strategy a=strategylab:X --symbols A",
+        2,
+        "--strategy",
+    ),
+    (
+        (
+            "trade --exchange-url {http} --book {tmp}/t/book.db --strategy ma_crossover "
+            "--symbols A --param fast=50 --param slow=10"
+        ),
+        2,
+        "--param",
+    ),
+    (
+        "trade --exchange-url {http} --book {tmp}/t/book.db --strategy " + MA + " --symbols ,",
         2,
         "--symbols",
     ),
-    ("trade --exchange-url {http} --db {dir} --strategy " + MA + " --symbols A", 2, "--db"),
-    ("trade {trade}", 1, "cannot reconcile"),
+    ("trade --exchange-url {http} --book {dir} --strategy " + MA + " --symbols A", 2, "--book"),
+    ("trade {trade}", 1, "cannot connect to {http}"),
+    (
+        "trade --exchange-url {http} --book {tmp}/t/b2.db --strategy ma_crossover --symbols A",
+        1,
+        "cannot connect to {http}",
+    ),
+    (
+        (
+            "trade --exchange-url {http} --book {tmp}/t/b3.db --strategy m=mean_reversion "
+            "--symbols A --param window=10"
+        ),
+        1,
+        "cannot connect to {http}",
+    ),
     # proxy
     ("proxy --bogus", 2, "--bogus"),
     ("proxy --port -5", 2, "--port"),
@@ -98,6 +160,11 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("proxy --config {empty}", 2, "--config"),
     ("proxy --config {dir}", 2, "--config"),
     ("proxy --config {notjson}", 2, "--config"),
+    ("proxy --port 70000", 2, "--port"),
+    ("proxy --log-level bogus", 2, "--log-level"),
+    ("proxy --admin-open --host 10.0.0.1", 2, "--admin-open"),
+    ("proxy --admin-token-file {missing}", 2, "--admin-token-file"),
+    ("proxy --data-dir {file}", 2, "{file}"),
     # check
     ("check", 2, "EMITTED"),
     ("check {missing} {db}", 1, "missing"),
@@ -108,26 +175,26 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("check {notjson} {db} --acks {garbage}", 1, "garbage"),
     ("check {notjson} {db} --bogus", 2, "--bogus"),
     # backtest
-    ("backtest --db {db}", 2, "--symbol"),
-    ("backtest --db {missing} --symbol A", 2, "--db"),
-    ("backtest --db {empty} --symbol A", 2, "--db"),
-    ("backtest --db {dir} --symbol A", 2, "--db"),
-    ("backtest --db {garbage} --symbol A", 2, "--db"),
-    ("backtest --db {db} --symbol Z", 2, "--symbol"),
-    ("backtest --db {db} --symbol A --fee-bps abc", 2, "--fee-bps"),
-    ("backtest --db {db} --symbol A --param fast", 2, "--param"),
-    ("backtest --db {db} --symbol A --param fast=50 --param slow=10", 2, "fast"),
-    ("backtest --db {db} --symbol A --strategy nonsense", 2, "--strategy"),
-    ("backtest --db {db} --symbol A --from yesterday", 2, "--from"),
+    ("backtest --db {db}", 2, "--symbols"),
+    ("backtest --db {missing} --symbols A", 2, "--db"),
+    ("backtest --db {empty} --symbols A", 2, "--db"),
+    ("backtest --db {dir} --symbols A", 2, "--db"),
+    ("backtest --db {garbage} --symbols A", 2, "--db"),
+    ("backtest --db {db} --symbols Z", 2, "--symbols"),
+    ("backtest --db {db} --symbols A --fee-bps abc", 2, "--fee-bps"),
+    ("backtest --db {db} --symbols A --param fast", 2, "--param"),
+    ("backtest --db {db} --symbols A --param fast=50 --param slow=10", 2, "fast"),
+    ("backtest --db {db} --symbols A --strategy nonsense", 2, "--strategy"),
+    ("backtest --db {db} --symbols A --from yesterday", 2, "--from"),
     # optimize
-    ("optimize --db {db} --symbol A", 2, "--grid"),
-    ("optimize --db {db} --symbol A --grid fast=2 --workers 0", 2, "--workers"),
-    ("optimize --db {db} --symbol A --grid fast=50 --param slow=10", 2, "no valid parameter set"),
-    ("optimize --db {db} --symbol A --grid fast=2 --metric bogus", 2, "--metric"),
-    ("optimize --db {missing} --symbol A --grid fast=2", 2, "--db"),
+    ("optimize --db {db} --symbols A", 2, "--grid"),
+    ("optimize --db {db} --symbols A --grid fast=2 --workers 0", 2, "--workers"),
+    ("optimize --db {db} --symbols A --grid fast=50 --param slow=10", 2, "no valid parameter set"),
+    ("optimize --db {db} --symbols A --grid fast=2 --metric bogus", 2, "--metric"),
+    ("optimize --db {missing} --symbols A --grid fast=2", 2, "--db"),
     # Event-driven over 20,000 ticks overruns 1 ms at every scope: every run skipped.
     (
-        "optimize --db {db} --symbol A --grid fast=2,3 --workers 1 --timeout 0.001 --event-driven",
+        "optimize --db {db} --symbols A --grid fast=2,3 --workers 1 --timeout 0.001 --event-driven",
         1,
         "every run failed",
     ),
@@ -139,6 +206,7 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("audit verify {empty} --head bad", 2, "--head"),
     ("audit verify {empty} --max-line 5", 2, "--max-line"),
     ("audit verify {empty} --key-file {missing}", 2, "--key-file"),
+    ("audit verify {empty} --log-level bogus", 2, "--log-level"),
     ("audit bogus", 2, "bogus"),
 ]
 
@@ -190,7 +258,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "missing": str(root / "missing"),
         "http": http,
         "ws": f"ws://127.0.0.1:{port}/ws",
-        "trade": f"--exchange-url {http} --db {root}/t/book.db --strategy {MA} --symbols A",
+        "trade": f"--exchange-url {http} --book {root}/t/book.db --strategy {MA} --symbols A",
     }
 
 

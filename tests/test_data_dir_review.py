@@ -461,7 +461,7 @@ async def test_exchange_creates_missing_parents_of_its_data_dir_0700(tmp_path: P
 def _trade(db: Path) -> tuple[str, ...]:
     return (
         "trade",
-        *("--exchange-url", "http://127.0.0.1:9", "--db", str(db)),
+        *("--exchange-url", "http://127.0.0.1:9", "--book", str(db)),
         *("--strategy", "bids=strategylab.strategy._examples:RestingBids", "--symbols", "A"),
     )
 
@@ -470,7 +470,7 @@ def _trade(db: Path) -> tuple[str, ...]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("target", ["missing", "empty"])
 async def test_trade_refuses_a_symlinked_book(tmp_path: Path, target: str) -> None:
-    """`trade --db` at a symlink (dangling or to an empty file) exits 2 with one line naming it;
+    """`trade --book` at a symlink (dangling or to an empty file) exits 2 with one line naming it;
     the target is neither created nor given a schema."""
     outside = tmp_path / "outside.db"
     if target == "empty":
@@ -491,7 +491,7 @@ async def test_trade_refuses_a_symlinked_book(tmp_path: Path, target: str) -> No
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_trade_refuses_a_fifo_as_its_book(tmp_path: Path) -> None:
-    """`trade --db` at a FIFO exits 2 (as the node) with one line naming it instead of blocking."""
+    """`trade --book` at a FIFO exits 2 (as the node), one line naming it, instead of blocking."""
     os.mkfifo(tmp_path / "book.db")
     code, err, _ = await _run(*_trade(tmp_path / "book.db"))
     line = _one_line(err)
@@ -505,7 +505,7 @@ async def test_trade_refuses_a_fifo_as_its_book(tmp_path: Path) -> None:
 async def test_trade_with_a_book_that_is_not_a_database_says_so_in_one_line(
     tmp_path: Path,
 ) -> None:
-    """`trade --db notes.db` (not SQLite) exits 1 with one line naming the file, no traceback."""
+    """`trade --book notes.db` (not SQLite) exits 1 with one line naming the file, no traceback."""
     db = tmp_path / "notes.db"
     db.write_bytes(b"these are my notes, not a book\n" * 100)
     code, err, _ = await _run(*_trade(db))
@@ -517,7 +517,7 @@ async def test_trade_with_a_book_that_is_not_a_database_says_so_in_one_line(
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 async def test_trade_creates_its_book_0600_in_0700_directories(tmp_path: Path) -> None:
-    """`trade --db tr/sub/book.db` under umask 022 makes tr and tr/sub 0700, the book 0600."""
+    """`trade --book tr/sub/book.db` under umask 022 makes tr and tr/sub 0700, the book 0600."""
     db = tmp_path / "tr" / "sub" / "book.db"
     code, err, _ = await _run(*_trade(db))
     assert code == 1, err  # nothing to reconcile with: the exchange is not there
@@ -528,12 +528,12 @@ async def test_trade_creates_its_book_0600_in_0700_directories(tmp_path: Path) -
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("db", [".", "/", ""])
-async def test_trade_with_a_db_that_names_no_file_is_a_usage_error(db: str) -> None:
-    """`trade --db .` (or `/`, or empty) is one line naming --db, exit 2, no traceback."""
+async def test_trade_with_a_book_that_names_no_file_is_a_usage_error(db: str) -> None:
+    """`trade --book .` (or `/`, or empty) is one line naming --book, exit 2, no traceback."""
     code, err, _ = await _run(*_trade(Path(db)))
     line = _one_line(err)
     assert code == 2, err
-    assert "--db" in line
+    assert "--book" in line
 
 
 @pytest.mark.timeout(10)

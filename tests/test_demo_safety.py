@@ -20,17 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from strategylab._demo import (
-    MARKER,
-    OWNED,
-    RATE_WINDOW,
-    DataDirError,
-    _print_report,
-    _print_trading,
-    _Progress,
-    integrity_tables,
-    prepare_data_dir,
-)
+from strategylab._demo_dir import MARKER, OWNED, DataDirError, prepare_data_dir
+from strategylab._demo_live import RATE_WINDOW, Progress
+from strategylab._demo_report import integrity_tables, print_report, print_trading
+from strategylab._layout import DataLayout
 from strategylab.chaos import IntegrityReport, SymbolIntegrity, TickSet
 
 VICTIM = b"precious, not the demo's\n"
@@ -198,7 +191,7 @@ def _status(stored: int, *, connected: bool = True) -> dict[str, object]:
     return {"event": "status", "ticks_stored": stored, "connected": connected, "reconnects": 0}
 
 
-def _rows(progress: _Progress, now: float) -> dict[str, str]:
+def _rows(progress: Progress, now: float) -> dict[str, str]:
     """The live screen as {label: value}, rendered the way a terminal shows it."""
     console = Console(width=80, file=io.StringIO(), color_system=None)
     with console.capture() as capture:
@@ -218,7 +211,7 @@ def _number(text: str) -> int:
 def test_stored_is_not_shown_above_emitted_when_a_status_line_overtakes_a_poll() -> None:
     """The node's newer count (1,000) arrives while the exchange is asked; the exchange answers
     950: the screen pairs 950 with the count read before asking (900), never with 1,000."""
-    progress = _Progress(total=10_000)
+    progress = Progress(total=10_000)
     progress.on_node_status(_status(900), now=1.0)
     asked_with = progress.stored  # the poll is sent
     progress.on_node_status(_status(1_000), now=1.1)  # overtakes the answer
@@ -237,7 +230,7 @@ def test_stored_never_exceeds_emitted_whatever_the_interleaving(
 ) -> None:
     """The exchange emits, the node stores (never more than was emitted), status lines and polls
     interleave at random: the pair on the screen always has stored <= emitted."""
-    progress = _Progress(total=10**9)
+    progress = Progress(total=10**9)
     emitted = stored = 0
     asked: tuple[int, int] | None = None  # (stored read when asking, emitted when answering)
     for now, (kind, n) in enumerate(events):
@@ -257,7 +250,7 @@ def test_stored_never_exceeds_emitted_whatever_the_interleaving(
 
 def test_rates_are_over_the_recent_window_not_the_lifetime() -> None:
     """After 10 s at 1,000 ticks/s and 3 s of partition, the stored rate is 0, not 769."""
-    progress = _Progress(total=100_000)
+    progress = Progress(total=100_000)
     t = 0.0
     while t <= 10.0:
         progress.on_node_status(_status(int(t * 1000)), now=t)
@@ -277,7 +270,7 @@ def test_rates_are_over_the_recent_window_not_the_lifetime() -> None:
 
 def test_a_rate_is_not_shown_before_there_is_a_window_of_data() -> None:
     """One sample is not a rate."""
-    progress = _Progress(total=1_000)
+    progress = Progress(total=1_000)
     progress.on_node_status(_status(500), now=5.0)
     assert _rows(progress, now=5.0)[f"stored/s, last {RATE_WINDOW:g} s"] == "measuring"
 
@@ -285,7 +278,7 @@ def test_a_rate_is_not_shown_before_there_is_a_window_of_data() -> None:
 def test_the_link_is_silent_during_a_partition_although_the_node_says_connected() -> None:
     """The node reports connected=True (it has not declared the feed stale): the screen says
     the link is silent, and for how long."""
-    progress = _Progress(total=100_000)
+    progress = Progress(total=100_000)
     progress.on_exchange_status({"ticks_emitted": 5_000, "generating": True}, 0.0, 0)
     progress.on_node_status(_status(4_000), now=0.0)
     progress.on_node_status(_status(4_500), now=0.25)
@@ -299,7 +292,7 @@ def test_the_link_is_silent_during_a_partition_although_the_node_says_connected(
 
 def test_the_link_states_from_the_status_lines() -> None:
     """Down when the node says so; unknown without status lines; idle once everything is in."""
-    progress = _Progress(total=1_000)
+    progress = Progress(total=1_000)
     assert progress.link(0.0).startswith("unknown")
     progress.on_node_status(_status(10, connected=False), now=1.0)
     assert progress.link(1.1).startswith("down, reconnecting")
@@ -379,8 +372,8 @@ def test_the_whole_report_fits_80_columns() -> None:
     traded = {"orders_sent": 1_234_567, "risk_state": "halted", "risk_reason": "[red]x[/red]",
               "strategies": [strategy]}  # fmt: skip
     with console.capture() as capture:
-        _print_report(console, _report(["AAPL", "MSFT"], 1_000_000), stopped, ["partition 2 s"])
-        _print_trading(console, traded)
+        print_report(console, _report(["AAPL", "MSFT"], 1_000_000), stopped, ["partition 2 s"])
+        print_trading(console, traded)
     text = capture.get()
     assert max(len(line) for line in text.splitlines()) <= 80
     for number in ("98,765,432", "1,234,567", "1,596 / 13,088 / 1,234,567"):
@@ -390,7 +383,7 @@ def test_the_whole_report_fits_80_columns() -> None:
 
 def test_the_live_screen_fits_80_columns() -> None:
     """Every row of the live screen stays within 80 columns, with large counts."""
-    progress = _Progress(total=123_456_789)
+    progress = Progress(total=123_456_789)
     for t in range(20):
         progress.on_node_status(_status(t * 5_000_000), now=t / 4)
         progress.on_exchange_status({"ticks_emitted": t * 6_000_000}, t / 4, t * 5_000_000)
@@ -401,3 +394,25 @@ def test_the_live_screen_fits_80_columns() -> None:
     text = capture.get()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "114,000,000 / 123,456,789" in text
+
+
+def test_the_children_s_log_directories_go_with_their_data_directories(tmp_path: Path) -> None:
+    """``node/logs`` and ``exchange/logs`` (the children's log files) are the demo's too: a
+    later run clears them with the rest, and still touches nothing it did not create."""
+    data = tmp_path / "data"
+    prepare_data_dir(data)
+    layout = DataLayout(data)
+    for child in (layout.node_dir, layout.exchange_dir):
+        child.logs.mkdir(parents=True)
+        child.log_file("node").write_text('{"event": "old run"}\n')
+    (data / "notes.txt").write_bytes(VICTIM)
+    prepare_data_dir(data)
+    assert sorted(p.name for p in data.iterdir()) == [MARKER, "notes.txt"]
+    assert (data / "notes.txt").read_bytes() == VICTIM
+
+
+def test_the_owned_names_are_the_layout_s() -> None:
+    """The marker's names for the node's and the exchange's directories are the layout's."""
+    layout = DataLayout(Path("d"))
+    assert layout.demo_marker.name == MARKER
+    assert {layout.node_dir.root.name, layout.exchange_dir.root.name} <= set(OWNED)

@@ -130,9 +130,9 @@ async def test_callback_that_raises_sends_none_of_its_orders(
 async def spawn(port: int, db: Path, state_interval: float) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.node._trader", "--exchange-url", f"http://127.0.0.1:{port}"),
-        *("--db", str(db), "--strategy", "bids=strategylab.strategy._examples:RestingBids"),
-        *("--symbols", "A", "--params", json.dumps({"every": 3, "count": 3})),
+        *("-m", "strategylab", "trade", "--exchange-url", f"http://127.0.0.1:{port}"),
+        *("--book", str(db), "--strategy", "bids=strategylab.strategy._examples:RestingBids"),
+        *("--symbols", "A", "--param", "every=3", "--param", "count=3"),
         *("--status-interval", "0.05", "--state-interval", str(state_interval)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

@@ -62,8 +62,8 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.fault_tolerance._audit._LineError": lambda c: c("not json"),
     "strategylab.exchange._faults.FaultRequestError": lambda c: c("rate", "not a number"),
     "strategylab.market._failover_store.StoreStallError": lambda c: c("postgres", "write", 0.5),
-    "strategylab.market._feed.UnknownSymbolsError": lambda c: c("unknown: ZZZ", ("ZZZ",)),
-    "strategylab.market._spool.SpoolCorruptionError": lambda c: c(
+    "strategylab.market._feed_errors.UnknownSymbolsError": lambda c: c("unknown: ZZZ", ("ZZZ",)),
+    "strategylab.market._spool_damage.SpoolCorruptionError": lambda c: c(
         [SpoolCorruption(path=Path("1.seg"), offset=16, length=8, moved_to=Path("x"), ranges={})]
     ),
     "strategylab.exchange._book.OrderRequestError": lambda c: c("qty", "must be > 0"),
@@ -114,7 +114,7 @@ def _state(exc: BaseException) -> dict[str, object]:
 def test_the_walk_finds_the_project_exceptions() -> None:
     """The package walk finds the exceptions of every layer, private ones included."""
     assert "strategylab.errors.RetryExhaustedError" in EXCEPTIONS
-    assert "strategylab.market._feed.TickRangeLostError" in EXCEPTIONS
+    assert "strategylab.market._feed_errors.TickRangeLostError" in EXCEPTIONS
     assert "strategylab.fault_tolerance._audit._LineError" in EXCEPTIONS
     assert len(EXCEPTIONS) >= 40
 

@@ -180,7 +180,7 @@ async def test_a_node_with_one_unknown_symbol_stores_the_others_and_says_which(
     said = [line for line in err.splitlines() if "ZZZ" in line]
     assert len(said) == 1, err
     assert "does not know" in said[0]
-    assert "ERROR" in said[0]
+    assert json.loads(said[0])["level"] == "error"  # stderr is a pipe: JSON log lines
     audit = (node_dir / "audit.jsonl").read_text()
     assert "configuration_error" in audit
     report = await integrity(tmp_path, node_dir, complete=False)

@@ -124,7 +124,7 @@ def _backtest(db: Path) -> subprocess.CompletedProcess[str]:
             "backtest",
             "--db",
             str(db),
-            "--symbol",
+            "--symbols",
             SYMBOL,
             "--param",
             "fast=5",
@@ -147,7 +147,7 @@ async def test_backtest_db_with_hash_reads_that_file_and_creates_nothing(tmp_pat
     before = _names(tmp_path)
     result = await asyncio.to_thread(_backtest, tmp_path / "real.db#")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["ticks"] == 500
+    assert json.loads(result.stdout)[0]["ticks"] == 500
     assert not (tmp_path / "real.db").exists()
     assert _names(tmp_path) == before
 
@@ -164,5 +164,5 @@ async def test_backtest_db_with_percent_reads_that_file_not_the_decoded_one(
     decoy = await asyncio.to_thread(_backtest, tmp_path / "A.db")
     assert wanted.returncode == 0, wanted.stderr
     assert decoy.returncode == 0, decoy.stderr
-    assert json.loads(wanted.stdout)["ticks"] == 500
-    assert json.loads(decoy.stdout)["ticks"] == 50
+    assert json.loads(wanted.stdout)[0]["ticks"] == 500
+    assert json.loads(decoy.stdout)[0]["ticks"] == 50

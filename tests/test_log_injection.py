@@ -157,7 +157,13 @@ def test_configure_logging_installs_once_and_respects_foreign_handlers(
     assert len(root.handlers) == 1
     logging.getLogger("test.log_injection.root").warning("hostile %s", "a\nCRITICAL:forged")
     assert first.getvalue() == ""
-    assert second.getvalue() == "WARNING:test.log_injection.root:hostile a\\nCRITICAL:forged\n"
+    # Not a terminal: one JSON line, the hostile text inside the event, escaped by the encoder.
+    written = second.getvalue()
+    assert written.count("\n") == 1
+    record = json.loads(written)
+    assert (record["level"], record["logger"]) == ("warning", "test.log_injection.root")
+    assert record["event"] == "hostile a\nCRITICAL:forged"
+    assert_not_forged(written)
     foreign = logging.NullHandler()
     monkeypatch.setattr(root, "handlers", [foreign])
     assert not configure_logging(stream=io.StringIO())
@@ -188,6 +194,15 @@ async def next_event(process: asyncio.subprocess.Process, done: Any) -> dict[str
         event: dict[str, Any] = json.loads(line)
         if done(event):
             return event
+
+
+def log_events(stderr: str) -> list[str]:
+    """The ``event`` of each JSON log line on a child's stderr (a pipe: JSON lines)."""
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            events.append(str(json.loads(line)["event"]))
+    return events
 
 
 async def stop_and_read_stderr(process: asyncio.subprocess.Process) -> str:
@@ -243,8 +258,9 @@ async def test_node_process_logs_hostile_exchange_text_escaped(tmp_path: Path) -
                 )
         finally:
             stderr = await stop_and_read_stderr(node)
-    assert "lost: exchange:" in stderr  # the hostile reason was logged ...
-    assert "CRITICAL:forged" in stderr  # ... with its text, escaped
+    events = "\n".join(log_events(stderr))
+    assert "lost: exchange:" in events  # the hostile reason was logged ...
+    assert "CRITICAL:forged" in events  # ... with its text, escaped
     assert_not_forged(stderr)
 
 
@@ -286,7 +302,7 @@ async def test_exchange_process_logs_hostile_client_text_escaped(tmp_path: Path)
     finally:
         stderr = await stop_and_read_stderr(exchange)
     assert "security event: refused Origin" in stderr
-    assert "/admin/faults\\nCRITICAL:forged\\x1b[2J\\u2028" in stderr
+    assert "/admin/faults\\nCRITICAL:forged\\x1b[2J\\u2028" in "\n".join(log_events(stderr))
     assert_not_forged(stderr)
 
 
@@ -310,5 +326,7 @@ async def test_proxy_process_logs_hostile_proxy_names_escaped() -> None:
                     assert response.status == 403
     finally:
         stderr = await stop_and_read_stderr(proxy)
-    assert "security event: refused Origin on DELETE /proxies/p\\nCRITICAL:forged" in stderr
+    events = "\n".join(log_events(stderr))
+    # The path is logged as the peer sent it; the JSON encoder escapes it on the way out.
+    assert "security event: refused Origin on DELETE /proxies/p\nCRITICAL:forged" in events
     assert_not_forged(stderr)

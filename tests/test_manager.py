@@ -16,6 +16,8 @@ from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
     AuditLog,
     BreakerState,
+    Bulkhead,
+    BulkheadStatistics,
     CircuitBreaker,
     ErrorContext,
     ErrorRecoveryManager,
@@ -197,6 +199,16 @@ def test_unregister_forgets_the_component(clock: FakeClock) -> None:
     assert manager.components() == ()
     with pytest.raises(KeyError):
         manager.unregister("feed")
+
+
+def test_unregister_refuses_a_component_another_depends_on(clock: FakeClock) -> None:
+    """A dependency cannot be unregistered while its dependant is, so the shutdown order holds."""
+    manager = _manager(clock)
+    manager.register(Fake("store"))
+    manager.register(Fake("feed"), depends_on=["store"])
+    with pytest.raises(ConfigurationError, match="'feed'"):
+        manager.unregister("store")
+    assert manager.registry.stop_order() == ("feed", "store")
 
 
 # ---------------------------------------------------------------- one recovery
@@ -443,6 +455,34 @@ async def test_limit_runs_two_queues_three_and_rejects_the_rest(clock: FakeClock
         10,
     )
     assert (final.current_recovery_attempts, final.queued_recoveries) == (0, 0)
+
+
+async def test_limit_is_a_bulkhead_that_refuses_at_its_limit(clock: FakeClock) -> None:
+    """The recovery limit is the library's Bulkhead: its statistics count admissions and the
+    refusal, and the refused error still yields a rejected, audited outcome."""
+    gate = asyncio.Event()
+    manager = _manager(clock, max_concurrent_recoveries=1, max_queued_recoveries=1)
+    bulkhead = manager.bulkhead
+    assert isinstance(bulkhead, Bulkhead)
+    assert (bulkhead.name, bulkhead.max_concurrent, bulkhead.max_waiting) == ("recovery", 1, 1)
+    for name in ("a", "b", "c"):
+        manager.register(Fake(name, fixes=frozenset({"restart"}), gate=gate))
+    async with asyncio.TaskGroup() as group:
+        first = group.create_task(manager.handle(_ctx("a")))
+        second = group.create_task(manager.handle(_ctx("b")))
+        await _settle()
+        assert bulkhead.statistics() == BulkheadStatistics(
+            running=1, waiting=1, admitted=1, rejected=0
+        )
+        refused = await manager.handle(_ctx("c"))
+        gate.set()
+    assert (refused.rejected, refused.error) == (
+        True,
+        "recovery rejected: 1 running, 1 queued (limits 1 and 1)",
+    )
+    assert (first.result().rejected, second.result().rejected) == (False, False)
+    assert bulkhead.statistics() == BulkheadStatistics(running=0, waiting=0, admitted=2, rejected=1)
+    assert manager.statistics().rejected_recoveries == 1
 
 
 async def test_rejected_outcome_has_no_strategy(clock: FakeClock) -> None:

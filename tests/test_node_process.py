@@ -133,10 +133,9 @@ async def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(tmp_pat
 
 def test_bad_option_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     """A bad value is named on stderr and the exit status is 2."""
-    from strategylab.node._node import main  # noqa: PLC0415
+    from strategylab.cli import app  # noqa: PLC0415
 
-    code = main(
-        ["--exchange-url", "http://x", "--data-dir", "/tmp/x", "--symbols", "A"]  # noqa: S108
-    )
-    assert code == 2
+    with pytest.raises(SystemExit) as exited:
+        app(["node", "--exchange-url", "ftp://x", "--data-dir", "/tmp/x", "--symbols", "A"])  # noqa: S108
+    assert exited.value.code == 2
     assert "--exchange-url" in capsys.readouterr().err

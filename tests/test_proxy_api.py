@@ -216,7 +216,7 @@ async def test_version(api: Api) -> None:
 
 @pytest.mark.timeout(20)
 async def test_entry_point_runs_as_its_own_process() -> None:
-    """`python -m strategylab.chaos._proxy_api --port 0` prints its port and serves the API."""
+    """`strategylab proxy --port 0` prints its port and serves the API."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -36,7 +36,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def backtest(db: str) -> tuple[str, ...]:
-    return ("backtest", "--db", db, "--symbol", "A", "--strategy", "ma_crossover")
+    return ("backtest", "--db", db, "--symbols", "A", "--strategy", "ma_crossover")
 
 
 def check(db: str) -> tuple[str, ...]:

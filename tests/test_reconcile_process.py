@@ -27,11 +27,10 @@ LATENCY_MS = 300
 async def spawn(url: str, db: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "strategylab.node._trader", "--exchange-url", url, "--db", str(db)),
+        *("-m", "strategylab", "trade", "--exchange-url", url, "--book", str(db)),
         *("--strategy", "bids=strategylab.strategy._examples:RestingBids", "--symbols", "A"),
         *(
-            "--params",
-            json.dumps({"every": 1, "count": 30, "start_after": 50}),
+            *("--param", "every=1", "--param", "count=30", "--param", "start_after=50"),
             "--status-interval",
             "0.05",
         ),

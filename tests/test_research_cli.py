@@ -118,7 +118,7 @@ def test_parse_errors_name_the_item(parse, item: str, named: str) -> None:  # ty
 def test_backtest_prints_a_table(db: Path) -> None:
     """A backtest over the store prints its headline figures and exits 0."""
     result = _invoke(
-        "backtest", "--db", str(db), "--symbol", SYMBOL, "--param", "fast=5", "--param", "slow=20"
+        "backtest", "--db", str(db), "--symbols", SYMBOL, "--param", "fast=5", "--param", "slow=20"
     )
     assert result.exit_code == 0, result.output
     for label in ("PnL", "Sharpe", "max drawdown", "trades", f"{TICKS:,}"):
@@ -127,12 +127,12 @@ def test_backtest_prints_a_table(db: Path) -> None:
 
 @pytest.mark.timeout(20)
 def test_backtest_json_agrees_between_paths(db: Path) -> None:
-    """--json prints the summary; the vectorised path reports the same PnL and trades."""
+    """--json prints a list of summaries (one symbol: one); the vectorised path agrees."""
     args = [
         "backtest",
         "--db",
         str(db),
-        "--symbol",
+        "--symbols",
         SYMBOL,
         "--param",
         "fast=5",
@@ -144,7 +144,7 @@ def test_backtest_json_agrees_between_paths(db: Path) -> None:
     vector = _invoke(*args, "--vectorised")
     assert event.exit_code == 0, event.output
     assert vector.exit_code == 0, vector.output
-    a, b = json.loads(event.stdout), json.loads(vector.stdout)
+    [a], [b] = json.loads(event.stdout), json.loads(vector.stdout)
     assert a["ticks"] == TICKS
     assert a["trades"] > 0
     assert (a["trades"], a["total_pnl"]) == (b["trades"], pytest.approx(b["total_pnl"]))
@@ -157,7 +157,7 @@ def test_backtest_json_agrees_between_paths(db: Path) -> None:
 def test_optimize_grid_ranks_results_as_json(db: Path) -> None:
     """A 2x2 grid runs four backtests in workers; the JSON rows are ranked by the metric."""
     result = _invoke(
-        "optimize", "--db", str(db), "--symbol", SYMBOL,
+        "optimize", "--db", str(db), "--symbols", SYMBOL,
         "--grid", "fast=3,5", "--grid", "slow=20,40",
         "--metric", "pnl", "--workers", "2", "--timeout", "20", "--json",
     )  # fmt: skip
@@ -178,7 +178,7 @@ def test_optimize_grid_ranks_results_as_json(db: Path) -> None:
 def test_optimize_prints_a_results_table_and_skips_invalid_sets(db: Path) -> None:
     """The table is titled with the metric; a set the strategy refuses is listed as not run."""
     result = _invoke(
-        "optimize", "--db", str(db), "--symbol", SYMBOL,
+        "optimize", "--db", str(db), "--symbols", SYMBOL,
         "--grid", "fast=5,30", "--grid", "slow=20", "--metric", "max_drawdown", "--workers", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -211,7 +211,7 @@ def test_optimize_prints_a_results_table_and_skips_invalid_sets(db: Path) -> Non
 def test_bad_input_exits_2_naming_the_problem(db: Path, args: list[str], message: str) -> None:
     """Usage errors exit 2 with a message that names the value, and no traceback."""
     command, *rest = args
-    symbol = [] if "--symbol-x" in rest else ["--symbol", SYMBOL]
+    symbol = [] if "--symbol-x" in rest else ["--symbols", SYMBOL]
     result = _invoke(command, "--db", str(db), *symbol, *rest)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -223,13 +223,13 @@ def test_bad_input_exits_2_naming_the_problem(db: Path, args: list[str], message
 def test_missing_db_and_unknown_symbol_exit_2(db: Path, tmp_path: Path, command: str) -> None:
     """A database that does not exist, and a symbol with no ticks, are named in the error."""
     grid = ["--grid", "fast=5", "--grid", "slow=20"] if command == "optimize" else []
-    missing = _invoke(command, "--db", str(tmp_path / "nope.db"), "--symbol", SYMBOL, *grid)
+    missing = _invoke(command, "--db", str(tmp_path / "nope.db"), "--symbols", SYMBOL, *grid)
     assert missing.exit_code == 2
     assert "nope.db" in missing.output
     assert "no such database" in missing.output
-    unknown = _invoke(command, "--db", str(db), "--symbol", "DOGE-USD", *grid)
+    unknown = _invoke(command, "--db", str(db), "--symbols", "DOGE-USD", *grid)
     assert unknown.exit_code == 2
-    assert "--symbol 'DOGE-USD': no ticks" in unknown.output
+    assert "--symbols 'DOGE-USD': no ticks" in unknown.output
     assert "BTC-USD, ETH-USD" in unknown.output
 
 

@@ -1,6 +1,6 @@
 """Working orders never make room, end to end: the exchange and the engine as real processes.
 
-The engine process (``python -m strategylab.node._trader --max-position 10``) runs
+The engine process (``python -m strategylab trade --max-position 10``) runs
 :class:`OverlappingBuys` against the exchange process: a SELL 10 limit far above the market
 (it rests and never fills), a market BUY 10, and once that buy's fill is back a second market BUY
 10. Netting the resting sell against the buys would admit the second one and the account would
@@ -151,8 +151,8 @@ async def test_resting_sell_does_not_let_two_buys_through_to_the_exchange(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
     }
     engine = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "strategylab.node._trader", "--exchange-url", base),
-        *("--db", str(tmp_path / "book.db"), "--symbols", "A", "--max-position", "10"),
+        *(sys.executable, "-m", "strategylab", "trade", "--exchange-url", base),
+        *("--book", str(tmp_path / "book.db"), "--symbols", "A", "--max-position", "10"),
         *("--strategy", "over=test_risk_exchange_process:OverlappingBuys"),
         *("--status-interval", "0.05"),
         stdout=asyncio.subprocess.PIPE,

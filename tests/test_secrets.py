@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import stat
@@ -13,7 +12,6 @@ import pytest
 from strategylab._secrets import (
     ADMIN_TOKEN,
     SIGNING_KEY,
-    add_secret_options,
     read_secret_file,
     resolve_secret,
     write_secret_file,
@@ -27,13 +25,6 @@ def _private(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o600)
     return path
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_secret_options(parser, SIGNING_KEY, "none = unsigned")
-    add_secret_options(parser, ADMIN_TOKEN, "none = closed")
-    return parser.parse_args(argv)
 
 
 def test_file_is_read_with_its_final_newline_stripped(tmp_path: Path) -> None:
@@ -95,9 +86,8 @@ def test_non_utf8_and_oversized_files_are_refused(tmp_path: Path) -> None:
 def test_both_value_and_file_are_refused(tmp_path: Path) -> None:
     """`--signing-key X --signing-key-file F` is ambiguous: refused, naming both options."""
     path = _private(tmp_path / "key", SECRET)
-    args = _args("--signing-key", "other-secret", "--signing-key-file", str(path))
     with pytest.raises(ConfigurationError) as caught:
-        resolve_secret(args, SIGNING_KEY, environ={}, warn=io.StringIO())
+        resolve_secret("other-secret", path, SIGNING_KEY, environ={}, warn=io.StringIO())
     assert "--signing-key-file" in str(caught.value)
     assert "--signing-key;" in str(caught.value)
     assert "other-secret" not in str(caught.value)
@@ -106,29 +96,27 @@ def test_both_value_and_file_are_refused(tmp_path: Path) -> None:
 def test_file_wins_over_environment(tmp_path: Path) -> None:
     """An option given explicitly beats the environment variable."""
     path = _private(tmp_path / "token", SECRET)
-    args = _args("--admin-token-file", str(path))
     environ = {"STRATEGYLAB_ADMIN_TOKEN": "from-env"}
-    assert resolve_secret(args, ADMIN_TOKEN, environ=environ) == SECRET
+    assert resolve_secret(None, path, ADMIN_TOKEN, environ=environ) == SECRET
 
 
 def test_environment_is_used_when_no_option_is_given() -> None:
     """With no option, the environment variable supplies the secret; without it there is none."""
-    args = _args()
-    assert resolve_secret(args, SIGNING_KEY, environ={"STRATEGYLAB_SIGNING_KEY": SECRET}) == SECRET
-    assert resolve_secret(args, SIGNING_KEY, environ={}) is None
+    environ = {"STRATEGYLAB_SIGNING_KEY": SECRET}
+    assert resolve_secret(None, None, SIGNING_KEY, environ=environ) == SECRET
+    assert resolve_secret(None, None, SIGNING_KEY, environ={}) is None
 
 
 def test_empty_environment_variable_is_refused_by_name() -> None:
     """A set but empty variable is a mistake, not 'unsigned': refused, naming the variable."""
     with pytest.raises(ConfigurationError, match="STRATEGYLAB_ADMIN_TOKEN"):
-        resolve_secret(_args(), ADMIN_TOKEN, environ={"STRATEGYLAB_ADMIN_TOKEN": ""})
+        resolve_secret(None, None, ADMIN_TOKEN, environ={"STRATEGYLAB_ADMIN_TOKEN": ""})
 
 
 def test_value_on_command_line_warns_once_without_the_value() -> None:
     """The old option still works, with one warning line that does not repeat the secret."""
     warn = io.StringIO()
-    args = _args("--admin-token", SECRET)
-    assert resolve_secret(args, ADMIN_TOKEN, environ={}, warn=warn, prog="x") == SECRET
+    assert resolve_secret(SECRET, None, ADMIN_TOKEN, environ={}, warn=warn, prog="x") == SECRET
     lines = warn.getvalue().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("x: warning: --admin-token is visible")
@@ -150,9 +138,9 @@ def test_write_secret_file_is_private_and_replaces_a_symlink(tmp_path: Path) -> 
 
 def test_configs_never_show_the_secrets_in_their_repr(tmp_path: Path) -> None:
     """A logged or printed config does not leak the signing key or the admin token."""
-    from strategylab.exchange._server import ExchangeConfig  # noqa: PLC0415
+    from strategylab.exchange import ExchangeConfig  # noqa: PLC0415
     from strategylab.market._feed import FeedConfig  # noqa: PLC0415
-    from strategylab.node._node import NodeConfig  # noqa: PLC0415
+    from strategylab.node import NodeConfig  # noqa: PLC0415
 
     exchange = ExchangeConfig(data_dir=tmp_path, signing_key=SECRET.encode(), admin_token=SECRET)
     node = NodeConfig(

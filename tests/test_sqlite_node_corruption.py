@@ -138,7 +138,7 @@ async def test_restart_on_damaged_file_rebuilds_and_loses_no_acknowledged_tick(
     errors = [
         line
         for line in (tmp_path / "second.log").read_text().splitlines()
-        if line.startswith("ERROR") and "corrupted" in line
+        if line.startswith("{") and json.loads(line)["level"] == "error" and "corrupted" in line
     ]
     assert len(errors) == 1, errors
     assert str(db) in errors[0]

@@ -25,6 +25,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from strategylab.cli import app
 from strategylab.fault_tolerance import AuditLog
 from strategylab.market import Exchange, ExchangeConfig, Tick
 from strategylab.market._protocol import (
@@ -38,7 +39,6 @@ from strategylab.market._protocol import (
     encode_heartbeat,
     encode_ticks,
 )
-from strategylab.node._trader import main
 from strategylab.strategy._examples import RestingBids, TickTrader
 from strategylab.strategy._strategy import Strategy
 from strategylab.testing import FakeClock
@@ -339,11 +339,13 @@ def test_bad_security_options_exit_2_naming_the_flag(
 ) -> None:
     """A bad security option is refused before anything starts, with the flag named."""
     argv = [
-        *("--exchange-url", "http://127.0.0.1:1", "--db", str(tmp_path / "b.db")),
+        *("trade", "--exchange-url", "http://127.0.0.1:1", "--book", str(tmp_path / "b.db")),
         *("--strategy", "t=strategylab.strategy._examples:TickTrader", "--symbols", "A"),
         *(flag, value),
     ]
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exited:
+        app(argv, standalone_mode=True)
+    assert exited.value.code == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "b.db").exists()
 
@@ -413,7 +415,7 @@ async def spawn_trader(exchange: Exchange, feed_url: str, db: Path, *extra: str)
         "-m",
         "strategylab",
         "trade",
-        *("--exchange-url", exchange.url, "--feed-url", feed_url, "--db", str(db)),
+        *("--exchange-url", exchange.url, "--feed-url", feed_url, "--book", str(db)),
         *("--strategy", "bids=strategylab.strategy._examples:RestingBids"),
         *("--symbols", "A", "--status-interval", "0.05", *extra),
         stdout=asyncio.subprocess.PIPE,
@@ -471,10 +473,10 @@ async def test_a_trader_process_holds_on_a_forged_frame_and_keeps_running(
             seq += 1
             await asyncio.sleep(0.05)
 
-    params = json.dumps({"every": 2, "count": 10_000, "fraction": 0.01})
+    params = ("--param", "every=2", "--param", "count=10000", "--param", "fraction=0.01")
     async with hostile_feed(script) as (url, subscriptions):
         proc = await spawn_trader(
-            exchange, url, tmp_path / "book.db", "--params", params, "--security-hold", "2"
+            exchange, url, tmp_path / "book.db", *params, "--security-hold", "2"
         )
         try:
             violation = await next_event(proc, "security_violation", 20)
@@ -522,10 +524,10 @@ async def test_forged_frames_past_the_threshold_kill_the_trader_with_exit_3(
         await send(genuine(first), first)
         await send(forged(first + 1), first)
 
-    params = json.dumps({"every": 2, "count": 3, "fraction": 0.01})
+    params = ("--param", "every=2", "--param", "count=3", "--param", "fraction=0.01")
     async with hostile_feed(script) as (url, subscriptions):
         proc = await spawn_trader(
-            exchange, url, tmp_path / "book.db", "--params", params, "--max-violations", "3"
+            exchange, url, tmp_path / "book.db", *params, "--max-violations", "3"
         )
         try:
             await status_until(proc, lambda s: s["open_orders"] == 3, 20)

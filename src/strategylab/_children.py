@@ -19,7 +19,8 @@ or SIGKILL, which runs no clean-up code at all. :class:`ChildGuard` gives each c
 (SIGTERM, then SIGKILL after a deadline), recording each exit status; :func:`cancel_on_signals`
 turns the first SIGTERM, SIGINT or SIGHUP into a cancellation of the running task, so that the
 command's own ``finally`` blocks stop its children in order and it can say what was interrupted,
-and a second signal into :meth:`ChildProcesses.kill`.
+and a second signal into :meth:`ChildProcesses.kill`; :func:`run_interruptible` puts the two
+together for a command's main coroutine (exit status 128 + N after signal N).
 
 ``STRATEGYLAB_CHILD_GUARD=watchdog`` makes Linux use the watchdog too (how the tests exercise the
 path other platforms take); the default, ``auto``, uses ``PR_SET_PDEATHSIG`` where it exists.
@@ -44,7 +45,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, Self
 
 if TYPE_CHECKING:
@@ -52,11 +53,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GUARD_ENV",
+    "SIGNAL_EXIT_BASE",
     "ChildGuard",
     "ChildProcesses",
     "GuardMode",
     "cancel_on_signals",
     "parent_death_hook",
+    "run_interruptible",
     "watchdog_main",
 ]
 
@@ -64,6 +67,9 @@ GUARD_ENV: Final = "STRATEGYLAB_CHILD_GUARD"
 """Environment variable choosing how children are tied to the parent: ``auto`` or ``watchdog``."""
 
 GuardMode = Literal["auto", "watchdog"]
+
+SIGNAL_EXIT_BASE: Final = 128
+"""A command interrupted by signal N exits with 128 + N, as a shell reports it."""
 
 _PR_SET_PDEATHSIG: Final = 1
 _WATCHDOG_WAIT: Final = 10.0
@@ -308,6 +314,36 @@ def cancel_on_signals(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def run_interruptible(
+    children: ChildProcesses,
+    body: Callable[[], Awaitable[int]],
+    on_interrupt: Callable[[Sequence[signal.Signals]], None],
+) -> int:
+    """Await ``body()`` (an exit status) while the first SIGINT, SIGTERM or SIGHUP cancels it and
+    a second one kills ``children`` (:func:`cancel_on_signals`); ``children`` are stopped
+    (:meth:`ChildProcesses.aclose`) however it ends, still under the signal handlers.
+
+    When a signal cancelled it, ``on_interrupt(received)`` says what was interrupted (after
+    ``body``'s own ``finally`` blocks ran) and the result is 128 + the first signal's number, the
+    shell's convention. Any other cancellation, and any exception, propagates.
+    """
+    with cancel_on_signals(on_repeat=children.kill) as received:
+        try:
+            return await body()
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            # Our own cancellation, from the signal handler: acknowledged, reported, and turned
+            # into the conventional exit status.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            on_interrupt(received)
+            return SIGNAL_EXIT_BASE + int(received[0])
+        finally:
+            await children.aclose()
 
 
 def watchdog_main(argv: Sequence[str]) -> int:

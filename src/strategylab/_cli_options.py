@@ -5,10 +5,14 @@ One name, one meaning, in every command that takes it:
 - ``--data-dir DIR``: the process's data directory (its files: :mod:`strategylab._layout`).
 - ``--symbols A,B``: symbols, comma-separated (one or more).
 - ``--exchange-url URL``: the exchange simulator, ``http://HOST:PORT`` (its feed is ``URL/ws``).
-- ``--feed-url URL``: a market-data WebSocket, ``ws://HOST:PORT/ws``, where it is not the exchange's.
+  The node, which only reads the feed, also takes the feed's ``ws://HOST:PORT/ws`` there.
+- ``--feed-url URL``: a market-data WebSocket, ``ws://HOST:PORT/ws``, where it is not the
+  exchange's.
 - ``--db STORE``: the *tick store*: a SQLite file, or a ``postgresql://`` URL. (The trader's order
   book is ``--book``: a different thing, a different name.)
-- ``--strategy NAME``: a built-in strategy (``ma_crossover``, ``mean_reversion``) or ``module:Class``.
+- ``--book PATH``: the trader's SQLite order book.
+- ``--strategy NAME``: a built-in strategy (``ma_crossover``, ``mean_reversion``) or
+  ``module:Class``.
 - ``--param NAME=VALUE``: one strategy parameter, repeatable.
 - ``--log-level LEVEL``: the least severe log records written (debug, info, warning, error).
 - ``--json``: print the result as JSON.
@@ -23,15 +27,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, NoReturn
 
 import typer
+
+from strategylab._logging import escape
 
 __all__ = [
     "AdminTokenFileOption",
     "AdminTokenOption",
     "AuditKeyFileOption",
+    "BookOption",
     "DataDirOption",
     "DbOption",
     "ExchangeUrlOption",
@@ -42,9 +50,12 @@ __all__ = [
     "ParamOption",
     "SigningKeyFileOption",
     "SigningKeyOption",
+    "StoreOption",
     "StrategyOption",
     "SymbolsOption",
+    "is_postgres_url",
     "split_symbols",
+    "usage_error",
 ]
 
 
@@ -89,6 +100,26 @@ DbOption = Annotated[
         "--db",
         metavar="STORE",
         help="The tick store: a SQLite file, or a postgresql:// URL.",
+    ),
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="STORE",
+        help="The tick store: a SQLite file, or a postgresql:// URL (as --postgres) "
+        "[default: DATA_DIR/ticks.db].",
+        show_default=False,
+    ),
+]
+"""``--db`` where the tick store has a default (the node's ``DATA_DIR/ticks.db``)."""
+BookOption = Annotated[
+    Path,
+    typer.Option(
+        "--book",
+        metavar="PATH",
+        help="The trader's SQLite order book (created with its directory, 0700; its audit log "
+        "and logs/trader.log go beside it).",
     ),
 ]
 StrategyOption = Annotated[
@@ -144,7 +175,7 @@ AdminTokenOption = Annotated[
     typer.Option(
         "--admin-token",
         metavar="TOKEN",
-        help=f"Bearer token for /admin/*; {_VISIBLE} --admin-token-file or "
+        help=f"The admin bearer token (changes need it); {_VISIBLE} --admin-token-file or "
         "$STRATEGYLAB_ADMIN_TOKEN.",
         show_default=False,
     ),
@@ -154,8 +185,8 @@ AdminTokenFileOption = Annotated[
     typer.Option(
         "--admin-token-file",
         metavar="PATH",
-        help="Read the admin bearer token from PATH (mode 0600 or narrower) [default: "
-        "$STRATEGYLAB_ADMIN_TOKEN].",
+        help="Read the admin bearer token (changes need it) from PATH (mode 0600 or narrower) "
+        "[default: $STRATEGYLAB_ADMIN_TOKEN].",
         show_default=False,
     ),
 ]
@@ -174,3 +205,14 @@ AuditKeyFileOption = Annotated[
 def split_symbols(text: str) -> tuple[str, ...]:
     """``--symbols``' value as a tuple (blanks around commas ignored, empty items dropped)."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def is_postgres_url(text: str) -> bool:
+    """Whether a ``--db`` value is a PostgreSQL URL rather than a SQLite file."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def usage_error(prog: str, error: object) -> NoReturn:
+    """Write ``PROG: error: MESSAGE`` (escaped, one line) to stderr and exit 2 (a usage error)."""
+    sys.stderr.write(f"{prog}: error: {escape(str(error))}\n")
+    raise typer.Exit(2)

@@ -18,13 +18,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from strategylab._children import ChildGuard, ChildProcesses, cancel_on_signals
+from strategylab._children import ChildGuard, ChildProcesses, run_interruptible
 from strategylab.fault_tolerance import (
     AuditLog,
     BreakerState,
@@ -36,6 +37,7 @@ from strategylab.fault_tolerance import (
     Pipeline,
     RecoveryOutcome,
     RecoveryPolicy,
+    RecoveryStatistics,
     RecoveryStrategyKind,
     RetryPolicy,
     SlaClass,
@@ -218,71 +220,64 @@ async def _run(
     return 1
 
 
+def _table(title: str, headings: tuple[str, str], rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column(headings[0])
+    table.add_column(headings[1], justify="right")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
 def _report(
-    console: Console, tally: _Tally, stats: object, audit_records: int, starts: int
+    console: Console, tally: _Tally, stats: RecoveryStatistics, audit_records: int, starts: int
 ) -> None:
-    from strategylab.fault_tolerance import RecoveryStatistics  # noqa: PLC0415
-
-    assert isinstance(stats, RecoveryStatistics)  # noqa: S101
-    calls = Table(title="client calls (total timeout ▸ retry ▸ breaker ▸ attempt timeout)")
-    calls.add_column("outcome")
-    calls.add_column("count", justify="right")
-    calls.add_row("answered", f"{tally.ok:,}")
-    calls.add_row("failed after retries", f"{tally.failed:,}")
-    calls.add_row("rejected fast by the open breaker", f"{tally.rejected:,}")
     transitions = Counter(tally.transitions)
-    calls.add_row(
-        "breaker transitions", ", ".join(f"{t} ×{n}" for t, n in transitions.items()) or "none"
+    calls = [
+        ("answered", f"{tally.ok:,}"),
+        ("failed after retries", f"{tally.failed:,}"),
+        ("rejected fast by the open breaker", f"{tally.rejected:,}"),
+        ("breaker transitions", ", ".join(f"{t} ×{n}" for t, n in transitions.items()) or "none"),
+        ("crash → first answer (s)", ", ".join(f"{s:.3f}" for s in tally.recovery_seconds)),
+    ]
+    title = "client calls (total timeout ▸ retry ▸ breaker ▸ attempt timeout)"
+    console.print(_table(title, ("outcome", "count"), calls))
+    strategies = stats.strategy_distribution.items()
+    recovery = [
+        ("errors reported", f"{stats.total_errors}"),
+        ("recoveries succeeded", f"{stats.successful_recoveries}"),
+        ("recoveries failed", f"{stats.failed_recoveries}"),
+        ("success rate", f"{stats.success_rate:.0%}"),
+        ("escalations (pattern threshold crossed)", f"{stats.pattern_escalations}"),
+        ("fall-throughs to the next strategy", f"{stats.fall_throughs}"),
+        (
+            "recovery time p50 / p95 / p99 (ms)",
+            f"{stats.p50_ms:.0f} / {stats.p95_ms:.0f} / {stats.p99_ms:.0f}",
+        ),
+        ("strategies used", ", ".join(f"{k.value}×{v}" for k, v in strategies)),
+        ("SLA compliance", ", ".join(f"{k} {v:.0%}" for k, v in stats.sla_compliance.items())),
+        ("service processes started", f"{starts}"),
+        ("audit records (hash chain verified)", f"{audit_records}"),
+    ]
+    console.print(
+        _table("recovery statistics (ErrorRecoveryManager)", ("measure", "value"), recovery)
     )
-    calls.add_row("crash → first answer (s)", ", ".join(f"{s:.3f}" for s in tally.recovery_seconds))
-    console.print(calls)
-
-    rec = Table(title="recovery statistics (ErrorRecoveryManager)")
-    rec.add_column("measure")
-    rec.add_column("value", justify="right")
-    rec.add_row("errors reported", f"{stats.total_errors}")
-    rec.add_row("recoveries succeeded", f"{stats.successful_recoveries}")
-    rec.add_row("recoveries failed", f"{stats.failed_recoveries}")
-    rec.add_row("success rate", f"{stats.success_rate:.0%}")
-    rec.add_row("escalations (pattern threshold crossed)", f"{stats.pattern_escalations}")
-    rec.add_row("fall-throughs to the next strategy", f"{stats.fall_throughs}")
-    rec.add_row(
-        "recovery time p50 / p95 / p99 (ms)",
-        f"{stats.p50_ms:.0f} / {stats.p95_ms:.0f} / {stats.p99_ms:.0f}",
-    )
-    rec.add_row(
-        "strategies used",
-        ", ".join(f"{k.value}×{v}" for k, v in stats.strategy_distribution.items()),
-    )
-    rec.add_row(
-        "SLA compliance", ", ".join(f"{k} {v:.0%}" for k, v in stats.sla_compliance.items())
-    )
-    rec.add_row("service processes started", f"{starts}")
-    rec.add_row("audit records (hash chain verified)", f"{audit_records}")
-    console.print(rec)
 
 
 async def _amain(calls: int, faults: int, audit_path: Path, console: Console) -> int:
     with ChildGuard() as guard:
         children = ChildProcesses(guard)
-        with cancel_on_signals(on_repeat=children.kill) as received:
-            try:
-                return await _run(calls, faults, audit_path, console, children)
-            except asyncio.CancelledError:
-                if not received:
-                    raise
-                # Our own cancellation, from the signal handler: the service was stopped on the
-                # way out (QuoteService.stop in _run's finally, then aclose below).
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                console.print(
-                    f"[yellow]interrupted by {received[0].name}: the quote service was stopped; "
-                    "nothing is kept (the audit log was in a temporary directory)"
-                )
-                return 128 + int(received[0])
-            finally:
-                await children.aclose()
+
+        def interrupted(received: Sequence[signal.Signals]) -> None:
+            # The service was stopped on the way out (QuoteService.stop in _run's finally).
+            console.print(
+                f"[yellow]interrupted by {received[0].name}: the quote service was stopped; "
+                "nothing is kept (the audit log was in a temporary directory)"
+            )
+
+        return await run_interruptible(
+            children, lambda: _run(calls, faults, audit_path, console, children), interrupted
+        )
 
 
 def run_demo(*, calls: int, faults: int) -> int:

@@ -1,9 +1,23 @@
 """The research commands, ``strategylab backtest`` and ``strategylab optimize``.
 
-Plain typer command functions; ``cli.py`` registers them on its app. Bad input (an unknown strategy,
-a malformed ``--param``, a missing database, a symbol with no ticks, an empty range) is a usage
-error: one line on stderr naming the value, exit status 2, no traceback. An optimisation in which
-every run failed exits 1; a cancelled one (Ctrl-C) prints what finished and exits 130.
+Plain typer command functions; ``cli.py`` registers them on its app. Both read a tick store and
+never write to it: ``--db`` is an SQLite file (opened ``mode=ro``) or a ``postgresql://`` /
+``postgres://`` URL (read-only transactions); see :func:`strategylab.market.open_tick_reader`.
+
+Bad input (an unknown strategy, a malformed ``--param``, a missing database or one that is not a
+tick store, a symbol with no ticks, an empty range, an output path in a missing directory or with
+the wrong suffix) is a usage error: one line on stderr naming the flag and value, exit status 2,
+no traceback. A server that cannot be reached, or an output file that cannot be written, exits 1.
+An optimisation in which every run failed exits 1; a cancelled one (Ctrl-C) prints what finished
+and exits 130.
+
+Several symbols: ``backtest --symbols A,B`` backtests each symbol on its own (a strategy trades
+one symbol) and reports each: a column per symbol in the table, a JSON list with one object per
+symbol in ``--symbols`` order (a list even for one symbol). Its output files are then one per
+symbol, ``NAME.SYMBOL.SUFFIX`` beside the path given (``trades.csv`` -> ``trades.A.csv``); since
+nobody named those files, one that already exists is never overwritten: the command refuses
+before running. With one symbol the path given is written as given (replaced atomically if it
+exists). ``optimize`` searches parameters for exactly one symbol.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import sqlite3
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +33,16 @@ from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import typer
 
-from strategylab._files import check_sqlite_readable, sqlite_uri
+from strategylab._cli_options import (
+    DbOption,
+    JsonOption,
+    LogLevel,
+    LogLevelOption,
+    ParamOption,
+    StrategyOption,
+    SymbolsOption,
+    split_symbols,
+)
 from strategylab._logging import escape
 from strategylab.errors import StrategyLabError
 
@@ -29,6 +52,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from strategylab.market import TickBounds, TickSpan
     from strategylab.research import (
         BacktestResult,
         BacktestSpec,
@@ -55,6 +79,7 @@ DEFAULT_DB: Final = Path("strategylab-data/node/ticks.db")
 _EXIT_USAGE: Final = 2
 _EXIT_CANCELLED: Final = 130
 _RANKABLE: Final = ("pnl", "sharpe", "max_drawdown")
+_FILE_SAFE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _S = TypeVar("_S")
 
 
@@ -159,63 +184,214 @@ class _Range:
     ticks: int
 
 
-def _resolve_range(db: Path, symbol: str, start: str | None, end: str | None) -> _Range:
-    """The stored sequence range of ``symbol`` inside ``--from``/``--to``; usage errors if none."""
-    if not db.is_file():
+class StoreUnreachable(StrategyLabError):  # noqa: N818 - a signal to the command, not an error type
+    """The ``--db`` server cannot be reached: an operational failure (exit 1), one line."""
+
+
+def _symbols(text: str) -> tuple[str, ...]:
+    names = split_symbols(text)
+    if not names:
         raise UsageError(
-            f"--db {str(db)!r}: no such database (run `strategylab demo` to create one)"
+            f"--symbols {text!r}: expected one or more symbols, e.g. --symbols BTC-USD"
         )
-    clauses: list[str] = ["symbol = ?"]
-    args: list[str | int] = [symbol]
-    # A sequence bound is inclusive at both ends; a time window is [from, to).
-    comparisons = {("--from", "seq"): "seq >= ?", ("--from", "ts"): "ts >= ?"}
-    comparisons |= {("--to", "seq"): "seq <= ?", ("--to", "ts"): "ts < ?"}
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--symbols {text!r}: {twice[0]!r} is given twice")
+    return names
+
+
+def _one_symbol(text: str) -> str:
+    names = _symbols(text)
+    if len(names) != 1:
+        raise UsageError(
+            f"--symbols {text!r}: optimize searches one symbol at a time "
+            f"(got {len(names)}); run it once per symbol"
+        )
+    return names[0]
+
+
+def _bounds(start: str | None, end: str | None) -> TickBounds:
+    """``--from``/``--to`` as a :class:`~strategylab.market.TickBounds`."""
+    from strategylab.market import TickBounds  # noqa: PLC0415
+
+    names = {("--from", "seq"): "from_seq", ("--from", "ts"): "start_ns"}
+    names |= {("--to", "seq"): "to_seq", ("--to", "ts"): "end_ns"}
+    bounds: dict[str, int] = {}
     for text, option in ((start, "--from"), (end, "--to")):
         if text is not None:
             kind, value = _parse_bound(text, option)
-            clauses.append(comparisons[option, kind])
-            args.append(value)
+            bounds[names[option, kind]] = value
+    return TickBounds(**bounds)
+
+
+def _resolve_ranges(
+    db: str, symbols: Sequence[str], start: str | None, end: str | None
+) -> dict[str, _Range]:
+    """The stored sequence range of each symbol inside ``--from``/``--to``; usage errors if none.
+
+    Raises :class:`UsageError` (a store that is missing, not a tick store, damaged; a symbol
+    without ticks there) or :class:`StoreUnreachable`.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from strategylab.market import is_postgres_url  # noqa: PLC0415
+
+    bounds = _bounds(start, end)
+    if not is_postgres_url(db) and not Path(db).exists():
+        raise UsageError(f"--db {db!r}: no such database (run `strategylab demo` to create one)")
+    shown, stored, spans = asyncio.run(_aresolve(db, symbols, bounds))
+    ranges: dict[str, _Range] = {}
+    for symbol in symbols:
+        if symbol not in stored:
+            known = ", ".join(stored) or "none"
+            raise UsageError(f"--symbols {symbol!r}: no ticks in {shown} (symbols there: {known})")
+        span = spans[symbol]
+        if not span.count or span.first_seq is None or span.last_seq is None:
+            raise UsageError(
+                f"--symbols {symbol!r}: no ticks between --from {start!r} and --to {end!r}"
+            )
+        ranges[symbol] = _Range(from_seq=span.first_seq, to_seq=span.last_seq, ticks=span.count)
+    return ranges
+
+
+async def _aresolve(
+    db: str, symbols: Sequence[str], bounds: TickBounds
+) -> tuple[str, list[str], dict[str, TickSpan]]:
+    from strategylab.market import (  # noqa: PLC0415
+        StoreCorruptedError,
+        StoreUnreachableError,
+        StoreUnusableError,
+        open_tick_reader,
+    )
+
+    reader = open_tick_reader(db, verify=False)
+    shown = repr(reader.name)
     try:
-        check_sqlite_readable(db)
-    except OSError as exc:  # UnsafePathError names the file; a missing one is named here
-        raise UsageError(f"--db {str(db)!r}: {exc.strerror or exc}") from None
-    try:
-        conn = sqlite3.connect(sqlite_uri(db, "ro"), uri=True)
+        await reader.open()
         try:
-            symbols = [r[0] for r in conn.execute("SELECT DISTINCT symbol FROM ticks")]
-            row = conn.execute(
-                # Only fixed clauses from `comparisons` are joined in; values are bound.
-                f"SELECT MIN(seq), MAX(seq), COUNT(*) FROM ticks WHERE {' AND '.join(clauses)}",  # noqa: S608
-                args,
-            ).fetchone()
+            stored = await reader.symbols()
+            spans = {symbol: await reader.span(symbol, bounds) for symbol in symbols}
         finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise UsageError(f"--db {str(db)!r}: not a readable tick database ({exc})") from None
-    if symbol not in symbols:
-        known = ", ".join(sorted(symbols)) or "none"
-        raise UsageError(f"--symbol {symbol!r}: no ticks in {str(db)!r} (symbols there: {known})")
-    low, high, count = row
-    if not count:
-        raise UsageError(f"--symbol {symbol!r}: no ticks between --from {start!r} and --to {end!r}")
-    return _Range(from_seq=int(low), to_seq=int(high), ticks=int(count))
+            await reader.aclose()
+    except StoreUnusableError as exc:
+        raise UsageError(f"--db {shown}: {_detail(exc, reader.name)}") from None
+    except StoreCorruptedError as exc:
+        raise UsageError(f"--db {shown}: not a readable tick database ({exc.reason})") from None
+    except StoreUnreachableError as exc:
+        raise StoreUnreachable(f"--db {shown}: {_detail(exc, reader.name)}") from None
+    return shown, stored, spans
 
 
-def _check_strategy(name: str) -> None:
+def _detail(exc: Exception, name: str) -> str:
+    """``exc``'s message without the store's name in front (the caller puts ``--db NAME``)."""
+    text = str(exc)
+    return text.removeprefix(f"{name}: ")
+
+
+# -------------------------------------------------------------------------------- output files
+
+_OUTPUT_SUFFIXES: Final = {
+    "--trades-out": (".csv", ".parquet"),
+    "--equity-out": (".csv", ".parquet"),
+    "--plot": (".png",),
+}
+
+
+def _plan_outputs(
+    symbols: Sequence[str], requested: Mapping[str, Path | None]
+) -> dict[str, dict[str, Path]]:
+    """``{flag: {symbol: path}}`` for the output flags given; checked before anything runs.
+
+    One symbol: the path as given. Several: ``NAME.SYMBOL.SUFFIX`` beside it, refused if it
+    exists (nobody named it, so it is never overwritten). The directory must exist.
+    """
+    plan: dict[str, dict[str, Path]] = {}
+    claimed: dict[Path, str] = {}
+    for flag, path in requested.items():
+        if path is None:
+            continue
+        suffixes = _OUTPUT_SUFFIXES[flag]
+        if path.suffix.lower() not in suffixes:
+            raise UsageError(
+                f"{flag} {str(path)!r}: expected a file name ending in {' or '.join(suffixes)}"
+            )
+        if not path.parent.is_dir():
+            raise UsageError(f"{flag} {str(path)!r}: no such directory {str(path.parent)!r}")
+        if path.is_dir():
+            raise UsageError(f"{flag} {str(path)!r}: is a directory")
+        targets = {symbols[0]: path} if len(symbols) == 1 else _per_symbol(flag, path, symbols)
+        for target in targets.values():
+            key = target.resolve()
+            if key in claimed:
+                raise UsageError(f"{flag} {str(path)!r}: the same file as {claimed[key]}")
+            claimed[key] = flag
+        plan[flag] = targets
+    return plan
+
+
+def _per_symbol(flag: str, path: Path, symbols: Sequence[str]) -> dict[str, Path]:
+    targets: dict[str, Path] = {}
+    for symbol in symbols:
+        if not _FILE_SAFE.fullmatch(symbol):
+            raise UsageError(
+                f"{flag} {str(path)!r}: symbol {symbol!r} cannot be part of a file name; "
+                "backtest it alone (one symbol: the path is used as given)"
+            )
+        target = path.with_name(f"{path.stem}.{symbol}{path.suffix}")
+        if target.exists() or target.is_symlink():
+            raise UsageError(
+                f"{flag} {str(path)!r}: {str(target)!r} exists; with several --symbols each "
+                "symbol's file is NAME.SYMBOL.SUFFIX and an existing one is never overwritten"
+            )
+        targets[symbol] = target
+    return targets
+
+
+def _write_outputs(
+    plan: Mapping[str, Mapping[str, Path]], results: Sequence[BacktestResult]
+) -> None:
+    """Write every planned file; :class:`OutputError` naming the flag if one cannot be written."""
+    from strategylab.research import write_equity, write_plot, write_trades  # noqa: PLC0415
+
+    writers = {"--trades-out": write_trades, "--equity-out": write_equity, "--plot": write_plot}
+    for flag, targets in plan.items():
+        for result in results:
+            path = targets[result.symbols[0]]
+            try:
+                writers[flag](result, path)
+            except OSError as exc:
+                raise OutputError(
+                    f"{flag} {str(path)!r}: cannot write it: {exc.strerror or exc}"
+                ) from None
+
+
+class OutputError(StrategyLabError):
+    """An output file could not be written (exit 1); the message names the flag and the path."""
+
+
+def _check_strategy(name: str, *, vectorised: bool) -> None:
     from strategylab.strategy import BUILTIN_STRATEGIES  # noqa: PLC0415
 
-    if name not in BUILTIN_STRATEGIES:
+    if name not in BUILTIN_STRATEGIES and ":" not in name:
         raise UsageError(
-            f"--strategy {name!r}: expected one of {', '.join(sorted(BUILTIN_STRATEGIES))}"
+            f"--strategy {name!r}: expected one of {', '.join(sorted(BUILTIN_STRATEGIES))} "
+            "or module:Class"
+        )
+    if vectorised and name not in BUILTIN_STRATEGIES:
+        raise UsageError(
+            f"--strategy {name!r}: the vectorised path knows only the built-in strategies; "
+            "use the event-driven one (backtest: drop --vectorised; optimize: --event-driven)"
         )
 
 
 def _check_parameters(strategy: str, symbol: str, parameters: Mapping[str, ParamValue]) -> None:
-    from strategylab.strategy import make_strategy  # noqa: PLC0415
+    from strategylab.research import build_strategy  # noqa: PLC0415
 
     try:
-        make_strategy(strategy, symbol, dict(parameters))
+        build_strategy(strategy, symbol, dict(parameters))
     except ValueError as exc:
+        if ":" in strategy and str(exc).startswith(f"strategy={strategy!r}"):
+            raise UsageError(f"--strategy {strategy!r}: {exc.args[0].partition(': ')[2]}") from None
         raise UsageError(f"parameters {_fmt_params(parameters)}: {exc}") from None
 
 
@@ -236,9 +412,6 @@ def _usage_exit(command: str, exc: UsageError) -> typer.Exit:
 
 # ------------------------------------------------------------------------------------- options
 
-DbOption = Annotated[Path, typer.Option("--db", help="The SQLite tick store.")]
-SymbolOption = Annotated[str, typer.Option("--symbol", help="The symbol to trade.")]
-StrategyOption = Annotated[str, typer.Option("--strategy", help="ma_crossover or mean_reversion.")]
 FeeOption = Annotated[float, typer.Option("--fee-bps", help="Fee, basis points of notional.")]
 SlippageOption = Annotated[
     float, typer.Option("--slippage-bps", help="Slippage on market orders, basis points.")
@@ -250,19 +423,46 @@ ToOption = Annotated[
     str | None,
     typer.Option("--to", help="Last tick: a sequence number (inclusive) or a time (exclusive)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _output_option(flag: str, what: str) -> object:
+    return typer.Option(flag, metavar="PATH", help=what, show_default=False)
+
+
+TradesOutOption = Annotated[
+    Path | None,
+    _output_option("--trades-out", "Write the trades to PATH (.csv or .parquet)."),
+]
+EquityOutOption = Annotated[
+    Path | None,
+    _output_option(
+        "--equity-out", "Write the equity curve and drawdown to PATH (.csv or .parquet)."
+    ),
+]
+PlotOption = Annotated[
+    Path | None, _output_option("--plot", "Draw the equity curve and drawdown to PATH (.png).")
+]
+
+
+def _start_logging(level: LogLevel) -> None:
+    from strategylab._logging import configure_logging  # noqa: PLC0415
+
+    configure_logging(level.level, force=False)
+
+
+def _unreachable_exit(command: str, exc: StrategyLabError) -> typer.Exit:
+    typer.echo(f"strategylab {command}: {escape(str(exc))}", err=True)
+    return typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------ backtest
 
 
 def backtest_command(  # noqa: PLR0917 - typer passes options positionally
-    symbol: SymbolOption,
-    db: DbOption = DEFAULT_DB,
+    symbols: SymbolsOption,
+    db: DbOption = str(DEFAULT_DB),
     strategy: StrategyOption = "ma_crossover",
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="NAME=VALUE; repeat for each parameter.")
-    ] = None,
+    param: ParamOption = None,
     fee_bps: FeeOption = 0.0,
     slippage_bps: SlippageOption = 0.0,
     start: FromOption = None,
@@ -270,47 +470,79 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     vectorised: Annotated[
         bool, typer.Option("--vectorised", help="Use the numpy path (same trades, faster).")
     ] = False,
+    trades_out: TradesOutOption = None,
+    equity_out: EquityOutOption = None,
+    plot: PlotOption = None,
+    log_level: LogLevelOption = LogLevel.WARNING,
     as_json: JsonOption = False,
 ) -> None:
-    """Backtest one strategy over stored ticks; prints PnL, Sharpe, drawdown and trades."""
+    """Backtest one strategy over stored ticks; prints PnL, Sharpe, drawdown and trades.
+
+    Several --symbols: each is backtested on its own (a column each; JSON: one object each) and
+    its files are NAME.SYMBOL.SUFFIX. Exit status: 0 done; 1 the store's server cannot be
+    reached, an output cannot be written or the run failed; 2 a usage error.
+    """
     from rich.console import Console  # noqa: PLC0415
 
     from strategylab.research import run_backtest, scoped_backtest_spec  # noqa: PLC0415
 
+    _start_logging(log_level)
     try:
-        _check_strategy(strategy)
+        names = _symbols(symbols)
+        _check_strategy(strategy, vectorised=vectorised)
         parameters = parse_params(param or [])
-        _check_parameters(strategy, symbol, parameters)
-        span = _resolve_range(db, symbol, start, end)
-        spec = _base_spec(
-            db=db,
-            strategy=strategy,
-            symbol=symbol,
-            span=span,
-            fee_bps=fee_bps,
-            slippage_bps=slippage_bps,
-            vectorised=vectorised,
+        for symbol in names:
+            _check_parameters(strategy, symbol, parameters)
+        plan = _plan_outputs(
+            names, {"--trades-out": trades_out, "--equity-out": equity_out, "--plot": plot}
         )
-        spec = scoped_backtest_spec(spec, parameters, 1.0)
+        spans = _resolve_ranges(db, names, start, end)
+        specs = [
+            scoped_backtest_spec(
+                _base_spec(
+                    db=db,
+                    strategy=strategy,
+                    symbol=symbol,
+                    span=spans[symbol],
+                    fee_bps=fee_bps,
+                    slippage_bps=slippage_bps,
+                    vectorised=vectorised,
+                ),
+                parameters,
+                1.0,
+            )
+            for symbol in names
+        ]
     except UsageError as exc:
         raise _usage_exit("backtest", exc) from None
+    except StoreUnreachable as exc:
+        raise _unreachable_exit("backtest", exc) from None
 
-    console = Console()
-    with console.status(
-        f"backtesting {strategy} on {symbol} ({span.ticks:,} ticks, "
-        f"{'vectorised' if vectorised else 'event-driven'})",
-        spinner="dots",
-    ):
-        result = run_backtest(spec)
+    console = Console(stderr=as_json)
+    results: list[BacktestResult] = []
+    for spec in specs:
+        with console.status(
+            f"backtesting {strategy} on {spec.symbol} ({spans[spec.symbol].ticks:,} ticks, "
+            f"{'vectorised' if vectorised else 'event-driven'})",
+            spinner="dots",
+        ):
+            try:
+                results.append(run_backtest(spec))
+            except StrategyLabError as exc:  # the store went away; the run failed for good
+                raise _unreachable_exit("backtest", exc) from None
+    try:
+        _write_outputs(plan, results)
+    except OutputError as exc:
+        raise _unreachable_exit("backtest", exc) from None
     if as_json:
-        typer.echo(json.dumps(result.summary()))
+        typer.echo(json.dumps([result.summary() for result in results]))
         return
-    console.print(_backtest_table(result, vectorised=vectorised))
+    console.print(_backtest_table(results, vectorised=vectorised))
 
 
 def _base_spec(
     *,
-    db: Path,
+    db: str,
     strategy: str,
     symbol: str,
     span: _Range,
@@ -322,8 +554,8 @@ def _base_spec(
 
     try:
         return BacktestSpec(
-            db_path=str(db),
-            strategy=strategy,  # type: ignore[arg-type]  # checked by _check_strategy
+            db_path=db,
+            strategy=strategy,
             symbol=symbol,
             from_seq=span.from_seq,
             to_seq=span.to_seq,
@@ -335,28 +567,26 @@ def _base_spec(
         raise UsageError(str(exc)) from None
 
 
-def _backtest_table(result: BacktestResult, *, vectorised: bool) -> Table:
+def _backtest_table(results: Sequence[BacktestResult], *, vectorised: bool) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
-    table = Table(
-        title=f"{result.strategy} {_fmt_params(_public(result.parameters))}",
-        show_header=False,
-    )
-    table.add_column("figure", style="bold")
-    table.add_column("value", justify="right")
-    rows: list[tuple[str, str]] = [
-        ("symbol", ", ".join(result.symbols)),
-        ("path", "vectorised" if vectorised else "event-driven"),
-        ("ticks", f"{result.ticks:,}"),
-        ("trades", f"{len(result.trades):,}"),
-        ("PnL", f"{result.total_pnl:,.4f}"),
-        ("fees", f"{result.fees:,.4f}"),
-        ("Sharpe", _fmt_sharpe(result)),
-        ("max drawdown", f"{result.max_drawdown:,.4f}"),
-        ("final positions", _fmt_params(dict(result.positions)) or "flat"),
+    first = results[0]
+    table = Table(title=f"{first.strategy} {_fmt_params(_public(first.parameters))}")
+    table.add_column("", style="bold")
+    for result in results:
+        table.add_column(", ".join(result.symbols), justify="right")
+    rows: list[tuple[str, list[str]]] = [
+        ("path", ["vectorised" if vectorised else "event-driven" for _ in results]),
+        ("ticks", [f"{r.ticks:,}" for r in results]),
+        ("trades", [f"{len(r.trades):,}" for r in results]),
+        ("PnL", [f"{r.total_pnl:,.4f}" for r in results]),
+        ("fees", [f"{r.fees:,.4f}" for r in results]),
+        ("Sharpe", [_fmt_sharpe(r) for r in results]),
+        ("max drawdown", [f"{r.max_drawdown:,.4f}" for r in results]),
+        ("final positions", [_fmt_params(dict(r.positions)) or "flat" for r in results]),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
+    for name, values in rows:
+        table.add_row(name, *values)
     return table
 
 
@@ -379,8 +609,8 @@ def _public(parameters: Mapping[str, object]) -> dict[str, ParamValue]:
 
 
 def optimize_command(  # noqa: PLR0917 - typer passes options positionally
-    symbol: SymbolOption,
-    db: DbOption = DEFAULT_DB,
+    symbols: SymbolsOption,
+    db: DbOption = str(DEFAULT_DB),
     strategy: StrategyOption = "ma_crossover",
     grid_items: Annotated[
         list[str] | None,
@@ -394,9 +624,7 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         list[str] | None, typer.Option("--range", help="NAME=LOW:HIGH for --random.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random search.")] = 0,
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="NAME=VALUE held fixed in every run.")
-    ] = None,
+    param: ParamOption = None,
     metric: Annotated[
         str, typer.Option("--metric", help="Rank by pnl, sharpe or max_drawdown.")
     ] = "sharpe",
@@ -414,23 +642,28 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         bool, typer.Option("--vectorised/--event-driven", help="Backtest path.")
     ] = True,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows to show in the table.")] = 20,
+    log_level: LogLevelOption = LogLevel.WARNING,
     as_json: JsonOption = False,
 ) -> None:
     """Search strategy parameters over stored ticks in worker processes; ranks the results.
 
-    Exit status: 0 at least one run finished; 1 every run failed, or the workers could not
-    start; 2 a usage error; 130 interrupted (Ctrl-C), after printing what finished.
+    One symbol (--symbols takes exactly one here). --param NAME=VALUE is held fixed in every run.
+    Exit status: 0 at least one run finished; 1 every run failed, the workers could not start or
+    the store's server cannot be reached; 2 a usage error; 130 interrupted (Ctrl-C), after
+    printing what finished.
     """
     from rich.console import Console  # noqa: PLC0415
 
     from strategylab.research import WorkerStartError  # noqa: PLC0415
 
+    _start_logging(log_level)
     try:
-        _check_strategy(strategy)
+        symbol = _one_symbol(symbols)
+        _check_strategy(strategy, vectorised=vectorised)
         _check_metric(metric)
         sets = _parameter_sets(grid_items or [], random_n, range_items or [], seed, param or [])
         valid, invalid = _validate_sets(strategy, symbol, sets)
-        span = _resolve_range(db, symbol, start, end)
+        span = _resolve_ranges(db, [symbol], start, end)[symbol]
         base = _base_spec(
             db=db,
             strategy=strategy,
@@ -442,6 +675,8 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         )
     except UsageError as exc:
         raise _usage_exit("optimize", exc) from None
+    except StoreUnreachable as exc:
+        raise _unreachable_exit("optimize", exc) from None
 
     console = Console(stderr=as_json)
     for parameters, reason in invalid:

@@ -17,7 +17,6 @@ Bottom layer: imports only the standard library and :mod:`strategylab.errors`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 import sys
@@ -34,8 +33,6 @@ __all__ = [
     "MAX_SECRET_BYTES",
     "SIGNING_KEY",
     "SecretOption",
-    "add_secret_file_option",
-    "add_secret_options",
     "read_secret_file",
     "resolve_secret",
     "secret_from",
@@ -64,11 +61,6 @@ class SecretOption:
         """The command-line option that takes a file, e.g. ``--signing-key-file``."""
         return f"--{self.name}-file"
 
-    @property
-    def dest(self) -> str:
-        """The argparse attribute of the value option, e.g. ``signing_key``."""
-        return self.name.replace("-", "_")
-
 
 SIGNING_KEY: Final = SecretOption(
     name="signing-key", env="STRATEGYLAB_SIGNING_KEY", help="HMAC key of the feed (hex or text)"
@@ -80,29 +72,6 @@ AUDIT_KEY: Final = SecretOption(
     name="audit-key", env="STRATEGYLAB_AUDIT_KEY", help="HMAC key of the audit log (>= 16 bytes)"
 )
 """File or environment only: there is no ``--audit-key`` value option."""
-
-
-def add_secret_options(parser: argparse.ArgumentParser, secret: SecretOption, extra: str) -> None:
-    """Add ``--NAME`` and ``--NAME-file`` to ``parser``; ``extra`` ends the help text."""
-    parser.add_argument(
-        secret.flag,
-        default=None,
-        help=f"{secret.help}; VISIBLE to every local user in the process list: prefer "
-        f"{secret.file_flag} or ${secret.env}; {extra}",
-    )
-    add_secret_file_option(parser, secret)
-
-
-def add_secret_file_option(parser: argparse.ArgumentParser, secret: SecretOption) -> None:
-    """Add only ``--NAME-file`` to ``parser`` (a secret never given as a value, the audit key)."""
-    parser.add_argument(
-        secret.file_flag,
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help=f"read the {secret.help} from PATH (mode 0600 or narrower; surrounding whitespace "
-        f"ignored); default ${secret.env}",
-    )
 
 
 def _refusal(mode: int) -> str | None:
@@ -159,22 +128,22 @@ def read_secret_file(path: Path, *, option: str) -> str:
 
 
 def resolve_secret(
-    args: argparse.Namespace,
+    value: str | None,
+    path: Path | None,
     secret: SecretOption,
     *,
     environ: Mapping[str, str] | None = None,
     warn: TextIO | None = None,
     prog: str = "strategylab",
 ) -> str | None:
-    """The secret from ``--NAME-file``, ``--NAME`` or the environment variable, else ``None``.
+    """The secret from ``--NAME-file`` (``path``), ``--NAME`` (``value``) or the environment
+    variable, else ``None``.
 
     Giving both ``--NAME`` and ``--NAME-file`` raises :class:`ConfigurationError` naming both. An
     option wins over the environment. ``--NAME`` writes one warning line to ``warn`` (default
     stderr) saying the value is visible to local users; the value is never written. An empty
-    environment variable is refused (naming the variable).
+    value or environment variable is refused (naming the option or the variable).
     """
-    value: str | None = getattr(args, secret.dest)
-    path: Path | None = getattr(args, secret.dest + "_file")
     if value is not None and path is not None:
         raise ConfigurationError(
             secret.file_flag, str(path), f"contradicts {secret.flag}; give only one of them"

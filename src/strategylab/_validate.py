@@ -5,8 +5,17 @@ bad value gets the same message everywhere. The ``*_problem`` functions return t
 is refused (or ``None``) for callers with their own error class (the exchange's request errors);
 the others raise :class:`~strategylab.errors.ConfigurationError` naming the key and the value.
 
+With ``type_error=True`` a value of the wrong *type* (a string where a number belongs) raises
+``TypeError`` instead, naming the key the same way, for the primitives whose callers are promised
+a ``TypeError`` for a type mistake (the circuit breaker's constructor, like Python's own); a
+value of the right type but out of range is still a :class:`ConfigurationError`.
+
 ``bool`` is never a number here (``True`` is not 1 second). A huge ``int`` is compared as an
 ``int``, never turned into a ``float`` first (no ``OverflowError``); NaN and infinities are refused.
+An error carries the rejected value through :func:`clipped`, so a peer's 500,000-character string
+is not echoed whole.
+
+These run once, at construction or when a request is parsed, never per guarded call.
 
 Bottom layer: imports only the standard library and :mod:`strategylab.errors`.
 """
@@ -14,10 +23,12 @@ Bottom layer: imports only the standard library and :mod:`strategylab.errors`.
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 from strategylab.errors import ConfigurationError
 
 __all__ = [
+    "clipped",
     "fraction",
     "integer",
     "integer_problem",
@@ -27,11 +38,39 @@ __all__ = [
     "shown",
 ]
 
+_LIMIT = 60
 
-def shown(value: object, limit: int = 60) -> str:
+
+def shown(value: object, limit: int = _LIMIT) -> str:
     """``value`` as an error message may quote it: ``repr``, at most ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clipped(value: object) -> object:
+    """``value`` itself for an error to carry, or a short description when it is too long to echo.
+
+    A string, bytes, list or dict whose ``repr`` is over 60 characters becomes its first 60
+    characters and its length; an integer over 64 bits becomes its approximate digit count.
+    Everything else is returned unchanged, so ``error.value`` is the value given.
+    """
+    if isinstance(value, str) and len(value) > _LIMIT:
+        return f"{value[:_LIMIT]}... ({len(value)} characters)"
+    if isinstance(value, bytes | list | dict) and len(repr(value)) > _LIMIT:
+        return f"{repr(value)[:_LIMIT]}... ({len(value)} items)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    return value
+
+
+def _refuse(key: str, value: object, problem: str, *, wrong_type: bool) -> NoReturn:
+    if wrong_type:
+        raise TypeError(f"{key}={clipped(value)!r}: {problem}")
+    raise ConfigurationError(key, clipped(value), problem)
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def number_problem(
@@ -61,54 +100,71 @@ def number(
     minimum: float | None = None,
     maximum: float | None = None,
     exclusive_minimum: bool = False,
+    type_error: bool = False,
 ) -> float:
     """``value`` as a float; raises :class:`ConfigurationError` naming ``key`` when it is not a
-    finite number within ``minimum`` (inclusive unless ``exclusive_minimum``) and ``maximum``."""
+    finite number within ``minimum`` (inclusive unless ``exclusive_minimum``) and ``maximum``
+    (``TypeError`` for a non-number with ``type_error``)."""
     problem = number_problem(
         value, minimum=minimum, maximum=maximum, exclusive_minimum=exclusive_minimum
     )
     if problem is not None:
-        raise ConfigurationError(key, value, problem)
+        _refuse(key, value, problem, wrong_type=type_error and not _is_number(value))
     return float(value) + 0.0  # type: ignore[arg-type]  # -0.0 becomes 0.0
 
 
-def seconds(key: str, value: object, *, allow_zero: bool = False) -> float:
+def seconds(
+    key: str, value: object, *, allow_zero: bool = False, type_error: bool = False
+) -> float:
     """A duration in seconds: finite and > 0 (>= 0 with ``allow_zero``); raises
-    :class:`ConfigurationError` naming ``key``."""
+    :class:`ConfigurationError` naming ``key`` (``TypeError`` for a non-number with
+    ``type_error``)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(key, value, "must be a number of seconds")
+        _refuse(key, value, "must be a number of seconds", wrong_type=type_error)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(key, value, f"must be a finite number of seconds {bound}")
+        _refuse(key, value, f"must be a finite number of seconds {bound}", wrong_type=False)
     return float(value) + 0.0
 
 
 def integer_problem(
-    value: object, *, minimum: int | None = None, maximum: int | None = None
+    value: object, *, minimum: int | None = None, maximum: int | None = None, unit: str = ""
 ) -> str | None:
-    """Why ``value`` is not an integer within ``minimum..maximum`` (inclusive), or ``None``."""
+    """Why ``value`` is not an integer within ``minimum..maximum`` (inclusive), or ``None``.
+
+    ``unit`` follows the bounds in the message (``" ms"`` gives "within 0..3600000 ms").
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         return "must be an integer"
     if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
         return None
     if maximum is None:
-        return f"must be an integer >= {minimum}"
+        return f"must be an integer >= {minimum}{unit}"
     if minimum is None:
-        return f"must be an integer <= {maximum}"
-    return f"must be an integer within {minimum}..{maximum}"
+        return f"must be an integer <= {maximum}{unit}"
+    return f"must be an integer within {minimum}..{maximum}{unit}"
 
 
 def integer(
-    key: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+    key: str,
+    value: object,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    unit: str = "",
+    type_error: bool = False,
 ) -> int:
     """``value`` when it is an integer within ``minimum..maximum`` (inclusive); raises
-    :class:`ConfigurationError` naming ``key`` otherwise."""
-    problem = integer_problem(value, minimum=minimum, maximum=maximum)
+    :class:`ConfigurationError` naming ``key`` otherwise (``TypeError`` for a non-integer with
+    ``type_error``)."""
+    problem = integer_problem(value, minimum=minimum, maximum=maximum, unit=unit)
     if problem is not None:
-        raise ConfigurationError(key, value, problem)
+        wrong_type = isinstance(value, bool) or not isinstance(value, int)
+        _refuse(key, value, problem, wrong_type=type_error and wrong_type)
     return value  # type: ignore[return-value]
 
 
-def fraction(key: str, value: object) -> float:
-    """A number within 0..1 inclusive; raises :class:`ConfigurationError` naming ``key``."""
-    return number(key, value, minimum=0, maximum=1)
+def fraction(key: str, value: object, *, type_error: bool = False) -> float:
+    """A number within 0..1 inclusive; raises :class:`ConfigurationError` naming ``key``
+    (``TypeError`` for a non-number with ``type_error``)."""
+    return number(key, value, minimum=0, maximum=1, type_error=type_error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,11 @@ import typer
 
 from strategylab import __version__
 from strategylab._check_cli import check_command
+from strategylab._cli_options import LogLevel, LogLevelOption
 from strategylab._logging import configure_logging, escape
+from strategylab._node_cli import node_command, trade_command
 from strategylab._research_cli import backtest_command, optimize_command
+from strategylab._serve_cli import exchange_command, proxy_command
 
 app = typer.Typer(
     name="strategylab",
@@ -52,6 +56,7 @@ def demo(
     tick_rate: Annotated[
         int, typer.Option(min=1_000, max=200_000, help="Ticks per second from the exchange.")
     ] = 20_000,
+    log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Ingest market data through real faults, then prove nothing was lost.
 
@@ -62,54 +67,24 @@ def demo(
     """
     from strategylab._demo import run_demo as run_market_demo  # noqa: PLC0415
 
-    raise typer.Exit(run_market_demo(data_dir=data_dir, ticks=ticks, tick_rate=tick_rate))
+    configure_logging(log_level.level, sys.stderr)
+    raise typer.Exit(
+        run_market_demo(data_dir=data_dir, ticks=ticks, tick_rate=tick_rate, log_level=log_level)
+    )
 
 
 @app.command("demo-core")
 def demo_core(
     calls: Annotated[int, typer.Option(min=50, help="Calls to make in each phase.")] = 300,
     faults: Annotated[int, typer.Option(min=1, max=20, help="Times the service is killed.")] = 3,
+    log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Protect a real flaky TCP service with retry + circuit breaker and show the recovery."""
     from strategylab._demo_core import run_demo  # noqa: PLC0415 - keep `--help` fast
 
+    configure_logging(log_level.level, sys.stderr)
     code = run_demo(calls=calls, faults=faults)
     raise typer.Exit(code)
-
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-
-
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def exchange(ctx: typer.Context) -> None:
-    """Run the exchange simulator (options: strategylab exchange --help)."""
-    from strategylab.exchange._server import main as exchange_main  # noqa: PLC0415
-
-    raise typer.Exit(exchange_main(ctx.args))
-
-
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def node(ctx: typer.Context) -> None:
-    """Run an ingesting node: feed → ingestor → store (options: strategylab node --help)."""
-    from strategylab.node._node import main as node_main  # noqa: PLC0415
-
-    raise typer.Exit(node_main(ctx.args))
-
-
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def trade(ctx: typer.Context) -> None:
-    """Trade strategies live against the exchange, reconciling first (options: --help)."""
-    from strategylab.node._trader import main as engine_main  # noqa: PLC0415
-
-    raise typer.Exit(engine_main(ctx.args))
-
-
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def proxy(ctx: typer.Context) -> None:
-    """Run the fault proxy with its Toxiproxy-compatible HTTP API (options: --help)."""
-    from strategylab.chaos._proxy_api import main as proxy_main  # noqa: PLC0415
-
-    raise typer.Exit(proxy_main(ctx.args))
 
 
 audit_app = typer.Typer(
@@ -119,13 +94,16 @@ app.add_typer(audit_app)
 
 
 @audit_app.command("verify")
-def audit_verify(
+def audit_verify(  # noqa: PLR0917 - typer passes options positionally
     path: Annotated[Path, typer.Argument(metavar="PATH", help="The audit log (audit.jsonl).")],
     key_file: Annotated[
         Path | None,
         typer.Option(
+            "--key-file",
+            "--audit-key-file",
+            metavar="PATH",
             help="File holding the HMAC key of a keyed log, mode 0600 or narrower "
-            "(default: $STRATEGYLAB_AUDIT_KEY)."
+            "(default: $STRATEGYLAB_AUDIT_KEY); --audit-key-file as for node and trade.",
         ),
     ] = None,
     anchor: Annotated[
@@ -143,6 +121,7 @@ def audit_verify(
     max_line: Annotated[
         int, typer.Option(min=1024, help="The longest line accepted, bytes (default 1 MiB).")
     ] = 1024 * 1024,
+    log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Verify the audit log's hash chain, HMACs and anchors (exit 1 on the first problem).
 
@@ -154,6 +133,7 @@ def audit_verify(
     from strategylab.errors import AuditIntegrityError  # noqa: PLC0415
     from strategylab.fault_tolerance import AuditLog, load_audit_key  # noqa: PLC0415
 
+    configure_logging(log_level.level, sys.stderr)
     prog = "strategylab audit verify"
     given = [("audit log", path), ("--key-file", key_file)]
     for label, file in given + [("--anchor", source) for source in anchor or ()]:
@@ -192,6 +172,10 @@ def audit_verify(
     raise typer.Exit(0)
 
 
+app.command("exchange")(exchange_command)
+app.command("node")(node_command)
+app.command("trade")(trade_command)
+app.command("proxy")(proxy_command)
 app.command("check")(check_command)
 app.command("backtest")(backtest_command)
 app.command("optimize")(optimize_command)

@@ -27,7 +27,7 @@ from ._proxy import (
     ToxicExistsError,
     ToxicNotFoundError,
 )
-from ._proxy_api import ProxyApiAccess
+from ._proxy_api import ProxyApiAccess, ProxyApiConfig, run_proxy_process
 from ._proxy_api import create_app as create_proxy_api
 from ._toxics import Stream, Toxic, ToxicType
 
@@ -39,6 +39,7 @@ __all__ = [
     "IntegrityReport",
     "Proxy",
     "ProxyApiAccess",
+    "ProxyApiConfig",
     "ProxyError",
     "ProxyExistsError",
     "ProxyNotFoundError",
@@ -54,4 +55,5 @@ __all__ = [
     "check",
     "check_sqlite",
     "create_proxy_api",
+    "run_proxy_process",
 ]

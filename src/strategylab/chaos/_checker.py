@@ -2,7 +2,8 @@
 
 Inputs: the exchange's emitted log (:func:`strategylab.market._ledger.read_emitted` format), a
 :class:`TickSource` (any :class:`~strategylab.market._store.TickStore`, or an SQLite store's file
-opened read-only by :func:`check_sqlite`), and optionally the node's ack log. Per symbol:
+or a PostgreSQL store, opened read-only by :func:`check_store`), and optionally the node's ack
+log. Per symbol:
 
 - *lost* = acknowledged − stored, where acknowledged is every seq ≤ the ack watermark (and an
   invalid tick that sits in the quarantine counts as accounted for);
@@ -25,49 +26,45 @@ self-delimiting and keeps float64 bits, so equal bytes mean equal ticks). Only a
 that comparison is walked tick by tick. Stored and emitted sequences are kept as sorted lists of
 inclusive ranges, so lost, missing and gaps are range arithmetic.
 
-A checker only reads. :func:`check_sqlite` opens the database with SQLite's ``mode=ro``: it never
-creates the schema, never switches the journal mode, never moves a damaged file aside. A file in
-WAL mode with no ``-wal`` beside it (no connection has it open: SQLite deletes the WAL when the last
-one closes) is opened ``immutable=1`` as well, because a read-only connection to a WAL database
-would otherwise create ``-wal`` and ``-shm`` files and could not remove them; the file's size,
-modification time and inode are compared before and after, and a file that changed meanwhile (a
-node started writing it) fails the check instead of being trusted. A WAL database that is open
-elsewhere is read through its existing ``-wal``/``-shm``, which SQLite needs. Inputs that cannot be
-used (missing, empty, not SQLite, not a tick store, an ack log that is not JSON lines) raise
-:class:`CheckInputError`; a damaged file raises :class:`~strategylab.market.StoreCorruptedError`.
-Both say which file and what is wrong, in one line.
+A checker only reads. :func:`check_store` opens the store through
+:func:`~strategylab.market.open_tick_reader`: an SQLite file with SQLite's ``mode=ro`` (never
+creating the schema, switching the journal mode or moving a damaged file aside; a WAL file that no
+connection has open is read ``immutable=1`` and compared before and after, so a file that changed
+meanwhile fails the check instead of being trusted), a PostgreSQL store in read-only transactions.
+Inputs that cannot be used (missing, empty, not SQLite, not a tick store, a server that cannot be
+reached, an ack log that is not JSON lines) raise :class:`CheckInputError`; a damaged file raises
+:class:`~strategylab.market.StoreCorruptedError`. Both say which file and what is wrong, in one
+line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import math
 import os
-import sqlite3
-import stat
 import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
-from strategylab._files import UnsafePathError, check_sqlite_readable, sqlite_uri
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
 from strategylab.market import (
     QuarantinedTick,
-    StoreCorruptedError,
+    SQLiteTickReader,
+    StoreUnreachableError,
+    StoreUnusableError,
     Tick,
+    open_tick_reader,
     read_acks,
     read_emitted_payloads,
     validate_tick,
-    wal_damage,
 )
 
 __all__ = [
@@ -81,6 +78,7 @@ __all__ = [
     "TickSource",
     "check",
     "check_sqlite",
+    "check_store",
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -821,172 +819,10 @@ async def check(
     )
 
 
-# ---------------------------------------------------------------------- SQLite, read-only
-
-_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
-_SQLITE_HEADER: Final = 100
-_WAL_VERSION: Final = 2
-"""Bytes 18 and 19 of the header (write and read format versions) are 2 in WAL mode."""
-_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+# ------------------------------------------------------------------- a store, read-only
 
 
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def _identity(path: Path) -> tuple[int, int, int, bool]:
-    """What must not change while an immutable connection reads ``path``."""
-    info = path.stat()
-    return info.st_size, info.st_mtime_ns, info.st_ino, _sibling(path, "-wal").exists()
-
-
-class _ReadOnlySQLite:
-    """A tick store's SQLite file opened read-only: the :class:`TickSource` of :func:`check_sqlite`.
-
-    Never creates, repairs or converts anything; see the module docstring for ``immutable=1``.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._identity: tuple[int, int, int, bool] | None = None
-        self._tables: frozenset[str] = frozenset()
-
-    # -- lifecycle (worker thread) --------------------------------------------------------
-
-    def open(self) -> None:
-        try:
-            check_sqlite_readable(self.path)
-        except UnsafePathError as exc:
-            raise CheckInputError(str(exc)) from None
-        except FileNotFoundError:
-            pass  # named below, with the other unusable inputs
-        header = self._header()
-        wal, shm = _sibling(self.path, "-wal"), _sibling(self.path, "-shm")
-        immutable = (
-            header[18] == _WAL_VERSION
-            and header[19] == _WAL_VERSION
-            and not wal.exists()
-            and not shm.exists()
-        )
-        if wal.exists() and (reason := wal_damage(wal)) is not None:
-            raise StoreCorruptedError(self.path, reason)
-        uri = sqlite_uri(self.path, "ro") + ("&immutable=1" if immutable else "")
-        if immutable:
-            self._identity = _identity(self.path)
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from None
-        try:
-            self._validate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _validate(self, conn: sqlite3.Connection) -> None:
-        """A tick store (it has ``ticks``) whose every page passes ``quick_check``."""
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(10)").fetchall()]
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from None
-        self._tables = frozenset(str(name) for (name,) in rows)
-        if "ticks" not in self._tables:
-            raise CheckInputError(
-                f"{self.path}: an SQLite database, but not a tick store (no ticks table)"
-            )
-        if found != ["ok"]:
-            raise StoreCorruptedError(self.path, "quick_check: " + "; ".join(found))
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def verify_unchanged(self) -> None:
-        """Raise :class:`CheckInputError` if an immutable read met a file that changed."""
-        if self._identity is not None and _identity(self.path) != self._identity:
-            raise CheckInputError(
-                f"{self.path}: changed while it was being checked (is a node writing it?); "
-                "run the check again"
-            )
-
-    def _header(self) -> bytes:
-        path = self.path
-        try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                raise CheckInputError(f"{path}: not a regular file")
-            if info.st_size == 0:
-                raise CheckInputError(f"{path}: empty (0 bytes), not a tick store")
-            with path.open("rb") as file:
-                header = file.read(_SQLITE_HEADER)
-        except FileNotFoundError:
-            raise CheckInputError(f"{path}: does not exist") from None
-        except OSError as exc:
-            raise CheckInputError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-        if not header.startswith(_SQLITE_MAGIC) or len(header) < _SQLITE_HEADER:
-            raise CheckInputError(f"{path}: not an SQLite database")
-        return header
-
-    def _translate(self, exc: sqlite3.Error) -> Exception:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in _DAMAGE_CODES:
-            return StoreCorruptedError(self.path, str(exc))
-        return CheckInputError(f"{self.path}: cannot read it: {exc}")
-
-    def _fetch(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        conn = self._conn
-        if conn is None:
-            raise RuntimeError(f"{self.path}: not open")
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from None
-        except UnicodeDecodeError as exc:  # text that is not UTF-8 can only be damaged bytes
-            raise StoreCorruptedError(self.path, f"reading it: {exc}") from None
-
-    async def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(functools.partial(self._fetch, sql, params))
-
-    # -- TickSource -----------------------------------------------------------------------
-
-    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
-        upper = to_seq if to_seq is not None else (1 << 63) - 1
-        rows = await self._query(
-            "SELECT symbol, seq, ts, bid, ask, bid_size, ask_size FROM ticks "
-            "WHERE symbol = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-            (symbol, from_seq, upper),
-        )
-        return [Tick(*row) for row in rows]
-
-    async def symbols(self) -> list[str]:
-        rows = await self._query("SELECT DISTINCT symbol FROM ticks ORDER BY symbol")
-        return [str(row[0]) for row in rows]
-
-    async def duplicates(self) -> int:
-        rows = await self._query(
-            "SELECT COALESCE(SUM(n - 1), 0) FROM "
-            "(SELECT COUNT(*) AS n FROM ticks GROUP BY symbol, seq HAVING n > 1)"
-        )
-        return int(rows[0][0])
-
-    async def quarantined(self) -> list[QuarantinedTick]:
-        if "quarantine" not in self._tables:
-            return []
-        rows = await self._query(
-            "SELECT received_ns, reason, raw, symbol, seq FROM quarantine ORDER BY id"
-        )
-        return [
-            QuarantinedTick(received_ns=r[0], reason=r[1], raw=r[2], symbol=r[3], seq=r[4])
-            for r in rows
-        ]
-
-
-async def check_sqlite(
+async def check_store(
     emitted_log: str | os.PathLike[str],
     db: str | os.PathLike[str],
     acks: str | os.PathLike[str] | Mapping[str, int] | None = None,
@@ -995,20 +831,32 @@ async def check_sqlite(
     limit: int = 1000,
     clock: Clock = SYSTEM_CLOCK,
 ) -> IntegrityReport:
-    """:func:`check` against an SQLite tick store's file, opened read-only (see the module
-    docstring): the file's bytes and modification time stay as they were.
+    """:func:`check` against a tick store opened read-only by
+    :func:`~strategylab.market.open_tick_reader`: an SQLite file (a path, or a string that is not
+    a URL), whose bytes and modification time stay as they were, or a ``postgresql://`` URL,
+    read in read-only transactions.
 
     Raises :class:`CheckInputError` for an input that cannot be used (missing, empty, not SQLite,
-    not a tick store; an unreadable emitted log or ack log) and
+    not a tick store, a server that cannot be reached; an unreadable emitted log or ack log) and
     :class:`~strategylab.market.StoreCorruptedError` for a damaged database, each naming the file.
     """
-    source = _ReadOnlySQLite(Path(db))
-    await asyncio.to_thread(source.open)
+    source = open_tick_reader(db)
+    try:
+        await source.open()
+    except (StoreUnusableError, StoreUnreachableError) as exc:
+        raise CheckInputError(str(exc)) from None
     try:
         report = await check(
             emitted_log, source, acks, require_complete=require_complete, limit=limit, clock=clock
         )
-        await asyncio.to_thread(source.verify_unchanged)
+        if isinstance(source, SQLiteTickReader):
+            await asyncio.to_thread(source.verify_unchanged)
+    except (StoreUnusableError, StoreUnreachableError) as exc:
+        raise CheckInputError(str(exc)) from None
     finally:
-        await asyncio.to_thread(source.close)
+        await source.aclose()
     return report
+
+
+check_sqlite = check_store
+"""The historical name of :func:`check_store` (which reads a ``postgresql://`` URL as well)."""

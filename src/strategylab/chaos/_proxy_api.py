@@ -44,22 +44,22 @@ bounded (durations at most an hour; see :mod:`strategylab.chaos._toxics`). Error
 Toxiproxy's ``{"error": message, "status": code}``: 404 for an unknown proxy or toxic, 409 for a
 duplicate name, 400 for bad input, with the field named.
 
-Run it as its own process::
+Run it as its own process (:func:`run_proxy_process` over a :class:`ProxyApiConfig`)::
 
-    python -m strategylab.chaos._proxy_api --port 0 [--host 127.0.0.1] [--seed N] [--config F]
-        [--admin-token-file PATH | --admin-open] [--log-level LEVEL]
+    strategylab proxy --port 0 [--host 127.0.0.1] [--seed N] [--config F]
+        [--admin-token-file PATH | --admin-open] [--log-level LEVEL] [--data-dir D]
         [--max-body BYTES] [--max-json-depth N] [--max-number-digits N] [--allow-origin O ...]
 
 It prints one JSON line, ``{"event":"listening","port":N}``, then serves until SIGTERM or SIGINT.
 ``--config`` is a JSON list of proxies as ``/populate`` takes it (a regular UTF-8 file of at most
 16 MiB, within the JSON limits). Exit status: 0 after a signal; 2 for bad options or a bad
 ``--config`` (one line naming the file and the fault); 1 when the API's or a proxy's address
-cannot be bound. Errors are one line, ``strategylab proxy: error: ...``, never a traceback.
+cannot be bound. Errors are one line, ``strategylab proxy: error: ...``, never a traceback. With
+``--data-dir D`` it also logs to ``D/logs/proxy.log``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import ipaddress
@@ -70,16 +70,19 @@ import random
 import signal
 import stat
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from strategylab._http_guard import LIMIT_FLAGS, LIMITS_KEY, HttpLimits, loads, read_json, refusal
+from strategylab._files import UnsafePathError, refuse_unsafe_dirs
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, loads, read_json, refusal
+from strategylab._layout import DataLayout
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import SecretOption, add_secret_options, resolve_secret
+from strategylab._validate import integer
 from strategylab.errors import ConfigurationError
 
 from ._proxy import (
@@ -93,18 +96,20 @@ from ._proxy import (
 )
 from ._toxics import Toxic, check_name, shown
 
-__all__ = ["VERSION", "ProxyApiAccess", "create_app", "main", "serve"]
+__all__ = [
+    "VERSION",
+    "ProxyApiAccess",
+    "ProxyApiConfig",
+    "create_app",
+    "run_proxy_process",
+    "serve",
+]
 
 VERSION: Final = "2.9.0-strategylab"
 """Reported by ``GET /version``: the Toxiproxy API level this subset follows."""
 
 _PROG: Final = "strategylab proxy"
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
-_ADMIN_TOKEN: Final = SecretOption(
-    name="admin-token",
-    env="STRATEGYLAB_ADMIN_TOKEN",
-    help="bearer token for the API's changes (POST, PATCH, DELETE)",
-)
 
 _log = logging.getLogger("strategylab.chaos.proxy_api")
 _http_log = logging.getLogger("strategylab.chaos.proxy_api.http")
@@ -463,8 +468,36 @@ async def serve(
         await runner.cleanup()
 
 
-async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> int:
-    rng = random.Random(args.seed) if args.seed is not None else None
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyApiConfig:
+    """The ``strategylab proxy`` process: the API's ``host`` and ``port`` (0 = a free one), the
+    ``seed`` of toxicity and toxic randomness (``None`` = unseeded), the ``config`` file of proxies
+    to create at start (a path, or ``None``), who may change proxies (``access``), the request
+    ``limits``, and the ``data_dir`` whose ``logs/proxy.log`` gets the log (``None`` = stderr
+    only). Raises :class:`ConfigurationError` naming the flag (``--port``, ``--admin-open``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8474
+    seed: int | None = None
+    config: str | None = None
+    access: ProxyApiAccess = field(default_factory=ProxyApiAccess)
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        integer("--port", self.port, minimum=0, maximum=65535)
+        if self.access.admin_open and not _is_loopback(self.host):
+            raise ConfigurationError(
+                "--admin-open",
+                self.host,
+                "an API open without a token must listen on a loopback address; "
+                "give --admin-token-file to listen on another",
+            )
+
+
+async def _amain(config: ProxyApiConfig, configs: list[dict[str, object]]) -> int:
+    rng = random.Random(config.seed) if config.seed is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -478,15 +511,15 @@ async def _amain(args: argparse.Namespace, configs: list[dict[str, object]]) -> 
         try:
             await server.populate(configs)
         except ConfigurationError as exc:  # the resolver refused a listen host of the file
-            raise ConfigurationError("--config", args.config, str(exc)) from None
+            raise ConfigurationError("--config", config.config, str(exc)) from None
         await serve(
             server,
-            host=args.host,
-            port=args.port,
+            host=config.host,
+            port=config.port,
             ready=ready,
             stop=stop,
-            limits=args.limits,
-            access=args.access,
+            limits=config.limits,
+            access=config.access,
         )
     return 0
 
@@ -542,69 +575,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _access(args: argparse.Namespace) -> ProxyApiAccess:
-    access = ProxyApiAccess(
-        admin_token=resolve_secret(args, _ADMIN_TOKEN, prog=_PROG), admin_open=args.admin_open
-    )
-    if access.admin_open and not _is_loopback(args.host):
-        raise ConfigurationError(
-            "--admin-open",
-            args.host,
-            "an API open without a token must listen on a loopback address; "
-            "give --admin-token-file to listen on another",
-        )
-    return access
+def run_proxy_process(config: ProxyApiConfig, *, log_level: int = logging.WARNING) -> int:
+    """Run ``config`` as the ``strategylab proxy`` process (see the module docstring).
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(
-        prog=_PROG,
-        description="A TCP fault proxy with a subset of Toxiproxy's HTTP API.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8474, help="API port; 0 picks a free one")
-    parser.add_argument("--seed", type=int, default=None, help="seed toxicity and toxic randomness")
-    parser.add_argument("--config", default=None, help="JSON list of proxies to create at start")
-    add_secret_options(parser, _ADMIN_TOKEN, "none of them = changes refused (or --admin-open)")
-    parser.add_argument(
-        "--admin-open",
-        action="store_true",
-        help="allow changes without a token (loopback addresses only; default: closed unless "
-        "an admin token is given)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="least severe log records written to stderr (default WARNING)",
-    )
-    parser.add_argument("--max-body", type=int, default=1 << 20, help="request body bytes")
-    parser.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
-    parser.add_argument("--max-number-digits", type=int, default=64, help="digits per number")
-    parser.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        help="a browser origin allowed to call the API (repeatable; default none)",
-    )
-    args = parser.parse_args(argv)
+    Returns the exit code: 0 after SIGTERM or SIGINT; 2 for a bad ``--config`` file or a planted
+    file where the log belongs; 1 when the API's or a proxy's address cannot be bound.
+    """
     try:
-        args.access = _access(args)
-        args.limits = HttpLimits(
-            max_body=args.max_body,
-            max_depth=args.max_json_depth,
-            max_digits=args.max_number_digits,
-            allowed_origins=frozenset(args.allow_origin),
-        )
-        configs = [] if args.config is None else _load_config(args.config, args.limits)
+        configs = [] if config.config is None else _load_config(config.config, config.limits)
     except ConfigurationError as exc:
-        return _fail(exc.as_option(LIMIT_FLAGS), 2)  # the flag typed, not the HttpLimits field
-    configure_logging(getattr(logging, args.log_level), sys.stderr)
+        return _fail(exc, 2)
     try:
-        return asyncio.run(_amain(args, configs))
-    except ConfigurationError as exc:
+        log_file = None
+        if config.data_dir is not None:
+            log_file = DataLayout(config.data_dir).log_file("proxy")
+            refuse_unsafe_dirs(config.data_dir, log_file.parent)
+        configure_logging(log_level, sys.stderr, log_file=log_file)
+        return asyncio.run(_amain(config, configs))
+    except (ConfigurationError, UnsafePathError) as exc:
         return _fail(exc, 2)
     except OSError as exc:  # the API's or a proxy's address cannot be bound: operational
         return _fail(exc, 1)
@@ -613,17 +601,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(exc: Exception, code: int) -> int:
     sys.stderr.write(f"{_PROG}: error: {escape(str(exc))}\n")
     return code
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text[:20]!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is not within 0..65535")
-    return port
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,6 +42,7 @@ import re
 from collections.abc import Mapping
 from typing import Final, TypeVar
 
+from strategylab import _validate
 from strategylab.errors import ConfigurationError
 
 __all__ = [
@@ -94,21 +95,11 @@ MAX_BYTES: Final = 1 << 53
 """The largest byte count a toxic takes (exact in every JSON client's numbers)."""
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_SHOWN: Final = 60
 
 
-def shown(value: object) -> object:
-    """``value`` for an error message, a long string, container or integer cut short.
-
-    Errors echo the rejected value; a peer's 500,000-character name is not echoed whole.
-    """
-    if isinstance(value, str) and len(value) > _SHOWN:
-        return f"{value[:_SHOWN]}... ({len(value)} characters)"
-    if isinstance(value, bytes | list | dict) and len(repr(value)) > _SHOWN:
-        return f"{repr(value)[:_SHOWN]}... ({len(value)} items)"
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    return value
+shown = _validate.clipped
+"""``value`` for an error message, a long string, container or integer cut short (one helper for
+the whole package: :func:`strategylab._validate.clipped`)."""
 
 
 def check_name(field: str, value: object) -> str:
@@ -131,20 +122,13 @@ def check_name(field: str, value: object) -> str:
     return value
 
 
-def _check_int(
-    field: str, value: object, *, minimum: int = 0, maximum: int, unit: str = ""
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(field, shown(value), "must be an integer")
-    if not minimum <= value <= maximum:
-        raise ConfigurationError(field, shown(value), f"must be within {minimum}..{maximum}{unit}")
-
-
 def _check_duration(field: str, value: object, *, micro: bool = False) -> None:
     if micro:
-        _check_int(field, value, maximum=MAX_DURATION_MS * 1000, unit=" µs (an hour)")
+        _validate.integer(
+            field, value, minimum=0, maximum=MAX_DURATION_MS * 1000, unit=" µs (an hour)"
+        )
     else:
-        _check_int(field, value, maximum=MAX_DURATION_MS, unit=" ms (an hour)")
+        _validate.integer(field, value, minimum=0, maximum=MAX_DURATION_MS, unit=" ms (an hour)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +150,7 @@ class BandwidthAttributes:
     rate: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("rate", self.rate, minimum=1, maximum=MAX_RATE_KBPS, unit=" KB/s")
+        _validate.integer("rate", self.rate, minimum=1, maximum=MAX_RATE_KBPS, unit=" KB/s")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,8 +182,12 @@ class SlicerAttributes:
     delay: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("average_size", self.average_size, minimum=1, maximum=MAX_BYTES, unit=" bytes")
-        _check_int("size_variation", self.size_variation, maximum=MAX_BYTES, unit=" bytes")
+        _validate.integer(
+            "average_size", self.average_size, minimum=1, maximum=MAX_BYTES, unit=" bytes"
+        )
+        _validate.integer(
+            "size_variation", self.size_variation, minimum=0, maximum=MAX_BYTES, unit=" bytes"
+        )
         _check_duration("delay", self.delay, micro=True)
         if self.size_variation >= self.average_size:
             raise ConfigurationError(
@@ -214,7 +202,7 @@ class LimitDataAttributes:
     bytes: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("bytes", self.bytes, maximum=MAX_BYTES, unit=" bytes")
+        _validate.integer("bytes", self.bytes, minimum=0, maximum=MAX_BYTES, unit=" bytes")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,7 +222,7 @@ class CorruptAttributes:
     rate: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_fraction("rate", self.rate)
+        _validate.fraction("rate", self.rate)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,14 +253,6 @@ _ATTRIBUTES: Final[Mapping[ToxicType, type[ToxicAttributes]]] = {
     ToxicType.CORRUPT: CorruptAttributes,
     ToxicType.BLACKHOLE: BlackholeAttributes,
 }
-
-
-def _check_fraction(field: str, value: object) -> None:
-    # NaN fails the range test; a huge int is compared as an int, never turned into a float.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(field, shown(value), "must be a number")
-    if not 0 <= value <= 1:
-        raise ConfigurationError(field, value, "must be between 0 and 1")
 
 
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -324,7 +304,7 @@ class Toxic:
 
     def __post_init__(self) -> None:
         check_name("name", self.name)
-        _check_fraction("toxicity", self.toxicity)
+        _validate.fraction("toxicity", self.toxicity)
         object.__setattr__(self, "toxicity", float(self.toxicity))  # 1 and 1.0 alike
         expected = _ATTRIBUTES[self.type]
         if not isinstance(self.attributes, expected):

@@ -24,6 +24,7 @@ from ._server import (
     Exchange,
     ExchangeConfig,
     run_exchange,
+    run_exchange_process,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "OrderStateError",
     "TickGenerator",
     "run_exchange",
+    "run_exchange_process",
 ]

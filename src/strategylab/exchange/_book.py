@@ -26,6 +26,7 @@ import msgspec
 from aiohttp import web
 
 from strategylab._http_guard import read_json
+from strategylab._validate import shown
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, PicklableErrorMixin
 from strategylab.market import (
@@ -40,6 +41,8 @@ from strategylab.market import (
     WireOrderType,
     WireSide,
 )
+
+from ._request import request_number, request_object
 
 # The wire types live with the protocol (the client side never imports the simulator); the book
 # keeps its historical names for them.
@@ -88,24 +91,14 @@ class OrderStateError(ValueError):
     """The order exists but cannot do what was asked (e.g. cancel a filled order)."""
 
 
-def _shown(value: object) -> str:
-    """``value`` as an error message may quote it: ``repr``, at most 60 characters."""
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
 def _object(body: object, keys: frozenset[str]) -> Mapping[str, object]:
-    """``body`` as a JSON object with no key outside ``keys``."""
-    if not isinstance(body, Mapping):
-        raise OrderRequestError("body", "must be a JSON object")
-    unknown = sorted(str(key) for key in body if key not in keys)
-    if unknown:
-        key = unknown[0]
-        raise OrderRequestError(
-            key[:60] if key.isprintable() else "body",
-            f"unknown field {_shown(key)} (known: {', '.join(sorted(keys))})",
-        )
-    return body
+    """``body`` as a JSON object with no key outside ``keys``; :class:`OrderRequestError`."""
+    return request_object(body, keys, OrderRequestError)
+
+
+def _amount(body: Mapping[str, object], field: str) -> float:
+    """A required ``qty`` or ``price`` within :data:`MIN_AMOUNT`..:data:`MAX_AMOUNT`."""
+    return request_number(body, field, OrderRequestError, low=MIN_AMOUNT, high=MAX_AMOUNT)
 
 
 def _client_id(value: object, field: str) -> str:
@@ -117,7 +110,7 @@ def _client_id(value: object, field: str) -> str:
         or not value.isprintable()
     ):
         raise OrderRequestError(
-            field, f"must be printable text of 1..{_MAX_CLIENT_ID} chars, got {_shown(value)}"
+            field, f"must be printable text of 1..{_MAX_CLIENT_ID} chars, got {shown(value)}"
         )
     return value
 
@@ -126,35 +119,19 @@ def _choice(value: object, field: str, choices: tuple[_T, ...]) -> _T:
     for choice in choices:
         if isinstance(value, str) and value == choice:
             return choice
-    raise OrderRequestError(field, f"must be one of {', '.join(choices)}, got {_shown(value)}")
+    raise OrderRequestError(field, f"must be one of {', '.join(choices)}, got {shown(value)}")
 
 
 def parse_lookup(body: object) -> list[str]:
     """The client order ids of a bulk-lookup body; :class:`OrderRequestError` naming the field."""
     cids = _object(body, _LOOKUP_KEYS).get("client_order_ids")
     if not isinstance(cids, list):
-        raise OrderRequestError(
-            "client_order_ids", f"must be a list of strings, got {_shown(cids)}"
-        )
+        raise OrderRequestError("client_order_ids", f"must be a list of strings, got {shown(cids)}")
     if len(cids) > MAX_LOOKUP:
         raise OrderRequestError(
             "client_order_ids", f"at most {MAX_LOOKUP} ids per request, got {len(cids)}"
         )
     return [_client_id(cid, "client_order_ids") for cid in cids]
-
-
-def _amount(body: Mapping[str, object], field: str) -> float:
-    value = body.get(field)
-    if value is None:
-        raise OrderRequestError(field, "is required")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OrderRequestError(field, f"must be a number, got {_shown(value)}")
-    # Compared before float(): an int too large for a float would raise OverflowError; NaN fails.
-    if not MIN_AMOUNT <= value <= MAX_AMOUNT:
-        raise OrderRequestError(
-            field, f"must be a number within {MIN_AMOUNT:g}..{MAX_AMOUNT:g}, got {_shown(value)}"
-        )
-    return float(value)
 
 
 class OrderBook:
@@ -179,7 +156,7 @@ class OrderBook:
         cid = _client_id(fields.get("client_order_id"), "client_order_id")
         symbol = fields.get("symbol")
         if not isinstance(symbol, str) or symbol not in self._symbols:
-            raise OrderRequestError("symbol", f"unknown symbol {_shown(symbol)}")
+            raise OrderRequestError("symbol", f"unknown symbol {shown(symbol)}")
         side = _choice(fields.get("side"), "side", _SIDES)
         kind = _choice(fields.get("type", "market"), "type", _TYPES)
         qty = _amount(fields, "qty")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from strategylab._validate import shown
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import PicklableErrorMixin
+
+from ._request import request_number, request_object
 
 __all__ = [
     "MAX_DURATION",
@@ -77,53 +79,27 @@ MAX_DURATION = 86_400.0
 """The longest fault, in seconds (a day): no request can switch a fault on for good."""
 
 
-def _shown(value: object) -> str:
-    """``value`` as an error message may quote it: ``repr``, at most 60 characters."""
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _number(
-    body: Mapping[str, object], field: str, default: float | None, low: float, high: float
-) -> float:
-    """A number within ``low..high``; compared before ``float()`` (a huge int never overflows)."""
-    value = body.get(field, default)
-    if value is None:
-        raise FaultRequestError(field, "is required")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise FaultRequestError(
-            field, f"must be a number within {low:g}..{high:g}, got {_shown(value)}"
-        )
-    return float(value) + 0.0  # -0.0 becomes 0.0
-
-
 def parse_fault(body: object, now: float) -> ActiveFault:
     """Validate an admin request ``{"kind", "duration", "rate"?, "status"?, "phase"?}``: every
     field checked (type and range, no unknown key) before a fault exists."""
-    if not isinstance(body, Mapping):
-        raise FaultRequestError("body", "must be a JSON object")
-    unknown = sorted(str(key) for key in body if key not in _FIELDS)
-    if unknown:
-        key = unknown[0]
-        raise FaultRequestError(
-            key[:60] if key.isprintable() else "body",
-            f"unknown field {_shown(key)} (known: {', '.join(sorted(_FIELDS))})",
-        )
+    body = request_object(body, _FIELDS, FaultRequestError)
     raw_kind = body.get("kind")
     kind = next((k for k in FaultKind if isinstance(raw_kind, str) and raw_kind == k.value), None)
     if kind is None:
         names = ", ".join(k.value for k in FaultKind)
-        raise FaultRequestError("kind", f"{_shown(raw_kind)} is not one of {names}")
-    duration = _number(body, "duration", None, MIN_DURATION, MAX_DURATION)
-    rate = _number(body, "rate", 1.0, 0.0, 1.0)
+        raise FaultRequestError("kind", f"{shown(raw_kind)} is not one of {names}")
+    duration = request_number(
+        body, "duration", FaultRequestError, low=MIN_DURATION, high=MAX_DURATION
+    )
+    rate = request_number(body, "rate", FaultRequestError, low=0.0, high=1.0, default=1.0)
     status = body.get("status", 503)
     if isinstance(status, bool) or not isinstance(status, int) or status not in _API_STATUSES:
         raise FaultRequestError(
-            "status", f"must be one of {sorted(_API_STATUSES)}, got {_shown(status)}"
+            "status", f"must be one of {sorted(_API_STATUSES)}, got {shown(status)}"
         )
     phase = body.get("phase", "before")
     if not isinstance(phase, str) or phase not in _PHASES:
-        raise FaultRequestError("phase", f"must be 'before' or 'after', got {_shown(phase)}")
+        raise FaultRequestError("phase", f"must be 'before' or 'after', got {shown(phase)}")
     return ActiveFault(
         kind=kind,
         rate=rate,

@@ -1,7 +1,8 @@
 """The exchange simulator: WebSocket market data and an HTTP order API on one aiohttp server.
 
-Run it as its own process (``python -m strategylab.exchange._server --port 0``; it prints one JSON
-line ``{"event": "listening", "port": N, "pid": P}``) or in-process through :class:`Exchange`.
+Run it as its own process (``strategylab exchange --port 0``, through :func:`run_exchange_process`;
+it prints one JSON line ``{"event": "listening", "port": N, "pid": P}`` and logs to
+``data_dir/logs/exchange.log``) or in-process through :class:`Exchange`.
 
 Market data (``GET /ws``, frames of :mod:`._protocol`): a feed sends ``Subscribe``; the exchange
 answers ``{"type": "subscribed", ...}``, replays retained history from ``from_seq`` (inclusive) per
@@ -21,9 +22,7 @@ on :class:`~strategylab.testing.FakeClock` drives both by moving the clock.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -32,7 +31,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -40,10 +39,10 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from strategylab._files import UnsafePathError
-from strategylab._http_guard import LIMIT_FLAGS, LIMITS_KEY, HttpLimits, read_json, refusal
+from strategylab._files import UnsafePathError, refuse_unsafe_dirs
+from strategylab._http_guard import LIMITS_KEY, HttpLimits, read_json, refusal
+from strategylab._layout import DataLayout
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, add_secret_options, resolve_secret
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import ErrorReporter
@@ -75,7 +74,13 @@ from ._gen import TickGenerator
 if TYPE_CHECKING:
     from strategylab.fault_tolerance import ErrorRecoveryManager
 
-__all__ = ["Exchange", "ExchangeConfig", "main", "parse_signing_key", "run_exchange"]
+__all__ = [
+    "Exchange",
+    "ExchangeConfig",
+    "parse_signing_key",
+    "run_exchange",
+    "run_exchange_process",
+]
 
 logger = logging.getLogger("strategylab.market.exchange")
 
@@ -165,7 +170,7 @@ class ExchangeConfig:
     @property
     def log_path(self) -> Path:
         """Where the emitted log is written."""
-        return self.data_dir / "emitted.log"
+        return DataLayout(self.data_dir).emitted_log
 
 
 class _History:
@@ -920,88 +925,23 @@ def print_listening(port: int) -> None:
     sys.stdout.flush()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=_PROG, description="Run the exchange simulator.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 = ephemeral")
-    p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated")
-    p.add_argument("--tick-rate", type=float, default=1000.0, help="ticks/s in total; 0 = max")
-    p.add_argument("--ticks-per-frame", type=int, default=100)
-    p.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
-    p.add_argument("--retention", type=int, default=100_000, help="ticks per symbol")
-    add_secret_options(p, SIGNING_KEY, "none of them = unsigned")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", type=Path, default=Path("exchange-data"))
-    p.add_argument("--max-ticks", type=int, default=None)
-    add_secret_options(p, ADMIN_TOKEN, "none of them = /admin/* closed (or --admin-open)")
-    p.add_argument(
-        "--admin-open",
-        action="store_true",
-        help="serve /admin/* without a token (default: closed unless an admin token is given)",
-    )
-    p.add_argument("--max-body", type=int, default=1 << 20, help="HTTP body bytes")
-    p.add_argument("--max-json-depth", type=int, default=32, help="JSON nesting levels")
-    p.add_argument("--max-number-digits", type=int, default=64, help="digits per JSON number")
-    p.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        help="a browser origin allowed to call the exchange (repeatable; default none)",
-    )
-    p.add_argument("--send-queue", type=int, default=1024, help="frames per subscriber")
-    return p
+def run_exchange_process(config: ExchangeConfig, *, log_level: int = logging.WARNING) -> int:
+    """Run ``config`` as the ``strategylab exchange`` process: log to stderr and to
+    ``data_dir/logs/exchange.log``, print the ``listening`` line, serve until SIGTERM or SIGINT.
 
-
-def config_from_args(argv: Sequence[str] | None = None) -> ExchangeConfig:
-    """Parse command-line options (argparse exits 2 on a malformed one) into a config;
-    :class:`ConfigurationError` names an invalid value."""
-    args = _parser().parse_args(argv)
-    return ExchangeConfig(
-        host=args.host,
-        port=args.port,
-        symbols=tuple(s.strip() for s in args.symbols.split(",")),
-        tick_rate=args.tick_rate,
-        ticks_per_frame=args.ticks_per_frame,
-        heartbeat_interval=args.heartbeat_interval,
-        retention=args.retention,
-        signing_key=parse_signing_key(resolve_secret(args, SIGNING_KEY, prog=_PROG)),
-        seed=args.seed,
-        data_dir=args.data_dir,
-        max_ticks=args.max_ticks,
-        admin_token=resolve_secret(args, ADMIN_TOKEN, prog=_PROG),
-        send_queue=args.send_queue,
-        admin_open=args.admin_open,
-        http_limits=HttpLimits(
-            max_body=args.max_body,
-            max_depth=args.max_json_depth,
-            max_digits=args.max_number_digits,
-            allowed_origins=frozenset(args.allow_origin),
-        ),
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 1 for an operational failure (the port taken),
-    2 for bad options or a symlink planted in the data directory."""
+    Returns the exit code: 0 after a clean shutdown, 1 for an operational failure (the port
+    taken), 2 for a symlink or other file planted in the data directory. Errors are one line.
+    """
     try:
-        config = config_from_args(argv)
-    except ConfigurationError as exc:
-        named = exc.as_option(LIMIT_FLAGS)  # the flag the user typed, not the config field
-        sys.stderr.write(f"strategylab exchange: error: {escape(str(named))}\n")
-        return 2
-    configure_logging(logging.WARNING, sys.stderr)
-    try:
+        log_file = DataLayout(config.data_dir).log_file("exchange")
+        refuse_unsafe_dirs(config.data_dir, log_file.parent)  # before the log is created there
+        configure_logging(log_level, sys.stderr, log_file=log_file)
         asyncio.run(run_exchange(config, ready=print_listening))
     except UnsafePathError as exc:
         # A symlink planted in the data directory: a usage problem, as for the node.
-        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
+        sys.stderr.write(f"{_PROG}: error: {escape(str(exc))}\n")
         return 2
     except OSError as exc:
-        sys.stderr.write(f"strategylab exchange: error: {escape(str(exc))}\n")
+        sys.stderr.write(f"{_PROG}: error: {escape(str(exc))}\n")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         Scalable,
         SupportsFailover,
     )
+    from ._components import ComponentRegistry
     from ._context import ErrorContext, SystemState
     from ._fallback import Fallback
     from ._manager import ActiveRecovery, ErrorRecoveryManager, RecoveryEvent, RecoveryOutcome
@@ -76,6 +77,7 @@ __all__ = [
     "ClassificationRule",
     "Classifier",
     "Component",
+    "ComponentRegistry",
     "Degradable",
     "ErrorContext",
     "ErrorRecoveryManager",
@@ -139,6 +141,7 @@ _SOURCES: dict[str, str] = {
     "ClassificationRule": "._classify",
     "Classifier": "._classify",
     "Component": "._component",
+    "ComponentRegistry": "._components",
     "Degradable": "._component",
     "ErrorContext": "._context",
     "ErrorRecoveryManager": "._manager",

@@ -87,6 +87,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, Self, TypeAlias, overload
 
+from strategylab._durable import fsync_dir
 from strategylab._files import make_private_dir, open_private
 from strategylab._secrets import AUDIT_KEY, read_secret_file, secret_from
 from strategylab.clock import SYSTEM_CLOCK, Clock
@@ -991,14 +992,18 @@ class AuditLog:
         try:
             self._lock_file()
             if created and fsync:
-                _fsync_dir(self._path.parent)
+                # A new file's name is durable only once its directory is fsynced.
+                fsync_dir(self._path.parent)
             self._discarded = self._repair_tear(self._fd, self._path, "line")
             self._size = os.fstat(self._fd).st_size
             anchors: dict[int, str] = {}
             if anchor is not None:
                 # Read and written: the heads already anchored are checked against the log, and
                 # a reopened log does not anchor its head a second time.
+                anchor_created = not Path(anchor).exists()
                 self._anchor_fd = open_private(anchor, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+                if anchor_created and fsync:
+                    fsync_dir(Path(anchor).parent)
                 self._repair_tear(self._anchor_fd, Path(anchor), "anchor")
                 found: dict[int, tuple[str, str]] = {}
                 _read_anchor_source(
@@ -1329,12 +1334,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A new file's directory entry is durable only once the directory itself is fsynced.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

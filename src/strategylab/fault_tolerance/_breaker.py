@@ -43,6 +43,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
 
+from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 
@@ -1401,31 +1402,20 @@ def _async_general(
 
 
 def _count(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{key}={value!r}: expected an int")
-    if value < 1:
-        raise ConfigurationError(key, value, "must be at least 1")
-    return value
+    return _validate.integer(key, value, minimum=1, type_error=True)
 
 
 def _seconds(key: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{key}={value!r}: expected a number of seconds")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0.0 or (seconds == 0.0 and not allow_zero):
-        reason = "must be finite and not negative" if allow_zero else "must be finite and positive"
-        raise ConfigurationError(key, value, reason)
-    return seconds
+    return _validate.seconds(key, value, allow_zero=allow_zero, type_error=True)
 
 
 def _percent(key: str, value: object) -> float | None:
+    """A percentage, 0 < x <= 100, or None (the rule switched off)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{key}={value!r}: expected a percentage")
-    if not 0.0 < value <= 100.0:
-        raise ConfigurationError(key, value, "must be a percentage, 0 < x <= 100")
-    return float(value)
+    return _validate.number(
+        key, value, minimum=0, exclusive_minimum=True, maximum=100, type_error=True
+    )
 
 
 def _max_wait(value: object) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import math
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from strategylab import _validate
 from strategylab.errors import BulkheadFullError, ConfigurationError
 
 from ._typing import DecoratorMixin, refuse_coroutine_function, refuse_generator
@@ -132,27 +132,20 @@ class Bulkhead(DecoratorMixin):
         name: str = "bulkhead",
         max_wait: float | None = None,
     ) -> None:
-        if type(max_concurrent) is not int:
-            raise TypeError(f"max_concurrent={max_concurrent!r}: must be an int")
-        if max_concurrent < 1:
-            raise ConfigurationError("max_concurrent", max_concurrent, "must be at least 1")
-        if type(max_waiting) is not int:
-            raise TypeError(f"max_waiting={max_waiting!r}: must be an int")
-        if max_waiting < 0:
-            raise ConfigurationError("max_waiting", max_waiting, "must not be negative")
+        self._max_concurrent = _validate.integer(
+            "max_concurrent", max_concurrent, minimum=1, type_error=True
+        )
+        self._max_waiting = _validate.integer(
+            "max_waiting", max_waiting, minimum=0, type_error=True
+        )
         if not isinstance(name, str):
             raise TypeError(f"name={name!r}: must be a str")
         if not name:
             raise ConfigurationError("name", name, "must not be empty")
-        if max_wait is not None:
-            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
-                raise TypeError(f"max_wait={max_wait!r}: must be a number of seconds or None")
-            if not math.isfinite(max_wait) or max_wait <= 0:
-                raise ConfigurationError("max_wait", max_wait, "must be a positive finite number")
-        self._max_concurrent = max_concurrent
-        self._max_waiting = max_waiting
         self._name = name
-        self._max_wait = None if max_wait is None else float(max_wait)
+        self._max_wait = (
+            None if max_wait is None else _validate.seconds("max_wait", max_wait, type_error=True)
+        )
         self._lock = threading.Lock()
         self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
         self._running = 0

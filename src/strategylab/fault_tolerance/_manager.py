@@ -16,13 +16,17 @@ One ``handle`` call is one error:
 3. if a recovery of the same (type, component) is already queued or running, the error *joins* it:
    it waits for that recovery's result and returns a copy marked ``joined=True`` with its own
    ``error_id``. A second restart of a component that is being restarted would only fight the first;
-4. otherwise the recovery takes a slot (at most ``max_concurrent_recoveries`` run at once, at most
-   ``max_queued_recoveries`` more wait; beyond that it returns at once with ``rejected=True``);
+4. otherwise the recovery takes a slot in the manager's :class:`Bulkhead` (named ``recovery``: at
+   most ``max_concurrent_recoveries`` run at once, at most ``max_queued_recoveries`` more wait, in
+   FIFO order; beyond that the bulkhead refuses and ``handle`` returns at once with
+   ``rejected=True``, counted in :meth:`ErrorRecoveryManager.statistics` and audited);
 5. strategies run from the starting one: the first that succeeds ends the recovery; one that fails,
    raises or is not applicable *falls through* to the next (``fell_through=True``, every step in
    ``strategies_tried``, a ``fell_through`` event and a ``fall_through`` audit record). A
    fall-through is not an escalation: it says nothing about the error pattern. When the chain is
-   exhausted and the severity is CRITICAL, the emergency shutdown runs (unless it just ran);
+   exhausted and the severity is CRITICAL, the emergency shutdown runs (unless it just ran): it
+   stops the registered components in the :class:`ComponentRegistry`'s stop order, every dependant
+   before what it depends on;
 6. the outcome is recorded in statistics, sent to listeners, and appended to the audit log.
 """
 
@@ -36,11 +40,14 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import ConfigurationError
+from strategylab.errors import BulkheadFullError, ConfigurationError
 
+from ._bulkhead import Bulkhead
 from ._classify import classify
 from ._component import AuditSink, Component, RetryRunner, TrippableBreaker
+from ._components import ComponentRegistry
 from ._context import ErrorContext, SystemState
 from ._policy import RecoveryPolicy, merge_policies
 from ._retry import RetryPolicy
@@ -231,17 +238,33 @@ class _PatternAnalyser:
         return window.level, False
 
 
-@dataclasses.dataclass(slots=True)
-class _Registration:
-    component: Component
-    breaker: TrippableBreaker | None
-    depends_on: tuple[str, ...]
-
-
-def _positive_int(key: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(key, value, f"must be an int >= {minimum}")
-    return value
+def _unrecovered(
+    context: ErrorContext,
+    severity: ErrorSeverity,
+    level: int,
+    crossed: bool,
+    *,
+    error: str,
+    duration_ms: float = 0.0,
+    joined: bool = False,
+    rejected: bool = False,
+) -> RecoveryOutcome:
+    """The outcome of an error that ran no strategy: its recovery was refused or cancelled."""
+    return RecoveryOutcome(
+        error_id=context.error_id,
+        error_type=context.error_type,
+        component=context.component,
+        success=False,
+        strategy=None,
+        duration_ms=duration_ms,
+        escalated=level > 0,
+        escalation_level=level,
+        crossed_threshold=crossed,
+        severity=severity,
+        joined=joined,
+        rejected=rejected,
+        error=error,
+    )
 
 
 class ErrorRecoveryManager:
@@ -249,12 +272,14 @@ class ErrorRecoveryManager:
 
     ``policies`` overrides rows of :data:`DEFAULT_POLICIES`. ``retry_policy`` is what the RETRY
     strategy runs under when a policy has none (default: 3 attempts, 0.1 s base, doubling, 2 s cap,
-    full jitter, on ``clock``). ``shutdown_handler`` replaces the default emergency shutdown (stop
-    every registered component in reverse registration order, each within ``shutdown_deadline``
-    seconds). ``audit`` receives one ``error`` record when an error arrives (its context), one
-    ``recovery`` record per handled error when its recovery ends, one ``escalation``
-    record per threshold crossing (DESIGN §4) and one ``fall_through`` record per step to a later
-    strategy within a recovery. ``capture_state=False`` skips the :class:`SystemState` snapshot
+    full jitter, on ``clock``). ``max_concurrent_recoveries`` (>= 1) and ``max_queued_recoveries``
+    (>= 0) size the :attr:`bulkhead` that recoveries run in. ``shutdown_handler`` replaces the
+    default emergency shutdown (stop every registered component in the :attr:`registry`'s stop
+    order, dependants first, each within ``shutdown_deadline`` seconds). ``audit`` receives one
+    ``error`` record when an error arrives (its context), one ``recovery`` record per handled
+    error when its recovery ends (a rejected one included), one ``escalation`` record per
+    threshold crossing (DESIGN §4) and one ``fall_through`` record per step to a later strategy
+    within a recovery. ``capture_state=False`` skips the :class:`SystemState` snapshot
     taken for each exception.
 
     One manager belongs to one event loop; its methods are not thread-safe.
@@ -278,22 +303,18 @@ class ErrorRecoveryManager:
         if clock is not None and not isinstance(clock, Clock):
             raise ConfigurationError("clock", clock, "must implement strategylab.clock.Clock")
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
-        self._max_running = _positive_int("max_concurrent_recoveries", max_concurrent_recoveries, 1)
-        self._max_queued = _positive_int("max_queued_recoveries", max_queued_recoveries, 0)
-        _positive_int("percentile_window", percentile_window, 1)
+        max_running = _validate.integer(
+            "max_concurrent_recoveries", max_concurrent_recoveries, minimum=1
+        )
+        max_queued = _validate.integer("max_queued_recoveries", max_queued_recoveries, minimum=0)
+        _validate.integer("percentile_window", percentile_window, minimum=1)
         if audit is not None and not callable(getattr(audit, "aappend", None)):
             raise ConfigurationError("audit", audit, "must have an async aappend(kind, data)")
         if retry_policy is not None and not callable(getattr(retry_policy, "acall", None)):
             raise ConfigurationError("retry_policy", retry_policy, "must have an async acall(fn)")
         if shutdown_handler is not None and not callable(shutdown_handler):
             raise ConfigurationError("shutdown_handler", shutdown_handler, "must be callable")
-        if (
-            isinstance(shutdown_deadline, bool)
-            or not isinstance(shutdown_deadline, int | float)
-            or not math.isfinite(shutdown_deadline)
-            or shutdown_deadline <= 0
-        ):
-            raise ConfigurationError("shutdown_deadline", shutdown_deadline, "must be > 0")
+        deadline = _validate.seconds("shutdown_deadline", shutdown_deadline)
         self._audit = audit
         self._retry: RetryRunner = (
             retry_policy
@@ -308,14 +329,13 @@ class ErrorRecoveryManager:
             )
         )
         self._shutdown_handler = shutdown_handler
-        self._shutdown_deadline = float(shutdown_deadline)
+        self._shutdown_deadline = deadline
         self._capture_state = capture_state
-        self._slots = asyncio.Semaphore(self._max_running)
-        self._running = 0
-        self._queued = 0
+        self._bulkhead = Bulkhead(max_running, max_queued, name="recovery")
         self._stats = StatisticsRecorder(percentile_window)
         self._patterns = _PatternAnalyser()
-        self._components: dict[str, _Registration] = {}
+        self._registry: ComponentRegistry[Component] = ComponentRegistry()
+        self._breakers: dict[str, TrippableBreaker] = {}
         self._inflight: dict[_Key, asyncio.Future[RecoveryOutcome]] = {}
         self._active: dict[uuid.UUID, _Active] = {}
         self._listeners: list[RecoveryListener] = []
@@ -327,6 +347,17 @@ class ErrorRecoveryManager:
         """The effective, read-only policy table (defaults merged with overrides)."""
         return self._policies
 
+    @property
+    def bulkhead(self) -> Bulkhead:
+        """The bulkhead recoveries run in (``name='recovery'``): its limits and statistics."""
+        return self._bulkhead
+
+    @property
+    def registry(self) -> ComponentRegistry[Component]:
+        """The registered components and their dependency order (read it; register through
+        :meth:`register` so that breakers and the dependencies-first rule are kept)."""
+        return self._registry
+
     def register(
         self,
         component: Component,
@@ -336,8 +367,10 @@ class ErrorRecoveryManager:
     ) -> None:
         """Make ``component`` recoverable; ``breaker`` guards its dependency (CIRCUIT_BREAKER).
 
-        Dependencies must be registered first, so that reverse registration order, the emergency
-        shutdown's order, stops every dependent before what it depends on.
+        ``depends_on`` names components this one needs; they must be registered first (the
+        emergency shutdown then never meets an unknown name or a cycle). Raises
+        :class:`~strategylab.errors.ConfigurationError` for a non-component, an empty or duplicate
+        name, a bad breaker, or a dependency that is not registered.
         """
         if not isinstance(component, Component):
             raise ConfigurationError(
@@ -346,28 +379,30 @@ class ErrorRecoveryManager:
         name = component.name
         if not isinstance(name, str) or not name:
             raise ConfigurationError("component.name", name, "must be a non-empty str")
-        if name in self._components:
+        if name in self._registry:
             raise ConfigurationError("component.name", name, "is already registered")
         if breaker is not None and not callable(getattr(breaker, "trip", None)):
             raise ConfigurationError("breaker", breaker, "must have trip() and state")
         if isinstance(depends_on, str):
             raise ConfigurationError("depends_on", depends_on, "must be a sequence of names")
         for dependency in depends_on:
-            if dependency not in self._components:
+            if dependency not in self._registry:
                 raise ConfigurationError(
                     "depends_on", dependency, "is not registered; register dependencies first"
                 )
-        self._components[name] = _Registration(component, breaker, tuple(depends_on))
+        self._registry.register(name, component, depends_on=depends_on)
+        if breaker is not None:
+            self._breakers[name] = breaker
 
     def unregister(self, name: str) -> None:
-        """Forget the component called ``name``; ``KeyError`` if it is not registered."""
-        if name not in self._components:
-            raise KeyError(f"component {name!r} is not registered")
-        del self._components[name]
+        """Forget the component called ``name``; ``KeyError`` if it is not registered,
+        :class:`~strategylab.errors.ConfigurationError` while another one depends on it."""
+        self._registry.unregister(name)
+        self._breakers.pop(name, None)
 
     def components(self) -> tuple[Component, ...]:
         """The registered components, in registration order."""
-        return tuple(r.component for r in self._components.values())
+        return self._registry.components()
 
     def add_listener(self, listener: RecoveryListener) -> None:
         """Call ``listener(event)`` for every :class:`RecoveryEvent`; exceptions are logged."""
@@ -383,7 +418,8 @@ class ErrorRecoveryManager:
 
     def statistics(self) -> RecoveryStatistics:
         """A frozen snapshot of the counters, timings and SLA compliance."""
-        return self._stats.snapshot(running=self._running, queued=self._queued)
+        slots = self._bulkhead.statistics()
+        return self._stats.snapshot(running=slots.running, queued=slots.waiting)
 
     def active_recoveries(self) -> tuple[ActiveRecovery, ...]:
         """The recoveries holding a slot right now, oldest first."""
@@ -452,13 +488,12 @@ class ErrorRecoveryManager:
             return await self._join(
                 running, context, severity, started, level=level, crossed=crossed
             )
-        if self._running + self._queued >= self._max_running + self._max_queued:
-            return await self._reject(context, severity, level, crossed)
 
         future: asyncio.Future[RecoveryOutcome] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            outcome = await self._recover(
+            outcome = await self._bulkhead.acall(
+                self._recover,
                 context,
                 policy,
                 level=level,
@@ -468,12 +503,19 @@ class ErrorRecoveryManager:
                 operation=operation,
             )
             future.set_result(outcome)
+        except BulkheadFullError:
+            # The bulkhead refuses before suspending, so nobody has joined this future yet.
+            refused = True
+        else:
+            refused = False
         finally:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
             if not future.done():
-                # Cancelled or failed: joiners are told through a cancelled future.
+                # Refused, cancelled or failed: joiners are told through a cancelled future.
                 future.cancel()
+        if refused:
+            return await self._reject(context, severity, level, crossed)
         self._emit("recovery_finished", context, strategy=outcome.strategy, outcome=outcome)
         await self._audit_append("recovery", {**outcome.to_dict(), "context": context.to_dict()})
         return outcome
@@ -495,7 +537,9 @@ class ErrorRecoveryManager:
             raise ValueError(f"component={component!r}: name the component that failed")
         kind = classify(exc_or_context, component=component)
         state = (
-            SystemState.capture(active_recoveries=self._running) if self._capture_state else None
+            SystemState.capture(active_recoveries=len(self._active))
+            if self._capture_state
+            else None
         )
         return ErrorContext.from_exception(
             exc_or_context,
@@ -527,17 +571,12 @@ class ErrorRecoveryManager:
             if not running.cancelled() or (task is not None and task.cancelling()):
                 raise
             # The recovery we joined was cancelled, not us: report a failure, do not propagate.
-            outcome = RecoveryOutcome(
-                error_id=context.error_id,
-                error_type=context.error_type,
-                component=context.component,
-                success=False,
-                strategy=None,
+            outcome = _unrecovered(
+                context,
+                severity,
+                level,
+                crossed,
                 duration_ms=self._elapsed_ms(started),
-                escalated=level > 0,
-                escalation_level=level,
-                crossed_threshold=crossed,
-                severity=severity,
                 joined=True,
                 error="the recovery this error joined was cancelled",
             )
@@ -559,20 +598,16 @@ class ErrorRecoveryManager:
         self, context: ErrorContext, severity: ErrorSeverity, level: int, crossed: bool
     ) -> RecoveryOutcome:
         self._stats.record_rejected()
-        outcome = RecoveryOutcome(
-            error_id=context.error_id,
-            error_type=context.error_type,
-            component=context.component,
-            success=False,
-            strategy=None,
-            escalated=level > 0,
-            escalation_level=level,
-            crossed_threshold=crossed,
-            severity=severity,
+        slots = self._bulkhead.statistics()
+        outcome = _unrecovered(
+            context,
+            severity,
+            level,
+            crossed,
             rejected=True,
             error=(
-                f"recovery rejected: {self._running} running, {self._queued} queued "
-                f"(limits {self._max_running} and {self._max_queued})"
+                f"recovery rejected: {slots.running} running, {slots.waiting} queued "
+                f"(limits {self._bulkhead.max_concurrent} and {self._bulkhead.max_waiting})"
             ),
         )
         self._emit("rejected", context, detail=outcome.error or "", outcome=outcome)
@@ -590,100 +625,70 @@ class ErrorRecoveryManager:
         started: float,
         operation: Callable[[], Awaitable[object]] | None,
     ) -> RecoveryOutcome:
-        self._queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._queued -= 1
-        self._running += 1
+        """Run the strategy chain; called inside a bulkhead slot (see :meth:`handle`)."""
         active = _Active(context, self._clock.monotonic())
         self._active[context.error_id] = active
         try:
             self._emit("recovery_started", context)
-            return await self._run_chain(
-                context,
-                policy,
-                level=level,
-                crossed=crossed,
-                severity=severity,
-                started=started,
+            component = context.component
+            base = StrategyRequest(
+                kind=policy.chain[0],
+                context=dataclasses.replace(context, severity=severity),
+                component=self._registry.get(component) if component in self._registry else None,
                 operation=operation,
-                active=active,
+                retry=policy.retry if policy.retry is not None else self._retry,
+                breaker=self._breakers.get(component),
+                level=level + 1,
+                components=self._registry.start_components(),
+                shutdown_handler=self._shutdown_handler,
+                shutdown_deadline=self._shutdown_deadline,
+            )
+            plan = list(policy.chain[min(level, len(policy.chain) - 1) :])
+            tried: list[RecoveryStrategyKind] = []
+            problems: list[str] = []
+            success = False
+            while plan:
+                kind = plan.pop(0)
+                if tried:
+                    await self._fall_through(context, tried[-1], kind)
+                tried.append(kind)
+                result = await self._attempt(dataclasses.replace(base, kind=kind), active)
+                if result.success:
+                    success = True
+                    break
+                problems.append(f"{kind.value}: {result.detail}")
+                self._emit("strategy_failed", context, strategy=kind, detail=result.detail)
+                if (
+                    not plan
+                    and severity is ErrorSeverity.CRITICAL
+                    and RecoveryStrategyKind.EMERGENCY_SHUTDOWN not in tried
+                ):
+                    plan.append(RecoveryStrategyKind.EMERGENCY_SHUTDOWN)
+
+            duration_ms = self._elapsed_ms(started)
+            within = success and duration_ms <= policy.sla.seconds * 1000.0
+            self._stats.record_completed(
+                success=success, duration_ms=duration_ms, sla=policy.sla.name, within_sla=within
+            )
+            return RecoveryOutcome(
+                error_id=context.error_id,
+                error_type=context.error_type,
+                component=context.component,
+                success=success,
+                strategy=tried[-1],
+                strategies_tried=tuple(tried),
+                attempts=active.attempt,
+                duration_ms=duration_ms,
+                escalated=level > 0,
+                escalation_level=level,
+                crossed_threshold=crossed,
+                fell_through=len(tried) > 1,
+                severity=severity,
+                within_sla=within,
+                error="; ".join(problems) if problems else None,
             )
         finally:
             del self._active[context.error_id]
-            self._running -= 1
-            self._slots.release()
-
-    async def _run_chain(
-        self,
-        context: ErrorContext,
-        policy: RecoveryPolicy,
-        *,
-        level: int,
-        crossed: bool,
-        severity: ErrorSeverity,
-        started: float,
-        operation: Callable[[], Awaitable[object]] | None,
-        active: _Active,
-    ) -> RecoveryOutcome:
-        registration = self._components.get(context.component)
-        base = StrategyRequest(
-            kind=policy.chain[0],
-            context=dataclasses.replace(context, severity=severity),
-            component=None if registration is None else registration.component,
-            operation=operation,
-            retry=policy.retry if policy.retry is not None else self._retry,
-            breaker=None if registration is None else registration.breaker,
-            level=level + 1,
-            components=self.components(),
-            shutdown_handler=self._shutdown_handler,
-            shutdown_deadline=self._shutdown_deadline,
-        )
-        plan = list(policy.chain[min(level, len(policy.chain) - 1) :])
-        tried: list[RecoveryStrategyKind] = []
-        problems: list[str] = []
-        success = False
-        while plan:
-            kind = plan.pop(0)
-            if tried:
-                await self._fall_through(context, tried[-1], kind)
-            tried.append(kind)
-            result = await self._attempt(dataclasses.replace(base, kind=kind), active)
-            if result.success:
-                success = True
-                break
-            problems.append(f"{kind.value}: {result.detail}")
-            self._emit("strategy_failed", context, strategy=kind, detail=result.detail)
-            if (
-                not plan
-                and severity is ErrorSeverity.CRITICAL
-                and RecoveryStrategyKind.EMERGENCY_SHUTDOWN not in tried
-            ):
-                plan.append(RecoveryStrategyKind.EMERGENCY_SHUTDOWN)
-
-        duration_ms = self._elapsed_ms(started)
-        within = success and duration_ms <= policy.sla.seconds * 1000.0
-        self._stats.record_completed(
-            success=success, duration_ms=duration_ms, sla=policy.sla.name, within_sla=within
-        )
-        return RecoveryOutcome(
-            error_id=context.error_id,
-            error_type=context.error_type,
-            component=context.component,
-            success=success,
-            strategy=tried[-1],
-            strategies_tried=tuple(tried),
-            attempts=active.attempt,
-            duration_ms=duration_ms,
-            escalated=level > 0,
-            escalation_level=level,
-            crossed_threshold=crossed,
-            fell_through=len(tried) > 1,
-            severity=severity,
-            within_sla=within,
-            error="; ".join(problems) if problems else None,
-        )
 
     async def _attempt(self, request: StrategyRequest, active: _Active) -> StrategyResult:
         kind = request.kind

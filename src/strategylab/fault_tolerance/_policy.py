@@ -7,11 +7,11 @@ overrides over it, so a deployment changes one row without restating the other t
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from strategylab import _validate
 from strategylab.errors import ConfigurationError
 
 from ._taxonomy import DEFAULT_SEVERITY, ErrorSeverity, ErrorType, RecoveryStrategyKind
@@ -20,16 +20,6 @@ if TYPE_CHECKING:
     from ._component import RetryRunner
 
 __all__ = ["DEFAULT_POLICIES", "RecoveryPolicy", "SlaClass", "merge_policies"]
-
-
-def _require_positive(key: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(key, value, "must be a finite number > 0")
 
 
 def _validated_chain(given: object) -> tuple[RecoveryStrategyKind, ...]:
@@ -69,7 +59,7 @@ class SlaClass:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError("name", self.name, "an SLA class needs a non-empty name")
-        _require_positive("seconds", self.seconds)
+        _validate.seconds("seconds", self.seconds)
 
 
 SlaClass.API = SlaClass(name="api", seconds=10.0)
@@ -108,15 +98,8 @@ class RecoveryPolicy:
         object.__setattr__(self, "chain", _validated_chain(self.chain))
         if not isinstance(self.sla, SlaClass):
             raise ConfigurationError("sla", self.sla, "must be a SlaClass")
-        if (
-            isinstance(self.escalation_threshold, bool)
-            or not isinstance(self.escalation_threshold, int)
-            or self.escalation_threshold < 1
-        ):
-            raise ConfigurationError(
-                "escalation_threshold", self.escalation_threshold, "must be an int >= 1"
-            )
-        _require_positive("escalation_window", self.escalation_window)
+        _validate.integer("escalation_threshold", self.escalation_threshold, minimum=1)
+        _validate.seconds("escalation_window", self.escalation_window)
         if self.retry is not None and not callable(getattr(self.retry, "acall", None)):
             raise ConfigurationError("retry", self.retry, "must have an async acall(fn) method")
 

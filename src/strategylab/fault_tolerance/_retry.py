@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
+from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, RetryExhaustedError
 
@@ -187,20 +188,6 @@ def _is_exception_type(value: object) -> bool:
     return isinstance(value, type) and issubclass(value, Exception)
 
 
-def _require(key: str, value: object, ok: Callable[[float], bool], reason: str) -> None:
-    try:
-        valid = (
-            not isinstance(value, bool)
-            and isinstance(value, int | float)
-            and math.isfinite(value)
-            and ok(value)
-        )
-    except OverflowError:  # an int too large for a float
-        valid = False
-    if not valid:
-        raise ConfigurationError(key, value, f"must be a finite number {reason}")
-
-
 # The backoff is computed in decimal, with ample precision and exponent range, then rounded once
 # to a float: base * multiplier**n neither overflows (a subnormal base times 2**1100 is a modest
 # number) nor drifts from the formula. Traps are off: nothing here can overflow or divide by zero
@@ -344,13 +331,12 @@ class RetryPolicy:
     )
 
     def __post_init__(self) -> None:
-        if type(self.max_attempts) is not int or self.max_attempts < 1:
-            raise ConfigurationError("max_attempts", self.max_attempts, "must be an int >= 1")
-        _require("base_delay", self.base_delay, lambda v: v >= 0, ">= 0")
-        _require("max_delay", self.max_delay, lambda v: v >= 0, ">= 0")
-        _require("multiplier", self.multiplier, lambda v: v >= 1, ">= 1")
+        _validate.integer("max_attempts", self.max_attempts, minimum=1)
+        _validate.seconds("base_delay", self.base_delay, allow_zero=True)
+        _validate.seconds("max_delay", self.max_delay, allow_zero=True)
+        _validate.number("multiplier", self.multiplier, minimum=1)
         if self.deadline is not None:
-            _require("deadline", self.deadline, lambda v: v > 0, "> 0")
+            _validate.seconds("deadline", self.deadline)
         if self.jitter is not None and not isinstance(self.jitter, random.Random):
             raise ConfigurationError("jitter", self.jitter, "must be a random.Random or None")
         if not isinstance(self.clock, Clock):

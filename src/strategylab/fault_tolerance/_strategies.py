@@ -68,7 +68,9 @@ class StrategyRequest:
     level: int
     """The escalation step: 1 for a first recovery, deeper as errors keep crossing the threshold."""
     components: Sequence[Component] = ()
-    """Every registered component, in registration order (for the emergency shutdown)."""
+    """Every registered component in start order, dependencies first (the
+    :class:`~strategylab.fault_tolerance.ComponentRegistry`'s): the emergency shutdown stops them
+    in reverse, every dependant before what it depends on."""
     shutdown_handler: ShutdownHandler | None = None
     shutdown_deadline: float = 5.0
 
@@ -181,7 +183,8 @@ async def circuit_breaker(req: StrategyRequest) -> StrategyResult:
 
 
 async def emergency_shutdown(req: StrategyRequest) -> StrategyResult:
-    """Run the shutdown handler, or stop every component in reverse registration order.
+    """Run the shutdown handler, or stop every component in reverse start order (dependants
+    first).
 
     Each ``stop()`` gets ``shutdown_deadline`` seconds (``asyncio.timeout``, on the event loop's
     clock: a hung stop must not hang the kill switch, whatever clock the manager measures with).

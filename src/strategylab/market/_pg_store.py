@@ -15,6 +15,14 @@ hanging the writer. Connections live in a small pool of its own (``pool_size`` c
 opened lazily; no ``psycopg_pool`` dependency). A connection that failed is closed and dropped,
 and the next call opens a new one: a lost connection surfaces once as psycopg's
 ``OperationalError`` (classified DATABASE_CONNECTION_LOST) and the following write reconnects.
+
+``read_only=True`` is the store of the tools that only read (``check``, ``backtest``,
+``optimize``; see :func:`~strategylab.market.open_tick_reader`): ``open`` creates nothing and
+refuses a database without the tick table (:class:`~strategylab.market.StoreUnusableError`),
+every connection runs ``SET default_transaction_read_only = on`` (the server refuses any write),
+the write methods raise, and driver errors come out translated, naming the URL without its
+password: :class:`~strategylab.market.StoreUnreachableError` for a server that cannot be
+reached, :class:`~strategylab.market.StoreUnusableError` otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+from strategylab.errors import StrategyLabError
+
+from ._reader import StoreUnreachableError, StoreUnusableError, TickBounds, TickSpan
 from ._store import QuarantinedTick
 from ._tick import Tick
 
@@ -38,6 +49,18 @@ __all__ = ["PostgresTickStore", "WriteMethod"]
 WriteMethod = Literal["copy", "unnest", "executemany"]
 _COLUMNS: Final = ("symbol", "seq", "ts", "bid", "ask", "bid_size", "ask_size")
 _astuple = msgspec.structs.astuple
+
+
+def _shown_dsn(dsn: str) -> str:
+    """``dsn`` for messages and logs: its host, port, user and database, never a password."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(invalid URL)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or "")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
 
 
 def _sever(conn: psycopg.AsyncConnection[Any], severed: list[bool]) -> None:
@@ -63,6 +86,7 @@ class PostgresTickStore:
         connect_timeout: float = 5.0,
         timeout: float | None = 30.0,
         name: str = "postgres",
+        read_only: bool = False,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size={pool_size!r}: must be >= 1")
@@ -73,6 +97,9 @@ class PostgresTickStore:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout={timeout!r}: must be > 0 or None")
         self.dsn = dsn
+        self.read_only = read_only
+        self._shown = _shown_dsn(dsn)
+        self._has_quarantine = True
         self.method: WriteMethod = method
         self._schema = schema
         self._table_name = table
@@ -105,8 +132,16 @@ class PostgresTickStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Connect and create the schema and tables if needed."""
+        """Connect and create the schema and tables if needed.
+
+        ``read_only``: connect and check that the tick table exists, creating nothing; raises
+        :class:`~strategylab.market.StoreUnusableError` (no tick table, an invalid URL) or
+        :class:`~strategylab.market.StoreUnreachableError`.
+        """
         self._opened = True
+        if self.read_only:
+            await self._open_read_only()
+            return
         async with self._connection() as conn, conn.transaction():
             if self._schema:
                 await conn.execute(
@@ -127,6 +162,33 @@ class PostgresTickStore:
                     "symbol text, seq bigint)"
                 ).format(self._quarantine_table)
             )
+
+    async def _open_read_only(self) -> None:
+        try:
+            rows = await self._fetch(
+                sql.SQL("SELECT to_regclass(%s), to_regclass(%s)"),
+                (
+                    self._qualified(self._table_name),
+                    self._qualified(f"{self._table_name}_quarantine"),
+                ),
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        ticks, quarantine = rows[0]
+        self._has_quarantine = quarantine is not None
+        if ticks is None:
+            self._opened = False
+            await self.aclose()
+            raise StoreUnusableError(
+                f"{self._shown}: a PostgreSQL database, but not a tick store "
+                f"(no table {self._qualified(self._table_name)})"
+            )
+
+    def _qualified(self, table: str) -> str:
+        # to_regclass parses the text as SQL would: quote each part, so any name is exact.
+        parts = (*((self._schema,) if self._schema else ()), table)
+        return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
     async def aclose(self) -> None:
         """Close every idle connection; safe to call twice."""
@@ -161,6 +223,7 @@ class PostgresTickStore:
 
     async def write(self, ticks: Sequence[Tick]) -> int:
         """Commit ``ticks`` in one transaction; returns how many were new."""
+        self._refuse_if_read_only()
         if not ticks:
             return 0
         async with self._connection() as conn, conn.transaction():
@@ -213,6 +276,7 @@ class PostgresTickStore:
 
     async def quarantine(self, entries: Sequence[QuarantinedTick]) -> None:
         """Keep refused input with its reason (one transaction)."""
+        self._refuse_if_read_only()
         if not entries:
             return
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -225,7 +289,9 @@ class PostgresTickStore:
             )
 
     async def quarantined(self) -> list[QuarantinedTick]:
-        """Everything quarantined, oldest first."""
+        """Everything quarantined, oldest first ([] read-only without a quarantine table)."""
+        if not self._has_quarantine:
+            return []
         rows = await self._fetch(
             sql.SQL("SELECT received_ns, reason, raw, symbol, seq FROM {} ORDER BY id").format(
                 self._quarantine_table
@@ -235,6 +301,21 @@ class PostgresTickStore:
             QuarantinedTick(received_ns=r[0], reason=r[1], raw=r[2], symbol=r[3], seq=r[4])
             for r in rows
         ]
+
+    async def span(self, symbol: str, bounds: TickBounds | None = None) -> TickSpan:
+        """``symbol``'s stored ticks inside ``bounds`` (None: all of them)."""
+        where, values = (bounds or TickBounds()).where("%s")
+        # Only the fixed clauses of TickBounds.where are joined in; values are bound.
+        query = sql.SQL("SELECT MIN(seq), MAX(seq), COUNT(*) FROM {} WHERE symbol = %s {}").format(
+            self._table, sql.SQL(where)
+        )
+        rows = await self._fetch(query, (symbol, *values))
+        low, high, count = rows[0]
+        return TickSpan(first_seq=low, last_seq=high, count=int(count))
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self._name}: opened read_only, it does not write")
 
     # ------------------------------------------------------------------ write methods
 
@@ -295,13 +376,25 @@ class PostgresTickStore:
     # ------------------------------------------------------------------ connections
 
     async def _fetch(
-        self, query: sql.Composed, params: Sequence[object] = ()
+        self, query: sql.SQL | sql.Composed, params: Sequence[object] = ()
     ) -> list[tuple[Any, ...]]:
-        async with self._connection() as conn:
-            cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
-            await conn.rollback()
-            return rows
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute(query, params)
+                rows = await cur.fetchall()
+                await conn.rollback()
+                return rows
+        except psycopg.Error as exc:
+            if not self.read_only:
+                raise
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: psycopg.Error) -> StrategyLabError:
+        """A read-only store's driver error as one line naming the URL (never its password)."""
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, psycopg.OperationalError):
+            return StoreUnreachableError(f"{self._shown}: cannot reach the server: {first}")
+        return StoreUnusableError(f"{self._shown}: {first}")
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -360,6 +453,14 @@ class PostgresTickStore:
         conn = await psycopg.AsyncConnection.connect(
             self.dsn, connect_timeout=max(1, round(self._connect_timeout))
         )
+        if self.read_only:
+            # Set before any query: the server refuses every write on this connection.
+            try:
+                await conn.execute("SET default_transaction_read_only = on")
+                await conn.commit()
+            except BaseException:
+                await conn.close()
+                raise
         if self._lost:
             self._lost -= 1
             self._reconnects += 1

@@ -54,6 +54,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
+from strategylab._durable import fsync_dir
 from strategylab._files import (
     check_sqlite_files,
     create_private_file,
@@ -65,6 +66,7 @@ from strategylab._files import (
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.fault_tolerance import ErrorRecoveryManager, is_corruption
 
+from ._reader import SQLiteReads
 from ._store import QuarantinedTick, StoreCorruptedError
 from ._tick import Tick
 
@@ -296,14 +298,6 @@ def _later_commits(data: bytes, frame: int, frames: int, after: int, salts: tupl
     return later
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
@@ -334,7 +328,7 @@ def raw_insert_rate(
     return len(rows) / elapsed if elapsed > 0 else float("inf")
 
 
-class SQLiteTickStore:
+class SQLiteTickStore(SQLiteReads):
     """A :class:`~strategylab.market.TickStore` on a local SQLite file (also a ``Component``).
 
     ``batch_size`` (ticks) sizes the health probe; ``wal_size_limit`` (bytes) bounds the WAL once
@@ -493,54 +487,10 @@ class SQLiteTickStore:
             return 0
         return await self._run(functools.partial(self._write, ticks))
 
-    async def last_seqs(self) -> dict[str, int]:
-        """The highest stored sequence per symbol."""
-        rows = await self._query("SELECT symbol, MAX(seq) FROM ticks GROUP BY symbol", ())
-        return {str(symbol): int(seq) for symbol, seq in rows}
-
-    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
-        """Stored ticks of ``symbol`` from ``from_seq`` to ``to_seq`` (inclusive), in order."""
-        upper = to_seq if to_seq is not None else (1 << 63) - 1
-        rows = await self._query(
-            "SELECT symbol, seq, ts, bid, ask, bid_size, ask_size FROM ticks "
-            "WHERE symbol = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-            (symbol, from_seq, upper),
-        )
-        return [Tick(*row) for row in rows]
-
-    async def symbols(self) -> list[str]:
-        """Every symbol with a stored tick, sorted."""
-        rows = await self._query("SELECT DISTINCT symbol FROM ticks ORDER BY symbol", ())
-        return [str(row[0]) for row in rows]
-
-    async def count(self) -> int:
-        """How many ticks are stored."""
-        rows = await self._query("SELECT COUNT(*) FROM ticks", ())
-        return int(rows[0][0])
-
-    async def duplicates(self) -> int:
-        """Rows beyond the first per (symbol, seq): 0, since that is the primary key."""
-        rows = await self._query(
-            "SELECT COALESCE(SUM(n - 1), 0) FROM "
-            "(SELECT COUNT(*) AS n FROM ticks GROUP BY symbol, seq HAVING n > 1)",
-            (),
-        )
-        return int(rows[0][0])
-
     async def quarantine(self, entries: Sequence[QuarantinedTick]) -> None:
         """Keep refused input with its reason (one durable transaction)."""
         if entries:
             await self._run(functools.partial(self._quarantine, entries))
-
-    async def quarantined(self) -> list[QuarantinedTick]:
-        """Everything quarantined, oldest first."""
-        rows = await self._query(
-            "SELECT received_ns, reason, raw, symbol, seq FROM quarantine ORDER BY id", ()
-        )
-        return [
-            QuarantinedTick(received_ns=r[0], reason=r[1], raw=r[2], symbol=r[3], seq=r[4])
-            for r in rows
-        ]
 
     # ------------------------------------------------------------------ worker-thread side
 
@@ -666,7 +616,7 @@ class SQLiteTickStore:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             return copy
         raise AssertionError("unreachable: the names are endless")  # pragma: no cover
 
@@ -678,7 +628,7 @@ class SQLiteTickStore:
             source = _sibling(self.path, suffix)
             if os.path.lexists(source):
                 source.replace(_sibling(base, suffix))  # rename: a link is moved, not followed
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return base
 
     def _close_conn(self) -> None:

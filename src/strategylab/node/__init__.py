@@ -1,23 +1,30 @@
 """Composition roots: the processes that wire the library together.
 
-:class:`Node` (feed → ingestor → store under an error recovery manager,
-``strategylab node``) and the trader (:func:`run_engine`: a feed into a
-:class:`~strategylab.trading.StrategyEngine`, ``strategylab trade``).
+:class:`Node` (feed → ingestor → store under an error recovery manager, ``strategylab node``,
+run as a process by :func:`run_node_process`) and the trader (:func:`run_engine`: a feed into a
+:class:`~strategylab.trading.StrategyEngine`, ``strategylab trade``, run as a process by
+:func:`run_trader_process` over a :class:`TraderConfig`).
 """
 
 from __future__ import annotations
 
 from ._node import (
+    EXIT_EMERGENCY,
     Node,
     NodeConfig,
     run_node,
+    run_node_process,
 )
-from ._trader import load_factory, run_engine
+from ._trader import TraderConfig, load_factory, run_engine, run_trader_process
 
 __all__ = [
+    "EXIT_EMERGENCY",
     "Node",
     "NodeConfig",
+    "TraderConfig",
     "load_factory",
     "run_engine",
     "run_node",
+    "run_node_process",
+    "run_trader_process",
 ]

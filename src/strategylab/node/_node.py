@@ -7,11 +7,12 @@ In process::
     await node.wait_caught_up({"A": 1000, "B": 1000}, timeout=10)
     await node.aclose()
 
-As a process (``python -m strategylab.node._node --exchange-url ws://127.0.0.1:P/ws --db PATH
---data-dir D --symbols A,B``) it prints one JSON ``status`` line every ``--status-interval`` seconds
-and, on SIGTERM or SIGINT, drains the queue for at most ``--drain-timeout`` seconds (default 1;
-ticks still queued then were never acknowledged and are replayed by the next run), prints a
-``stopped`` line and exits 0: SIGTERM stops a node within 2 s whatever state its store is in.
+As a process (``strategylab node --exchange-url http://127.0.0.1:P --data-dir D --symbols A,B``,
+run by :func:`run_node_process`) it prints one JSON ``status`` line every ``--status-interval``
+seconds and, on SIGTERM or SIGINT, drains the queue for at most ``--drain-timeout`` seconds
+(default 1; ticks still queued then were never acknowledged and are replayed by the next run),
+prints a ``stopped`` line and exits 0: SIGTERM stops a node within 2 s whatever state its store
+is in.
 
 Exit codes: 0 stopped on request; 1 operational failure at start (an ``OSError``); 2 a bad option,
 including a store that can never work (see below); 3 an EMERGENCY_SHUTDOWN: the node stopped
@@ -20,7 +21,8 @@ intake, flushed what it could within ``--shutdown-deadline`` seconds, printed an
 
 The store is SQLite (``--db``) or PostgreSQL (``--postgres DSN``), wrapped in a ``FailoverStore``
 with a durable spool in ``data_dir/spool``. Recoveries are audited in ``data_dir/audit.jsonl``;
-acknowledgements go to ``data_dir/acks.jsonl`` (the integrity checker's "acknowledged" set).
+acknowledgements go to ``data_dir/acks.jsonl`` (the integrity checker's "acknowledged" set); the
+log goes to ``data_dir/logs/node.log`` (every name: :class:`strategylab._layout.DataLayout`).
 
 The store configuration is checked before anything is opened: an SQLite file that is not a
 database or holds ``ticks``/``quarantine`` tables of another schema, a DSN that does not parse, a
@@ -39,7 +41,6 @@ to the emergency shutdown.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -51,7 +52,7 @@ import signal
 import sqlite3
 import stat
 import sys
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,14 +68,8 @@ from strategylab._files import (
     refuse_unsafe_dirs,
     sqlite_uri,
 )
+from strategylab._layout import DataLayout
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import (
-    AUDIT_KEY,
-    SIGNING_KEY,
-    add_secret_file_option,
-    add_secret_options,
-    resolve_secret,
-)
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import AuditIntegrityError, ConfigurationError
@@ -102,10 +97,9 @@ from strategylab.market import (
     SpoolStore,
     SQLiteTickStore,
     TickStore,
-    parse_signing_key,
 )
 
-__all__ = ["EXIT_EMERGENCY", "Node", "NodeConfig", "main"]
+__all__ = ["EXIT_EMERGENCY", "Node", "NodeConfig", "run_node", "run_node_process"]
 
 _log = logging.getLogger(__name__)
 
@@ -151,15 +145,29 @@ class NodeConfig:
     @property
     def db_path(self) -> Path:
         """The SQLite file."""
-        return self.db if self.db is not None else self.data_dir / "ticks.db"
+        return self.db if self.db is not None else self.layout.ticks_db
+
+    @property
+    def layout(self) -> DataLayout:
+        """The data directory's file names."""
+        return DataLayout(self.data_dir)
 
 
 class Node:
     """Feed, ingestor, store and recovery manager, wired and started together."""
 
-    def __init__(self, config: NodeConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_data_dir: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_data_dir`` is called once the store configuration passed its checks and the data
+        directory exists, before anything is written there (the process opens its log file)."""
         self.config = config
         self._clock = clock
+        self._on_data_dir = on_data_dir
         self._audit: AuditLog | None = None
         self._manager: ErrorRecoveryManager | None = None
         self._store: TickStore | None = None
@@ -239,14 +247,13 @@ class Node:
         # or appends to is refused (UnsafePathError names it), never followed.
         # So is anything but a regular file (a FIFO would block the open) and a planted hard link.
         # The SQLite files are checked by check_store_config (a directory there is a bad --db).
-        refuse_unsafe_dirs(cfg.data_dir, cfg.data_dir / "spool")
-        refuse_symlinks(
-            cfg.data_dir / "audit.jsonl",
-            cfg.data_dir / "audit.anchor.jsonl",
-            cfg.data_dir / "acks.jsonl",
-        )
+        layout = cfg.layout
+        refuse_unsafe_dirs(cfg.data_dir, layout.spool)
+        refuse_symlinks(layout.audit, layout.audit_anchor, layout.acks)
         await check_store_config(cfg)
         make_private_dir(cfg.data_dir)  # 0700 when created here
+        if self._on_data_dir is not None:
+            self._on_data_dir()
         # A full disk holds audit records in memory, in order, until space returns. The chain is
         # keyed with --audit-key-file or $STRATEGYLAB_AUDIT_KEY; its head is anchored in a second
         # file and on stdout ("audit_anchor"), so that a shortened log is caught by `strategylab
@@ -254,11 +261,11 @@ class Node:
         # anywhere is an AuditIntegrityError, never appended to.
         audit_key = cfg.audit_key if cfg.audit_key is not None else load_audit_key()
         self._audit = AuditLog(
-            cfg.data_dir / "audit.jsonl",
+            layout.audit,
             clock=self._clock,
             hold_when_full=10_000,
             key=audit_key,
-            anchor=cfg.data_dir / "audit.anchor.jsonl",
+            anchor=layout.audit_anchor,
             on_anchor=lambda seq, digest: _print(
                 "audit_anchor", {"seq": seq, "hash": digest}, self._status_out
             ),
@@ -279,14 +286,14 @@ class Node:
         store: TickStore = primary
         if cfg.spool:
             store = FailoverStore(
-                primary, SpoolStore(cfg.data_dir / "spool"), manager=manager, clock=self._clock
+                primary, SpoolStore(layout.spool), manager=manager, clock=self._clock
             )
         await store.open()
         self._store = store
         ingestor = self._ingestor = Ingestor(
             store,
             self._ingest_config,
-            ack_log=AckLog(cfg.data_dir / "acks.jsonl"),
+            ack_log=AckLog(layout.acks),
             manager=manager,
             clock=self._clock,
         )
@@ -850,73 +857,16 @@ async def run_node(
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strategylab node", description="Run an ingesting node.")
-    p.add_argument("--exchange-url", required=True, help="ws://HOST:PORT/ws")
-    p.add_argument("--backup-url", action="append", default=[], help="failover endpoint")
-    p.add_argument("--db", type=Path, default=None, help="SQLite file (default data_dir/ticks.db)")
-    p.add_argument("--postgres", default=None, help="PostgreSQL DSN instead of SQLite")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--symbols", required=True, help="comma-separated")
-    add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
-    add_secret_file_option(p, AUDIT_KEY)
-    p.add_argument("--status-interval", type=float, default=1.0)
-    p.add_argument("--stale-after", type=float, default=3.0)
-    p.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt")
-    p.add_argument("--batch-size", type=int, default=20_000)
-    p.add_argument("--max-queue", type=int, default=200_000)
-    p.add_argument("--no-spool", action="store_true", help="no failover spool")
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=1.0,
-        help="seconds a SIGTERM stop may spend flushing and closing (default 1)",
-    )
-    p.add_argument(
-        "--shutdown-deadline",
-        type=float,
-        default=5.0,
-        help="seconds an emergency shutdown may spend flushing and closing (default 5)",
-    )
-    p.add_argument(
-        "--disk-full-grace",
-        type=float,
-        default=60.0,
-        help="seconds to wait for space on a full disk before the emergency shutdown (default 60)",
-    )
-    return p
+def run_node_process(config: NodeConfig, *, log_level: int = logging.WARNING) -> int:
+    """Run ``config`` as the ``strategylab node`` process: validate, log to stderr and to
+    ``data_dir/logs/node.log``, serve until a signal. Errors are one line on stderr.
 
-
-def config_from_args(argv: Sequence[str] | None = None) -> NodeConfig:
-    """Parse options into a :class:`NodeConfig` (argparse exits 2 on a malformed one)."""
-    args = _parser().parse_args(argv)
-    return NodeConfig(
-        exchange_url=args.exchange_url,
-        backup_urls=tuple(args.backup_url),
-        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
-        data_dir=args.data_dir,
-        db=args.db,
-        postgres=args.postgres,
-        signing_key=parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab node")),
-        audit_key=load_audit_key(args.audit_key_file),
-        status_interval=args.status_interval,
-        stale_after=args.stale_after,
-        connect_timeout=args.connect_timeout,
-        batch_size=args.batch_size,
-        max_queue=args.max_queue,
-        spool=not args.no_spool,
-        drain_timeout=args.drain_timeout,
-        shutdown_deadline=args.shutdown_deadline,
-        disk_full_grace=args.disk_full_grace,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 1 for an operational failure at start (a damaged
-    audit log included), 2 for a bad option (a store that can never work, a symlink planted in the
-    data directory included), 3 after an emergency shutdown."""
+    Returns the exit code: 0 after a clean shutdown, 1 for an operational failure at start (a
+    damaged audit log included), 2 for a bad option (a store that can never work, a symlink
+    planted in the data directory included), 3 (:data:`EXIT_EMERGENCY`) after an emergency
+    shutdown.
+    """
     try:
-        config = config_from_args(argv)
         # Build once to validate the feed and ingestor settings before anything starts.
         Node(config)
         if config.data_dir.exists() and not config.data_dir.is_dir():
@@ -925,23 +875,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except ConfigurationError as exc:
         # The flag the user typed, not the field of the feed or ingestor config (urls).
-        named = exc.as_option({"urls": "--exchange-url/--backup-url"})
-        sys.stderr.write(f"strategylab node: error: {escape(str(named))}\n")
-        return 2
-    configure_logging(logging.WARNING, sys.stderr)
+        named = exc.as_option({"urls": "--exchange-url/--feed-url/--backup-url"})
+        return _fail(named, 2)
+    log_file = config.layout.log_file("node")
+
+    def open_log() -> None:
+        # Only once the store passed its checks: a refused start leaves no data directory.
+        refuse_unsafe_dirs(log_file.parent)
+        configure_logging(log_level, sys.stderr, log_file=log_file)
+
     try:
-        return asyncio.run(run_node(config))
+        configure_logging(log_level, sys.stderr)
+        return asyncio.run(run_node(config, node=Node(config, on_data_dir=open_log)))
     except (ConfigurationError, UnsafePathError) as exc:
-        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
-        return 2
+        return _fail(exc, 2)
     except AuditIntegrityError as exc:
-        sys.stderr.write(f"strategylab node: error: audit log damaged: {escape(str(exc))}\n")
-        return 1
+        return _fail(f"audit log damaged: {exc}", 1)
     except OSError as exc:
-        sys.stderr.write(f"strategylab node: error: {escape(str(exc))}\n")
-        return 1
+        return _fail(exc, 1)
 
 
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+def _fail(error: object, code: int) -> int:
+    sys.stderr.write(f"strategylab node: error: {escape(str(error))}\n")
+    return code

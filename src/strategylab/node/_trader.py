@@ -1,51 +1,44 @@
 """The trader process (``strategylab trade``): one strategy engine fed live from the exchange.
 
-``python -m strategylab.node._trader --exchange-url http://127.0.0.1:P --db PATH --strategy
-NAME=module:Class --symbols A,B`` prints JSON lines: ``reconciled`` (the items and the ``seconds``
-it took), ``trading``, a ``status`` every ``--status-interval`` seconds, ``security_violation``
-for each forged frame, and ``stopped`` on SIGTERM (exit 0), or ``kill_switch`` when forged frames
-crossed the threshold (exit :data:`~strategylab.trading.EXIT_KILL_SWITCH`).
+``strategylab trade --exchange-url http://127.0.0.1:P --book PATH --strategy [NAME=]ma_crossover
+--symbols A,B`` (run by :func:`run_trader_process` over a :class:`TraderConfig`) prints JSON
+lines: ``reconciled`` (the items and the ``seconds`` it took), ``trading``, a ``status`` every
+``--status-interval`` seconds, ``security_violation`` for each forged frame, and ``stopped`` on
+SIGTERM (exit 0), or ``kill_switch`` when forged frames crossed the threshold (exit
+:data:`~strategylab.trading.EXIT_KILL_SWITCH`). Its log goes to ``logs/trader.log`` beside the
+book.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import importlib
 import inspect
 import json
 import logging
-import math
 import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
-from strategylab._files import UnsafePathError, make_private_dir
+from strategylab._files import UnsafePathError, make_private_dir, refuse_unsafe_dirs
+from strategylab._layout import DataLayout
 from strategylab._logging import configure_logging, escape
-from strategylab._secrets import (
-    AUDIT_KEY,
-    SIGNING_KEY,
-    add_secret_file_option,
-    add_secret_options,
-    resolve_secret,
-)
+from strategylab._validate import integer, seconds
 from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import (
     AuditIntegrityError,
     AuditLog,
     ErrorRecoveryManager,
-    load_audit_key,
 )
-from strategylab.market import Feed, FeedConfig, StoreCorruptedError, parse_signing_key
-from strategylab.strategy import Strategy
+from strategylab.market import Feed, FeedConfig, StoreCorruptedError
+from strategylab.strategy import BUILTIN_STRATEGIES, Strategy
 from strategylab.trading import (
     EXIT_KILL_SWITCH,
     EngineConfig,
@@ -57,22 +50,52 @@ from strategylab.trading import (
     StrategyFactory,
 )
 
-__all__ = ["load_factory", "main", "run_engine"]
+__all__ = ["TraderConfig", "load_factory", "run_engine", "run_trader_process"]
 
 _log = logging.getLogger("strategylab.market.engine")
 
 
-def load_factory(spec: str, symbols: tuple[str, ...], params: dict[str, Any]) -> StrategyFactory:
-    """``NAME=module:Class`` → a factory calling ``Class(NAME, symbols, **params)`` (or
-    ``Class(symbols[0], name=NAME, **params)`` for a class whose first parameter is ``symbol``,
-    like the built-in strategies)."""
+def load_factory(
+    spec: str, symbols: tuple[str, ...], params: Mapping[str, object]
+) -> StrategyFactory:
+    """``[NAME=]STRATEGY`` → a factory of the strategy ``NAME`` on ``symbols`` with ``params``.
+
+    ``STRATEGY`` is a built-in name (``ma_crossover``, ``mean_reversion``: the names ``backtest``
+    and ``optimize`` take) or ``module:Class`` (a :class:`~strategylab.strategy.Strategy`
+    subclass). ``NAME`` is the strategy's name in the book; default: the built-in name or the
+    class name. A class whose first parameter is ``symbol`` (as the built-ins) is called
+    ``Class(symbols[0], name=NAME, **params)``, any other ``Class(NAME, symbols, **params)``.
+
+    Raises :class:`ConfigurationError` (key ``strategy``) for a malformed spec, an unknown
+    built-in or a class that is not a strategy; ``ImportError`` or ``AttributeError`` for a
+    module or class that cannot be found. The factory is not called here.
+    """
     name, sep, target = spec.partition("=")
+    if not sep:
+        name, target = "", spec
+    elif not name.strip():
+        raise ConfigurationError("strategy", spec, "NAME= must not be empty")
+    name, target = name.strip(), target.strip()
     module_name, colon, attr = target.partition(":")
-    if not sep or not colon or not name or not module_name or not attr:
-        raise ConfigurationError("strategy", spec, "must look like NAME=module:Class")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls: object
+    if not colon:
+        cls = BUILTIN_STRATEGIES.get(target)
+        if cls is None:
+            raise ConfigurationError(
+                "strategy",
+                spec,
+                f"must be a built-in strategy ({', '.join(sorted(BUILTIN_STRATEGIES))}) or "
+                "module:Class, optionally after NAME=",
+            )
+        default_name = target
+    else:
+        if not module_name or not attr:
+            raise ConfigurationError("strategy", spec, "must look like [NAME=]module:Class")
+        cls = getattr(importlib.import_module(module_name), attr)
+        default_name = attr
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ConfigurationError("strategy", spec, f"{target} is not a Strategy subclass")
+    instance = name or default_name
 
     # The built-ins take ``(symbol, ..., name=)``; the engine's examples ``(name, symbols, ...)``.
     first = next(iter(inspect.signature(cls).parameters), "")
@@ -80,10 +103,67 @@ def load_factory(spec: str, symbols: tuple[str, ...], params: dict[str, Any]) ->
 
     def factory() -> Strategy:
         if first == "symbol":
-            return make(symbols[0], name=name, **params)
-        return make(name, symbols, **params)
+            return make(symbols[0], name=instance, **params)
+        return make(instance, symbols, **params)
 
     return factory
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraderConfig:
+    """Everything ``strategylab trade`` needs; validated on construction.
+
+    ``exchange_url`` is the exchange's ``http(s)://HOST:PORT``; ``feed_url`` its market-data
+    WebSocket (default: ``exchange_url`` + ``/ws``). ``book`` is the engine's SQLite order book
+    (its audit log beside it). ``strategies`` are ``[NAME=]STRATEGY`` specs (:func:`load_factory`),
+    each built with ``params``. Intervals, windows and holds are seconds; ``security_hold``
+    defaults to ``violation_window``. Raises :class:`ConfigurationError` naming the command-line
+    flag (``--book``, ``--status-interval``, ...).
+    """
+
+    exchange_url: str
+    book: Path
+    strategies: tuple[str, ...]
+    symbols: tuple[str, ...]
+    params: Mapping[str, object] = field(default_factory=dict)
+    feed_url: str | None = None
+    status_interval: float = 1.0
+    state_interval: float = 1.0
+    max_retry_after: float = 30.0
+    max_order_notional: float = 1_000_000.0
+    max_position: float = 1_000.0
+    max_violations: int = 5
+    violation_window: float = 60.0
+    security_hold: float | None = None
+    signing_key: bytes | None = field(default=None, repr=False)  # a secret
+    audit_key: bytes | None = field(default=None, repr=False)  # a secret
+
+    def __post_init__(self) -> None:
+        if not self.symbols or not all(self.symbols):
+            raise ConfigurationError("--symbols", ",".join(self.symbols), "must name a symbol")
+        if not self.strategies:
+            raise ConfigurationError("--strategy", "", "give at least one")
+        book = Path(self.book)
+        if not book.name or book.name in {".", ".."} or book.is_dir():
+            raise ConfigurationError(
+                "--book", str(book), "must name a database file, not a directory"
+            )
+        for flag in ("status_interval", "state_interval", "max_retry_after", "violation_window"):
+            seconds("--" + flag.replace("_", "-"), getattr(self, flag))
+        if self.security_hold is not None:
+            seconds("--security-hold", self.security_hold)
+        integer("--max-violations", self.max_violations, minimum=1)
+        _urls(self.exchange_url, self.feed_url)
+
+    @property
+    def base_url(self) -> str:
+        """The exchange's HTTP base URL, without a final ``/``."""
+        return _urls(self.exchange_url, self.feed_url)[0]
+
+    @property
+    def ws_url(self) -> str:
+        """The market data's WebSocket URL."""
+        return _urls(self.exchange_url, self.feed_url)[1]
 
 
 def _iso(seconds: float) -> str:
@@ -203,63 +283,6 @@ def _guarded_feed(
     return feed
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strategylab trade", description="Trade strategies live.")
-    p.add_argument("--exchange-url", required=True, help="http://HOST:PORT of the exchange")
-    p.add_argument("--db", type=Path, required=True, help="the engine's SQLite book")
-    p.add_argument("--strategy", action="append", required=True, help="NAME=module:Class")
-    p.add_argument("--symbols", required=True, help="comma-separated")
-    p.add_argument("--params", default="{}", help="JSON keyword arguments for every strategy")
-    p.add_argument("--status-interval", type=float, default=1.0)
-    p.add_argument(
-        "--state-interval",
-        type=float,
-        default=1.0,
-        help="seconds between saves of strategy state changed without an order",
-    )
-    p.add_argument(
-        "--max-retry-after",
-        type=float,
-        default=30.0,
-        help="the longest 429 Retry-After wait honoured, seconds",
-    )
-    p.add_argument("--max-order-notional", type=float, default=1_000_000.0)
-    p.add_argument("--max-position", type=float, default=1_000.0)
-    add_secret_options(p, SIGNING_KEY, "as given to the exchange; none of them = unsigned")
-    add_secret_file_option(p, AUDIT_KEY)
-    p.add_argument(
-        "--feed-url",
-        default=None,
-        help="ws://HOST:PORT/ws of the market data (default: the exchange's /ws)",
-    )
-    p.add_argument(
-        "--max-violations",
-        type=int,
-        default=5,
-        help="forged frames within --violation-window that pull the kill switch (default 5)",
-    )
-    p.add_argument(
-        "--violation-window",
-        type=float,
-        default=60.0,
-        help="seconds over which forged frames are counted (default 60)",
-    )
-    p.add_argument(
-        "--security-hold",
-        type=float,
-        default=None,
-        help="seconds without a forged frame before trading may resume "
-        "(default: --violation-window)",
-    )
-    return p
-
-
-def _seconds(flag: str, value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigurationError(flag, value, "must be a finite number of seconds > 0")
-    return value
-
-
 def _book_failure(exc: Exception, db: Path) -> str:
     """The one line for a damaged book or audit log."""
     if isinstance(exc, AuditIntegrityError):
@@ -269,35 +292,21 @@ def _book_failure(exc: Exception, db: Path) -> str:
     return str(exc)
 
 
-def _check_db(db: Path) -> None:
-    """``--db`` must name a file (not ``.``, ``/``, or an existing directory)."""
-    if not db.name or db.name in {".", ".."} or db.is_dir():
-        raise ConfigurationError("--db", str(db), "must name a database file, not a directory")
-
-
-def _factories(args: argparse.Namespace) -> list[StrategyFactory]:
-    """The ``--strategy`` factories, each built once so that bad ``--params`` fail at start,
+def _factories(config: TraderConfig) -> list[StrategyFactory]:
+    """The ``--strategy`` factories, each built once so that bad ``--param``s fail at start,
     not at the first tick; :class:`ConfigurationError` names the flag."""
-    symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
-    if not symbols:
-        raise ConfigurationError("--symbols", args.symbols, "must name at least one symbol")
-    try:
-        params = json.loads(args.params)
-    except ValueError as exc:
-        raise ConfigurationError("--params", args.params, f"not JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise ConfigurationError("--params", args.params, "must be a JSON object of arguments")
+    shown_params = " ".join(f"{k}={v}" for k, v in config.params.items()) or "(none)"
     factories = []
-    for spec in args.strategy:
+    for spec in config.strategies:
         try:
-            factory = load_factory(spec, symbols, params)
+            factory = load_factory(spec, config.symbols, config.params)
         except (ConfigurationError, ImportError, AttributeError) as exc:
             reason = exc.reason if isinstance(exc, ConfigurationError) else str(exc)
             raise ConfigurationError("--strategy", spec, reason) from None
         try:
             factory()
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError("--params", args.params, f"{spec}: {exc}") from None
+            raise ConfigurationError("--param", shown_params, f"{spec}: {exc}") from None
         factories.append(factory)
     return factories
 
@@ -318,86 +327,81 @@ def _urls(exchange_url: str, feed_url: str | None) -> tuple[str, str]:
     return base, feed_url
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 after a clean shutdown, 1 when the exchange cannot be reached to
-    reconcile or the book is damaged, 2 for bad options or a file planted where a book file
-    belongs, :data:`EXIT_KILL_SWITCH` when the kill switch was pulled."""
-    args = _parser().parse_args(argv)
-    configure_logging(logging.WARNING, sys.stderr)
+def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING) -> int:
+    """Run ``config`` as the ``strategylab trade`` process: build the strategies, log to stderr
+    and ``logs/trader.log`` beside the book, reconcile, trade until a signal. Errors are one line.
+
+    Returns the exit code: 0 after a clean shutdown; 1 when the exchange cannot be reached to
+    reconcile or the book or its audit log is damaged; 2 for bad options (a strategy or parameter
+    that does not build, a book whose stored strategy configuration is refused, a file planted
+    where a book file belongs); :data:`EXIT_KILL_SWITCH` when the kill switch was pulled.
+    """
     try:
-        factories = _factories(args)
-        signing_key = parse_signing_key(resolve_secret(args, SIGNING_KEY, prog="strategylab trade"))
-        audit_key = load_audit_key(args.audit_key_file)
+        factories = _factories(config)
         limits = RiskLimits(
-            max_order_notional=args.max_order_notional, max_position=args.max_position
+            max_order_notional=config.max_order_notional, max_position=config.max_position
         )
-        max_retry_after = _seconds("--max-retry-after", args.max_retry_after)
-        _seconds("--status-interval", args.status_interval)
-        _seconds("--state-interval", args.state_interval)
-        if args.max_violations < 1:
-            raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
-                "--max-violations", args.max_violations, "must be an integer >= 1"
-            )
-        window = _seconds("--violation-window", args.violation_window)
-        hold = window if args.security_hold is None else args.security_hold
-        config = EngineConfig(
-            state_interval=args.state_interval,
-            security_hold=_seconds("--security-hold", hold),
+        window = config.violation_window
+        engine_config = EngineConfig(
+            state_interval=config.state_interval,
+            security_hold=window if config.security_hold is None else config.security_hold,
         )
-        _check_db(args.db)
-        base, ws_url = _urls(args.exchange_url, args.feed_url)
     except ConfigurationError as exc:
-        named = exc.as_option()  # the flag the user typed, not the field of RiskLimits
-        sys.stderr.write(f"strategylab trade: error: {escape(str(named))}\n")
-        return 2
-    except ValueError as exc:  # a malformed signing key or audit key file
-        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
-        return 2
+        return _fail(exc.as_option(), 2)  # the flag the user typed, not the field of RiskLimits
+    book = Path(config.book)
+    base = config.base_url
 
     async def run() -> int:
-        make_private_dir(args.db.parent)  # 0700, every missing parent too; never a symlink
+        make_private_dir(book.parent)  # 0700, every missing parent too; never a symlink
         # Keyed and anchored as the node's: the head goes to a second file and to stdout.
         with AuditLog(
-            args.db.with_suffix(".audit.jsonl"),
-            key=audit_key,
-            anchor=args.db.with_suffix(".audit.anchor.jsonl"),
+            book.with_suffix(".audit.jsonl"),
+            key=config.audit_key,
+            anchor=book.with_suffix(".audit.anchor.jsonl"),
             on_anchor=lambda seq, digest: _emit("audit_anchor", seq=seq, hash=digest),
         ) as audit:
             manager = ErrorRecoveryManager(audit=audit)
             engine = StrategyEngine(
                 factories,
-                client=OrderClient(base, manager=manager, max_retry_after=max_retry_after),
-                db=args.db,
+                client=OrderClient(base, manager=manager, max_retry_after=config.max_retry_after),
+                db=book,
                 risk=RiskEngine(limits),
                 manager=manager,
-                config=config,
+                config=engine_config,
                 audit=audit,
             )
             return await run_engine(
                 engine,
-                ws_url,
-                status_interval=args.status_interval,
-                signing_key=signing_key,
-                max_violations=args.max_violations,
+                config.ws_url,
+                status_interval=config.status_interval,
+                signing_key=config.signing_key,
+                max_violations=config.max_violations,
                 violation_window=window,
             )
 
     try:
+        log_file = DataLayout(book.parent).log_file("trader")
+        refuse_unsafe_dirs(book.parent, log_file.parent)  # before the log is created there
+        configure_logging(log_level, sys.stderr, log_file=log_file)
         return asyncio.run(run())
     except UnsafePathError as exc:  # something planted where a book file belongs: as the node
-        sys.stderr.write(f"strategylab trade: error: {escape(str(exc))}\n")
-        return 2
+        return _fail(exc, 2)
     except (StoreCorruptedError, AuditIntegrityError, sqlite3.Error) as exc:
-        sys.stderr.write(f"strategylab trade: error: {escape(_book_failure(exc, args.db))}\n")
-        return 1
+        return _fail(_book_failure(exc, book), 1)
+    except ConfigurationError as exc:  # refused at start, e.g. the book's strategies differ
+        return _fail(exc, 2)
     except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
-        sys.stderr.write(
-            f"strategylab trade: error: cannot reconcile with {base}: {escape(str(exc))}\n"
-        )
-        return 1
+        return _fail(f"cannot connect to {base} to reconcile: {_unreachable(exc)}", 1)
 
 
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+def _unreachable(exc: BaseException) -> str:
+    """Why the exchange could not be reached: the breaker's last failure, not "circuit open"."""
+    if isinstance(exc, CircuitOpenError) and exc.last_failure is not None:
+        exc = exc.last_failure
+    return str(exc) or type(exc).__name__
+
+
+def _fail(error: object, code: int) -> int:
+    sys.stderr.write(f"strategylab trade: error: {escape(str(error))}\n")
+    return code

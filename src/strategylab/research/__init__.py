@@ -1,5 +1,6 @@
 """Research on stored ticks: the event-driven backtest engine, its vectorised twin, the columnar
-read path, and an optimiser that runs backtests over worker processes.
+read path, an optimiser that runs backtests over worker processes, and the export of a result's
+trades and equity curve (CSV, Parquet, a PNG plot).
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from ._backtest import (
     BacktestEngine,
     BacktestError,
     BacktestStatistics,
+)
+from ._export import (
+    write_equity,
+    write_plot,
+    write_trades,
 )
 from ._optimizer import (
     BACKTEST_METRICS,
@@ -29,6 +35,7 @@ from ._result import (
 )
 from ._spec import (
     BacktestSpec,
+    build_strategy,
     run_backtest,
 )
 
@@ -47,9 +54,13 @@ __all__ = [
     "ParamValue",
     "WorkerStartError",
     "backtest_metrics",
+    "build_strategy",
     "grid",
     "random_search",
     "rank",
     "run_backtest",
     "scoped_backtest_spec",
+    "write_equity",
+    "write_plot",
+    "write_trades",
 ]

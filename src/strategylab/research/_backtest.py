@@ -25,17 +25,16 @@ retried under ``retry``. A resumed run's result equals an uninterrupted run's ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from strategylab._files import make_private_dir, open_private
+from strategylab._durable import write_atomic
+from strategylab._files import make_private_dir
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorContext, ErrorType, RetryPolicy
 from strategylab.market import Tick
@@ -624,23 +623,4 @@ def _fill_from_json(values: list[JSONValue]) -> Fill:
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
     make_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # Created here, 0600, exclusively: whatever was left or planted at the name is removed first
-    # (a link itself, never its target), so nothing outside is written through it.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data)

@@ -1,15 +1,17 @@
 """Stored ticks as numpy column arrays, read in chunks: what backtests iterate over.
 
 Building a :class:`~strategylab.market.Tick` per row only to take it apart again is the cost that
-dominates a backtest's read, so for a :class:`SQLiteTickStore` the rows go straight from a private
-read-only connection into a structured array (``numpy.fromiter``). Any other
-:class:`~strategylab.market.TickStore` is read through its ``read`` method.
+dominates a backtest's read, so for an SQLite file (a :class:`~strategylab.market.SQLiteTickReader`,
+or a :class:`~strategylab.market.SQLiteTickStore` through a private read-only connection) the rows
+go straight from the cursor into a structured array (``numpy.fromiter``). Any other store (a
+PostgreSQL one) is read through its ``read`` method.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -18,9 +20,16 @@ import numpy as np
 import numpy.typing as npt
 
 from strategylab._files import check_sqlite_readable, sqlite_uri
-from strategylab.market import SQLiteTickStore, Tick
+from strategylab.market import SQLiteTickReader, SQLiteTickStore, Tick, TickReader
 
-__all__ = ["ROW_DTYPE", "TickArrays", "TickSource", "load_sqlite_arrays", "read_chunk"]
+__all__ = [
+    "ROW_DTYPE",
+    "TickArrays",
+    "TickSource",
+    "load_arrays",
+    "load_sqlite_arrays",
+    "read_chunk",
+]
 
 ROW_DTYPE: Final = np.dtype(
     [
@@ -110,17 +119,41 @@ def load_sqlite_arrays(
         conn.close()
 
 
+async def load_arrays(
+    reader: TickReader, symbol: str, from_seq: int = 1, to_seq: int | None = None
+) -> TickArrays:
+    """Every stored tick of ``symbol`` in ``from_seq..to_seq`` from an open ``reader``."""
+    chunks = ChunkReader(reader)
+    try:
+        return await chunks.read(symbol, from_seq, to_seq if to_seq is not None else (1 << 63) - 1)
+    finally:
+        chunks.close()
+
+
+def _rows_of(reader: SQLiteTickReader) -> Callable[[str, int, int], Rows]:
+    def fetch(symbol: str, from_seq: int, to_seq: int) -> Rows:
+        return np.fromiter(reader.iter_rows(symbol, from_seq, to_seq), dtype=ROW_DTYPE)
+
+    return fetch
+
+
 class ChunkReader:
     """Reads ``symbol``'s ticks ``from_seq..to_seq`` of a store in chunks of seq numbers."""
 
     def __init__(self, store: TickSource) -> None:
         self._store = store
         self._conn: sqlite3.Connection | None = None
-        if isinstance(store, SQLiteTickStore):
+        self._rows: Callable[[str, int, int], Rows] | None = None
+        if isinstance(store, SQLiteTickReader):
+            self._rows = _rows_of(store)
+        elif isinstance(store, SQLiteTickStore):
             self._conn = _open_readonly(store.path)
 
     async def read(self, symbol: str, from_seq: int, to_seq: int) -> TickArrays:
         """The stored ticks with ``from_seq <= seq <= to_seq``, in order."""
+        if self._rows is not None:
+            rows = await asyncio.to_thread(self._rows, symbol, from_seq, to_seq)
+            return TickArrays(symbol, rows)
         return await read_chunk(self._store, symbol, from_seq, to_seq, self._conn)
 
     def close(self) -> None:

@@ -1,28 +1,70 @@
 """``run_backtest(spec)``: one backtest as a plain function of a picklable record.
 
 This is the optimiser's unit of work: a worker process receives a :class:`BacktestSpec`, opens
-the SQLite store itself, runs the event-driven engine (with checkpoints, if asked) or the
+the tick store itself, read-only (:func:`~strategylab.market.open_tick_reader`: an SQLite file or
+a ``postgresql://`` URL), runs the event-driven engine (with checkpoints, if asked) or the
 vectorised path, and returns the :class:`BacktestResult` (also picklable).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from strategylab.market import SQLiteTickStore
+from strategylab.market import is_postgres_url, open_tick_reader
 from strategylab.strategy import BUILTIN_STRATEGIES, JSONValue, Strategy, make_strategy
 
 from ._backtest import BacktestConfig, BacktestEngine
-from ._data import load_sqlite_arrays
+from ._data import load_arrays
 from ._result import BacktestResult
 
-__all__ = ["BacktestSpec", "StrategyName", "run_backtest"]
+__all__ = ["BacktestSpec", "StrategyName", "build_strategy", "run_backtest"]
 
 StrategyName = Literal["ma_crossover", "mean_reversion"]
+"""The built-in strategies' names (``BacktestSpec.strategy`` may also be ``module:Class``)."""
+
+
+def _strategy_class(name: str) -> type[Strategy]:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ValueError(
+            f"strategy={name!r}: expected one of {sorted(BUILTIN_STRATEGIES)} or module:Class"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        raise ValueError(f"strategy={name!r}: cannot import it: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        # ValueError, as every other refusal of the name: callers report them as bad input.
+        raise ValueError(f"strategy={name!r}: not a Strategy subclass")  # noqa: TRY004
+    return cls
+
+
+def build_strategy(name: str, symbol: str, parameters: Mapping[str, JSONValue]) -> Strategy:
+    """The strategy ``name`` on ``symbol`` with ``parameters`` (a ``"symbol"`` key is ignored).
+
+    ``name`` is a built-in (``ma_crossover``, ``mean_reversion``) or ``module:Class``, a
+    :class:`~strategylab.strategy.Strategy` subclass, built as ``trade`` builds it: a class whose
+    first parameter is ``symbol`` (as the built-ins) as ``Class(symbol, **parameters)``, any
+    other as ``Class("Class", (symbol,), **parameters)``. Raises ``ValueError`` naming the
+    strategy or the parameters.
+    """
+    if ":" not in name:
+        return make_strategy(name, symbol, parameters)
+    cls: Callable[..., Strategy] = _strategy_class(name)
+    params = {k: v for k, v in parameters.items() if k != "symbol"}
+    first = next(iter(inspect.signature(cls).parameters), "")
+    try:
+        if first == "symbol":
+            return cls(symbol, **params)
+        return cls(name.partition(":")[2], (symbol,), **params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"parameters={dict(parameters)!r} for {name!r}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +72,9 @@ class BacktestSpec:
     """Everything one backtest needs, as plain values (picklable, for worker processes)."""
 
     db_path: str
-    strategy: StrategyName
+    """The tick store: an SQLite file, or a ``postgresql://`` / ``postgres://`` URL."""
+    strategy: StrategyName | str
+    """A built-in strategy's name, or ``module:Class`` (see :func:`build_strategy`)."""
     symbol: str
     parameters: Mapping[str, JSONValue] = field(default_factory=dict)
     from_seq: int = 1
@@ -46,9 +90,10 @@ class BacktestSpec:
     checkpoint_every: int = 1_000_000
 
     def __post_init__(self) -> None:
-        if self.strategy not in BUILTIN_STRATEGIES:
+        if self.strategy not in BUILTIN_STRATEGIES and ":" not in self.strategy:
             raise ValueError(
-                f"strategy={self.strategy!r}: expected one of {sorted(BUILTIN_STRATEGIES)}"
+                f"strategy={self.strategy!r}: expected one of {sorted(BUILTIN_STRATEGIES)} "
+                "or module:Class"
             )
         if not self.symbol:
             raise ValueError("symbol='': a backtest needs a symbol")
@@ -72,24 +117,29 @@ class BacktestSpec:
 
 
 def run_backtest(spec: BacktestSpec) -> BacktestResult:
-    """Run ``spec`` to completion in this process (blocking) and return its result."""
-    strategy = make_strategy(spec.strategy, spec.symbol, spec.parameters)
-    if spec.vectorized:
-        from ._vectorized import run_vectorized  # noqa: PLC0415 - numpy path only when asked
+    """Run ``spec`` to completion in this process (blocking) and return its result.
 
-        ticks = load_sqlite_arrays(spec.db_path, spec.symbol, spec.from_seq, spec.to_seq)
-        return run_vectorized(strategy, ticks, spec.config())
-    path = Path(spec.db_path)
-    if not path.exists():
+    The store is only read. Raises ``FileNotFoundError`` for a missing SQLite file,
+    :class:`~strategylab.market.StoreUnusableError` /
+    :class:`~strategylab.market.StoreUnreachableError` for a store that cannot be read, and
+    :class:`~strategylab.research.BacktestError` for a run that failed.
+    """
+    strategy = build_strategy(spec.strategy, spec.symbol, spec.parameters)
+    if not is_postgres_url(spec.db_path) and not Path(spec.db_path).exists():
         raise FileNotFoundError(f"db_path={spec.db_path!r}: no such tick database")
-    return asyncio.run(_run_event_driven(spec, strategy, path))
+    return asyncio.run(_run(spec, strategy))
 
 
-async def _run_event_driven(spec: BacktestSpec, strategy: Strategy, path: Path) -> BacktestResult:
+async def _run(spec: BacktestSpec, strategy: Strategy) -> BacktestResult:
     # A reader that runs often: no full scan on open (a damaged page still fails the read).
-    store = SQLiteTickStore(path, on_corruption="raise", verify=False)
-    await store.open()
+    reader = open_tick_reader(spec.db_path, verify=False)
+    await reader.open()
     try:
-        return await BacktestEngine(strategy, store, spec.config()).run()
+        if spec.vectorized:
+            from ._vectorized import run_vectorized  # noqa: PLC0415 - numpy path only when asked
+
+            ticks = await load_arrays(reader, spec.symbol, spec.from_seq, spec.to_seq)
+            return run_vectorized(strategy, ticks, spec.config())
+        return await BacktestEngine(strategy, reader, spec.config()).run()
     finally:
-        await store.aclose()
+        await reader.aclose()

@@ -142,5 +142,25 @@ class Strategy(abc.ABC):
         """Continue from a state :meth:`state` returned (after a restart or from a checkpoint)."""
 
     def parameters(self) -> dict[str, JSONValue]:
-        """The strategy's parameters, for results tables and the optimiser."""
+        """The strategy's parameters, for results tables, the optimiser and the order book.
+
+        The live engine records them in the order book; a later start with other parameters is
+        refused unless :meth:`migrate_state` converts the recorded state.
+        """
         return {}
+
+    def migrate_state(
+        self,
+        old_parameters: Mapping[str, JSONValue],  # noqa: ARG002 - optional hook
+        new_parameters: Mapping[str, JSONValue],  # noqa: ARG002 - optional hook
+        state: Mapping[str, JSONValue],  # noqa: ARG002 - optional hook
+    ) -> dict[str, JSONValue] | None:
+        """The state to continue from under ``new_parameters`` (this instance's), given the
+        ``state`` recorded under ``old_parameters``; None (the default) when it cannot be.
+
+        Called by the live engine at start, before anything trades, when the order book was
+        written with other parameters: None makes the engine refuse to start (a
+        :class:`~strategylab.errors.ConfigurationError` naming ``--param``); a state is saved
+        in the book, audited, and then handed to :meth:`restore`. An exception refuses too.
+        """
+        return None

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import msgspec
 
+from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import (
     CallTimeoutError,
     CircuitOpenError,
-    ConfigurationError,
     StrategyLabError,
 )
 from strategylab.fault_tolerance import (
@@ -135,20 +134,6 @@ def _retry_after(value: str | None, *, now: float, cap: float) -> float:
     return min(seconds, cap)
 
 
-def _positive(key: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(key, value, "must be a number of seconds")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigurationError(key, value, "must be a finite number of seconds > 0")
-    return float(value)
-
-
-def _count(key: str, value: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise ConfigurationError(key, value, f"must be an integer within 1..{high}")
-    return value
-
-
 async def gather_all(coros: Iterable[Coroutine[object, object, T]]) -> list[T]:
     """Run ``coros`` concurrently; their results in order.
 
@@ -205,11 +190,15 @@ class OrderClient:
         lookup_concurrency: int = 8,
         bulk_lookup: bool = True,
     ) -> None:
-        _positive("timeout", timeout)
-        _positive("attempt_timeout", attempt_timeout)
-        self.max_retry_after = _positive("max_retry_after", max_retry_after)
-        self.lookup_batch = _count("lookup_batch", lookup_batch, MAX_LOOKUP)
-        self.lookup_concurrency = _count("lookup_concurrency", lookup_concurrency, 64)
+        _validate.seconds("timeout", timeout)
+        _validate.seconds("attempt_timeout", attempt_timeout)
+        self.max_retry_after = _validate.seconds("max_retry_after", max_retry_after)
+        self.lookup_batch = _validate.integer(
+            "lookup_batch", lookup_batch, minimum=1, maximum=MAX_LOOKUP
+        )
+        self.lookup_concurrency = _validate.integer(
+            "lookup_concurrency", lookup_concurrency, minimum=1, maximum=64
+        )
         self.rate_limited_until = 0.0
         self._bulk_lookup = bool(bulk_lookup)  # until the exchange says it has no such endpoint
         self.base_url = base_url.rstrip("/")

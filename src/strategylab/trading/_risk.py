@@ -46,8 +46,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import ConfigurationError, StrategyLabError
+from strategylab.errors import StrategyLabError
 from strategylab.strategy import OrderRequest, Side
 
 __all__ = [
@@ -119,20 +120,10 @@ class RiskLimits:
 
     def __post_init__(self) -> None:
         for key in ("max_order_notional", "max_position", "max_orders_per_second"):
-            value = getattr(self, key)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigurationError(key, value, "must be a finite number > 0")
-        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
-            raise ConfigurationError("burst", self.burst, "must be an int >= 1")
-        if self.stale_after is not None and not (
-            math.isfinite(self.stale_after) and self.stale_after > 0
-        ):
-            raise ConfigurationError("stale_after", self.stale_after, "must be > 0 seconds or None")
+            _validate.number(key, getattr(self, key), minimum=0, exclusive_minimum=True)
+        _validate.integer("burst", self.burst, minimum=1)
+        if self.stale_after is not None:
+            _validate.seconds("stale_after", self.stale_after)
 
 
 class RiskEngine:

@@ -1,0 +1,347 @@
+"""``strategylab node`` and ``strategylab trade``: their options, turned into a config.
+
+The processes themselves live in :mod:`strategylab.node`
+(:func:`~strategylab.node.run_node_process`, :func:`~strategylab.node.run_trader_process`); this
+module only reads the command line, with the shared options of :mod:`strategylab._cli_options`,
+and reports a bad value as one line naming the flag (exit 2). ``strategylab.node`` is imported
+only when a command runs: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final
+
+import typer
+
+from strategylab._cli_options import (
+    AuditKeyFileOption,
+    BookOption,
+    ExchangeUrlOption,
+    FeedUrlOption,
+    LogLevel,
+    LogLevelOption,
+    ParamOption,
+    SigningKeyFileOption,
+    SigningKeyOption,
+    StoreOption,
+    SymbolsOption,
+    is_postgres_url,
+    split_symbols,
+    usage_error,
+)
+from strategylab._secrets import SIGNING_KEY, resolve_secret
+from strategylab.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from strategylab.node import NodeConfig, TraderConfig
+
+__all__ = ["node_command", "trade_command"]
+
+_NODE: Final = "strategylab node"
+_TRADE: Final = "strategylab trade"
+
+BackupUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backup-url",
+        metavar="URL",
+        help="A failover exchange or feed, in --exchange-url's forms; repeatable.",
+        show_default=False,
+    ),
+]
+
+
+def feed_url(flag: str, url: str) -> str:
+    """The market-data WebSocket of ``url``: an exchange's ``http(s)://HOST:PORT`` becomes
+    ``ws(s)://HOST:PORT/ws``; a ``ws(s)://`` URL is the feed itself. Raises
+    :class:`ConfigurationError` naming ``flag`` for anything else."""
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http) and len(url) > len(http):
+            return ws + url.removeprefix(http).rstrip("/") + "/ws"
+    if url.startswith(("ws://", "wss://")) and len(url) > len("wss://"):
+        return url
+    raise ConfigurationError(
+        flag, url, "must be the exchange's http://HOST:PORT or a feed's ws://HOST:PORT/ws"
+    )
+
+
+def _secrets(
+    prog: str, signing_key: str | None, signing_key_file: Path | None, audit_key_file: Path | None
+) -> tuple[bytes | None, bytes | None]:
+    """The signing key and the audit key (exit 2 naming the flag when one is refused)."""
+    from strategylab.fault_tolerance import load_audit_key  # noqa: PLC0415
+    from strategylab.market import parse_signing_key  # noqa: PLC0415
+
+    try:
+        key = parse_signing_key(
+            resolve_secret(signing_key, signing_key_file, SIGNING_KEY, prog=prog)
+        )
+        return key, load_audit_key(audit_key_file)
+    except ConfigurationError as exc:
+        usage_error(prog, exc.as_option())
+
+
+def node_config(
+    *,
+    data_dir: Path,
+    symbols: str,
+    exchange_url: str | None,
+    feed: str | None,
+    backup_urls: list[str],
+    db: str | None,
+    postgres: str | None,
+    signing_key: bytes | None,
+    audit_key: bytes | None,
+    **tuning: float | bool,
+) -> NodeConfig:
+    """The node's config from its options; :class:`ConfigurationError` names the flag."""
+    from strategylab.node import NodeConfig  # noqa: PLC0415
+
+    names = split_symbols(symbols)
+    if not names:
+        raise ConfigurationError("--symbols", symbols, "must name at least one symbol")
+    if feed is not None:
+        if not feed.startswith(("ws://", "wss://")):
+            raise ConfigurationError("--feed-url", feed, "must start with ws:// or wss://")
+        primary = feed
+    elif exchange_url is not None:
+        primary = feed_url("--exchange-url", exchange_url)
+    else:
+        raise ConfigurationError("--exchange-url", None, "is required (or --feed-url)")
+    if db is not None and is_postgres_url(db):
+        if postgres is not None:
+            raise ConfigurationError(
+                "--db", db, "contradicts --postgres (both name a PostgreSQL store); give one"
+            )
+        db, postgres = None, db
+    return NodeConfig(
+        exchange_url=primary,
+        backup_urls=tuple(feed_url("--backup-url", url) for url in backup_urls),
+        symbols=names,
+        data_dir=data_dir,
+        db=None if db is None else Path(db),
+        postgres=postgres,
+        signing_key=signing_key,
+        audit_key=audit_key,
+        **tuning,  # type: ignore[arg-type]
+    )
+
+
+def node_command(  # noqa: PLR0917 - typer passes options positionally
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            help="The node's data directory (created 0700): ticks.db, acks.jsonl, audit.jsonl, "
+            "spool/, logs/node.log.",
+        ),
+    ],
+    symbols: SymbolsOption,
+    exchange_url: Annotated[
+        str | None,
+        typer.Option(
+            "--exchange-url",
+            metavar="URL",
+            help="The exchange, http://HOST:PORT (its feed: URL/ws); a ws://HOST:PORT/ws URL is "
+            "taken as the feed itself. Required unless --feed-url is given.",
+            show_default=False,
+        ),
+    ] = None,
+    feed: FeedUrlOption = None,
+    backup_url: BackupUrlOption = None,
+    db: StoreOption = None,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres",
+            metavar="DSN",
+            help="A PostgreSQL tick store instead of SQLite (as --db postgresql://...).",
+            show_default=False,
+        ),
+    ] = None,
+    signing_key: SigningKeyOption = None,
+    signing_key_file: SigningKeyFileOption = None,
+    audit_key_file: AuditKeyFileOption = None,
+    status_interval: Annotated[float, typer.Option(help="Seconds between two status lines.")] = 1.0,
+    stale_after: Annotated[
+        float, typer.Option(help="Seconds without a frame before the feed reconnects.")
+    ] = 3.0,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds each connection attempt may take.")
+    ] = 5.0,
+    batch_size: Annotated[int, typer.Option(help="Ticks per store write, at most.")] = 20_000,
+    max_queue: Annotated[
+        int, typer.Option(help="Ticks queued between the feed and the store, at most.")
+    ] = 200_000,
+    no_spool: Annotated[
+        bool, typer.Option("--no-spool", help="No failover spool: a store outage stops intake.")
+    ] = False,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds a SIGTERM stop may spend flushing and closing.")
+    ] = 1.0,
+    shutdown_deadline: Annotated[
+        float, typer.Option(help="Seconds an emergency shutdown may spend flushing and closing.")
+    ] = 5.0,
+    disk_full_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for space on a full disk before the emergency shutdown."
+        ),
+    ] = 60.0,
+    log_level: LogLevelOption = LogLevel.WARNING,
+) -> None:
+    """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
+
+    Prints JSON lines (started, status, stopped). Exit status: 0 stopped by SIGTERM or SIGINT;
+    1 an operational failure at start (a damaged audit log included); 2 a usage error (a store
+    that can never work, a file planted in the data directory); 3 an emergency shutdown.
+    """
+    keys = _secrets(_NODE, signing_key, signing_key_file, audit_key_file)
+    try:
+        config = node_config(
+            data_dir=data_dir,
+            symbols=symbols,
+            exchange_url=exchange_url,
+            feed=feed,
+            backup_urls=backup_url or [],
+            db=db,
+            postgres=postgres,
+            signing_key=keys[0],
+            audit_key=keys[1],
+            status_interval=status_interval,
+            stale_after=stale_after,
+            connect_timeout=connect_timeout,
+            batch_size=batch_size,
+            max_queue=max_queue,
+            spool=not no_spool,
+            drain_timeout=drain_timeout,
+            shutdown_deadline=shutdown_deadline,
+            disk_full_grace=disk_full_grace,
+        )
+    except ConfigurationError as exc:
+        usage_error(_NODE, exc.as_option())
+    from strategylab.node import run_node_process  # noqa: PLC0415
+
+    raise typer.Exit(run_node_process(config, log_level=log_level.level))
+
+
+def trader_config(
+    *,
+    exchange_url: str,
+    feed: str | None,
+    book: Path,
+    strategies: list[str],
+    symbols: str,
+    params: list[str],
+    **options: object,
+) -> TraderConfig:
+    """The trader's config from its options; :class:`ConfigurationError` names the flag."""
+    from strategylab._research_cli import UsageError, parse_params  # noqa: PLC0415
+    from strategylab.node import TraderConfig  # noqa: PLC0415
+
+    names = split_symbols(symbols)
+    if not names:
+        raise ConfigurationError("--symbols", symbols, "must name at least one symbol")
+    if not exchange_url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            "--exchange-url",
+            exchange_url,
+            "must start with http:// or https:// (the feed's ws:// URL is --feed-url)",
+        )
+    try:
+        parsed = parse_params(params)
+    except UsageError as exc:
+        raise ConfigurationError("--param", " ".join(params), str(exc)) from None
+    return TraderConfig(
+        exchange_url=exchange_url,
+        feed_url=feed,
+        book=book,
+        strategies=tuple(strategies),
+        symbols=names,
+        params=parsed,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def trade_command(  # noqa: PLR0917 - typer passes options positionally
+    exchange_url: ExchangeUrlOption,
+    book: BookOption,
+    strategy: Annotated[
+        list[str],
+        typer.Option(
+            "--strategy",
+            metavar="[NAME=]STRATEGY",
+            help="A built-in strategy (ma_crossover, mean_reversion) or module:Class, optionally "
+            "named in the book by NAME= (default: the built-in or class name); repeatable.",
+        ),
+    ],
+    symbols: SymbolsOption,
+    param: ParamOption = None,
+    feed: FeedUrlOption = None,
+    status_interval: Annotated[float, typer.Option(help="Seconds between two status lines.")] = 1.0,
+    state_interval: Annotated[
+        float,
+        typer.Option(help="Seconds between saves of strategy state changed without an order."),
+    ] = 1.0,
+    max_retry_after: Annotated[
+        float, typer.Option(help="The longest 429 Retry-After wait honoured, seconds.")
+    ] = 30.0,
+    max_order_notional: Annotated[
+        float, typer.Option(help="Risk limit: the largest order, price × quantity.")
+    ] = 1_000_000.0,
+    max_position: Annotated[
+        float, typer.Option(help="Risk limit: the largest position per symbol, in units.")
+    ] = 1_000.0,
+    signing_key: SigningKeyOption = None,
+    signing_key_file: SigningKeyFileOption = None,
+    audit_key_file: AuditKeyFileOption = None,
+    max_violations: Annotated[
+        int,
+        typer.Option(help="Forged frames within --violation-window that pull the kill switch."),
+    ] = 5,
+    violation_window: Annotated[
+        float, typer.Option(help="Seconds over which forged frames are counted.")
+    ] = 60.0,
+    security_hold: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds without a forged frame before trading may resume "
+            "[default: --violation-window].",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: LogLevelOption = LogLevel.WARNING,
+) -> None:
+    """Trade strategies live against the exchange, reconciling with it first.
+
+    Prints JSON lines (reconciled, trading, status, stopped). Exit status: 0 stopped by SIGTERM
+    or SIGINT; 1 the exchange cannot be reached to reconcile, or the book is damaged; 2 a usage
+    error (a strategy or parameter that does not build, a book that refuses them); 3 the kill
+    switch was pulled.
+    """
+    keys = _secrets(_TRADE, signing_key, signing_key_file, audit_key_file)
+    try:
+        config = trader_config(
+            exchange_url=exchange_url,
+            feed=feed,
+            book=book,
+            strategies=strategy,
+            symbols=symbols,
+            params=param or [],
+            status_interval=status_interval,
+            state_interval=state_interval,
+            max_retry_after=max_retry_after,
+            max_order_notional=max_order_notional,
+            max_position=max_position,
+            max_violations=max_violations,
+            violation_window=violation_window,
+            security_hold=security_hold,
+            signing_key=keys[0],
+            audit_key=keys[1],
+        )
+    except ConfigurationError as exc:
+        usage_error(_TRADE, exc.as_option())
+    from strategylab.node import run_trader_process  # noqa: PLC0415
+
+    raise typer.Exit(run_trader_process(config, log_level=log_level.level))

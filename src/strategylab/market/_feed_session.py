@@ -1,0 +1,293 @@
+"""The feed's session: one connection at a time, from the attempt to its end.
+
+The reconnect loop (backoff, once-per-cause logging, reports), the subscription from the
+resume point, the reader, and the watchdog that closes a stale connection or an unanswered
+replay and tells a silent peer from a process that was not running."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import secrets
+import socket
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from strategylab.fault_tolerance import retry_after_hint
+
+from ._feed_backoff import RETRY_LATER_CODES
+from ._feed_errors import (
+    FeedDisconnectedError,
+    FeedError,
+    ReplayTimeoutError,
+    SecurityViolationError,
+    StaleFeedError,
+    _KickedError,
+)
+from ._feed_frames import _FeedFrames
+from ._feed_state import _PAUSE_FRACTION, _PAUSE_MIN, _PROOF_POLL, _json_encode, _log, _peer
+from ._protocol import KIND_TICKS, FrameError, SignatureError, Subscribe, decode_frame, decode_ticks
+
+
+class _FeedSession(_FeedFrames):
+    """The connection loop on top of the frame handler."""
+
+    async def _run(self) -> None:
+        while True:
+            url = self.url
+            self._connects += 1
+            try:
+                error = await self._connect_once(url)
+            finally:
+                ws = self._ws
+                if ws is not None:
+                    self._check_proven()  # data stored just before the close still counts
+                self._on_disconnect()
+            close_code = ws.close_code if ws is not None else None
+            retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
+            delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
+            if isinstance(error, SecurityViolationError):
+                # Reported when the frame arrived; the next connection goes to a backup if any.
+                self._outage = True
+                if len(self._config.urls) > 1:
+                    self._url_index = (self._url_index + 1) % len(self._config.urls)
+                    delay = 0.0
+            elif error is not None:
+                if ws is None:
+                    self._connect_failures += 1
+                    self._log_connect_failure(url, error, delay)
+                elif not self._outage:
+                    self._log_drop(url, ws, error, delay)
+                if not self._outage:
+                    self._outage = True
+                    self._reporter.report(error, operation=self._wait_recovered, always=True)
+            if delay > 0:
+                await self._clock.asleep(delay)
+
+    async def _connect_once(self, url: str) -> Exception | None:
+        """One connection from attempt to end; the error that ended it (None when kicked)."""
+        try:
+            await self._connection(url)
+        except _KickedError:
+            return None
+        except FeedError as exc:
+            return exc
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            error = FeedDisconnectedError(f"{url}: {type(exc).__name__}: {_peer(exc)}")
+            error.__cause__ = exc
+            return error
+        except Exception as exc:
+            # Bad input must never kill the feed: log it, report it, reconnect.
+            _log.exception("feed %s: unexpected error; reconnecting", self.name)
+            error = FeedDisconnectedError(f"{url}: unexpected {type(exc).__name__}: {_peer(exc)}")
+            error.__cause__ = exc
+            return error
+        return FeedDisconnectedError(f"{url}: the exchange closed the connection")
+
+    def _log_connect_failure(self, url: str, error: Exception, delay: float) -> None:
+        """Once per cause until a connection succeeds: a refused or failed attempt, and why."""
+        key, cause = _connect_failure(error, self._config.connect_timeout)
+        if key in self._connect_logged:
+            return
+        self._connect_logged.add(key)
+        _log.warning(
+            "feed %s: cannot connect to %s: %s; retrying in %.2fs with backoff "
+            "(logged once per cause until connected)",
+            self.name,
+            url,
+            cause,
+            delay,
+        )
+
+    def _log_drop(self, url: str, ws: ClientConnection, error: Exception, delay: float) -> None:
+        """Once per outage: why an established connection ended."""
+        code = ws.close_code
+        if isinstance(error, StaleFeedError | ReplayTimeoutError) or code is None:
+            cause = str(error)
+        else:
+            cause = f"closed with code {code} reason {_peer(ws.close_reason or '')}"
+            if code in RETRY_LATER_CODES:
+                cause += " (the server asks the client to wait)"
+        _log.warning(
+            "feed %s: connection to %s lost: %s; reconnecting in %.2fs "
+            "(logged once until a connection proves itself)",
+            self.name,
+            url,
+            cause,
+            delay,
+        )
+
+    def _check_proven(self) -> None:
+        """Has the current connection proven itself? Then the backoff starts over."""
+        backoff = self._backoff
+        if backoff.proven or not self._subscribed:
+            return
+        if backoff.alive(self._last_seen) or (self._stored_progress() and backoff.stored()):
+            self._outage = False
+            self._proven.set()
+
+    def _stored_progress(self) -> bool:
+        """Whether the sink has dealt with data this connection delivered."""
+        done = self._delivered if self._accounted is None else self._accounted()
+        return any(done.get(s, 0) > n for s, n in self._proof_base.items())
+
+    def _on_disconnect(self) -> None:
+        self._connected = self._subscribed = self._blocked = False
+        self._healthy.clear()
+        self._proven.clear()
+        self._ws = None
+        self._reader = None
+        # Held ticks and pending replays are per connection: the resubscription resends them.
+        self._held.clear()
+        self._held_count = 0
+        self._pending.clear()
+        self._hb_last.clear()
+
+    async def _connection(self, url: str) -> None:
+        cfg = self._config
+        async with asyncio.timeout(cfg.connect_timeout):
+            # A dead link cannot finish a closing handshake: cap the wait for one, so that leaving
+            # a connection never delays the reconnect by websockets' default 10 s.
+            ws = await connect(
+                url,
+                max_size=cfg.max_message_bytes,
+                max_queue=cfg.max_queue,
+                compression=None,
+                ping_interval=None,
+                close_timeout=min(cfg.stale_after, 1.0),
+            )
+        async with ws:
+            self._ws = ws
+            self._connected = True
+            self._connect_logged.clear()  # a new episode of failed attempts starts after this
+            stored = await self._sink.last_seqs()
+            delivered = self._delivered
+            for symbol in cfg.symbols:
+                delivered[symbol] = max(delivered.get(symbol, 0), stored.get(symbol, 0))
+            from_seq = {s: delivered[s] + 1 for s in cfg.symbols}
+            self._proof_base = {s: delivered[s] for s in cfg.symbols}
+            self._unknown = frozenset()
+            self._last_seen = self._observed_from = self._clock.monotonic()
+            self._kick_reason = None
+            # A fresh token per connection: a signed answer is only taken on the connection it
+            # was made for (see _protocol).
+            session = self._session = secrets.token_hex(16)
+            reader = self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}.read")
+            subscribe = Subscribe(symbols=list(cfg.symbols), from_seq=from_seq, session=session)
+            await ws.send(_json_encode(subscribe).decode())
+            try:
+                await self._watch(reader)
+            except StaleFeedError:
+                # A dead connection cannot complete a closing handshake: ``async with ws`` would
+                # wait websockets' close_timeout (10 s) before the reconnect. Abort it instead.
+                ws.transport.abort()
+                raise
+            finally:
+                reader.cancel()
+                await asyncio.wait({reader})
+
+    async def _watch(self, reader: asyncio.Task[None]) -> None:
+        """Wait on the reader; close on a stale connection or an unanswered replay.
+
+        Silence is measured from the later of the last frame and the last time the watchdog woke
+        up late: a late wake-up means this process was not running (SIGSTOP, a blocked loop),
+        and what the peer sent meanwhile is buffered, unread; judging it stale would discard it.
+        """
+        clock = self._clock
+        late = max(self._config.stale_after * _PAUSE_FRACTION, _PAUSE_MIN)
+        while True:
+            now = clock.monotonic()
+            if not self._backoff.proven:
+                self._check_proven()
+            deadline = self._deadline(now)
+            if self._subscribed and not self._backoff.proven:
+                deadline = min(deadline, now + _PROOF_POLL)
+            wait = max(deadline - now, 0.001)
+            await asyncio.wait({reader}, timeout=wait)
+            if reader.done():
+                if reader.cancelled():
+                    raise _KickedError(self._kick_reason or "cancelled")
+                reader.result()  # raises what ended the reader
+                return
+            woke = clock.monotonic()
+            if woke - (now + wait) > late:
+                self._pauses += 1
+                self._observed_from = woke
+
+    def _deadline(self, now: float) -> float:
+        """When the watchdog must look again; raises if the connection is stale or a replay
+        went unanswered."""
+        cfg = self._config
+        since = max(self._last_seen, self._observed_from)
+        deadline = since + cfg.stale_after
+        if self._blocked:
+            deadline = now + cfg.stale_after
+        elif now >= deadline:
+            self._stale += 1
+            raise StaleFeedError(
+                f"{self.url}: no frame for {now - since:.2f}s (stale_after={cfg.stale_after}s)"
+            )
+        for symbol, pending in self._pending.items():
+            due = max(pending.requested_at, self._observed_from) + cfg.replay_timeout
+            if now >= due:
+                raise ReplayTimeoutError(
+                    f"replay of {symbol} {pending.first}..{pending.last} unanswered "
+                    f"after {cfg.replay_timeout}s"
+                )
+            deadline = min(deadline, due)
+        return deadline
+
+    async def _read(self, ws: ClientConnection) -> None:
+        key = self._key
+        clock = self._clock
+        async for message in ws:
+            self._last_seen = clock.monotonic()
+            if isinstance(message, str):
+                if key is not None:
+                    # With a key every answer comes as a signed frame: text is a forgery.
+                    raise self._on_forged(
+                        SignatureError("unsigned control text message while a signing key is set")
+                    )
+                await self._on_control(ws, message)
+                continue
+            self._frames += 1
+            try:
+                frame = decode_frame(message, key)
+                kind = frame.kind
+                if kind == KIND_TICKS:
+                    ticks = decode_ticks(frame.payload)
+                else:
+                    await self._on_other_frame(ws, frame)
+                    continue
+            except SignatureError as exc:
+                raise self._on_forged(exc) from exc
+            except FrameError as exc:
+                self._crc_errors += 1
+                self._reporter.report(exc)
+                continue
+            if not self._subscribed:
+                self._on_subscribed()
+            await self._on_ticks(ws, ticks)
+
+
+def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:
+    """``(key, cause)`` of a failed connection attempt: one key per kind of cause, and a line
+    that says why, with anything the peer supplied escaped."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    if isinstance(cause, InvalidStatus):
+        response = cause.response
+        retry = response.headers.get("Retry-After")
+        text = f"handshake rejected: HTTP {response.status_code} {_peer(response.reason_phrase)}"
+        if retry is not None:
+            text += f", Retry-After {_peer(retry)}"
+        return f"http {response.status_code}", text
+    if isinstance(cause, socket.gaierror):
+        return "dns", f"DNS lookup failed: {cause.strerror or _peer(cause)}"
+    if isinstance(cause, TimeoutError):
+        return "timeout", f"no handshake within connect_timeout={connect_timeout}s"
+    if isinstance(cause, OSError) and cause.errno is not None:
+        name = errno.errorcode.get(cause.errno, str(cause.errno))
+        return f"errno {name}", f"{cause.strerror or 'error'} ({name})"
+    return type(cause).__name__, f"{type(cause).__name__}: {_peer(cause)}"

@@ -1,0 +1,175 @@
+"""A feed's state: the connection's flags, the per-symbol positions, the held ticks and the
+outstanding replays, shared by the layers of :class:`~strategylab.market.Feed`.
+
+The feed is built in layers, each a class in its own module that adds one concept on top of
+the one below: this state, the sequencer (:mod:`._feed_sequence`: gaps, replays, losses, the
+per-tick hot path), the frame handler (:mod:`._feed_frames`: verification, forged frames, control
+answers), the session (:mod:`._feed_session`: the connection loop and the stale watchdog) and
+the facade (:mod:`._feed`: the component API). Inheritance, not delegation: a call on the hot
+path costs what it cost when the feed was one class."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+
+from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorReporter
+
+from ._feed_backoff import FeedBackoff
+from ._feed_config import FeedConfig, TickSink
+from ._feed_errors import SecurityKillSwitchError, SecurityViolationError
+from ._tick import Tick
+
+# One logger for the whole feed, under the name it has always had.
+_log = logging.getLogger("strategylab.market._feed")
+_MAX_REPORTS = 32
+"""Error reports in flight at once (beyond, a report is counted as suppressed)."""
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+_PROOF_POLL = 0.05
+"""Seconds between checks of the sink's acknowledgements while a connection has not yet proven
+itself (only then: a proven connection costs the watchdog nothing)."""
+_PAUSE_FRACTION = 0.25
+"""A watchdog that wakes later than planned by more than this fraction of ``stale_after`` (and
+at least :data:`_PAUSE_MIN`) was not running: it re-arms rather than judge the silence."""
+_PAUSE_MIN = 0.05
+_PEER_TEXT = 120
+"""Characters of peer-supplied text kept (escaped) in a log line or an error message."""
+_RAW_CHARS = 1000
+"""Characters of a refused tick's text kept in its quarantine entry."""
+
+
+def _peer(text: object) -> str:
+    """Peer-supplied text made safe for one log line: truncated, then escaped by ``repr``."""
+    return repr(str(text)[:_PEER_TEXT])
+
+
+class _Pending:
+    """One outstanding replay for a symbol."""
+
+    __slots__ = ("asked", "attempts", "beats", "first", "last", "request_id", "requested_at")
+
+    def __init__(self, first: int, last: int, requested_at: float) -> None:
+        self.first = first
+        self.last = last
+        self.asked = last  # what the current request asked for (``last`` shrinks to a clamp)
+        self.request_id = 0
+        self.requested_at = requested_at
+        self.attempts = 1
+        self.beats = 0
+        """Heartbeats seen since the request: the exchange queues its frames in order, so after
+        two the replay has been sent in full even if its replay-done frame was corrupted."""
+
+
+class _FeedState:
+    """The state every layer of the feed reads and writes."""
+
+    def __init__(
+        self,
+        config: FeedConfig,
+        sink: TickSink,
+        *,
+        manager: ErrorRecoveryManager | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        kill_switch: Callable[[SecurityKillSwitchError], Awaitable[object]] | None = None,
+        on_violation: Callable[[SecurityViolationError], object] | None = None,
+    ) -> None:
+        """``kill_switch`` is awaited (once, in an owned task) when forged frames cross
+        ``max_violations`` within ``violation_window``; without one, the crossing is reported
+        to the manager as a CRITICAL SECURITY_VIOLATION. ``on_violation`` is called
+        synchronously for every forged frame or forged control message, before the connection
+        is dropped (a trader halts trading there); an exception from it is logged, never
+        raised into the feed."""
+        self._config = config
+        self._kill_switch = kill_switch
+        self._on_violation = on_violation
+        self._violations: collections.deque[float] = collections.deque()
+        self._killed = False
+        self._sink = sink
+        self._manager = manager
+        self._clock = clock
+        self._key = config.signing_key
+        self._symbols = frozenset(config.symbols)
+        self._backoff = FeedBackoff(
+            config.backoff_floor,
+            config.backoff_cap,
+            proven_after=config.proven_after,
+            retry_later_floor=config.retry_later_floor,
+            max_server_wait=config.max_server_wait,
+            rng=rng or random.Random(),
+            clock=clock,
+        )
+        accounted = getattr(sink, "accounted", None)
+        self._accounted: Callable[[], Mapping[str, int]] | None = (
+            accounted if callable(accounted) else None
+        )
+        self._url_index = 0
+        self._task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._kill_task: asyncio.Task[None] | None = None
+        # One report per (error type, feed) episode, and a quiet period after a recovery.
+        self._reporter = ErrorReporter(
+            manager,
+            component=config.name,
+            quiet=config.report_quiet,
+            recovered_quiet=config.recovered_quiet,
+            max_pending=_MAX_REPORTS,
+            clock=clock,
+        )
+        self._ws: ClientConnection | None = None
+        self._healthy = asyncio.Event()
+        self._proven = asyncio.Event()
+        self._proof_base: dict[str, int] = {}
+        self._observed_from = 0.0
+        self._unknown: frozenset[str] = frozenset()
+        self._unknown_reported: frozenset[str] = frozenset()
+        self._connect_logged: set[str] = set()
+        self._connect_failures = self._pauses = 0
+        self._connected = False
+        self._subscribed = False
+        self._blocked = False
+        self._outage = False
+        self._kick_reason: str | None = None
+        self._session = ""
+        self._last_seen = 0.0
+        # Per-symbol state: the last accounted-for seq, the last valid ts, held ticks, replays.
+        self._delivered: dict[str, int] = {}
+        self._last_ts: dict[str, int] = {}
+        self._held: dict[str, dict[int, Tick]] = {}
+        self._held_count = 0
+        self._pending: dict[str, _Pending] = {}
+        self._hb_last: dict[str, int] = {}
+        self._hb_delivered: dict[str, int] = {}
+        self._connects = 0
+        self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
+        self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
+        self._lost_ranges = self._control_errors = self._stale = 0
+
+    @property
+    def name(self) -> str:
+        """The component name the manager knows this feed by."""
+        return self._config.name
+
+    @property
+    def url(self) -> str:
+        """The endpoint in use (changes on failover)."""
+        return self._config.urls[self._url_index]
+
+    def _kick(self, reason: str) -> None:
+        self._kick_reason = reason
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _wait_recovered(self) -> None:
+        """A drop is recovered when a new connection has proven itself, not merely subscribed:
+        a server that accepts and closes again is still an outage."""
+        async with asyncio.timeout(self._config.recovery_timeout):
+            await self._proven.wait()
