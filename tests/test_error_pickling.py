@@ -48,18 +48,32 @@ def _risk_rejected(cls: type[BaseException]) -> BaseException:
 
 # Constructors whose signature is not ``(*args)``: how to build a sample of each.
 SAMPLES: dict[str, Callable[[Any], BaseException]] = {
+    "strategylab.fault_tolerance._snapshot.SnapshotError": lambda c: c(
+        Path("snapshot.json"), "damaged"
+    ),
+    "strategylab.fault_tolerance._health.HealthCheckFailedError": lambda c: c(
+        "db", "store", "returned False", None
+    ),
+    "strategylab.fault_tolerance._supervisor.ChildStartError": lambda c: c(
+        "node", "feed", "exited 1"
+    ),
+    "strategylab.fault_tolerance._supervisor.RestartIntensityExceededError": lambda c: c(
+        "node", child_id="feed", reason="exited -9", restarts=4, intensity=3, period=5.0
+    ),
     "strategylab.errors.ConfigurationError": lambda c: c("max_delay", -1.0, "must be >= 0"),
     "strategylab.errors.CircuitOpenError": lambda c: c("orders", 2.5, ValueError("boom")),
     "strategylab.errors.BulkheadFullError": lambda c: c("db", 4, 16),
     "strategylab.errors.CallTimeoutError": lambda c: c("quote", 0.05),
     "strategylab.errors.RetryExhaustedError": lambda c: c(3, "pending"),
     "strategylab.errors.AuditIntegrityError": lambda c: c("audit.log", 7, "hash mismatch"),
-    "strategylab.chaos._checker.EmittedLogError": lambda c: c(Path("emitted.log"), 42, "bad"),
+    "strategylab.chaos._checker_inputs.EmittedLogError": lambda c: c(
+        Path("emitted.log"), 42, "bad"
+    ),
     "strategylab.chaos._proxy.ProxyExistsError": lambda c: c("feed"),
     "strategylab.chaos._proxy.ProxyNotFoundError": lambda c: c("feed"),
     "strategylab.chaos._proxy.ToxicExistsError": lambda c: c("feed", "latency"),
     "strategylab.chaos._proxy.ToxicNotFoundError": lambda c: c("feed", "latency"),
-    "strategylab.fault_tolerance._audit._LineError": lambda c: c("not json"),
+    "strategylab.fault_tolerance._audit_lines._LineError": lambda c: c("not json"),
     "strategylab.exchange._faults.FaultRequestError": lambda c: c("rate", "not a number"),
     "strategylab.market._failover_store.StoreStallError": lambda c: c("postgres", "write", 0.5),
     "strategylab.market._feed_errors.UnknownSymbolsError": lambda c: c("unknown: ZZZ", ("ZZZ",)),
@@ -115,7 +129,7 @@ def test_the_walk_finds_the_project_exceptions() -> None:
     """The package walk finds the exceptions of every layer, private ones included."""
     assert "strategylab.errors.RetryExhaustedError" in EXCEPTIONS
     assert "strategylab.market._feed_errors.TickRangeLostError" in EXCEPTIONS
-    assert "strategylab.fault_tolerance._audit._LineError" in EXCEPTIONS
+    assert "strategylab.fault_tolerance._audit_lines._LineError" in EXCEPTIONS
     assert len(EXCEPTIONS) >= 40
 
 

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from strategylab.market._sqlite_store import SQLiteTickStore
-from strategylab.node._node import NodeConfig, check_store_config
+from strategylab.node import NodeConfig
+from strategylab.node._store_check import check_store_config
 from test_node_process import next_event, spawn, status_until
 
 pytestmark = pytest.mark.integration

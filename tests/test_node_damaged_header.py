@@ -9,7 +9,7 @@ import pytest
 from strategylab.errors import ConfigurationError
 from strategylab.market._sqlite_store import SQLiteTickStore
 from strategylab.market._tick import Tick
-from strategylab.node._node import _check_sqlite
+from strategylab.node._store_check import _check_sqlite
 
 
 async def _database(path: Path) -> None:

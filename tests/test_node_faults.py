@@ -17,7 +17,7 @@ from strategylab.chaos import check
 from strategylab.fault_tolerance import ErrorContext, ErrorType
 from strategylab.market._ledger import read_acks
 from strategylab.market._sqlite_store import SQLiteTickStore
-from strategylab.node._node import EXIT_EMERGENCY, Node, NodeConfig, run_node
+from strategylab.node import EXIT_EMERGENCY, Node, NodeConfig, run_node
 from test_node_process import next_event, spawn, status_until
 from volumes import fill, tmpfs
 

@@ -16,7 +16,7 @@ from strategylab.fault_tolerance._classify import is_corruption
 from strategylab.market._sqlite_store import SQLiteTickStore, wal_damage
 from strategylab.market._store import StoreCorruptedError
 from strategylab.market._tick import Tick
-from strategylab.node._node import _check_sqlite
+from strategylab.node._store_check import _check_sqlite
 from strategylab.testing import FakeClock
 
 PAGE = 4096

@@ -35,26 +35,25 @@ Inputs that cannot be used (missing, empty, not SQLite, not a tick store, a serv
 reached, an ack log that is not JSON lines) raise :class:`CheckInputError`; a damaged file raises
 :class:`~strategylab.market.StoreCorruptedError`. Both say which file and what is wrong, in one
 line.
+
+This module holds the comparison (:func:`check`, :func:`check_store`) and the store side; the
+report is in :mod:`._checker_report`, the inputs (emitted log, acks, quarantine) in
+:mod:`._checker_inputs` and the range arithmetic in :mod:`._checker_ranges`. The public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import math
 import os
 import struct
-from array import array
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import StrategyLabError
 from strategylab.market import (
     QuarantinedTick,
     SQLiteTickReader,
@@ -62,10 +61,27 @@ from strategylab.market import (
     StoreUnusableError,
     Tick,
     open_tick_reader,
-    read_acks,
-    read_emitted_payloads,
-    validate_tick,
 )
+
+from ._checker_inputs import (
+    CheckInputError,
+    EmittedLogError,
+    _acks,
+    _Emitted,
+    _encoder,
+    _load_emitted,
+    _quarantine,
+)
+from ._checker_ranges import (
+    Range,
+    _contains,
+    _count,
+    _from_points,
+    _points,
+    _RangeBuilder,
+    _subtract,
+)
+from ._checker_report import Corruption, Gap, IntegrityReport, SymbolIntegrity, TickSet
 
 __all__ = [
     "CheckInputError",
@@ -81,478 +97,10 @@ __all__ = [
     "check_store",
 ]
 
-_encoder = msgspec.msgpack.Encoder()
-_ticks_decoder = msgspec.msgpack.Decoder(list[Tick])
-_raw_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _tick_decoder = msgspec.msgpack.Decoder(Tick)
-_INF = math.inf
 _LOWEST_SEQ = -(2**63)
 _WINDOW = 65_536
 _FIELDS = ("symbol", "seq", "ts", "bid", "ask", "bid_size", "ask_size")
-
-Range = tuple[int, int]
-"""An inclusive range of sequence numbers."""
-
-
-class CheckInputError(StrategyLabError):
-    """An input of the check cannot be used: a missing, empty or foreign file, or an ack log that
-    is not JSON lines. The message names the file and what is wrong, in one line."""
-
-
-class EmittedLogError(CheckInputError):
-    """The emitted log has a record that is not a torn tail and does not decode."""
-
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        super().__init__(f"{path}: undecodable record at byte {offset}: {reason}")
-        self.path = path
-        self.offset = offset
-
-
-# --------------------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TickSet:
-    """A set of (symbol, seq): the exact ``count`` and the first ``items`` in sorted order."""
-
-    count: int
-    items: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def truncated(self) -> bool:
-        """True when ``items`` holds fewer than ``count`` entries (capped for printing)."""
-        return self.count > len(self.items)
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "count": self.count,
-            "items": [[s, n] for s, n in self.items],
-            "truncated": self.truncated,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Gap:
-    """Sequences ``first``..``last`` of ``symbol`` are neither stored nor quarantined."""
-
-    symbol: str
-    first: int
-    last: int
-
-    @property
-    def size(self) -> int:
-        """How many sequence numbers the gap spans."""
-        return self.last - self.first + 1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Corruption:
-    """A stored tick whose payload differs from the emitted one, and which fields differ."""
-
-    symbol: str
-    seq: int
-    fields: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SymbolIntegrity:
-    """The counts for one symbol."""
-
-    symbol: str
-    emitted: int
-    stored: int
-    """Distinct sequences in the store."""
-    rows: int
-    """Rows read from the store (``stored`` plus duplicates)."""
-    acknowledged: int
-    """The ack watermark (0 when nothing was acknowledged or no ack log was given)."""
-    last_emitted: int
-    last_stored: int
-    lost: int
-    missing: int
-    duplicated: int
-    unexpected: int
-    corrupted: int
-    quarantined: int
-    invalid_stored: int
-    gaps: tuple[Range, ...]
-    gap_count: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IntegrityReport:
-    """The checker's verdict: exact counts, capped samples, per-symbol detail."""
-
-    emitted: int
-    stored: int
-    rows: int
-    acknowledged: int
-    """Ticks covered by ack watermarks (sum of the watermarks)."""
-    lost: TickSet
-    missing: TickSet
-    duplicated: TickSet
-    """``count`` is the larger of the store's ``duplicates()`` and the repeats seen while reading;
-    ``items`` are the repeats seen."""
-    unexpected: TickSet
-    corrupted: TickSet
-    quarantined: TickSet
-    invalid_stored: TickSet
-    gaps: tuple[Gap, ...]
-    gap_count: int
-    corruptions: tuple[Corruption, ...]
-    symbols: tuple[SymbolIntegrity, ...]
-    require_complete: bool
-    acks_checked: bool
-    emitted_repeats: int = 0
-    """Ticks the emitted log holds more than once (the first copy is the reference)."""
-    quarantine_unmatched: int = 0
-    """Quarantine entries that account for no emitted invalid tick (no seq, no reason, or valid)."""
-    elapsed_s: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        """Every emitted tick is stored or, when invalid, quarantined."""
-        return not self.missing
-
-    @property
-    def ok(self) -> bool:
-        """Nothing lost, duplicated, unexpected, corrupted or invalid in the store, and nothing
-        missing when the run claims to have caught up."""
-        return not (
-            self.lost
-            or self.duplicated
-            or self.unexpected
-            or self.corrupted
-            or self.invalid_stored
-            or (self.require_complete and self.missing)
-        )
-
-    @property
-    def rate(self) -> float:
-        """Ticks checked per second: the larger of emitted ticks and stored rows, per second."""
-        return max(self.emitted, self.rows) / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``json.dumps(report.to_dict())``)."""
-        sets = ("lost", "missing", "duplicated", "unexpected", "corrupted", "quarantined")
-        return {
-            "ok": self.ok,
-            "complete": self.complete,
-            "require_complete": self.require_complete,
-            "acks_checked": self.acks_checked,
-            "emitted": self.emitted,
-            "stored": self.stored,
-            "rows": self.rows,
-            "acknowledged": self.acknowledged,
-            **{name: getattr(self, name).to_dict() for name in sets},
-            "invalid_stored": self.invalid_stored.to_dict(),
-            "gaps": [[g.symbol, g.first, g.last] for g in self.gaps],
-            "gap_count": self.gap_count,
-            "corruptions": [
-                {"symbol": c.symbol, "seq": c.seq, "fields": list(c.fields)}
-                for c in self.corruptions
-            ],
-            "symbols": [dataclasses.asdict(s) for s in self.symbols],
-            "emitted_repeats": self.emitted_repeats,
-            "quarantine_unmatched": self.quarantine_unmatched,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    def summary(self, limit: int = 5, width: int = 80) -> str:
-        """A readable plain-text report: verdict, a table (a row per measure, a column per
-        symbol, split into as many blocks as it takes to keep lines within ``width``), and the
-        first ``limit`` findings of each kind."""
-        verdict = "OK" if self.ok else "FAILED"
-        lines = [
-            f"integrity {verdict}: {self.emitted} emitted, {self.stored} stored "
-            f"({self.rows} rows), "
-            f"{self.acknowledged if self.acks_checked else 'n/a'} acknowledged; "
-            f"checked in {self.elapsed_s:.2f} s ({self.rate:,.0f} ticks/s)"
-            + (" [completeness required]" if self.require_complete else ""),
-        ]
-        measures: tuple[str, ...] = (
-            "emitted", "stored", "acknowledged", "lost", "missing", "duplicated",
-            "unexpected", "corrupted", "quarantined", "invalid_stored", "gap_count",
-        )  # fmt: skip
-        columns = [(s.symbol, [f"{getattr(s, m):,}" for m in measures]) for s in self.symbols]
-        totals: tuple[int, ...] = (self.emitted, self.stored, self.acknowledged, self.lost.count)
-        totals += (self.missing.count, self.duplicated.count, self.unexpected.count)
-        totals += (self.corrupted.count, self.quarantined.count, self.invalid_stored.count)
-        columns.append(("TOTAL", [f"{v:,}" for v in (*totals, self.gap_count)]))
-        lines.extend(_blocks(measures, columns, width))
-        for name in ("lost", "duplicated", "unexpected", "corrupted", "invalid_stored", "missing"):
-            found: TickSet = getattr(self, name)
-            if found:
-                shown = ", ".join(f"{s}#{n}" for s, n in found.items[:limit])
-                more = found.count - min(limit, len(found.items))
-                lines.append(f"  {name}: {shown}" + (f" … and {more} more" if more else ""))
-        lines.extend(
-            f"  corrupted {c.symbol}#{c.seq}: {', '.join(c.fields)} differ"
-            for c in self.corruptions[:limit]
-        )
-        if self.gaps:
-            shown = ", ".join(f"{g.symbol}#{g.first}..{g.last}" for g in self.gaps[:limit])
-            more = self.gap_count - min(limit, len(self.gaps))
-            lines.append(f"  gaps: {shown}" + (f" … and {more} more" if more else ""))
-        return "\n".join(lines)
-
-
-def _blocks(labels: tuple[str, ...], columns: list[tuple[str, list[str]]], width: int) -> list[str]:
-    """``labels`` down the side, ``columns`` across, in blocks of columns that fit ``width``
-    (a column wider than ``width`` on its own still gets a block: numbers are never cut)."""
-    side = max(len(label) for label in labels)
-    blocks: list[list[tuple[str, list[str], int]]] = [[]]
-    used = 2 + side
-    for heading, cells in columns:
-        w = max(len(heading), *(len(c) for c in cells))
-        if blocks[-1] and used + 2 + w > width:
-            blocks.append([])
-            used = 2 + side
-        blocks[-1].append((heading, cells, w))
-        used += 2 + w
-    out: list[str] = []
-    for block in blocks:
-        out.append("  " + " " * side + "".join(f"  {h.rjust(w)}" for h, _c, w in block))
-        out.extend(
-            "  " + label.ljust(side) + "".join(f"  {c[i].rjust(w)}" for _h, c, w in block)
-            for i, label in enumerate(labels)
-        )
-    return out
-
-
-# ------------------------------------------------------------------------------ range arithmetic
-
-
-def _count(ranges: Iterable[Range]) -> int:
-    return sum(b - a + 1 for a, b in ranges)
-
-
-def _subtract(ranges: list[Range], minus: list[Range]) -> list[Range]:
-    """``ranges`` − ``minus``; both sorted, disjoint, inclusive."""
-    out: list[Range] = []
-    j = 0
-    for a, b in ranges:
-        lo = a
-        while j < len(minus) and minus[j][1] < lo:
-            j += 1
-        k = j
-        while k < len(minus) and minus[k][0] <= b:
-            ma, mb = minus[k]
-            if ma > lo:
-                out.append((lo, ma - 1))
-            lo = max(lo, mb + 1)
-            if mb > b:
-                break
-            k += 1
-        if lo <= b:
-            out.append((lo, b))
-    return out
-
-
-def _from_points(points: Iterable[int]) -> list[Range]:
-    out: list[Range] = []
-    for p in sorted(set(points)):
-        if out and out[-1][1] + 1 == p:
-            out[-1] = (out[-1][0], p)
-        else:
-            out.append((p, p))
-    return out
-
-
-def _contains(ranges: list[Range], starts: list[int], seq: int) -> bool:
-    i = bisect_right(starts, seq) - 1
-    return i >= 0 and ranges[i][1] >= seq
-
-
-def _points(ranges: Iterable[Range], limit: int) -> Iterator[int]:
-    for a, b in ranges:
-        for p in range(a, b + 1):
-            if limit <= 0:
-                return
-            limit -= 1
-            yield p
-
-
-class _RangeBuilder:
-    """Sorted inclusive ranges built from sequences arriving (mostly) in order; repeats counted."""
-
-    __slots__ = ("ranges", "repeated", "strays")
-
-    def __init__(self) -> None:
-        self.ranges: list[list[int]] = []
-        self.strays: list[int] = []
-        self.repeated: list[int] = []
-
-    def add(self, seq: int) -> None:
-        ranges = self.ranges
-        if ranges:
-            last = ranges[-1]
-            if seq == last[1] + 1:
-                last[1] = seq
-                return
-            if seq > last[1]:
-                ranges.append([seq, seq])
-                return
-            if seq == last[1] or last[0] <= seq:
-                self.repeated.append(seq)
-                return
-            self.strays.append(seq)
-            return
-        ranges.append([seq, seq])
-
-    def add_range(self, a: int, b: int) -> None:
-        ranges = self.ranges
-        if not ranges or a > ranges[-1][1] + 1:
-            ranges.append([a, b])
-        elif a == ranges[-1][1] + 1:
-            ranges[-1][1] = b
-        else:
-            for seq in range(a, b + 1):
-                self.add(seq)
-
-    def finish(self) -> list[Range]:
-        out = [(a, b) for a, b in self.ranges]
-        if self.strays:
-            starts = [a for a, _ in out]
-            extra: set[int] = set()
-            for seq in self.strays:
-                if seq in extra or _contains(out, starts, seq):
-                    self.repeated.append(seq)
-                else:
-                    extra.add(seq)
-            merged: list[Range] = []
-            for a, b in sorted(out + _from_points(extra)):
-                if merged and merged[-1][1] + 1 >= a:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                else:
-                    merged.append((a, b))
-            out = merged
-        return out
-
-
-# -------------------------------------------------------------------------------- emitted side
-
-
-class _Emitted:
-    """One symbol's emitted ticks: a contiguous run ``first``..``next - 1`` kept as concatenated
-    encodings, plus a dict for anything out of that run (which the exchange never produces)."""
-
-    __slots__ = ("buf", "first", "invalid", "max_ts", "next", "offs", "repeats", "sparse", "symbol")
-
-    def __init__(self, symbol: str, first: int) -> None:
-        self.symbol = symbol
-        self.first = first
-        self.next = first
-        self.buf = bytearray()
-        self.offs = array("Q", [0])
-        self.sparse: dict[int, bytes] = {}
-        self.invalid: dict[int, str] = {}
-        self.max_ts: float = -_INF
-        self.repeats = 0
-
-    def add_other(self, seq: int, raw: bytes) -> bool:
-        """Keep a tick outside the contiguous run; False (and counted) when it is a repeat."""
-        if self.first <= seq < self.next or seq in self.sparse:
-            self.repeats += 1
-            return False
-        self.sparse[seq] = raw
-        return True
-
-    def raw(self, seq: int) -> bytes | None:
-        if self.first <= seq < self.next:
-            i = seq - self.first
-            return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
-        return self.sparse.get(seq)
-
-    def count(self) -> int:
-        return self.next - self.first + len(self.sparse)
-
-    def ranges(self) -> list[Range]:
-        run = [(self.first, self.next - 1)] if self.next > self.first else []
-        if not self.sparse:
-            return run
-        merged: list[Range] = []
-        for a, b in sorted(run + _from_points(self.sparse)):
-            if merged and merged[-1][1] + 1 >= a:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        return merged
-
-    def last(self) -> int:
-        return max(self.next - 1, max(self.sparse, default=0)) if self.count() else 0
-
-
-def _batches(
-    source: str | os.PathLike[str] | Iterable[Tick],
-) -> Iterator[tuple[list[Tick], list[Any]]]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        records = read_emitted_payloads(path)
-        while True:
-            try:
-                offset, payload = next(records)
-            except StopIteration:
-                return
-            except OSError as exc:
-                raise CheckInputError(
-                    f"{path}: cannot read the emitted log: {exc.strerror or exc}"
-                ) from None
-            try:
-                yield _ticks_decoder.decode(payload), _raw_decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                raise EmittedLogError(path, offset, str(exc)) from exc
-    batch: list[Tick] = []
-    for tick in source:
-        batch.append(tick)
-        if len(batch) >= 4096:
-            yield batch, [_encoder.encode(t) for t in batch]
-            batch = []
-    if batch:
-        yield batch, [_encoder.encode(t) for t in batch]
-
-
-def _load_emitted(source: str | os.PathLike[str] | Iterable[Tick]) -> dict[str, _Emitted]:
-    table: dict[str, _Emitted] = {}
-    inf = _INF
-    for ticks, raws in _batches(source):
-        for tick, raw in zip(ticks, raws, strict=True):
-            e = table.get(tick.symbol)
-            if e is None:
-                e = table[tick.symbol] = _Emitted(tick.symbol, tick.seq)
-            seq = tick.seq
-            if seq == e.next:
-                e.buf += raw
-                e.offs.append(len(e.buf))
-                e.next = seq + 1
-            elif not e.add_other(seq, bytes(raw)):
-                continue  # a repeat: the first copy is the reference, already validated
-            # validate_tick's rules inline (the common, valid case costs a few comparisons);
-            # previous_ts is the newest accepted ts, i.e. the running max of well-formed ticks.
-            if (
-                0.0 < tick.bid <= tick.ask < inf
-                and 0.0 <= tick.bid_size < inf
-                and 0.0 <= tick.ask_size < inf
-                and seq >= 1
-                and tick.symbol
-            ):
-                if tick.ts >= e.max_ts:
-                    e.max_ts = tick.ts
-                    continue
-                previous: int | None = int(e.max_ts)
-            else:
-                previous = None if e.max_ts == -inf else int(e.max_ts)
-            reason = validate_tick(tick, previous)
-            if reason is not None:
-                e.invalid.setdefault(seq, reason)
-    return table
-
-
-# --------------------------------------------------------------------------------- store side
 
 
 class TickSource(Protocol):
@@ -641,41 +189,6 @@ async def _scan(store: TickSource, symbol: str, e: _Emitted | None, window: int)
         lo, hi = hi + 1, min(end, hi + window)
     _window(await store.read(symbol, end + 1, None), e, out)
     return out
-
-
-# ---------------------------------------------------------------------------------- the check
-
-
-def _acks(acks: str | os.PathLike[str] | Mapping[str, int] | None) -> dict[str, int] | None:
-    if acks is None:
-        return None
-    if isinstance(acks, Mapping):
-        return {str(s): int(n) for s, n in acks.items()}
-    try:
-        return read_acks(acks)
-    except FileNotFoundError:
-        raise CheckInputError(f"{os.fspath(acks)}: the ack log does not exist") from None
-    except OSError as exc:
-        raise CheckInputError(
-            f"{os.fspath(acks)}: cannot read the ack log: {exc.strerror or exc}"
-        ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        # json's own message, a missing key, or a line that is not an object.
-        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise CheckInputError(
-            f'{os.fspath(acks)}: not an ack log (JSON lines {{"symbol": ..., "seq": ...}}): {what}'
-        ) from None
-
-
-def _quarantine(entries: list[QuarantinedTick]) -> tuple[dict[str, set[int]], int]:
-    by_symbol: dict[str, set[int]] = {}
-    unusable = 0
-    for q in entries:
-        if q.symbol is None or q.seq is None or not q.reason.strip():
-            unusable += 1
-            continue
-        by_symbol.setdefault(q.symbol, set()).add(q.seq)
-    return by_symbol, unusable
 
 
 @dataclass(slots=True)

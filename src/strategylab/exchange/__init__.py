@@ -12,6 +12,9 @@ from ._book import (
     OrderRequestError,
     OrderStateError,
 )
+from ._config import (
+    ExchangeConfig,
+)
 from ._faults import (
     FaultBoard,
     FaultKind,
@@ -20,11 +23,12 @@ from ._faults import (
 from ._gen import (
     TickGenerator,
 )
-from ._server import (
-    Exchange,
-    ExchangeConfig,
+from ._process import (
     run_exchange,
     run_exchange_process,
+)
+from ._server import (
+    Exchange,
 )
 
 __all__ = [

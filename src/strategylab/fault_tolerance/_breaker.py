@@ -25,28 +25,59 @@ The drivers test one attribute, ``_gate``, rather than ``_state``: it *is* the s
 listener is registered, and a sentinel that no state equals while one is, so that every call then
 takes the general path, which publishes the events. Listeners therefore cost the hot path nothing
 until one is added, and a listener added after ``wrap`` is still honoured.
+
+This module holds the state machine (:class:`CircuitBreaker`); its vocabulary (states, outcome
+codes, :class:`BreakerMetrics`, :class:`BreakerCallListener`) is in :mod:`._breaker_state`, the
+sliding windows and lock-free counters in :mod:`._breaker_window`, and the guarded callables that
+``wrap``/``awrap`` return in :mod:`._breaker_drivers`. The public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import functools
 import inspect
-import itertools
 import logging
 import math
-import sys
 import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
 from strategylab import _validate
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import CircuitOpenError, ConfigurationError
 
+from ._breaker_drivers import _async_fast, _async_general, _sync_fast, _sync_general
+from ._breaker_state import (
+    _CLOSED,
+    _DISABLED,
+    _EVENTS,
+    _FAILURE,
+    _FORCED_CLOSED,
+    _FORCED_OPEN,
+    _HALF_OPEN,
+    _IGNORED,
+    _LISTENED,
+    _OPEN,
+    _PASS,
+    _RECORD,
+    _REJECT,
+    _REJECTING,
+    _SATURATED,
+    _SLOW_BIT,
+    _SUCCESS,
+    DEFAULT_MAX_WAIT_IN_HALF_OPEN,
+    BreakerCallListener,
+    BreakerMetrics,
+    BreakerState,
+    ExceptionMatcher,
+    Listener,
+    ResultPredicate,
+    SlidingWindowType,
+    _CallEvents,
+)
+from ._breaker_window import _AtomicCounter, _CountWindow, _TimeWindow
 from ._typing import (
     GENERATOR_TYPES,
     generator_result_error,
@@ -68,317 +99,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _logger = logging.getLogger(__name__)
-
-
-class BreakerState(enum.Enum):
-    """The state of a :class:`CircuitBreaker`."""
-
-    CLOSED = "closed"
-    """Calls are permitted and their outcomes recorded."""
-    OPEN = "open"
-    """Calls are rejected until the recovery timeout has passed."""
-    HALF_OPEN = "half_open"
-    """A limited number of trial calls decide between CLOSED and OPEN."""
-    FORCED_OPEN = "forced_open"
-    """Every call is rejected until :meth:`CircuitBreaker.reset`."""
-    FORCED_CLOSED = "forced_closed"
-    """Every call is permitted and recorded, but the breaker never trips."""
-    DISABLED = "disabled"
-    """Every call is permitted and nothing is recorded."""
-
-
-class SlidingWindowType(enum.Enum):
-    """How the failure-rate window is measured."""
-
-    COUNT_BASED = "count_based"
-    """The last ``sliding_window_size`` calls."""
-    TIME_BASED = "time_based"
-    """The calls of the last ``sliding_window_size`` seconds."""
-
-
-_CLOSED: Final = BreakerState.CLOSED
-_OPEN: Final = BreakerState.OPEN
-_HALF_OPEN: Final = BreakerState.HALF_OPEN
-_FORCED_OPEN: Final = BreakerState.FORCED_OPEN
-_FORCED_CLOSED: Final = BreakerState.FORCED_CLOSED
-_DISABLED: Final = BreakerState.DISABLED
-_REJECTING: Final = frozenset({_OPEN, _HALF_OPEN, _FORCED_OPEN})
-
-# A permit says how the outcome of a permitted call is recorded. Trial calls in HALF_OPEN get the
-# epoch (>= 0) they were admitted in, so a trial that outlives its half-open period is not counted
-# against the next one.
-_RECORD: Final = -1
-_PASS: Final = -2
-_SATURATED: Final = -3
-_REJECT: Final = -4
-
-_SUCCESS: Final = 0
-_FAILURE: Final = 1
-_IGNORED: Final = 2
-
-_SLOW_BIT: Final = 2
-
-Listener = Callable[["CircuitBreaker", BreakerState, BreakerState], object]
-
-ExceptionMatcher = (
-    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-)
-"""``record_on``/``ignore_on``: an exception class, a tuple of them, or a predicate."""
-
-ResultPredicate = Callable[[Any], bool]
-
-_LISTENED: Final = object()
-"""The value of ``_gate`` while call listeners are registered: no state is this object."""
-
-
-DEFAULT_MAX_WAIT_IN_HALF_OPEN: Final = 60.0
-"""Seconds a breaker stays HALF_OPEN without a decision before it re-opens."""
-
-
-class BreakerCallListener:
-    """Base class for call listeners (resilience4j's ``CircuitBreakerEvent`` consumers).
-
-    Register one with :meth:`CircuitBreaker.add_call_listener`. Override only the events you want:
-    the methods inherited from this class are skipped, not called. Any object works as a listener
-    as long as it has at least one of these methods; subclassing is a convenience. Durations are
-    seconds on the breaker's clock, from just before the protected call to just after it. A
-    listener that raises is logged and ignored: it never breaks the call it observes. Calls made
-    while the breaker is DISABLED publish no event.
-    """
-
-    __slots__ = ()
-
-    def before_call(self, breaker: CircuitBreaker) -> None:
-        """A call was permitted and is about to run."""
-
-    def on_success(self, breaker: CircuitBreaker, duration: float) -> None:
-        """A call counted as a success (it returned, or raised an exception not recorded)."""
-
-    def on_failure(
-        self, breaker: CircuitBreaker, exc: BaseException | None, duration: float, result: object
-    ) -> None:
-        """A call counted as a failure: ``exc`` raised (``result`` None), or ``exc`` is None
-        and ``record_result`` rejected the returned ``result``."""
-
-    def on_ignored(
-        self, breaker: CircuitBreaker, exc: BaseException | None, duration: float
-    ) -> None:
-        """A call counted as neither: ``exc`` matched ``ignore_on`` or is a cancellation, or
-        ``exc`` is None and ``ignore_result`` accepted the returned value."""
-
-    def on_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
-        """A call was refused with ``error`` (which is raised after the listeners return)."""
-
-
-_EVENTS: Final = ("before_call", "on_success", "on_failure", "on_ignored", "on_rejected")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _CallEvents:
-    """The registered call listeners, with each event's callbacks bound once."""
-
-    listeners: tuple[object, ...]
-    before_call: tuple[Callable[..., object], ...]
-    on_success: tuple[Callable[..., object], ...]
-    on_failure: tuple[Callable[..., object], ...]
-    on_ignored: tuple[Callable[..., object], ...]
-    on_rejected: tuple[Callable[..., object], ...]
-
-    @classmethod
-    def of(cls, listeners: tuple[object, ...]) -> _CallEvents:
-        bound: dict[str, list[Callable[..., object]]] = {event: [] for event in _EVENTS}
-        for listener in listeners:
-            for event, callbacks in bound.items():
-                method = getattr(listener, event, None)
-                if method is None or getattr(method, "__func__", None) is getattr(
-                    BreakerCallListener, event
-                ):
-                    continue  # absent, or the base class's no-op
-                callbacks.append(method)
-        return cls(listeners, *(tuple(bound[event]) for event in _EVENTS))
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerMetrics:
-    """A snapshot of a breaker's state and counters.
-
-    Rates are percentages, or ``-1.0`` while the window holds fewer than ``minimum_calls`` calls (or
-    when no window is configured). The ``window_*`` and ``consecutive_failures`` figures are cleared
-    by :meth:`CircuitBreaker.reset`; the call totals count since the breaker was created.
-    ``successful_calls + failed_calls + ignored_calls + not_permitted`` is the number of calls made
-    outside the DISABLED state.
-    """
-
-    state: BreakerState
-    failure_rate: float
-    slow_call_rate: float
-    window_calls: int
-    window_failures: int
-    window_slow_calls: int
-    consecutive_failures: int
-    successful_calls: int
-    failed_calls: int
-    ignored_calls: int
-    """Calls that ended in an ``ignore_on`` exception, in a non-``Exception`` (cancellation), or
-    in an ``ignore_result`` value."""
-    rejected_calls: int
-    """Calls refused because the breaker was OPEN or FORCED_OPEN."""
-    not_permitted: int
-    """Every call refused with :class:`CircuitOpenError`: ``rejected_calls`` plus the calls refused
-    because HALF_OPEN already had ``half_open_max_calls`` trials running."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.state, BreakerState):
-            raise TypeError(f"state={self.state!r}: expected a BreakerState")
-        for key in ("failure_rate", "slow_call_rate"):
-            rate = getattr(self, key)
-            if not (rate == -1.0 or 0.0 <= rate <= 100.0):
-                raise ValueError(f"{key}={rate!r}: expected a percentage or -1.0")
-        for key in (
-            "window_calls",
-            "window_failures",
-            "window_slow_calls",
-            "consecutive_failures",
-            "successful_calls",
-            "failed_calls",
-            "ignored_calls",
-            "rejected_calls",
-            "not_permitted",
-        ):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)!r}: a count cannot be negative")
-        if self.not_permitted < self.rejected_calls:
-            raise ValueError(
-                f"not_permitted={self.not_permitted!r}: less than rejected_calls="
-                f"{self.rejected_calls!r}"
-            )
-
-
-_COUNTER_SPAN: Final = sys.maxsize
-"""Increments an :class:`_AtomicCounter` can take: centuries at a hundred million a second."""
-
-
-class _AtomicCounter:
-    """A counter that threads can bump without a lock.
-
-    An increment takes one item from an :func:`itertools.repeat` of ``None``: ``next(ticks)`` is one
-    C call, atomic under the GIL, that (unlike ``next()`` on an :func:`itertools.count`) allocates
-    no int. The value is the number of items taken, read atomically from ``__length_hint__``.
-    """
-
-    __slots__ = ("increment", "ticks")
-
-    def __init__(self) -> None:
-        self.ticks: Final = itertools.repeat(None, _COUNTER_SPAN)
-        """Hot paths bind this and call ``next(ticks)``, a little cheaper than :attr:`increment`."""
-        self.increment: Final = self.ticks.__next__
-
-    @property
-    def value(self) -> int:
-        return _COUNTER_SPAN - self.ticks.__length_hint__()
-
-
-class _CountWindow:
-    """The outcomes of the last ``size`` calls in a ring buffer with running totals."""
-
-    __slots__ = ("_buffer", "_calls", "_failures", "_index", "_size", "_slow")
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._buffer = bytearray(size)
-        self._index = 0
-        self._calls = 0
-        self._failures = 0
-        self._slow = 0
-
-    def record(self, now: float, code: int) -> None:  # noqa: ARG002 - same signature as _TimeWindow
-        index = self._index
-        if self._calls == self._size:
-            old = self._buffer[index]
-            self._failures -= old & _FAILURE
-            self._slow -= old >> 1
-        else:
-            self._calls += 1
-        self._buffer[index] = code
-        self._failures += code & _FAILURE
-        self._slow += code >> 1
-        self._index = index + 1 if index + 1 < self._size else 0
-
-    def totals(self, now: float) -> tuple[int, int, int]:  # noqa: ARG002
-        return self._calls, self._failures, self._slow
-
-    def clear(self) -> None:
-        self._buffer = bytearray(self._size)
-        self._index = self._calls = self._failures = self._slow = 0
-
-
-class _TimeWindow:
-    """The outcomes of the last ``size`` seconds, in one bucket per second with running totals."""
-
-    __slots__ = (
-        "_b_calls",
-        "_b_failures",
-        "_b_slow",
-        "_calls",
-        "_failures",
-        "_head",
-        "_size",
-        "_slow",
-    )
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._b_calls = [0] * size
-        self._b_failures = [0] * size
-        self._b_slow = [0] * size
-        self._calls = self._failures = self._slow = 0
-        self._head: int | None = None
-        """The newest second the buckets account for."""
-
-    def _advance(self, now: float) -> int:
-        second = int(now // 1)
-        head = self._head
-        if head is None or second - head >= self._size:
-            self._reset_buckets()
-        elif second > head:
-            # Each bucket is cleared at most once per second that passes: amortised O(1).
-            size = self._size
-            for sec in range(head + 1, second + 1):
-                i = sec % size
-                self._calls -= self._b_calls[i]
-                self._failures -= self._b_failures[i]
-                self._slow -= self._b_slow[i]
-                self._b_calls[i] = self._b_failures[i] = self._b_slow[i] = 0
-        if head is None or second > head:
-            self._head = second
-            return second
-        # A clock read before a concurrent, later record: count it in the newest bucket.
-        return head
-
-    def _reset_buckets(self) -> None:
-        size = self._size
-        self._b_calls = [0] * size
-        self._b_failures = [0] * size
-        self._b_slow = [0] * size
-        self._calls = self._failures = self._slow = 0
-
-    def record(self, now: float, code: int) -> None:
-        i = self._advance(now) % self._size
-        failed, slow = code & _FAILURE, code >> 1
-        self._b_calls[i] += 1
-        self._b_failures[i] += failed
-        self._b_slow[i] += slow
-        self._calls += 1
-        self._failures += failed
-        self._slow += slow
-
-    def totals(self, now: float) -> tuple[int, int, int]:
-        self._advance(now)
-        return self._calls, self._failures, self._slow
-
-    def clear(self) -> None:
-        self._reset_buckets()
-        self._head = None
 
 
 _REGISTRY: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
@@ -1280,122 +1000,6 @@ class CircuitBreaker:
         if inspect.iscoroutinefunction(fn):
             return self.awrap(fn)
         return self.wrap(fn)
-
-
-# ------------------------------------------------------------------------------------ drivers
-# The guarded callables that wrap() and awrap() return. Everything they use is bound to closure
-# locals; a gate other than CLOSED (or OPEN within its timeout) goes to the general driver. The
-# gate is never CLOSED or OPEN while call listeners are registered, so they see every call.
-
-
-def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
-    """Consecutive failures only: the CLOSED success path reads no clock and takes no lock."""
-    call = breaker._call  # noqa: SLF001
-    on_error = breaker._on_error  # noqa: SLF001
-    successes, next_ = breaker._successes.ticks, next  # noqa: SLF001
-    count_rejected = breaker._rejected.increment  # noqa: SLF001
-    monotonic = breaker._monotonic  # noqa: SLF001
-    name = breaker.name
-    closed, open_, record, rejection = _CLOSED, _OPEN, _RECORD, CircuitOpenError
-    target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
-
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        # The state is read again off the CLOSED path rather than kept in a local: storing it
-        # costs the success path more than the second read costs the others.
-        if breaker._gate is not closed:  # noqa: SLF001
-            if breaker._gate is open_:  # noqa: SLF001
-                wait = breaker._open_until - monotonic()  # noqa: SLF001
-                if wait > 0.0:
-                    count_rejected()
-                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
-            return call(fn, args, kwargs)
-        try:
-            # Spreading an empty **kwargs costs more than testing it: skip it when empty.
-            result = target(*args, **kwargs) if kwargs else target(*args)
-        except BaseException as exc:
-            on_error(record, exc, 0.0)
-            raise
-        next_(successes)
-        if breaker._consecutive_failures:  # noqa: SLF001
-            breaker._consecutive_failures = 0  # noqa: SLF001
-        return result
-
-    return guarded
-
-
-def _sync_general(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
-    """A rate window, a slow-call threshold or result predicates: outcomes are recorded under the
-    lock anyway, so only the OPEN rejection is short-cut."""
-    call = breaker._call  # noqa: SLF001
-    count_rejected = breaker._rejected.increment  # noqa: SLF001
-    monotonic = breaker._monotonic  # noqa: SLF001
-    name = breaker.name
-    open_, rejection = _OPEN, CircuitOpenError
-
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._gate is open_:  # noqa: SLF001
-            wait = breaker._open_until - monotonic()  # noqa: SLF001
-            if wait > 0.0:
-                count_rejected()
-                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
-        return call(fn, args, kwargs)
-
-    return guarded
-
-
-def _async_fast(
-    breaker: CircuitBreaker, fn: Callable[P, Awaitable[R]]
-) -> Callable[P, Coroutine[object, None, R]]:
-    """The async twin of :func:`_sync_fast`."""
-    acall = breaker._acall  # noqa: SLF001
-    on_error = breaker._on_error  # noqa: SLF001
-    successes, next_ = breaker._successes.ticks, next  # noqa: SLF001
-    count_rejected = breaker._rejected.increment  # noqa: SLF001
-    monotonic = breaker._monotonic  # noqa: SLF001
-    name = breaker.name
-    closed, open_, record, rejection = _CLOSED, _OPEN, _RECORD, CircuitOpenError
-    target: Callable[..., Awaitable[R]] = fn
-
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._gate is not closed:  # noqa: SLF001
-            if breaker._gate is open_:  # noqa: SLF001
-                wait = breaker._open_until - monotonic()  # noqa: SLF001
-                if wait > 0.0:
-                    count_rejected()
-                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
-            return await acall(fn, args, kwargs)
-        try:
-            result = await (target(*args, **kwargs) if kwargs else target(*args))
-        except BaseException as exc:
-            on_error(record, exc, 0.0)
-            raise
-        next_(successes)
-        if breaker._consecutive_failures:  # noqa: SLF001
-            breaker._consecutive_failures = 0  # noqa: SLF001
-        return result
-
-    return guarded
-
-
-def _async_general(
-    breaker: CircuitBreaker, fn: Callable[P, Awaitable[R]]
-) -> Callable[P, Coroutine[object, None, R]]:
-    """The async twin of :func:`_sync_general`."""
-    acall = breaker._acall  # noqa: SLF001
-    count_rejected = breaker._rejected.increment  # noqa: SLF001
-    monotonic = breaker._monotonic  # noqa: SLF001
-    name = breaker.name
-    open_, rejection = _OPEN, CircuitOpenError
-
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._gate is open_:  # noqa: SLF001
-            wait = breaker._open_until - monotonic()  # noqa: SLF001
-            if wait > 0.0:
-                count_rejected()
-                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
-        return await acall(fn, args, kwargs)
-
-    return guarded
 
 
 # ---------------------------------------------------------------------------------- validation

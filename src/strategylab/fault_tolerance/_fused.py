@@ -31,7 +31,8 @@ import inspect
 import types
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from ._breaker import _CLOSED, _RECORD, CircuitBreaker
+from ._breaker import CircuitBreaker
+from ._breaker_state import _CLOSED, _RECORD
 from ._retry import RetryPolicy
 from ._typing import hides_generator
 

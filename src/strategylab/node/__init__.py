@@ -8,13 +8,9 @@ run as a process by :func:`run_node_process`) and the trader (:func:`run_engine`
 
 from __future__ import annotations
 
-from ._node import (
-    EXIT_EMERGENCY,
-    Node,
-    NodeConfig,
-    run_node,
-    run_node_process,
-)
+from ._config import NodeConfig
+from ._node import Node
+from ._process import EXIT_EMERGENCY, run_node, run_node_process
 from ._trader import TraderConfig, load_factory, run_engine, run_trader_process
 
 __all__ = [

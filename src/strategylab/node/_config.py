@@ -1,0 +1,58 @@
+"""The node's options: :class:`NodeConfig`, checked on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from strategylab._layout import DataLayout
+from strategylab.errors import ConfigurationError
+
+__all__ = ["NodeConfig"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything a node needs; ``db`` defaults to ``data_dir/ticks.db``."""
+
+    exchange_url: str
+    symbols: tuple[str, ...]
+    data_dir: Path
+    db: Path | None = None
+    postgres: str | None = None
+    signing_key: bytes | None = dataclasses.field(default=None, repr=False)  # a secret
+    audit_key: bytes | None = dataclasses.field(default=None, repr=False)  # a secret
+    """HMAC key of the audit chain; ``None``: ``$STRATEGYLAB_AUDIT_KEY`` when set, else unkeyed."""
+    backup_urls: tuple[str, ...] = ()
+    status_interval: float = 1.0
+    stale_after: float = 3.0
+    connect_timeout: float = 5.0
+    backoff_floor: float = 0.05
+    backoff_cap: float = 2.0
+    batch_size: int = 20_000
+    max_queue: int = 200_000
+    linger: float = 0.02
+    spool: bool = True
+    drain_timeout: float = 1.0
+    """Seconds :meth:`Node.aclose` may take in all (stop the feed, flush, close the store)."""
+    shutdown_deadline: float = 5.0
+    """Seconds an emergency shutdown may take to stop intake, flush and close."""
+    disk_full_grace: float = 60.0
+    """Seconds a DISK_SPACE_EXHAUSTED recovery waits for the component to be healthy again."""
+
+    def __post_init__(self) -> None:
+        for key in ("status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigurationError(key, value, "must be a finite number > 0")
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file."""
+        return self.db if self.db is not None else self.layout.ticks_db
+
+    @property
+    def layout(self) -> DataLayout:
+        """The data directory's file names."""
+        return DataLayout(self.data_dir)
