@@ -47,6 +47,11 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("exchange --max-json-depth 0", 2, "--max-json-depth"),
     ("exchange --log-level bogus", 2, "--log-level"),
     ("exchange --admin-token x --admin-token-file {missing}", 2, "--admin-token-file"),
+    ("exchange --data-dir ", 2, "--data-dir: must not be empty"),
+    ("exchange --signing-key-file ", 2, "--signing-key-file"),
+    ("exchange --symbols A\x1b[31mB", 2, "--symbols"),
+    ("exchange --admin-open --admin-token t", 2, "contradicts --admin-token"),
+    ("exchange --host 999.1.1.1 --data-dir {tmp}/x", 1, "--host '999.1.1.1': cannot listen"),
     # node
     ("node --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
     ("node --exchange-url ws://127.0.0.1:1/ws --symbols A", 2, "--data-dir"),
@@ -73,6 +78,27 @@ CATALOGUE: list[tuple[str, int, str]] = [
         "--postgres",
     ),
     ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --log-level bogus", 2, "--log-level"),
+    ("node --exchange-url http://h:99999 --data-dir {tmp}/n --symbols A", 2, "--exchange-url"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --backup-url ws://h:0/ws",
+        2,
+        "--backup-url",
+    ),
+    ("node --exchange-url {ws} --data-dir  --symbols A", 2, "--data-dir: must not be empty"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db ", 2, "--db"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db mysql://x",
+        2,
+        "unsupported URL scheme",
+    ),
+    (
+        (
+            "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --db {tmp}/x.db --postgres "
+            "postgresql://u@h/d"
+        ),
+        2,
+        "--postgres",
+    ),
     (
         "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --signing-key-file {missing}",
         2,
@@ -95,11 +121,26 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("trade {trade} --max-violations 0", 2, "--max-violations"),
     ("trade {trade} --log-level bogus", 2, "--log-level"),
     ("trade {trade} --audit-key-file {missing}", 2, "--audit-key-file"),
+    # ws://HOST:PORT/ws is the feed: orders go to http://HOST:PORT (the node's meaning too).
     (
         "trade --exchange-url {ws} --book {tmp}/t/book.db --strategy " + MA + " --symbols A",
+        1,
+        "cannot connect to {http}",
+    ),
+    (
+        (
+            "trade --exchange-url http://h:99999 --book {tmp}/t/book.db --strategy ma_crossover "
+            "--symbols A"
+        ),
         2,
         "--exchange-url",
     ),
+    ("trade {trade} --feed-url ws://:5/ws", 2, "--feed-url"),
+    ("trade {trade} --symbols A\nB", 2, "--symbols"),
+    ("trade --exchange-url {http} --book  --strategy ma_crossover --symbols A", 2, "--book"),
+    ("trade {trade} --audit-key-file ", 2, "--audit-key-file"),
+    ("trade --exchange-url {http} --book {db} --strategy ma_crossover --symbols A", 2, "--book"),
+    ("trade {trade} --strategy a=mean_reversion", 2, "--strategy"),
     ("trade {trade} --feed-url {http}", 2, "--feed-url"),
     (
         "trade --exchange-url {http} --book {tmp}/t/book.db --strategy nonsense --symbols A",
@@ -165,6 +206,10 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("proxy --admin-open --host 10.0.0.1", 2, "--admin-open"),
     ("proxy --admin-token-file {missing}", 2, "--admin-token-file"),
     ("proxy --data-dir {file}", 2, "{file}"),
+    ("proxy --config ", 2, "--config: must not be empty"),
+    ("proxy --data-dir ", 2, "--data-dir: must not be empty"),
+    ("proxy --admin-open --admin-token t", 2, "contradicts --admin-token"),
+    ("proxy --host 999.1.1.1", 1, "--host '999.1.1.1': cannot listen"),
     # check
     ("check", 2, "EMITTED"),
     ("check {missing} {db}", 1, "missing"),
@@ -174,12 +219,22 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("check {notjson} {db} --acks {missing}", 1, "missing"),
     ("check {notjson} {db} --acks {garbage}", 1, "garbage"),
     ("check {notjson} {db} --bogus", 2, "--bogus"),
+    ("check {empty} {db}", 1, "EMITTED {empty}: not an emitted log (empty"),
+    ("check {garbage} {db}", 1, "EMITTED {garbage}: not an emitted log"),
+    ("check {db} {db}", 1, "EMITTED {db}: not an emitted log"),
+    ("check {notjson} mysql://u:secret@h/d", 2, "DB mysql://u@h/d: unsupported URL scheme"),
     # backtest
     ("backtest --db {db}", 2, "--symbols"),
-    ("backtest --db {missing} --symbols A", 2, "--db"),
-    ("backtest --db {empty} --symbols A", 2, "--db"),
-    ("backtest --db {dir} --symbols A", 2, "--db"),
-    ("backtest --db {garbage} --symbols A", 2, "--db"),
+    ("backtest --db {missing} --symbols A", 1, "--db"),
+    ("backtest --db {empty} --symbols A", 1, "--db"),
+    ("backtest --db {dir} --symbols A", 1, "--db"),
+    ("backtest --db {garbage} --symbols A", 1, "--db"),
+    ("backtest --db mysql://u:secret@h/d --symbols A", 2, "unsupported URL scheme 'mysql'"),
+    ("backtest --db {db} --symbols A --from 99999999999999999999999", 2, "--from"),
+    ("backtest --db {db} --symbols A --to 9999-12-31", 2, "--to"),
+    ("backtest --db {db} --symbols A --fee-bps -1", 2, "--fee-bps"),
+    ("backtest --db {db} --symbols A --slippage-bps inf", 2, "--slippage-bps"),
+    ("backtest --db {db} --symbols A --param fast=nan", 2, "--param"),
     ("backtest --db {db} --symbols Z", 2, "--symbols"),
     ("backtest --db {db} --symbols A --fee-bps abc", 2, "--fee-bps"),
     ("backtest --db {db} --symbols A --param fast", 2, "--param"),
@@ -191,7 +246,12 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("optimize --db {db} --symbols A --grid fast=2 --workers 0", 2, "--workers"),
     ("optimize --db {db} --symbols A --grid fast=50 --param slow=10", 2, "no valid parameter set"),
     ("optimize --db {db} --symbols A --grid fast=2 --metric bogus", 2, "--metric"),
-    ("optimize --db {missing} --symbols A --grid fast=2", 2, "--db"),
+    ("optimize --db {missing} --symbols A --grid fast=2", 1, "--db"),
+    ("optimize --db {garbage} --symbols A --grid fast=2", 1, "--db"),
+    ("optimize --db {db} --symbols A --grid fast=2 --timeout inf", 2, "--timeout"),
+    ("optimize --db {db} --symbols A --grid fast=2 --workers 99999999", 2, "--workers"),
+    ("optimize --db {db} --symbols A --grid fast=2 --seed -1", 2, "--seed"),
+    ("optimize --db {db} --symbols A --random 3 --range fast=nan:inf", 2, "--range"),
     # Event-driven over 20,000 ticks overruns 1 ms at every scope: every run skipped.
     (
         "optimize --db {db} --symbols A --grid fast=2,3 --workers 1 --timeout 0.001 --event-driven",

@@ -94,10 +94,14 @@ async def test_changed_parameters_are_refused_before_any_order(
         await second.aclose()
     error = caught.value
     assert error.key == "--param"
-    assert error.value == {"fast": 5, "slow": 20, "qty": 1.0, "symbol": "A", **changed}
-    assert f"strategy ma's order book {book} was written with parameters" in error.reason
-    assert '"fast": 5' in error.reason
-    assert error.reason.endswith("start with these, or use a new --book")
+    ((name, value),) = changed.items()
+    assert error.value == f"{name}={value}"
+    assert f"strategy ma's order book {book} was written with --symbols A and --param " in (
+        error.reason
+    )
+    assert "fast=5 qty=1.0 slow=20" in error.reason
+    assert f"; now --param {name}={value}: " in error.reason
+    assert error.reason.endswith("start with those, or use a new --book")
     assert not second.trading
     assert len(exchange.book.orders()) == sent
     assert recorded(book) == before

@@ -35,7 +35,11 @@ def volume(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 async def exchange(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    """A real exchange process emitting 60,000 ticks at 15,000 ticks/s; (port, emitted log)."""
+    """A real exchange process emitting 60,000 ticks at 6,000 ticks/s; (port, emitted log).
+
+    The ticks must still be flowing when a test fills the disk (about 10 s of them): at a higher
+    rate a loaded machine let the node store everything before the ballast was written, and then
+    no write ever met the full disk."""
     proc = await spawn(
         "strategylab",
         "exchange",
@@ -46,7 +50,7 @@ async def exchange(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
         "--symbols",
         SYMBOLS,
         "--tick-rate",
-        "15000",
+        "6000",
         "--max-ticks",
         "60000",
         "--heartbeat-interval",

@@ -220,11 +220,13 @@ def test_bad_input_exits_2_naming_the_problem(db: Path, args: list[str], message
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("command", ["backtest", "optimize"])
-def test_missing_db_and_unknown_symbol_exit_2(db: Path, tmp_path: Path, command: str) -> None:
-    """A database that does not exist, and a symbol with no ticks, are named in the error."""
+def test_missing_db_exits_1_and_unknown_symbol_exits_2(
+    db: Path, tmp_path: Path, command: str
+) -> None:
+    """A database that does not exist (operational, 1) and a symbol with no ticks (usage, 2)."""
     grid = ["--grid", "fast=5", "--grid", "slow=20"] if command == "optimize" else []
     missing = _invoke(command, "--db", str(tmp_path / "nope.db"), "--symbols", SYMBOL, *grid)
-    assert missing.exit_code == 2
+    assert missing.exit_code == 1
     assert "nope.db" in missing.output
     assert "no such database" in missing.output
     unknown = _invoke(command, "--db", str(db), "--symbols", "DOGE-USD", *grid)

@@ -226,17 +226,17 @@ def test_check_on_postgres_equals_sqlite(pg_schema: str, sqlite_db: Path, emitte
 def test_postgres_without_a_tick_table_is_refused_and_nothing_is_created(
     empty_schema: str, emitted: Path
 ) -> None:
-    """An empty database is "not a tick store": check exits 1, backtest 2; no table appears."""
+    """An empty database is "not a tick store": every command exits 1; no table appears."""
     url = _url(empty_schema)
     checked = _invoke("check", str(emitted), url)
     assert checked.exit_code == 1, checked.output
     assert "not a tick store" in checked.output
     backtest = _invoke("backtest", "--db", url, "--symbols", "AAA")
-    assert backtest.exit_code == 2, backtest.output
+    assert backtest.exit_code == 1, backtest.output
     assert "--db" in backtest.output
     assert "not a tick store" in backtest.output
     optimize = _invoke("optimize", "--db", url, "--symbols", "AAA", "--grid", "fast=5")
-    assert optimize.exit_code == 2, optimize.output
+    assert optimize.exit_code == 1, optimize.output
     assert _tables(empty_schema) == []
 
 
@@ -445,7 +445,9 @@ def test_several_symbols_write_one_file_each(sqlite_db: Path, tmp_path: Path) ->
 
 
 @pytest.mark.timeout(30)
-def test_an_existing_per_symbol_file_is_never_overwritten(sqlite_db: Path, tmp_path: Path) -> None:
+def test_an_existing_per_symbol_file_is_kept_without_overwrite(
+    sqlite_db: Path, tmp_path: Path
+) -> None:
     """A derived NAME.SYMBOL file that exists is refused before anything runs, and kept as is."""
     mine = tmp_path / "t.BBB.csv"
     mine.write_text("the user's own file\n")
@@ -453,7 +455,7 @@ def test_an_existing_per_symbol_file_is_never_overwritten(sqlite_db: Path, tmp_p
                   "--trades-out", str(tmp_path / "t.csv"))  # fmt: skip
     assert run.exit_code == 2, run.output
     assert "--trades-out" in run.output
-    assert "never overwritten" in run.output
+    assert "t.BBB.csv' exists; give --overwrite to replace it" in run.output
     assert mine.read_text() == "the user's own file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.BBB.csv"]
 

@@ -4,10 +4,16 @@ One name, one meaning, in every command that takes it:
 
 - ``--data-dir DIR``: the process's data directory (its files: :mod:`strategylab._layout`).
 - ``--symbols A,B``: symbols, comma-separated (one or more).
-- ``--exchange-url URL``: the exchange simulator, ``http://HOST:PORT`` (its feed is ``URL/ws``).
-  The node, which only reads the feed, also takes the feed's ``ws://HOST:PORT/ws`` there.
+- ``--exchange-url URL``: the exchange simulator, ``http://HOST:PORT`` (its feed is ``URL/ws``),
+  or its feed ``ws://HOST:PORT/ws`` (its orders are then ``http://HOST:PORT``): the same two
+  forms, the same meaning, in ``node`` and ``trade``.
 - ``--feed-url URL``: a market-data WebSocket, ``ws://HOST:PORT/ws``, where it is not the
   exchange's.
+
+Every URL option is checked at parse time (:func:`url_callback`: the scheme the flag takes, a
+host, a port in 1..65535), every path option refuses an empty value (:func:`nonempty_path`: it
+would be the current directory), and ``--symbols`` is checked by :func:`symbols_callback`; each
+refusal is one line naming the flag, exit 2.
 - ``--db STORE``: the *tick store*: a SQLite file, or a ``postgresql://`` URL. (The trader's order
   book is ``--book``: a different thing, a different name.)
 - ``--book PATH``: the trader's SQLite order book.
@@ -27,15 +33,22 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Final, NoReturn
+from urllib.parse import urlsplit
 
+import click
 import typer
 
 from strategylab._logging import escape
+from strategylab.errors import ConfigurationError
 
 __all__ = [
+    "EXCHANGE_SCHEMES",
+    "FEED_SCHEMES",
     "AdminTokenFileOption",
     "AdminTokenOption",
     "AuditKeyFileOption",
@@ -53,10 +66,100 @@ __all__ = [
     "StoreOption",
     "StrategyOption",
     "SymbolsOption",
+    "check_url",
     "is_postgres_url",
+    "nonempty_path",
     "split_symbols",
+    "symbols_callback",
+    "url_callback",
     "usage_error",
 ]
+
+EXCHANGE_SCHEMES: Final = ("http", "https", "ws", "wss")
+"""``--exchange-url``'s (and ``--backup-url``'s) schemes: the exchange, or its feed ``/ws``."""
+FEED_SCHEMES: Final = ("ws", "wss")
+"""``--feed-url``'s schemes."""
+
+
+def check_url(flag: str, url: str, schemes: Collection[str]) -> str:
+    """``url`` when it is ``SCHEME://HOST[:PORT][/PATH]`` with a scheme in ``schemes``, a host,
+    and a port in 1..65535 if one is given.
+
+    Raises :class:`ConfigurationError` naming ``flag`` otherwise (an empty value, blanks or
+    control characters, an unknown scheme, no host, a port out of range or not a number).
+    """
+    allowed = " or ".join(f"{scheme}://" for scheme in schemes)
+    if not url:
+        raise ConfigurationError(flag, url, "must not be empty")
+    if any(not ch.isprintable() or ch.isspace() for ch in url):
+        raise ConfigurationError(flag, url, "must not hold blanks or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not url.startswith(f"{parts.scheme}://"):
+        raise ConfigurationError(flag, url, f"must start with {allowed}")
+    if not parts.hostname:
+        raise ConfigurationError(flag, url, "has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ConfigurationError(flag, url, "the port must be a number in 1..65535")
+    return url
+
+
+def url_callback(
+    schemes: Collection[str],
+) -> Callable[[click.Context, click.Parameter, object], object]:
+    """A typer option callback that checks the option's URL(s) with :func:`check_url` at parse
+    time, exiting 2 with one line naming the flag (a ``None`` value is left to the command)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        flag = param.opts[0] if param.opts else str(param.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is not None:
+                try:
+                    check_url(flag, str(item), schemes)
+                except ConfigurationError as exc:
+                    usage_error(ctx.command_path, exc)
+        return value
+
+    return check
+
+
+def nonempty_path(flag: str) -> Callable[[object], Path]:
+    """A ``parser=`` for the path option ``flag``: an empty value is refused with one line naming
+    the flag, exit 2 (``Path("")`` would silently be the current directory)."""
+
+    def parse(value: object) -> Path:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if not text:
+            ctx = click.get_current_context(silent=True)
+            usage_error(ctx.command_path if ctx else "strategylab", f"{flag}: must not be empty")
+        return Path(text)
+
+    return parse
+
+
+def symbols_callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """A typer option callback that checks ``--symbols`` with :func:`split_symbols` at parse
+    time, for every command that takes it: one line naming the flag, exit 2."""
+    if isinstance(value, str):
+        try:
+            split_symbols(value, flag=param.opts[0] if param.opts else "--symbols")
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
+    return value
+
+
+def _nonempty_text(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """Option callback of a text option that names a file or store: refuses an empty value."""
+    if value == "":
+        flag = param.opts[0] if param.opts else str(param.name)
+        usage_error(ctx.command_path, f"{flag}: must not be empty")
+    return value
 
 
 class LogLevel(enum.StrEnum):
@@ -74,15 +177,31 @@ class LogLevel(enum.StrEnum):
 
 
 DataDirOption = Annotated[
-    Path, typer.Option("--data-dir", help="The data directory (created 0700 if missing).")
+    Path,
+    typer.Option(
+        "--data-dir",
+        metavar="DIR",
+        parser=nonempty_path("--data-dir"),
+        help="The data directory (created 0700 if missing).",
+    ),
 ]
 SymbolsOption = Annotated[
-    str, typer.Option("--symbols", metavar="A,B", help="Symbols, comma-separated.")
+    str,
+    typer.Option(
+        "--symbols",
+        metavar="A,B",
+        callback=symbols_callback,
+        help="Symbols, comma-separated.",
+    ),
 ]
 ExchangeUrlOption = Annotated[
     str,
     typer.Option(
-        "--exchange-url", metavar="URL", help="The exchange, http://HOST:PORT (its feed: URL/ws)."
+        "--exchange-url",
+        metavar="URL",
+        callback=url_callback(EXCHANGE_SCHEMES),
+        help="The exchange, http://HOST:PORT (its feed: URL/ws); or its feed, ws://HOST:PORT/ws "
+        "(its orders: http://HOST:PORT).",
     ),
 ]
 FeedUrlOption = Annotated[
@@ -90,6 +209,7 @@ FeedUrlOption = Annotated[
     typer.Option(
         "--feed-url",
         metavar="URL",
+        callback=url_callback(FEED_SCHEMES),
         help="The market-data WebSocket, ws://HOST:PORT/ws [default: the exchange's /ws].",
         show_default=False,
     ),
@@ -99,6 +219,7 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         metavar="STORE",
+        callback=_nonempty_text,
         help="The tick store: a SQLite file, or a postgresql:// URL.",
     ),
 ]
@@ -107,6 +228,7 @@ StoreOption = Annotated[
     typer.Option(
         "--db",
         metavar="STORE",
+        callback=_nonempty_text,
         help="The tick store: a SQLite file, or a postgresql:// URL (as --postgres) "
         "[default: DATA_DIR/ticks.db].",
         show_default=False,
@@ -118,6 +240,7 @@ BookOption = Annotated[
     typer.Option(
         "--book",
         metavar="PATH",
+        parser=nonempty_path("--book"),
         help="The trader's SQLite order book (created with its directory, 0700; its audit log "
         "and logs/trader.log go beside it).",
     ),
@@ -165,6 +288,7 @@ SigningKeyFileOption = Annotated[
     typer.Option(
         "--signing-key-file",
         metavar="PATH",
+        parser=nonempty_path("--signing-key-file"),
         help="Read the feed's HMAC key from PATH (mode 0600 or narrower) [default: "
         "$STRATEGYLAB_SIGNING_KEY].",
         show_default=False,
@@ -185,6 +309,7 @@ AdminTokenFileOption = Annotated[
     typer.Option(
         "--admin-token-file",
         metavar="PATH",
+        parser=nonempty_path("--admin-token-file"),
         help="Read the admin bearer token (changes need it) from PATH (mode 0600 or narrower) "
         "[default: $STRATEGYLAB_ADMIN_TOKEN].",
         show_default=False,
@@ -195,6 +320,7 @@ AuditKeyFileOption = Annotated[
     typer.Option(
         "--audit-key-file",
         metavar="PATH",
+        parser=nonempty_path("--audit-key-file"),
         help="Read the audit log's HMAC key (>= 16 bytes) from PATH (mode 0600 or narrower) "
         "[default: $STRATEGYLAB_AUDIT_KEY].",
         show_default=False,
@@ -202,9 +328,22 @@ AuditKeyFileOption = Annotated[
 ]
 
 
-def split_symbols(text: str) -> tuple[str, ...]:
-    """``--symbols``' value as a tuple (blanks around commas ignored, empty items dropped)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+_SYMBOL: Final = re.compile(r"[A-Za-z0-9._\-:/]{1,32}")
+
+
+def split_symbols(text: str, *, flag: str = "--symbols") -> tuple[str, ...]:
+    """``--symbols``' value as a tuple (blanks around commas ignored, empty items dropped).
+
+    Raises :class:`ConfigurationError` naming ``flag`` when an item is not 1..32 of the ASCII
+    letters, digits and ``. _ - : /`` (a control character, a newline, a blank inside a name).
+    """
+    names = tuple(part.strip(" ") for part in text.split(",") if part.strip(" "))
+    for name in names:
+        if not _SYMBOL.fullmatch(name):
+            raise ConfigurationError(
+                flag, name, "a symbol is 1..32 of A-Z a-z 0-9 . _ - : / (no blanks or controls)"
+            )
+    return names
 
 
 def is_postgres_url(text: str) -> bool:

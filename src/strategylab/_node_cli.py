@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
+from urllib.parse import urlsplit
 
 import typer
 
 from strategylab._cli_options import (
+    EXCHANGE_SCHEMES,
+    FEED_SCHEMES,
     AuditKeyFileOption,
     BookOption,
     ExchangeUrlOption,
@@ -26,8 +29,11 @@ from strategylab._cli_options import (
     SigningKeyOption,
     StoreOption,
     SymbolsOption,
+    check_url,
     is_postgres_url,
+    nonempty_path,
     split_symbols,
+    url_callback,
     usage_error,
 )
 from strategylab._secrets import SIGNING_KEY, resolve_secret
@@ -46,24 +52,32 @@ BackupUrlOption = Annotated[
     typer.Option(
         "--backup-url",
         metavar="URL",
+        callback=url_callback(EXCHANGE_SCHEMES),
         help="A failover exchange or feed, in --exchange-url's forms; repeatable.",
         show_default=False,
     ),
 ]
 
 
+def exchange_endpoints(flag: str, url: str) -> tuple[str, str]:
+    """``(orders, feed)`` of an ``--exchange-url`` (or ``--backup-url``) value, the one meaning
+    both ``node`` and ``trade`` give it: an exchange's ``http(s)://HOST:PORT`` has its orders there
+    and its feed at ``ws(s)://HOST:PORT/ws``; a feed's ``ws(s)://HOST:PORT/PATH`` is the feed
+    itself, and its orders are at ``http(s)://HOST:PORT``. Raises :class:`ConfigurationError`
+    naming ``flag`` for anything else (:func:`check_url`)."""
+    check_url(flag, url, EXCHANGE_SCHEMES)
+    parts = urlsplit(url)
+    secure = parts.scheme in {"https", "wss"}
+    http, ws = ("https", "wss") if secure else ("http", "ws")
+    if parts.scheme in {"http", "https"}:
+        base = url.rstrip("/")
+        return base, ws + base.removeprefix(parts.scheme) + "/ws"
+    return f"{http}://{parts.netloc}", url
+
+
 def feed_url(flag: str, url: str) -> str:
-    """The market-data WebSocket of ``url``: an exchange's ``http(s)://HOST:PORT`` becomes
-    ``ws(s)://HOST:PORT/ws``; a ``ws(s)://`` URL is the feed itself. Raises
-    :class:`ConfigurationError` naming ``flag`` for anything else."""
-    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(http) and len(url) > len(http):
-            return ws + url.removeprefix(http).rstrip("/") + "/ws"
-    if url.startswith(("ws://", "wss://")) and len(url) > len("wss://"):
-        return url
-    raise ConfigurationError(
-        flag, url, "must be the exchange's http://HOST:PORT or a feed's ws://HOST:PORT/ws"
-    )
+    """The market-data WebSocket of ``url`` (:func:`exchange_endpoints`)."""
+    return exchange_endpoints(flag, url)[1]
 
 
 def _secrets(
@@ -102,19 +116,21 @@ def node_config(
     if not names:
         raise ConfigurationError("--symbols", symbols, "must name at least one symbol")
     if feed is not None:
-        if not feed.startswith(("ws://", "wss://")):
-            raise ConfigurationError("--feed-url", feed, "must start with ws:// or wss://")
-        primary = feed
+        primary = check_url("--feed-url", feed, FEED_SCHEMES)
     elif exchange_url is not None:
         primary = feed_url("--exchange-url", exchange_url)
     else:
         raise ConfigurationError("--exchange-url", None, "is required (or --feed-url)")
+    if db is not None and postgres is not None:
+        raise ConfigurationError(
+            "--db", db, "contradicts --postgres (both name the tick store); give only one of them"
+        )
     if db is not None and is_postgres_url(db):
-        if postgres is not None:
-            raise ConfigurationError(
-                "--db", db, "contradicts --postgres (both name a PostgreSQL store); give one"
-            )
         db, postgres = None, db
+    elif db is not None and "://" in db:
+        raise ConfigurationError(
+            "--db", db, "unsupported URL scheme (a SQLite file, or postgresql:// or postgres://)"
+        )
     return NodeConfig(
         exchange_url=primary,
         backup_urls=tuple(feed_url("--backup-url", url) for url in backup_urls),
@@ -133,6 +149,8 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         Path,
         typer.Option(
             "--data-dir",
+            metavar="DIR",
+            parser=nonempty_path("--data-dir"),
             help="The node's data directory (created 0700): ticks.db, acks.jsonl, audit.jsonl, "
             "spool/, logs/node.log.",
         ),
@@ -143,8 +161,9 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option(
             "--exchange-url",
             metavar="URL",
-            help="The exchange, http://HOST:PORT (its feed: URL/ws); a ws://HOST:PORT/ws URL is "
-            "taken as the feed itself. Required unless --feed-url is given.",
+            callback=url_callback(EXCHANGE_SCHEMES),
+            help="The exchange, http://HOST:PORT (its feed: URL/ws); or its feed, "
+            "ws://HOST:PORT/ws. Required unless --feed-url is given.",
             show_default=False,
         ),
     ] = None,
@@ -243,18 +262,17 @@ def trader_config(
     names = split_symbols(symbols)
     if not names:
         raise ConfigurationError("--symbols", symbols, "must name at least one symbol")
-    if not exchange_url.startswith(("http://", "https://")):
-        raise ConfigurationError(
-            "--exchange-url",
-            exchange_url,
-            "must start with http:// or https:// (the feed's ws:// URL is --feed-url)",
-        )
+    orders, exchange_feed = exchange_endpoints("--exchange-url", exchange_url)
+    if feed is not None:
+        check_url("--feed-url", feed, FEED_SCHEMES)
+    elif not exchange_url.startswith(("http://", "https://")):
+        feed = exchange_feed  # the feed was given itself, ws(s)://HOST:PORT/ws
     try:
         parsed = parse_params(params)
     except UsageError as exc:
         raise ConfigurationError("--param", " ".join(params), str(exc)) from None
     return TraderConfig(
-        exchange_url=exchange_url,
+        exchange_url=orders,
         feed_url=feed,
         book=book,
         strategies=tuple(strategies),

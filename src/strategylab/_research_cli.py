@@ -4,20 +4,23 @@ Plain typer command functions; ``cli.py`` registers them on its app. Both read a
 never write to it: ``--db`` is an SQLite file (opened ``mode=ro``) or a ``postgresql://`` /
 ``postgres://`` URL (read-only transactions); see :func:`strategylab.market.open_tick_reader`.
 
-Bad input (an unknown strategy, a malformed ``--param``, a missing database or one that is not a
-tick store, a symbol with no ticks, an empty range, an output path in a missing directory or with
-the wrong suffix) is a usage error: one line on stderr naming the flag and value, exit status 2,
-no traceback. A server that cannot be reached, or an output file that cannot be written, exits 1.
-An optimisation in which every run failed exits 1; a cancelled one (Ctrl-C) prints what finished
-and exits 130.
+Bad input (an unknown strategy, a malformed ``--param``, a number that is not finite or out of
+range, an empty ``--db`` or a URL that is not ``postgresql://``, a symbol with no ticks, an empty
+range, an output path in a missing directory, with the wrong suffix, or that exists without
+``--overwrite``) is a usage error: one line on stderr naming the flag and value, exit status 2,
+no traceback. A store that cannot be opened or used (missing, empty, not SQLite, damaged, not a
+tick store, a server that cannot be reached), or an output file that cannot be written, is an
+operational failure: exit 1. An optimisation in which every run failed exits 1; a cancelled one
+(Ctrl-C) prints what finished and exits 130.
 
 Several symbols: ``backtest --symbols A,B`` backtests each symbol on its own (a strategy trades
 one symbol) and reports each: a column per symbol in the table, a JSON list with one object per
 symbol in ``--symbols`` order (a list even for one symbol). Its output files are then one per
-symbol, ``NAME.SYMBOL.SUFFIX`` beside the path given (``trades.csv`` -> ``trades.A.csv``); since
-nobody named those files, one that already exists is never overwritten: the command refuses
-before running. With one symbol the path given is written as given (replaced atomically if it
-exists). ``optimize`` searches parameters for exactly one symbol.
+symbol, ``NAME.SYMBOL.SUFFIX`` beside the path given (``trades.csv`` -> ``trades.A.csv``); with
+one symbol the path given is written as given. An output file that already exists is refused
+before anything runs, unless ``--overwrite`` is given (then it is replaced atomically); a
+symbolic link is always refused, so an output is never written through one. ``optimize``
+searches parameters for exactly one symbol.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from strategylab._cli_options import (
     split_symbols,
 )
 from strategylab._logging import escape
-from strategylab.errors import StrategyLabError
+from strategylab._validate import shown
+from strategylab.errors import ConfigurationError, StrategyLabError
 
 # Only for annotations: `strategylab --help` imports this module to read the commands' options,
 # and research pulls in numpy and the fault-tolerance stack. The commands import what they run.
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from strategylab.market import TickBounds, TickSpan
+    from strategylab.market import TickBounds, TickReader, TickSpan
     from strategylab.research import (
         BacktestResult,
         BacktestSpec,
@@ -80,6 +84,10 @@ _EXIT_USAGE: Final = 2
 _EXIT_CANCELLED: Final = 130
 _RANKABLE: Final = ("pnl", "sharpe", "max_drawdown")
 _FILE_SAFE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DIGITS: Final = re.compile(r"[0-9]+")
+_MAX_INT: Final = (1 << 63) - 1
+"""Sequence numbers, times (ns) and integer parameters are 64-bit signed integers."""
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _S = TypeVar("_S")
 
 
@@ -91,21 +99,37 @@ class UsageError(StrategyLabError):
 
 
 def parse_value(text: str) -> ParamValue:
-    """``"20"`` → 20, ``"0.5"`` → 0.5, ``"true"`` → True, anything else stays a string."""
+    """``"20"`` → 20, ``"0.5"`` → 0.5, ``"true"`` → True, anything else stays a string.
+
+    Raises :class:`UsageError` for a number that is not finite (``nan``, ``inf``) or an integer
+    beyond 64 bits; the message quotes ``text`` (the callers put the flag in front).
+    """
     lowered = text.strip().lower()
     if lowered in {"true", "false"}:
         return lowered == "true"
     try:
-        return int(text)
+        whole = int(text)
     except ValueError:
         pass
+    else:
+        if not -_MAX_INT - 1 <= whole <= _MAX_INT:
+            raise UsageError(f"value {shown(text)}: must be a 64-bit integer (|value| < 2**63)")
+        return whole
     try:
         value = float(text)
     except ValueError:
         return text.strip()
     if not math.isfinite(value):
-        raise UsageError(f"value {text!r}: must be finite")
+        raise UsageError(f"value {shown(text)}: must be finite")
     return value
+
+
+def _value(option: str, item: str, text: str) -> ParamValue:
+    """:func:`parse_value`, its error naming the flag and the item the user typed."""
+    try:
+        return parse_value(text)
+    except UsageError as exc:
+        raise UsageError(f"{option} {shown(item)}: {exc}") from None
 
 
 def _split(item: str, option: str, example: str) -> tuple[str, str]:
@@ -116,18 +140,20 @@ def _split(item: str, option: str, example: str) -> tuple[str, str]:
 
 
 def parse_params(items: Sequence[str]) -> dict[str, ParamValue]:
-    """``["fast=20", "slow=100"]`` → ``{"fast": 20, "slow": 100}``."""
+    """``["fast=20", "slow=100"]`` → ``{"fast": 20, "slow": 100}``; :class:`UsageError` naming
+    ``--param``."""
     out: dict[str, ParamValue] = {}
     for item in items:
         name, value = _split(item, "--param", "fast=20")
         if name in out:
             raise UsageError(f"--param {item!r}: {name!r} is given twice")
-        out[name] = parse_value(value)
+        out[name] = _value("--param", item, value)
     return out
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[ParamValue]]:
-    """``["fast=5,10", "slow=50"]`` → ``{"fast": [5, 10], "slow": [50]}``."""
+    """``["fast=5,10", "slow=50"]`` → ``{"fast": [5, 10], "slow": [50]}``; :class:`UsageError`
+    naming ``--grid``."""
     out: dict[str, list[ParamValue]] = {}
     for item in items:
         name, values = _split(item, "--grid", "fast=5,10,20")
@@ -136,17 +162,18 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[ParamValue]]:
             raise UsageError(f"--grid {item!r}: empty value in the list")
         if name in out:
             raise UsageError(f"--grid {item!r}: {name!r} is given twice")
-        out[name] = [parse_value(p) for p in parts]
+        out[name] = [_value("--grid", item, p) for p in parts]
     return out
 
 
 def parse_ranges(items: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """``["fast=5:50", "entry_z=1.0:3.0"]`` → ``{"fast": (5, 50), "entry_z": (1.0, 3.0)}``."""
+    """``["fast=5:50", "entry_z=1.0:3.0"]`` → ``{"fast": (5, 50), "entry_z": (1.0, 3.0)}``;
+    :class:`UsageError` naming ``--range``."""
     out: dict[str, tuple[float, float]] = {}
     for item in items:
         name, span = _split(item, "--range", "fast=5:50")
         low_text, sep, high_text = span.partition(":")
-        low, high = parse_value(low_text), parse_value(high_text)
+        low, high = _value("--range", item, low_text), _value("--range", item, high_text)
         if (
             not sep
             or isinstance(low, bool | str)
@@ -159,19 +186,33 @@ def parse_ranges(items: Sequence[str]) -> dict[str, tuple[float, float]]:
 
 
 def _parse_bound(text: str, option: str) -> tuple[str, int]:
-    """``--from``/``--to``: a sequence number, or an ISO-8601 time (UTC unless it says)."""
-    if text.strip().isdigit():
-        return "seq", int(text)
+    """``--from``/``--to``: a sequence number (1..2**63-1), or an ISO-8601 time (UTC unless it
+    says) between 1970 and 2262 (what a 64-bit count of ns since the epoch holds)."""
+    stripped = text.strip()
+    if _DIGITS.fullmatch(stripped):
+        seq = int(stripped)
+        if not 1 <= seq <= _MAX_INT:
+            raise UsageError(
+                f"{option} {shown(text)}: a sequence number must be within 1..{_MAX_INT}"
+            )
+        return "seq", seq
     try:
-        moment = dt.datetime.fromisoformat(text.strip())
+        moment = dt.datetime.fromisoformat(stripped)
     except ValueError:
         raise UsageError(
-            f"{option} {text!r}: expected a sequence number or an ISO-8601 time "
+            f"{option} {shown(text)}: expected a sequence number or an ISO-8601 time "
             "(e.g. 2025-01-31T12:00:00)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return "ts", int(moment.timestamp() * 1_000_000_000)
+    # Exact integer arithmetic: a float timestamp would round away the microseconds.
+    ns = (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
+    if not 0 <= ns <= _MAX_INT:
+        raise UsageError(
+            f"{option} {shown(text)}: a time must be between 1970-01-01 and "
+            "2262-04-11T23:47:16Z (UTC; nanoseconds since the epoch in 64 bits)"
+        )
+    return "ts", ns
 
 
 # -------------------------------------------------------------------------- the data to run on
@@ -184,8 +225,9 @@ class _Range:
     ticks: int
 
 
-class StoreUnreachable(StrategyLabError):  # noqa: N818 - a signal to the command, not an error type
-    """The ``--db`` server cannot be reached: an operational failure (exit 1), one line."""
+class StoreError(StrategyLabError):
+    """The ``--db`` store cannot be opened or used (missing, empty, not SQLite, damaged, not a
+    tick store, its server unreachable): an operational failure (exit 1), one line."""
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -224,22 +266,40 @@ def _bounds(start: str | None, end: str | None) -> TickBounds:
     return TickBounds(**bounds)
 
 
+def open_store(flag: str, db: str) -> TickReader:
+    """A reader of the store ``db`` (not yet open), for the command-line option ``flag``.
+
+    Raises :class:`UsageError` naming ``flag`` for a value that cannot name a store: empty, or a
+    URL whose scheme is not ``postgresql``/``postgres``. Opening it is the caller's business.
+    """
+    from strategylab.market import StoreUnusableError, open_tick_reader  # noqa: PLC0415
+
+    if not db.strip():
+        raise UsageError(f"{flag} {db!r}: must not be empty (a SQLite file or a postgresql:// URL)")
+    try:
+        return open_tick_reader(db, verify=False)
+    except StoreUnusableError as exc:
+        raise UsageError(f"{flag} {exc}") from None
+
+
 def _resolve_ranges(
     db: str, symbols: Sequence[str], start: str | None, end: str | None
 ) -> dict[str, _Range]:
-    """The stored sequence range of each symbol inside ``--from``/``--to``; usage errors if none.
+    """The stored sequence range of each symbol inside ``--from``/``--to``.
 
-    Raises :class:`UsageError` (a store that is missing, not a tick store, damaged; a symbol
-    without ticks there) or :class:`StoreUnreachable`.
+    Raises :class:`UsageError` (a bad ``--db`` value, ``--from``/``--to``; a symbol without
+    ticks there) or :class:`StoreError` (a store that cannot be opened or read).
     """
     import asyncio  # noqa: PLC0415
 
     from strategylab.market import is_postgres_url  # noqa: PLC0415
 
     bounds = _bounds(start, end)
-    if not is_postgres_url(db) and not Path(db).exists():
-        raise UsageError(f"--db {db!r}: no such database (run `strategylab demo` to create one)")
-    shown, stored, spans = asyncio.run(_aresolve(db, symbols, bounds))
+    reader = open_store("--db", db)
+    shown = repr(reader.name)
+    if not is_postgres_url(db) and not Path(db).exists() and not Path(db).is_symlink():
+        raise StoreError(f"--db {shown}: no such database (run `strategylab demo` to create one)")
+    stored, spans = asyncio.run(_aresolve(reader, symbols, bounds))
     ranges: dict[str, _Range] = {}
     for symbol in symbols:
         if symbol not in stored:
@@ -255,16 +315,14 @@ def _resolve_ranges(
 
 
 async def _aresolve(
-    db: str, symbols: Sequence[str], bounds: TickBounds
-) -> tuple[str, list[str], dict[str, TickSpan]]:
+    reader: TickReader, symbols: Sequence[str], bounds: TickBounds
+) -> tuple[list[str], dict[str, TickSpan]]:
     from strategylab.market import (  # noqa: PLC0415
         StoreCorruptedError,
         StoreUnreachableError,
         StoreUnusableError,
-        open_tick_reader,
     )
 
-    reader = open_tick_reader(db, verify=False)
     shown = repr(reader.name)
     try:
         await reader.open()
@@ -273,19 +331,23 @@ async def _aresolve(
             spans = {symbol: await reader.span(symbol, bounds) for symbol in symbols}
         finally:
             await reader.aclose()
-    except StoreUnusableError as exc:
-        raise UsageError(f"--db {shown}: {_detail(exc, reader.name)}") from None
+    except (StoreUnusableError, StoreUnreachableError) as exc:
+        raise StoreError(f"--db {shown}: {_detail(exc, reader.name)}") from None
     except StoreCorruptedError as exc:
-        raise UsageError(f"--db {shown}: not a readable tick database ({exc.reason})") from None
-    except StoreUnreachableError as exc:
-        raise StoreUnreachable(f"--db {shown}: {_detail(exc, reader.name)}") from None
-    return shown, stored, spans
+        raise StoreError(f"--db {shown}: not a readable tick database ({exc.reason})") from None
+    return stored, spans
 
 
 def _detail(exc: Exception, name: str) -> str:
-    """``exc``'s message without the store's name in front (the caller puts ``--db NAME``)."""
-    text = str(exc)
-    return text.removeprefix(f"{name}: ")
+    """``exc``'s message without the store's name in front (the caller puts ``--db NAME``).
+
+    A PostgreSQL error starts with the URL as the driver shows it (host, port, user, database):
+    that prefix goes too.
+    """
+    text = str(exc).removeprefix(f"{name}: ")
+    if text.startswith(("postgresql://", "postgres://")):
+        return text.partition(": ")[2] or text
+    return text
 
 
 # -------------------------------------------------------------------------------- output files
@@ -298,12 +360,13 @@ _OUTPUT_SUFFIXES: Final = {
 
 
 def _plan_outputs(
-    symbols: Sequence[str], requested: Mapping[str, Path | None]
+    symbols: Sequence[str], requested: Mapping[str, Path | None], *, overwrite: bool
 ) -> dict[str, dict[str, Path]]:
     """``{flag: {symbol: path}}`` for the output flags given; checked before anything runs.
 
-    One symbol: the path as given. Several: ``NAME.SYMBOL.SUFFIX`` beside it, refused if it
-    exists (nobody named it, so it is never overwritten). The directory must exist.
+    One symbol: the path as given. Several: ``NAME.SYMBOL.SUFFIX`` beside it. The directory must
+    exist; a file that exists is refused unless ``overwrite``; a symbolic link always is (an
+    output is never written through one).
     """
     plan: dict[str, dict[str, Path]] = {}
     claimed: dict[Path, str] = {}
@@ -321,12 +384,27 @@ def _plan_outputs(
             raise UsageError(f"{flag} {str(path)!r}: is a directory")
         targets = {symbols[0]: path} if len(symbols) == 1 else _per_symbol(flag, path, symbols)
         for target in targets.values():
+            problem = _existing(target, overwrite=overwrite)
+            if problem is not None:
+                named = "" if target == path else f"{str(target)!r} "
+                raise UsageError(f"{flag} {str(path)!r}: {named}{problem}")
             key = target.resolve()
             if key in claimed:
                 raise UsageError(f"{flag} {str(path)!r}: the same file as {claimed[key]}")
             claimed[key] = flag
         plan[flag] = targets
     return plan
+
+
+def _existing(target: Path, *, overwrite: bool) -> str | None:
+    """Why ``target`` may not be written (a link; a file, without ``overwrite``), or None."""
+    if target.is_symlink():
+        return "is a symbolic link; an output is never written through one"
+    if target.is_dir():
+        return "is a directory"
+    if target.exists() and not overwrite:
+        return "exists; give --overwrite to replace it"
+    return None
 
 
 def _per_symbol(flag: str, path: Path, symbols: Sequence[str]) -> dict[str, Path]:
@@ -337,27 +415,26 @@ def _per_symbol(flag: str, path: Path, symbols: Sequence[str]) -> dict[str, Path
                 f"{flag} {str(path)!r}: symbol {symbol!r} cannot be part of a file name; "
                 "backtest it alone (one symbol: the path is used as given)"
             )
-        target = path.with_name(f"{path.stem}.{symbol}{path.suffix}")
-        if target.exists() or target.is_symlink():
-            raise UsageError(
-                f"{flag} {str(path)!r}: {str(target)!r} exists; with several --symbols each "
-                "symbol's file is NAME.SYMBOL.SUFFIX and an existing one is never overwritten"
-            )
-        targets[symbol] = target
+        targets[symbol] = path.with_name(f"{path.stem}.{symbol}{path.suffix}")
     return targets
 
 
 def _write_outputs(
-    plan: Mapping[str, Mapping[str, Path]], results: Sequence[BacktestResult]
+    plan: Mapping[str, Mapping[str, Path]], results: Sequence[BacktestResult], *, overwrite: bool
 ) -> None:
-    """Write every planned file; :class:`OutputError` naming the flag if one cannot be written."""
+    """Write every planned file; :class:`OutputError` naming the flag if one cannot be written
+    (or appeared, as a file or a link, while the backtest ran)."""
     from strategylab.research import write_equity, write_plot, write_trades  # noqa: PLC0415
 
     writers = {"--trades-out": write_trades, "--equity-out": write_equity, "--plot": write_plot}
     for flag, targets in plan.items():
         for result in results:
             path = targets[result.symbols[0]]
+            problem = _existing(path, overwrite=overwrite)
+            if problem is not None:
+                raise OutputError(f"{flag} {str(path)!r}: {problem} (it appeared meanwhile)")
             try:
+                # Replaced by a rename: a link planted after this check is replaced, not followed.
                 writers[flag](result, path)
             except OSError as exc:
                 raise OutputError(
@@ -412,17 +489,62 @@ def _usage_exit(command: str, exc: UsageError) -> typer.Exit:
 
 # ------------------------------------------------------------------------------------- options
 
-FeeOption = Annotated[float, typer.Option("--fee-bps", help="Fee, basis points of notional.")]
+_MAX_BPS: Final = 10_000
+_MAX_TIMEOUT: Final = 7 * 86_400.0
+_MAX_WORKERS: Final = 1_024
+_MAX_SAMPLES: Final = 1_000_000
+_MAX_SEED: Final = (1 << 64) - 1
+
+FeeOption = Annotated[
+    float,
+    typer.Option(
+        "--fee-bps", metavar="BPS", help="Fee, basis points of notional (0 <= BPS < 10000)."
+    ),
+]
 SlippageOption = Annotated[
-    float, typer.Option("--slippage-bps", help="Slippage on market orders, basis points.")
+    float,
+    typer.Option(
+        "--slippage-bps",
+        metavar="BPS",
+        help="Slippage on market orders, basis points (0 <= BPS < 10000).",
+    ),
 ]
 FromOption = Annotated[
-    str | None, typer.Option("--from", help="First tick: a sequence number or an ISO-8601 time.")
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="SEQ|TIME",
+        help="First tick: a sequence number or an ISO-8601 time (UTC unless it says).",
+        show_default=False,
+    ),
 ]
 ToOption = Annotated[
     str | None,
-    typer.Option("--to", help="Last tick: a sequence number (inclusive) or a time (exclusive)."),
+    typer.Option(
+        "--to",
+        metavar="SEQ|TIME",
+        help="Last tick: a sequence number (inclusive) or a time (exclusive).",
+        show_default=False,
+    ),
 ]
+
+
+def _check_costs(fee_bps: float, slippage_bps: float) -> None:
+    """``--fee-bps``/``--slippage-bps``: finite, 0 <= x < 10000; :class:`UsageError` naming it."""
+    for flag, value in (("--fee-bps", fee_bps), ("--slippage-bps", slippage_bps)):
+        if not (math.isfinite(value) and 0 <= value < _MAX_BPS):
+            raise UsageError(
+                f"{flag} {shown(value)}: must be a finite number >= 0 and < {_MAX_BPS} "
+                "(basis points)"
+            )
+
+
+def _check_timeout(timeout: float) -> None:
+    if not (math.isfinite(timeout) and 0 < timeout <= _MAX_TIMEOUT):
+        raise UsageError(
+            f"--timeout {shown(timeout)}: must be a finite number of seconds > 0 and "
+            f"<= {_MAX_TIMEOUT:g} (a week)"
+        )
 
 
 def _output_option(flag: str, what: str) -> object:
@@ -450,7 +572,7 @@ def _start_logging(level: LogLevel) -> None:
     configure_logging(level.level, force=False)
 
 
-def _unreachable_exit(command: str, exc: StrategyLabError) -> typer.Exit:
+def _operational_exit(command: str, exc: Exception) -> typer.Exit:
     typer.echo(f"strategylab {command}: {escape(str(exc))}", err=True)
     return typer.Exit(1)
 
@@ -473,14 +595,26 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     trades_out: TradesOutOption = None,
     equity_out: EquityOutOption = None,
     plot: PlotOption = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace output files that exist (never through a symbolic link)."
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.WARNING,
     as_json: JsonOption = False,
 ) -> None:
     """Backtest one strategy over stored ticks; prints PnL, Sharpe, drawdown and trades.
 
     Several --symbols: each is backtested on its own (a column each; JSON: one object each) and
-    its files are NAME.SYMBOL.SUFFIX. Exit status: 0 done; 1 the store's server cannot be
-    reached, an output cannot be written or the run failed; 2 a usage error.
+    its files are NAME.SYMBOL.SUFFIX. An output file that exists is refused unless --overwrite.
+    The store is only read (an SQLite file opened read-only: SQLite may still update the -shm
+    file, the WAL index, a shared-memory cache it rebuilds, of a database left with a WAL by a
+    killed writer; the database and -wal bytes stay unchanged).
+
+    Exit status: 0 done; 1 the store cannot be opened or used (missing, empty, not SQLite,
+    damaged, not a tick store, its server unreachable), an output cannot be written or the run
+    failed; 2 a usage error (a bad option value, a symbol with no ticks in the range).
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -489,12 +623,15 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     _start_logging(log_level)
     try:
         names = _symbols(symbols)
+        _check_costs(fee_bps, slippage_bps)
         _check_strategy(strategy, vectorised=vectorised)
         parameters = parse_params(param or [])
         for symbol in names:
             _check_parameters(strategy, symbol, parameters)
         plan = _plan_outputs(
-            names, {"--trades-out": trades_out, "--equity-out": equity_out, "--plot": plot}
+            names,
+            {"--trades-out": trades_out, "--equity-out": equity_out, "--plot": plot},
+            overwrite=overwrite,
         )
         spans = _resolve_ranges(db, names, start, end)
         specs = [
@@ -515,8 +652,8 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
         ]
     except UsageError as exc:
         raise _usage_exit("backtest", exc) from None
-    except StoreUnreachable as exc:
-        raise _unreachable_exit("backtest", exc) from None
+    except StoreError as exc:
+        raise _operational_exit("backtest", exc) from None
 
     console = Console(stderr=as_json)
     results: list[BacktestResult] = []
@@ -528,12 +665,12 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
         ):
             try:
                 results.append(run_backtest(spec))
-            except StrategyLabError as exc:  # the store went away; the run failed for good
-                raise _unreachable_exit("backtest", exc) from None
+            except (StrategyLabError, FileNotFoundError) as exc:  # the store went away
+                raise _operational_exit("backtest", exc) from None
     try:
-        _write_outputs(plan, results)
+        _write_outputs(plan, results, overwrite=overwrite)
     except OutputError as exc:
-        raise _unreachable_exit("backtest", exc) from None
+        raise _operational_exit("backtest", exc) from None
     if as_json:
         typer.echo(json.dumps([result.summary() for result in results]))
         return
@@ -563,8 +700,28 @@ def _base_spec(
             slippage_bps=slippage_bps,
             vectorized=vectorised,
         )
+    except ConfigurationError as exc:
+        raise UsageError(str(exc.as_option(_SPEC_FLAGS))) from None
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_flagged(str(exc))) from None
+
+
+_SPEC_FLAGS: Final = {
+    "fee_bps": "--fee-bps",
+    "slippage_bps": "--slippage-bps",
+    "from_seq": "--from",
+    "to_seq": "--to",
+    "start_ns": "--from",
+    "end_ns": "--to",
+}
+
+
+def _flagged(message: str) -> str:
+    """A spec's ``field=value: reason`` with the field spelled as the flag a user typed."""
+    for field, flag in _SPEC_FLAGS.items():
+        if message.startswith(f"{field}="):
+            return f"{flag} {message.removeprefix(f'{field}=')}"
+    return message
 
 
 def _backtest_table(results: Sequence[BacktestResult], *, vectorised: bool) -> Table:
@@ -614,25 +771,67 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     strategy: StrategyOption = "ma_crossover",
     grid_items: Annotated[
         list[str] | None,
-        typer.Option("--grid", help="NAME=V1,V2,...; the grid is every combination."),
+        typer.Option(
+            "--grid",
+            metavar="NAME=V1,V2,...",
+            help="Values of one parameter; repeat for each. The grid is every combination.",
+            show_default=False,
+        ),
     ] = None,
     random_n: Annotated[
         int | None,
-        typer.Option("--random", min=1, help="Random search: this many samples of --range."),
+        typer.Option(
+            "--random",
+            metavar="N",
+            min=1,
+            max=_MAX_SAMPLES,
+            help="Random search: this many samples of --range.",
+            show_default="grid search",
+        ),
     ] = None,
     range_items: Annotated[
-        list[str] | None, typer.Option("--range", help="NAME=LOW:HIGH for --random.")
+        list[str] | None,
+        typer.Option(
+            "--range",
+            metavar="NAME=LOW:HIGH",
+            help="The range of one parameter for --random; repeat for each.",
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random search.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            metavar="N",
+            min=0,
+            max=_MAX_SEED,
+            help="Seed of this command's pseudo-random choices: which parameter sets "
+            "--random draws.",
+        ),
+    ] = 0,
     param: ParamOption = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Rank by pnl, sharpe or max_drawdown.")
+        str,
+        typer.Option("--metric", metavar="NAME", help="Rank by pnl, sharpe or max_drawdown."),
     ] = "sharpe",
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Worker processes (default: CPUs).")
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            max=_MAX_WORKERS,
+            help="Worker processes.",
+            show_default="one per CPU",
+        ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds per backtest before retrying.")
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            help="Seconds per backtest before retrying on less data (> 0, at most a week).",
+        ),
     ] = 300.0,
     fee_bps: FeeOption = 0.0,
     slippage_bps: SlippageOption = 0.0,
@@ -641,16 +840,22 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     vectorised: Annotated[
         bool, typer.Option("--vectorised/--event-driven", help="Backtest path.")
     ] = True,
-    top: Annotated[int, typer.Option("--top", min=1, help="Rows to show in the table.")] = 20,
+    top: Annotated[
+        int,
+        typer.Option("--top", metavar="N", min=1, max=_MAX_SAMPLES, help="Rows to show."),
+    ] = 20,
     log_level: LogLevelOption = LogLevel.WARNING,
     as_json: JsonOption = False,
 ) -> None:
     """Search strategy parameters over stored ticks in worker processes; ranks the results.
 
     One symbol (--symbols takes exactly one here). --param NAME=VALUE is held fixed in every run.
+    The store is only read, as by backtest.
+
     Exit status: 0 at least one run finished; 1 every run failed, the workers could not start or
-    the store's server cannot be reached; 2 a usage error; 130 interrupted (Ctrl-C), after
-    printing what finished.
+    the store cannot be opened or used (missing, empty, not SQLite, damaged, not a tick store,
+    its server unreachable); 2 a usage error; 130 interrupted (Ctrl-C), after printing what
+    finished.
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -659,6 +864,8 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     _start_logging(log_level)
     try:
         symbol = _one_symbol(symbols)
+        _check_costs(fee_bps, slippage_bps)
+        _check_timeout(timeout)
         _check_strategy(strategy, vectorised=vectorised)
         _check_metric(metric)
         sets = _parameter_sets(grid_items or [], random_n, range_items or [], seed, param or [])
@@ -675,8 +882,8 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         )
     except UsageError as exc:
         raise _usage_exit("optimize", exc) from None
-    except StoreUnreachable as exc:
-        raise _unreachable_exit("optimize", exc) from None
+    except StoreError as exc:
+        raise _operational_exit("optimize", exc) from None
 
     console = Console(stderr=as_json)
     for parameters, reason in invalid:

@@ -21,6 +21,8 @@ from strategylab._cli_options import (
     LogLevelOption,
     SigningKeyFileOption,
     SigningKeyOption,
+    nonempty_path,
+    symbols_callback,
     usage_error,
 )
 from strategylab._secrets import ADMIN_TOKEN, SIGNING_KEY, resolve_secret
@@ -57,11 +59,39 @@ _AllowOrigin = Annotated[
 ]
 
 
+def _admin_token(
+    prog: str, admin_token: str | None, admin_token_file: Path | None, *, admin_open: bool
+) -> str | None:
+    """The admin token from its three sources; ``--admin-open`` with one of them is refused
+    naming the source given (``--admin-token``, ``--admin-token-file`` or the variable)."""
+    token = resolve_secret(admin_token, admin_token_file, ADMIN_TOKEN, prog=prog)
+    if admin_open and token is not None:
+        source = (
+            ADMIN_TOKEN.flag
+            if admin_token is not None
+            else ADMIN_TOKEN.file_flag
+            if admin_token_file is not None
+            else f"${ADMIN_TOKEN.env}"
+        )
+        raise ConfigurationError(
+            "--admin-open",
+            value=True,
+            reason=f"contradicts {source} (open means no token); give one of them",
+        )
+    return token
+
+
 def exchange_command(  # noqa: PLR0917 - typer passes options positionally
     host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
     port: _Port = 0,
     symbols: Annotated[
-        str, typer.Option("--symbols", metavar="A,B", help="Symbols, comma-separated.")
+        str,
+        typer.Option(
+            "--symbols",
+            metavar="A,B",
+            callback=symbols_callback,
+            help="Symbols, comma-separated.",
+        ),
     ] = DEFAULT_EXCHANGE_SYMBOLS,
     tick_rate: Annotated[
         float, typer.Option(help="Ticks per second over all symbols; 0 = as fast as taken.")
@@ -73,11 +103,19 @@ def exchange_command(  # noqa: PLR0917 - typer passes options positionally
     retention: Annotated[int, typer.Option(help="Ticks kept per symbol for replay.")] = 100_000,
     signing_key: SigningKeyOption = None,
     signing_key_file: SigningKeyFileOption = None,
-    seed: Annotated[int, typer.Option(help="The seed of the tick generator.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of this command's pseudo-random choices: the generated ticks' prices "
+            "and sizes."
+        ),
+    ] = 0,
     data_dir: Annotated[
         Path,
         typer.Option(
             "--data-dir",
+            metavar="DIR",
+            parser=nonempty_path("--data-dir"),
             help="The exchange's data directory (created 0700): emitted.log, logs/exchange.log.",
         ),
     ] = Path("exchange-data"),
@@ -125,7 +163,9 @@ def exchange_command(  # noqa: PLR0917 - typer passes options positionally
             seed=seed,
             data_dir=data_dir,
             max_ticks=max_ticks,
-            admin_token=resolve_secret(admin_token, admin_token_file, ADMIN_TOKEN, prog=_EXCHANGE),
+            admin_token=_admin_token(
+                _EXCHANGE, admin_token, admin_token_file, admin_open=admin_open
+            ),
             send_queue=send_queue,
             admin_open=admin_open,
             http_limits=HttpLimits(
@@ -148,7 +188,9 @@ def proxy_command(  # noqa: PLR0917 - typer passes options positionally
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Seed of toxicity and toxic randomness [default: unseeded].", show_default=False
+            help="Seed of this command's pseudo-random choices: which connections a toxic's "
+            "toxicity picks, and the toxics' random amounts [default: unseeded].",
+            show_default=False,
         ),
     ] = None,
     config: Annotated[
@@ -156,6 +198,7 @@ def proxy_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option(
             "--config",
             metavar="FILE",
+            parser=nonempty_path("--config"),
             help="A JSON list of proxies to create at start, as POST /populate takes it.",
             show_default=False,
         ),
@@ -171,6 +214,8 @@ def proxy_command(  # noqa: PLR0917 - typer passes options positionally
         Path | None,
         typer.Option(
             "--data-dir",
+            metavar="DIR",
+            parser=nonempty_path("--data-dir"),
             help="Also write the log to DATA_DIR/logs/proxy.log [default: stderr only].",
             show_default=False,
         ),
@@ -197,7 +242,9 @@ def proxy_command(  # noqa: PLR0917 - typer passes options positionally
             seed=seed,
             config=None if config is None else str(config),
             access=ProxyApiAccess(
-                admin_token=resolve_secret(admin_token, admin_token_file, ADMIN_TOKEN, prog=_PROXY),
+                admin_token=_admin_token(
+                    _PROXY, admin_token, admin_token_file, admin_open=admin_open
+                ),
                 admin_open=admin_open,
             ),
             limits=HttpLimits(

@@ -10,7 +10,7 @@ import typer
 
 from strategylab import __version__
 from strategylab._check_cli import check_command
-from strategylab._cli_options import LogLevel, LogLevelOption
+from strategylab._cli_options import LogLevel, LogLevelOption, nonempty_path
 from strategylab._logging import configure_logging, escape
 from strategylab._node_cli import node_command, trade_command
 from strategylab._research_cli import backtest_command, optimize_command
@@ -95,13 +95,19 @@ app.add_typer(audit_app)
 
 @audit_app.command("verify")
 def audit_verify(  # noqa: PLR0917 - typer passes options positionally
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="The audit log (audit.jsonl).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH", parser=nonempty_path("PATH"), help="The audit log (audit.jsonl)."
+        ),
+    ],
     key_file: Annotated[
         Path | None,
         typer.Option(
             "--key-file",
             "--audit-key-file",
             metavar="PATH",
+            parser=nonempty_path("--key-file"),
             help="File holding the HMAC key of a keyed log, mode 0600 or narrower "
             "(default: $STRATEGYLAB_AUDIT_KEY); --audit-key-file as for node and trade.",
         ),
@@ -109,9 +115,12 @@ def audit_verify(  # noqa: PLR0917 - typer passes options positionally
     anchor: Annotated[
         list[Path] | None,
         typer.Option(
+            "--anchor",
+            metavar="PATH",
+            parser=nonempty_path("--anchor"),
             help="An anchor source whose heads the log must contain: the anchor file, or a saved "
             "stdout of the node or trader (its audit_anchor lines; other lines are skipped). "
-            "Repeatable."
+            "Repeatable.",
         ),
     ] = None,
     head: Annotated[
@@ -121,12 +130,21 @@ def audit_verify(  # noqa: PLR0917 - typer passes options positionally
     max_line: Annotated[
         int, typer.Option(min=1024, help="The longest line accepted, bytes (default 1 MiB).")
     ] = 1024 * 1024,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="Accept a log with no records (a node or trader that never recovered from an "
+            "error leaves one): exit 0, saying nothing was verified.",
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Verify the audit log's hash chain, HMACs and anchors (exit 1 on the first problem).
 
-    Exit status: 0 intact; 1 tampered or unreadable; 2 a usage error (a missing file, a key file
-    others can read, a malformed --head).
+    Exit status: 0 intact; 1 tampered or unreadable, or empty (no records: nothing to verify)
+    without --allow-empty; 2 a usage error (a missing file, a key file others can read, a
+    malformed --head).
     """
     import re  # noqa: PLC0415
 
@@ -164,6 +182,17 @@ def audit_verify(  # noqa: PLR0917 - typer passes options positionally
     except OSError as exc:
         typer.echo(f"{prog}: cannot read: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
+    if result.records == 0:
+        # An empty file proves nothing: a truncated log looks the same as one never written.
+        if not allow_empty:
+            typer.echo(
+                f"{prog}: {escape(str(path))!r} holds no records: nothing to verify "
+                "(--allow-empty accepts an empty log)",
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo(f"{prog}: ok: EMPTY log, 0 records: nothing was verified")
+        raise typer.Exit(0)
     keyed = "keyed (HMAC-SHA256)" if result.keyed else "unkeyed"
     typer.echo(
         f"{prog}: ok: {result.records} records, head {result.head_seq} {result.head_hash}, "

@@ -353,11 +353,12 @@ async def check_store(
     not a tick store, a server that cannot be reached; an unreadable emitted log or ack log) and
     :class:`~strategylab.market.StoreCorruptedError` for a damaged database, each naming the file.
     """
-    source = open_tick_reader(db)
     try:
+        source = open_tick_reader(db)
         await source.open()
     except (StoreUnusableError, StoreUnreachableError) as exc:
-        raise CheckInputError(str(exc)) from None
+        # Chained: a caller can tell the store's failure (``__cause__``) from the logs'.
+        raise CheckInputError(str(exc)) from exc
     try:
         report = await check(
             emitted_log, source, acks, require_complete=require_complete, limit=limit, clock=clock
@@ -365,7 +366,7 @@ async def check_store(
         if isinstance(source, SQLiteTickReader):
             await asyncio.to_thread(source.verify_unchanged)
     except (StoreUnusableError, StoreUnreachableError) as exc:
-        raise CheckInputError(str(exc)) from None
+        raise CheckInputError(str(exc)) from exc
     finally:
         await source.aclose()
     return report

@@ -34,8 +34,9 @@ _INF = math.inf
 
 
 class CheckInputError(StrategyLabError):
-    """An input of the check cannot be used: a missing, empty or foreign file, or an ack log that
-    is not JSON lines. The message names the file and what is wrong, in one line."""
+    """An input of the check cannot be used: a missing, empty or foreign file (an emitted log
+    without one complete, decodable record is not an emitted log), or an ack log that is not
+    JSON lines. The message names the file and what is wrong, in one line."""
 
 
 class EmittedLogError(CheckInputError):
@@ -97,25 +98,60 @@ class _Emitted:
         return max(self.next - 1, max(self.sparse, default=0)) if self.count() else 0
 
 
+def _not_a_log(path: Path, why: str) -> CheckInputError:
+    return CheckInputError(f"{path}: not an emitted log ({why})")
+
+
+def _no_record(path: Path) -> CheckInputError:
+    """Why a file with no complete record is not an emitted log (an empty one is not either)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+            size = os.fstat(file.fileno()).st_size
+    except OSError as exc:
+        return CheckInputError(f"{path}: cannot read the emitted log: {exc.strerror or exc}")
+    if size == 0:
+        return _not_a_log(path, "empty: 0 bytes")
+    if len(head) < 4:
+        return _not_a_log(path, f"{size} bytes, less than one record's 4-byte length")
+    claimed = int.from_bytes(head, "big")
+    return _not_a_log(
+        path, f"no complete record: the first claims {claimed:,} bytes, the file has {size:,}"
+    )
+
+
+def _file_batches(path: Path) -> Iterator[tuple[list[Tick], list[Any]]]:
+    records = read_emitted_payloads(path)
+    first = True
+    while True:
+        try:
+            offset, payload = next(records)
+        except StopIteration:
+            if first:  # nothing in it: whatever this file is, it is not a log of ticks
+                raise _no_record(path) from None
+            return
+        except IsADirectoryError:
+            raise _not_a_log(path, "a directory") from None
+        except OSError as exc:
+            raise CheckInputError(
+                f"{path}: cannot read the emitted log: {exc.strerror or exc}"
+            ) from None
+        try:
+            decoded = _ticks_decoder.decode(payload), _raw_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            if first:  # a foreign file whose first 4 bytes happen to fit in it
+                raise _not_a_log(path, f"its first record does not decode: {exc}") from None
+            raise EmittedLogError(path, offset, str(exc)) from exc
+        first = False
+        yield decoded
+
+
 def _batches(
     source: str | os.PathLike[str] | Iterable[Tick],
 ) -> Iterator[tuple[list[Tick], list[Any]]]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        records = read_emitted_payloads(path)
-        while True:
-            try:
-                offset, payload = next(records)
-            except StopIteration:
-                return
-            except OSError as exc:
-                raise CheckInputError(
-                    f"{path}: cannot read the emitted log: {exc.strerror or exc}"
-                ) from None
-            try:
-                yield _ticks_decoder.decode(payload), _raw_decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                raise EmittedLogError(path, offset, str(exc)) from exc
+        yield from _file_batches(Path(source))
+        return
     batch: list[Tick] = []
     for tick in source:
         batch.append(tick)

@@ -81,6 +81,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from strategylab._files import UnsafePathError, refuse_unsafe_dirs
 from strategylab._http_guard import LIMITS_KEY, HttpLimits, loads, read_json, refusal
 from strategylab._layout import DataLayout
+from strategylab._listen import listen_error
 from strategylab._logging import configure_logging, escape
 from strategylab._validate import integer
 from strategylab.errors import ConfigurationError
@@ -459,7 +460,10 @@ async def serve(
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the one-line cause names --host or --port, not a Python errno
+            raise listen_error(host, port, exc) from exc
         bound = int(runner.addresses[0][1])
         if ready is not None:
             ready(bound)

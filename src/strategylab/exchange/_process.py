@@ -50,6 +50,8 @@ async def run_exchange(
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     try:
+        # Installed before the listening line: a signal sent as soon as it is read is a clean
+        # stop (exit 0), and they stay installed until the exchange has stopped.
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, done.set)
@@ -60,9 +62,11 @@ async def run_exchange(
             ready(exchange.port)
         await done.wait()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await exchange.stop()
+        try:
+            await exchange.stop()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
 
 
 def print_listening(port: int) -> None:

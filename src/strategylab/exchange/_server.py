@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSCloseCode, web
 
 from strategylab._http_guard import LIMITS_KEY
+from strategylab._listen import listen_error
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.fault_tolerance import ErrorReporter
 from strategylab.market import EmittedLog, parse_signing_key
@@ -146,10 +147,11 @@ class Exchange(_MarketData, _HttpApi):
         site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await runner.cleanup()
             self._log.close()
-            raise
+            # One line naming --host or --port, not a Python errno (the errno is kept).
+            raise listen_error(self.config.host, self.config.port, exc) from exc
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         self._failed = None

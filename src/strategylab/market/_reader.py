@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from strategylab._files import UnsafePathError, check_sqlite_readable, sqlite_uri
+from strategylab._validate import integer
 from strategylab.errors import StrategyLabError
 
 from ._store import QuarantinedTick, StoreCorruptedError
@@ -56,6 +58,9 @@ __all__ = [
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 """The URL prefixes that name a PostgreSQL tick store (anything else is an SQLite file)."""
 _MAX_SEQ: Final = (1 << 63) - 1
+_URL: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_PASSWORD: Final = re.compile(r"^([^:/?#]*://[^:@/?#]*):[^@/?#]*@")
+_PASSWORD_PARAM: Final = re.compile(r"(?i)([?&]password=)[^&#]*")
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _SQLITE_HEADER: Final = 100
 _WAL_VERSION: Final = 2
@@ -95,6 +100,14 @@ class TickBounds:
     to_seq: int | None = None
     start_ns: int | None = None
     end_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        # A bound a database cannot hold (SQLite and PostgreSQL integers are 64-bit) is refused
+        # here, naming the field, instead of an OverflowError from the driver at query time.
+        for key in ("from_seq", "to_seq", "start_ns", "end_ns"):
+            value = getattr(self, key)
+            if value is not None:
+                integer(key, value, minimum=-_MAX_SEQ - 1, maximum=_MAX_SEQ)
 
     def where(self, placeholder: str) -> tuple[str, list[int]]:
         """`` AND ``-prefixed conditions with ``placeholder`` for each value, and the values."""
@@ -158,16 +171,35 @@ def is_postgres_url(store: str | os.PathLike[str]) -> bool:
     return isinstance(store, str) and store.startswith(POSTGRES_SCHEMES)
 
 
+def _shown_store(store: str | os.PathLike[str]) -> str:
+    """``store`` for messages: a file as given, a URL without its password (neither the one in
+    ``user:password@`` nor a ``password=`` parameter)."""
+    text = os.fspath(store)
+    if not _URL.match(text):
+        return text
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1@", text))
+
+
 def open_tick_reader(store: str | os.PathLike[str], *, verify: bool = True) -> TickReader:
     """A reader of ``store`` (not yet open): PostgreSQL for a URL, else the SQLite file.
 
     ``verify`` (SQLite only): run ``PRAGMA quick_check`` on open (every page; ~0.13 s per
-    million ticks). Raises :class:`StoreUnusableError` for a URL that is not a valid one.
+    million ticks). The reader's ``name`` is the file, or the URL without its password. Raises
+    :class:`StoreUnusableError` for an empty name or a URL whose scheme is not
+    ``postgresql``/``postgres`` (an SQLite file is a path, never a URL).
     """
+    text = os.fspath(store)
+    if not text.strip():
+        raise StoreUnusableError(f"{text!r}: an empty name is not a tick store")
     if is_postgres_url(store):
         from ._pg_store import PostgresTickStore  # noqa: PLC0415 - psycopg only when asked
 
-        return PostgresTickStore(str(store), read_only=True, pool_size=1)
+        return PostgresTickStore(text, read_only=True, pool_size=1, name=_shown_store(text))
+    if isinstance(store, str) and (scheme := _URL.match(store)):
+        raise StoreUnusableError(
+            f"{_shown_store(store)}: unsupported URL scheme {scheme.group(1)!r} "
+            "(a SQLite file or a postgresql:// URL)"
+        )
     return SQLiteTickReader(Path(store), verify=verify)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -125,6 +125,21 @@ def _check_sqlite_path(path: Path, shown: str, *, must_exist_dir: bool) -> bool:
     return True
 
 
+def _refuse_foreign(conn: sqlite3.Connection, shown: str, want: Collection[str]) -> None:
+    """Refuse an SQLite file holding tables a tick store has not (an order book, say): adding
+    tick tables to it would spoil both. An empty file (no tables) is a new store."""
+    found = sorted(
+        str(row[0])
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    )
+    if set(found) - set(want):
+        raise ConfigurationError(
+            "--db", shown, f"is not a tick store (it holds tables: {', '.join(found)})"
+        )
+
+
 def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
     shown = os.fspath(path)
     if not path.is_dir():  # a directory is a bad --db, said below
@@ -148,6 +163,7 @@ def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
     except sqlite3.Error as exc:
         raise ConfigurationError("--db", shown, f"cannot be opened: {exc}") from None
     try:
+        _refuse_foreign(conn, shown, want)
         for table, columns in want.items():
             have = _columns(conn, table)
             if have and have != columns:

@@ -44,6 +44,7 @@ from strategylab.trading import (
     EngineConfig,
     OrderApiError,
     OrderClient,
+    PositionStore,
     RiskEngine,
     RiskLimits,
     StrategyEngine,
@@ -382,6 +383,9 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
     try:
         log_file = DataLayout(book.parent).log_file("trader")
         refuse_unsafe_dirs(book.parent, log_file.parent)  # before the log is created there
+        # A file that is not an order book (a tick store) is refused before anything is written
+        # into it or beside it: the audit log, the log file.
+        PositionStore(book).close()
         configure_logging(log_level, sys.stderr, log_file=log_file)
         return asyncio.run(run())
     except UnsafePathError as exc:  # something planted where a book file belongs: as the node

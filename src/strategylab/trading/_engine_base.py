@@ -79,7 +79,11 @@ class _EngineBase:
                 failure_window=self.config.failure_window,
             )
             if runner.name in self.runners:
-                raise ConfigurationError("factories", runner.name, "two strategies share a name")
+                raise ConfigurationError(
+                    "--strategy",
+                    runner.name,
+                    "two strategies share this name; give each its own NAME= (NAME=STRATEGY)",
+                )
             self.runners[runner.name] = runner
             self.store.ensure_strategy(runner.name)
         symbols = sorted({s for r in self.runners.values() for s in r.symbols})

@@ -68,14 +68,50 @@ def write_parameters(book: Path, parameters: Mapping[str, str]) -> None:
         db.execute("COMMIT")
 
 
+_SYMBOL_KEYS = frozenset({"symbol", "symbols"})
+"""Parameters that ``--symbols`` sets (the others are ``--param NAME=VALUE``)."""
+
+
+def _shown(value: JSONValue) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _flags(parameters: Mapping[str, JSONValue], keys: set[str] | None = None) -> str:
+    """``parameters`` as the flags that give them: ``--symbols AAPL and --param fast=20``."""
+    chosen = {k: v for k, v in parameters.items() if keys is None or k in keys}
+    symbols = [_shown(v) for k, v in sorted(chosen.items()) if k in _SYMBOL_KEYS]
+    params = [f"{k}={_shown(v)}" for k, v in sorted(chosen.items()) if k not in _SYMBOL_KEYS]
+    parts = []
+    if symbols:
+        parts.append("--symbols " + ",".join(symbols))
+    if params:
+        parts.append("--param " + " ".join(params))
+    return " and ".join(parts) or "no parameters"
+
+
 def parameters_refused(strategy: str, book: Path, old: str, new: str) -> ConfigurationError:
     """The error that refuses to start ``strategy`` with ``new`` parameters on a ``book``
-    written with ``old`` ones (canonical JSON both): it names ``--param``."""
+    written with ``old`` ones (canonical JSON both): it names the flag that changed,
+    ``--symbols`` when the symbol did, else ``--param``, and what each was and is now."""
+    before, after = loaded(old), loaded(new)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    flag = "--symbols" if changed & _SYMBOL_KEYS else "--param"
+    now = {k: v for k, v in after.items() if k in changed}
+    dropped = sorted(k for k in changed if k not in after)
+    now_text = _flags(now) if now else "no parameters"
+    if dropped:
+        now_text += " (" + ", ".join(dropped) + " not given)"
+    if flag == "--symbols":
+        value = ",".join(_shown(v) for k, v in sorted(now.items()) if k in _SYMBOL_KEYS)
+    else:
+        value = " ".join(f"{k}={_shown(v)}" for k, v in sorted(now.items()))
     return ConfigurationError(
-        "--param",
-        loaded(new),
-        f"strategy {strategy}'s order book {book} was written with parameters {old}; "
-        "start with these, or use a new --book",
+        flag,
+        value,
+        f"strategy {strategy}'s order book {book} was written with {_flags(before)}; "
+        f"now {now_text}: start with those, or use a new --book",
     )
 
 

@@ -13,6 +13,7 @@ not resent).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import uuid
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Final, cast
 
 from strategylab._files import (
     check_sqlite_files,
@@ -28,6 +29,7 @@ from strategylab._files import (
     make_private_dir,
     sqlite_uri,
 )
+from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import is_corruption
 from strategylab.market import StoreCorruptedError
 from strategylab.strategy import JSONValue, OrderRequest, OrderType, Side
@@ -123,17 +125,50 @@ _ORDER_COLUMNS = (
 )
 
 
+_BOOK_TABLES: Final = frozenset({"meta", "orders", "fills", "positions", "strategies"})
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse an existing SQLite file that holds tables a book does not have (a tick store, say):
+    writing the book's tables into it, and trading, would spoil both. A missing or empty file is
+    a new book. Raises :class:`ConfigurationError` naming ``--book`` and the tables found.
+
+    Read-only: closing a read-write connection would checkpoint the file's WAL into it. A file
+    SQLite cannot read is left to the opening that follows (which says it is damaged).
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_uri(path, "ro"), uri=True)) as db:
+            tables = sorted(
+                str(row[0])
+                for row in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
+            )
+    except sqlite3.Error:
+        return
+    if set(tables) - _BOOK_TABLES:
+        raise ConfigurationError(
+            "--book", str(path), f"is not an order book (it holds tables: {', '.join(tables)})"
+        )
+
+
 def _open_book(path: Path) -> sqlite3.Connection:
     """Open (or create, 0600 in a 0700 directory) the book at ``path`` with its schema.
 
     SQLite follows symlinks and blocks on a FIFO, so the file and its -wal/-shm/-journal are
     checked first: :class:`UnsafePathError` names a symlink, a file that is not regular or a
-    planted hard link. A file that is not an SQLite database (or is damaged) raises
+    planted hard link. An SQLite file holding tables a book has not (a tick store) raises
+    :class:`ConfigurationError` naming ``--book``. A file that is not an SQLite database (or is
+    damaged) raises
     :class:`StoreCorruptedError` naming it; it is never moved aside or rebuilt, since the book is
     the only record of what was sent.
     """
     make_private_dir(path.parent)
     check_sqlite_files(path)
+    _refuse_foreign(path)
     create_private_file(path)  # -wal and -shm get the file's mode from SQLite
     db = sqlite3.connect(
         sqlite_uri(path, "rw"), uri=True, isolation_level=None, check_same_thread=False
