@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Annotated, Final, NoReturn
 from urllib.parse import urlsplit
 
-import click
 import typer
 
 from strategylab._logging import escape
@@ -109,11 +108,11 @@ def check_url(flag: str, url: str, schemes: Collection[str]) -> str:
 
 def url_callback(
     schemes: Collection[str],
-) -> Callable[[click.Context, click.Parameter, object], object]:
+) -> Callable[[typer.Context, typer.CallbackParam, object], object]:
     """A typer option callback that checks the option's URL(s) with :func:`check_url` at parse
     time, exiting 2 with one line naming the flag (a ``None`` value is left to the command)."""
 
-    def check(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
         flag = param.opts[0] if param.opts else str(param.name)
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
@@ -136,14 +135,14 @@ def nonempty_path(flag: str) -> Callable[[object], Path]:
             return value
         text = str(value)
         if not text:
-            ctx = click.get_current_context(silent=True)
-            usage_error(ctx.command_path if ctx else "strategylab", f"{flag}: must not be empty")
+            # A parser sees no context (typer passes only the value): the program's name.
+            usage_error("strategylab", f"{flag}: must not be empty")
         return Path(text)
 
     return parse
 
 
-def symbols_callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+def symbols_callback(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
     """A typer option callback that checks ``--symbols`` with :func:`split_symbols` at parse
     time, for every command that takes it: one line naming the flag, exit 2."""
     if isinstance(value, str):
@@ -154,7 +153,7 @@ def symbols_callback(ctx: click.Context, param: click.Parameter, value: object) 
     return value
 
 
-def _nonempty_text(ctx: click.Context, param: click.Parameter, value: object) -> object:
+def _nonempty_text(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
     """Option callback of a text option that names a file or store: refuses an empty value."""
     if value == "":
         flag = param.opts[0] if param.opts else str(param.name)
