@@ -57,15 +57,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import enum
 import inspect
 import logging
-import signal
-import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Final, Literal
 
 from strategylab import _validate
 from strategylab._children import ChildGuard, ChildProcesses
@@ -77,6 +74,17 @@ from ._classify import classify
 from ._component import Component
 from ._context import ErrorContext
 from ._retry import RetryPolicy
+from ._supervisor_children import (
+    ReadyCheck,
+    SupportsWait,
+    _ComponentRun,
+    _describe,
+    _Exit,
+    _NotReadyError,
+    _Run,
+    _TaskRun,
+)
+from ._supervisor_process import ProcessChild, _ProcessRun, tcp_ready
 from ._taxonomy import ErrorSeverity, ErrorType
 
 if TYPE_CHECKING:
@@ -213,76 +221,7 @@ class RestartOutcome(enum.Enum):
     """The restart would have exceeded the intensity: the supervisor gave up."""
 
 
-# ---------------------------------------------------------------------------- process child
-
-
-ReadyCheck = Callable[[], Awaitable[bool]]
-"""An async readiness or health check: True when the child is observed working."""
-
-
-def tcp_ready(host: str, port: int) -> ReadyCheck:
-    """A check that is True when a TCP connection to ``host:port`` is accepted (then closed)."""
-    _validate.integer("port", port, minimum=1, maximum=65535)
-
-    async def check() -> bool:
-        try:
-            _reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    return check
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessChild:
-    """An OS process to supervise: ``argv`` run with :func:`asyncio.create_subprocess_exec`.
-
-    Readiness, which a start or restart waits for, is ``ready_line`` appearing in a line of the
-    process's standard output (stdout is then piped, and drained after that line so the process
-    never blocks on a full pipe; the last ``keep_lines`` lines are kept) and/or ``ready()``
-    returning True (polled, e.g. :func:`tcp_ready`); with neither, a process that has been
-    spawned is ready. Its health afterwards: still running and ``ready()`` (if given) True.
-    ``stop_signal`` is sent first on a stop; SIGKILL follows after the child's ``shutdown``
-    deadline. ``env`` replaces the environment when given; ``cwd`` is the working directory.
-    """
-
-    argv: Sequence[str]
-    ready_line: str | None = None
-    ready: ReadyCheck | None = None
-    env: Mapping[str, str] | None = None
-    cwd: str | None = None
-    stop_signal: signal.Signals = signal.SIGTERM
-    keep_lines: int = 20
-
-    def __post_init__(self) -> None:
-        if isinstance(self.argv, str) or not isinstance(self.argv, Sequence) or not self.argv:
-            raise ConfigurationError("argv", self.argv, "must be a non-empty sequence of str")
-        if not all(isinstance(arg, str) for arg in self.argv):
-            raise ConfigurationError("argv", self.argv, "every argument must be a str")
-        object.__setattr__(self, "argv", tuple(self.argv))
-        if self.ready_line is not None and (
-            not isinstance(self.ready_line, str) or not self.ready_line
-        ):
-            raise ConfigurationError("ready_line", self.ready_line, "must be a non-empty str")
-        if self.ready is not None and not callable(self.ready):
-            raise ConfigurationError("ready", self.ready, "must be an async callable or None")
-        if not isinstance(self.stop_signal, signal.Signals):
-            raise ConfigurationError("stop_signal", self.stop_signal, "must be a signal.Signals")
-        _validate.integer("keep_lines", self.keep_lines, minimum=0)
-
-
-@runtime_checkable
-class SupportsWait(Protocol):
-    """A component that can be awaited until it ends: ``wait()`` returns on a normal end and
-    raises the failure that ended it. A supervised component with it is watched through it."""
-
-    async def wait(self) -> None:
-        """Return when the component has ended normally; raise what ended it otherwise."""
-        ...
+# ------------------------------------------------------------------------------ child kinds
 
 
 TaskBody = Callable[[], Awaitable[None]]
@@ -431,203 +370,13 @@ class SupervisorSnapshot:
     """Children whose last stop overran its deadline (a task that ignored cancellation)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Exit:
-    reason: str
-    normal: bool
-    exit_status: int | None = None
-    error: BaseException | None = None
-
-
-# ------------------------------------------------------------------------------ incarnations
+# ---------------------------------------------------------------------------------- helpers
 
 
 async def _maybe_await(value: object) -> object:
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-def _describe(exc: BaseException) -> str:
-    return f"raised {type(exc).__name__}: {exc}" if str(exc) else f"raised {type(exc).__name__}"
-
-
-def _status_reason(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"exit status {code} ({name})"
-    return f"exit status {code}"
-
-
-class _Run:
-    """One incarnation of a child: started, awaited until it ends, checked, stopped."""
-
-    kind: Literal["task", "component", "process"]
-    pid: int | None = None
-
-    async def wait(self) -> _Exit:
-        """Return how the child ended, when it ends by itself; never raises (but cancellation)."""
-        raise NotImplementedError
-
-    async def healthy(self) -> bool:
-        raise NotImplementedError
-
-    async def until_ready(self, interval: float) -> None:
-        """Return once the child is observed healthy; raise _NotReadyError if it ended first."""
-        # A poll: a readiness check observes another process or socket; there is no event to await.
-        while not await self.healthy():  # noqa: ASYNC110
-            await asyncio.sleep(interval)
-
-    async def stop(self, deadline: float) -> bool:
-        """Stop within ``deadline`` seconds; False when it overran."""
-        raise NotImplementedError
-
-
-class _TaskRun(_Run):
-    kind: Literal["task", "component", "process"] = "task"
-
-    def __init__(self, task: asyncio.Task[None], health: ReadyCheck | None) -> None:
-        self._task = task
-        self._health = health
-
-    async def wait(self) -> _Exit:
-        await asyncio.wait((self._task,))
-        if self._task.cancelled():
-            return _Exit("cancelled", normal=False)
-        exc = self._task.exception()
-        if exc is None:
-            return _Exit("returned", normal=True)
-        return _Exit(_describe(exc), normal=False, error=exc)
-
-    async def healthy(self) -> bool:
-        if self._task.done():
-            return False
-        return True if self._health is None else (await self._health()) is True
-
-    async def until_ready(self, interval: float) -> None:
-        # One pass of the loop first: the body runs up to its first real wait, so a body that
-        # fails at once is a failed start, not a crash of a running child.
-        await asyncio.sleep(0)
-        if self._task.done():
-            ended = await self.wait()
-            raise _NotReadyError(ended.reason)
-        await super().until_ready(interval)
-
-    async def stop(self, deadline: float) -> bool:
-        task = self._task
-        task.cancel()
-        await asyncio.wait((task,), timeout=deadline)
-        if not task.done():
-            return False
-        if not task.cancelled():
-            task.exception()  # retrieved: ending on its own while being stopped is no news
-        return True
-
-
-class _ComponentRun(_Run):
-    kind: Literal["task", "component", "process"] = "component"
-
-    def __init__(self, component: Component) -> None:
-        self._component = component
-
-    async def wait(self) -> _Exit:
-        component = self._component
-        if not isinstance(component, SupportsWait):
-            # Nothing to await: such a component is watched by its health checks only.
-            await asyncio.get_running_loop().create_future()
-            return _Exit("returned", normal=True)  # pragma: no cover - the future never resolves
-        try:
-            await component.wait()
-        except Exception as exc:
-            return _Exit(_describe(exc), normal=False, error=exc)
-        return _Exit("returned", normal=True)
-
-    async def healthy(self) -> bool:
-        return (await self._component.health()) is True
-
-    async def stop(self, deadline: float) -> bool:
-        try:
-            async with asyncio.timeout(deadline):
-                await self._component.stop()
-        except TimeoutError:
-            return False
-        except Exception:
-            _log.exception("component %s: stop() raised", self._component.name)
-        return True
-
-
-class _ProcessRun(_Run):
-    kind: Literal["task", "component", "process"] = "process"
-
-    def __init__(self, spec: ProcessChild, children: ChildProcesses) -> None:
-        self._spec = spec
-        self._children = children
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._line_seen = asyncio.Event()
-        self.lines: collections.deque[str] = collections.deque(maxlen=spec.keep_lines)
-
-    async def launch(self, name: str) -> None:
-        spec = self._spec
-        stdout = subprocess.PIPE if spec.ready_line is not None else None
-        env = dict(spec.env) if spec.env is not None else None
-        self._process = await self._children.start(
-            name, *spec.argv, stdout=stdout, env=env, cwd=spec.cwd
-        )
-        self.pid = self._process.pid
-        if spec.ready_line is None:
-            self._line_seen.set()
-        else:
-            self._reader = asyncio.create_task(self._read(), name=f"{name}:stdout")
-
-    async def _read(self) -> None:
-        assert self._process is not None  # noqa: S101 - set by launch()
-        stream = self._process.stdout
-        assert stream is not None  # noqa: S101 - piped when ready_line is set
-        wanted = self._spec.ready_line or ""
-        while line := await stream.readline():
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            self.lines.append(text)
-            if wanted in text:
-                self._line_seen.set()
-
-    async def wait(self) -> _Exit:
-        assert self._process is not None  # noqa: S101 - set by launch()
-        code = await self._process.wait()
-        return _Exit(_status_reason(code), normal=code == 0, exit_status=code)
-
-    async def healthy(self) -> bool:
-        if self._process is None or self._process.returncode is not None:
-            return False
-        if not self._line_seen.is_set():
-            return False
-        return True if self._spec.ready is None else (await self._spec.ready()) is True
-
-    async def until_ready(self, interval: float) -> None:
-        assert self._process is not None  # noqa: S101 - set by launch()
-        line = asyncio.ensure_future(self._line_seen.wait())
-        exited = asyncio.ensure_future(self._process.wait())
-        try:
-            await asyncio.wait((line, exited), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait((line, exited))
-        if self._process.returncode is not None:
-            raise _NotReadyError(_status_reason(self._process.returncode))
-        await super().until_ready(interval)
-
-    async def stop(self, deadline: float) -> bool:
-        del deadline  # the ChildProcesses was built with it
-        if self._process is not None:
-            await self._children.stop(self._process, self._spec.stop_signal)
-        await cancel_and_wait((self._reader,))
-        return True
-
-
-class _NotReadyError(Exception):
-    """A child ended before it was observed ready."""
 
 
 # ---------------------------------------------------------------------------------- children
