@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 from strategylab.chaos._checker import (
     EmittedLogError,
     IntegrityReport,
-    _from_points,
-    _load_emitted,
-    _subtract,
     check,
 )
+from strategylab.chaos._checker_inputs import _load_emitted
+from strategylab.chaos._checker_ranges import _from_points, _subtract
 from strategylab.market._ledger import AckLog, EmittedLog
 from strategylab.market._store import QuarantinedTick, TickStore
 from strategylab.market._tick import Tick, validate_tick

@@ -496,13 +496,32 @@ def test_a_symbol_of_other_characters_is_refused(text: str) -> None:
 
 
 def test_symbols_of_the_allowed_characters_are_split() -> None:
-    """Blanks around commas and empty items are still dropped."""
-    assert split_symbols(" BTC-USD, ES.F ,,x_1:2/3," + "Z" * 32) == (
+    """Blanks around commas are dropped; every item is a symbol."""
+    assert split_symbols(" BTC-USD, ES.F ,x_1:2/3," + "Z" * 32) == (
         "BTC-USD",
         "ES.F",
         "x_1:2/3",
         "Z" * 32,
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("AAPL,,MSFT", "empty item"),
+        ("AAPL,", "empty item"),
+        (",AAPL", "empty item"),
+        ("AAPL, ,MSFT", "empty item"),
+        ("AAPL,MSFT,AAPL", "twice"),
+        ("ES.F,ES.F", "twice"),
+        (" , ", "at least one"),
+    ],
+)
+def test_symbols_with_an_empty_item_or_a_repeat_are_refused(text: str, reason: str) -> None:
+    """An empty item or a symbol given twice is a typo, never silently dropped or merged."""
+    with pytest.raises(ConfigurationError, match=reason) as caught:
+        split_symbols(text)
+    assert caught.value.key == "--symbols"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Annotated, Final
 
 import typer
 
-from strategylab._cli_options import JsonOption, LogLevel, LogLevelOption
+from strategylab._cli_options import JsonOption, LogLevel, LogLevelOption, nonempty_path
 from strategylab._logging import escape
 
 __all__ = ["CHECK_VIOLATION", "check_command"]
@@ -25,7 +25,14 @@ CHECK_VIOLATION: Final = 3
 
 
 def check_command(  # noqa: PLR0917 - typer passes options positionally
-    emitted: Annotated[Path, typer.Argument(metavar="EMITTED", help="The exchange's emitted log.")],
+    emitted: Annotated[
+        Path,
+        typer.Argument(
+            metavar="EMITTED",
+            parser=nonempty_path("EMITTED"),
+            help="The exchange's emitted log.",
+        ),
+    ],
     db: Annotated[
         str,
         typer.Argument(
@@ -34,7 +41,13 @@ def check_command(  # noqa: PLR0917 - typer passes options positionally
         ),
     ],
     acks: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="The node's ack log.", show_default=False)
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            parser=nonempty_path("--acks"),
+            help="The node's ack log.",
+            show_default=False,
+        ),
     ] = None,
     require_complete: Annotated[
         bool, typer.Option(help="Count emitted ticks that are not stored as errors.")

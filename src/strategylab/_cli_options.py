@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Final, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import typer
 
@@ -65,6 +65,7 @@ __all__ = [
     "StoreOption",
     "StrategyOption",
     "SymbolsOption",
+    "check_postgres_url",
     "check_url",
     "is_postgres_url",
     "nonempty_path",
@@ -92,11 +93,16 @@ def check_url(flag: str, url: str, schemes: Collection[str]) -> str:
         raise ConfigurationError(flag, url, "must not be empty")
     if any(not ch.isprintable() or ch.isspace() for ch in url):
         raise ConfigurationError(flag, url, "must not hold blanks or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # a malformed [IPv6] literal, an unbalanced bracket
+        raise ConfigurationError(flag, url, f"is not a valid URL ({exc})") from None
     if parts.scheme not in schemes or not url.startswith(f"{parts.scheme}://"):
         raise ConfigurationError(flag, url, f"must start with {allowed}")
-    if not parts.hostname:
+    if not hostname:
         raise ConfigurationError(flag, url, "has no host")
+    _refuse_extras(flag, url, parts)
     try:
         port = parts.port
     except ValueError:
@@ -104,6 +110,18 @@ def check_url(flag: str, url: str, schemes: Collection[str]) -> str:
     if port == 0 or (port is None and parts.netloc.endswith(":")):
         raise ConfigurationError(flag, url, "the port must be a number in 1..65535")
     return url
+
+
+def _refuse_extras(flag: str, url: str, parts: SplitResult) -> None:
+    """Refuse what an endpoint URL must not hold: credentials, a query or fragment, a malformed
+    bracketed address (``[::1]]``)."""
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(flag, "(hidden)", "must not hold a user name or password")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigurationError(flag, url, "must not hold a query (?...) or fragment (#...)")
+    host_part = parts.netloc.rsplit("@", 1)[-1]
+    if host_part.startswith("[") and not re.fullmatch(r"\[[0-9A-Fa-f:.]+\](:[0-9]*)?", host_part):
+        raise ConfigurationError(flag, url, "has a malformed [IPv6] address")
 
 
 def url_callback(
@@ -134,7 +152,7 @@ def nonempty_path(flag: str) -> Callable[[object], Path]:
         if isinstance(value, Path):
             return value
         text = str(value)
-        if not text:
+        if not text.strip():  # "" or only blanks: never the current directory or a blank name
             # A parser sees no context (typer passes only the value): the program's name.
             usage_error("strategylab", f"{flag}: must not be empty")
         return Path(text)
@@ -155,10 +173,45 @@ def symbols_callback(ctx: typer.Context, param: typer.CallbackParam, value: obje
 
 def _nonempty_text(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
     """Option callback of a text option that names a file or store: refuses an empty value."""
-    if value == "":
-        flag = param.opts[0] if param.opts else str(param.name)
+    flag = param.opts[0] if param.opts else str(param.name)
+    if isinstance(value, str) and not value.strip():
         usage_error(ctx.command_path, f"{flag}: must not be empty")
+    if isinstance(value, str) and is_postgres_url(value):
+        try:
+            check_postgres_url(flag, value)
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
     return value
+
+
+def check_postgres_url(flag: str, url: str) -> str:
+    """``url`` when it is a well-formed ``postgresql://`` (or ``postgres://``) URL, as libpq reads
+    one: ``postgresql://[USER[:PASSWORD]@][HOST][:PORT][/DATABASE][?PARAMS]``, with a port in
+    1..65535 and at least a host or a database named (``postgresql://`` alone is refused: it would
+    silently be the local socket's default database).
+
+    Raises :class:`ConfigurationError` naming ``flag``; the message never holds the password.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigurationError(
+            flag, _without_password(url), f"is not a valid URL ({exc})"
+        ) from None
+    if port == 0:
+        raise ConfigurationError(flag, _without_password(url), "the port must be in 1..65535")
+    if not host and parts.path in {"", "/"}:
+        raise ConfigurationError(
+            flag, _without_password(url), "names neither a server nor a database"
+        )
+    return url
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any ``:PASSWORD@`` replaced by ``@`` (for messages)."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1@", url)
 
 
 class LogLevel(enum.StrEnum):
@@ -331,17 +384,27 @@ _SYMBOL: Final = re.compile(r"[A-Za-z0-9._\-:/]{1,32}")
 
 
 def split_symbols(text: str, *, flag: str = "--symbols") -> tuple[str, ...]:
-    """``--symbols``' value as a tuple (blanks around commas ignored, empty items dropped).
+    """``--symbols``' value as a tuple (blanks around commas ignored).
 
-    Raises :class:`ConfigurationError` naming ``flag`` when an item is not 1..32 of the ASCII
-    letters, digits and ``. _ - : /`` (a control character, a newline, a blank inside a name).
+    Raises :class:`ConfigurationError` naming ``flag`` when an item is empty (``A,,B``, ``A,``),
+    is not 1..32 of the ASCII letters, digits and ``. _ - : /`` (a control character, a newline,
+    a blank inside a name), or is given twice.
     """
-    names = tuple(part.strip(" ") for part in text.split(",") if part.strip(" "))
+    names = tuple(part.strip(" ") for part in text.split(","))
+    if not any(names):
+        raise ConfigurationError(flag, text, "must name at least one symbol")
     for name in names:
+        if not name:
+            raise ConfigurationError(flag, text, "has an empty item (two commas, or one at an end)")
         if not _SYMBOL.fullmatch(name):
             raise ConfigurationError(
                 flag, name, "a symbol is 1..32 of A-Z a-z 0-9 . _ - : / (no blanks or controls)"
             )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigurationError(flag, text, f"{name!r} is given twice")
+        seen.add(name)
     return names
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "refuse_symlinks",
     "refuse_unsafe_dirs",
     "remove_leftover",
+    "sqlite_probe_uri",
     "sqlite_uri",
 ]
 
@@ -318,3 +319,16 @@ def sqlite_uri(path: str | os.PathLike[str], mode: Literal["ro", "rw", "rwc"]) -
         raise ValueError(f"mode={mode!r}: must be 'ro', 'rw' or 'rwc'")
     absolute = os.path.abspath(os.fspath(path))  # noqa: PTH100 - a string, not a Path, is quoted
     return f"file://{urllib.parse.quote(absolute, safe='/')}?mode={mode}"
+
+
+def sqlite_probe_uri(path: str | os.PathLike[str]) -> str:
+    """A read-only ``file:`` URI for a look at ``path`` that creates nothing beside it.
+
+    ``mode=ro`` alone still creates ``-wal`` and ``-shm`` files beside a WAL-mode database that
+    has none; where no ``-wal`` exists there is nothing in one to read, so the file is opened
+    ``immutable=1`` (SQLite's URI parameter: no locking, no side files). Where a ``-wal`` exists
+    (a writer is running, or one was killed), it is opened ``mode=ro`` to see its content.
+    """
+    uri = sqlite_uri(path, "ro")
+    wal = os.fspath(path) + "-wal"
+    return uri if os.path.lexists(wal) else uri + "&immutable=1"

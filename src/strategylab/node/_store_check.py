@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 import psycopg
 from psycopg import conninfo
 
-from strategylab._files import check_sqlite_files, open_private, sqlite_uri
+from strategylab._files import check_sqlite_files, open_private, sqlite_probe_uri
 from strategylab.errors import ConfigurationError
 from strategylab.market import SQLITE_SCHEMA
 
@@ -159,7 +159,8 @@ def _check_sqlite(path: Path, *, must_exist_dir: bool) -> None:
         # Read-only: closing a read-write connection checkpoints a leftover WAL into the file and
         # deletes it, before the store could check its frames (a damaged frame would make SQLite
         # drop acknowledged commits silently). A reader never checkpoints.
-        conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+        # Nothing created beside it either (immutable where there is no -wal to read).
+        conn = sqlite3.connect(sqlite_probe_uri(path), uri=True)
     except sqlite3.Error as exc:
         raise ConfigurationError("--db", shown, f"cannot be opened: {exc}") from None
     try:

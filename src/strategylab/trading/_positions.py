@@ -27,6 +27,7 @@ from strategylab._files import (
     check_sqlite_files,
     create_private_file,
     make_private_dir,
+    sqlite_probe_uri,
     sqlite_uri,
 )
 from strategylab.errors import ConfigurationError
@@ -139,7 +140,7 @@ def _refuse_foreign(path: Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
-        with contextlib.closing(sqlite3.connect(sqlite_uri(path, "ro"), uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(sqlite_probe_uri(path), uri=True)) as db:
             tables = sorted(
                 str(row[0])
                 for row in db.execute(
@@ -147,9 +148,14 @@ def _refuse_foreign(path: Path) -> None:
                     "AND name NOT LIKE 'sqlite_%'"
                 )
             )
+            # A book has held its engine id from its first opening: a file with only some of the
+            # book's table names (another application's `orders`) is not one.
+            marked = "meta" in tables and (
+                db.execute("SELECT 1 FROM meta WHERE key = 'engine_id'").fetchone() is not None
+            )
     except sqlite3.Error:
         return
-    if set(tables) - _BOOK_TABLES:
+    if tables and (set(tables) - _BOOK_TABLES or not marked):
         raise ConfigurationError(
             "--book", str(path), f"is not an order book (it holds tables: {', '.join(tables)})"
         )
