@@ -92,6 +92,7 @@ def test_check_refuses_a_blank_emitted_or_acks(
         ["CREATE TABLE orders(x)"],  # another application's `orders`
         ["CREATE TABLE ticks(symbol TEXT, seq INTEGER)"],  # a tick store
         ["CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)"],  # no engine id
+        ["CREATE TABLE meta(x)", "CREATE TABLE orders(y)"],  # a `meta` of another shape
     ],
 )
 def test_a_foreign_sqlite_file_as_book_is_refused_untouched(

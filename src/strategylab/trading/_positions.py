@@ -129,6 +129,17 @@ _ORDER_COLUMNS = (
 _BOOK_TABLES: Final = frozenset({"meta", "orders", "fills", "positions", "strategies"})
 
 
+def _holds_engine_id(db: sqlite3.Connection) -> bool:
+    """Whether ``db``'s ``meta`` table holds an engine id, as every book has from its first
+    opening: a file with only some of the book's table names (another application's ``orders``,
+    a ``meta`` of another shape) is not one."""
+    try:
+        row = db.execute("SELECT 1 FROM meta WHERE key = 'engine_id'").fetchone()
+    except sqlite3.Error:  # a `meta` without those columns
+        return False
+    return row is not None
+
+
 def _refuse_foreign(path: Path) -> None:
     """Refuse an existing SQLite file that holds tables a book does not have (a tick store, say):
     writing the book's tables into it, and trading, would spoil both. A missing or empty file is
@@ -148,11 +159,7 @@ def _refuse_foreign(path: Path) -> None:
                     "AND name NOT LIKE 'sqlite_%'"
                 )
             )
-            # A book has held its engine id from its first opening: a file with only some of the
-            # book's table names (another application's `orders`) is not one.
-            marked = "meta" in tables and (
-                db.execute("SELECT 1 FROM meta WHERE key = 'engine_id'").fetchone() is not None
-            )
+            marked = _holds_engine_id(db) if "meta" in tables else False
     except sqlite3.Error:
         return
     if tables and (set(tables) - _BOOK_TABLES or not marked):
