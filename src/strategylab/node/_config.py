@@ -40,12 +40,36 @@ class NodeConfig:
     """Seconds an emergency shutdown may take to stop intake, flush and close."""
     disk_full_grace: float = 60.0
     """Seconds a DISK_SPACE_EXHAUSTED recovery waits for the component to be healthy again."""
+    status_port: int | None = None
+    """TCP port of the status service (``0`` picks a free one); None: no status service."""
+    status_host: str = "127.0.0.1"
+    """Address the status service binds to."""
+    admin_token: str | None = dataclasses.field(default=None, repr=False)  # a secret
+    """Bearer token of the admin routes; None: the admin routes answer 403."""
+    config_file: Path | None = None
+    """A TOML file of node settings, reloaded on change and on SIGHUP (``--config``)."""
+    memory_budget: int | None = None
+    """Bytes of RSS the node may use before degradation sheds features; None: no RSS trigger."""
+    node_name: str = "node"
+    """The node's name on the dashboard and in metric labels."""
 
     def __post_init__(self) -> None:
         for key in ("status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number > 0")
+        port = self.status_port
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+        ):
+            raise ConfigurationError("status_port", port, "must be an integer from 0 to 65535")
+        budget = self.memory_budget
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
+        ):
+            raise ConfigurationError("memory_budget", budget, "must be a number of bytes > 0")
+        if self.admin_token is not None and not self.admin_token.strip():
+            raise ConfigurationError("admin_token", "(blank)", "must not be empty")
 
     @property
     def db_path(self) -> Path:

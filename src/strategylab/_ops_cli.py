@@ -1,0 +1,3 @@
+"""`strategylab status` and `strategylab kill`: talk to a running node's status service."""
+
+from __future__ import annotations

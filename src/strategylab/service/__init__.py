@@ -1,0 +1,8 @@
+"""Strategy Lab's status service (aiohttp): health probes, Prometheus metrics, status, events,
+admin actions and the dashboard, served by every node on ``--status-port``."""
+
+from __future__ import annotations
+
+from ._source import AdminActionError, NodeSnapshot, StatusSource
+
+__all__ = ["AdminActionError", "NodeSnapshot", "StatusSource"]
