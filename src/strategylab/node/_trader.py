@@ -2,11 +2,19 @@
 
 ``strategylab trade --exchange-url http://127.0.0.1:P --book PATH --strategy [NAME=]ma_crossover
 --symbols A,B`` (run by :func:`run_trader_process` over a :class:`TraderConfig`) prints JSON
-lines: ``reconciled`` (the items and the ``seconds`` it took), ``trading``, a ``status`` every
-``--status-interval`` seconds, ``security_violation`` for each forged frame, and ``stopped`` on
-SIGTERM (exit 0), or ``kill_switch`` when forged frames crossed the threshold (exit
+lines: ``reconciled`` (the items, the ``seconds`` it took and the ``risk_state`` then),
+``resumed`` after an unclean shutdown, ``trading``, a ``status`` every ``--status-interval``
+seconds, ``security_violation`` for each forged frame, and ``stopped`` on SIGTERM (exit 0), or
+``kill_switch`` when forged frames crossed the threshold (exit
 :data:`~strategylab.trading.EXIT_KILL_SWITCH`). Its log goes to ``logs/trader.log`` beside the
 book.
+
+The kill switch (:mod:`._trader_kill`) halts trading, cancels the open orders at the exchange,
+flushes the book, writes ``snapshot.json`` and stops the feed, the engine and the order client,
+then leaves ``UNCLEAN_SHUTDOWN``, all beside the book. The next start verifies the snapshot (a
+damaged one: exit 1, naming the file), keeps the risk engine HALTED until reconciliation has
+finished, prints ``resumed`` (what the snapshot held and how the reconciled book compares), and
+only then removes the marker and trades.
 """
 
 from __future__ import annotations
@@ -35,12 +43,16 @@ from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import (
     AuditIntegrityError,
     AuditLog,
+    AuditSink,
     ErrorRecoveryManager,
+    KillReport,
+    SnapshotError,
+    TriggerSource,
+    clear_unclean,
 )
 from strategylab.market import Feed, FeedConfig, StoreCorruptedError
 from strategylab.strategy import BUILTIN_STRATEGIES, Strategy
 from strategylab.trading import (
-    EXIT_KILL_SWITCH,
     EngineConfig,
     OrderApiError,
     OrderClient,
@@ -49,6 +61,15 @@ from strategylab.trading import (
     RiskLimits,
     StrategyEngine,
     StrategyFactory,
+)
+
+from ._trader_kill import (
+    RESUME_HOLD,
+    Resumption,
+    TraderKill,
+    resume_state,
+    snapshot_differences,
+    trader_kill_switch,
 )
 
 __all__ = ["TraderConfig", "load_factory", "run_engine", "run_trader_process"]
@@ -185,33 +206,46 @@ async def run_engine(
     signing_key: bytes | None = None,
     max_violations: int = 5,
     violation_window: float = 60.0,
+    layout: DataLayout | None = None,
+    audit: AuditSink | None = None,
 ) -> int:
     """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop``, SIGTERM/SIGINT or the
-    kill switch. Returns the exit code: 0, or :data:`EXIT_KILL_SWITCH`.
+    kill switch. Returns the exit code: 0, or
+    :data:`~strategylab.trading.EXIT_KILL_SWITCH` (the kill switch's report's).
 
     With ``signing_key``, market data whose HMAC does not verify never reaches a strategy: each
     forged frame holds trading (:meth:`StrategyEngine.on_security_violation`), and
-    ``max_violations`` of them within ``violation_window`` seconds pull the kill switch.
+    ``max_violations`` of them within ``violation_window`` seconds pull the kill switch (see
+    :mod:`strategylab.node._trader_kill`: halt, cancel, flush, ``snapshot.json``, stop,
+    ``UNCLEAN_SHUTDOWN``, in ``layout``, default: the book's directory; each step audited to
+    ``audit``).
+
+    After an unclean shutdown (the marker in ``layout``) the snapshot is verified before anything
+    connects, the risk engine stays HALTED until reconciliation has finished, a ``resumed`` line
+    says what was restored, and only then is the marker removed and trading begins. Raises
+    :class:`~strategylab.fault_tolerance.SnapshotError` naming the file for a damaged snapshot.
     """
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
+    layout = layout if layout is not None else DataLayout(engine.store.path.parent)
+    resumption = await _start(engine, layout)
     try:
-        await engine.start()
-    except BaseException:
-        await engine.aclose()  # the client session and the book, opened before reconciling
-        raise
-    _emit(
-        "reconciled",
-        items=[i.to_dict() for i in engine.reconciliation],
-        seconds=round(engine.reconcile_seconds, 6),
-    )
-    try:
-        feed = _guarded_feed(engine, ws_url, signing_key, max_violations, violation_window)
+        if resumption is not None:
+            _resumed(engine, layout, resumption)
+        feed, kill = _guarded_feed(
+            engine,
+            ws_url,
+            signing_key=signing_key,
+            max_violations=max_violations,
+            violation_window=violation_window,
+            layout=layout,
+            audit=audit,
+        )
     except BaseException:
         await engine.aclose()
         raise
-    killed = engine.killed
+    report: KillReport | None = None
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -221,40 +255,91 @@ async def run_engine(
                 break
         await feed.start()
         _emit("trading", pid=os.getpid())
-        while not done.is_set() and not killed.is_set():
+        pulled = kill.pulled
+        while not done.is_set() and not pulled.is_set():
             _emit("status", **engine.status().to_dict())
-            waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(killed.wait()))
+            waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(pulled.wait()))
             try:
                 await asyncio.wait(waiters, timeout=status_interval, return_when="FIRST_COMPLETED")
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+        if kill.task is not None:  # a signal during the emergency shutdown does not cut it
+            report = await asyncio.shield(kill.task)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await feed.stop()
         await engine.aclose()
-    if killed.is_set():
-        _emit(
-            "kill_switch",
-            **engine.kill_report,
-            exit_code=EXIT_KILL_SWITCH,
-            status=engine.status().to_dict(),
-        )
-        return EXIT_KILL_SWITCH
+    if report is not None:
+        _emit("kill_switch", **kill.record.line(report), status=engine.status().to_dict())
+        return report.exit_code
     _emit("stopped", **engine.status().to_dict())
     return 0
+
+
+async def _start(engine: StrategyEngine, layout: DataLayout) -> Resumption | None:
+    """Reconcile and start ``engine``: after an unclean shutdown, HALTED until then. The
+    verified unclean shutdown (None after a clean one); the engine is closed on an error."""
+    try:
+        resumption = resume_state(layout)  # before anything connects: a damaged one stops here
+        if resumption is not None:
+            engine.risk.hold(
+                RESUME_HOLD,
+                f"unclean shutdown ({resumption.marker.reason}): no trading until reconciled",
+            )
+        await engine.start()
+    except BaseException:
+        await engine.aclose()  # the client session and the book, opened before reconciling
+        raise
+    _emit(
+        "reconciled",
+        items=[i.to_dict() for i in engine.reconciliation],
+        seconds=round(engine.reconcile_seconds, 6),
+        risk_state=engine.risk.state.value,
+    )
+    return resumption
+
+
+def _resumed(engine: StrategyEngine, layout: DataLayout, resumption: Resumption) -> None:
+    """Reconciled after an unclean shutdown: say what was restored, remove the marker, lift the
+    hold. The marker goes only now, so a crash before this point resumes again."""
+    snapshot = resumption.snapshot
+    positions = engine.status().positions
+    differences = snapshot_differences(snapshot, positions)
+    if differences:
+        _log.warning(
+            "resumed: the reconciled book differs from the snapshot: %s", json.dumps(differences)
+        )
+    _emit(
+        "resumed",
+        reason=resumption.marker.reason,
+        snapshot_time=None if snapshot is None else snapshot.time,
+        positions=None if snapshot is None else snapshot.body()["positions"],
+        open_orders=None if snapshot is None else snapshot.body()["open_orders"],
+        last_sequence=None if snapshot is None else dict(snapshot.last_sequence),
+        marker=str(resumption.marker.path),
+        snapshot=None if snapshot is None else str(layout.snapshot),
+        book_positions=positions,
+        differences=differences,
+        risk_state=engine.risk.state.value,
+    )
+    clear_unclean(layout, resumption.marker)
+    engine.risk.release(RESUME_HOLD)
 
 
 def _guarded_feed(
     engine: StrategyEngine,
     ws_url: str,
+    *,
     signing_key: bytes | None,
     max_violations: int,
     violation_window: float,
-) -> Feed:
-    """The engine's feed: each forged frame holds trading (and is printed); past the threshold,
-    the kill switch stops the feed, then runs the engine's emergency shutdown."""
+    layout: DataLayout,
+    audit: AuditSink | None,
+) -> tuple[Feed, TraderKill]:
+    """The engine's feed and kill switch: each forged frame holds trading (and is printed);
+    past the threshold, the feed pulls the kill switch, which halts trading at once."""
 
     def on_violation(error: BaseException) -> None:
         engine.on_security_violation(error)
@@ -266,11 +351,11 @@ def _guarded_feed(
         )
 
     async def kill_switch(error: BaseException) -> None:
-        # Trading is already held (every forged frame holds it): first stop taking data from a
-        # link that is being forged, then the emergency shutdown. The feed runs this in its own
-        # task, which its stop leaves running.
+        # The shutdown runs in the kill switch's own task (its first step halts trading); this
+        # one, the feed's, stops taking data from a link that is being forged meanwhile (its
+        # stop:feed step later finds the feed stopped).
+        kill.pull(str(error) or type(error).__name__, TriggerSource.SECURITY_VIOLATION)
         await feed.stop()
-        await engine.kill_switch(error)
 
     config = FeedConfig(
         urls=(ws_url,),
@@ -280,12 +365,15 @@ def _guarded_feed(
         violation_window=violation_window,
     )
     feed = Feed(config, engine, kill_switch=kill_switch, on_violation=on_violation)
+    kill = trader_kill_switch(engine, feed, layout=layout, audit=audit)
     engine.feed_health = feed.health
-    return feed
+    return feed, kill
 
 
 def _book_failure(exc: Exception, db: Path) -> str:
-    """The one line for a damaged book or audit log."""
+    """The one line for a damaged book, audit log or snapshot (which it names)."""
+    if isinstance(exc, SnapshotError):
+        return f"cannot resume after an unclean shutdown: {exc}"
     if isinstance(exc, AuditIntegrityError):
         return f"audit log damaged: {exc}"
     if isinstance(exc, sqlite3.Error):
@@ -378,6 +466,7 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
                 signing_key=config.signing_key,
                 max_violations=config.max_violations,
                 violation_window=window,
+                audit=audit,
             )
 
     try:
@@ -390,7 +479,7 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
         return asyncio.run(run())
     except UnsafePathError as exc:  # something planted where a book file belongs: as the node
         return _fail(exc, 2)
-    except (StoreCorruptedError, AuditIntegrityError, sqlite3.Error) as exc:
+    except (StoreCorruptedError, AuditIntegrityError, sqlite3.Error, SnapshotError) as exc:
         return _fail(_book_failure(exc, book), 1)
     except ConfigurationError as exc:  # refused at start, e.g. the book's strategies differ
         return _fail(exc, 2)
