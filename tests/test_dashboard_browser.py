@@ -1,0 +1,159 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Playwright).
+
+The page loads from a real :class:`StatusService` over real components, shows live data from
+``/events``, and shows a component going unhealthy and recovering. With
+``STRATEGYLAB_DASHBOARD_SCREENSHOT`` set, a full-page screenshot goes to that path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from service_support import LabSource, serving
+from strategylab.fault_tolerance import ErrorType, HealthCheckFailedError
+from strategylab.service import StatusService
+from strategylab.testing import FakeClock
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+SYMBOLS = {
+    "BTC-USD": 64250.0,
+    "ETH-USD": 3120.0,
+    "SOL-USD": 148.2,
+    "XRP-USD": 0.52,
+    "ADA-USD": 0.38,
+}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: CI must run the browser test")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=ARGS, timeout=WAIT_MS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def _prices(step: int) -> dict[str, float]:
+    return {
+        symbol: round(price * (1 + 0.002 * math.sin(step / 3 + i) + 0.0004 * step), 6)
+        for i, (symbol, price) in enumerate(SYMBOLS.items())
+    }
+
+
+async def _until(condition: Any, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - a socket-level condition, no event to await
+            await asyncio.sleep(0.01)
+
+
+async def _lived_in(source: LabSource) -> None:
+    """Some history: a recovery in the audit trail, a breaker forced open, a feature shed."""
+    await source.manager.handle(ConnectionError("store connection reset"), component="store")
+    await source.manager.handle(
+        HealthCheckFailedError("feed", "feed", "no heartbeat for 3s", ErrorType.NETWORK_TIMEOUT),
+        component="feed",
+    )
+    source.breakers.get("backup-exchange").force_open()
+    await source.degradation.shed_feature("backtests")
+    source.ticks_per_s = 4210.0
+    source.queued = 37
+
+
+async def test_dashboard_shows_live_data_and_a_component_failing_and_recovering(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Load, live prices, store unhealthy then healthy again, as the operator sees them."""
+    clock = FakeClock(start=1_700_000_000.0, autojump_threshold=None)
+    source = LabSource(clock, tmp_path / "audit.log", node="node-a")
+    await source.probe_all()
+    await _lived_in(source)
+    source.tick(_prices(0))
+    token = "t"  # noqa: S105 - a test token
+    async with serving(source, clock=clock, admin_token=token) as service:
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        try:
+            await _drive(page, service, source, clock)
+        finally:
+            await page.close()
+        assert errors == []
+
+
+async def _drive(page: Page, service: StatusService, source: LabSource, clock: FakeClock) -> None:
+    await page.goto(service.url + "/")
+    await page.wait_for_function("document.getElementById('node-name').textContent === 'node-a'")
+    badge = page.get_by_test_id("health-badge-store")
+    assert await badge.get_attribute("data-state") == "healthy"
+    await _until(lambda: service.event_clients == 1)
+
+    # Live data: prices arrive as events on the service clock and land in the chart.
+    chart = page.get_by_test_id("price-chart")
+    assert await chart.get_attribute("data-points") == "0"
+    for step in range(1, 31):
+        source.tick(_prices(step))
+        clock.advance(0.5)
+        await page.wait_for_function(
+            "n => Number(document.getElementById('price-chart').dataset.points) >= n",
+            arg=step * len(SYMBOLS),
+        )
+    assert await page.get_by_test_id("legend-BTC-USD").is_visible()
+
+    # The periodic status event updates the figures without a reload.
+    clock.advance(0.5)
+    await page.wait_for_function("document.getElementById('queue-depth').textContent === '37'")
+    assert (
+        await page.get_by_test_id("breaker-badge-backup-exchange").get_attribute("data-state")
+        == "forced_open"
+    )
+    assert await page.get_by_test_id("stat-errors").text_content() == "2"
+    assert await page.get_by_test_id("timeline-entry").count() >= 2
+
+    # A component goes unhealthy, then recovers: the badge follows the health events.
+    source.store_ok = False
+    await source.monitor.probe("store")
+    await page.wait_for_selector('[data-testid="health-badge-store"][data-state="unhealthy"]')
+    source.store_ok = True
+    await source.monitor.probe("store")
+    await page.wait_for_selector('[data-testid="health-badge-store"][data-state="healthy"]')
+
+    shot = os.environ.get("STRATEGYLAB_DASHBOARD_SCREENSHOT")
+    if shot:
+        # A last status event so that every table shows the same moment, then the picture.
+        source.tick(_prices(31))
+        clock.advance(0.5)
+        await page.wait_for_function(
+            "document.querySelectorAll('[data-testid=timeline-entry]').length >= 4"
+        )
+        await page.screenshot(path=shot, full_page=True)
