@@ -150,6 +150,11 @@ async def test_metrics_carry_the_families_with_their_values(
     errors = metrics["strategylab_errors_total"]
     assert errors[(("type", ErrorType.DATABASE_CONNECTION_LOST.value),)] == 1.0
     assert errors[(("type", ErrorType.MEMORY_EXHAUSTION.value),)] == 0.0
+    by_component = metrics["strategylab_component_errors_total"]
+    assert (
+        by_component[(("component", "store"), ("type", ErrorType.DATABASE_CONNECTION_LOST.value))]
+        == 1.0
+    )
     assert metrics["strategylab_recoveries_total"][(("outcome", "failed"),)] == 1.0
     assert metrics["strategylab_recovery_time_seconds_count"][()] == 1.0
     assert (("quantile", "0.99"),) in metrics["strategylab_recovery_time_seconds"]

@@ -452,7 +452,7 @@ class ErrorRecoveryManager:
         context = self._context_for(exc_or_context, component)
         policy = self._policies[context.error_type]
         key: _Key = (context.error_type, context.component)
-        self._stats.record_error(context.error_type)
+        self._stats.record_error(context.error_type, context.component)
         self._emit("error", context, detail=context.message)
         # On arrival, not only when the recovery ends: a fault whose recovery waits for ever (an
         # exchange that refuses every connection) is in the audit trail from its first moment.
@@ -704,7 +704,7 @@ class ErrorRecoveryManager:
                 kind=kind, success=False, detail=f"raised {type(exc).__name__}: {exc}"
             )
         if result.applicable:
-            self._stats.record_strategy(kind)
+            self._stats.record_strategy(kind, result.success)
         else:
             active.attempt -= 1
         return result

@@ -70,6 +70,14 @@ class RecoveryStatistics:
     fall_throughs: int = 0
     """Steps to a later strategy within one recovery, after a strategy failed (not escalations)."""
     sla_compliance: Mapping[str, float]
+    error_component_distribution: Mapping[tuple[ErrorType, str], int] = dataclasses.field(
+        default_factory=dict
+    )
+    """Errors by (type, component) (the status service's ``errors_total{type,component}``)."""
+    strategy_outcomes: Mapping[tuple[RecoveryStrategyKind, bool], int] = dataclasses.field(
+        default_factory=dict
+    )
+    """Executed strategies by (strategy, succeeded): ``recoveries by strategy and outcome``."""
 
 
 def nearest_rank(sorted_values: list[float], percentile: float) -> float:
@@ -85,6 +93,7 @@ class StatisticsRecorder:
 
     __slots__ = (
         "_durations",
+        "_error_components",
         "_error_types",
         "_escalated_errors",
         "_failed",
@@ -94,6 +103,7 @@ class StatisticsRecorder:
         "_rejected",
         "_sla",
         "_strategies",
+        "_strategy_outcomes",
         "_succeeded",
         "_total_duration_ms",
         "_total_errors",
@@ -103,6 +113,10 @@ class StatisticsRecorder:
         self._durations: collections.deque[float] = collections.deque(maxlen=percentile_window)
         self._error_types: collections.Counter[ErrorType] = collections.Counter()
         self._strategies: collections.Counter[RecoveryStrategyKind] = collections.Counter()
+        self._error_components: collections.Counter[tuple[ErrorType, str]] = collections.Counter()
+        self._strategy_outcomes: collections.Counter[tuple[RecoveryStrategyKind, bool]] = (
+            collections.Counter()
+        )
         # SLA class name -> [within, total]
         self._sla: dict[str, list[int]] = {}
         self._total_errors = 0
@@ -115,14 +129,18 @@ class StatisticsRecorder:
         self._pattern_escalations = 0
         self._total_duration_ms = 0.0
 
-    def record_error(self, error_type: ErrorType) -> None:
-        """Count one error reported to the manager."""
+    def record_error(self, error_type: ErrorType, component: str | None = None) -> None:
+        """Count one error reported to the manager (by type, and by component when given)."""
         self._total_errors += 1
         self._error_types[error_type] += 1
+        if component is not None:
+            self._error_components[error_type, component] += 1
 
-    def record_strategy(self, kind: RecoveryStrategyKind) -> None:
-        """Count one executed strategy."""
+    def record_strategy(self, kind: RecoveryStrategyKind, success: bool | None = None) -> None:
+        """Count one executed strategy (and its outcome when given)."""
         self._strategies[kind] += 1
+        if success is not None:
+            self._strategy_outcomes[kind, success] += 1
 
     def record_escalation(self, *, pattern: bool = True) -> None:
         """Count one threshold crossing; ``pattern=False`` is the old spelling of a fall-through."""
@@ -189,4 +207,6 @@ class StatisticsRecorder:
             sla_compliance=types.MappingProxyType(
                 {name: within / total for name, (within, total) in self._sla.items()}
             ),
+            error_component_distribution=types.MappingProxyType(dict(self._error_components)),
+            strategy_outcomes=types.MappingProxyType(dict(self._strategy_outcomes)),
         )

@@ -9,10 +9,12 @@ Families (all ``strategylab_``; counters end in ``_total`` on the wire):
 
 - ``node_info{node}`` 1; ``uptime_seconds``;
 - ``errors_total{type}``: errors handed to the recovery manager, by :class:`ErrorType` value
-  (every type, 0 when unseen); ``health_check_failures_total{check,component}``: failed probes
-  per component (errors by component: the manager's statistics keep no per-component count);
+  (every type, 0 when unseen); ``component_errors_total{type,component}``: the same by
+  component; ``health_check_failures_total{check,component}``: failed probes per component;
 - ``recoveries_total{outcome}`` (``succeeded``, ``failed``, ``rejected``, ``joined``);
-  ``recovery_strategy_executions_total{strategy}``; ``recovery_escalations_total``;
+  ``recovery_strategy_executions_total{strategy}``;
+  ``recovery_strategy_outcomes_total{strategy,outcome}`` (``succeeded``/``failed``);
+  ``recovery_escalations_total``;
   ``recoveries_active``, ``recoveries_queued``; ``recovery_success_ratio`` (0..1);
   ``recovery_sla_compliance_ratio{sla}``;
 - ``recovery_time_seconds``: a **summary** (quantiles 0.5, 0.95, 0.99 over the manager's recent
@@ -113,6 +115,14 @@ class SnapshotCollector(Collector):
         for error_type in ErrorType:
             errors.add_metric([error_type.value], float(seen.get(error_type, 0)))
         yield errors
+        by_component = CounterMetricFamily(
+            _P + "component_errors",
+            "Errors handed to the recovery manager, by type and component.",
+            labels=["type", "component"],
+        )
+        for (error_type, component), count in stats.error_component_distribution.items():
+            by_component.add_metric([error_type.value, component], float(count))
+        yield by_component
         recoveries = CounterMetricFamily(
             _P + "recoveries", "Recoveries by outcome.", labels=["outcome"]
         )
@@ -130,6 +140,14 @@ class SnapshotCollector(Collector):
         for kind in RecoveryStrategyKind:
             strategies.add_metric([kind.value], float(executed.get(kind, 0)))
         yield strategies
+        outcomes = CounterMetricFamily(
+            _P + "recovery_strategy_outcomes",
+            "Recovery strategies executed, by strategy and outcome.",
+            labels=["strategy", "outcome"],
+        )
+        for (kind, success), count in stats.strategy_outcomes.items():
+            outcomes.add_metric([kind.value, "succeeded" if success else "failed"], float(count))
+        yield outcomes
         yield _counter(
             "recovery_escalations",
             "Escalation thresholds crossed by pattern analysis.",
