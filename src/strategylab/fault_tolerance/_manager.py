@@ -704,7 +704,7 @@ class ErrorRecoveryManager:
                 kind=kind, success=False, detail=f"raised {type(exc).__name__}: {exc}"
             )
         if result.applicable:
-            self._stats.record_strategy(kind, result.success)
+            self._stats.record_strategy(kind, success=result.success)
         else:
             active.attempt -= 1
         return result

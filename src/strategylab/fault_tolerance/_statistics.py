@@ -136,7 +136,7 @@ class StatisticsRecorder:
         if component is not None:
             self._error_components[error_type, component] += 1
 
-    def record_strategy(self, kind: RecoveryStrategyKind, success: bool | None = None) -> None:
+    def record_strategy(self, kind: RecoveryStrategyKind, *, success: bool | None = None) -> None:
         """Count one executed strategy (and its outcome when given)."""
         self._strategies[kind] += 1
         if success is not None:
