@@ -3,7 +3,10 @@
 :class:`Node` (feed → ingestor → store under an error recovery manager, ``strategylab node``,
 run as a process by :func:`run_node_process`) and the trader (:func:`run_engine`: a feed into a
 :class:`~strategylab.trading.StrategyEngine`, ``strategylab trade``, run as a process by
-:func:`run_trader_process` over a :class:`TraderConfig`).
+:func:`run_trader_process` over a :class:`TraderConfig`). A node runs the operations layer too:
+health monitor, supervisor, degradation, kill switch (exit :data:`EXIT_EMERGENCY`, with
+``snapshot.json`` and ``UNCLEAN_SHUTDOWN``; the next start resumes from them), config reload and,
+with ``status_port`` set, the status service.
 """
 
 from __future__ import annotations

@@ -22,14 +22,27 @@ RETRY first: the recovery re-probes the component's health for up to ``--disk-fu
 seconds (default 60, the database SLA) and succeeds only once the component is observed healthy
 again (ingest resumes by itself); a disk still full after that falls through the standard chain
 to the emergency shutdown.
+
+The operations layer (issue 11; :mod:`._operations`): a :class:`HealthMonitor` probes the feed,
+the ingestor, the store and the status output every 0.5 s; a ``one_for_one``
+:class:`Supervisor` runs the health monitor, the degradation controller (:mod:`._shedding`) and,
+with ``status_port`` set, the status service (:class:`~strategylab.service.StatusService` over
+:class:`~._view.NodeView`); a configuration file is reloaded by :mod:`._settings`. Every
+emergency (the feed's security kill, the manager's EMERGENCY_SHUTDOWN, a supervisor crash loop,
+``POST /admin/kill``, :meth:`Node.kill`) runs the :class:`KillSwitch`: halt (not applicable: no
+risk engine), cancel orders (not applicable: no orders), quiesce, flush and fsync, write
+``snapshot.json``, stop the components in reverse dependency order, leave ``UNCLEAN_SHUTDOWN``.
+The next start restores from them (:mod:`._resume`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -39,13 +52,24 @@ from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
     AuditLog,
+    ChildSpec,
     ErrorContext,
     ErrorRecoveryManager,
     ErrorSeverity,
     ErrorType,
+    HealthMonitor,
+    HealthTransition,
+    KillReport,
+    KillSwitch,
+    RecoveryEvent,
     RecoveryPolicy,
     RecoveryStrategyKind,
+    RestartIntensityExceededError,
+    RestartStrategy,
     RetryPolicy,
+    StateSnapshot,
+    Supervisor,
+    TriggerSource,
     load_audit_key,
 )
 from strategylab.market import (
@@ -62,6 +86,17 @@ from strategylab.market import (
 )
 
 from ._config import NodeConfig
+from ._operations import (
+    HealthReports,
+    PriceTap,
+    ServiceChild,
+    health_checks,
+    kill_steps,
+    monitor_child,
+)
+from ._resume import Resume, prepare_resume
+from ._settings import NodeReloader, changed_keys
+from ._shedding import NodeDegradation, build_degradation, node_features
 from ._status import _print, _StatusOutput
 from ._store_check import check_store_config
 
@@ -96,6 +131,23 @@ class Node:
         self._emergency: ErrorContext | None = None
         self._emergency_task: asyncio.Task[bool] | None = None
         self._close_task: asyncio.Task[bool] | None = None
+        # The operations layer (started by start()).
+        self._sink: PriceTap | None = None
+        self._monitor: HealthMonitor | None = None
+        self._degradation: NodeDegradation | None = None
+        self._supervisor: Supervisor | None = None
+        self._switch: KillSwitch | None = None
+        self._kill_task: asyncio.Task[KillReport | None] | None = None
+        self._kill_source: TriggerSource | None = None
+        self._kill_reason: str | None = None
+        self._service: Any = None
+        self._reloader: NodeReloader | None = None
+        self._resume: Resume | None = None
+        self._recent_audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
+        self.chart_enabled = True
+        """False while the degradation controller has shed the live price chart."""
+        self.events_enabled = True
+        """False while the degradation controller has shed the server-sent event detail."""
         # Validate now, so that a bad option fails before anything is opened.
         self._feed_config = FeedConfig(
             urls=(config.exchange_url, *config.backup_urls),
@@ -140,6 +192,82 @@ class Node:
             raise RuntimeError("node is not started")
         return self._manager
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the node measures with."""
+        return self._clock
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since :meth:`start` finished (0 before)."""
+        return 0.0 if not self._started_at else self._clock.monotonic() - self._started_at
+
+    @property
+    def health_monitor(self) -> HealthMonitor | None:
+        """The health monitor over the node's components (after :meth:`start`)."""
+        return self._monitor
+
+    @property
+    def supervisor(self) -> Supervisor | None:
+        """The supervisor of the status service, health monitor and degradation loop."""
+        return self._supervisor
+
+    @property
+    def degradation(self) -> NodeDegradation | None:
+        """The degradation controller (after :meth:`start`)."""
+        return self._degradation
+
+    @property
+    def kill_switch(self) -> KillSwitch | None:
+        """The kill switch (after :meth:`start`)."""
+        return self._switch
+
+    @property
+    def kill_switch_pulled(self) -> bool:
+        """True once the kill switch was pulled (by any trigger)."""
+        return self._kill_task is not None
+
+    @property
+    def kill_report(self) -> KillReport | None:
+        """What the kill switch did, once it has finished."""
+        return None if self._switch is None else self._switch.report
+
+    @property
+    def kill_source(self) -> TriggerSource | None:
+        """What pulled the kill switch (None before)."""
+        return self._kill_source
+
+    @property
+    def kill_reason(self) -> str | None:
+        """Why the kill switch was pulled (None before)."""
+        return self._kill_reason
+
+    @property
+    def resume(self) -> Resume | None:
+        """What this start restored after an unclean shutdown (None after a clean one)."""
+        return self._resume
+
+    @property
+    def reloader(self) -> NodeReloader | None:
+        """The configuration file's reloader (with ``config_file`` set)."""
+        return self._reloader
+
+    @property
+    def status_url(self) -> str | None:
+        """``http://HOST:PORT`` of the status service while it runs, else None."""
+        service = self._service
+        return None if service is None else str(service.url)
+
+    def last_prices(self) -> dict[str, float]:
+        """The last acknowledged mid price per symbol (see :class:`~._operations.PriceTap`)."""
+        return {} if self._sink is None else self._sink.last_prices()
+
+    def recent_audit(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` audit records this process appended, oldest first."""
+        if limit <= 0:
+            return []
+        return list(self._recent_audit)[-limit:]
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -171,6 +299,9 @@ class Node:
         make_private_dir(cfg.data_dir)  # 0700 when created here
         if self._on_data_dir is not None:
             self._on_data_dir()
+        # After an emergency shutdown: the marker and a verified snapshot (a damaged one refuses
+        # the start with SnapshotError naming the file).
+        self._resume = prepare_resume(layout)
         # A full disk holds audit records in memory, in order, until space returns. The chain is
         # keyed with --audit-key-file or $STRATEGYLAB_AUDIT_KEY; its head is anchored in a second
         # file and on stdout ("audit_anchor"), so that a shortened log is caught by `strategylab
@@ -190,7 +321,7 @@ class Node:
         manager = self._manager = ErrorRecoveryManager(
             policies={ErrorType.DISK_SPACE_EXHAUSTED: _disk_full_policy(cfg, self._clock)},
             clock=self._clock,
-            audit=_OpenAudit(self._audit),
+            audit=_OpenAudit(self._audit, self._recent_audit),
             shutdown_handler=self._emergency_shutdown,
             shutdown_deadline=cfg.shutdown_deadline,
         )
@@ -207,6 +338,8 @@ class Node:
             )
         await store.open()
         self._store = store
+        if self._resume is not None:
+            self._resume.compare(await store.last_seqs())
         ingestor = self._ingestor = Ingestor(
             store,
             self._ingest_config,
@@ -214,9 +347,10 @@ class Node:
             manager=manager,
             clock=self._clock,
         )
+        sink = self._sink = PriceTap(ingestor)
         feed = self._feed = Feed(
             self._feed_config,
-            ingestor,
+            sink,
             manager=manager,
             clock=self._clock,
             kill_switch=self._kill_switch,
@@ -229,6 +363,167 @@ class Node:
         await ingestor.start()
         await feed.start()
         self._started_at = self._clock.monotonic()
+        await self._start_operations()
+
+    async def _start_operations(self) -> None:
+        """The health monitor, kill switch, degradation, status service, supervisor, reloader."""
+        cfg = self.config
+        manager = self.manager
+        ingestor = self.ingestor
+        assert self._status_out is not None  # noqa: S101 - start() made it
+        deadline = cfg.shutdown_deadline
+        monitor = self._monitor = HealthMonitor(
+            health_checks(
+                feed=self.feed,
+                ingestor=ingestor,
+                store=self.store,
+                status=self._status_out,
+                max_queue=cfg.max_queue,
+            ),
+            clock=self._clock,
+            manager=HealthReports(manager),
+        )
+        monitor.add_listener(self._on_health)
+        self._switch = KillSwitch(
+            kill_steps(quiesce=self._quiesce, flush=self._flush, deadline=deadline),
+            layout=cfg.layout,
+            snapshot_source=self._state_snapshot,
+            registry=manager.registry,
+            clock=self._clock,
+            audit=_OpenAudit(self._audit, self._recent_audit) if self._audit else None,
+            snapshot_deadline=min(0.5, deadline / 10),
+            stop_deadline=min(0.5, deadline / 10),
+            audit_deadline=min(1.0, deadline / 10),
+        )
+        degradation = self._degradation = build_degradation(
+            cfg,
+            queue_depth=lambda: ingestor.statistics().queued,
+            queue_capacity=lambda: self.config.max_queue,
+            features=node_features(self._set_chart, self._set_events),
+            clock=self._clock,
+        )
+        degradation.add_listener(lambda event: self._publish("degradation", event.to_dict()))
+        manager.register(degradation)
+        manager.add_listener(self._on_recovery)
+        children = [
+            ChildSpec(id="health", start=monitor_child(monitor), shutdown=1.0),
+            ChildSpec(id="degradation", start=degradation, shutdown=1.0),
+        ]
+        service = self._service_child()
+        if service is not None:
+            children.append(ChildSpec(id="status_service", start=service, shutdown=2.0))
+        self._supervisor = Supervisor(
+            children,
+            name="node.supervisor",
+            strategy=RestartStrategy.ONE_FOR_ONE,
+            intensity=3,
+            period=10.0,
+            clock=self._clock,
+            manager=manager,
+            on_escalate=self._crash_loop,
+        )
+        await self._supervisor.start()
+        if cfg.config_file is not None:
+            self._reloader = NodeReloader(cfg, self._apply_config, clock=self._clock)
+            await self._reloader.start()
+
+    def _service_child(self) -> ServiceChild | None:
+        """The status service as a supervised child; None without ``status_port``."""
+        cfg = self.config
+        if cfg.status_port is None:
+            return None
+        from strategylab.service import StatusService  # noqa: PLC0415 - only with a port
+
+        from ._view import NodeView  # noqa: PLC0415 - imports the service package
+
+        view = NodeView(self)
+
+        def make(port: int) -> Any:
+            return StatusService(
+                view,
+                host=cfg.status_host,
+                port=port,
+                admin_token=cfg.admin_token,
+                clock=self._clock,
+            )
+
+        def on_service(service: Any) -> None:
+            self._service = service
+            if service is not None:
+                service.chart_enabled = self.chart_enabled
+
+        return ServiceChild(make, cfg.status_port, on_service)
+
+    # ------------------------------------------------------------------ events
+
+    def _publish(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Send one event to the status service's subscribers (nothing without a service)."""
+        service = self._service
+        if service is None:
+            return
+        try:
+            service.publish(kind, dict(data))
+        except Exception:
+            _log.exception("status service: publishing a %s event failed", kind)
+
+    def _on_health(self, event: HealthTransition) -> None:
+        self._publish(
+            "health",
+            {
+                "check": event.check,
+                "component": event.component,
+                "previous": None if event.previous is None else event.previous.value,
+                "current": event.current.value,
+                "at": event.at,
+                "reason": event.reason,
+            },
+        )
+
+    def _on_recovery(self, event: RecoveryEvent) -> None:
+        if not self.events_enabled or self._service is None:
+            return  # the event detail is shed (or there is nobody to tell)
+        outcome = event.outcome
+        self._publish(
+            "recovery",
+            {
+                "kind": event.kind,
+                "error_id": str(event.error_id),
+                "error_type": event.error_type.value,
+                "component": event.component,
+                "at": event.at,
+                "strategy": None if event.strategy is None else event.strategy.value,
+                "detail": event.detail,
+                "outcome": None
+                if outcome is None
+                else {
+                    "success": outcome.success,
+                    "strategy": None if outcome.strategy is None else outcome.strategy.value,
+                    "attempts": outcome.attempts,
+                    "duration_ms": outcome.duration_ms,
+                    "escalated": outcome.escalated,
+                },
+            },
+        )
+
+    def _set_chart(self, enabled: bool) -> None:
+        self.chart_enabled = enabled
+        if self._service is not None:
+            self._service.chart_enabled = enabled
+
+    def _set_events(self, enabled: bool) -> None:
+        self.events_enabled = enabled
+
+    async def _apply_config(self, new: NodeConfig) -> None:
+        """The reloader's ``apply``: the accepted configuration goes in force. What the node
+        reads at each use changes at once (``status_interval``, ``drain_timeout``,
+        ``shutdown_deadline`` for the final close); the feed's and ingestor's settings are
+        fixed at construction and take effect at the next start (logged)."""
+        old, self.config = self.config, new
+        changed = changed_keys(old, new)
+        later = [key for key in changed if key.split(".", 1)[0] in {"feed", "ingest"}]
+        if later:
+            _log.warning("config: %s take effect at the next start", ", ".join(later))
+        self._publish("config", {"changed": changed, "at_next_start": later})
 
     async def wait_caught_up(self, last_seqs: Mapping[str, int], timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every ``last_seqs[symbol]`` is stored (or quarantined/declared lost);
@@ -236,8 +531,12 @@ class Node:
         await self.ingestor.wait_accounted(last_seqs, timeout)
 
     async def aclose(self) -> None:
-        """Stop the feed, flush the queue, close the store and the logs, all within
-        ``config.drain_timeout`` seconds; idempotent (a second call waits for the first)."""
+        """Stop the operations layer and the feed, flush the queue, close the store and the logs,
+        all within ``config.drain_timeout`` seconds; idempotent (a second call waits for the
+        first). A kill switch already pulled is waited for first."""
+        kill = self._kill_task
+        if kill is not None:
+            await asyncio.wait({kill}, timeout=self.config.shutdown_deadline + 1.0)
         await self._close(self.config.drain_timeout)
 
     async def _close(self, deadline: float) -> bool:
@@ -257,6 +556,7 @@ class Node:
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         clean = True
+        await self._stop_operations(min(0.5, deadline / 4), supervisor=True)
         if self._feed is not None:
             clean &= await _bounded(self._feed.stop(), min(0.5, deadline / 3), "feed stop")
         if self._ingestor is not None:
@@ -270,6 +570,94 @@ class Node:
         if self._audit is not None:
             self._audit.close()
         return clean
+
+    async def _stop_operations(self, seconds: float, *, supervisor: bool) -> None:
+        """Stop the reloader, the health monitor, the degradation loop and (``supervisor``) the
+        supervisor with its children, each within ``seconds``."""
+        reloader, self._reloader = self._reloader, None
+        if reloader is not None:
+            await _bounded(reloader.aclose(), seconds, "config reloader stop")
+        if self._monitor is not None:
+            await _bounded(self._monitor.stop(), seconds, "health monitor stop")
+        if self._degradation is not None:
+            await _bounded(self._degradation.stop(), seconds, "degradation stop")
+        if supervisor and self._supervisor is not None:
+            await _bounded(self._supervisor.stop(), max(seconds, 2.0), "supervisor stop")
+
+    # ------------------------------------------------------------------ the kill switch
+
+    async def kill(
+        self, reason: str, source: TriggerSource = TriggerSource.API
+    ) -> KillReport | None:
+        """Pull the kill switch and wait for the emergency shutdown; the report (None when the
+        node was not started far enough to have a kill switch: it is then only closed).
+
+        A later call joins the first. ``ValueError`` for an empty ``reason``.
+        """
+        return await asyncio.shield(self.kill_soon(reason, source))
+
+    def kill_soon(
+        self, reason: str, source: TriggerSource = TriggerSource.API
+    ) -> asyncio.Task[KillReport | None]:
+        """Pull the kill switch from synchronous code on the loop (an HTTP handler); the task."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reason={reason!r}: must be a non-empty str")
+        if self._kill_task is None:
+            self._kill_source, self._kill_reason = source, reason
+            self._publish(
+                "kill_switch", {"event": "triggered", "reason": reason, "source": source.value}
+            )
+            self._kill_task = asyncio.create_task(self._run_kill(reason, source), name="node.kill")
+            self._kill_task.add_done_callback(log_failure)
+        elif self._switch is not None:
+            self._switch.trigger_soon(reason, source)  # counted and audited as a join
+        return self._kill_task
+
+    async def _run_kill(self, reason: str, source: TriggerSource) -> KillReport | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = self.config.shutdown_deadline
+        report: KillReport | None = None
+        try:
+            if self._switch is not None:
+                report = await self._switch.trigger(reason, source)
+                self._publish("kill_switch", {"event": "finished", **report.to_dict()})
+            await self._close(max(deadline - (loop.time() - started), 0.5))
+        finally:
+            self._halted.set()
+        return report
+
+    async def _quiesce(self) -> None:
+        """Kill step: stop what would restart or reconfigure parts being stopped (the status
+        service stays up until the end, so that the kill is visible there)."""
+        await self._stop_operations(0.2, supervisor=False)
+
+    async def _flush(self) -> None:
+        """Kill step: stop intake, write the ingest queue, fsync the acknowledgement log."""
+        deadline = self.config.shutdown_deadline
+        if self._feed is not None:
+            await _bounded(self._feed.stop(), min(0.5, deadline / 6), "feed stop")
+        if self._ingestor is not None:
+            await self._ingestor.drain(max(deadline / 2 - 0.1, 0.05))
+        # The store commits durably (SQLite synchronous=FULL, the spool fsyncs); the ack log
+        # is written with os.write per batch: make it durable too.
+        await asyncio.to_thread(_fsync_file, self.config.layout.acks)
+
+    def _state_snapshot(self) -> StateSnapshot:
+        """Kill step: the state to preserve: no positions or orders on a node, and the last
+        acknowledged (durably stored) sequence per symbol."""
+        acked = {} if self._ingestor is None else dict(self._ingestor.statistics().acked)
+        return StateSnapshot.create(
+            reason="emergency shutdown",
+            positions={},
+            open_orders=[],
+            last_sequence=acked,
+            clock=self._clock,
+        )
+
+    def _crash_loop(self, error: RestartIntensityExceededError) -> None:
+        """The supervisor's escalation past its restart intensity: pull the kill switch."""
+        self.kill_soon(str(error), TriggerSource.CRASH_LOOP)
 
     async def _kill_switch(self, error: Exception) -> None:
         """The feed's kill switch (forged frames past its threshold): the emergency shutdown."""
@@ -285,13 +673,15 @@ class Node:
         )
 
     async def _emergency_shutdown(self, context: ErrorContext) -> bool:
-        """The manager's EMERGENCY_SHUTDOWN handler: stop intake, flush within the deadline, halt.
+        """The manager's EMERGENCY_SHUTDOWN handler: the kill switch, for ``context``.
 
         The work runs in a task the node owns, so that stopping the component whose task reported
-        the error (and is waiting here) cannot cancel the shutdown half-way.
+        the error (and is waiting here) cannot cancel the shutdown half-way. True once the
+        node is halted with its snapshot and marker written.
         """
         if self._emergency_task is None:
-            self._emergency = context
+            if self._emergency is None and self._kill_task is None:
+                self._emergency = context
             self._emergency_task = asyncio.create_task(
                 self._halt(context), name="node.emergency-shutdown"
             )
@@ -305,21 +695,26 @@ class Node:
             context.component,
             context.message,
         )
-        try:
-            if self._audit is not None:
-                with contextlib.suppress(Exception):
-                    await self._audit.aappend(
-                        "emergency_shutdown",
-                        {
-                            "error_id": str(context.error_id),
-                            "error_type": context.error_type.value,
-                            "component": context.component,
-                            "reason": context.message,
-                        },
-                    )
-            return await self._close(self.config.shutdown_deadline)
-        finally:
-            self._halted.set()
+        if self._audit is not None and self._kill_task is None:
+            with contextlib.suppress(Exception):
+                await self._audit.aappend(
+                    "emergency_shutdown",
+                    {
+                        "error_id": str(context.error_id),
+                        "error_type": context.error_type.value,
+                        "component": context.component,
+                        "reason": context.message,
+                    },
+                )
+        if context.error_type is ErrorType.SECURITY_VIOLATION:
+            source = TriggerSource.SECURITY_VIOLATION
+        elif self._supervisor is not None and context.component == self._supervisor.name:
+            source = TriggerSource.CRASH_LOOP
+        else:
+            source = TriggerSource.CRITICAL_CHAIN_EXHAUSTED
+        reason = f"{context.error_type.value} in {context.component}: {context.message}"
+        report = await self.kill(reason, source)
+        return report is None or report.marker_path is not None
 
     def status(self) -> dict[str, Any]:
         """The JSON-ready status line (``event`` is added by the caller)."""
@@ -381,16 +776,39 @@ class Node:
 
 class _OpenAudit:
     """The manager's audit sink: the node's audit log, and nothing once the log is closed (a
-    recovery finishing during shutdown must not turn into a logged traceback)."""
+    recovery finishing during shutdown must not turn into a logged traceback). Each record
+    written is also kept in ``recent`` (bounded) for ``/status``."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditLog, recent: collections.deque[dict[str, Any]]) -> None:
         self._log = log
+        self._recent = recent
 
-    async def aappend(self, kind: str, data: dict[str, Any], /) -> object:
+    async def aappend(self, kind: str, data: Mapping[str, Any], /) -> object:
         if self._log.closed:
             _log.debug("audit log closed; %s record not written", kind)
             return None
-        return await self._log.aappend(kind, data)
+        record = await self._log.aappend(kind, data)
+        self._recent.append(
+            {
+                "seq": record.seq,
+                "timestamp": record.timestamp,
+                "kind": record.kind,
+                "data": dict(record.data),
+            }
+        )
+        return record
+
+
+def _fsync_file(path: os.PathLike[str] | str) -> None:
+    """fsync the file at ``path`` if it exists (the data written through any descriptor)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _bounded(step: Awaitable[object], seconds: float, what: str) -> bool:

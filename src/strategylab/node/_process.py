@@ -8,10 +8,16 @@ seconds and, on SIGTERM or SIGINT, drains the queue for at most ``--drain-timeou
 prints a ``stopped`` line and exits 0: SIGTERM stops a node within 2 s whatever state its store
 is in.
 
-Exit codes: 0 stopped on request; 1 operational failure at start (an ``OSError``); 2 a bad option,
-including a store that can never work (:mod:`._store_check`); 3 an EMERGENCY_SHUTDOWN: the
-node stopped intake, flushed what it could within ``--shutdown-deadline`` seconds, printed an
-``emergency_shutdown`` line naming the reason, and exited.
+Exit codes: 0 stopped on request; 1 operational failure at start (an ``OSError``, a damaged
+``snapshot.json`` after an unclean shutdown, a status port that cannot be bound); 2 a bad option,
+including a store that can never work (:mod:`._store_check`); 3 an EMERGENCY_SHUTDOWN: the kill
+switch stopped intake, flushed, wrote ``snapshot.json`` and ``UNCLEAN_SHUTDOWN`` within
+``--shutdown-deadline`` seconds, the node printed an ``emergency_shutdown`` line naming the reason
+(with the kill report under ``kill``), and exited.
+
+Lines at start: ``started``; after an unclean shutdown ``resumed`` (what was restored; the marker
+is removed once the node is up, see :mod:`._resume`); with a status port ``ready`` (``status_url``,
+``pid``, ``symbols``).
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from typing import Final
 from strategylab._files import UnsafePathError, refuse_unsafe_dirs
 from strategylab._logging import configure_logging, escape
 from strategylab.errors import AuditIntegrityError, ConfigurationError
+from strategylab.fault_tolerance import ChildStartError, SnapshotError
 
 from ._config import NodeConfig
 from ._node import Node
+from ._operations import NOT_APPLICABLE
 from ._status import _print
 
 __all__ = ["EXIT_EMERGENCY", "run_node", "run_node_process"]
@@ -60,11 +68,26 @@ async def run_node(
         started = True
         out = node._status_out  # noqa: SLF001 - our own instance
         _print("started", {"pid": os.getpid(), "symbols": list(config.symbols)}, out)
+        resume = node.resume
+        if resume is not None:
+            _print("resumed", resume.line(), out)
+            resume.clear()  # only now: the node is up, and resumed from the store
+        if node.status_url is not None:
+            _print(
+                "ready",
+                {
+                    "status_url": node.status_url,
+                    "pid": os.getpid(),
+                    "symbols": list(config.symbols),
+                },
+                out,
+            )
         halted = node.halted
         while not done.is_set() and not halted.is_set():
             waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(halted.wait()))
             try:
-                await asyncio.wait(waiters, timeout=config.status_interval)
+                # node.config: a reloaded status_interval applies from the next line.
+                await asyncio.wait(waiters, timeout=node.config.status_interval)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
@@ -76,15 +99,22 @@ async def run_node(
             loop.remove_signal_handler(sig)
         await node.aclose()
     emergency = node.emergency
-    if emergency is not None:
+    if emergency is not None or node.kill_switch_pulled:
+        report = node.kill_report
+        source = node.kill_source
         _print(
             "emergency_shutdown",
             {
-                "reason": emergency.message,
-                "error_type": emergency.error_type.value,
-                "component": emergency.component,
+                "reason": emergency.message if emergency is not None else node.kill_reason,
+                "error_type": None if emergency is None else emergency.error_type.value,
+                "component": emergency.component
+                if emergency is not None
+                else (None if source is None else source.value),
+                "source": None if source is None else source.value,
                 "exit_code": EXIT_EMERGENCY,
                 **node.status(),
+                "kill": None if report is None else report.to_dict(),
+                "not_applicable": list(NOT_APPLICABLE),
             },
             node._status_out,  # noqa: SLF001 - our own instance
         )
@@ -128,7 +158,10 @@ def run_node_process(config: NodeConfig, *, log_level: int = logging.WARNING) ->
         return _fail(exc, 2)
     except AuditIntegrityError as exc:
         return _fail(f"audit log damaged: {exc}", 1)
-    except OSError as exc:
+    except SnapshotError as exc:
+        # After an unclean shutdown: never start on a snapshot that cannot be verified.
+        return _fail(f"snapshot damaged, not resuming: {exc}", 1)
+    except (ChildStartError, OSError) as exc:
         return _fail(exc, 1)
 
 

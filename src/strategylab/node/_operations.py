@@ -1,0 +1,298 @@
+"""The node's operations layer, built from the library's parts (DESIGN §2, §4; issue 11):
+
+- :func:`health_checks`: one :class:`HealthCheck` per component (feed, ingestor, store, status
+  output), probed every 0.5 s with a 1 s timeout by a :class:`HealthMonitor`;
+- :class:`HealthReports`: the monitor's :class:`RecoveryHandler`, the recovery manager minus the
+  episodes a component already reported itself (a recovery of it is running);
+- :func:`kill_steps`: the kill switch's ordered steps for a node without a risk engine;
+- :class:`PriceTap`: the feed's sink, the ingestor behind it, keeping the last frames delivered
+  so that the last *acknowledged* price per symbol is read at snapshot time (no per-tick work);
+- :func:`monitor_child` and :class:`ServiceChild`: the supervisor's children.
+
+Supervision (decided here): the status service, the health monitor and the degradation loop are
+children of a ``one_for_one`` :class:`~strategylab.fault_tolerance.Supervisor` (at most 3 restarts
+in 10 s); past that the supervisor escalates to the recovery manager and the node pulls the kill
+switch (source ``crash_loop``). The feed and the ingestor are NOT children: each restarts its own
+task (reconnect with resume; the writer's ``SupervisedTask``) and is a component of the manager,
+which restarts them as a recovery; a second restarter would only fight the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from strategylab.fault_tolerance import (
+    ErrorType,
+    HealthCheck,
+    HealthMonitor,
+    HealthState,
+    KillStep,
+    ProbeKind,
+)
+from strategylab.market import FailoverStore, Feed, Ingestor, TickStore
+
+if TYPE_CHECKING:
+    from strategylab.fault_tolerance import ErrorRecoveryManager
+    from strategylab.market import QuarantinedTick, Tick
+
+    from ._status import _StatusOutput
+
+__all__ = [
+    "HEALTH_INTERVAL",
+    "HEALTH_TIMEOUT",
+    "HealthReports",
+    "PriceTap",
+    "ServiceChild",
+    "health_checks",
+    "kill_steps",
+    "monitor_child",
+]
+
+_log = logging.getLogger("strategylab.node._node")
+
+HEALTH_INTERVAL: Final = 0.5
+"""Seconds between two probes of one check."""
+HEALTH_TIMEOUT: Final = 1.0
+"""Seconds one probe may take (a hung check is a failed check)."""
+QUEUE_NEAR_FULL: Final = 0.9
+"""The ingest queue's fill (fraction of ``max_queue``) at which the ingestor is DEGRADED."""
+_RECENT_FRAMES: Final = 8
+
+
+# ---------------------------------------------------------------------------------- health
+
+
+def health_checks(
+    *,
+    feed: Feed,
+    ingestor: Ingestor,
+    store: TickStore,
+    status: _StatusOutput,
+    max_queue: int,
+) -> list[HealthCheck]:
+    """The node's checks (each every :data:`HEALTH_INTERVAL` s, :data:`HEALTH_TIMEOUT` s):
+
+    - ``feed`` (readiness): connected, subscribed and a frame within ``stale_after``
+      (``Feed.health``); 2 failures in a row make it UNHEALTHY (about 1 s);
+    - ``ingestor`` (both): the writer running and not failing; DEGRADED when the queue holds
+      :data:`QUEUE_NEAR_FULL` of ``max_queue`` or more;
+    - ``store`` (both): the store accepts writes durably; DEGRADED while the failover store
+      spools or drains;
+    - ``status`` (liveness): the status lines go out; DEGRADED (not a failure: the output
+      reports its own full disk to the manager) while lines are dropped.
+    """
+
+    async def feed_check() -> bool:
+        return await feed.health()
+
+    async def ingestor_check() -> HealthState:
+        stats = ingestor.statistics()
+        if not stats.healthy:
+            return HealthState.UNHEALTHY
+        if stats.queued >= QUEUE_NEAR_FULL * max_queue:
+            return HealthState.DEGRADED
+        return HealthState.HEALTHY
+
+    async def store_check() -> HealthState:
+        if not await store.health():
+            return HealthState.UNHEALTHY
+        if isinstance(store, FailoverStore) and store.statistics().state.value != "primary":
+            return HealthState.DEGRADED
+        return HealthState.HEALTHY
+
+    async def status_check() -> HealthState:
+        return HealthState.HEALTHY if status.ok else HealthState.DEGRADED
+
+    common: dict[str, Any] = {"interval": HEALTH_INTERVAL, "timeout": HEALTH_TIMEOUT}
+    return [
+        HealthCheck(
+            name="feed",
+            check=feed_check,
+            kind=ProbeKind.READINESS,
+            failure_threshold=2,
+            component=feed.name,
+            error_type=ErrorType.WEBSOCKET_CONNECTION_DROPPED,
+            **common,
+        ),
+        HealthCheck(
+            name="ingestor",
+            check=ingestor_check,
+            component=ingestor.name,
+            error_type=ErrorType.DATA_INGESTION_FAILURE,
+            **common,
+        ),
+        HealthCheck(
+            name="store",
+            check=store_check,
+            component=store.name,
+            error_type=ErrorType.DATABASE_CONNECTION_LOST,
+            **common,
+        ),
+        HealthCheck(
+            name="status", check=status_check, kind=ProbeKind.LIVENESS, component="status", **common
+        ),
+    ]
+
+
+class HealthReports:
+    """The health monitor's :class:`~strategylab.fault_tolerance.RecoveryHandler`: an unhealthy
+    episode goes to the manager unless a recovery of that component is already running (the
+    component reported the failure itself; a second report would only join or escalate it)."""
+
+    def __init__(self, manager: ErrorRecoveryManager) -> None:
+        self._manager = manager
+        self.skipped = 0
+
+    async def handle(self, exc_or_context: BaseException, component: str | None = None) -> object:
+        """``manager.handle(exc, component=component)``, or None when one is running already."""
+        if component is not None and any(
+            active.component == component for active in self._manager.active_recoveries()
+        ):
+            self.skipped += 1
+            return None
+        return await self._manager.handle(exc_or_context, component=component)
+
+
+# ---------------------------------------------------------------------------------- kill switch
+
+
+NOT_APPLICABLE: Final = ("halt", "cancel_orders")
+"""Steps of the kill switch that do nothing on a node: it has no risk engine and sends no
+orders (recorded, to keep the sequence and its timings the same as the trader's)."""
+
+
+def kill_steps(
+    *,
+    quiesce: Callable[[], Awaitable[None]],
+    flush: Callable[[], Awaitable[None]],
+    deadline: float,
+) -> list[KillStep]:
+    """The node's kill steps within ``deadline`` seconds in all (> 0):
+
+    ``halt`` and ``cancel_orders`` (not applicable: no trading, no orders), ``quiesce`` (stop the
+    supervisor, its children and the health monitor, so nothing restarts what is being stopped),
+    ``flush`` (stop intake, write and fsync the ingest queue, within half the deadline). The kill
+    switch itself then writes the snapshot, stops the components and leaves the marker.
+    """
+
+    def not_applicable() -> None:
+        """Nothing to do on a node (no risk engine, no open orders)."""
+
+    small = min(0.25, deadline / 10)
+    return [
+        KillStep("halt", not_applicable, small),
+        KillStep("cancel_orders", not_applicable, small),
+        KillStep("quiesce", quiesce, max(small, deadline / 10)),
+        KillStep("flush", flush, deadline / 2),
+    ]
+
+
+# ---------------------------------------------------------------------------------- prices
+
+
+class PriceTap:
+    """The feed's :class:`~strategylab.market.TickSink`: the ingestor, plus the last few frames it
+    was given (a reference each, no per-tick work on the way in).
+
+    :meth:`last_prices` reads those frames newest first at snapshot time and keeps, per symbol,
+    the mid price of the newest tick at or below the ingestor's acknowledged watermark.
+    """
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+        self._frames: collections.deque[list[Tick]] = collections.deque(maxlen=_RECENT_FRAMES)
+        self._prices: dict[str, float] = {}
+        self._seqs: dict[str, int] = {}
+
+    async def put(self, ticks: list[Tick]) -> None:
+        """The ingestor's ``put``; the frame is kept once queued."""
+        await self._ingestor.put(ticks)
+        self._frames.append(ticks)
+
+    async def quarantine(self, entries: list[QuarantinedTick]) -> None:
+        """The ingestor's ``quarantine``."""
+        await self._ingestor.quarantine(entries)
+
+    async def last_seqs(self) -> dict[str, int]:
+        """The ingestor's ``last_seqs`` (the store's watermarks: where the feed resumes)."""
+        return await self._ingestor.last_seqs()
+
+    def accounted(self) -> Mapping[str, int]:
+        """The ingestor's ``accounted`` (how the feed proves a connection)."""
+        return self._ingestor.accounted()
+
+    def last_prices(self) -> dict[str, float]:
+        """Per symbol, the mid price ((bid + ask) / 2) of the last acknowledged tick seen."""
+        acked = self._ingestor.statistics().acked
+        prices, seqs = self._prices, self._seqs
+        found: set[str] = set()
+        for frame in reversed(self._frames):
+            for tick in reversed(frame):
+                symbol = tick.symbol
+                if symbol in found or tick.seq > acked.get(symbol, 0):
+                    continue
+                found.add(symbol)
+                if tick.seq > seqs.get(symbol, 0):
+                    seqs[symbol] = tick.seq
+                    prices[symbol] = (tick.bid + tick.ask) / 2
+        return dict(prices)
+
+
+# ---------------------------------------------------------------------------------- children
+
+
+def monitor_child(monitor: HealthMonitor) -> Callable[[], Awaitable[None]]:
+    """A supervisor task body that runs ``monitor`` until cancelled (then stops it)."""
+
+    async def run() -> None:
+        monitor.start()
+        try:
+            await asyncio.Event().wait()  # until the supervisor cancels it
+        finally:
+            await monitor.stop()
+
+    return run
+
+
+class ServiceChild:
+    """The status service as a supervised component: ``start`` builds and starts a fresh
+    service (``make(port)``), on the port the first one bound once it is known; ``stop`` closes
+    it; ``health`` is True while it is started. ``on_service`` hears of each new service (None
+    when it stops)."""
+
+    name = "status_service"
+
+    def __init__(
+        self,
+        make: Callable[[int], Any],
+        port: int,
+        on_service: Callable[[Any], None],
+    ) -> None:
+        self._make = make
+        self._port = port
+        self._on_service = on_service
+        self._service: Any = None
+
+    async def start(self) -> None:
+        """Build and start a service; the port it bound is kept for restarts."""
+        service = self._make(self._port)
+        await service.start()
+        self._service = service
+        url: str = service.url
+        self._port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        self._on_service(service)
+
+    async def stop(self) -> None:
+        """Close the service (safe to repeat)."""
+        service, self._service = self._service, None
+        if service is not None:
+            self._on_service(None)
+            await service.aclose()
+
+    async def health(self) -> bool:
+        """True while a service is started."""
+        return self._service is not None

@@ -1,0 +1,174 @@
+"""The node as the status service sees it: :class:`NodeView`, a
+:class:`~strategylab.service.StatusSource` over a started :class:`~._node.Node`.
+
+Reads are synchronous and cheap: each is one call to the components' frozen ``statistics()`` /
+``snapshot()`` views, taken when a request or a scrape asks. Actions (kill, force a breaker, shed
+or restore a feature, reload the configuration) are coroutines that refuse with
+:class:`~strategylab.service.AdminActionError` (404 unknown name, 409 cannot run now, 400 bad
+value).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from strategylab.fault_tolerance import (
+    HealthState,
+    ProbeKind,
+    ProbeResult,
+    TriggerSource,
+)
+from strategylab.market import FailoverStore
+from strategylab.service import AdminActionError, NodeSnapshot
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = ["NodeView"]
+
+_RATE_WINDOW: Final = 5.0
+"""Seconds over which ``ticks_per_s`` is measured."""
+
+
+class NodeView:
+    """A :class:`~strategylab.service.StatusSource` for ``node`` (started before the first read).
+
+    ``ticks_per_s`` is the acknowledged rate over the last :data:`_RATE_WINDOW` seconds of reads
+    (the first read: since the start).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+
+    # ------------------------------------------------------------------ reads
+
+    def snapshot(self) -> NodeSnapshot:
+        """Every component's statistics now."""
+        node = self._node
+        clock = node.clock
+        now = clock.monotonic()
+        ingest = node.ingestor.statistics()
+        store = node.store
+        store_state, spool_pending = "primary", 0
+        if isinstance(store, FailoverStore):
+            failover = store.statistics()
+            store_state, spool_pending = failover.state.value, failover.spool_pending
+        report = node.kill_report
+        degradation = node.degradation
+        supervisor = node.supervisor
+        monitor = node.health_monitor
+        extra: dict[str, Any] = {"exchange_url": node.config.exchange_url}
+        if node.resume is not None:
+            extra["resumed"] = node.resume.to_dict()
+        if node.reloader is not None:
+            extra["config"] = node.reloader.status()
+        return NodeSnapshot(
+            node=node.config.node_name,
+            uptime=node.uptime,
+            recovery=node.manager.statistics(),
+            active_recoveries=node.manager.active_recoveries(),
+            breakers={},  # the node guards nothing with a breaker of its own
+            health=None if monitor is None else monitor.snapshot(),
+            degradation=None if degradation is None else degradation.snapshot(),
+            supervisor=None if supervisor is None else supervisor.snapshot(),
+            ingest=ingest,
+            feed=node.feed.statistics(),
+            ticks_per_s=self._rate(now, ingest.acknowledged),
+            last_price=node.last_prices(),
+            risk_state=None,
+            store_state=store_state,
+            spool_pending=spool_pending,
+            kill_switch=None if report is None else report.to_dict(),
+            extra=extra,
+        )
+
+    def _rate(self, now: float, acknowledged: int) -> float:
+        samples = self._samples
+        samples.append((now, acknowledged))
+        while len(samples) > 2 and now - samples[1][0] >= _RATE_WINDOW:
+            samples.popleft()
+        if len(samples) < 2:  # a rate needs two points
+            elapsed = max(self._node.uptime, 1e-9)
+            return round(acknowledged / elapsed, 1)
+        then, count = samples[0]
+        return round((acknowledged - count) / max(now - then, 1e-9), 1)
+
+    def liveness(self) -> ProbeResult:
+        """The health monitor's liveness aggregate (not live once the kill switch was pulled)."""
+        return self._probe(ProbeKind.LIVENESS)
+
+    def readiness(self) -> ProbeResult:
+        """The health monitor's readiness aggregate (not ready once the kill switch was pulled)."""
+        return self._probe(ProbeKind.READINESS)
+
+    def _probe(self, kind: ProbeKind) -> ProbeResult:
+        node = self._node
+        monitor = node.health_monitor
+        if node.halted.is_set() or node.kill_switch_pulled or monitor is None:
+            why = "kill switch pulled" if monitor is not None else "no health monitor"
+            return ProbeResult(
+                kind=kind,
+                ok=False,
+                state=HealthState.UNHEALTHY,
+                failing=("node",),
+                degraded=(),
+                reasons={"node": why},
+            )
+        return monitor.liveness() if kind is ProbeKind.LIVENESS else monitor.readiness()
+
+    def recent_audit(self, limit: int) -> list[Mapping[str, Any]]:
+        """The last ``limit`` audit records this node appended, oldest first."""
+        return list(self._node.recent_audit(limit))
+
+    # ------------------------------------------------------------------ actions
+
+    async def kill(self, reason: str) -> Mapping[str, Any]:
+        """Pull the kill switch (source ``http``) and return at once; the process exits 3 once
+        the shutdown has run."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise AdminActionError(400, "reason: must be a non-empty string")
+        node = self._node
+        already = node.kill_switch_pulled
+        node.kill_soon(reason.strip(), TriggerSource.HTTP)
+        return {"accepted": True, "already_triggered": already, "reason": reason.strip()}
+
+    async def force_breaker(self, name: str, state: str) -> Mapping[str, Any]:
+        """The node has no breakers of its own: every name is unknown (404)."""
+        del state  # whatever it asks for
+        raise AdminActionError(404, f"no breaker {name!r} on this node")
+
+    async def shed(self, feature: str) -> Mapping[str, Any]:
+        """Shed ``feature`` now (404 unknown, 409 without a degradation controller)."""
+        controller = self._controller()
+        try:
+            changed = await controller.shed_feature(feature, reason="manual")
+        except KeyError:
+            raise AdminActionError(404, f"no feature {feature!r}") from None
+        except ValueError as exc:  # an essential feature
+            raise AdminActionError(409, str(exc)) from None
+        return {"feature": feature, "shed": True, "changed": changed}
+
+    async def restore(self, feature: str) -> Mapping[str, Any]:
+        """Restore ``feature`` now (404 unknown, 409 without a degradation controller)."""
+        controller = self._controller()
+        try:
+            changed = await controller.restore_feature(feature, reason="manual")
+        except KeyError:
+            raise AdminActionError(404, f"no feature {feature!r}") from None
+        return {"feature": feature, "shed": False, "changed": changed}
+
+    def _controller(self) -> Any:
+        controller = self._node.degradation
+        if controller is None:
+            raise AdminActionError(409, "this node runs no degradation controller")
+        return controller
+
+    async def reload_config(self) -> Mapping[str, Any]:
+        """Reload the configuration file now (409 when the node runs without one)."""
+        reloader = self._node.reloader
+        if reloader is None:
+            raise AdminActionError(409, "this node runs without a configuration file (--config)")
+        return await reloader.reload()
