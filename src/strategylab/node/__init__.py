@@ -14,14 +14,30 @@ from __future__ import annotations
 from ._config import NodeConfig
 from ._node import Node
 from ._process import EXIT_EMERGENCY, run_node, run_node_process
+from ._settings import (
+    NODE_ENV_PREFIX,
+    RELOADABLE_KEYS,
+    RESTART_KEYS,
+    NodeReloader,
+    load_node_config,
+)
+from ._shedding import NodeDegradation, build_degradation, node_features
 from ._trader import TraderConfig, load_factory, run_engine, run_trader_process
 
 __all__ = [
     "EXIT_EMERGENCY",
+    "NODE_ENV_PREFIX",
+    "RELOADABLE_KEYS",
+    "RESTART_KEYS",
     "Node",
     "NodeConfig",
+    "NodeDegradation",
+    "NodeReloader",
     "TraderConfig",
+    "build_degradation",
     "load_factory",
+    "load_node_config",
+    "node_features",
     "run_engine",
     "run_node",
     "run_node_process",

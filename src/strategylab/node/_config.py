@@ -52,6 +52,9 @@ class NodeConfig:
     """Bytes of RSS the node may use before degradation sheds features; None: no RSS trigger."""
     node_name: str = "node"
     """The node's name on the dashboard and in metric labels."""
+    explicit: frozenset[str] = frozenset()
+    """The fields set on the command line: the config file and the environment never override
+    them, at start or on reload (``load_node_config(..., explicit=...)``)."""
 
     def __post_init__(self) -> None:
         for key in ("status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"):

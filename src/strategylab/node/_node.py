@@ -424,7 +424,9 @@ class Node:
         )
         await self._supervisor.start()
         if cfg.config_file is not None:
-            self._reloader = NodeReloader(cfg, self._apply_config, clock=self._clock)
+            self._reloader = NodeReloader(
+                cfg, self._apply_config, clock=self._clock, explicit=cfg.explicit
+            )
             await self._reloader.start()
 
     def _service_child(self) -> ServiceChild | None:
