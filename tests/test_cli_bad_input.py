@@ -268,6 +268,102 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("audit verify {empty} --key-file {missing}", 2, "--key-file"),
     ("audit verify {empty} --log-level bogus", 2, "--log-level"),
     ("audit bogus", 2, "bogus"),
+    # node: the operations options (status service, admin token, config file, memory budget)
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-port -1",
+        2,
+        "--status-port",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-port 70000",
+        2,
+        "--status-port",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-port abc",
+        2,
+        "--status-port",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-host bad_host!",
+        2,
+        "--status-host",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-host 999.1.1.1",
+        2,
+        "--status-host",
+    ),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --status-host ", 2, "--status-host"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --admin-token-file {missing}",
+        2,
+        "--admin-token-file",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --admin-token-file {dir}",
+        2,
+        "--admin-token-file",
+    ),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --admin-token t", 2, "--admin-token"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --config {missing}", 2, "--config"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --config {dir}", 2, "--config"),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --config ",
+        2,
+        "--config: must not be empty",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --config {notjson}",
+        2,
+        "{notjson}: invalid TOML",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --memory-budget 0",
+        2,
+        "--memory-budget",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --memory-budget 12X",
+        2,
+        "--memory-budget",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --memory-budget -5",
+        2,
+        "--memory-budget",
+    ),
+    (
+        "node --exchange-url {ws} --data-dir {tmp}/n --symbols A --memory-budget 1.5G",
+        2,
+        "--memory-budget",
+    ),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --name a/b", 2, "--name"),
+    ("node --exchange-url {ws} --data-dir {tmp}/n --symbols A --name ", 2, "--name"),
+    # status
+    ("status", 2, "--url"),
+    ("status --url ", 2, "--url"),
+    ("status --url ftp://127.0.0.1:1", 2, "--url"),
+    ("status --url http://h:99999", 2, "--url"),
+    ("status --url http://u:secret@h:1", 2, "--url"),
+    ("status --url {http} --timeout 0", 2, "--timeout"),
+    ("status --url {http} --timeout abc", 2, "--timeout"),
+    ("status --url {http} --timeout nan", 2, "--timeout"),
+    ("status --url {http} --bogus", 2, "--bogus"),
+    ("status --url {http}", 1, "{http}: cannot connect"),
+    ("status --url {http} --json", 1, "{http}: cannot connect"),
+    # kill
+    ("kill --url {http}", 2, "--reason"),
+    ("kill --reason x", 2, "--url"),
+    ("kill --url {http} --reason ", 2, "--reason"),
+    ("kill --url {http} --reason " + "x" * 501, 2, "--reason"),
+    ("kill --url {http} --reason a\x1bb", 2, "--reason"),
+    ("kill --url {http} --reason x", 2, "$STRATEGYLAB_ADMIN_TOKEN or give --admin-token-file"),
+    ("kill --url {http} --reason x --admin-token-file {missing}", 2, "--admin-token-file"),
+    ("kill --url {http} --reason x --admin-token-file {empty}", 2, "--admin-token-file"),
+    ("kill --url {http} --reason x --admin-token t", 2, "--admin-token"),
+    ("kill --url ws://127.0.0.1:1/ws --reason x", 2, "--url"),
+    ("kill --url {http} --reason x --timeout -1", 2, "--timeout"),
 ]
 
 

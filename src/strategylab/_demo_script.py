@@ -27,12 +27,14 @@ from typing import Any, Final
 import aiohttp
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from strategylab._children import ChildProcesses
 from strategylab._demo_dir import stderr_log, trading_dir
 from strategylab._demo_live import Progress
 from strategylab._files import DIR_MODE, open_private
 from strategylab._layout import DataLayout
+from strategylab._logging import escape
 from strategylab.chaos import Proxy
 from strategylab.errors import StrategyLabError
 
@@ -100,6 +102,14 @@ async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[dict[str, Any]]:
                 yield line
 
 
+def _show_dashboard(console: Console, line: dict[str, Any]) -> None:
+    """Print the node's dashboard URL when ``line`` is its ``ready`` line with a status URL
+    (a node without a status service prints none, and nothing is shown)."""
+    url = line.get("status_url")
+    if line.get("event") == "ready" and isinstance(url, str) and url.startswith("http://"):
+        console.print(Text(f"node dashboard: {escape(url)}"), soft_wrap=True)
+
+
 @contextlib.asynccontextmanager
 async def _toxic(proxy: Proxy, kind: str, **attributes: Any) -> AsyncIterator[None]:
     # Both directions: a partition cuts the subscription requests as well as the data.
@@ -149,12 +159,14 @@ async def run_children(  # noqa: C901, PLR0915 - one linear script, kept in one 
                 response.raise_for_status()
 
         run.phase = "starting the node"
-        node, _ = await _spawn(
+        node, first = await _spawn(
             children, "node", stderr_log(data_dir, "node"), "node", *shared,
             *("--exchange-url", f"ws://127.0.0.1:{proxy.listen_port}/ws"),
             *("--data-dir", str(node_dir), "--symbols", symbols),
             *("--status-interval", "0.25", "--stale-after", "1.0", "--connect-timeout", "1.0"),
+            *("--status-port", "0"),
         )  # fmt: skip
+        _show_dashboard(console, first)
         assert node.stdout is not None  # noqa: S101
         # The trading path: a moving-average crossover on AAPL, orders to the exchange's API.
         run.phase = "starting the trader"
@@ -177,6 +189,8 @@ async def run_children(  # noqa: C901, PLR0915 - one linear script, kept in one 
                     progress.on_node_status(line, time.monotonic())
                 elif line.get("event") == "stopped":
                     run.stopped.update(line)
+                elif line.get("event") == "ready":
+                    _show_dashboard(console, line)
 
         async def follow_trading(stream: asyncio.StreamReader) -> None:
             async for line in _lines(stream):

@@ -9,6 +9,7 @@ only when a command runs: ``--help`` stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import typer
 from strategylab._cli_options import (
     EXCHANGE_SCHEMES,
     FEED_SCHEMES,
+    AdminTokenFileOption,
     AuditKeyFileOption,
     BookOption,
     ExchangeUrlOption,
@@ -36,16 +38,170 @@ from strategylab._cli_options import (
     url_callback,
     usage_error,
 )
-from strategylab._secrets import SIGNING_KEY, resolve_secret
+from strategylab._secrets import ADMIN_TOKEN, AUDIT_KEY, SIGNING_KEY, resolve_secret, secret_from
 from strategylab.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from strategylab.node import NodeConfig, TraderConfig
 
-__all__ = ["node_command", "trade_command"]
+__all__ = [
+    "explicit_fields",
+    "node_command",
+    "parse_memory_size",
+    "trade_command",
+]
 
 _NODE: Final = "strategylab node"
 _TRADE: Final = "strategylab trade"
+
+_ENV_NAMES: Final = {s.env: f"${s.env}" for s in (SIGNING_KEY, ADMIN_TOKEN, AUDIT_KEY)}
+"""A secret's environment variable is named as such in errors, not as a ``--flag``."""
+_NODE_FLAGS: Final = {
+    **_ENV_NAMES,
+    "node_name": "--name",
+    "config_file": "--config",
+    "admin_token": "--admin-token-file",
+    "backup_urls": "--backup-url",
+}
+"""NodeConfig fields spelled otherwise on the command line (the rest: ``--field-name``)."""
+
+_PARAM_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "data_dir": ("data_dir",),
+    "symbols": ("symbols",),
+    "exchange_url": ("exchange_url",),
+    "feed": ("exchange_url",),
+    "backup_url": ("backup_urls",),
+    # --db and --postgres both choose the tick store: either one settles both fields.
+    "db": ("db", "postgres"),
+    "postgres": ("db", "postgres"),
+    "signing_key": ("signing_key",),
+    "signing_key_file": ("signing_key",),
+    "audit_key_file": ("audit_key",),
+    "status_interval": ("status_interval",),
+    "stale_after": ("stale_after",),
+    "connect_timeout": ("connect_timeout",),
+    "batch_size": ("batch_size",),
+    "max_queue": ("max_queue",),
+    "no_spool": ("spool",),
+    "drain_timeout": ("drain_timeout",),
+    "shutdown_deadline": ("shutdown_deadline",),
+    "disk_full_grace": ("disk_full_grace",),
+    "status_port": ("status_port",),
+    "status_host": ("status_host",),
+    "admin_token_file": ("admin_token",),
+    "config": ("config_file",),
+    "memory_budget": ("memory_budget",),
+    "name": ("node_name",),
+}
+"""``strategylab node``'s parameters and the :class:`~strategylab.node.NodeConfig` fields each
+one sets."""
+
+# Patterns as text: re compiles (and caches) them on first use, not at `--help`.
+_SIZE: Final = r"(?i)([0-9]+)\s*([KMGT]?)(I?B)?"
+_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_HOSTNAME: Final = (
+    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+_NODE_NAME: Final = r"[A-Za-z0-9._-]{1,64}"
+
+
+def parse_memory_size(text: str, *, flag: str = "--memory-budget") -> int:
+    """Bytes in ``text``: a whole number with an optional binary suffix ``K``, ``M``, ``G`` or
+    ``T`` (x 1024, 1024², ...; ``KiB``/``KB`` accepted as ``K``, case-insensitive), as Docker's
+    ``--memory 512m`` reads one. ``512M`` is 536,870,912.
+
+    Raises :class:`ConfigurationError` naming ``flag`` for anything else, or for 0.
+    """
+    import re  # noqa: PLC0415
+
+    match = re.fullmatch(_SIZE, text.strip())
+    if match is None:
+        raise ConfigurationError(
+            flag, text, "must be a number of bytes with an optional K, M, G or T suffix (512M)"
+        )
+    size = int(match[1]) * _UNITS[match[2].upper()]
+    if size <= 0:
+        raise ConfigurationError(flag, text, "must be > 0 bytes")
+    return size
+
+
+def _memory_budget(value: object) -> int:
+    """``--memory-budget``'s parser: one line naming the flag, exit 2, on a bad size."""
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_memory_size(str(value))
+    except ConfigurationError as exc:
+        usage_error(_NODE, exc)
+
+
+def _status_host(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
+    """``--status-host``: an IP address or a host name (RFC 1123), else exit 2 naming the flag."""
+    import ipaddress  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not re.fullmatch(_HOSTNAME, value) or value.replace(".", "").isdigit():
+                usage_error(
+                    ctx.command_path,
+                    ConfigurationError(
+                        "--status-host", value, "must be an IP address or a host name"
+                    ),
+                )
+    return value
+
+
+def _node_name(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
+    import re  # noqa: PLC0415
+
+    if isinstance(value, str) and not re.fullmatch(_NODE_NAME, value):
+        usage_error(
+            ctx.command_path,
+            ConfigurationError("--name", value, "must be 1..64 of A-Z a-z 0-9 . _ -"),
+        )
+    return value
+
+
+def _config_file(value: object) -> Path:
+    """``--config``'s parser: an existing regular file (a symlink to one is followed), else
+    exit 2 naming the flag."""
+    path = nonempty_path("--config")(value)
+    if not path.exists():
+        usage_error(_NODE, ConfigurationError("--config", str(path), "no such file"))
+    if not path.is_file():
+        usage_error(_NODE, ConfigurationError("--config", str(path), "is not a regular file"))
+    return path.absolute()
+
+
+def explicit_fields(ctx: typer.Context, *, secrets: Mapping[str, object]) -> frozenset[str]:
+    """The :class:`~strategylab.node.NodeConfig` fields the command line set: those of every
+    parameter given on it (click's parameter source), plus each secret in ``secrets``
+    (``{field: value}``) that was found, from its file flag or its environment variable: a
+    secret is the operator's, never the config file's to replace."""
+    fields: set[str] = set()
+    for param, names in _PARAM_FIELDS.items():
+        source = ctx.get_parameter_source(param)
+        # By name: typer 0.29 carries its own copy of click's ParameterSource.
+        if source is not None and source.name == "COMMANDLINE":
+            fields.update(names)
+    fields.update(name for name, value in secrets.items() if value is not None)
+    return frozenset(fields)
+
+
+def _with_config_file(config: NodeConfig, explicit: frozenset[str]) -> NodeConfig:
+    """``config`` with ``--config``'s file applied (the command line wins on ``explicit``), by
+    :func:`strategylab.node.load_node_config`; exit 2 with its one line on a bad file."""
+    from strategylab.node import load_node_config  # noqa: PLC0415
+
+    try:
+        return load_node_config(config, explicit=explicit)
+    except ConfigurationError as exc:
+        usage_error(_NODE, exc)
+
 
 BackupUrlOption = Annotated[
     list[str] | None,
@@ -93,7 +249,16 @@ def _secrets(
         )
         return key, load_audit_key(audit_key_file)
     except ConfigurationError as exc:
-        usage_error(prog, exc.as_option())
+        usage_error(prog, exc.as_option(_ENV_NAMES))
+
+
+def _admin_token(admin_token_file: Path | None) -> str | None:
+    """The node's admin token from ``--admin-token-file`` or ``$STRATEGYLAB_ADMIN_TOKEN`` (there
+    is no ``--admin-token VALUE``: the token would be visible in ``ps``)."""
+    try:
+        return secret_from(admin_token_file, ADMIN_TOKEN)
+    except ConfigurationError as exc:
+        usage_error(_NODE, exc.as_option(_ENV_NAMES))
 
 
 def node_config(
@@ -107,7 +272,7 @@ def node_config(
     postgres: str | None,
     signing_key: bytes | None,
     audit_key: bytes | None,
-    **tuning: float | bool,
+    **tuning: float | bool | str | Path | None,
 ) -> NodeConfig:
     """The node's config from its options; :class:`ConfigurationError` names the flag."""
     from strategylab.node import NodeConfig  # noqa: PLC0415
@@ -145,6 +310,7 @@ def node_config(
 
 
 def node_command(  # noqa: PLR0917 - typer passes options positionally
+    ctx: typer.Context,
     data_dir: Annotated[
         Path,
         typer.Option(
@@ -208,17 +374,74 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             help="Seconds to wait for space on a full disk before the emergency shutdown."
         ),
     ] = 60.0,
+    status_port: Annotated[
+        int | None,
+        typer.Option(
+            "--status-port",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve the status service and dashboard on PORT (0 picks a free one; the "
+            "ready line gives the URL) [default: no status service].",
+            show_default=False,
+        ),
+    ] = None,
+    status_host: Annotated[
+        str,
+        typer.Option(
+            "--status-host",
+            metavar="HOST",
+            callback=_status_host,
+            help="The address the status service listens on (an IP address or host name).",
+        ),
+    ] = "127.0.0.1",
+    admin_token_file: AdminTokenFileOption = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            parser=_config_file,
+            help="The node's TOML settings file, reloaded on change and on SIGHUP; options "
+            "given on the command line win over it.",
+            show_default=False,
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--memory-budget",
+            metavar="SIZE",
+            parser=_memory_budget,
+            help="Resident memory the node may use before it sheds features: bytes, or with a "
+            "K, M or G suffix (x 1024), e.g. 512M [default: no memory trigger].",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            callback=_node_name,
+            help="The node's name on the dashboard and in metric labels (A-Z a-z 0-9 . _ -).",
+        ),
+    ] = "node",
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
 
-    Prints JSON lines (started, status, stopped). Exit status: 0 stopped by SIGTERM or SIGINT;
-    1 an operational failure at start (a damaged audit log included); 2 a usage error (a store
-    that can never work, a file planted in the data directory); 3 an emergency shutdown.
+    Prints JSON lines (started, ready with the status URL when --status-port is given, status,
+    stopped). The admin routes of the status service need a token: --admin-token-file PATH or
+    $STRATEGYLAB_ADMIN_TOKEN (there is no --admin-token VALUE); without one they answer 403.
+    Exit status: 0 stopped by SIGTERM or SIGINT; 1 an operational failure at start (a damaged
+    audit log included); 2 a usage error (a store that can never work, a file planted in the
+    data directory, a bad --config file); 3 an emergency shutdown.
     """
     keys = _secrets(_NODE, signing_key, signing_key_file, audit_key_file)
+    token = _admin_token(admin_token_file)
     try:
-        config = node_config(
+        settings = node_config(
             data_dir=data_dir,
             symbols=symbols,
             exchange_url=exchange_url,
@@ -237,12 +460,21 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             drain_timeout=drain_timeout,
             shutdown_deadline=shutdown_deadline,
             disk_full_grace=disk_full_grace,
+            status_port=status_port,
+            status_host=status_host,
+            admin_token=token,
+            config_file=config,
+            memory_budget=memory_budget,
+            node_name=name,
         )
     except ConfigurationError as exc:
-        usage_error(_NODE, exc.as_option())
+        usage_error(_NODE, exc.as_option(_NODE_FLAGS))
+    if config is not None:
+        secrets = {"signing_key": keys[0], "audit_key": keys[1], "admin_token": token}
+        settings = _with_config_file(settings, explicit_fields(ctx, secrets=secrets))
     from strategylab.node import run_node_process  # noqa: PLC0415
 
-    raise typer.Exit(run_node_process(config, log_level=log_level.level))
+    raise typer.Exit(run_node_process(settings, log_level=log_level.level))
 
 
 def trader_config(

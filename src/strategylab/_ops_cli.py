@@ -1,3 +1,435 @@
-"""`strategylab status` and `strategylab kill`: talk to a running node's status service."""
+"""``strategylab status`` and ``strategylab kill``: talk to a running node's status service.
+
+Both take the service's base URL (``--url http://HOST:PORT``, the ``status_url`` of the node's
+``{"event": "ready", ...}`` line) and a ``--timeout`` in seconds for the whole exchange.
+
+- ``status`` asks ``GET URL/status`` and prints the JSON as tables (the node, components and
+  health, breakers, recoveries, degradation, ingest, risk, kill switch, and whatever else the
+  node reports), or the JSON as received with ``--json``.
+- ``kill`` asks ``POST URL/admin/kill`` with ``{"reason": TEXT}`` and ``Authorization: Bearer
+  TOKEN``; the token comes from ``--admin-token-file PATH`` or ``$STRATEGYLAB_ADMIN_TOKEN``
+  (:mod:`strategylab._secrets`). There is no ``--admin-token VALUE``: a value on the command
+  line is readable by every local user in ``ps``.
+
+Exit status: 0 done; 1 the node cannot be reached or refused (one line naming the URL and why:
+connection refused, timeout, unknown host, an HTTP error, an answer that is not JSON, a refused
+token, admin routes that are off); 2 a usage error (one line naming the flag). Redirects are
+never followed: the token must not travel to another address.
+
+The commands and their options are declared in :mod:`strategylab.cli`, which imports this
+module only when one of them runs (``--help`` stays fast); ``aiohttp`` and ``rich`` likewise.
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import typer
+
+from strategylab._cli_options import check_url, usage_error
+from strategylab._logging import escape
+from strategylab._secrets import ADMIN_TOKEN, secret_from
+from strategylab.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = [
+    "MAX_REASON",
+    "check_reason_option",
+    "check_timeout_option",
+    "check_url_option",
+    "render_status",
+    "run_kill",
+    "run_status",
+]
+
+_STATUS: Final = "strategylab status"
+_KILL: Final = "strategylab kill"
+MAX_REASON: Final = 500
+"""The longest ``--reason`` accepted, characters."""
+_MAX_BODY: Final = 16 * 1024 * 1024
+"""The largest answer read, bytes: a status far larger than this is not one."""
+_MAX_COLUMNS: Final = 8
+_MAX_ROWS: Final = 20
+_HTTP_SCHEMES: Final = ("http", "https")
+
+
+class _UnreachableError(Exception):
+    """The node could not be asked, or its answer could not be used; the message says why."""
+
+
+class _Answer:
+    """An HTTP answer: status, reason phrase, body, ``Location`` header."""
+
+    __slots__ = ("body", "location", "reason", "status")
+
+    def __init__(self, status: int, reason: str, body: bytes, location: str | None) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        self.location = location
+
+
+def check_url_option(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, str):
+        try:
+            check_url("--url", value, _HTTP_SCHEMES)
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
+    return value
+
+
+def check_timeout_option(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+        usage_error(
+            ctx.command_path, f"--timeout {value!r}: must be a finite number of seconds > 0"
+        )
+    return value
+
+
+def check_reason_option(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, str):
+        if not value.strip():
+            usage_error(ctx.command_path, "--reason: must not be empty")
+        if len(value) > MAX_REASON:
+            usage_error(
+                ctx.command_path,
+                f"--reason: {len(value)} characters; at most {MAX_REASON} are accepted",
+            )
+        if not value.isprintable():
+            usage_error(
+                ctx.command_path,
+                f"--reason {value!r}: must be one line of printable text (no control characters)",
+            )
+    return value
+
+
+def _endpoint(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+async def _request(
+    method: str,
+    url: str,
+    *,
+    seconds: float,
+    headers: Mapping[str, str] | None = None,
+    body: Mapping[str, Any] | None = None,
+) -> _Answer:
+    """One HTTP exchange; every way it can fail is raised as :class:`_UnreachableError`."""
+    import aiohttp  # noqa: PLC0415 - keep `--help` fast
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds)) as session,
+            session.request(
+                method, url, headers=headers, json=body, allow_redirects=False
+            ) as response,
+        ):
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > _MAX_BODY:
+                    raise _UnreachableError(f"the answer is larger than {_MAX_BODY} bytes")
+            return _Answer(
+                response.status,
+                response.reason or "",
+                bytes(data),
+                response.headers.get("Location"),
+            )
+    except TimeoutError:
+        raise _UnreachableError(f"no answer within {seconds:g} s") from None
+    except aiohttp.ClientConnectorDNSError as exc:
+        raise _UnreachableError(f"cannot resolve host {exc.host!r}") from None
+    except aiohttp.ClientConnectorError as exc:
+        errno = exc.os_error.errno
+        why = os.strerror(errno) if errno else str(exc.os_error) or type(exc.os_error).__name__
+        raise _UnreachableError(f"cannot connect: {why}") from None
+    except aiohttp.ClientError as exc:
+        raise _UnreachableError(
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        ) from None
+    except OSError as exc:  # a socket error outside aiohttp's own wrapping
+        raise _UnreachableError(exc.strerror or str(exc)) from None
+
+
+def _exchange(
+    prog: str, url: str, method: str, path: str, *, timeout: float, **kwargs: Any
+) -> _Answer:
+    """:func:`_request` run to completion; an unreachable node exits 1 with one line."""
+    import asyncio  # noqa: PLC0415
+
+    try:
+        return asyncio.run(_request(method, _endpoint(url, path), seconds=timeout, **kwargs))
+    except _UnreachableError as exc:
+        _fail(prog, url, str(exc))
+
+
+def _fail(prog: str, url: str, why: str) -> NoReturn:
+    """Write ``PROG: URL: WHY`` (escaped, one line) to stderr and exit 1."""
+    typer.echo(f"{prog}: {escape(url)}: {escape(why)}", err=True)
+    raise typer.Exit(1)
+
+
+def _json(prog: str, url: str, answer: _Answer) -> Any:
+    """The answer's JSON document; exit 1 naming the URL when it is not JSON."""
+    try:
+        return json.loads(answer.body)
+    except ValueError as exc:
+        _fail(prog, url, f"HTTP {answer.status}: the answer is not JSON ({exc})")
+
+
+def _http_error(answer: _Answer) -> str:
+    """One line for an unexpected HTTP status: the status, and the node's message when it gave
+    one (``{"error": ...}``), else the start of the body."""
+    text = f"HTTP {answer.status} {answer.reason}".rstrip()
+    if 300 <= answer.status < 400:
+        return f"{text} (a redirect to {answer.location!r}; not followed)"
+    try:
+        document = json.loads(answer.body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for key in ("error", "message", "reason"):
+            if isinstance(document.get(key), str):
+                return f"{text}: {document[key][:200]}"
+    snippet = answer.body[:200].decode("utf-8", "replace").strip()
+    return f"{text}: {snippet}" if snippet else text
+
+
+def run_status(*, url: str, as_json: bool, timeout: float) -> None:
+    """``strategylab status``: GET ``URL/status`` and print it (tables, or the JSON as received
+    with ``as_json``); raises :class:`typer.Exit` with the exit status (0, or 1 with one line
+    naming the URL when the node cannot be reached or answers anything but a JSON object)."""
+    answer = _exchange(_STATUS, url, "GET", "/status", timeout=timeout)
+    if answer.status != 200:
+        _fail(_STATUS, url, _http_error(answer))
+    document = _json(_STATUS, url, answer)
+    if not isinstance(document, dict):
+        _fail(_STATUS, url, f"the status is a JSON {type(document).__name__}, not an object")
+    if as_json:
+        typer.echo(answer.body.decode("utf-8", "replace").rstrip("\n"))
+        raise typer.Exit(0)
+    from rich.console import Console  # noqa: PLC0415 - keep `--help` fast
+
+    render_status(document, Console(highlight=False))
+    raise typer.Exit(0)
+
+
+def run_kill(*, url: str, reason: str, admin_token_file: Path | None, timeout: float) -> None:
+    """``strategylab kill``: POST ``{"reason": reason}`` to ``URL/admin/kill`` with the admin
+    token as a bearer token and print the node's JSON answer; raises :class:`typer.Exit` with
+    the exit status (0 accepted; 1 unreachable, token refused, admin routes off, an HTTP error;
+    2 no token or an unreadable token file)."""
+    try:
+        token = secret_from(admin_token_file, ADMIN_TOKEN)
+    except ConfigurationError as exc:
+        usage_error(_KILL, exc.as_option())
+    if token is None:
+        usage_error(
+            _KILL,
+            f"no admin token: set ${ADMIN_TOKEN.env} or give {ADMIN_TOKEN.file_flag} PATH",
+        )
+    answer = _exchange(
+        _KILL,
+        url,
+        "POST",
+        "/admin/kill",
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {token}"},
+        body={"reason": reason},
+    )
+    if answer.status == 401:
+        _fail(_KILL, url, "token refused (HTTP 401)")
+    if answer.status == 403:
+        _fail(_KILL, url, "admin routes are off on this node (no admin token configured)")
+    if answer.status not in {200, 202}:
+        _fail(_KILL, url, _http_error(answer))
+    try:
+        document = json.loads(answer.body)
+    except ValueError:
+        _fail(
+            _KILL,
+            url,
+            f"HTTP {answer.status}: the kill was accepted but the answer is not JSON",
+        )
+    typer.echo(json.dumps(document, separators=(",", ":"), sort_keys=True))
+    raise typer.Exit(0)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+_ORDER: Final = (
+    "components",
+    "breakers",
+    "active_recoveries",
+    "statistics",
+    "degradation",
+    "store",
+    "ingest",
+    "feed",
+    "kill_switch",
+    "health",
+    "supervisor",
+    "last_price",
+    "audit",
+)
+"""The sections shown first, in this order (``GET /status``'s body,
+:mod:`strategylab.service`); any other section follows, so a newer node's figures still show."""
+_TITLES: Final = {
+    "components": "components (health)",
+    "health": "health checks",
+    "active_recoveries": "active recoveries",
+    "statistics": "recovery statistics",
+    "store": "tick store",
+    "kill_switch": "kill switch",
+    "last_price": "last price",
+    "audit": "recent audit records",
+}
+_COLUMNS: Final = {
+    "checks": ("name", "component", "kind", "state", "failures", "last_reason"),
+    "components": ("name", "state", "checks"),
+    "breakers": (
+        "name",
+        "state",
+        "failure_rate",
+        "slow_call_rate",
+        "consecutive_failures",
+        "failed_calls",
+        "rejected_calls",
+    ),
+    "active_recoveries": ("component", "error_type", "strategy", "attempt", "elapsed"),
+    "audit": ("seq", "timestamp", "kind", "component", "data"),
+    "features": ("name", "priority", "essential", "active", "pinned"),
+    "triggers": ("name", "reading", "shed_above", "restore_below", "over", "error"),
+    "history": ("kind", "feature", "trigger", "reading", "level", "time"),
+}
+"""Preferred columns of the tables of records (those present are shown, in this order)."""
+_EMPTY: Final = {"kill_switch": "not pulled"}
+
+
+def _cell(value: object) -> str:
+    """One table cell: a scalar as text, anything nested as compact JSON (cut at 120)."""
+    if value is None or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+        return ", ".join(_cell(v) for v in value) or "-"
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    return escape(text if len(text) <= 120 else text[:119] + "…")
+
+
+def _is_record(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _records_table(title: str, key: str, records: Sequence[Mapping[str, Any]]) -> Table:
+    """A table with one row per record, its columns the preferred ones for ``key`` that the
+    records have, else the first keys (at most :data:`_MAX_COLUMNS`)."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415 - node text is never rich markup
+
+    keys: list[str] = []
+    for record in records:
+        keys.extend(k for k in record if k not in keys)
+    preferred = [k for k in _COLUMNS.get(key, ()) if k in keys]
+    columns = preferred or keys[:_MAX_COLUMNS]
+    table = Table(title=Text(escape(title)), title_justify="left")
+    for column in columns:
+        table.add_column(Text(escape(column)), overflow="fold")
+    shown = records[-_MAX_ROWS:]  # the newest, for histories and audit records
+    for record in shown:
+        table.add_row(*(Text(_cell(record.get(column))) for column in columns))
+    if len(records) > len(shown):
+        table.caption = Text(f"the last {len(shown)} of {len(records)}")
+    return table
+
+
+def _mapping_table(title: str, items: Mapping[str, Any]) -> Table:
+    """A two-column table: key and value."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415 - node text is never rich markup
+
+    table = Table(title=Text(escape(title)), title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in items.items():
+        table.add_row(Text(escape(str(key))), Text(_cell(value)))
+    return table
+
+
+def _section(key: str, value: object) -> list[Table]:
+    """The tables of one top-level section of the status."""
+    title = _title(key)
+    if isinstance(value, list):
+        if value and all(_is_record(v) for v in value):
+            return [_records_table(title, key, value)]
+        return [_mapping_table(title, {"": value or "none"})]
+    if not isinstance(value, dict):
+        return [_mapping_table(title, {"": value})]
+    if value and all(_is_record(v) for v in value.values()):
+        # {name: record}: breakers, components
+        rows = [{"name": name, **record} for name, record in value.items()]
+        return [_records_table(title, key, rows)]
+    scalars = {k: v for k, v in value.items() if not isinstance(v, (dict, list)) or _flat(v)}
+    tables = [_mapping_table(title, scalars)] if scalars else []
+    for sub, nested in value.items():
+        if sub in scalars:
+            continue
+        if isinstance(nested, list) and all(_is_record(v) for v in nested):
+            tables.append(_records_table(f"{title}: {sub.replace('_', ' ')}", sub, nested))
+        elif isinstance(nested, dict) and nested and all(_is_record(v) for v in nested.values()):
+            rows = [{"name": name, **record} for name, record in nested.items()]
+            tables.append(_records_table(f"{title}: {sub.replace('_', ' ')}", sub, rows))
+        else:
+            tables.append(_mapping_table(f"{title}: {sub.replace('_', ' ')}", nested))
+    return tables
+
+
+def _flat(value: object) -> bool:
+    """A list of scalars, or an empty container: shown in one cell."""
+    if isinstance(value, list):
+        return all(not isinstance(v, (dict, list)) for v in value)
+    return isinstance(value, dict) and not value
+
+
+def _title(key: str) -> str:
+    return _TITLES.get(key, key.replace("_", " "))
+
+
+def render_status(status: Mapping[str, Any], console: Console) -> None:
+    """Print a node's ``/status`` document on ``console`` as tables: the node's scalar figures
+    (and the parts it does not run, as ``-``) first, then the sections of :data:`_ORDER`, then
+    any other section. Every text from the node is escaped: control characters and rich markup
+    can neither style nor split the screen."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    inline = [k for k, v in status.items() if not isinstance(v, (dict, list)) or _flat(v)]
+    overview: dict[str, Any] = {}
+    for key in inline:
+        value = status[key]
+        if value is None and key in _EMPTY:
+            value = _EMPTY[key]
+        elif key == "time" and isinstance(value, (int, float)) and math.isfinite(value):
+            value = datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+        overview[_title(key)] = value
+    console.print(_mapping_table("node", overview))
+    keys = [k for k in _ORDER if k in status] + [k for k in status if k not in _ORDER]
+    for key in keys:
+        if key in inline:
+            continue
+        for table in _section(key, status[key]):
+            console.print(table)

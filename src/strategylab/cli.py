@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,13 @@ import typer
 
 from strategylab import __version__
 from strategylab._check_cli import check_command
-from strategylab._cli_options import LogLevel, LogLevelOption, nonempty_path
+from strategylab._cli_options import (
+    AdminTokenFileOption,
+    JsonOption,
+    LogLevel,
+    LogLevelOption,
+    nonempty_path,
+)
 from strategylab._logging import configure_logging, escape
 from strategylab._node_cli import node_command, trade_command
 from strategylab._research_cli import backtest_command, optimize_command
@@ -199,6 +206,84 @@ def audit_verify(  # noqa: PLR0917 - typer passes options positionally
         f"{keyed}, {result.anchors} anchors checked"
     )
     raise typer.Exit(0)
+
+
+def _ops_check(name: str) -> Callable[[typer.Context, typer.CallbackParam, object], object]:
+    """An option callback that runs :mod:`strategylab._ops_cli`'s check ``name``, imported only
+    when ``status`` or ``kill`` runs (``--help`` stays fast)."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
+        from strategylab import _ops_cli  # noqa: PLC0415
+
+        checker: Callable[[typer.Context, typer.CallbackParam, object], object] = getattr(
+            _ops_cli, name
+        )
+        return checker(ctx, param, value)
+
+    return check
+
+
+_StatusUrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        metavar="URL",
+        callback=_ops_check("check_url_option"),
+        help="The node's status service, http://HOST:PORT (the status_url of its ready line).",
+    ),
+]
+_HttpTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=_ops_check("check_timeout_option"),
+        help="Seconds the whole request may take.",
+    ),
+]
+
+
+@app.command("status")
+def status(
+    url: _StatusUrlOption, as_json: JsonOption = False, timeout: _HttpTimeoutOption = 5.0
+) -> None:
+    """Print a running node's status (GET URL/status) as tables, or as JSON with --json.
+
+    Exit status: 0 printed; 1 the node cannot be reached, answered an HTTP error or something
+    that is not JSON (one line naming the URL and why); 2 a usage error.
+    """
+    from strategylab._ops_cli import run_status  # noqa: PLC0415 - keep `--help` fast
+
+    run_status(url=url, as_json=as_json, timeout=timeout)
+
+
+@app.command("kill")
+def kill(
+    url: _StatusUrlOption,
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            metavar="TEXT",
+            callback=_ops_check("check_reason_option"),
+            help="Why the kill switch is pulled (recorded in the audit log and the snapshot); "
+            "one line, at most 500 characters.",
+        ),
+    ],
+    admin_token_file: AdminTokenFileOption = None,
+    timeout: _HttpTimeoutOption = 5.0,
+) -> None:
+    """Pull a running node's kill switch (POST URL/admin/kill): trading halts, open orders are
+    cancelled, state is snapshotted and the node exits.
+
+    The admin token comes from --admin-token-file PATH or $STRATEGYLAB_ADMIN_TOKEN (never from
+    the command line, where every local user could read it). Exit status: 0 the node accepted
+    (its JSON answer is printed); 1 the node cannot be reached, refused the token, has its admin
+    routes off, or answered an error; 2 a usage error (no token, a bad flag).
+    """
+    from strategylab._ops_cli import run_kill  # noqa: PLC0415 - keep `--help` fast
+
+    run_kill(url=url, reason=reason, admin_token_file=admin_token_file, timeout=timeout)
 
 
 app.command("exchange")(exchange_command)
