@@ -431,9 +431,10 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
 ) -> None:
     """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
 
-    Prints JSON lines (started, ready with the status URL when --status-port is given, status,
-    stopped). The admin routes of the status service need a token: --admin-token-file PATH or
-    $STRATEGYLAB_ADMIN_TOKEN (there is no --admin-token VALUE); without one they answer 403.
+    Prints JSON lines (resumed after an unclean shutdown, started, ready with the status URL when
+    --status-port is given, status, stopped or emergency_shutdown). The admin routes of the
+    status service need a token: --admin-token-file PATH or $STRATEGYLAB_ADMIN_TOKEN (there is
+    no --admin-token VALUE); without one they answer 403.
     Exit status: 0 stopped by SIGTERM or SIGINT; 1 an operational failure at start (a damaged
     audit log included); 2 a usage error (a store that can never work, a file planted in the
     data directory, a bad --config file); 3 an emergency shutdown.
@@ -565,10 +566,12 @@ def trade_command(  # noqa: PLR0917 - typer passes options positionally
 ) -> None:
     """Trade strategies live against the exchange, reconciling with it first.
 
-    Prints JSON lines (reconciled, trading, status, stopped). Exit status: 0 stopped by SIGTERM
-    or SIGINT; 1 the exchange cannot be reached to reconcile, or the book is damaged; 2 a usage
-    error (a strategy or parameter that does not build, a book that refuses them); 3 the kill
-    switch was pulled.
+    Prints JSON lines (reconciled, resumed after an unclean shutdown, trading, status, stopped or
+    kill_switch). Exit status: 0 stopped by SIGTERM or SIGINT; 1 the exchange cannot be reached
+    to reconcile, the book is damaged, or the kill switch's snapshot.json is damaged after an
+    unclean shutdown; 2 a usage error (a strategy or parameter that does not build, a book that
+    refuses them); 3 the kill switch was pulled (snapshot.json and UNCLEAN_SHUTDOWN beside the
+    book).
     """
     keys = _secrets(_TRADE, signing_key, signing_key_file, audit_key_file)
     try:
