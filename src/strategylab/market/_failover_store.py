@@ -1,5 +1,11 @@
 """The FAILOVER recovery strategy for the tick store: primary, else the durable local spool.
 
+Which one takes writes is decided by a :class:`~strategylab.fault_tolerance.FailoverGroup` of two
+members, ``primary`` and ``spool`` (HAProxy-style backup with health checks): a failed write
+reports the primary's failure, the group probes it while the spool is in use and, after
+``failback_after`` consecutive good probes, runs the drain below as its drain hook and switches
+back. :attr:`FailoverStore.group` exposes it (statistics, listeners).
+
 States::
 
     PRIMARY ──write fails / failover()──▶ SPOOLING ──probe: primary healthy──▶ DRAINING
@@ -51,7 +57,16 @@ from typing import Any, Final, TypeVar
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
-from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorReporter, ErrorType
+from strategylab.fault_tolerance import (
+    ErrorRecoveryManager,
+    ErrorReporter,
+    ErrorType,
+    FailoverEvent,
+    FailoverGroup,
+    FailoverGroupStatistics,
+    FailoverMember,
+    SwitchReason,
+)
 
 from ._spool import SpoolCorruptionError, SpoolStore
 from ._store import QuarantinedTick, TickStore
@@ -104,6 +119,9 @@ class FailoverStatistics:
     """Primary operations abandoned after ``stall_timeout``."""
     corruptions: int
     """Damaged spool ranges found (and reported) since the store was opened."""
+    group: FailoverGroupStatistics | None = None
+    """The underlying :class:`~strategylab.fault_tolerance.FailoverGroup`'s snapshot (members
+    ``primary`` and ``spool``: per-member health, last switch time)."""
 
 
 def _merge_max(into: dict[str, int], other: dict[str, int]) -> None:
@@ -215,11 +233,18 @@ class FailoverStore:
         manager: ErrorRecoveryManager | None = None,
         probe_interval: float = 0.5,
         stall_timeout: float = 1.0,
+        failback_after: int = 1,
+        max_probe_interval: float | None = None,
         name: str = "store",
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``probe_interval`` and ``stall_timeout`` are seconds; a bad one raises
         :class:`~strategylab.errors.ConfigurationError` naming it.
+
+        The switching is a :class:`~strategylab.fault_tolerance.FailoverGroup` of two members,
+        ``primary`` and ``spool``: the drain back into the primary starts once the primary
+        passed ``failback_after`` consecutive probes; failed probes back the interval off up to
+        ``max_probe_interval`` seconds (None: no backoff).
 
         The probes wait ``probe_interval`` on ``clock``. ``stall_timeout`` bounds one I/O call
         on the primary, so, like :class:`~strategylab.fault_tolerance.Timeout`, it follows the
@@ -248,7 +273,19 @@ class FailoverStore:
         self._name = name
         self._state = FailoverState.PRIMARY
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._group: FailoverGroup[TickStore] = FailoverGroup(
+            (
+                FailoverMember(name="primary", target=primary, health=self._probe),
+                FailoverMember(name="spool", target=spool, health=spool.health),
+            ),
+            name=f"{name}-failover",
+            probe_interval=probe_interval,
+            max_probe_interval=max_probe_interval,
+            failback_after=failback_after,
+            drain=self._drain,
+            clock=clock,
+        )
+        self._group.add_listener(self._on_switch)
         self._entered = {state: asyncio.Event() for state in FailoverState}
         self._entered[FailoverState.PRIMARY].set()
         self._task: asyncio.Task[None] | None = None
@@ -258,10 +295,6 @@ class FailoverStore:
         self._to_primary = 0
         self._to_spool = 0
         self._drained = 0
-        self._failovers = 0
-        self._failbacks = 0
-        self._failed_probes = 0
-        self._failed_drains = 0
 
     @property
     def name(self) -> str:
@@ -302,8 +335,8 @@ class FailoverStore:
                 except Exception as exc:  # any failure: the drain settles first
                     _log.warning("%s: primary positions unavailable: %r", self._name, exc)
             if not self.spool.is_empty() or self.spool.needs_settle:
-                self._set_state(FailoverState.SPOOLING)
-                self._failovers += 1
+                # Writes go to the spool until it has drained into the primary.
+                self._group.switch_to(self._group.members[1], SwitchReason.FAILURE)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self._name}-failback")
             self._task.add_done_callback(self._failback_done)
@@ -351,20 +384,27 @@ class FailoverStore:
             self._switch_to_spool()
             return True
 
+    @property
+    def group(self) -> FailoverGroup[TickStore]:
+        """The failover group that decides where writes go (members ``primary``, ``spool``)."""
+        return self._group
+
     def statistics(self) -> FailoverStatistics:
         """A snapshot of the counters."""
+        group = self._group.statistics()
         return FailoverStatistics(
             state=self._state,
             batches_to_primary=self._to_primary,
             batches_to_spool=self._to_spool,
             batches_drained=self._drained,
-            failovers=self._failovers,
-            failbacks=self._failbacks,
-            failed_probes=self._failed_probes,
-            failed_drains=self._failed_drains,
+            failovers=group.failovers,
+            failbacks=group.failbacks,
+            failed_probes=group.failed_probes,
+            failed_drains=group.failed_drains,
             spool_pending=self.spool.pending_batches,
             stalls=self._guard.stalls,
             corruptions=len(self.spool.corruptions()),
+            group=group,
         )
 
     async def wait_for_state(self, state: FailoverState) -> None:
@@ -487,11 +527,15 @@ class FailoverStore:
                 event.set()
             else:
                 event.clear()
-        self._wake.set()
+
+    def _on_switch(self, event: FailoverEvent) -> None:
+        """The group switched: writes follow it (to the primary only after a full drain)."""
+        self._set_state(
+            FailoverState.PRIMARY if event.active == "primary" else FailoverState.SPOOLING
+        )
 
     def _switch_to_spool(self) -> None:
-        self._failovers += 1
-        self._set_state(FailoverState.SPOOLING)
+        self._group.report_failure(self._group.members[0])
 
     async def _fail_over(self, exc: Exception) -> None:
         async with self._lock:
@@ -518,18 +562,7 @@ class FailoverStore:
             self._died.set()
 
     async def _run(self) -> None:
-        while True:
-            if self._state is FailoverState.PRIMARY:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if not await self._probe():
-                self._failed_probes += 1
-                await self._clock.asleep(self._probe_interval)
-                continue
-            if not await self._drain():
-                self._failed_drains += 1
-                await self._clock.asleep(self._probe_interval)
+        await self._group.run()
 
     async def _probe(self) -> bool:
         if self._guard.pending("health"):
@@ -539,8 +572,12 @@ class FailoverStore:
         except Exception:  # a stall too: a failed probe
             return False
 
-    async def _drain(self) -> bool:
-        """Drain the spool into the primary; True once switched back to PRIMARY.
+    async def _drain(
+        self, _source: FailoverMember[TickStore], _target: FailoverMember[TickStore]
+    ) -> bool:
+        """The group's drain hook: drain the spool into the primary; True when the last pass
+        left it empty (under the write lock: the group switches back to PRIMARY as this returns,
+        in the same event-loop step, so no batch can land in the spool after the last pass).
 
         Passes run without the write lock (writes keep landing in the spool, behind the drained
         batches) only while each pass at least halves the backlog. Once writers refill the spool
@@ -559,8 +596,6 @@ class FailoverStore:
             async with self._lock:
                 self._drained += await self.spool.drain(self._bounded)
                 await self._report_corruptions()
-                self._failbacks += 1
-                self._set_state(FailoverState.PRIMARY)
         except Exception as exc:
             _log.warning("%s: drain into %s failed: %r", self._name, self.primary.name, exc)
             if self._state is FailoverState.DRAINING:

@@ -97,13 +97,17 @@ class Feed(_FeedSession):
         if self._task is not None and not self._task.done():
             return
         self._task = asyncio.create_task(self._run(), name=f"{self.name}.run")
+        if len(self._config.urls) > 1 and (self._prober is None or self._prober.done()):
+            self._prober = asyncio.create_task(self._group.run(), name=f"{self.name}.failback")
 
     async def stop(self) -> None:
         """Close the connection and stop every task this feed owns."""
         current = asyncio.current_task()
-        await cancel_and_wait(t for t in (self._task, self._kill_task) if t is not current)
+        await cancel_and_wait(
+            t for t in (self._task, self._prober, self._kill_task) if t is not current
+        )
         await self._reporter.aclose()
-        self._task = None
+        self._task = self._prober = None
 
     async def aclose(self) -> None:
         """Alias of :meth:`stop`."""
@@ -116,10 +120,13 @@ class Feed(_FeedSession):
         await self._wait_healthy_quietly()
 
     async def failover(self) -> bool:
-        """Switch to the next configured endpoint; False when there is only one."""
+        """Switch to the next configured endpoint; False when there is only one.
+
+        While on a backup the endpoints above it are probed, and the feed switches back to
+        the best one after ``failback_after`` good probes (see :class:`FeedConfig`)."""
         if len(self._config.urls) < 2:
             return False
-        self._url_index = (self._url_index + 1) % len(self._config.urls)
+        self._group.rotate()
         self._kick("failover")
         await self._wait_healthy_quietly()
         return True
@@ -147,6 +154,7 @@ class Feed(_FeedSession):
     def statistics(self) -> FeedStatistics:
         """A frozen snapshot of the counters."""
         reports = self._reporter.statistics()
+        endpoints = self._group.statistics()
         return FeedStatistics(
             connected=self._connected,
             subscribed=self._subscribed,
@@ -170,6 +178,10 @@ class Feed(_FeedSession):
             proven=self._backoff.proven,
             unknown_symbols=tuple(s for s in self._config.symbols if s in self._unknown),
             last_seq=dict(self._delivered),
+            active_url_index=endpoints.active_index,
+            failovers=endpoints.failovers,
+            failbacks=endpoints.failbacks,
+            failed_probes=endpoints.failed_probes,
         )
 
     # ------------------------------------------------------------------ connection loop

@@ -48,7 +48,12 @@ class AcknowledgingSink(TickSink, Protocol):
 class FeedConfig:
     """How a :class:`Feed` connects and when it gives up on a connection.
 
-    ``urls`` is the primary exchange endpoint followed by backups (FAILOVER moves to the next).
+    ``urls`` is the primary exchange endpoint followed by backups, a
+    :class:`~strategylab.fault_tolerance.FailoverGroup`: a failed connection attempt or a stale
+    connection moves to the next endpoint, and while a backup is in use the endpoints above it
+    are probed (a WebSocket handshake) every ``probe_interval`` seconds, backing off to
+    ``max_probe_interval`` while they fail; after ``failback_after`` consecutive good probes the
+    feed switches back (resuming every symbol from the store's watermark).
     Times are in seconds. ``proven_after``: a connection alive this long after "subscribed" has
     proven itself and resets the reconnect backoff (so does data it delivered being stored).
     ``retry_later_floor``: the least wait after the server closes with 1012 or 1013.
@@ -101,6 +106,9 @@ class FeedConfig:
     max_control_digits: int = 20
     max_violations: int = 5
     violation_window: float = 60.0
+    probe_interval: float = 1.0
+    max_probe_interval: float = 10.0
+    failback_after: int = 3
     name: str = "feed"
 
     def __post_init__(self) -> None:  # noqa: C901, PLR0912 - one check per field
@@ -117,10 +125,19 @@ class FeedConfig:
             "connect_timeout",
             "replay_timeout",
             "proven_after",
+            "probe_interval",
         ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number > 0")
+        if not (
+            isinstance(self.max_probe_interval, int | float)
+            and math.isfinite(self.max_probe_interval)
+            and self.max_probe_interval >= self.probe_interval
+        ):
+            raise ConfigurationError(
+                "max_probe_interval", self.max_probe_interval, "must be >= probe_interval"
+            )
         if not self.backoff_cap >= self.backoff_floor:
             raise ConfigurationError("backoff_cap", self.backoff_cap, "must be >= backoff_floor")
         if self.max_replay_attempts < 1:
@@ -154,6 +171,7 @@ class FeedConfig:
             ("max_control_depth", 2),
             ("max_control_digits", 20),
             ("max_violations", 1),
+            ("failback_after", 1),
         ):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
@@ -196,3 +214,11 @@ class FeedStatistics:
     """Configured symbols the exchange said it does not know (on the last subscription)."""
     last_seq: Mapping[str, int]
     """The last sequence accounted for (delivered, quarantined or declared lost) per symbol."""
+    active_url_index: int = 0
+    """The position of ``url`` in ``FeedConfig.urls`` (0: the primary)."""
+    failovers: int = 0
+    """Switches to a backup endpoint (a failed connect, a stale connection, ``failover()``)."""
+    failbacks: int = 0
+    """Switches back to a higher-priority endpoint after it passed ``failback_after`` probes."""
+    failed_probes: int = 0
+    """Probes of a higher-priority endpoint (WebSocket handshakes) that failed."""

@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from strategylab.fault_tolerance import retry_after_hint
+from strategylab.fault_tolerance import FailoverMember, retry_after_hint
 
 from ._feed_backoff import RETRY_LATER_CODES
 from ._feed_errors import (
@@ -35,8 +35,10 @@ class _FeedSession(_FeedFrames):
     """The connection loop on top of the frame handler."""
 
     async def _run(self) -> None:
+        endpoints = self._group
         while True:
-            url = self.url
+            member = endpoints.active
+            url = member.target
             self._connects += 1
             try:
                 error = await self._connect_once(url)
@@ -45,26 +47,38 @@ class _FeedSession(_FeedFrames):
                 if ws is not None:
                     self._check_proven()  # data stored just before the close still counts
                 self._on_disconnect()
-            close_code = ws.close_code if ws is not None else None
-            retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
-            delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
-            if isinstance(error, SecurityViolationError):
-                # Reported when the frame arrived; the next connection goes to a backup if any.
-                self._outage = True
-                if len(self._config.urls) > 1:
-                    self._url_index = (self._url_index + 1) % len(self._config.urls)
-                    delay = 0.0
-            elif error is not None:
-                if ws is None:
-                    self._connect_failures += 1
-                    self._log_connect_failure(url, error, delay)
-                elif not self._outage:
-                    self._log_drop(url, ws, error, delay)
-                if not self._outage:
-                    self._outage = True
-                    self._reporter.report(error, operation=self._wait_recovered, always=True)
+            delay = self._ended(member, ws, error)
             if delay > 0:
                 await self._clock.asleep(delay)
+
+    def _ended(
+        self, member: FailoverMember[str], ws: ClientConnection | None, error: Exception | None
+    ) -> float:
+        """Account for a connection that ended; the seconds to wait before the next one."""
+        url = member.target
+        close_code = ws.close_code if ws is not None else None
+        retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
+        delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
+        if isinstance(error, SecurityViolationError):
+            # Reported when the frame arrived; the next connection goes to a backup if any.
+            self._outage = True
+            if len(self._config.urls) > 1:
+                self._group.report_failure(member)
+                delay = 0.0
+        elif error is not None:
+            if ws is None or isinstance(error, StaleFeedError):
+                # Unreachable or silent: the next attempt goes to the next endpoint (no-op
+                # with one URL); the group probes this one and switches back once healthy.
+                self._group.report_failure(member)
+            if ws is None:
+                self._connect_failures += 1
+                self._log_connect_failure(url, error, delay)
+            elif not self._outage:
+                self._log_drop(url, ws, error, delay)
+            if not self._outage:
+                self._outage = True
+                self._reporter.report(error, operation=self._wait_recovered, always=True)
+        return delay
 
     async def _connect_once(self, url: str) -> Exception | None:
         """One connection from attempt to end; the error that ended it (None when kicked)."""
@@ -175,6 +189,8 @@ class _FeedSession(_FeedFrames):
             # was made for (see _protocol).
             session = self._session = secrets.token_hex(16)
             reader = self._reader = asyncio.create_task(self._read(ws), name=f"{self.name}.read")
+            if self._group.active.target != url:
+                self._kick("failback")  # switched back while this connection was being made
             subscribe = Subscribe(symbols=list(cfg.symbols), from_seq=from_seq, session=session)
             await ws.send(_json_encode(subscribe).decode())
             try:

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
-from websockets.asyncio.client import ClientConnection
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
 
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorReporter
+from strategylab.fault_tolerance import (
+    ErrorRecoveryManager,
+    ErrorReporter,
+    FailoverEvent,
+    FailoverGroup,
+    FailoverMember,
+    SwitchReason,
+)
 
 from ._feed_backoff import FeedBackoff
 from ._feed_config import FeedConfig, TickSink
@@ -111,7 +120,20 @@ class _FeedState:
         self._accounted: Callable[[], Mapping[str, int]] | None = (
             accounted if callable(accounted) else None
         )
-        self._url_index = 0
+        # The endpoints: the primary, then backups; failback after probes of the ones above.
+        self._group: FailoverGroup[str] = FailoverGroup(
+            tuple(
+                FailoverMember(name=url, target=url, health=functools.partial(self._probe, url))
+                for url in config.urls
+            ),
+            name=f"{config.name}-endpoints",
+            probe_interval=config.probe_interval,
+            max_probe_interval=config.max_probe_interval,
+            failback_after=config.failback_after,
+            clock=clock,
+        )
+        self._group.add_listener(self._on_switch)
+        self._prober: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._kill_task: asyncio.Task[None] | None = None
@@ -160,8 +182,31 @@ class _FeedState:
 
     @property
     def url(self) -> str:
-        """The endpoint in use (changes on failover)."""
-        return self._config.urls[self._url_index]
+        """The endpoint in use (changes on failover and failback)."""
+        return self._group.active.target
+
+    @property
+    def endpoints(self) -> FailoverGroup[str]:
+        """The failover group of ``config.urls`` (primary first)."""
+        return self._group
+
+    def _on_switch(self, event: FailoverEvent) -> None:
+        """Back to a better endpoint: end the connection to the backup, so the session
+        reconnects to it (resuming every symbol from the store's watermark)."""
+        if event.reason is SwitchReason.FAILBACK:
+            self._kick("failback")
+
+    async def _probe(self, url: str) -> bool:
+        """A higher-priority endpoint's health: a WebSocket handshake within
+        ``connect_timeout``, then a normal close (nothing is subscribed)."""
+        cfg = self._config
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                ws = await connect(url, compression=None, ping_interval=None, close_timeout=1.0)
+                await ws.close()
+        except (OSError, TimeoutError, websockets.WebSocketException):
+            return False
+        return True
 
     def _kick(self, reason: str) -> None:
         self._kick_reason = reason

@@ -39,7 +39,10 @@ from strategylab.fault_tolerance import (
     ErrorContext,
     ErrorRecoveryManager,
     ErrorReporter,
+    KnobValue,
+    ScalingKnob,
     classify,
+    scale_knobs,
 )
 
 from ._feed_backoff import Backoff
@@ -68,10 +71,13 @@ class IngestorConfig:
     linger: float = 0.02
     retry_floor: float = 0.05
     retry_cap: float = 2.0
+    scale_limit: int = 4
+    """RESOURCE_SCALING (:meth:`Ingestor.scale`) may raise ``batch_size`` and ``max_queue`` up
+    to this multiple of their configured values."""
     name: str = "ingestor"
 
     def __post_init__(self) -> None:
-        for key in ("max_queue", "batch_size"):
+        for key in ("max_queue", "batch_size", "scale_limit"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(key, value, "must be an int >= 1")
@@ -109,6 +115,10 @@ class IngestStatistics:
     """What is failing right now (``"write"``, ``"ack_log"``, ``"writer"``), else None."""
     restarts: int = 0
     """Times the writer task died and was restarted by its supervisor."""
+    batch_size: int = 0
+    """The batch size in force now (RESOURCE_SCALING may have changed it)."""
+    max_queue: int = 0
+    """The queue bound in force now (RESOURCE_SCALING may have changed it)."""
 
 
 class _Quarantine:
@@ -133,6 +143,26 @@ class Ingestor:
     ) -> None:
         self._store = store
         self._config = config if config is not None else IngestorConfig()
+        # The scalable knobs: read on every batch and every put, so a change applies next time.
+        self._batch_size = self._config.batch_size
+        self._max_queue = self._config.max_queue
+        limit = self._config.scale_limit
+        self._knobs = (
+            ScalingKnob(
+                name="batch_size",
+                getter=lambda: self._batch_size,
+                setter=self._set_batch_size,
+                lower=1,
+                upper=self._config.batch_size * limit,
+            ),
+            ScalingKnob(
+                name="max_queue",
+                getter=lambda: self._max_queue,
+                setter=self._set_max_queue,
+                lower=1,
+                upper=self._config.max_queue * limit,
+            ),
+        )
         self._ack_log = ack_log
         self._manager = manager
         self._clock = clock
@@ -181,15 +211,14 @@ class Ingestor:
         call queued nothing."""
         if self._closed:
             raise IngestorClosedError(f"{self.name} is closed; {len(ticks)} ticks refused")
-        limit = self._config.max_queue
-        while self._size >= limit:
+        while self._size >= self._max_queue:
             self._space.clear()
             await self._space.wait()
         self._queue.append(ticks)
         size = self._size = self._size + len(ticks)
         self._peak = max(self._peak, size)
         self._items.set()
-        if size >= self._config.batch_size:
+        if size >= self._batch_size:
             self._full_batch.set()
 
     async def quarantine(self, entries: list[QuarantinedTick]) -> None:
@@ -297,7 +326,32 @@ class Ingestor:
             healthy=self._healthy_now(),
             failing="writer" if self._supervisor.down else self._failing_what,
             restarts=self._supervisor.restarts,
+            batch_size=self._batch_size,
+            max_queue=self._max_queue,
         )
+
+    # ------------------------------------------------------------------ RESOURCE_SCALING
+
+    def knobs(self) -> tuple[KnobValue, ...]:
+        """The scalable resources (``batch_size``, ``max_queue``) with their values and bounds."""
+        return tuple(knob.snapshot() for knob in self._knobs)
+
+    async def scale(self, factor: float) -> bool:
+        """``Scalable.scale``: multiply the batch size and the queue bound by ``factor``
+        within ``[1, configured * scale_limit]``; False when both are already at the bound.
+
+        The next batch the writer takes and the next :meth:`put` use the new values."""
+        return scale_knobs(self._knobs, factor)
+
+    def _set_batch_size(self, value: int) -> None:
+        self._batch_size = value
+        if self._size >= value:
+            self._full_batch.set()
+
+    def _set_max_queue(self, value: int) -> None:
+        self._max_queue = value
+        if self._size < value:
+            self._space.set()
 
     def accounted(self) -> dict[str, int]:
         """Per symbol, the highest sequence durably dealt with: stored or quarantined."""
@@ -332,7 +386,7 @@ class Ingestor:
                 self._items.clear()
                 await self._items.wait()
                 continue
-            if self._size < cfg.batch_size and cfg.linger > 0 and not self._draining:
+            if self._size < self._batch_size and cfg.linger > 0 and not self._draining:
                 self._full_batch.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(cfg.linger):
@@ -342,11 +396,11 @@ class Ingestor:
                 await self._write_quarantine(head)
                 self._queue.popleft()
                 continue
-            batch = self._take(cfg.batch_size)
+            batch = self._take(self._batch_size)
             await self._write(batch)
             self._size -= len(batch)
             self._take_done(len(batch))
-            if self._size < cfg.max_queue:
+            if self._size < self._max_queue:
                 self._space.set()
 
     def _take(self, limit: int) -> list[Tick]:

@@ -28,6 +28,7 @@ reached, :class:`~strategylab.market.StoreUnusableError` otherwise.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -39,6 +40,7 @@ import psycopg
 from psycopg import sql
 
 from strategylab.errors import StrategyLabError
+from strategylab.fault_tolerance import KnobValue, ScalingKnob, scale_knobs
 
 from ._reader import StoreUnreachableError, StoreUnusableError, TickBounds, TickSpan
 from ._store import QuarantinedTick
@@ -72,8 +74,64 @@ def _sever(conn: psycopg.AsyncConnection[Any], severed: list[bool]) -> None:
         severed.append(True)
 
 
+class _PoolSlots:
+    """A semaphore whose size can change while it is held (the pool's connection slots).
+
+    Growing wakes waiters at once; shrinking lets the holders over the new size finish and
+    admits no one until the count is under it. FIFO, like :class:`asyncio.Semaphore`."""
+
+    __slots__ = ("_size", "_used", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def in_use(self) -> int:
+        return self._used
+
+    def resize(self, size: int) -> None:
+        self._size = size
+        self._wake()
+
+    async def __aenter__(self) -> None:
+        if self._used < self._size and not self._waiters:
+            self._used += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted, then cancelled: hand the slot on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self._used -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._used < self._size:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._used += 1
+                waiter.set_result(None)
+
+
 class PostgresTickStore:
-    """A :class:`~strategylab.market.TickStore` on PostgreSQL (also a ``Component``)."""
+    """A :class:`~strategylab.market.TickStore` on PostgreSQL (also a ``Component``, and
+    ``Scalable``: RESOURCE_SCALING grows the connection pool up to ``max_pool_size``)."""
 
     def __init__(
         self,
@@ -82,6 +140,7 @@ class PostgresTickStore:
         table: str = "ticks",
         schema: str | None = None,
         pool_size: int = 2,
+        max_pool_size: int | None = None,
         method: WriteMethod = "copy",
         connect_timeout: float = 5.0,
         timeout: float | None = 30.0,
@@ -90,6 +149,9 @@ class PostgresTickStore:
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size={pool_size!r}: must be >= 1")
+        ceiling = 4 * pool_size if max_pool_size is None else max_pool_size
+        if ceiling < pool_size:
+            raise ValueError(f"max_pool_size={max_pool_size!r}: must be >= pool_size ({pool_size})")
         if method not in {"copy", "unnest", "executemany"}:
             raise ValueError(f"method={method!r}: expected 'copy', 'unnest' or 'executemany'")
         if connect_timeout <= 0:
@@ -113,7 +175,14 @@ class PostgresTickStore:
         )
         self._stage = sql.Identifier(f"_stage_{table}")
         self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._slots = asyncio.Semaphore(pool_size)
+        self._slots = _PoolSlots(pool_size)
+        self._knob = ScalingKnob(
+            name="pool_size",
+            getter=lambda: self._slots.size,
+            setter=self._resize_pool,
+            lower=1,
+            upper=ceiling,
+        )
         self._staged: set[int] = set()
         self._opened = False
         self._reconnects = 0
@@ -128,6 +197,39 @@ class PostgresTickStore:
     def reconnects(self) -> int:
         """Connections opened to replace one that failed."""
         return self._reconnects
+
+    @property
+    def pool_size(self) -> int:
+        """Connections that may be open at once now (RESOURCE_SCALING changes it)."""
+        return self._slots.size
+
+    @property
+    def connections_in_use(self) -> int:
+        """Connections held by an operation right now."""
+        return self._slots.in_use
+
+    def knobs(self) -> tuple[KnobValue, ...]:
+        """The scalable resources (``pool_size``) with their values and bounds."""
+        return (self._knob.snapshot(),)
+
+    async def scale(self, factor: float) -> bool:
+        """``Scalable.scale``: resize the pool to ``pool_size * factor`` within
+        ``[1, max_pool_size]``; False when it is already at the bound.
+
+        Growing admits waiting operations at once (each opens its connection lazily);
+        shrinking closes idle connections beyond the new size and lets busy ones finish."""
+        moved = scale_knobs((self._knob,), factor)
+        surplus = len(self._idle) - self._slots.size
+        if surplus > 0:
+            extra, self._idle = self._idle[:surplus], self._idle[surplus:]
+            for conn in extra:
+                self._staged.discard(id(conn))
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.close()
+        return moved
+
+    def _resize_pool(self, size: int) -> None:
+        self._slots.resize(size)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -57,7 +57,13 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from strategylab._clock_wait import wait_within
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import StrategyLabError
-from strategylab.fault_tolerance import ErrorReporter, ErrorType
+from strategylab.fault_tolerance import (
+    ErrorReporter,
+    ErrorType,
+    KnobValue,
+    ScalingKnob,
+    scale_knobs,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext, SpawnProcess
@@ -377,6 +383,7 @@ class Optimizer(Generic[S]):
         make_spec: Callable[[Mapping[str, ParamValue], float], S],
         *,
         max_workers: int | None = None,
+        worker_limit: int | None = None,
         timeout: float = 60.0,
         shrink: float = 0.5,
         max_shrinks: int = 1,
@@ -391,6 +398,9 @@ class Optimizer(Generic[S]):
         workers = default_workers() if max_workers is None else max_workers
         if workers < 1:
             raise ValueError(f"max_workers={max_workers!r}: must be >= 1")
+        ceiling = max(2 * workers, default_workers()) if worker_limit is None else worker_limit
+        if ceiling < workers:
+            raise ValueError(f"worker_limit={worker_limit!r}: must be >= max_workers ({workers})")
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout={timeout!r}: must be a finite number of seconds > 0")
         if not 0 < shrink < 1:
@@ -419,6 +429,19 @@ class Optimizer(Generic[S]):
         self._pids: list[int] = []
         self._cancelled = False
         self._running = False
+        # While a run is in progress: its task group and queue, so a scaled worker count can
+        # add slots (or let surplus ones retire after their current job).
+        self._group: asyncio.TaskGroup | None = None
+        self._pending: deque[tuple[int, Mapping[str, ParamValue]]] = deque()
+        self._finish: Callable[[JobResult], None] | None = None
+        self._active_slots = 0
+        self._knob = ScalingKnob(
+            name="max_workers",
+            getter=lambda: self.max_workers,
+            setter=self._set_workers,
+            lower=1,
+            upper=ceiling,
+        )
         # In owned tasks (a recovery may probe health() with backoff: it must not hold up the
         # other jobs), unfolded: every failed job is an error of its own.
         self._reporter = ErrorReporter(
@@ -455,6 +478,29 @@ class Optimizer(Generic[S]):
         """Every worker process started so far (including replaced ones)."""
         return tuple(self._pids)
 
+    def knobs(self) -> tuple[KnobValue, ...]:
+        """The scalable resources (``max_workers``) with their values and bounds."""
+        return (self._knob.snapshot(),)
+
+    async def scale(self, factor: float) -> bool:
+        """``Scalable.scale``: multiply the worker count by ``factor`` within
+        ``[1, worker_limit]`` (default: twice ``max_workers`` or the CPU count, the larger);
+        False at the bound. In a running optimisation, more workers start at once for the jobs
+        not yet started; fewer let the surplus workers retire after their current job."""
+        return scale_knobs((self._knob,), factor)
+
+    def _set_workers(self, count: int) -> None:
+        self.max_workers = count
+        group, finish = self._group, self._finish
+        if group is None or finish is None:
+            return
+        for _ in range(min(count, len(self._pending)) - self._active_slots):
+            try:
+                group.create_task(self._slot(self._pending, finish))
+            except RuntimeError:  # the run is finishing: nothing left to start
+                return
+            self._active_slots += 1
+
     def _stopping(self) -> bool:
         # A call, not the attribute: cancel() flips it while a slot awaits.
         return self._cancelled
@@ -490,8 +536,10 @@ class Optimizer(Generic[S]):
         try:
             slots = min(self.max_workers, total)
             async with asyncio.TaskGroup() as group:
+                self._group, self._pending, self._finish = group, pending, finish
                 for _ in range(slots):
                     group.create_task(self._slot(pending, finish))
+                    self._active_slots += 1
         except ExceptionGroup as group:
             # A worker that cannot start is a setup error: raise it as itself, not in a group.
             start_errors, rest = group.split(WorkerStartError)
@@ -499,6 +547,8 @@ class Optimizer(Generic[S]):
                 raise start_errors.exceptions[0] from None
             raise
         finally:
+            self._group = self._finish = None
+            self._active_slots = 0
             await self._shutdown()
             self._running = False
         for index, parameters in pending:
@@ -525,11 +575,17 @@ class Optimizer(Generic[S]):
         pending: deque[tuple[int, Mapping[str, ParamValue]]],
         finish: Callable[[JobResult], None],
     ) -> None:
+        """Run jobs from ``pending`` on one worker; counted in ``_active_slots`` by its creator."""
         worker: _Worker | None = None
-        while pending and not self._cancelled:
-            index, parameters = pending.popleft()
-            result, worker = await self._run_job(index, dict(parameters), worker)
-            finish(result)
+        try:
+            while pending and not self._cancelled:
+                if self._active_slots > self.max_workers:
+                    break  # scaled down: this slot's worker retires
+                index, parameters = pending.popleft()
+                result, worker = await self._run_job(index, dict(parameters), worker)
+                finish(result)
+        finally:
+            self._active_slots -= 1
         # On an exception (or cancellation) the worker is left to _shutdown, which kills it.
         if worker is not None:
             await self._retire(worker)

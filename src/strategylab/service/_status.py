@@ -90,8 +90,14 @@ def jsonable(value: object) -> Any:  # noqa: PLR0911 - one return per kind of va
 
 
 def _key(key: object) -> str:
+    """A mapping key as a string: an enum by value, a tuple key as its parts joined by ``/``
+    (``("network_timeout", "feed")`` -> ``"network_timeout/feed"``), a bool as ``true``/``false``."""
     if isinstance(key, enum.Enum):
         return str(key.value)
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, tuple):
+        return "/".join(_key(part) for part in key)
     return key if isinstance(key, str) else str(key)
 
 
