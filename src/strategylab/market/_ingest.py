@@ -332,6 +332,15 @@ class Ingestor:
 
     # ------------------------------------------------------------------ RESOURCE_SCALING
 
+    def knob(self, name: str) -> ScalingKnob:
+        """The scaling knob ``name`` (``batch_size`` or ``max_queue``): its ``setter`` applies an
+        exact value to the running ingestor (the next batch, the next ``put``) within
+        ``[lower, upper]``; ``KeyError`` naming ``name`` for another name."""
+        for knob in self._knobs:
+            if knob.name == name:
+                return knob
+        raise KeyError(f"the ingestor has no scaling knob {name!r}")
+
     def knobs(self) -> tuple[KnobValue, ...]:
         """The scalable resources (``batch_size``, ``max_queue``) with their values and bounds."""
         return tuple(knob.snapshot() for knob in self._knobs)

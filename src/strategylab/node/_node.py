@@ -44,11 +44,12 @@ import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from strategylab._files import make_private_dir, refuse_symlinks, refuse_unsafe_dirs
 from strategylab._tasks import log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
     AuditLog,
@@ -67,6 +68,7 @@ from strategylab.fault_tolerance import (
     RestartIntensityExceededError,
     RestartStrategy,
     RetryPolicy,
+    ScalingKnob,
     StateSnapshot,
     Supervisor,
     TriggerSource,
@@ -87,6 +89,8 @@ from strategylab.market import (
 
 from ._config import NodeConfig
 from ._operations import (
+    SERVICE_PROBE_INTERVAL,
+    DegradationSlot,
     HealthReports,
     PriceTap,
     ServiceChild,
@@ -134,7 +138,7 @@ class Node:
         # The operations layer (started by start()).
         self._sink: PriceTap | None = None
         self._monitor: HealthMonitor | None = None
-        self._degradation: NodeDegradation | None = None
+        self._degradation: DegradationSlot | None = None
         self._supervisor: Supervisor | None = None
         self._switch: KillSwitch | None = None
         self._kill_task: asyncio.Task[KillReport | None] | None = None
@@ -214,8 +218,15 @@ class Node:
 
     @property
     def degradation(self) -> NodeDegradation | None:
-        """The degradation controller (after :meth:`start`)."""
-        return self._degradation
+        """The degradation controller in force (after :meth:`start`; a reload of
+        ``memory_budget`` replaces it)."""
+        return None if self._degradation is None else self._degradation.controller
+
+    @property
+    def status_service(self) -> Any:
+        """The :class:`~strategylab.service.StatusService` running now (None without one, or
+        between a crash of it and its restart by the supervisor)."""
+        return self._service
 
     @property
     def kill_switch(self) -> KillSwitch | None:
@@ -395,14 +406,7 @@ class Node:
             stop_deadline=min(0.5, deadline / 10),
             audit_deadline=min(1.0, deadline / 10),
         )
-        degradation = self._degradation = build_degradation(
-            cfg,
-            queue_depth=lambda: ingestor.statistics().queued,
-            queue_capacity=lambda: self.config.max_queue,
-            features=node_features(self._set_chart, self._set_events),
-            clock=self._clock,
-        )
-        degradation.add_listener(lambda event: self._publish("degradation", event.to_dict()))
+        degradation = self._degradation = DegradationSlot(self._build_degradation(cfg))
         manager.register(degradation)
         manager.add_listener(self._on_recovery)
         children = [
@@ -411,7 +415,16 @@ class Node:
         ]
         service = self._service_child()
         if service is not None:
-            children.append(ChildSpec(id="status_service", start=service, shutdown=2.0))
+            children.append(
+                ChildSpec(
+                    id="status_service",
+                    start=service,
+                    shutdown=2.0,
+                    health_interval=SERVICE_PROBE_INTERVAL,
+                    health_timeout=2.0,
+                    ready_timeout=5.0,
+                )
+            )
         self._supervisor = Supervisor(
             children,
             name="node.supervisor",
@@ -428,6 +441,24 @@ class Node:
                 cfg, self._apply_config, clock=self._clock, explicit=cfg.explicit
             )
             await self._reloader.start()
+
+    def _build_degradation(self, cfg: NodeConfig) -> NodeDegradation:
+        """A degradation controller for ``cfg`` (its ``memory_budget``) over the node's
+        features, reading the ingest queue's depth and its bound in force."""
+        ingestor = self.ingestor
+
+        def capacity() -> int:
+            return ingestor.statistics().max_queue or self.config.max_queue
+
+        controller = build_degradation(
+            cfg,
+            queue_depth=lambda: ingestor.statistics().queued,
+            queue_capacity=capacity,
+            features=node_features(self._set_chart, self._set_events),
+            clock=self._clock,
+        )
+        controller.add_listener(lambda event: self._publish("degradation", event.to_dict()))
+        return controller
 
     def _service_child(self) -> ServiceChild | None:
         """The status service as a supervised child; None without ``status_port``."""
@@ -516,16 +547,78 @@ class Node:
         self.events_enabled = enabled
 
     async def _apply_config(self, new: NodeConfig) -> None:
-        """The reloader's ``apply``: the accepted configuration goes in force. What the node
-        reads at each use changes at once (``status_interval``, ``drain_timeout``,
-        ``shutdown_deadline`` for the final close); the feed's and ingestor's settings are
-        fixed at construction and take effect at the next start (logged)."""
-        old, self.config = self.config, new
+        """The reloader's ``apply``: put the accepted configuration in force in the running node.
+
+        Applied live: ``status_interval``, ``drain_timeout``, ``shutdown_deadline`` and
+        ``disk_full_grace`` (read at each use); ``ingest.batch_size`` and ``ingest.max_queue``
+        (set on the ingestor's scaling knobs: the next batch and the next ``put`` use them);
+        ``degradation.memory_budget`` (a new degradation controller takes the slot, the
+        features shed now staying shed). Not applied until the next start (the feed and the
+        ingestor's writer read them only when built; one warning line, and listed under
+        ``at_next_start``): ``feed.stale_after``, ``feed.connect_timeout``,
+        ``feed.backoff_floor``, ``feed.backoff_cap``, ``ingest.linger``.
+
+        Raises :class:`~strategylab.errors.ConfigurationError` naming the key and value for an
+        ingest value outside the running knob's bounds (``[1, start value * scale_limit]``);
+        nothing is then changed and the reloader keeps the last good configuration. Every
+        applied change is audited (kind ``config_reload``) and published as a ``config`` event
+        ``{"changed": [keys], "applied": {key: value}, "at_next_start": [keys]}``.
+        """
+        old = self.config
         changed = changed_keys(old, new)
-        later = [key for key in changed if key.split(".", 1)[0] in {"feed", "ingest"}]
+        # Check everything before changing anything: a refused value leaves the node as it was.
+        knobs = self._ingest_changes(new, changed)
+        controller: NodeDegradation | None = None
+        if "degradation.memory_budget" in changed and self._degradation is not None:
+            controller = self._build_degradation(new)
+        # In force from here.
+        self.config = new
+        applied: dict[str, Any] = {
+            key: getattr(new, key.split(".", 1)[1])
+            for key in changed
+            if key.split(".", 1)[1] in _LIVE_FIELDS
+        }
+        for knob, value in knobs:
+            knob.setter(value)
+            applied[f"ingest.{knob.name}"] = knob.getter()
+        if controller is not None and self._degradation is not None:
+            await self._degradation.replace(controller)
+            applied["degradation.memory_budget"] = new.memory_budget
+        later = [key for key in changed if key not in applied]
         if later:
-            _log.warning("config: %s take effect at the next start", ", ".join(later))
-        self._publish("config", {"changed": changed, "at_next_start": later})
+            _log.warning(
+                "config: %s take%s effect at the next connection/start (not applied live)",
+                ", ".join(later),
+                "s" if len(later) == 1 else "",
+            )
+        record = {"changed": changed, "applied": applied, "at_next_start": later}
+        if self._audit is not None:
+            with contextlib.suppress(Exception):  # a closed or full log must not undo the reload
+                await _OpenAudit(self._audit, self._recent_audit).aappend("config_reload", record)
+        self._publish("config", record)
+
+    def _ingest_changes(self, new: NodeConfig, changed: list[str]) -> list[tuple[ScalingKnob, int]]:
+        """The ingest knobs to set for ``new`` and their values; ConfigurationError (key and
+        value) for a value outside a knob's bounds."""
+        knobs: list[tuple[ScalingKnob, int]] = []
+        if self._ingestor is None:
+            return knobs
+        for field in ("batch_size", "max_queue"):
+            value: int = getattr(new, field)
+            if f"ingest.{field}" not in changed:
+                continue
+            knob = _ingest_knob(self._ingestor, field)
+            if knob is None:
+                continue  # an ingestor without the knob: at the next start
+            if not knob.lower <= value <= knob.upper:
+                raise ConfigurationError(
+                    f"ingest.{field}",
+                    value,
+                    f"must be from {knob.lower} to {knob.upper} in the running node "
+                    "(the start value times the ingestor's scale_limit); restart for more",
+                )
+            knobs.append((knob, value))
+        return knobs
 
     async def wait_caught_up(self, last_seqs: Mapping[str, int], timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every ``last_seqs[symbol]`` is stored (or quarantined/declared lost);
@@ -799,6 +892,20 @@ class _OpenAudit:
             }
         )
         return record
+
+
+_LIVE_FIELDS: Final = frozenset(
+    {"status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"}
+)
+"""NodeConfig fields the node reads at each use: a reload is in force at once."""
+
+
+def _ingest_knob(ingestor: Ingestor, name: str) -> ScalingKnob | None:
+    """The ingestor's scaling knob called ``name`` (None when it has none)."""
+    try:
+        return ingestor.knob(name)
+    except KeyError:
+        return None
 
 
 def _fsync_file(path: os.PathLike[str] | str) -> None:

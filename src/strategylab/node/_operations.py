@@ -7,7 +7,8 @@
 - :func:`kill_steps`: the kill switch's ordered steps for a node without a risk engine;
 - :class:`PriceTap`: the feed's sink, the ingestor behind it, keeping the last frames delivered
   so that the last *acknowledged* price per symbol is read at snapshot time (no per-tick work);
-- :func:`monitor_child` and :class:`ServiceChild`: the supervisor's children.
+- :func:`monitor_child`, :class:`ServiceChild` and :class:`DegradationSlot`: the supervisor's
+  children (the slot lets a reload replace the degradation controller in place).
 
 Supervision (decided here): the status service, the health monitor and the degradation loop are
 children of a ``one_for_one`` :class:`~strategylab.fault_tolerance.Supervisor` (at most 3 restarts
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from strategylab.fault_tolerance import (
     ErrorType,
@@ -39,11 +42,14 @@ if TYPE_CHECKING:
     from strategylab.fault_tolerance import ErrorRecoveryManager
     from strategylab.market import QuarantinedTick, Tick
 
+    from ._shedding import NodeDegradation
     from ._status import _StatusOutput
 
 __all__ = [
     "HEALTH_INTERVAL",
     "HEALTH_TIMEOUT",
+    "SERVICE_PROBE_INTERVAL",
+    "DegradationSlot",
     "HealthReports",
     "PriceTap",
     "ServiceChild",
@@ -61,6 +67,9 @@ HEALTH_TIMEOUT: Final = 1.0
 QUEUE_NEAR_FULL: Final = 0.9
 """The ingest queue's fill (fraction of ``max_queue``) at which the ingestor is DEGRADED."""
 _RECENT_FRAMES: Final = 8
+SERVICE_PROBE_INTERVAL: Final = 1.0
+"""Seconds between two TCP probes of the status service's port by the supervisor."""
+_SERVICE_PROBE_TIMEOUT: Final = 1.0
 
 
 # ---------------------------------------------------------------------------------- health
@@ -79,7 +88,8 @@ def health_checks(
     - ``feed`` (readiness): connected, subscribed and a frame within ``stale_after``
       (``Feed.health``); 2 failures in a row make it UNHEALTHY (about 1 s);
     - ``ingestor`` (both): the writer running and not failing; DEGRADED when the queue holds
-      :data:`QUEUE_NEAR_FULL` of ``max_queue`` or more;
+      :data:`QUEUE_NEAR_FULL` of the queue bound in force (``IngestStatistics.max_queue``: a
+      reload or RESOURCE_SCALING may change it; ``max_queue`` before it reports one) or more;
     - ``store`` (both): the store accepts writes durably; DEGRADED while the failover store
       spools or drains;
     - ``status`` (liveness): the status lines go out; DEGRADED (not a failure: the output
@@ -93,7 +103,7 @@ def health_checks(
         stats = ingestor.statistics()
         if not stats.healthy:
             return HealthState.UNHEALTHY
-        if stats.queued >= QUEUE_NEAR_FULL * max_queue:
+        if stats.queued >= QUEUE_NEAR_FULL * (stats.max_queue or max_queue):
             return HealthState.DEGRADED
         return HealthState.HEALTHY
 
@@ -261,8 +271,14 @@ def monitor_child(monitor: HealthMonitor) -> Callable[[], Awaitable[None]]:
 class ServiceChild:
     """The status service as a supervised component: ``start`` builds and starts a fresh
     service (``make(port)``), on the port the first one bound once it is known; ``stop`` closes
-    it; ``health`` is True while it is started. ``on_service`` hears of each new service (None
-    when it stops)."""
+    it; ``health`` is True while it is started and its port accepts a TCP connection (a
+    Kubernetes ``tcpSocket`` probe, polled every :data:`SERVICE_PROBE_INTERVAL` s by the
+    supervisor). ``on_service`` hears of each new service (None when it stops).
+
+    A service whose listener is gone (closed, or its socket lost) therefore fails its probe and
+    is restarted on the same port; a restart that cannot bind it (the port taken meanwhile) is a
+    failed start, counted against the supervisor's restart intensity like a crash.
+    """
 
     name = "status_service"
 
@@ -276,14 +292,19 @@ class ServiceChild:
         self._port = port
         self._on_service = on_service
         self._service: Any = None
+        self._address: tuple[str, int] | None = None
 
     async def start(self) -> None:
         """Build and start a service; the port it bound is kept for restarts."""
         service = self._make(self._port)
         await service.start()
         self._service = service
-        url: str = service.url
-        self._port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        parts = urlsplit(str(service.url))
+        host = parts.hostname or "127.0.0.1"
+        if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - probing a wildcard bind locally
+            host = "::1" if ":" in host else "127.0.0.1"
+        self._port = parts.port or self._port
+        self._address = (host, self._port)
         self._on_service(service)
 
     async def stop(self) -> None:
@@ -294,5 +315,81 @@ class ServiceChild:
             await service.aclose()
 
     async def health(self) -> bool:
-        """True while a service is started."""
-        return self._service is not None
+        """True while a service is started and a TCP connection to its port succeeds within
+        1 s (closed again at once)."""
+        address = self._address
+        if self._service is None or address is None:
+            return False
+        try:
+            async with asyncio.timeout(_SERVICE_PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(*address)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+
+class DegradationSlot:
+    """The degradation controller as a supervised child and a recovery-manager component,
+    delegating to whichever controller is in the slot now: :meth:`replace` swaps in a new one
+    (a reload of ``memory_budget``) without restarting the supervisor or re-registering.
+
+    ``name`` is the controller's (``"degradation"``); ``start``, ``stop``, ``health``,
+    ``degrade(level)`` and ``restore()`` are the current controller's.
+    """
+
+    def __init__(self, controller: NodeDegradation) -> None:
+        self._controller = controller
+        self._running = False
+
+    @property
+    def name(self) -> str:
+        """The controller's component name."""
+        return self._controller.name
+
+    @property
+    def controller(self) -> NodeDegradation:
+        """The controller in the slot now."""
+        return self._controller
+
+    async def start(self) -> None:
+        """Start the current controller (its sampler and evaluation loop)."""
+        self._running = True
+        await self._controller.start()
+
+    async def stop(self) -> None:
+        """Stop the current controller; shed features stay shed."""
+        self._running = False
+        await self._controller.stop()
+
+    async def health(self) -> bool:
+        """The current controller's ``health()``."""
+        return await self._controller.health()
+
+    async def degrade(self, level: int) -> bool:
+        """The current controller's ``degrade(level)``."""
+        return await self._controller.degrade(level)
+
+    async def restore(self) -> bool:
+        """The current controller's ``restore()``."""
+        return await self._controller.restore()
+
+    async def replace(self, new: NodeDegradation) -> None:
+        """Put ``new`` in the slot: the features shed now stay shed in it (those an operator
+        shed stay pinned), the old controller is stopped and ``new`` started if the slot runs."""
+        old = self._controller
+        before = old.snapshot()
+        pinned = [f.name for f in before.features if f.pinned]
+        for name in pinned:
+            await new.shed_feature(name, reason="carried over by a reload")
+        automatic = len(before.shed)
+        if automatic > len(pinned):
+            await new.degrade(automatic)
+        running = self._running
+        if running:
+            await old.stop()
+        self._controller = new
+        if running:
+            await new.start()
