@@ -244,6 +244,10 @@ async def test_trigger_to_halt_is_measured(tmp_path: Path) -> None:
     report = await switch.trigger("x")
     assert report.elapsed("halt") == pytest.approx(0.02)
     assert report.step("halt").outcome is StepOutcome.OK
+    steps = report.to_dict()["steps"]
+    assert isinstance(steps, list)
+    assert steps[0]["name"] == "halt"
+    assert steps[0]["elapsed_ms"] == pytest.approx(20.0)
 
 
 async def test_snapshot_source_failure_leaves_marker_without_snapshot(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ class KillReport:
         return self.step(name).finished - self.triggered
 
     def to_dict(self) -> dict[str, object]:
-        """A JSON-ready dictionary (durations in milliseconds)."""
+        """A JSON-ready dictionary (durations in milliseconds; each step's ``elapsed_ms`` runs
+        from the trigger to the end of that step: ``halt``'s is trigger -> trading halted)."""
         return {
             "reason": self.reason,
             "source": self.source.value,
@@ -198,6 +199,7 @@ class KillReport:
                     "name": step.name,
                     "outcome": step.outcome.value,
                     "duration_ms": round(step.duration * 1000, 3),
+                    "elapsed_ms": round((step.finished - self.triggered) * 1000, 3),
                     "error": step.error,
                 }
                 for step in self.steps
