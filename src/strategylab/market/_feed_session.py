@@ -286,6 +286,10 @@ class _FeedSession(_FeedFrames):
             if not self._subscribed:
                 self._on_subscribed()
             await self._on_ticks(ws, ticks)
+            # Frames already buffered by the connection come out of `async for` without a
+            # suspension: yield once per frame, so that a backlog never holds the event loop
+            # (the status service, health probes, the writer) for tens of milliseconds.
+            await asyncio.sleep(0)
 
 
 def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:
