@@ -364,6 +364,51 @@ CATALOGUE: list[tuple[str, int, str]] = [
     ("kill --url {http} --reason x --admin-token t", 2, "--admin-token"),
     ("kill --url ws://127.0.0.1:1/ws --reason x", 2, "--url"),
     ("kill --url {http} --reason x --timeout -1", 2, "--timeout"),
+    # node: its trader child (--strategy, --book, --param)
+    (
+        "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy ma_crossover",
+        2,
+        "--book",
+    ),
+    ("node --exchange-url {http} --data-dir {tmp}/n --symbols A --book {tmp}/t/b.db", 2, "--book"),
+    ("node --exchange-url {http} --data-dir {tmp}/n --symbols A --param fast=2", 2, "--param"),
+    (
+        (
+            "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy bogus "
+            "--book {tmp}/t/b.db"
+        ),
+        2,
+        "--strategy",
+    ),
+    (
+        (
+            "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy ma_crossover "
+            "--book {tmp}/n/b.db"
+        ),
+        2,
+        "--book",
+    ),
+    (
+        (
+            "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy ma_crossover "
+            "--book {tmp}/t/b.db --param nope=1"
+        ),
+        2,
+        "--param",
+    ),
+    (
+        (
+            "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy ma_crossover "
+            "--book {tmp}/t/b.db --param fast"
+        ),
+        2,
+        "--param",
+    ),
+    (
+        "node --exchange-url {http} --data-dir {tmp}/n --symbols A --strategy ma_crossover --book ",
+        2,
+        "--book: must not be empty",
+    ),
 ]
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "explicit_fields",
     "node_command",
+    "node_trader_config",
     "parse_memory_size",
     "trade_command",
 ]
@@ -92,6 +93,10 @@ _PARAM_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "config": ("config_file",),
     "memory_budget": ("memory_budget",),
     "name": ("node_name",),
+    # The trader child: not a config-file key (never overridden from there).
+    "strategy": ("trader",),
+    "book": ("trader",),
+    "param": ("trader",),
 }
 """``strategylab node``'s parameters and the :class:`~strategylab.node.NodeConfig` fields each
 one sets."""
@@ -272,6 +277,7 @@ def node_config(
     postgres: str | None,
     signing_key: bytes | None,
     audit_key: bytes | None,
+    trader: TraderConfig | None = None,
     **tuning: float | bool | str | Path | None,
 ) -> NodeConfig:
     """The node's config from its options; :class:`ConfigurationError` names the flag."""
@@ -305,7 +311,44 @@ def node_config(
         postgres=postgres,
         signing_key=signing_key,
         audit_key=audit_key,
+        trader=trader,
         **tuning,  # type: ignore[arg-type]
+    )
+
+
+def node_trader_config(
+    *,
+    strategies: list[str],
+    book: Path | None,
+    params: list[str],
+    exchange_url: str | None,
+    feed: str | None,
+    symbols: str,
+    **options: object,
+) -> TraderConfig | None:
+    """The node's trader (``--strategy``, ``--book``, ``--param``), built as ``strategylab
+    trade`` builds its own (:func:`trader_config`) on the node's exchange and symbols; None
+    without ``--strategy``. :class:`ConfigurationError` names the flag (``--book`` without
+    ``--strategy`` and the reverse included)."""
+    if not strategies:
+        if book is not None:
+            raise ConfigurationError("--book", str(book), "needs --strategy (the node trades)")
+        if params:
+            raise ConfigurationError("--param", " ".join(params), "needs --strategy")
+        return None
+    if book is None:
+        raise ConfigurationError("--book", None, "is required with --strategy")
+    url = exchange_url if exchange_url is not None else feed
+    if url is None:
+        raise ConfigurationError("--exchange-url", None, "is required (or --feed-url)")
+    return trader_config(
+        exchange_url=url,
+        feed=feed,
+        book=book,
+        strategies=strategies,
+        symbols=symbols,
+        params=params,
+        **options,
     )
 
 
@@ -427,9 +470,35 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             help="The node's name on the dashboard and in metric labels (A-Z a-z 0-9 . _ -).",
         ),
     ] = "node",
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            metavar="[NAME=]STRATEGY",
+            help="Trade too: run `strategylab trade` with this strategy (as trade's --strategy; "
+            "repeatable) as a supervised child process, restarted when it dies. Needs --book.",
+            show_default=False,
+        ),
+    ] = None,
+    book: Annotated[
+        Path | None,
+        typer.Option(
+            "--book",
+            metavar="PATH",
+            parser=nonempty_path("--book"),
+            help="The trader's SQLite order book (with --strategy; not directly in --data-dir: "
+            "its snapshot.json and UNCLEAN_SHUTDOWN go beside it).",
+            show_default=False,
+        ),
+    ] = None,
+    param: ParamOption = None,
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
+
+    With --strategy and --book it trades too: `strategylab trade` (same exchange, symbols,
+    signing and audit keys, passed in its environment) runs as a child process of the node's
+    supervisor; the kill switch halts it and cancels its orders at the exchange first.
 
     Prints JSON lines (resumed after an unclean shutdown, started, ready with the status URL when
     --status-port is given, status, stopped or emergency_shutdown). The admin routes of the
@@ -442,6 +511,17 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
     keys = _secrets(_NODE, signing_key, signing_key_file, audit_key_file)
     token = _admin_token(admin_token_file)
     try:
+        trader = node_trader_config(
+            strategies=strategy or [],
+            book=book,
+            params=param or [],
+            exchange_url=exchange_url,
+            feed=feed,
+            symbols=symbols,
+            status_interval=status_interval,
+            signing_key=keys[0],
+            audit_key=keys[1],
+        )
         settings = node_config(
             data_dir=data_dir,
             symbols=symbols,
@@ -467,6 +547,7 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             config_file=config,
             memory_budget=memory_budget,
             node_name=name,
+            trader=trader,
         )
     except ConfigurationError as exc:
         usage_error(_NODE, exc.as_option(_NODE_FLAGS))

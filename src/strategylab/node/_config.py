@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from strategylab._layout import DataLayout
 from strategylab.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._trader import TraderConfig
 
 __all__ = ["NodeConfig"]
 
@@ -52,6 +56,11 @@ class NodeConfig:
     """Bytes of RSS the node may use before degradation sheds features; None: no RSS trigger."""
     node_name: str = "node"
     """The node's name on the dashboard and in metric labels."""
+    trader: TraderConfig | None = None
+    """The optional strategy engine: ``strategylab trade`` with this configuration, run as a
+    supervised child process of the node (``--strategy``, ``--book``, ``--param``); its book must
+    not be directly in ``data_dir`` (its ``snapshot.json`` and ``UNCLEAN_SHUTDOWN`` go beside
+    it). None: the node only ingests."""
     explicit: frozenset[str] = frozenset()
     """The fields set on the command line: the config file and the environment never override
     them, at start or on reload (``load_node_config(..., explicit=...)``)."""
@@ -73,6 +82,23 @@ class NodeConfig:
             raise ConfigurationError("memory_budget", budget, "must be a number of bytes > 0")
         if self.admin_token is not None and not self.admin_token.strip():
             raise ConfigurationError("admin_token", "(blank)", "must not be empty")
+        if self.trader is not None:
+            self._check_trader()
+
+    def _check_trader(self) -> None:
+        from ._trader import TraderConfig  # noqa: PLC0415 - only a node that trades needs it
+
+        trader = self.trader
+        if not isinstance(trader, TraderConfig):
+            raise ConfigurationError("trader", trader, "must be a TraderConfig or None")
+        book_dir = Path(trader.book).absolute().parent
+        if book_dir.resolve() == Path(self.data_dir).absolute().resolve():
+            raise ConfigurationError(
+                "--book",
+                str(trader.book),
+                "must not be directly in --data-dir (the node's snapshot.json and "
+                "UNCLEAN_SHUTDOWN are there); use a subdirectory, e.g. DATA_DIR/trader/book.db",
+            )
 
     @property
     def db_path(self) -> Path:

@@ -33,6 +33,17 @@ emergency (the feed's security kill, the manager's EMERGENCY_SHUTDOWN, a supervi
 risk engine), cancel orders (not applicable: no orders), quiesce, flush and fsync, write
 ``snapshot.json``, stop the components in reverse dependency order, leave ``UNCLEAN_SHUTDOWN``.
 The next start restores from them (:mod:`._resume`).
+
+With ``config.trader`` set the node also trades: ``strategylab trade`` runs as the supervisor's
+child process ``trader`` (:mod:`._trader_child`): restarted with backoff when it dies (its exit
+status in the supervisor's snapshot), and past the restart intensity the node's kill switch
+(source ``crash_loop``). The kill switch's ``halt`` then sends the trader SIGUSR1 and waits for
+its ``halted`` line, and ``cancel_orders`` waits for its own kill switch's report (its orders
+cancelled at the exchange, its ``snapshot.json`` and ``UNCLEAN_SHUTDOWN`` beside its book) and
+its exit; no restart of it happens meanwhile. The node's ``snapshot.json`` then holds, under
+``positions["trader"]``, the trader's positions and its own snapshot's path and digest, and in
+``open_orders`` any order it left open. A SIGTERM stops the trader gracefully (SIGTERM, exit 0)
+before the node.
 """
 
 from __future__ import annotations
@@ -103,6 +114,7 @@ from ._settings import NodeReloader, changed_keys
 from ._shedding import NodeDegradation, build_degradation, node_features
 from ._status import _print, _StatusOutput
 from ._store_check import check_store_config
+from ._trader_child import CHANNEL_NAME, CHILD_ID, TraderChild
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -118,12 +130,16 @@ class Node:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_data_dir: Callable[[], None] | None = None,
+        log_level: int = logging.WARNING,
     ) -> None:
         """``on_data_dir`` is called once the store configuration passed its checks and the data
-        directory exists, before anything is written there (the process opens its log file)."""
+        directory exists, before anything is written there (the process opens its log file).
+        ``log_level`` is the trader child's (with ``config.trader``)."""
         self.config = config
         self._clock = clock
         self._on_data_dir = on_data_dir
+        self._log_level = log_level
+        self._trader: TraderChild | None = None
         self._audit: AuditLog | None = None
         self._manager: ErrorRecoveryManager | None = None
         self._store: TickStore | None = None
@@ -227,6 +243,39 @@ class Node:
         """The :class:`~strategylab.service.StatusService` running now (None without one, or
         between a crash of it and its restart by the supervisor)."""
         return self._service
+
+    @property
+    def trader(self) -> TraderChild | None:
+        """The trader child (after :meth:`start`, with ``config.trader``); None otherwise."""
+        return self._trader
+
+    @property
+    def trader_pid(self) -> int | None:
+        """The PID of the trader process the supervisor runs now (None: none runs)."""
+        supervisor = self._supervisor
+        if self._trader is None or supervisor is None:
+            return None
+        for child in supervisor.snapshot().children:
+            if child.id == CHILD_ID:
+                return child.pid
+        return None
+
+    @property
+    def risk_state(self) -> str | None:
+        """The trader's risk state (``active``, ``reducing``, ``halted``: ``halted`` while no
+        trader process trades); None on a node without a trader."""
+        trader = self._trader
+        return None if trader is None else trader.risk_state(self.trader_pid)
+
+    def trader_status(self) -> dict[str, Any] | None:
+        """The trader for status lines and ``/status`` (None without one)."""
+        trader = self._trader
+        if trader is None:
+            return None
+        summary = trader.summary(self.trader_pid)
+        if self.kill_switch_pulled:
+            summary["kill"] = trader.kill_summary()
+        return summary
 
     @property
     def kill_switch(self) -> KillSwitch | None:
@@ -395,8 +444,23 @@ class Node:
             manager=HealthReports(manager),
         )
         monitor.add_listener(self._on_health)
+        trader: TraderChild | None = None
+        if cfg.trader is not None:
+            trader = self._trader = TraderChild(
+                cfg.trader,
+                channel=cfg.data_dir / CHANNEL_NAME,
+                log_level=self._log_level,
+                shutdown=_TRADER_STOP,
+            )
+            trader.open()
         self._switch = KillSwitch(
-            kill_steps(quiesce=self._quiesce, flush=self._flush, deadline=deadline),
+            kill_steps(
+                quiesce=self._quiesce,
+                flush=self._flush,
+                deadline=deadline,
+                halt=None if trader is None else self._halt_trader,
+                cancel_orders=None if trader is None else self._cancel_trader,
+            ),
             layout=cfg.layout,
             snapshot_source=self._state_snapshot,
             registry=manager.registry,
@@ -425,6 +489,8 @@ class Node:
                     ready_timeout=5.0,
                 )
             )
+        if trader is not None:
+            children.append(trader.spec())  # last: stopped first, before the status service
         self._supervisor = Supervisor(
             children,
             name="node.supervisor",
@@ -632,7 +698,9 @@ class Node:
         kill = self._kill_task
         if kill is not None:
             await asyncio.wait({kill}, timeout=self.config.shutdown_deadline + 1.0)
-        await self._close(self.config.drain_timeout)
+        # A trader child is given its graceful stop (SIGTERM) on top of the drain.
+        extra = 0.0 if self._trader is None else _TRADER_STOP
+        await self._close(self.config.drain_timeout + extra)
 
     async def _close(self, deadline: float) -> bool:
         if self._close_task is None:
@@ -664,6 +732,8 @@ class Node:
             )
         if self._audit is not None:
             self._audit.close()
+        if self._trader is not None:
+            self._trader.close()
         return clean
 
     async def _stop_operations(self, seconds: float, *, supervisor: bool) -> None:
@@ -677,7 +747,9 @@ class Node:
         if self._degradation is not None:
             await _bounded(self._degradation.stop(), seconds, "degradation stop")
         if supervisor and self._supervisor is not None:
-            await _bounded(self._supervisor.stop(), max(seconds, 2.0), "supervisor stop")
+            # The trader child (stopped first) may take its whole graceful stop.
+            extra = 0.0 if self._trader is None else _TRADER_STOP
+            await _bounded(self._supervisor.stop(), max(seconds, 2.0) + extra, "supervisor stop")
 
     # ------------------------------------------------------------------ the kill switch
 
@@ -722,6 +794,29 @@ class Node:
             self._halted.set()
         return report
 
+    async def _halt_trader(self, seconds: float) -> None:
+        """Kill step ``halt`` with a trader: no restart of it from now on; SIGUSR1 to it and
+        its ``halted`` line awaited (``TimeoutError`` after ``seconds``)."""
+        trader = self._trader
+        assert trader is not None  # noqa: S101 - only a step with a trader
+        await trader.halt(self.trader_pid, seconds)
+
+    async def _cancel_trader(self, seconds: float) -> None:
+        """Kill step ``cancel_orders`` with a trader: its kill switch's report (orders cancelled
+        at the exchange) and its exit, within ``seconds``; ``RuntimeError`` (the step failed)
+        when it could not confirm its orders cancelled."""
+        trader = self._trader
+        supervisor = self._supervisor
+        assert trader is not None  # noqa: S101 - only a step with a trader
+        async with asyncio.timeout(seconds):
+            line = await trader.wait_report(seconds)
+            pid = trader.signalled
+            if line is not None and pid is not None and supervisor is not None:
+                await supervisor.wait_for(
+                    lambda snap: all(c.pid != pid for c in snap.children if c.id == CHILD_ID)
+                )
+        self._publish("trader", {"event": "killed", **trader.kill_summary()})
+
     async def _quiesce(self) -> None:
         """Kill step: stop what would restart or reconfigure parts being stopped (the status
         service stays up until the end, so that the kill is visible there)."""
@@ -733,19 +828,40 @@ class Node:
         if self._feed is not None:
             await _bounded(self._feed.stop(), min(0.5, deadline / 6), "feed stop")
         if self._ingestor is not None:
-            await self._ingestor.drain(max(deadline / 2 - 0.1, 0.05))
+            share = 0.5 if self._trader is None else 0.4  # the flush step's share of the deadline
+            await self._ingestor.drain(max(deadline * share - 0.1, 0.05))
         # The store commits durably (SQLite synchronous=FULL, the spool fsyncs); the ack log
         # is written with os.write per batch: make it durable too.
         await asyncio.to_thread(_fsync_file, self.config.layout.acks)
 
     def _state_snapshot(self) -> StateSnapshot:
-        """Kill step: the state to preserve: no positions or orders on a node, and the last
-        acknowledged (durably stored) sequence per symbol."""
+        """Kill step: the state to preserve: the last acknowledged (durably stored) sequence per
+        symbol and, with a trader, under ``positions["trader"]``: its ``positions`` (strategy ->
+        symbol -> units), its ``book``, and its own ``snapshot`` path and ``snapshot_sha256``
+        (None when it wrote none, ``note`` saying why); the orders it left open in
+        ``open_orders`` (``{"component": "trader", "cid": ...}``)."""
         acked = {} if self._ingestor is None else dict(self._ingestor.statistics().acked)
+        positions: dict[str, object] = {}
+        open_orders: list[dict[str, object]] = []
+        if self._trader is not None:
+            kill = self._trader.kill_summary()
+            held = kill.get("positions")
+            if held is None:  # it ran no kill switch: what it last reported
+                held = self._trader.summary(None).get("positions")
+            positions["trader"] = {
+                "book": str(self._trader.config.book),
+                "positions": dict(held) if isinstance(held, Mapping) else {},
+                "snapshot": kill.get("snapshot"),
+                "snapshot_sha256": kill.get("snapshot_sha256"),
+                "note": kill.get("note"),
+            }
+            open_orders = [
+                {"component": "trader", "cid": str(cid)} for cid in kill.get("left_open") or ()
+            ]
         return StateSnapshot.create(
             reason="emergency shutdown",
-            positions={},
-            open_orders=[],
+            positions=positions,
+            open_orders=open_orders,
             last_sequence=acked,
             clock=self._clock,
         )
@@ -824,6 +940,8 @@ class Node:
             failover = store.statistics()
             store_state, spool_pending = failover.state.value, failover.spool_pending
         status_out = self._status_out
+        trader = self.trader_status()
+        extra = {} if trader is None else {"risk_state": self.risk_state, "trader": trader}
         return {
             "healthy": ingest.healthy
             and (status_out is None or status_out.ok)
@@ -866,7 +984,7 @@ class Node:
                 "by_strategy": {k.value: n for k, n in recovery.strategy_distribution.items()},
                 "sla_compliance": dict(recovery.sla_compliance),
             },
-        }
+        } | extra
 
 
 class _OpenAudit:
@@ -893,6 +1011,9 @@ class _OpenAudit:
         )
         return record
 
+
+_TRADER_STOP: Final = 3.0
+"""Seconds the trader child may take to stop gracefully (SIGTERM) before SIGKILL."""
 
 _LIVE_FIELDS: Final = frozenset(
     {"status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"}

@@ -4,18 +4,20 @@
   output), probed every 0.5 s with a 1 s timeout by a :class:`HealthMonitor`;
 - :class:`HealthReports`: the monitor's :class:`RecoveryHandler`, the recovery manager minus the
   episodes a component already reported itself (a recovery of it is running);
-- :func:`kill_steps`: the kill switch's ordered steps for a node without a risk engine;
+- :func:`kill_steps`: the kill switch's ordered steps (halt and cancel act on the trader child
+  when the node runs one, :mod:`._trader_child`);
 - :class:`PriceTap`: the feed's sink, the ingestor behind it, keeping the last frames delivered
   so that the last *acknowledged* price per symbol is read at snapshot time (no per-tick work);
 - :func:`monitor_child`, :class:`ServiceChild` and :class:`DegradationSlot`: the supervisor's
   children (the slot lets a reload replace the degradation controller in place).
 
-Supervision (decided here): the status service, the health monitor and the degradation loop are
-children of a ``one_for_one`` :class:`~strategylab.fault_tolerance.Supervisor` (at most 3 restarts
-in 10 s); past that the supervisor escalates to the recovery manager and the node pulls the kill
-switch (source ``crash_loop``). The feed and the ingestor are NOT children: each restarts its own
-task (reconnect with resume; the writer's ``SupervisedTask``) and is a component of the manager,
-which restarts them as a recovery; a second restarter would only fight the first.
+Supervision (decided here): the status service, the health monitor, the degradation loop and, when
+the node trades, the trader process (:mod:`._trader_child`) are children of a ``one_for_one``
+:class:`~strategylab.fault_tolerance.Supervisor` (at most 3 restarts in 10 s); past that the
+supervisor escalates to the recovery manager and the node pulls the kill switch (source
+``crash_loop``). The feed and the ingestor are NOT children: each restarts its own task (reconnect
+with resume; the writer's ``SupervisedTask``) and is a component of the manager, which restarts
+them as a recovery; a second restarter would only fight the first.
 """
 
 from __future__ import annotations
@@ -171,8 +173,9 @@ class HealthReports:
 
 
 NOT_APPLICABLE: Final = ("halt", "cancel_orders")
-"""Steps of the kill switch that do nothing on a node: it has no risk engine and sends no
-orders (recorded, to keep the sequence and its timings the same as the trader's)."""
+"""Steps of the kill switch that do nothing on a node without a trader child: it has no risk
+engine and sends no orders (recorded, to keep the sequence and its timings the same as the
+trader's)."""
 
 
 def kill_steps(
@@ -180,24 +183,41 @@ def kill_steps(
     quiesce: Callable[[], Awaitable[None]],
     flush: Callable[[], Awaitable[None]],
     deadline: float,
+    halt: Callable[[float], Awaitable[None]] | None = None,
+    cancel_orders: Callable[[float], Awaitable[None]] | None = None,
 ) -> list[KillStep]:
     """The node's kill steps within ``deadline`` seconds in all (> 0):
 
-    ``halt`` and ``cancel_orders`` (not applicable: no trading, no orders), ``quiesce`` (stop the
-    supervisor, its children and the health monitor, so nothing restarts what is being stopped),
-    ``flush`` (stop intake, write and fsync the ingest queue, within half the deadline). The kill
-    switch itself then writes the snapshot, stops the components and leaves the marker.
+    ``halt`` and ``cancel_orders``: not applicable on a node without a trader (no risk engine,
+    no orders); with one (``halt`` and ``cancel_orders`` given, each called with its own deadline
+    in seconds), ``halt`` asks the trader child to halt and waits until it says it has (at most
+    a tenth of the deadline, 1 s at most), ``cancel_orders`` waits for its kill switch's report
+    (its open orders cancelled at the exchange; 40 % of the deadline). ``quiesce`` (stop the
+    supervisor's restarts, the health monitor and the degradation loop, so nothing restarts what
+    is being stopped), ``flush`` (stop intake, write and fsync the ingest queue; half the
+    deadline, or 40 % with a trader). The kill switch itself then writes the snapshot, stops the
+    components and leaves the marker.
     """
 
     def not_applicable() -> None:
         """Nothing to do on a node (no risk engine, no open orders)."""
 
     small = min(0.25, deadline / 10)
+    if halt is None or cancel_orders is None:
+        return [
+            KillStep("halt", not_applicable, small),
+            KillStep("cancel_orders", not_applicable, small),
+            KillStep("quiesce", quiesce, max(small, deadline / 10)),
+            KillStep("flush", flush, deadline / 2),
+        ]
+    # The step's own deadline cuts the wait; the callee gets a little less, to end on its own.
+    halt_deadline = min(1.0, max(small, deadline / 10))
+    cancel_deadline = deadline * 0.4
     return [
-        KillStep("halt", not_applicable, small),
-        KillStep("cancel_orders", not_applicable, small),
+        KillStep("halt", lambda: halt(halt_deadline * 0.9), halt_deadline),
+        KillStep("cancel_orders", lambda: cancel_orders(cancel_deadline * 0.95), cancel_deadline),
         KillStep("quiesce", quiesce, max(small, deadline / 10)),
-        KillStep("flush", flush, deadline / 2),
+        KillStep("flush", flush, deadline * 0.4),
     ]
 
 

@@ -15,6 +15,11 @@ switch stopped intake, flushed, wrote ``snapshot.json`` and ``UNCLEAN_SHUTDOWN``
 ``--shutdown-deadline`` seconds, the node printed an ``emergency_shutdown`` line naming the reason
 (with the kill report under ``kill``), and exited.
 
+With a trader child (``config.trader``), the status lines carry ``risk_state`` and ``trader``
+(its PID, risk state, positions and open orders; after a kill, what its kill switch did, under
+``kill``), and the ``emergency_shutdown`` line lists no step as not applicable; a SIGTERM stops
+the trader first (SIGTERM, exit 0) and may take up to 3 s more.
+
 Lines at start: ``started``; after an unclean shutdown ``resumed`` (what was restored; the marker
 is removed once the node is up, see :mod:`._resume`); with a status port ``ready`` (``status_url``,
 ``pid``, ``symbols``).
@@ -39,6 +44,7 @@ from ._config import NodeConfig
 from ._node import Node
 from ._operations import NOT_APPLICABLE
 from ._status import _print
+from ._trader import check_strategies
 
 __all__ = ["EXIT_EMERGENCY", "run_node", "run_node_process"]
 
@@ -114,7 +120,7 @@ async def run_node(
                 "exit_code": EXIT_EMERGENCY,
                 **node.status(),
                 "kill": None if report is None else report.to_dict(),
-                "not_applicable": list(NOT_APPLICABLE),
+                "not_applicable": [] if node.trader is not None else list(NOT_APPLICABLE),
             },
             node._status_out,  # noqa: SLF001 - our own instance
         )
@@ -136,6 +142,8 @@ def run_node_process(config: NodeConfig, *, log_level: int = logging.WARNING) ->
     try:
         # Build once to validate the feed and ingestor settings before anything starts.
         Node(config)
+        if config.trader is not None:  # a strategy that does not build fails here, not in a child
+            check_strategies(config.trader)
         if config.data_dir.exists() and not config.data_dir.is_dir():
             raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options
                 "--data-dir", str(config.data_dir), "exists and is not a directory"
@@ -153,7 +161,8 @@ def run_node_process(config: NodeConfig, *, log_level: int = logging.WARNING) ->
 
     try:
         configure_logging(log_level, sys.stderr)
-        return asyncio.run(run_node(config, node=Node(config, on_data_dir=open_log)))
+        node = Node(config, on_data_dir=open_log, log_level=log_level)
+        return asyncio.run(run_node(config, node=node))
     except (ConfigurationError, UnsafePathError) as exc:
         return _fail(exc, 2)
     except AuditIntegrityError as exc:

@@ -15,11 +15,20 @@ then leaves ``UNCLEAN_SHUTDOWN``, all beside the book. The next start verifies t
 damaged one: exit 1, naming the file), keeps the risk engine HALTED until reconciliation has
 finished, prints ``resumed`` (what the snapshot held and how the reconciled book compares), and
 only then removes the marker and trades.
+
+Under a parent (the node runs the trader as a supervised child, :mod:`._trader_child`), the
+environment variable :data:`PARENT_CHANNEL_ENV` names a FIFO the parent reads: every line printed
+is also written there (after a ``hello`` line with the PID), and SIGUSR1 pulls the kill switch at
+once (source ``api``, reason :data:`PARENT_KILL_REASON`): trading is halted in the handler itself,
+a ``halted`` line follows, then the steps above run and the process exits 3. A SIGUSR1 that
+arrives before trading began (while reconciling) is remembered: the kill switch is pulled as soon
+as the engine is reconciled, and nothing trades. SIGTERM stays a graceful stop (exit 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import inspect
@@ -28,10 +37,12 @@ import logging
 import os
 import signal
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 
@@ -72,9 +83,68 @@ from ._trader_kill import (
     trader_kill_switch,
 )
 
-__all__ = ["TraderConfig", "load_factory", "run_engine", "run_trader_process"]
+__all__ = [
+    "PARENT_CHANNEL_ENV",
+    "PARENT_KILL_REASON",
+    "TraderConfig",
+    "load_factory",
+    "run_engine",
+    "run_trader_process",
+]
 
 _log = logging.getLogger("strategylab.market.engine")
+
+PARENT_CHANNEL_ENV: Final = "STRATEGYLAB_PARENT_CHANNEL"
+"""Environment variable: the path of the parent's FIFO the trader copies its lines to."""
+PARENT_KILL_REASON: Final = "the parent node pulled its kill switch"
+"""The reason of a kill switch pulled by the parent's SIGUSR1."""
+
+
+class _ParentLink:
+    """The parent's channel (a FIFO's write end, or None) and whether the parent asked for the
+    kill switch (SIGUSR1) before the engine could act on it."""
+
+    __slots__ = ("fd", "kill_requested")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.kill_requested = False
+
+    def open(self, path: str) -> None:
+        """Open the FIFO at ``path`` for writing (a parent must hold its read end), say hello."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            _log.warning("parent channel %s cannot be opened: %s", path, exc)
+            return
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            _log.warning("parent channel %s is not a FIFO; not used", path)
+            return
+        os.set_blocking(fd, True)  # lines are written whole; the parent reads continuously
+        self.fd = fd
+        self.send(json.dumps({"event": "hello", "pid": os.getpid()}))
+
+    def send(self, line: str) -> None:
+        """Write ``line`` (one JSON object) to the parent; a newline before it ends any partial
+        line a killed predecessor left. A parent gone closes the channel."""
+        fd = self.fd
+        if fd is None:
+            return
+        data = ("\n" + line + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            self.fd = None
+            os.close(fd)
+
+    def request_kill(self, _signum: int = 0, _frame: object = None) -> None:
+        """The SIGUSR1 handler until the engine trades: remember the request."""
+        self.kill_requested = True
+
+
+_parent = _ParentLink()
 
 
 def load_factory(
@@ -193,8 +263,10 @@ def _iso(seconds: float) -> str:
 
 
 def _emit(event: str, **data: object) -> None:
-    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+    line = json.dumps({"event": event, **data})
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
+    _parent.send(line)
 
 
 async def run_engine(
@@ -247,15 +319,13 @@ async def run_engine(
         raise
     report: KillReport | None = None
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, done.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                break
-        await feed.start()
-        _emit("trading", pid=os.getpid())
+        installed = _install_signals(loop, done.set, lambda: _parent_kill(engine, kill))
+        if _parent.kill_requested:  # asked while reconciling: never start trading
+            _parent_kill(engine, kill)
         pulled = kill.pulled
+        if not pulled.is_set():
+            await feed.start()
+            _emit("trading", pid=os.getpid())
         while not done.is_set() and not pulled.is_set():
             _emit("status", **engine.status().to_dict())
             waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(pulled.wait()))
@@ -267,8 +337,7 @@ async def run_engine(
         if kill.task is not None:  # a signal during the emergency shutdown does not cut it
             report = await asyncio.shield(kill.task)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        _remove_signals(loop, installed)
         await feed.stop()
         await engine.aclose()
     if report is not None:
@@ -276,6 +345,45 @@ async def run_engine(
         return report.exit_code
     _emit("stopped", **engine.status().to_dict())
     return 0
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None], parent_kill: Callable[[], None]
+) -> list[signal.Signals]:
+    """SIGTERM and SIGINT: ``stop`` (graceful); SIGUSR1: ``parent_kill``. The ones installed
+    (none off the main thread)."""
+    installed: list[signal.Signals] = []
+    for sig, handler in (
+        (signal.SIGTERM, stop),
+        (signal.SIGINT, stop),
+        (signal.SIGUSR1, parent_kill),
+    ):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (NotImplementedError, RuntimeError, ValueError):
+            break
+        installed.append(sig)
+    return installed
+
+
+def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[signal.Signals]) -> None:
+    for sig in installed:
+        loop.remove_signal_handler(sig)
+    if signal.SIGUSR1 in installed:  # removing it restored the default action: termination
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGUSR1, _parent.request_kill)
+
+
+def _parent_kill(engine: StrategyEngine, kill: TraderKill) -> None:
+    """The parent's SIGUSR1: halted here, before the kill switch's task first runs (its own
+    halt step repeats it), so that the parent hears of it at once; then the kill switch."""
+    _parent.kill_requested = True
+    if kill.task is not None:
+        return
+    engine.trading = False
+    engine.risk.halt(f"kill switch: {PARENT_KILL_REASON}")
+    _emit("halted", source="parent", pid=os.getpid(), risk_state=engine.risk.state.value)
+    kill.pull(PARENT_KILL_REASON, TriggerSource.API)
 
 
 async def _start(engine: StrategyEngine, layout: DataLayout) -> Resumption | None:
@@ -381,6 +489,12 @@ def _book_failure(exc: Exception, db: Path) -> str:
     return str(exc)
 
 
+def check_strategies(config: TraderConfig) -> None:
+    """Build every ``--strategy`` of ``config`` once (as the trader does at start), without
+    running anything: :class:`ConfigurationError` naming ``--strategy`` or ``--param``."""
+    _factories(config)
+
+
 def _factories(config: TraderConfig) -> list[StrategyFactory]:
     """The ``--strategy`` factories, each built once so that bad ``--param``s fail at start,
     not at the first tick; :class:`ConfigurationError` names the flag."""
@@ -469,6 +583,12 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
                 audit=audit,
             )
 
+    parent = os.environ.get(PARENT_CHANNEL_ENV)
+    if parent:
+        # Before anything slow: SIGUSR1's default action would end the process.
+        with contextlib.suppress(ValueError):  # not the main thread: no parent protocol
+            signal.signal(signal.SIGUSR1, _parent.request_kill)
+        _parent.open(parent)
     try:
         log_file = DataLayout(book.parent).log_file("trader")
         refuse_unsafe_dirs(book.parent, log_file.parent)  # before the log is created there
@@ -476,6 +596,8 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
         # into it or beside it: the audit log, the log file.
         PositionStore(book).close()
         configure_logging(log_level, sys.stderr, log_file=log_file)
+        if parent:
+            _warm_logging()
         return asyncio.run(run())
     except UnsafePathError as exc:  # something planted where a book file belongs: as the node
         return _fail(exc, 2)
@@ -486,6 +608,15 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
     except (OSError, aiohttp.ClientError, OrderApiError, TimeoutError, CircuitOpenError) as exc:
         # Reconciliation must reach the exchange before anything trades.
         return _fail(f"cannot connect to {base} to reconcile: {_unreachable(exc)}", 1)
+
+
+def _warm_logging() -> None:
+    """Build the log formatters now: their first record imports structlog (about 0.1 s), and
+    that record must not be the halt's, whose latency the parent measures."""
+    record = logging.LogRecord("strategylab", logging.INFO, __file__, 0, "warm-up", None, None)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.format(record)
 
 
 def _unreachable(exc: BaseException) -> str:

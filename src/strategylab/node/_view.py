@@ -1,11 +1,13 @@
 """The node as the status service sees it: :class:`NodeView`, a
 :class:`~strategylab.service.StatusSource` over a started :class:`~._node.Node`.
 
-Reads are synchronous and cheap: each is one call to the components' frozen ``statistics()`` /
-``snapshot()`` views, taken when a request or a scrape asks. Actions (kill, force a breaker, shed
-or restore a feature, reload the configuration) are coroutines that refuse with
-:class:`~strategylab.service.AdminActionError` (404 unknown name, 409 cannot run now, 400 bad
-value).
+``risk_state`` is the trader child's, upper case as the metrics' state set (``ACTIVE``,
+``REDUCING``, ``HALTED``; None on a node without one), and ``extra["trader"]`` its summary
+(:meth:`~._node.Node.trader_status`). Reads are synchronous and cheap: each is one call to the
+components' frozen ``statistics()`` / ``snapshot()`` views, taken when a request or a scrape asks.
+Actions (kill, force a breaker, shed or restore a feature, reload the configuration) are coroutines
+that refuse with :class:`~strategylab.service.AdminActionError` (404 unknown name, 409 cannot run
+now, 400 bad value).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class NodeView:
             extra["resumed"] = node.resume.to_dict()
         if node.reloader is not None:
             extra["config"] = node.reloader.status()
+        risk = node.risk_state  # the metrics' state set is upper case: ACTIVE, REDUCING, HALTED
+        trader = node.trader_status()
+        if trader is not None:
+            extra["trader"] = trader
         return NodeSnapshot(
             node=node.config.node_name,
             uptime=node.uptime,
@@ -78,7 +84,7 @@ class NodeView:
             feed=node.feed.statistics(),
             ticks_per_s=self._rate(now, ingest.acknowledged),
             last_price=node.last_prices(),
-            risk_state=None,
+            risk_state=None if risk is None else risk.upper(),
             store_state=store_state,
             spool_pending=spool_pending,
             kill_switch=None if report is None else report.to_dict(),

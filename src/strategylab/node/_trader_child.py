@@ -1,0 +1,428 @@
+"""The node's optional strategy engine: ``strategylab trade`` as a supervised child process.
+
+:class:`TraderChild` turns a :class:`~._trader.TraderConfig` into a
+:class:`~strategylab.fault_tolerance.ChildSpec` of the node's supervisor (a
+:class:`~strategylab.fault_tolerance.ProcessChild`: ready on its ``trading`` line, so only once
+it has reconciled; restarted with backoff when it dies, its exit status recorded; past the
+restart intensity the supervisor escalates and the node pulls its kill switch), and keeps the
+node's view of it.
+
+The protocol with the child (decided here):
+
+- **Secrets** go in the child's environment (``STRATEGYLAB_SIGNING_KEY`` as hex,
+  ``STRATEGYLAB_AUDIT_KEY``), never in its argv (``/proc/PID/cmdline`` is world-readable).
+- **Its lines**: the child's stdout is the supervisor's (piped, drained, for readiness); the
+  child also copies every line to a FIFO in the node's data directory
+  (:data:`CHANNEL_NAME`, mode 0600, named by ``$STRATEGYLAB_PARENT_CHANNEL``), after a ``hello``
+  line with its PID. The node reads it without blocking and keeps, per incarnation, the events
+  seen, the last ``status`` (risk state, positions, open orders), ``halted`` and ``kill_switch``.
+  The node holds a write end too, so that the read end never sees end-of-file between children.
+- **Halt**: SIGUSR1. The child halts in the signal's handler, prints ``halted``, then runs its
+  own kill switch (cancel its open orders at the exchange, flush, ``snapshot.json`` and
+  ``UNCLEAN_SHUTDOWN`` beside its book), prints ``kill_switch`` (``cancelled``, ``left_open``,
+  ``complete``, ``snapshot``, ``snapshot_sha256``) and exits 3. SIGTERM stays a graceful stop.
+- **No restart during a kill**: :meth:`TraderChild.hold_restarts` closes a gate that the child's
+  ``restore_state`` hook (run by the supervisor before every restart) waits at; the node stops
+  the supervisor at the end of its shutdown, which cancels the waiting restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from strategylab.fault_tolerance import ChildSpec, ProcessChild
+
+from ._trader import PARENT_CHANNEL_ENV
+
+if TYPE_CHECKING:
+    from ._trader import TraderConfig
+
+__all__ = ["CHANNEL_NAME", "CHILD_ID", "TraderChild", "TraderIncarnation", "trader_argv"]
+
+_log = logging.getLogger("strategylab.node._node")
+
+CHILD_ID: Final = "trader"
+"""The trader's id among the node supervisor's children."""
+CHANNEL_NAME: Final = "trader.channel"
+"""The FIFO in the node's data directory that the trader copies its lines to."""
+READY_LINE: Final = '"event": "trading"'
+"""What the trader's ``trading`` line contains (``json.dumps``'s separators)."""
+_MAX_BUFFER: Final = 1 << 20
+"""Bytes of one unfinished line kept at most; a longer one is dropped."""
+_KEPT_EVENTS: Final = 64
+_KEPT_INCARNATIONS: Final = 16
+
+
+def trader_argv(config: TraderConfig, *, log_level: int) -> list[str]:
+    """The ``strategylab trade`` command line for ``config`` (no secret in it)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "strategylab",
+        "trade",
+        *("--exchange-url", config.base_url, "--feed-url", config.ws_url),
+        *("--book", str(Path(config.book).absolute())),
+        *("--symbols", ",".join(config.symbols)),
+    ]
+    for spec in config.strategies:
+        argv += ["--strategy", spec]
+    for name, value in config.params.items():
+        shown = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        argv += ["--param", f"{name}={shown}"]
+    numbers: dict[str, object] = {
+        "--status-interval": config.status_interval,
+        "--state-interval": config.state_interval,
+        "--max-retry-after": config.max_retry_after,
+        "--max-order-notional": config.max_order_notional,
+        "--max-position": config.max_position,
+        "--max-violations": config.max_violations,
+        "--violation-window": config.violation_window,
+    }
+    if config.security_hold is not None:
+        numbers["--security-hold"] = config.security_hold
+    for flag, number in numbers.items():
+        argv += [flag, repr(number)]
+    argv += ["--log-level", logging.getLevelName(log_level).lower()]
+    return argv
+
+
+def _environment(config: TraderConfig, channel: Path) -> dict[str, str]:
+    """The child's environment: ours, the secrets of ``config``, the channel's path."""
+    env = dict(os.environ)
+    if config.signing_key is not None:
+        env["STRATEGYLAB_SIGNING_KEY"] = config.signing_key.hex()  # even-length hex: the bytes
+    else:
+        env.pop("STRATEGYLAB_SIGNING_KEY", None)  # the node verifies nothing: neither does it
+    if config.audit_key is not None:
+        env["STRATEGYLAB_AUDIT_KEY"] = config.audit_key.decode("utf-8", "surrogateescape")
+    env[PARENT_CHANNEL_ENV] = str(channel)
+    return env
+
+
+class TraderIncarnation:
+    """One trader process as the node saw it through the channel (from its ``hello``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.events: collections.deque[str] = collections.deque(maxlen=_KEPT_EVENTS)
+        """The events it printed, oldest first (bounded)."""
+        self.started_with: list[str] = []
+        """The events it printed before its first ``status``: ``reconciled``, ``resumed`` after
+        an unclean shutdown, ``trading``."""
+        self.status: dict[str, Any] | None = None
+        """Its last ``status`` line."""
+        self.trading = asyncio.Event()
+        self.halted = asyncio.Event()
+        self.finished = asyncio.Event()
+        """Set by its ``kill_switch`` or ``stopped`` line (its last)."""
+        self.kill_line: dict[str, Any] | None = None
+        self.resumed: dict[str, Any] | None = None
+
+    def on_line(self, data: Mapping[str, Any]) -> None:
+        event = str(data.get("event"))
+        self.events.append(event)
+        if not self.trading.is_set() and event not in {"status", "audit_anchor"}:
+            self.started_with.append(event)
+        if event == "status":
+            self.status = dict(data)
+        elif event == "trading":
+            self.trading.set()
+        elif event == "halted":
+            self.halted.set()
+        elif event == "resumed":
+            self.resumed = dict(data)
+        elif event in {"kill_switch", "stopped"}:
+            status = data.get("status") if event == "kill_switch" else data
+            if isinstance(status, Mapping):
+                self.status = {"event": "status", **status}
+            if event == "kill_switch":
+                self.kill_line = dict(data)
+                self.halted.set()
+            self.finished.set()
+
+    @property
+    def risk_state(self) -> str | None:
+        """The risk state it last reported (``halted`` once it said so)."""
+        if self.halted.is_set():
+            return "halted"
+        status = self.status
+        return None if status is None else str(status.get("risk_state"))
+
+
+class TraderChild:
+    """The trader as the node's supervised child (see the module docstring).
+
+    ``channel`` is the FIFO's path (in the node's data directory); ``ready_timeout`` the seconds a
+    (re)start may take to reconcile and trade; ``shutdown`` the seconds a graceful stop may take
+    before SIGKILL. Build it, :meth:`open` it on the node's loop before the supervisor starts,
+    add :meth:`spec` to the supervisor's children, :meth:`close` it when the node closes.
+    """
+
+    def __init__(
+        self,
+        config: TraderConfig,
+        *,
+        channel: Path,
+        log_level: int = logging.WARNING,
+        ready_timeout: float = 30.0,
+        shutdown: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.channel = channel
+        self._log_level = log_level
+        self._ready_timeout = ready_timeout
+        self._shutdown = shutdown
+        self._rfd: int | None = None
+        self._wfd: int | None = None
+        self._buffer = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: TraderIncarnation | None = None
+        self._by_pid: dict[int, TraderIncarnation] = {}
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._changed = asyncio.Event()
+        self.signalled: int | None = None
+        """The PID sent SIGUSR1 by :meth:`halt` (None before)."""
+        self.halt_seconds: float | None = None
+        """Seconds from :meth:`halt`'s start to the child's ``halted`` line (None: not measured)."""
+        self.kill_note: str | None = None
+        """What the node's kill found when the trader did not run its own kill switch."""
+
+    # ------------------------------------------------------------------ the child
+
+    def spec(self) -> ChildSpec:
+        """The supervisor's child: ``strategylab trade`` under the node, ready once trading."""
+        process = ProcessChild(
+            argv=trader_argv(self.config, log_level=self._log_level),
+            ready_line=READY_LINE,
+            env=_environment(self.config, self.channel),
+            stop_signal=signal.SIGTERM,
+        )
+        return ChildSpec(
+            id=CHILD_ID,
+            start=process,
+            shutdown=self._shutdown,
+            ready_timeout=self._ready_timeout,
+            ready_interval=0.05,
+            save_state=self._save_state,
+            restore_state=self._restore_state,
+        )
+
+    def _save_state(self) -> dict[str, Any] | None:
+        """The last status of the incarnation that ended (shown until the next one reports)."""
+        current = self._current
+        return None if current is None else current.status
+
+    async def _restore_state(self, _state: object) -> None:
+        """Before every restart: wait while a kill holds restarts (for ever: the supervisor is
+        stopped at the end of the node's shutdown, which cancels this wait)."""
+        await self._gate.wait()
+
+    def hold_restarts(self) -> None:
+        """From now on, a restart of the trader waits (the node's kill switch is running)."""
+        self._gate.clear()
+
+    @property
+    def restarts_held(self) -> bool:
+        """True once :meth:`hold_restarts` was called."""
+        return not self._gate.is_set()
+
+    # ------------------------------------------------------------------ the channel
+
+    def open(self) -> None:
+        """Create the FIFO (0600; whatever was at its name is replaced) and read it on the
+        running loop. ``OSError`` when it cannot be made."""
+        path = self.channel
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(path.lstat().st_mode):
+                raise IsADirectoryError(f"{path}: a directory where the trader's FIFO belongs")
+            path.unlink()
+        os.mkfifo(path, 0o600)
+        flags = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+        self._rfd = os.open(path, os.O_RDONLY | flags)
+        self._wfd = os.open(path, os.O_WRONLY | flags)  # no end-of-file between two children
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._rfd, self._readable)
+
+    def close(self) -> None:
+        """Stop reading, close the FIFO and remove it (safe to repeat)."""
+        rfd, self._rfd = self._rfd, None
+        wfd, self._wfd = self._wfd, None
+        if rfd is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(rfd)
+            os.close(rfd)
+        if wfd is not None:
+            os.close(wfd)
+        with contextlib.suppress(FileNotFoundError):
+            if rfd is not None:
+                self.channel.unlink()
+
+    def _readable(self) -> None:
+        fd = self._rfd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            _log.error("trader channel: read failed: %s", exc)
+            return
+        buffer = self._buffer + data
+        *lines, rest = buffer.split(b"\n")
+        self._buffer = rest if len(rest) <= _MAX_BUFFER else b""
+        for line in lines:
+            if line.strip():
+                try:
+                    self._on_line(line)
+                except Exception:  # a line we cannot use must not stop the reading
+                    _log.exception("trader channel: a line could not be handled")
+
+    def _on_line(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            _log.warning("trader channel: not a JSON line (%d bytes), skipped", len(raw))
+            return
+        if not isinstance(data, dict):
+            return
+        if data.get("event") == "hello":
+            pid = data.get("pid")
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                self._current = self._by_pid[pid] = TraderIncarnation(pid)
+                while len(self._by_pid) > _KEPT_INCARNATIONS:
+                    del self._by_pid[next(iter(self._by_pid))]
+        elif self._current is not None:
+            self._current.on_line(data)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def current(self) -> TraderIncarnation | None:
+        """The latest trader process that said hello (None before the first)."""
+        return self._current
+
+    def incarnation(self, pid: int | None) -> TraderIncarnation | None:
+        """The trader process ``pid`` as seen on the channel (None: it never said hello)."""
+        return None if pid is None else self._by_pid.get(pid)
+
+    def risk_state(self, pid: int | None) -> str:
+        """The risk state now: the running trader's last reported one; ``halted`` while no
+        trader trades (starting, reconciling, restarting, stopped)."""
+        inc = self.incarnation(pid)
+        if inc is None or not inc.trading.is_set() or inc.finished.is_set():
+            return "halted"
+        return inc.risk_state or "halted"
+
+    def summary(self, pid: int | None) -> dict[str, Any]:
+        """The trader for the status line and ``/status``: ``pid``, ``trading``, ``risk_state``,
+        ``positions``, ``open_orders`` and the ``book``."""
+        inc = self.incarnation(pid)
+        status = (inc.status if inc is not None else None) or self._save_state() or {}
+        return {
+            "pid": pid,
+            "book": str(self.config.book),
+            "trading": inc is not None and inc.trading.is_set() and not inc.finished.is_set(),
+            "risk_state": self.risk_state(pid),
+            "positions": status.get("positions", {}),
+            "open_orders": status.get("open_orders", 0),
+            "resumed": inc is not None and inc.resumed is not None,
+            "started_with": [] if inc is None else list(inc.started_with),
+        }
+
+    async def _until(self, predicate: Any, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait (on the loop's clock) until ``predicate()`` holds; False on the timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the kill protocol
+
+    async def halt(self, pid: int | None, timeout: float) -> None:  # noqa: ASYNC109
+        """Kill step ``halt``: restarts held, then SIGUSR1 to the trader ``pid`` and, if it was
+        trading, wait for its ``halted`` line (``TimeoutError`` after ``timeout`` seconds). A
+        trader that runs no process, or has not said hello within ``timeout`` seconds, trades
+        nothing: :attr:`kill_note` says so."""
+        self.hold_restarts()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if pid is None:
+            self.kill_note = "trader not running: nothing trades, nothing to cancel"
+            return
+        if not await self._until(lambda: pid in self._by_pid, timeout):
+            self.kill_note = f"trader {pid} had not started its engine: nothing traded"
+            return
+        inc = self._by_pid[pid]
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            self.kill_note = f"trader {pid} had exited"
+            return
+        self.signalled = pid
+        if inc.trading.is_set():
+            remaining = max(timeout - (loop.time() - started), 0.001)
+            async with asyncio.timeout(remaining):
+                await inc.halted.wait()
+        self.halt_seconds = loop.time() - started
+
+    async def wait_report(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+        """Kill step ``cancel_orders``: the signalled trader's ``kill_switch`` line (None when
+        none was signalled). ``TimeoutError`` after ``timeout`` seconds; ``RuntimeError`` when
+        it exited without one, or its orders were not confirmed cancelled at the exchange."""
+        pid = self.signalled
+        inc = self.incarnation(pid)
+        if inc is None:
+            return None
+        async with asyncio.timeout(timeout):
+            await inc.finished.wait()
+        line = inc.kill_line
+        if line is None:
+            raise RuntimeError(f"trader {pid} stopped without running its kill switch")
+        if not line.get("complete"):
+            left = ", ".join(map(str, line.get("left_open") or ())) or "unknown"
+            raise RuntimeError(f"trader {pid}: not confirmed cancelled at the exchange: {left}")
+        return line
+
+    def kill_summary(self) -> dict[str, Any]:
+        """What the trader's part of the node's kill did (for the node's report and snapshot)."""
+        inc = self.incarnation(self.signalled)
+        line = None if inc is None else inc.kill_line
+        out: dict[str, Any] = {
+            "pid": self.signalled,
+            "note": self.kill_note,
+            "halted_ms": None if self.halt_seconds is None else round(self.halt_seconds * 1e3, 3),
+        }
+        if line is not None:
+            raw = line.get("status")
+            status: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+            out |= {
+                "cancelled": line.get("cancelled"),
+                "left_open": line.get("left_open"),
+                "complete": line.get("complete"),
+                "trader_halted_ms": line.get("halted_ms"),
+                "snapshot": line.get("snapshot"),
+                "snapshot_sha256": line.get("snapshot_sha256"),
+                "marker": line.get("marker"),
+                "exit_code": line.get("exit_code"),
+                "positions": status.get("positions", {}),
+                "risk_state": status.get("risk_state"),
+            }
+        return out
