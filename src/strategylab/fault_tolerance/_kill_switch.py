@@ -83,6 +83,8 @@ class TriggerSource(enum.Enum):
     """``strategylab kill``."""
     HTTP = "http"
     """An authenticated ``POST /admin/kill``."""
+    PARENT = "parent"
+    """The parent process (a node's kill switch halting its trader child)."""
     API = "api"
     """Library code calling :meth:`KillSwitch.trigger` for another reason."""
 

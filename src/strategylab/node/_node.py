@@ -121,6 +121,10 @@ __all__ = ["Node", "NodeConfig"]
 _log = logging.getLogger(__name__)
 
 
+_KILL_FLUSH: Final = 1.0
+"""Seconds the kill switch's flush step may write the ingest queue, at most."""
+
+
 class Node:
     """Feed, ingestor, store and recovery manager, wired and started together."""
 
@@ -702,9 +706,14 @@ class Node:
         extra = 0.0 if self._trader is None else _TRADER_STOP
         await self._close(self.config.drain_timeout + extra)
 
-    async def _close(self, deadline: float) -> bool:
+    async def _close(self, deadline: float, *, drain: bool = True) -> bool:
+        """Close within ``deadline`` seconds; ``drain=False`` after a kill switch, whose flush
+        step already wrote what its deadline allowed: ticks still queued were never acknowledged
+        (the next start replays them from the exchange), so they are not waited for again."""
         if self._close_task is None:
-            self._close_task = asyncio.create_task(self._close_all(deadline), name="node.close")
+            self._close_task = asyncio.create_task(
+                self._close_all(deadline, drain=drain), name="node.close"
+            )
             self._close_task.add_done_callback(log_failure)
         # A close already under way (an emergency shutdown) is waited for within THIS deadline.
         try:
@@ -714,8 +723,9 @@ class Node:
             _log.error("node: close did not finish within %.1fs", deadline)
             return False
 
-    async def _close_all(self, deadline: float) -> bool:
-        """Stop intake, flush what can be flushed, close; True when nothing was left behind."""
+    async def _close_all(self, deadline: float, *, drain: bool = True) -> bool:
+        """Stop intake, flush what can be flushed (``drain``), close; True when nothing was left
+        behind."""
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         clean = True
@@ -724,7 +734,8 @@ class Node:
             clean &= await _bounded(self._feed.stop(), min(0.5, deadline / 3), "feed stop")
         if self._ingestor is not None:
             # Leave a little of the budget for closing the store and the logs.
-            await self._ingestor.aclose(max(end - loop.time() - 0.2, 0.05))
+            budget = max(end - loop.time() - 0.2, 0.05) if drain else 0.05
+            await self._ingestor.aclose(budget)
             clean &= self._ingestor.statistics().queued == 0
         if self._store is not None:
             clean &= await _bounded(
@@ -789,7 +800,8 @@ class Node:
             if self._switch is not None:
                 report = await self._switch.trigger(reason, source)
                 self._publish("kill_switch", {"event": "finished", **report.to_dict()})
-            await self._close(max(deadline - (loop.time() - started), 0.5))
+            # The kill's flush step wrote what it could: close without draining again.
+            await self._close(max(deadline - (loop.time() - started), 0.5), drain=report is None)
         finally:
             self._halted.set()
         return report
@@ -829,7 +841,18 @@ class Node:
             await _bounded(self._feed.stop(), min(0.5, deadline / 6), "feed stop")
         if self._ingestor is not None:
             share = 0.5 if self._trader is None else 0.4  # the flush step's share of the deadline
-            await self._ingestor.drain(max(deadline * share - 0.1, 0.05))
+            # At most _KILL_FLUSH seconds: a kill must end within 2 s even with a full queue;
+            # what is still queued then was never acknowledged and is replayed on the next start.
+            budget = min(max(deadline * share - 0.1, 0.05), _KILL_FLUSH)
+            try:
+                await self._ingestor.drain(budget)
+            except TimeoutError:
+                left = self._ingestor.statistics().queued
+                await asyncio.to_thread(_fsync_file, self.config.layout.acks)
+                raise TimeoutError(
+                    f"{left} ticks still queued after {budget:.2f}s: never acknowledged, "
+                    "replayed from the exchange on the next start"
+                ) from None
         # The store commits durably (SQLite synchronous=FULL, the spool fsyncs); the ack log
         # is written with os.write per batch: make it durable too.
         await asyncio.to_thread(_fsync_file, self.config.layout.acks)

@@ -44,7 +44,6 @@ from ._config import NodeConfig
 from ._node import Node
 from ._operations import NOT_APPLICABLE
 from ._status import _print
-from ._trader import check_strategies
 
 __all__ = ["EXIT_EMERGENCY", "run_node", "run_node_process"]
 
@@ -143,6 +142,8 @@ def run_node_process(config: NodeConfig, *, log_level: int = logging.WARNING) ->
         # Build once to validate the feed and ingestor settings before anything starts.
         Node(config)
         if config.trader is not None:  # a strategy that does not build fails here, not in a child
+            from ._trader import check_strategies  # noqa: PLC0415 - only a node that trades
+
             check_strategies(config.trader)
         if config.data_dir.exists() and not config.data_dir.is_dir():
             raise ConfigurationError(  # noqa: TRY301 - reported with the other bad options

@@ -74,6 +74,7 @@ from strategylab.trading import (
     StrategyFactory,
 )
 
+from ._trader_child import PARENT_CHANNEL_ENV
 from ._trader_kill import (
     RESUME_HOLD,
     Resumption,
@@ -94,8 +95,6 @@ __all__ = [
 
 _log = logging.getLogger("strategylab.market.engine")
 
-PARENT_CHANNEL_ENV: Final = "STRATEGYLAB_PARENT_CHANNEL"
-"""Environment variable: the path of the parent's FIFO the trader copies its lines to."""
 PARENT_KILL_REASON: Final = "the parent node pulled its kill switch"
 """The reason of a kill switch pulled by the parent's SIGUSR1."""
 
@@ -383,7 +382,7 @@ def _parent_kill(engine: StrategyEngine, kill: TraderKill) -> None:
     engine.trading = False
     engine.risk.halt(f"kill switch: {PARENT_KILL_REASON}")
     _emit("halted", source="parent", pid=os.getpid(), risk_state=engine.risk.state.value)
-    kill.pull(PARENT_KILL_REASON, TriggerSource.API)
+    kill.pull(PARENT_KILL_REASON, TriggerSource.PARENT)
 
 
 async def _start(engine: StrategyEngine, layout: DataLayout) -> Resumption | None:

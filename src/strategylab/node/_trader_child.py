@@ -43,8 +43,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from strategylab.fault_tolerance import ChildSpec, ProcessChild
 
-from ._trader import PARENT_CHANNEL_ENV
-
 if TYPE_CHECKING:
     from ._trader import TraderConfig
 
@@ -52,6 +50,9 @@ __all__ = ["CHANNEL_NAME", "CHILD_ID", "TraderChild", "TraderIncarnation", "trad
 
 _log = logging.getLogger("strategylab.node._node")
 
+PARENT_CHANNEL_ENV: Final = "STRATEGYLAB_PARENT_CHANNEL"
+"""The environment variable naming the FIFO a trader run by a node copies its lines to (defined
+here, not in :mod:`._trader`, so that a node without a trader never imports the trading stack)."""
 CHILD_ID: Final = "trader"
 """The trader's id among the node supervisor's children."""
 CHANNEL_NAME: Final = "trader.channel"
