@@ -48,6 +48,8 @@ def _risk_rejected(cls: type[BaseException]) -> BaseException:
 
 # Constructors whose signature is not ``(*args)``: how to build a sample of each.
 SAMPLES: dict[str, Callable[[Any], BaseException]] = {
+    "strategylab.service._service._BadFieldError": lambda c: c("reason", "required"),
+    "strategylab.service._source.AdminActionError": lambda c: c(404, "no breaker named 'x'"),
     "strategylab.fault_tolerance._snapshot.SnapshotError": lambda c: c(
         Path("snapshot.json"), "damaged"
     ),

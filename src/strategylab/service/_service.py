@@ -49,7 +49,7 @@ from prometheus_client.registry import CollectorRegistry
 from strategylab import _http_guard
 from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.errors import ConfigurationError
+from strategylab.errors import ConfigurationError, StrategyLabError
 
 from ._events import EventHub
 from ._metrics import ServiceFigures, SnapshotCollector
@@ -84,7 +84,7 @@ _SECURITY_HEADERS: Final = {
 _LIMITS: Final = _http_guard.HttpLimits(max_body=MAX_ADMIN_BODY)
 
 
-class _BadFieldError(Exception):
+class _BadFieldError(StrategyLabError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import (
     ActiveRecovery,
     BreakerMetrics,
@@ -27,7 +28,7 @@ from strategylab.market import FeedStatistics, IngestStatistics
 __all__ = ["AdminActionError", "NodeSnapshot", "StatusSource"]
 
 
-class AdminActionError(Exception):
+class AdminActionError(StrategyLabError):
     """An admin action the source refuses: ``status`` is the HTTP status to answer (404 for an
     unknown breaker or feature, 409 for an action that cannot run now, 400 for a bad value), and
     the message names what was wrong."""

@@ -91,7 +91,8 @@ def jsonable(value: object) -> Any:  # noqa: PLR0911 - one return per kind of va
 
 def _key(key: object) -> str:
     """A mapping key as a string: an enum by value, a tuple key as its parts joined by ``/``
-    (``("network_timeout", "feed")`` -> ``"network_timeout/feed"``), a bool as ``true``/``false``."""
+    (``("network_timeout", "feed")`` -> ``"network_timeout/feed"``), a bool as ``true`` or
+    ``false``."""
     if isinstance(key, enum.Enum):
         return str(key.value)
     if isinstance(key, bool):
