@@ -17,7 +17,7 @@ from pathlib import Path
 
 from strategylab._files import open_private
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "fsync_file", "write_atomic"]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -26,6 +26,20 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
     Raises ``OSError`` as ``os.open``/``os.fsync`` do (``FileNotFoundError`` when it is missing).
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """fsync the regular file at ``path`` (what any descriptor wrote to it becomes durable); a
+    missing file is nothing to do; a symlink there is refused (``OSError`` ELOOP), never followed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return
     try:
         os.fsync(fd)
     finally:

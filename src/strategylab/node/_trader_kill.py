@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Protocol
 
+from strategylab._durable import fsync_file
 from strategylab._layout import DataLayout
 from strategylab.fault_tolerance import (
     AuditSink,
@@ -121,17 +121,6 @@ class TraderKill:
         return self.task
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def trader_kill_switch(
     engine: StrategyEngine,
     feed: _Stoppable,
@@ -164,7 +153,7 @@ def trader_kill_switch(
     def flush() -> None:
         engine.persist_states()
         for path in (book, Path(f"{book}-wal")):
-            _fsync(path)
+            fsync_file(path)
 
     def snapshot() -> StateSnapshot:
         positions: dict[str, dict[str, float]] = {}
