@@ -3,7 +3,8 @@
 The service is :class:`strategylab.service.StatusService` on a real socket (port 0) in a thread
 of this process, over a small :class:`StatusSource` built from real library components (an
 :class:`ErrorRecoveryManager` and a :class:`CircuitBreakerRegistry`); the commands run as real
-``python -m strategylab`` processes.
+``python -m strategylab`` processes. Answers of the wrong shape come from a real aiohttp server
+(:class:`WrongShapes`), which also serves plain HTTP to the ``https://`` URL of the TLS tests.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from rich.console import Console
 
-from strategylab._ops_cli import render_status
+from strategylab._ops_cli import kill_shape_error, render_status, status_shape_error
 from strategylab.fault_tolerance import (
     CircuitBreakerRegistry,
     ErrorRecoveryManager,
@@ -374,3 +376,231 @@ def test_render_status_shows_sections_it_does_not_know() -> None:
     assert "leader" in out
     assert "n2" in out
     assert "not pulled" in out
+
+
+# --- answers that are not a node's ------------------------------------------------------------
+
+NOT_A_NODE = "did not answer as a Strategy Lab node"
+
+
+class WrongShapes:
+    """A real aiohttp server (plain HTTP, its own event loop in a thread) answering every
+    request under ``/CASE/`` with ``answers[CASE]`` (status, content type, body); ``seen``
+    records each request as ``(method, path, body)``."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[int, str, bytes]] = {}
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        app = web.Application()
+        app.router.add_route("*", "/{case}/{tail:.*}", self._answer)
+        self.runner = web.AppRunner(app)
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        host, port = self.runner.addresses[0][:2]
+        self.host_port = f"{host}:{port}"
+
+    async def _start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.path, await request.read()))
+        status, content_type, body = self.answers[request.match_info["case"]]
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    def url(self, case: str, status: int, body: object, content_type: str = "") -> str:
+        """The base URL of a case answering ``status`` with ``body`` (JSON unless bytes)."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.answers[case] = (status, content_type or "application/json", raw)
+        return f"http://{self.host_port}/{case}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def wrong() -> Iterator[WrongShapes]:
+    """A plain-HTTP server answering whatever each test sets."""
+    served = WrongShapes()
+    yield served
+    served.close()
+
+
+def real_status(node: Served) -> dict[str, Any]:
+    """The ``GET /status`` body the real service answers."""
+    done = cli("status", "--url", node.url, "--json")
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def refused_as_not_a_node(done: subprocess.CompletedProcess[str], url: str) -> str:
+    """Assert exit 1, nothing on stdout, one stderr line naming ``url`` and saying the answer
+    is not a node's; return the line."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    line = one_line(done)
+    assert f"{url}: {NOT_A_NODE}: " in line
+    return line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flags", [(), ("--json",)], ids=["tables", "json"])
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ([1, 2, 3], "the /status answer is a JSON array, not an object"),
+        ("status", "the /status answer is a JSON string, not an object"),
+        ({"hello": "world"}, "lacks the keys 'node', 'uptime', 'time', 'components'"),
+    ],
+    ids=["array", "string", "object"],
+)
+def test_status_refuses_json_that_is_not_a_status(
+    wrong: WrongShapes, flags: tuple[str, ...], body: object, named: str
+) -> None:
+    """Any JSON 200 that is not the service's status body: exit 1, no table, no JSON printed,
+    one line saying the URL did not answer as a node and why."""
+    url = wrong.url(f"status-{type(body).__name__}", 200, body)
+    line = refused_as_not_a_node(cli("status", "--url", url, *flags), url)
+    assert named in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"breakers": []}, "/status 'breakers' is a JSON array, not object"),
+        ({"node": 7}, "/status 'node' is a JSON number, not string"),
+        ({"uptime": True}, "/status 'uptime' is a JSON boolean, not number or null"),
+        ({"audit": None}, "/status 'audit' is a JSON null, not array"),
+    ],
+    ids=["breakers", "node", "uptime", "audit"],
+)
+def test_status_refuses_a_status_with_a_key_of_the_wrong_type(
+    node: Served, wrong: WrongShapes, change: dict[str, object], named: str
+) -> None:
+    """The real status body with one key of the wrong JSON type: exit 1 naming the key."""
+    url = wrong.url(f"typed-{next(iter(change))}", 200, {**real_status(node), **change})
+    line = refused_as_not_a_node(cli("status", "--url", url), url)
+    assert named in line
+
+
+@pytest.mark.timeout(60)
+def test_status_refuses_a_status_without_a_key_the_service_always_sends(
+    node: Served, wrong: WrongShapes
+) -> None:
+    """The real status body without ``audit``: exit 1 naming the missing key."""
+    body = real_status(node)
+    del body["audit"]
+    url = wrong.url("lacks-audit", 200, body)
+    line = refused_as_not_a_node(cli("status", "--url", url), url)
+    assert "the /status answer lacks the keys 'audit'" in line
+
+
+@pytest.mark.timeout(60)
+def test_status_accepts_the_real_body_served_by_another_server(
+    node: Served, wrong: WrongShapes
+) -> None:
+    """The real body, extra keys added, served by another server: tables and exit 0 (the
+    check is on the shape, not on who serves it, and a newer node's keys are allowed)."""
+    url = wrong.url("real-status", 200, {**real_status(node), "cluster": {"leader": "n2"}})
+    done = cli("status", "--url", url)
+    assert done.returncode == 0, done.stderr
+    assert "ops-cli-node" in done.stdout
+    assert "leader" in done.stdout
+
+
+KILLED = {"ok": True, "action": "kill", "target": None, "result": {"accepted": True}}
+"""The shape of the real service's kill answer (with HTTP 202)."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("status", "body", "named"),
+    [
+        (200, [1, 2, 3], "HTTP 200, not the kill answer (HTTP 202 {"),
+        (202, [1, 2, 3], "HTTP 202 with a JSON array, not the kill answer"),
+        (202, {"hello": "world"}, "HTTP 202 with an object ('hello'), not the kill answer"),
+        (202, {**KILLED, "ok": False}, "HTTP 202 with an object ('ok', 'action'"),
+        (202, {**KILLED, "action": "shed"}, "not the kill answer"),
+        (202, {**KILLED, "target": "feed"}, "not the kill answer"),
+        (202, {**KILLED, "result": "done"}, "not the kill answer"),
+        (200, KILLED, "HTTP 200, not the kill answer"),
+        (204, b"", "HTTP 204: the answer is not JSON"),
+    ],
+    ids=[
+        "200-array",
+        "202-array",
+        "202-object",
+        "not-ok",
+        "other-action",
+        "a-target",
+        "result-text",
+        "200-kill-shape",
+        "204-empty",
+    ],
+)
+def test_kill_refuses_an_answer_that_is_not_the_kill_answer(
+    wrong: WrongShapes, status: int, body: object, named: str
+) -> None:
+    """The POST reached the server, but its 2xx answer is not the service's kill answer:
+    exit 1 with one line saying the URL did not answer as a node; nothing on stdout."""
+    case = f"kill-{len(wrong.answers)}"
+    url = wrong.url(case, status, body)
+    done = cli("kill", "--url", url, "--reason", "drill", env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN})
+    line = refused_as_not_a_node(done, url)
+    assert named in line
+    assert ("POST", f"/{case}/admin/kill", b'{"reason": "drill"}') in wrong.seen
+
+
+@pytest.mark.timeout(60)
+def test_kill_answered_with_html_is_not_said_to_be_accepted(wrong: WrongShapes) -> None:
+    """An HTML 200 from whatever listens there: exit 1, "not a node", never "accepted"."""
+    url = wrong.url("kill-html", 200, b"<html>welcome</html>", "text/html")
+    done = cli("kill", "--url", url, "--reason", "x", env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN})
+    line = refused_as_not_a_node(done, url)
+    assert "HTTP 200: the answer is not JSON" in line
+    assert "accepted" not in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status",),
+        ("status", "--json"),
+        ("kill", "--reason", "x"),
+    ],
+    ids=["status", "status-json", "kill"],
+)
+def test_https_at_a_plain_http_port_says_the_tls_handshake_failed(
+    wrong: WrongShapes, argv: tuple[str, ...]
+) -> None:
+    """``https://`` at a real plain-HTTP server: exit 1, one line naming the URL and the TLS
+    handshake failure, not the errno text "Operation not permitted"."""
+    url = f"https://{wrong.host_port}"
+    done = cli(*argv, "--url", url, env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN})
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    line = one_line(done)
+    assert f"{url}: TLS handshake failed: is the node serving plain http?" in line
+    assert "Operation not permitted" not in line
+
+
+@pytest.mark.timeout(60)
+def test_the_real_services_answers_have_the_shapes_checked(node: Served) -> None:
+    """The checks accept what the real service answers: its /status body, and its kill
+    answer (HTTP 202) as ``strategylab kill`` printed it."""
+    assert status_shape_error(real_status(node)) is None
+    done = cli(
+        "kill", "--url", node.url, "--reason", "shape", env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN}
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert kill_shape_error(202, answer) is None
+    assert kill_shape_error(200, answer) is not None

@@ -12,9 +12,12 @@ Both take the service's base URL (``--url http://HOST:PORT``, the ``status_url``
   line is readable by every local user in ``ps``.
 
 Exit status: 0 done; 1 the node cannot be reached or refused (one line naming the URL and why:
-connection refused, timeout, unknown host, an HTTP error, an answer that is not JSON, a refused
-token, admin routes that are off); 2 a usage error (one line naming the flag). Redirects are
-never followed: the token must not travel to another address.
+connection refused, timeout, unknown host, a failed TLS handshake (an ``https://`` URL at the
+service, which serves plain HTTP), an HTTP error, a refused token, admin routes that are off, or
+"did not answer as a Strategy Lab node": an answer that is not JSON or not of the service's
+shape, :data:`STATUS_SHAPE` for ``status`` and HTTP 202 :data:`KILL_SHAPE` for ``kill``); 2 a
+usage error (one line naming the flag). Redirects are never followed: the token must not travel
+to another address.
 
 The commands and their options are declared in :mod:`strategylab.cli`, which imports this
 module only when one of them runs (``--help`` stays fast); ``aiohttp`` and ``rich`` likewise.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -42,13 +46,17 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "KILL_SHAPE",
     "MAX_REASON",
+    "STATUS_SHAPE",
     "check_reason_option",
     "check_timeout_option",
     "check_url_option",
+    "kill_shape_error",
     "render_status",
     "run_kill",
     "run_status",
+    "status_shape_error",
 ]
 
 _STATUS: Final = "strategylab status"
@@ -147,18 +155,44 @@ async def _request(
             )
     except TimeoutError:
         raise _UnreachableError(f"no answer within {seconds:g} s") from None
-    except aiohttp.ClientConnectorDNSError as exc:
-        raise _UnreachableError(f"cannot resolve host {exc.host!r}") from None
-    except aiohttp.ClientConnectorError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
+        raise _UnreachableError(_why_unreachable(exc)) from None
+
+
+def _why_unreachable(exc: Exception) -> str:  # noqa: PLR0911 - one return per kind of failure
+    """One line for a failed exchange (an aiohttp client error, or a socket or TLS error
+    outside aiohttp's own wrapping)."""
+    import aiohttp  # noqa: PLC0415 - keep `--help` fast
+
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve host {exc.host!r}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not accepted: {_tls_reason(exc.certificate_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return _tls_failed(exc.os_error)
+    if isinstance(exc, ssl.SSLError):
+        return _tls_failed(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
         errno = exc.os_error.errno
         why = os.strerror(errno) if errno else str(exc.os_error) or type(exc.os_error).__name__
-        raise _UnreachableError(f"cannot connect: {why}") from None
-    except aiohttp.ClientError as exc:
-        raise _UnreachableError(
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        ) from None
-    except OSError as exc:  # a socket error outside aiohttp's own wrapping
-        raise _UnreachableError(exc.strerror or str(exc)) from None
+        return f"cannot connect: {why}"
+    if isinstance(exc, aiohttp.ClientError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's short reason (``WRONG_VERSION_NUMBER``, ``CERTIFICATE_VERIFY_FAILED``), else
+    the error's text."""
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+    return str(reason) if reason else str(exc) or type(exc).__name__
+
+
+def _tls_failed(exc: BaseException) -> str:
+    """The line for a failed TLS handshake. Its errno is OpenSSL's error class (1), which
+    ``os.strerror`` would render as "Operation not permitted"; the usual cause is an
+    ``https://`` URL at a node serving plain HTTP (the status service has no TLS)."""
+    return f"TLS handshake failed: is the node serving plain http? ({_tls_reason(exc)})"
 
 
 def _exchange(
@@ -184,7 +218,99 @@ def _json(prog: str, url: str, answer: _Answer) -> Any:
     try:
         return json.loads(answer.body)
     except ValueError as exc:
-        _fail(prog, url, f"HTTP {answer.status}: the answer is not JSON ({exc})")
+        _not_a_node(prog, url, f"HTTP {answer.status}: the answer is not JSON ({exc})")
+
+
+def _not_a_node(prog: str, url: str, why: str) -> NoReturn:
+    """Exit 1 with one line: whatever answers at ``url`` is not a node's status service."""
+    _fail(prog, url, f"did not answer as a Strategy Lab node: {why}")
+
+
+_NUMBER: Final = (int, float)
+_NULL: Final = type(None)
+STATUS_SHAPE: Final[Mapping[str, tuple[type, ...]]] = {
+    "node": (str,),
+    "uptime": (*_NUMBER, _NULL),
+    "time": _NUMBER,
+    "components": (list,),
+    "health": (dict, _NULL),
+    "breakers": (dict,),
+    "active_recoveries": (list,),
+    "statistics": (dict,),
+    "degradation": (dict, _NULL),
+    "supervisor": (dict, _NULL),
+    "risk_state": (str, _NULL),
+    "store": (dict,),
+    "ingest": (dict, _NULL),
+    "ticks_per_s": (*_NUMBER, _NULL),
+    "feed": (dict, _NULL),
+    "last_price": (dict,),
+    "kill_switch": (dict, _NULL),
+    "audit": (list,),
+    "chart": (dict,),
+    "events": (dict,),
+    "extra": (dict,),
+}
+"""The keys a node's ``GET /status`` body always has and the JSON types each may take
+(:func:`strategylab.service` ``status_body``); a body without them is not a node's status.
+Keys beyond these are allowed (a newer node's figures)."""
+KILL_SHAPE: Final = '{"ok": true, "action": "kill", "target": null, "result": {...}}'
+"""The body a node's ``POST /admin/kill`` answers with HTTP 202 (:mod:`strategylab.service`)."""
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type."""
+    if isinstance(value, bool):
+        return "boolean"
+    return next((name for t, name in _TYPE_NAMES.items() if isinstance(value, t)), "value")
+
+
+_TYPE_NAMES: Final[Mapping[type, str]] = {
+    _NULL: "null",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
+
+
+def status_shape_error(document: object) -> str | None:
+    """Why ``document`` (a decoded ``GET /status`` body) is not a node's status, or None when
+    it has every key of :data:`STATUS_SHAPE` with one of its types."""
+    if not isinstance(document, dict):
+        return f"the /status answer is a JSON {_json_type(document)}, not an object"
+    missing = [key for key in STATUS_SHAPE if key not in document]
+    if missing:
+        shown = ", ".join(repr(key) for key in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return f"the /status answer lacks the keys {shown}{more}"
+    for key, types in STATUS_SHAPE.items():
+        value = document[key]
+        # JSON true/false decode to bool, a subclass of int: never a number here.
+        if isinstance(value, bool) or not isinstance(value, types):
+            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            return f"/status {key!r} is a JSON {_json_type(value)}, not {wanted}"
+    return None
+
+
+def kill_shape_error(answer_status: int, document: object) -> str | None:
+    """Why a ``POST /admin/kill`` answer (its HTTP status and decoded body) is not a node's
+    kill answer (HTTP 202 and :data:`KILL_SHAPE`), or None when it is."""
+    if answer_status != 202:
+        return f"HTTP {answer_status}, not the kill answer (HTTP 202 {KILL_SHAPE})"
+    if not isinstance(document, dict):
+        return f"HTTP 202 with a JSON {_json_type(document)}, not the kill answer {KILL_SHAPE}"
+    if (
+        document.get("ok") is not True
+        or document.get("action") != "kill"
+        or "target" not in document
+        or document["target"] is not None
+        or not isinstance(document.get("result"), dict)
+    ):
+        keys = ", ".join(repr(key[:40]) for key in list(document)[:5]) or "no keys"
+        return f"HTTP 202 with an object ({keys}), not the kill answer {KILL_SHAPE}"
+    return None
 
 
 def _http_error(answer: _Answer) -> str:
@@ -208,13 +334,15 @@ def _http_error(answer: _Answer) -> str:
 def run_status(*, url: str, as_json: bool, timeout: float) -> None:
     """``strategylab status``: GET ``URL/status`` and print it (tables, or the JSON as received
     with ``as_json``); raises :class:`typer.Exit` with the exit status (0, or 1 with one line
-    naming the URL when the node cannot be reached or answers anything but a JSON object)."""
+    naming the URL when the node cannot be reached or answers anything but a JSON object with
+    the keys and types of :data:`STATUS_SHAPE`)."""
     answer = _exchange(_STATUS, url, "GET", "/status", timeout=timeout)
     if answer.status != 200:
         _fail(_STATUS, url, _http_error(answer))
     document = _json(_STATUS, url, answer)
-    if not isinstance(document, dict):
-        _fail(_STATUS, url, f"the status is a JSON {type(document).__name__}, not an object")
+    why = status_shape_error(document)
+    if why is not None:
+        _not_a_node(_STATUS, url, why)
     if as_json:
         typer.echo(answer.body.decode("utf-8", "replace").rstrip("\n"))
         raise typer.Exit(0)
@@ -227,8 +355,9 @@ def run_status(*, url: str, as_json: bool, timeout: float) -> None:
 def run_kill(*, url: str, reason: str, admin_token_file: Path | None, timeout: float) -> None:
     """``strategylab kill``: POST ``{"reason": reason}`` to ``URL/admin/kill`` with the admin
     token as a bearer token and print the node's JSON answer; raises :class:`typer.Exit` with
-    the exit status (0 accepted; 1 unreachable, token refused, admin routes off, an HTTP error;
-    2 no token or an unreadable token file)."""
+    the exit status (0 accepted: HTTP 202 with :data:`KILL_SHAPE`; 1 unreachable, token
+    refused, admin routes off, an HTTP error, any other answer; 2 no token or an unreadable
+    token file)."""
     try:
         token = secret_from(admin_token_file, ADMIN_TOKEN)
     except ConfigurationError as exc:
@@ -251,16 +380,12 @@ def run_kill(*, url: str, reason: str, admin_token_file: Path | None, timeout: f
         _fail(_KILL, url, "token refused (HTTP 401)")
     if answer.status == 403:
         _fail(_KILL, url, "admin routes are off on this node (no admin token configured)")
-    if answer.status not in {200, 202}:
+    if not 200 <= answer.status < 300:
         _fail(_KILL, url, _http_error(answer))
-    try:
-        document = json.loads(answer.body)
-    except ValueError:
-        _fail(
-            _KILL,
-            url,
-            f"HTTP {answer.status}: the kill was accepted but the answer is not JSON",
-        )
+    document = _json(_KILL, url, answer)
+    why = kill_shape_error(answer.status, document)
+    if why is not None:
+        _not_a_node(_KILL, url, why)
     typer.echo(json.dumps(document, separators=(",", ":"), sort_keys=True))
     raise typer.Exit(0)
 
