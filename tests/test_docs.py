@@ -59,7 +59,7 @@ def test_the_docs_have_python_examples() -> None:
 @pytest.mark.parametrize(("where", "source"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
 def test_python_example_runs(where: str, source: str) -> None:
     """A ```python block runs as written, in a fresh namespace, within the time budget."""
-    code = compile(source, where, "exec")
+    code = compile(source, where, "exec", dont_inherit=True)
     namespace: dict[str, object] = {"__name__": "__docs_example__"}
     started = time.perf_counter()
     exec(code, namespace)  # noqa: S102 - running the documentation is the point

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from strategylab._layout import DataLayout
     from strategylab.errors import (
         AuditIntegrityError,
         BulkheadFullError,
@@ -178,6 +179,7 @@ __all__ = [
     "ComponentRegistry",
     "ConfigReloader",
     "CpuMeter",
+    "DataLayout",
     "Degradable",
     "DegradationController",
     "DegradationEvent",
@@ -343,6 +345,7 @@ _SOURCES: dict[str, str] = {
     "HealthSnapshot": "._health",
     "HealthState": "._health",
     "HealthTransition": "._health",
+    "DataLayout": "._snapshot",
     "KillReport": "._kill_switch",
     "KillStep": "._kill_switch",
     "KillSwitch": "._kill_switch",
