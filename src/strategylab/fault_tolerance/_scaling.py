@@ -9,8 +9,8 @@ value to the running component, and inclusive bounds) and implements the
         return scale_knobs(self.knobs(), factor)
 
 The manager's RESOURCE_SCALING strategy calls ``scale(1.5)``, then ``scale(2.0)``, ... as the
-escalation deepens (:func:`~strategylab.fault_tolerance.scale_factor`); whether that recovered the
-component is decided by ``health()`` afterwards. Semantics follow a Kubernetes
+escalation deepens (``1 + 0.5 * level``); whether that recovered the component is decided by
+``health()`` afterwards. Semantics follow a Kubernetes
 HorizontalPodAutoscaler's ``minReplicas``/``maxReplicas``: the desired value is
 ``ceil(current * factor)`` (``floor`` when shrinking) clamped to the bounds, and a knob already at
 the bound in the asked direction does not move.
