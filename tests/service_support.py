@@ -74,6 +74,8 @@ class LabSource:
         self.kills: list[str] = []
         self.kill_report: Mapping[str, Any] | None = None
         self.reloads = 0
+        self.extra: dict[str, Any] = {}
+        """What the node puts under ``/status``'s ``extra`` (``resumed``, ``config``)."""
         self.started = clock.monotonic()
 
     # ------------------------------------------------------------------ the components
@@ -170,6 +172,7 @@ class LabSource:
             store_state="primary",
             spool_pending=0,
             kill_switch=self.kill_report,
+            extra=dict(self.extra),
         )
 
     def liveness(self) -> ProbeResult:

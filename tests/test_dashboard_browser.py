@@ -1,7 +1,8 @@
 """The dashboard in a real headless browser (Debian's chromium driven by Playwright).
 
 The page loads from a real :class:`StatusService` over real components, shows live data from
-``/events``, and shows a component going unhealthy and recovering. With
+``/events``, and shows a component going unhealthy and recovering; it shows the node's resume
+after an unclean shutdown and rejected configurations (from ``/status`` and from events). With
 ``STRATEGYLAB_DASHBOARD_SCREENSHOT`` set, a full-page screenshot goes to that path.
 """
 
@@ -75,6 +76,32 @@ async def _until(condition: Any, within: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
+# What the node puts under /status's extra (see strategylab.node's NodeView): a resume after an
+# unclean shutdown, and a configuration file whose last reload was rejected.
+RESUMED: dict[str, Any] = {
+    "reason": "emergency: store unreachable",
+    "snapshot_time": "2023-11-14T22:13:20+00:00",
+    "last_seq": {"BTC-USD": 1200},
+    "store_last_seq": {"BTC-USD": 1200, "ETH-USD": 980},
+    "resume_from": {"BTC-USD": 1201, "ETH-USD": 981},
+    "behind": {},
+    "marker": "/data/node-a/UNCLEAN",
+    "marker_time": "2023-11-14T22:13:20+00:00",
+    "snapshot_sha256": "ab" * 32,
+    "warnings": ["the store's last sequence was read after a crash"],
+    "cleared": True,
+}
+CONFIG_REJECTED: dict[str, Any] = {
+    "path": "/etc/strategylab/node.toml",
+    "version": 1,
+    "last_error": "ingest.batch_size = 0: must be an integer >= 1",
+    "last_reload": 1_700_000_000.0,
+    "last_attempt": 1_700_000_000.0,
+    "attempts": 2,
+    "rejections": 1,
+}
+
+
 async def _lived_in(source: LabSource) -> None:
     """Some history: a recovery in the audit trail, a breaker forced open, a feature shed."""
     await source.manager.handle(ConnectionError("store connection reset"), component="store")
@@ -97,7 +124,8 @@ async def test_dashboard_shows_live_data_and_a_component_failing_and_recovering(
     await source.probe_all()
     await _lived_in(source)
     source.tick(_prices(0))
-    token = "t"  # noqa: S105 - a test token
+    source.extra = {"resumed": RESUMED, "config": CONFIG_REJECTED}
+    token = "dashboard-test-admin-token"  # noqa: S105 - a test token
     async with serving(source, clock=clock, admin_token=token) as service:
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(WAIT_MS)
@@ -117,6 +145,24 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
     badge = page.get_by_test_id("health-badge-store")
     assert await badge.get_attribute("data-state") == "healthy"
     await _until(lambda: service.event_clients == 1)
+
+    # The resume after an unclean shutdown and the rejected configuration, from /status's extra.
+    resumed = page.get_by_test_id("resumed")
+    assert await resumed.is_visible()
+    assert await page.get_by_test_id("resumed-reason").text_content() == RESUMED["reason"]
+    assert "ETH-USD 981" in (await page.get_by_test_id("resumed-from").text_content() or "")
+    assert await page.get_by_test_id("resumed-cleared").text_content() == "marker cleared"
+    rejected = page.get_by_test_id("config-rejected-entry")
+    assert await rejected.count() == 1
+    assert CONFIG_REJECTED["last_error"] in (await rejected.first.text_content() or "")
+    assert await page.get_by_test_id("config-badge").get_attribute("data-state") == "unhealthy"
+
+    # A "config" event that was not accepted adds an entry at once, newest first.
+    service.publish("config", {"accepted": False, "error": "node_name = '': must not be empty"})
+    await page.wait_for_function(
+        "document.querySelectorAll('[data-testid=config-rejected-entry]').length === 2"
+    )
+    assert "node_name" in (await rejected.first.text_content() or "")
 
     # Live data: prices arrive as events on the service clock and land in the chart.
     chart = page.get_by_test_id("price-chart")
@@ -147,6 +193,8 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
     source.store_ok = True
     await source.monitor.probe("store")
     await page.wait_for_selector('[data-testid="health-badge-store"][data-state="healthy"]')
+    # The periodic status events since repeated /status's last_error: still the same 2 entries.
+    assert await page.get_by_test_id("config-rejected-entry").count() == 2
 
     shot = os.environ.get("STRATEGYLAB_DASHBOARD_SCREENSHOT")
     if shot:

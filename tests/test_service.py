@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -81,7 +82,55 @@ def test_bad_constructor_arguments_are_named(source: LabSource) -> None:
         StatusService(source, chart_interval=0)
     with pytest.raises(ConfigurationError, match="port"):
         StatusService(source, port=70000)
+    with pytest.raises(ConfigurationError, match="write_timeout"):
+        StatusService(source, write_timeout=0)
+    with pytest.raises(ConfigurationError, match="send_buffer"):
+        StatusService(source, send_buffer=100)
+    with pytest.raises(ConfigurationError, match="auth_failures"):
+        StatusService(source, auth_failures=0)
+    with pytest.raises(ConfigurationError, match="auth_window"):
+        StatusService(source, auth_window=float("nan"))
     source.close()
+
+
+def _wide_open_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "reachable from other machines" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])  # noqa: S104 - the point of the test
+async def test_a_non_loopback_host_warns_once_at_start(
+    source: LabSource, clock: FakeClock, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    """Listening on every interface logs one WARNING naming the URL: status and admin routes
+    are reachable from other machines."""
+    token = "a-long-enough-admin-token"  # noqa: S105 - a test token
+    with caplog.at_level(logging.WARNING, logger="strategylab.service"):
+        async with (
+            serving(source, clock=clock, host=host, admin_token=token) as service,
+            aiohttp.ClientSession() as http,
+            http.get(f"{service.url}/health/live") as response,
+        ):
+            assert response.status == 200
+    warnings = _wide_open_warnings(caplog)
+    assert len(warnings) == 1
+    assert service.url in warnings[0]
+    assert "admin" in warnings[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+async def test_a_loopback_host_does_not_warn(
+    source: LabSource, clock: FakeClock, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    """Loopback addresses (and localhost, which resolves to them) are not reachable from
+    elsewhere: no warning."""
+    with caplog.at_level(logging.WARNING, logger="strategylab.service"):
+        async with serving(source, clock=clock, host=host):
+            pass
+    assert _wide_open_warnings(caplog) == []
 
 
 async def test_aclose_is_idempotent(source: LabSource, clock: FakeClock) -> None:

@@ -1,11 +1,13 @@
 """The status service's ``/events`` stream: order, periodic price and status events, slow
-clients."""
+clients (a full queue, a capped send buffer, a blocked write), clients that leave early."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,95 @@ async def test_aclose_ends_the_streams(source: LabSource, clock: FakeClock, tmp_
         assert b"event:" not in rest
         response.release()
         await http.close()
+
+
+async def test_each_stream_has_a_capped_kernel_send_buffer(
+    source: LabSource, clock: FakeClock
+) -> None:
+    """SO_SNDBUF of every /events connection is capped (Linux reports twice the figure set), so a
+    client that reads nothing holds kilobytes in the kernel, not megabytes."""
+    async with (
+        serving(source, clock=clock, send_buffer=32 * 1024) as service,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(f"{service.url}/events") as response,
+    ):
+        assert response.status == 200
+        await _until(lambda: service.event_clients == 1)
+        (client,) = service._hub._clients
+        assert client.transport is not None
+        sock = client.transport.get_extra_info("socket")
+        assert 4096 <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * 32 * 1024
+
+
+async def test_clients_that_never_read_are_dropped_after_the_write_deadline(
+    source: LabSource, clock: FakeClock
+) -> None:
+    """Three clients that read nothing block their writes (capped buffers, queue not full); when
+    the write deadline passes on the service clock they are all dropped and counted, and the
+    reading client still gets every event."""
+    async with (
+        serving(source, clock=clock, send_buffer=4096, write_timeout=5.0) as service,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
+        http.get(f"{service.url}/events") as response,
+    ):
+        reader = Stream(response)
+        await _until(lambda: service.event_clients == 1)
+        (reading,) = service._hub._clients
+        slow = [_slow_socket(service.url) for _ in range(3)]
+        try:
+            await _until(lambda: service.event_clients == 4)
+            stuck = [client for client in service._hub._clients if client is not reading]
+            pad = "y" * 32768
+            sent = 0
+            while not all(client.writing_since is not None for client in stuck):
+                assert sent < 200, "the writes to the clients that read nothing never blocked"
+                service.publish("load", {"i": sent, "pad": pad})
+                assert await reader.next() == ("load", {"i": sent, "pad": pad})
+                sent += 1
+                await _until(lambda: reading.writing_since is None)
+            assert all(client.pending < 256 for client in stuck)  # no queue is full
+            assert service.dropped_clients == 0
+            clock.advance(5.0)
+            await _until(lambda: service.dropped_clients == 3)
+            assert service.event_clients == 1
+            assert all(client.dropped and client.pending == 0 for client in stuck)
+            service.publish("health", {"check": "store", "current": "healthy"})
+            while (event := await reader.next())[0] != "health":
+                assert event[0] in {"price", "status"}  # the periodic ones the jump woke
+            assert event == ("health", {"check": "store", "current": "healthy"})
+        finally:
+            for sock in slow:
+                sock.close()
+    assert sent > 1
+
+
+def _reset_after_request(url: str) -> None:
+    """Ask for /events and reset the connection (SO_LINGER 0) before any answer is read."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80)) as sock:
+        sock.sendall(f"GET /events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_a_client_that_leaves_before_its_headers_is_no_error(
+    service: StatusService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that resets the connection before or while the headers are sent leaves no
+    ERROR record (no traceback), and the service keeps serving."""
+
+    def left() -> int:
+        return sum("left" in r.getMessage() for r in caplog.records if r.name == service_log)
+
+    service_log = "strategylab.service"
+    with caplog.at_level(logging.DEBUG):
+        for i in range(10):
+            _reset_after_request(service.url)
+            await _until(lambda: left() > i)  # noqa: B023 - awaited within the iteration
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(f"{service.url}/health/live") as response,
+        ):
+            assert response.status == 200
+    await _until(lambda: service.event_clients == 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not any(r.exc_info for r in caplog.records)

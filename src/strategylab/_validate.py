@@ -34,6 +34,7 @@ __all__ = [
     "integer_problem",
     "number",
     "number_problem",
+    "one_line_problem",
     "seconds",
     "shown",
 ]
@@ -168,3 +169,16 @@ def fraction(key: str, value: object, *, type_error: bool = False) -> float:
     """A number within 0..1 inclusive; raises :class:`ConfigurationError` naming ``key``
     (``TypeError`` for a non-number with ``type_error``)."""
     return number(key, value, minimum=0, maximum=1, type_error=type_error)
+
+
+def one_line_problem(value: str) -> str | None:
+    """Why ``value`` is not one line of printable text, or ``None`` when it is.
+
+    The rule is :meth:`str.isprintable`: no control character (``\\n``, ``\\r``, ESC, BEL, ...),
+    no line or paragraph separator, no format character. A kill reason follows it in
+    ``strategylab kill --reason`` and in the status service's ``POST /admin/kill``, so that one
+    reason is refused the same way by both and a log line or terminal is never steered by it.
+    """
+    if value.isprintable():
+        return None
+    return "must be one line of printable text (no control characters)"

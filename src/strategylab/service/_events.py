@@ -2,22 +2,29 @@
 
 Each event is encoded once (``id: N``, ``event: KIND``, ``data: JSON`` and a blank line, as the
 WHATWG HTML standard's "Server-sent events" section defines the ``text/event-stream`` format) and
-the same bytes are offered to every client. A client's queue holds at most ``queue_size`` events;
-a client whose queue is full when an event arrives is **dropped**: its queue is emptied at once
-(the memory is freed now, not when the client reads), it leaves the hub, its stream is ended and
-its connection aborted (a client that reads nothing would otherwise hold a blocked write), and
-:attr:`EventHub.dropped` counts it. A slow client can cost the server at most ``queue_size``
-events, never more.
+the same bytes are offered to every client. A client is **dropped** when
+
+- its queue is full when an event arrives (a queue holds at most ``queue_size`` events), or
+- a write to it has been blocked for ``write_timeout`` seconds or more when :meth:`EventHub.expire`
+  runs (the writer marks the start of each write with :meth:`EventClient.writing`; a write blocks
+  once the kernel send buffer, which the service caps, and the transport's buffer are full).
+
+A dropped client's queue is emptied at once (the memory is freed now, not when the client
+reads), it leaves the hub, its stream is ended and its connection aborted (a client that reads
+nothing would otherwise hold a blocked write), and :attr:`EventHub.dropped` counts it. A slow
+client can cost the server at most ``queue_size`` events plus its capped buffers, for at most
+``write_timeout`` seconds after its last write began.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._status import jsonable
@@ -31,7 +38,15 @@ _KIND = re.compile(r"[a-z][a-z0-9_]{0,39}")
 class EventClient:
     """One connected ``/events`` stream: its bounded queue of encoded events."""
 
-    __slots__ = ("_limit", "_pending", "_wakeup", "closed", "dropped", "transport")
+    __slots__ = (
+        "_limit",
+        "_pending",
+        "_wakeup",
+        "closed",
+        "dropped",
+        "transport",
+        "writing_since",
+    )
 
     def __init__(self, limit: int, transport: asyncio.BaseTransport | None) -> None:
         self._limit = limit
@@ -40,6 +55,8 @@ class EventClient:
         self.transport = transport
         self.closed = False
         self.dropped = False
+        self.writing_since: float | None = None
+        """The clock's ``monotonic()`` when the write in progress began; None between writes."""
 
     @property
     def pending(self) -> int:
@@ -65,6 +82,16 @@ class EventClient:
         self._pending.clear()
         return chunk
 
+    @contextlib.contextmanager
+    def writing(self, now: float) -> Iterator[None]:
+        """Mark a write to this client in progress from ``now`` (monotonic seconds) until the
+        block ends, however it ends."""
+        self.writing_since = now
+        try:
+            yield
+        finally:
+            self.writing_since = None
+
     def close(self, *, abort: bool) -> None:
         """End the stream: free the queue, wake the writer, and (``abort``) cut the connection."""
         self.closed = True
@@ -84,7 +111,7 @@ class EventHub:
         self._clients: set[EventClient] = set()
         self._next_id = 0
         self.dropped = 0
-        """Clients dropped for a full queue since the hub was made."""
+        """Clients dropped (a full queue or a blocked write) since the hub was made."""
         self.published = 0
         """Events fanned out since the hub was made."""
 
@@ -126,11 +153,26 @@ class EventHub:
         """Offer already encoded bytes (an event or a comment) to every client."""
         full = [client for client in self._clients if not client.offer(chunk)]
         for client in full:
-            self._clients.discard(client)
-            client.dropped = True
-            client.close(abort=True)
-            self.dropped += 1
-            _log.warning("events: dropped a slow client (%d events queued)", self._queue_size)
+            self._drop(client, f"{self._queue_size} events queued")
+
+    def expire(self, now: float, write_timeout: float) -> int:
+        """Drop every client whose write in progress began ``write_timeout`` seconds or more
+        before ``now`` (monotonic seconds); returns how many were dropped."""
+        stuck = [
+            (client, now - client.writing_since)
+            for client in self._clients
+            if client.writing_since is not None and now - client.writing_since >= write_timeout
+        ]
+        for client, blocked in stuck:
+            self._drop(client, f"a write blocked for {blocked:.1f}s")
+        return len(stuck)
+
+    def _drop(self, client: EventClient, why: str) -> None:
+        self._clients.discard(client)
+        client.dropped = True
+        client.close(abort=True)
+        self.dropped += 1
+        _log.warning("events: dropped a slow client (%s)", why)
 
     def close(self) -> None:
         """End every stream (the service is closing)."""

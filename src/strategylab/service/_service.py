@@ -11,19 +11,28 @@ else is 405):
   events (``{"t": wall seconds, "prices": {symbol: price}}``) every ``chart_interval`` seconds
   while the chart is enabled, a ``status`` event (the ``/status`` body) every
   ``status_interval`` seconds, and a ``: keep-alive`` comment every ``keepalive`` seconds, all
-  timed on the injected clock and only while a client is connected; a client whose bounded queue
-  is full is dropped (see :mod:`._events`);
+  timed on the injected clock and only while a client is connected. Each stream's kernel send
+  buffer is capped (``send_buffer`` bytes, ``SO_SNDBUF``); a client whose bounded queue is full,
+  or whose write has been blocked for ``write_timeout`` seconds (on the injected clock), is
+  dropped (see :mod:`._events`). A client that goes away before or while its headers are sent is
+  no error (logged at debug);
 - admin, each needing ``Authorization: Bearer <admin_token>`` (compared with
-  :func:`hmac.compare_digest`): ``POST /admin/kill`` (``{"reason": "..."}``, 1..500 characters;
-  202), ``POST /admin/breakers/{name}`` (``{"state": "open" | "closed" | "reset"}``),
-  ``POST /admin/features/{name}/shed``, ``POST /admin/features/{name}/restore``,
+  :func:`hmac.compare_digest`; at least 16 characters): ``POST /admin/kill`` (``{"reason":
+  "..."}``, 1..500 characters of one line of printable text, the rule ``strategylab kill
+  --reason`` applies; 202), ``POST /admin/breakers/{name}`` (``{"state": "open" | "closed" |
+  "reset"}``), ``POST /admin/features/{name}/shed``, ``POST /admin/features/{name}/restore``,
   ``POST /admin/reload``. Without a configured token: 403 and nothing runs; a missing or wrong
-  token: 401 with ``WWW-Authenticate: Bearer``; a body over 16 KiB: 413; bad JSON or a bad field:
-  400 ``{"error": ..., "field": ...}`` naming it; an :class:`AdminActionError` from the source:
-  its status and ``{"error": message}``; success: ``{"ok": true, "action", "target",
-  "result"}``. Every admin call, accepted or refused, is logged (logger
-  ``strategylab.service``; the token never is);
+  token: 401 with ``WWW-Authenticate: Bearer``; 10 such failures within 60 s from one peer
+  address: 429 with ``Retry-After`` for every admin request from it, the right token included,
+  until the oldest failure is 60 s old (see :mod:`._auth`); a body over 16 KiB: 413; bad JSON
+  or a bad field: 400 ``{"error": ..., "field": ...}`` naming it; an :class:`AdminActionError`
+  from the source: its status and ``{"error": message}``; success: ``{"ok": true, "action",
+  "target", "result"}``. Every admin call, accepted or refused, is logged (logger
+  ``strategylab.service``; the token never is; a limited peer's 429s only at debug);
 - ``GET /`` and ``GET /static/{app.js,app.css}``: the dashboard, shipped in the package.
+
+Listening on an address that is not loopback (``0.0.0.0``, ``::``, a public address) logs one
+WARNING at start: the status and admin routes are reachable from other machines.
 
 Every response carries ``Content-Security-Policy: default-src 'self'`` (no inline script),
 ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and ``Referrer-Policy:
@@ -36,8 +45,10 @@ import asyncio
 import contextlib
 import hmac
 import importlib.resources
+import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -46,12 +57,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from strategylab import _http_guard
+from strategylab import _http_guard, _validate
 from strategylab._tasks import cancel_and_wait
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 
-from ._events import EventHub
+from ._auth import MIN_ADMIN_TOKEN, FailureLimiter, retry_after_header
+from ._events import EventClient, EventHub
 from ._metrics import ServiceFigures, SnapshotCollector
 from ._source import AdminActionError, StatusSource
 from ._status import AUDIT_LIMIT, jsonable, status_body
@@ -64,6 +76,8 @@ MAX_ADMIN_BODY: Final = 16 * 1024
 """Bytes an admin request body may have (413 above)."""
 MAX_REASON: Final = 500
 """Characters a kill reason may have."""
+_SWEEPS_PER_TIMEOUT: Final = 4
+"""Blocked writes are looked for ``write_timeout / 4`` apart: a stuck client goes within 1.25x."""
 _MAX_NAME: Final = 200
 _BREAKER_STATES: Final = ("open", "closed", "reset")
 _STATIC: Final = {
@@ -119,7 +133,13 @@ class StatusService:
     (None: they answer 403). ``clock`` times the periodic events. ``event_queue`` (>= 1) bounds
     each ``/events`` client's queue; ``chart_interval`` (seconds > 0) is the period of ``price``
     events, ``status_interval`` of ``status`` events and ``keepalive`` of keep-alive comments.
-    Raises :class:`~strategylab.errors.ConfigurationError` naming a bad argument.
+    ``send_buffer`` (bytes, 4096..16 MiB) caps each ``/events`` connection's kernel send buffer
+    (``SO_SNDBUF``; Linux doubles the figure for its bookkeeping) and ``write_timeout`` (seconds
+    > 0, on ``clock``) is how long one write to a stream may stay blocked before the client is
+    dropped. ``auth_failures`` failed authentications within ``auth_window`` seconds from one
+    peer address make it wait (429) for the rest of the window.
+    Raises :class:`~strategylab.errors.ConfigurationError` naming a bad argument (an
+    ``admin_token`` under :data:`MIN_ADMIN_TOKEN` characters included).
     """
 
     def __init__(
@@ -134,6 +154,10 @@ class StatusService:
         chart_interval: float = 0.5,
         status_interval: float = 1.0,
         keepalive: float = 15.0,
+        send_buffer: int = 64 * 1024,
+        write_timeout: float = 5.0,
+        auth_failures: int = 10,
+        auth_window: float = 60.0,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ConfigurationError("host", host, "must be a non-empty str")
@@ -141,6 +165,13 @@ class StatusService:
             raise ConfigurationError("port", port, "must be an int within 0..65535")
         if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
             raise ConfigurationError("admin_token", "<hidden>", "must be a non-empty str or None")
+        if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN:
+            raise ConfigurationError(
+                "admin_token",
+                "<hidden>",
+                f"has {len(admin_token)} character{'' if len(admin_token) == 1 else 's'}; "
+                f"at least {MIN_ADMIN_TOKEN} are required",
+            )
         if not isinstance(clock, Clock):
             raise ConfigurationError("clock", clock, "must implement strategylab.clock.Clock")
         if isinstance(event_queue, bool) or not isinstance(event_queue, int) or event_queue < 1:
@@ -149,9 +180,12 @@ class StatusService:
             ("chart_interval", chart_interval),
             ("status_interval", status_interval),
             ("keepalive", keepalive),
+            ("write_timeout", write_timeout),
+            ("auth_window", auth_window),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(key, value, "must be a number of seconds > 0")
+            _validate.seconds(key, value)
+        _validate.integer("send_buffer", send_buffer, minimum=4096, maximum=16 * 1024 * 1024)
+        _validate.integer("auth_failures", auth_failures, minimum=1)
         self._source = source
         self._host = host
         self._port = port
@@ -160,6 +194,9 @@ class StatusService:
         self._chart_interval = float(chart_interval)
         self._status_interval = float(status_interval)
         self._keepalive = float(keepalive)
+        self._send_buffer = send_buffer
+        self._write_timeout = float(write_timeout)
+        self._limiter = FailureLimiter(clock, limit=auth_failures, window=float(auth_window))
         self._hub = EventHub(event_queue)
         self._chart_enabled = True
         self._registry = CollectorRegistry(auto_describe=False)
@@ -198,7 +235,7 @@ class StatusService:
 
     @property
     def dropped_clients(self) -> int:
-        """``/events`` clients dropped for a full queue since start."""
+        """``/events`` clients dropped (a full queue or a blocked write) since start."""
         return self._hub.dropped
 
     async def start(self) -> None:
@@ -222,6 +259,13 @@ class StatusService:
             raise error from exc
         self._runner = runner
         self._bound = int(runner.addresses[0][1])
+        if not all(_loopback(address) for address in runner.addresses):
+            _log.warning(
+                "status service: listening on %s: the status and admin routes are reachable "
+                "from other machines%s (listen on 127.0.0.1 or put a firewall in front)",
+                self.url,
+                "" if self._token is not None else " (admin routes are off: no token)",
+            )
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._tasks = [
@@ -232,6 +276,10 @@ class StatusService:
                 self._every(self._status_interval, self._status_event), name="status:status"
             ),
             asyncio.create_task(self._every(self._keepalive, self._ping), name="status:keepalive"),
+            asyncio.create_task(
+                self._every(self._write_timeout / _SWEEPS_PER_TIMEOUT, self._sweep),
+                name="status:sweep",
+            ),
         ]
 
     def publish(self, kind: str, data: Mapping[str, Any]) -> None:
@@ -286,6 +334,9 @@ class StatusService:
 
     def _ping(self) -> None:
         self._hub.broadcast(b": keep-alive\n\n")
+
+    def _sweep(self) -> None:
+        self._hub.expire(self._clock.monotonic(), self._write_timeout)
 
     def _status_body(self) -> dict[str, Any]:
         snapshot = self._source.snapshot()
@@ -356,14 +407,26 @@ class StatusService:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
-        client = self._hub.connect(request.transport)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            _log.debug("events: the client of %s left before its headers", request.remote)
+            return response
+        self._cap_send_buffer(transport)
+        try:
+            await response.prepare(request)
+        except (ConnectionError, RuntimeError) as exc:
+            # The client went away before or while its headers were sent: nothing is wrong here.
+            _log.debug(
+                "events: the client of %s left while its headers were sent: %s", request.remote, exc
+            )
+            return response
+        client = self._hub.connect(transport)
         try:
             # The reconnect delay a browser waits after a drop, and a first byte so that the
             # client knows the stream is open.
-            await response.write(b"retry: 2000\n: connected\n\n")
+            await self._write(client, response, b"retry: 2000\n: connected\n\n")
             while (chunk := await client.take()) is not None:
-                await response.write(chunk)
+                await self._write(client, response, chunk)
         except (ConnectionError, RuntimeError):
             pass  # the client went away or was dropped (aborted): nothing to send it
         finally:
@@ -372,6 +435,22 @@ class StatusService:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await response.write_eof()
         return response
+
+    def _cap_send_buffer(self, transport: asyncio.BaseTransport) -> None:
+        """Cap the kernel send buffer, so that a client that reads nothing holds kilobytes of
+        this host's memory, not the megabytes autotuning would give it."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+        except OSError as exc:  # a socket that went away meanwhile, or a platform that refuses
+            _log.debug("events: SO_SNDBUF not set: %s", exc)
+
+    async def _write(self, client: EventClient, response: web.StreamResponse, chunk: bytes) -> None:
+        """One write, marked in progress so that a write blocked too long drops the client."""
+        with client.writing(self._clock.monotonic()):
+            await response.write(chunk)
 
     # ------------------------------------------------------------------ admin
 
@@ -384,6 +463,9 @@ class StatusService:
                 raise _BadFieldError("reason", "must be a non-empty string")
             if len(reason) > MAX_REASON:
                 raise _BadFieldError("reason", f"must be at most {MAX_REASON} characters")
+            problem = _validate.one_line_problem(reason)
+            if problem is not None:
+                raise _BadFieldError("reason", problem)
             return await self._source.kill(reason), reason
 
         return await self._admin(request, "kill", None, run, body_required=True, status=202)
@@ -423,19 +505,42 @@ class StatusService:
 
         return await self._admin(request, "reload", None, run)
 
-    def _authorized(self, request: web.Request) -> web.Response | None:
-        """None when the request may run an admin action, else the refusal to answer."""
+    def _authorized(self, request: web.Request, peer: str) -> web.Response | None:
+        """None when the request may run an admin action, else the refusal to answer.
+
+        A peer limited for failed authentications gets 429 before its token is looked at, so a
+        right token is refused too while the limit lasts (see :mod:`._auth` for why)."""
         if self._token is None:
             return _json({"error": "admin routes are disabled: no admin token is configured"}, 403)
+        wait = self._limiter.retry_after(peer)
+        if wait is not None:
+            return _json(
+                {
+                    "error": f"too many failed authentications from {peer}: try again later",
+                    "retry_after": int(retry_after_header(wait)),
+                },
+                429,
+                {"Retry-After": retry_after_header(wait)},
+            )
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="strategylab"'}
         if scheme.lower() != "bearer" or not given.strip():
-            return _json({"error": "Authorization: Bearer <token> is required"}, 401, challenge)
-        if not hmac.compare_digest(given.strip().encode(), self._token):
+            refusal = _json({"error": "Authorization: Bearer <token> is required"}, 401, challenge)
+        elif not hmac.compare_digest(given.strip().encode(), self._token):
             challenge = {"WWW-Authenticate": 'Bearer realm="strategylab", error="invalid_token"'}
-            return _json({"error": "the admin token is not valid"}, 401, challenge)
-        return None
+            refusal = _json({"error": "the admin token is not valid"}, 401, challenge)
+        else:
+            return None
+        if self._limiter.failed(peer):
+            _log.warning(
+                "admin: %d failed authentications from %s within %gs: its admin calls are "
+                "refused (429) until the window has passed",
+                self._limiter.limit,
+                peer,
+                self._limiter.window,
+            )
+        return refusal
 
     async def _admin(
         self,
@@ -449,9 +554,11 @@ class StatusService:
     ) -> web.Response:
         peer = request.remote or "?"
         shown = "" if target is None else f" {target[:_MAX_NAME]!r}"
-        refused = self._authorized(request)
+        refused = self._authorized(request, peer)
         if refused is not None:
-            _log.warning("admin %s%s from %s refused: %d", action, shown, peer, refused.status)
+            # A limited peer's requests are not logged one by one: it could fill the log.
+            log = _log.debug if refused.status == 429 else _log.warning
+            log("admin %s%s from %s refused: %d", action, shown, peer, refused.status)
             return refused
         try:
             _check_name(target)
@@ -515,6 +622,25 @@ async def _errors(
         return await handler(request)
     except web.HTTPException:
         raise
+    except ConnectionError as exc:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away mid-answer: not an error of the service, and nobody to tell.
+            _log.debug(
+                "status service: %s %s: the client left: %s", request.method, request.path, exc
+            )
+            return _json({"error": "the client left"}, 500)
+        _log.exception("status service: %s %s failed", request.method, request.path)
+        return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
     except Exception as exc:
         _log.exception("status service: %s %s failed", request.method, request.path)
         return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+
+def _loopback(address: object) -> bool:
+    """The bound socket address (``(host, port, ...)``) is on a loopback interface."""
+    host = address[0] if isinstance(address, tuple) and address else address
+    try:
+        return ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False

@@ -6,12 +6,15 @@
   const MAX_POINTS = 240;
   const MAX_SERIES = 8;
   const MAX_TIMELINE = 60;
+  const MAX_REJECTIONS = 20;
   const COLORS = ["#4fa3e0", "#5fd49b", "#f0c55a", "#ff7b6e", "#b48ef0", "#5fd4d4", "#f09a5a", "#d4d45f"];
 
   const $ = (id) => document.getElementById(id);
   const series = new Map(); // symbol -> [{t, p}]
   const timeline = []; // {key, t, what, text, tone}
   const timelineKeys = new Set();
+  const rejections = []; // {t, error}, newest first
+  const rejectionKeys = new Set();
   let points = 0;
   let uptimeBase = null; // {uptime, at}
   let chartEnabled = true;
@@ -215,6 +218,57 @@
     return "warn";
   }
 
+  // ---------------------------------------------------------------- resume and configuration
+
+  function renderResumed(r) {
+    const box = $("resumed");
+    if (!r || typeof r !== "object") {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    text("resumed-reason", r.reason ? String(r.reason) : "–");
+    text("resumed-snapshot", r.snapshot_time ? String(r.snapshot_time) : "no snapshot (marker only)");
+    const from = Object.entries(r.resume_from || {}).map(([symbol, seq]) => `${symbol} ${num(seq)}`);
+    text("resumed-from", from.length ? from.join(", ") : "–");
+    text("resumed-cleared", r.cleared ? "marker cleared" : "marker kept");
+    const warnings = Array.isArray(r.warnings) ? r.warnings : [];
+    $("resumed-warnings").replaceChildren(...warnings.slice(0, 10).map((w) => el("li", { text: String(w) })));
+  }
+
+  // A rejection reaches the page twice (the "config" event, then every status's last_error,
+  // keyed by its attempt time): the same error within 30 s of an entry is that entry.
+  function addRejection(key, t, error) {
+    const message = String(error || "rejected");
+    if (rejectionKeys.has(key)) return;
+    rejectionKeys.add(key);
+    if (rejections.some((r) => r.error === message && Math.abs(r.t - t) < 30)) return;
+    rejections.unshift({ t, error: message });
+    rejections.sort((a, b) => b.t - a.t);
+    while (rejections.length > MAX_REJECTIONS) rejections.pop();
+    $("config-rejected").replaceChildren(...rejections.map((r) => el("li", { "data-testid": "config-rejected-entry" },
+      el("span", { className: "when", text: clock(r.t) }),
+      el("span", { className: "detail", text: `config rejected: ${r.error}` }),
+    )));
+    $("config-rejected-empty").hidden = true;
+  }
+
+  function renderConfig(cfg) {
+    if (!cfg || typeof cfg !== "object") {
+      setBadge($("config-badge"), "unknown", "–");
+      text("config-state", "no configuration file");
+      return;
+    }
+    const rejected = cfg.last_error !== null && cfg.last_error !== undefined;
+    setBadge($("config-badge"), rejected ? "unhealthy" : "healthy", rejected ? "last reload rejected" : "in force");
+    const parts = [cfg.path || "", `version ${num(cfg.version)}`, `${num(cfg.rejections)} rejected`];
+    text("config-state", parts.filter(Boolean).join(" · "));
+    if (rejected) {
+      const t = typeof cfg.last_attempt === "number" ? cfg.last_attempt : now();
+      addRejection(`status:${t}`, t, cfg.last_error);
+    }
+  }
+
   function renderStatus(s) {
     text("node-name", s.node);
     document.title = `Strategy Lab · ${s.node}`;
@@ -230,6 +284,9 @@
     renderKill(s.kill_switch);
     renderChartState(s.chart ? s.chart.enabled : true);
     renderAudit(s.audit);
+    const extra = s.extra && typeof s.extra === "object" ? s.extra : {};
+    renderResumed(extra.resumed);
+    renderConfig(extra.config);
   }
 
   // ---------------------------------------------------------------- timeline
@@ -278,7 +335,14 @@
 
   function onConfig(d) {
     const ok = d.accepted !== false && d.ok !== false;
-    addTimeline(`ev:${++eventSeq}`, now(), ok ? "config reloaded" : "config rejected", d.error || d.reason || "", ok ? "ok" : "bad");
+    const detail = d.error || d.reason || (Array.isArray(d.changed) ? d.changed.join(", ") : "");
+    addTimeline(`ev:${++eventSeq}`, now(), ok ? "config reloaded" : "config rejected", detail, ok ? "ok" : "bad");
+    if (ok) {
+      setBadge($("config-badge"), "healthy", "in force");
+    } else {
+      setBadge($("config-badge"), "unhealthy", "last reload rejected");
+      addRejection(`ev:${eventSeq}`, now(), d.error || d.reason);
+    }
   }
 
   // ---------------------------------------------------------------- chart
