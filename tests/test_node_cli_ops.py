@@ -129,18 +129,28 @@ def test_there_is_no_admin_token_value_option(tmp_path: Path, started: list[Node
         ("512M", 512 * 1024**2),
         ("512MiB", 512 * 1024**2),
         ("2G", 2 * 1024**3),
-        ("2gb", 2 * 1024**3),
+        ("2gb", 2 * 1000**3),  # kB..TB are decimal (SI), as in the configuration file
+        ("512MB", 512 * 1000**2),
         ("1T", 1024**4),
+        ("1024T", 1 << 50),  # the bound itself, 1 PiB
     ],
 )
-def test_memory_sizes_are_bytes_with_binary_suffixes(text: str, size: int) -> None:
-    """``--memory-budget`` reads bytes, K/M/G/T as powers of 1024, case-insensitive."""
+def test_memory_sizes_are_bytes_with_their_units(text: str, size: int) -> None:
+    """``--memory-budget`` reads bytes: K/M/G/T and KiB..TiB as powers of 1024, kB..TB as
+    powers of 1000 (the configuration file's rule), case-insensitive."""
     assert parse_memory_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "0", "0M", "-5", "1.5G", "12X", "M", "5 MB MB", "1e9"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "0", "0M", "-5", "1.5G", "12X", "M", "5 MB MB", "1e9"),
+        *("1025T", str((1 << 50) + 1), "99999999999999999999999G", "9" * 5000),
+    ],
+)
 def test_bad_memory_sizes_name_the_flag(text: str) -> None:
-    """A size that is not a whole number of bytes > 0 is refused naming --memory-budget."""
+    """A size that is not a whole number of bytes from 1 to 1 PiB is refused naming
+    --memory-budget."""
     with pytest.raises(ConfigurationError, match="--memory-budget"):
         parse_memory_size(text)
 

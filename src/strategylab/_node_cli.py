@@ -101,34 +101,20 @@ _PARAM_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
 """``strategylab node``'s parameters and the :class:`~strategylab.node.NodeConfig` fields each
 one sets."""
 
-# Patterns as text: re compiles (and caches) them on first use, not at `--help`.
-_SIZE: Final = r"(?i)([0-9]+)\s*([KMGT]?)(I?B)?"
-_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_HOSTNAME: Final = (
-    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
-)
-_NODE_NAME: Final = r"[A-Za-z0-9._-]{1,64}"
 
-
+# A pattern as text: re compiles (and caches) it on first use, not at `--help`.
 def parse_memory_size(text: str, *, flag: str = "--memory-budget") -> int:
-    """Bytes in ``text``: a whole number with an optional binary suffix ``K``, ``M``, ``G`` or
-    ``T`` (x 1024, 1024², ...; ``KiB``/``KB`` accepted as ``K``, case-insensitive), as Docker's
-    ``--memory 512m`` reads one. ``512M`` is 536,870,912.
+    """Bytes in ``text`` (:func:`strategylab._validate.byte_size`: ``512M`` or ``512MiB`` is
+    536,870,912, ``512MB`` is 512,000,000), at most
+    :attr:`NodeConfig.MAX_MEMORY_BUDGET <strategylab.node.NodeConfig.MAX_MEMORY_BUDGET>` (1 PiB,
+    the bound the configuration file's ``degradation.memory_budget`` has too).
 
-    Raises :class:`ConfigurationError` naming ``flag`` for anything else, or for 0.
+    Raises :class:`ConfigurationError` naming ``flag`` for anything else.
     """
-    import re  # noqa: PLC0415
+    from strategylab import _validate  # noqa: PLC0415
+    from strategylab.node import NodeConfig  # noqa: PLC0415 - not imported at `--help`
 
-    match = re.fullmatch(_SIZE, text.strip())
-    if match is None:
-        raise ConfigurationError(
-            flag, text, "must be a number of bytes with an optional K, M, G or T suffix (512M)"
-        )
-    size = int(match[1]) * _UNITS[match[2].upper()]
-    if size <= 0:
-        raise ConfigurationError(flag, text, "must be > 0 bytes")
-    return size
+    return _validate.byte_size(flag, text, maximum=NodeConfig.MAX_MEMORY_BUDGET)
 
 
 def _memory_budget(value: object) -> int:
@@ -139,36 +125,6 @@ def _memory_budget(value: object) -> int:
         return parse_memory_size(str(value))
     except ConfigurationError as exc:
         usage_error(_NODE, exc)
-
-
-def _status_host(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
-    """``--status-host``: an IP address or a host name (RFC 1123), else exit 2 naming the flag."""
-    import ipaddress  # noqa: PLC0415
-    import re  # noqa: PLC0415
-
-    if isinstance(value, str):
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not re.fullmatch(_HOSTNAME, value) or value.replace(".", "").isdigit():
-                usage_error(
-                    ctx.command_path,
-                    ConfigurationError(
-                        "--status-host", value, "must be an IP address or a host name"
-                    ),
-                )
-    return value
-
-
-def _node_name(ctx: typer.Context, _param: typer.CallbackParam, value: object) -> object:
-    import re  # noqa: PLC0415
-
-    if isinstance(value, str) and not re.fullmatch(_NODE_NAME, value):
-        usage_error(
-            ctx.command_path,
-            ConfigurationError("--name", value, "must be 1..64 of A-Z a-z 0-9 . _ -"),
-        )
-    return value
 
 
 def _config_file(value: object) -> Path:
@@ -259,11 +215,22 @@ def _secrets(
 
 def _admin_token(admin_token_file: Path | None) -> str | None:
     """The node's admin token from ``--admin-token-file`` or ``$STRATEGYLAB_ADMIN_TOKEN`` (there
-    is no ``--admin-token VALUE``: the token would be visible in ``ps``)."""
+    is no ``--admin-token VALUE``: the token would be visible in ``ps``); at least
+    ``MIN_ADMIN_TOKEN`` (16) characters, else a usage error naming where it came from."""
+    from strategylab.service import MIN_ADMIN_TOKEN  # noqa: PLC0415 - cheap, keeps --help light
+
     try:
-        return secret_from(admin_token_file, ADMIN_TOKEN)
+        token = secret_from(admin_token_file, ADMIN_TOKEN)
     except ConfigurationError as exc:
         usage_error(_NODE, exc.as_option(_ENV_NAMES))
+    if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        where = "--admin-token-file" if admin_token_file is not None else "$STRATEGYLAB_ADMIN_TOKEN"
+        usage_error(
+            _NODE,
+            f"{where}: the admin token has {len(token)} characters; "
+            f"at least {MIN_ADMIN_TOKEN} are required",
+        )
+    return token
 
 
 def node_config(
@@ -434,7 +401,7 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option(
             "--status-host",
             metavar="HOST",
-            callback=_status_host,
+            # Checked by NodeConfig, the one place the file and the environment go through too.
             help="The address the status service listens on (an IP address or host name).",
         ),
     ] = "127.0.0.1",
@@ -457,7 +424,8 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             metavar="SIZE",
             parser=_memory_budget,
             help="Resident memory the node may use before it sheds features: bytes, or with a "
-            "K, M or G suffix (x 1024), e.g. 512M [default: no memory trigger].",
+            "K, M, G or T suffix (x 1024), e.g. 512M; at most 1024T (1 PiB) "
+            "[default: no memory trigger].",
             show_default=False,
         ),
     ] = None,
@@ -466,7 +434,7 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option(
             "--name",
             metavar="NAME",
-            callback=_node_name,
+            # Checked by NodeConfig, the one place the file and the environment go through too.
             help="The node's name on the dashboard and in metric labels (A-Z a-z 0-9 . _ -).",
         ),
     ] = "node",

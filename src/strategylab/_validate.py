@@ -23,11 +23,13 @@ Bottom layer: imports only the standard library and :mod:`strategylab.errors`.
 from __future__ import annotations
 
 import math
+import re
 from typing import NoReturn
 
 from strategylab.errors import ConfigurationError
 
 __all__ = [
+    "byte_size",
     "clipped",
     "fraction",
     "integer",
@@ -182,3 +184,56 @@ def one_line_problem(value: str) -> str | None:
     if value.isprintable():
         return None
     return "must be one line of printable text (no control characters)"
+
+
+_BYTE_SIZE = re.compile(r"\s*(\d+)\s*(?:([kKmMgGtT])(i?)([bB]?))?\s*")
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def byte_size(key: str, value: object, *, maximum: int) -> int:
+    """Bytes in ``value``: an int, or a string of a whole number with an optional unit, 1 to
+    ``maximum``. Units, case-insensitive: ``K``, ``M``, ``G``, ``T`` and ``KiB`` ... ``TiB``
+    are binary (x 1024, 1024^2, ...: Docker's ``--memory 512m``, IEC 80000-13); ``kB``, ``MB``,
+    ``GB``, ``TB`` are decimal (x 1000, 1000^2, ...: SI). ``512M`` and ``512MiB`` are
+    536,870,912; ``512MB`` is 512,000,000.
+
+    Raises :class:`ConfigurationError` naming ``key`` for another form, 0, or more than
+    ``maximum`` (a digit string far past it is refused before ``int()``).
+    """
+    given = value
+    if isinstance(value, str):
+        match = _BYTE_SIZE.fullmatch(value)
+        if match is None:
+            raise ConfigurationError(
+                key,
+                clipped(value),
+                "must be bytes: a whole number, optionally with K, M, G, T "
+                "(x 1024), KiB..TiB (x 1024) or kB..TB (x 1000), e.g. 512M",
+            )
+        digits, letter, binary, byte = match.groups()
+        if len(digits.lstrip("0")) > len(str(maximum)) + 1:
+            raise ConfigurationError(key, clipped(value), _at_most(maximum))
+        size = int(digits)
+        if letter is not None:
+            if binary and not byte:
+                raise ConfigurationError(key, clipped(value), "a binary unit ends in iB (MiB)")
+            base = 1000 if (byte and not binary) else 1024
+            size *= base ** _POWERS[letter.lower()]
+        value = size
+    size = integer(key, value, minimum=1)
+    if size > maximum:
+        raise ConfigurationError(key, clipped(given), _at_most(maximum))
+    return size
+
+
+def _at_most(maximum: int) -> str:
+    """``must be at most 1024T (1 PiB, 1125899906842624 bytes)`` and the like."""
+    for letter, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
+        unit = 1024**power
+        if maximum >= unit and maximum % unit == 0:
+            human = f"{maximum // unit}{letter}"
+            if maximum == 1 << 50:
+                human += " (1 PiB"
+                return f"must be at most {human}, {maximum} bytes)"
+            return f"must be at most {human} ({maximum} bytes)"
+    return f"must be at most {maximum} bytes"

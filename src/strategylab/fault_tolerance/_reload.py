@@ -16,7 +16,14 @@ Environment overrides: ``STRATEGYLAB_SECTION__KEY=value`` sets ``[section] key``
 lowercased; more ``__`` go deeper: ``STRATEGYLAB_STORE__POOL__SIZE``). The value is read as a
 TOML value (``500``, ``1.5``, ``true``, ``"text"``, ``[1, 2]``) and, when it is not one, as a
 plain string (``ws://host:1/feed``). Variables with the prefix but without ``__``
-(``STRATEGYLAB_ADMIN_TOKEN``) are not overrides. An error caused by an override names the variable.
+(``STRATEGYLAB_ADMIN_TOKEN``) are not overrides, unless the caller's prefix is one only overrides
+use (``bare_keys``): then ``PREFIX_NAME`` sets the top-level key ``name`` and the parser refuses
+it by name. An error caused by an override names the variable, also when it is about a table
+that only the overrides created.
+
+Whatever sits at the path (a directory, a FIFO, a symlink loop, a file it may not read, any
+``OSError``) is a rejection naming the path and why: polling goes on and a good file put back is
+loaded at the next poll.
 
 Reloads happen on :meth:`ConfigReloader.reload`, when :meth:`~ConfigReloader.run` (the polling
 task :meth:`~ConfigReloader.start` starts) sees the file's mtime, size, inode or device change,
@@ -68,25 +75,58 @@ class _RejectedError(Exception):
     """A load failed; ``str()`` is the one-line reason (file, key and value)."""
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, for the one-line reason."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _why(exc: OSError) -> str:
+    """``exc`` in a few words: its strerror (``Is a directory``), else its class name."""
+    return exc.strerror or type(exc).__name__
+
+
 def _read_config_file(path: Path) -> bytes:
-    """The bytes of the regular file ``path``; ``_RejectedError`` for anything else."""
+    """The bytes of the regular file ``path``; ``_RejectedError`` naming ``path`` and why for
+    anything else (a missing file, a directory, a FIFO, a symlink loop, a permission refused,
+    any other ``OSError`` while opening or reading it)."""
     try:
         # O_NONBLOCK: a FIFO planted at the path must not block the open (or the event loop).
         fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
     except OSError as exc:
-        raise _RejectedError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+        raise _RejectedError(f"{path}: cannot be read ({_why(exc)})") from None
+    try:
+        # fstat of the descriptor opened, not of the path: no race with a rename in between.
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _RejectedError(f"{path}: not a regular file")
+            raise _RejectedError(f"{path}: not a regular file ({_kind(info.st_mode)})")
         if info.st_size > MAX_CONFIG_BYTES:
             raise _RejectedError(
                 f"{path}: {info.st_size} bytes, more than the {MAX_CONFIG_BYTES} read"
             )
-        data = file.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _RejectedError(f"{path}: cannot be read ({_why(exc)})") from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
         raise _RejectedError(f"{path}: more than the {MAX_CONFIG_BYTES} bytes read")
-    return data
+    return b"".join(chunks)
 
 
 def _env_value(text: str) -> object:
@@ -104,9 +144,17 @@ def apply_env_overrides(
     environ: Mapping[str, str],
     *,
     prefix: str = DEFAULT_ENV_PREFIX,
+    bare_keys: bool = False,
 ) -> tuple[dict[str, object], dict[str, str]]:
     """``data`` with the overrides from ``environ`` applied (a copy; ``data`` is not changed),
     and the dotted keys overridden, each mapped to the variable that set it.
+
+    A table that only overrides created (in no file) is mapped too, to the first variable (by
+    name) that created it, so that an error about an unknown table names that variable.
+    A variable with the prefix but without ``__`` is skipped, unless ``bare_keys`` is true: then
+    it sets the top-level key it names (``STRATEGYLAB_NODE_INGEST=1`` sets ``ingest = 1``), for
+    a prefix that only overrides use, so that the parser refuses it by name rather than it being
+    silently ignored.
 
     Raises :class:`~strategylab.errors.ConfigurationError` naming the variable when it names an
     empty key or a key under a value that is not a table.
@@ -114,13 +162,18 @@ def apply_env_overrides(
     merged = _deep_copy(data)
     sources: dict[str, str] = {}
     for name in sorted(environ):
-        if not name.startswith(prefix) or "__" not in name[len(prefix) :]:
+        if not name.startswith(prefix):
             continue
-        parts = [part.lower() for part in name[len(prefix) :].split("__")]
+        rest = name[len(prefix) :]
+        if "__" not in rest and not bare_keys:
+            continue
+        parts = [part.lower() for part in rest.split("__")]
         if any(not part for part in parts):
             raise ConfigurationError(name, environ[name], "names an empty configuration key")
         table = merged
         for depth, part in enumerate(parts[:-1]):
+            if part not in table:
+                sources.setdefault(".".join(parts[: depth + 1]), name)
             inner = table.setdefault(part, {})
             if not isinstance(inner, dict):
                 dotted = ".".join(parts[: depth + 1])
@@ -160,7 +213,7 @@ def load_toml_config(
 
 
 def _load(
-    path: Path, prefix: str, environ: Mapping[str, str]
+    path: Path, prefix: str, environ: Mapping[str, str], *, bare_keys: bool = False
 ) -> tuple[dict[str, object], dict[str, str]]:
     raw = _read_config_file(path)
     try:
@@ -172,7 +225,7 @@ def _load(
     except tomllib.TOMLDecodeError as exc:
         raise _RejectedError(f"{path}: invalid TOML: {exc}") from None
     try:
-        return apply_env_overrides(data, environ, prefix=prefix)
+        return apply_env_overrides(data, environ, prefix=prefix, bare_keys=bare_keys)
     except ConfigurationError as exc:
         raise _RejectedError(f"environment: {exc}") from None
 
@@ -204,8 +257,12 @@ class ConfigReloader(Generic[_T]):
     ``TypeError`` or ``KeyError`` is also taken as a rejection). ``on_change(config)`` (sync or
     async) is called with each new configuration that differs from the one in force, before it
     is put in force: if it raises, the new configuration is rejected too. ``environ`` defaults to
-    ``os.environ``, read at each load. ``poll_interval`` is the seconds between two looks at the
-    file by :meth:`run`.
+    ``os.environ``, read at each load; ``bare_env_keys`` is :func:`apply_env_overrides`'
+    ``bare_keys``. ``poll_interval`` is the seconds between two looks at the file by :meth:`run`.
+
+    Whatever is at ``path`` (a directory, a FIFO, a symlink loop, a file it may not read) is a
+    rejection naming the path and why, never an exception out of :meth:`reload` or :meth:`run`:
+    polling goes on, and a good file put back is loaded at the next poll.
 
     It is a component (``name``, ``start``, ``stop``, ``health``) with ``reload()``, so the
     recovery manager's CACHE_CLEAR_RELOAD strategy can drive it. One reloader belongs to one
@@ -219,6 +276,7 @@ class ConfigReloader(Generic[_T]):
         *,
         env_prefix: str = DEFAULT_ENV_PREFIX,
         environ: Mapping[str, str] | None = None,
+        bare_env_keys: bool = False,
         clock: Clock = SYSTEM_CLOCK,
         on_change: Callable[[_T], object] | None = None,
         poll_interval: float = 1.0,
@@ -234,6 +292,7 @@ class ConfigReloader(Generic[_T]):
         self._parse = parse
         self._prefix = env_prefix
         self._environ = environ
+        self._bare_env_keys = bool(bare_env_keys)
         self._clock = clock
         self._on_change = on_change
         self._poll_interval = _seconds("poll_interval", poll_interval)
@@ -340,7 +399,7 @@ class ConfigReloader(Generic[_T]):
         self._signature = self._stat()
         environ = os.environ if self._environ is None else self._environ
         try:
-            data, sources = _load(self._path, self._prefix, environ)
+            data, sources = _load(self._path, self._prefix, environ, bare_keys=self._bare_env_keys)
         except _RejectedError as exc:
             return self._reject(str(exc))
         try:
@@ -349,7 +408,7 @@ class ConfigReloader(Generic[_T]):
             origin = sources.get(exc.key)
             where = f"environment {origin}" if origin is not None else str(self._path)
             return self._reject(f"{where}: {exc}")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OSError) as exc:
             return self._reject(f"{self._path}: {type(exc).__name__}: {exc}")
         return config, data
 
@@ -402,11 +461,17 @@ class ConfigReloader(Generic[_T]):
 
     async def run(self) -> None:
         """Look at the file every ``poll_interval`` seconds on the clock; reload when it changed.
-        Runs until cancelled."""
+        Runs until cancelled: a reload that fails in an unforeseen way is logged and counted as
+        a rejection, and polling goes on."""
         while True:
             await self._clock.asleep(self._poll_interval)
-            if self.changed():
-                await self.reload()
+            try:
+                if self.changed():
+                    await self.reload()
+            except Exception as exc:  # the poller must outlive any one bad look at the file
+                _log.exception("%s: the configuration poll failed; polling goes on", self._path)
+                self._reject(f"{self._path}: the reload failed: {type(exc).__name__}: {exc}")
+                self._notify()
 
     async def start(self) -> None:
         """Load the configuration if none is in force, and start the polling task.

@@ -1,12 +1,23 @@
-"""The node's options: :class:`NodeConfig`, checked on construction."""
+"""The node's options: :class:`NodeConfig`, checked on construction.
+
+Every value reaches the node through :class:`NodeConfig`, whether it came from the command line,
+the configuration file or the environment, so its checks are made here once: ``node_name`` is
+1..64 of ``A-Z a-z 0-9 . _ -`` (it is shown on the dashboard and is a metric label),
+``status_host`` an IP address or an RFC 1123 host name, ``memory_budget`` at most
+:attr:`NodeConfig.MAX_MEMORY_BUDGET`. An error names the field; the command line renames it to
+its flag (``--name``), the file loader to its key (``node.node_name``) and its variable.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Final
 
+from strategylab import _validate
 from strategylab._layout import DataLayout
 from strategylab.errors import ConfigurationError
 
@@ -15,10 +26,49 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeConfig"]
 
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _check_status_host(value: object) -> None:
+    """An IP address (``ipaddress.ip_address``) or an RFC 1123 host name that is not all digits
+    and dots (``999.1.1.1`` is a bad address, not a name)."""
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            "status_host", _validate.clipped(value), "must be an IP address or a host name"
+        )
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value) or value.replace(".", "").isdigit():
+            raise ConfigurationError(
+                "status_host", _validate.clipped(value), "must be an IP address or a host name"
+            ) from None
+
+
+def _check_node_name(value: object) -> None:
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
+        raise ConfigurationError(
+            "node_name", _validate.clipped(value), "must be 1..64 of A-Z a-z 0-9 . _ -"
+        )
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
-    """Everything a node needs; ``db`` defaults to ``data_dir/ticks.db``."""
+    """Everything a node needs; ``db`` defaults to ``data_dir/ticks.db``.
+
+    Raises :class:`~strategylab.errors.ConfigurationError` naming the field and the value for a
+    bad one (see the module's docstring for ``node_name``, ``status_host``, ``memory_budget``).
+    """
+
+    MAX_MEMORY_BUDGET: ClassVar[int] = 1 << 50
+    """The largest ``memory_budget``, in bytes: 1 PiB. A fixed bound rather than this machine's
+    memory, so that a configuration file means the same on every host (a budget above the RAM
+    of the machine is harmless: it never triggers); it only refuses absurd values, typos of a
+    unit such as ``99999999999999999999999G``."""
 
     exchange_url: str
     symbols: tuple[str, ...]
@@ -47,15 +97,16 @@ class NodeConfig:
     status_port: int | None = None
     """TCP port of the status service (``0`` picks a free one); None: no status service."""
     status_host: str = "127.0.0.1"
-    """Address the status service binds to."""
+    """Address the status service binds to: an IP address or an RFC 1123 host name."""
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # a secret
     """Bearer token of the admin routes; None: the admin routes answer 403."""
     config_file: Path | None = None
     """A TOML file of node settings, reloaded on change and on SIGHUP (``--config``)."""
     memory_budget: int | None = None
-    """Bytes of RSS the node may use before degradation sheds features; None: no RSS trigger."""
+    """Bytes of RSS the node may use before degradation sheds features, 1 to
+    :attr:`MAX_MEMORY_BUDGET`; None: no RSS trigger."""
     node_name: str = "node"
-    """The node's name on the dashboard and in metric labels."""
+    """The node's name on the dashboard and in metric labels: 1..64 of A-Z a-z 0-9 . _ -."""
     trader: TraderConfig | None = None
     """The optional strategy engine: ``strategylab trade`` with this configuration, run as a
     supervised child process of the node (``--strategy``, ``--book``, ``--param``); its book must
@@ -80,6 +131,14 @@ class NodeConfig:
             isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
         ):
             raise ConfigurationError("memory_budget", budget, "must be a number of bytes > 0")
+        if budget is not None and budget > self.MAX_MEMORY_BUDGET:
+            raise ConfigurationError(
+                "memory_budget",
+                _validate.clipped(budget),
+                f"must be at most 1 PiB ({self.MAX_MEMORY_BUDGET} bytes)",
+            )
+        _check_status_host(self.status_host)
+        _check_node_name(self.node_name)
         if self.admin_token is not None and not self.admin_token.strip():
             raise ConfigurationError("admin_token", "(blank)", "must not be empty")
         if self.trader is not None:

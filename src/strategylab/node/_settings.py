@@ -7,18 +7,26 @@ environment variable and whether it reloads.
 
 Environment overrides follow :func:`~strategylab.fault_tolerance.apply_env_overrides` with the
 prefix :data:`NODE_ENV_PREFIX`: ``STRATEGYLAB_NODE_INGEST__BATCH_SIZE=5000`` sets ``[ingest]
-batch_size``; the value is read as a TOML value. Precedence, highest first: the command-line
-options the user gave (``explicit``), the environment, the file, the defaults (the ``base``
-configuration). Secrets (``signing_key``, ``audit_key``, ``admin_token``) are never read from the
-file or these variables: they come from their own options and variables, so a configuration file
-can be shared and logged.
+batch_size``; the value is read as a TOML value. Every variable with the prefix is an override:
+one without ``__`` names a top-level key (``STRATEGYLAB_NODE_INGEST=1`` is ``ingest = 1``, a
+table given a value), so it is refused by name like an unknown or misplaced one rather than
+ignored; an error caused by a variable names the variable, not the file. Precedence, highest
+first: the command-line options the user gave (``explicit``), the environment, the file, the
+defaults (the ``base`` configuration). Secrets (``signing_key``, ``audit_key``,
+``admin_token``) are never read from the file or these variables: they come from their own
+options and variables, so a configuration file can be shared and logged. The values go through
+:class:`~strategylab.node.NodeConfig`'s checks as the command line's do (``node.node_name`` as
+``--name``, ``status.status_host`` as ``--status-host``, ``degradation.memory_budget`` at most
+1 PiB).
 
 Reloads (on a change of the file's mtime, size or inode, and on SIGHUP) go through
 :class:`~strategylab.fault_tolerance.ConfigReloader`: a bad file (invalid TOML, an unknown key, a
-value of the wrong type or out of range, a missing or oversized file) or a change to a key that
-needs a restart (:data:`RESTART_KEYS`) is rejected with one line naming the key and the value,
-and the last good configuration stays in force. Only :data:`RELOADABLE_KEYS` change a running
-node; the node's ``apply`` callback is called only with an accepted configuration.
+value of the wrong type or out of range, a missing or oversized file, a directory, a FIFO or
+anything else that is not a readable regular file) or a change to a key that needs a restart
+(:data:`RESTART_KEYS`) is rejected with one line naming the key and the value (or the path and
+why), and the last good configuration stays in force; polling goes on. Only
+:data:`RELOADABLE_KEYS` change a running node; the node's ``apply`` callback is called only with
+an accepted configuration.
 """
 
 from __future__ import annotations
@@ -133,31 +141,11 @@ def _postgres(key: str, value: object) -> str:
     return url
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|kB|MB|GB|TB)?\s*")
-_UNITS: Final = {
-    None: 1,
-    "B": 1,
-    "KiB": 1 << 10,
-    "MiB": 1 << 20,
-    "GiB": 1 << 30,
-    "TiB": 1 << 40,
-    "kB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-}
-
-
 def _bytes(key: str, value: object) -> int:
-    """Bytes: an integer, or a string with a unit (``"512MiB"``, ``"2GB"``)."""
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value)
-        if match is None:
-            raise ConfigurationError(
-                key, _validate.clipped(value), "must be bytes: an integer or e.g. '512MiB', '2GB'"
-            )
-        value = int(match.group(1)) * _UNITS[match.group(2)]
-    return _validate.integer(key, value, minimum=1, maximum=1 << 50, unit=" bytes")
+    """Bytes: an integer, or a string with a unit (``"512MiB"``, ``"512M"``, ``"2GB"``; the rules
+    of :func:`strategylab._validate.byte_size`, the same as ``--memory-budget``'s); 1 to
+    :attr:`NodeConfig.MAX_MEMORY_BUDGET` (1 PiB)."""
+    return _validate.byte_size(key, value, maximum=NodeConfig.MAX_MEMORY_BUDGET)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,7 +227,13 @@ def _values(data: Mapping[str, object]) -> dict[str, object]:
                 table, _validate.clipped(content), f"unknown table (known: {known})"
             )
         if not isinstance(content, dict):
-            raise ConfigurationError(table, _validate.clipped(content), "must be a table")
+            example = next(iter(keys))
+            raise ConfigurationError(
+                table,
+                _validate.clipped(content),
+                f"is a table, not a value: set one of its keys ([{table}] {example} = ..., or "
+                f"{NODE_ENV_PREFIX}{table.upper()}__{example.upper()}=...)",
+            )
         for name, value in content.items():
             dotted = f"{table}.{name}"
             if name in _SECRETS:
@@ -315,7 +309,7 @@ def load_node_config(
         return base
     data = load_toml_config(path, env_prefix=NODE_ENV_PREFIX, environ={})
     env = os.environ if environ is None else environ
-    merged, sources = apply_env_overrides(data, env, prefix=NODE_ENV_PREFIX)
+    merged, sources = apply_env_overrides(data, env, prefix=NODE_ENV_PREFIX, bare_keys=True)
     try:
         return _build(merged, base, fields)
     except ConfigurationError as exc:
@@ -382,6 +376,7 @@ class NodeReloader:
             self._parse,
             env_prefix=NODE_ENV_PREFIX,
             environ=environ,
+            bare_env_keys=True,
             clock=clock,
             on_change=self._on_change,
             poll_interval=poll_interval,

@@ -7,13 +7,15 @@
 components' frozen ``statistics()`` / ``snapshot()`` views, taken when a request or a scrape asks.
 Actions (kill, force a breaker, shed or restore a feature, reload the configuration) are coroutines
 that refuse with :class:`~strategylab.service.AdminActionError` (404 unknown name, 409 cannot run
-now, 400 bad value).
+now, 400 bad value). Each one, accepted or refused, is audited (kind ``admin``: ``action``,
+``target``, ``outcome`` and what it did or why it was refused; never the token, which stays in the
+service) and published as an ``admin`` event (:meth:`~._node.Node.record_admin`).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from strategylab.fault_tolerance import (
@@ -126,45 +128,97 @@ class NodeView:
         return monitor.liveness() if kind is ProbeKind.LIVENESS else monitor.readiness()
 
     def recent_audit(self, limit: int) -> list[Mapping[str, Any]]:
-        """The last ``limit`` audit records this node appended, oldest first."""
+        """The last ``limit`` audit records, oldest first (after a restart: the log's last
+        records first, see :meth:`~._node.Node.recent_audit`)."""
         return list(self._node.recent_audit(limit))
 
     # ------------------------------------------------------------------ actions
 
+    async def _audited(
+        self,
+        action: str,
+        target: str | None,
+        run: Callable[[], Awaitable[Mapping[str, Any]]],
+        detail: Mapping[str, Any] | None = None,
+    ) -> Mapping[str, Any]:
+        """``await run()``, audited and published (:meth:`~._node.Node.record_admin`) either way.
+
+        Outcome ``rejected`` (with ``status`` and ``error``) when it raises
+        :class:`AdminActionError` (re-raised) or returns ``ok``/``accepted`` False (a
+        configuration the reloader refused); ``accepted`` (with ``result``) otherwise.
+        ``detail`` is added to the record (the kill's reason)."""
+        extra = dict(detail or {})
+        try:
+            result = await run()
+        except AdminActionError as exc:
+            record = {**extra, "status": exc.status, "error": exc.message}
+            await self._node.record_admin(action, target, "rejected", record)
+            raise
+        refused = result.get("ok") is False or result.get("accepted") is False
+        outcome = "rejected" if refused else "accepted"
+        await self._node.record_admin(action, target, outcome, {**extra, "result": dict(result)})
+        return result
+
     async def kill(self, reason: str) -> Mapping[str, Any]:
         """Pull the kill switch (source ``http``) and return at once; the process exits 3 once
-        the shutdown has run."""
-        if not isinstance(reason, str) or not reason.strip():
-            raise AdminActionError(400, "reason: must be a non-empty string")
-        node = self._node
-        already = node.kill_switch_pulled
-        node.kill_soon(reason.strip(), TriggerSource.HTTP)
-        return {"accepted": True, "already_triggered": already, "reason": reason.strip()}
+        the shutdown has run.
+
+        ``{"accepted": true, "already_triggered": bool, "reason": str, "source": str}``: the
+        reason and source the kill switch recorded, i.e. the first trigger's when it was pulled
+        already (this call then only joins it). 400 for an empty reason."""
+
+        async def run() -> Mapping[str, Any]:
+            if not isinstance(reason, str) or not reason.strip():
+                raise AdminActionError(400, "reason: must be a non-empty string")
+            node = self._node
+            already = node.kill_switch_pulled
+            node.kill_soon(reason.strip(), TriggerSource.HTTP)
+            source = node.kill_source
+            return {
+                "accepted": True,
+                "already_triggered": already,
+                "reason": node.kill_reason,
+                "source": None if source is None else source.value,
+            }
+
+        asked = reason.strip() if isinstance(reason, str) else repr(reason)
+        return await self._audited("kill", None, run, {"reason_given": asked})
 
     async def force_breaker(self, name: str, state: str) -> Mapping[str, Any]:
         """The node has no breakers of its own: every name is unknown (404)."""
-        del state  # whatever it asks for
-        raise AdminActionError(404, f"no breaker {name!r} on this node")
+
+        async def run() -> Mapping[str, Any]:
+            raise AdminActionError(404, f"no breaker {name!r} on this node")
+
+        return await self._audited("breaker", name, run, {"state": state})
 
     async def shed(self, feature: str) -> Mapping[str, Any]:
         """Shed ``feature`` now (404 unknown, 409 without a degradation controller)."""
-        controller = self._controller()
-        try:
-            changed = await controller.shed_feature(feature, reason="manual")
-        except KeyError:
-            raise AdminActionError(404, f"no feature {feature!r}") from None
-        except ValueError as exc:  # an essential feature
-            raise AdminActionError(409, str(exc)) from None
-        return {"feature": feature, "shed": True, "changed": changed}
+
+        async def run() -> Mapping[str, Any]:
+            controller = self._controller()
+            try:
+                changed = await controller.shed_feature(feature, reason="manual")
+            except KeyError:
+                raise AdminActionError(404, f"no feature {feature!r}") from None
+            except ValueError as exc:  # an essential feature
+                raise AdminActionError(409, str(exc)) from None
+            return {"feature": feature, "shed": True, "changed": changed}
+
+        return await self._audited("shed", feature, run)
 
     async def restore(self, feature: str) -> Mapping[str, Any]:
         """Restore ``feature`` now (404 unknown, 409 without a degradation controller)."""
-        controller = self._controller()
-        try:
-            changed = await controller.restore_feature(feature, reason="manual")
-        except KeyError:
-            raise AdminActionError(404, f"no feature {feature!r}") from None
-        return {"feature": feature, "shed": False, "changed": changed}
+
+        async def run() -> Mapping[str, Any]:
+            controller = self._controller()
+            try:
+                changed = await controller.restore_feature(feature, reason="manual")
+            except KeyError:
+                raise AdminActionError(404, f"no feature {feature!r}") from None
+            return {"feature": feature, "shed": False, "changed": changed}
+
+        return await self._audited("restore", feature, run)
 
     def _controller(self) -> Any:
         controller = self._node.degradation
@@ -173,8 +227,20 @@ class NodeView:
         return controller
 
     async def reload_config(self) -> Mapping[str, Any]:
-        """Reload the configuration file now (409 when the node runs without one)."""
+        """Reload the configuration file now: the reloader's ``{"ok": True, "version",
+        "error": None, "changed"}`` when the file's configuration is in force.
+
+        Refuses with :class:`~strategylab.service.AdminActionError` 409 when the node runs
+        without a configuration file, and 422 with the one-line reason (the path and why, or the
+        key and value) when the file is rejected: the last good configuration stays in force.
+        """
         reloader = self._node.reloader
         if reloader is None:
             raise AdminActionError(409, "this node runs without a configuration file (--config)")
-        return await reloader.reload()
+        result = await reloader.reload()
+        if not result["ok"]:
+            reason = result["error"] or "the configuration was rejected"
+            raise AdminActionError(
+                422, f"configuration rejected, the last good one stays in force: {reason}"
+            )
+        return result
