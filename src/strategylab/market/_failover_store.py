@@ -39,6 +39,14 @@ to the manager as one :class:`~strategylab.market.SpoolCorruptionError` per pass
 :meth:`FailoverStore.last_seqs` holds every symbol at its resume limit, so the feed asks the
 exchange for the damaged range again.
 
+The RESUME POINT never falls back below what the primary holds: :meth:`FailoverStore.open` reads
+the primary's positions once (bounded by ``max(10 * stall_timeout, 10 s)``, not by the
+``stall_timeout`` of one write), and :meth:`FailoverStore.last_seqs` merges them with every batch
+acknowledged since and the spool. A primary that fails or stalls on a later ``last_seqs`` is then
+left out without loss: what it holds is already known. (Before, a stalled read, e.g. a full scan of
+millions of rows, made the resume point the spool's, nothing after a restart, and the feed asked
+the exchange for everything from seq 1 and declared what it no longer retained lost.)
+
 Only the error that starts an outage is reported to the recovery manager. Failed probes and failed
 drain attempts during the same outage are counted in :meth:`FailoverStore.statistics` instead:
 reporting each one would look like a storm of new errors and escalate (for a full disk, to the
@@ -77,6 +85,8 @@ __all__ = ["FailoverState", "FailoverStatistics", "FailoverStore", "StoreStallEr
 _T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
+_OPEN_READ_MIN: Final = 10.0
+"""Seconds the primary's positions may take to read when the store is opened, at least."""
 
 _UNLOCKED_PASSES: Final = 8
 """At most this many drain passes run while writes keep going to the spool (see ``_drain``)."""
@@ -139,10 +149,16 @@ class _StallGuard:
         self.stalls = 0
         self.stragglers: set[asyncio.Task[Any]] = set()
 
-    async def run(self, operation: str, call: Coroutine[Any, Any, _T]) -> _T:
+    async def run(
+        self,
+        operation: str,
+        call: Coroutine[Any, Any, _T],
+        timeout: float | None = None,  # noqa: ASYNC109 - a bound for one call, not a scope
+    ) -> _T:
+        limit = self.timeout if timeout is None else timeout
         task = asyncio.create_task(call, name=f"{self.store}.{operation}")
         try:
-            done, _ = await asyncio.wait((task,), timeout=self.timeout)
+            done, _ = await asyncio.wait((task,), timeout=limit)
         except asyncio.CancelledError:
             task.cancel()
             self._adopt(task)
@@ -150,7 +166,7 @@ class _StallGuard:
         if not done:
             self.stalls += 1
             self._adopt(task)
-            raise StoreStallError(self.store, operation, self.timeout)
+            raise StoreStallError(self.store, operation, limit)
         return task.result()
 
     def pending(self, operation: str) -> bool:
@@ -291,7 +307,10 @@ class FailoverStore:
         self._task: asyncio.Task[None] | None = None
         self._failback_error: BaseException | None = None
         self._died = asyncio.Event()
+        # Durable positions known here: the primary's when opened, then every acknowledged batch.
         self._known: dict[str, int] = {}
+        self._primary_known = False
+        self._unknown_warned = False
         self._to_primary = 0
         self._to_spool = 0
         self._drained = 0
@@ -320,13 +339,14 @@ class FailoverStore:
         except Exception as exc:
             await self._fail_over(exc)
         else:
-            if not self.spool.is_empty():
+            stored = await self._learn_primary()
+            if not self.spool.is_empty() and stored is not None:
                 # Before the first drain: a primary that ends before the spool begins lost a
                 # range after it was acknowledged (a rebuilt file): fetch that range again.
                 try:
-                    await self.spool.hold_behind(await self._bounded.last_seqs())
-                except Exception as exc:  # positions unknown: nothing to compare with
-                    _log.warning("%s: primary positions unavailable: %r", self._name, exc)
+                    await self.spool.hold_behind(stored)
+                except Exception as exc:  # as before: the drain and the resume limits go on
+                    _log.warning("%s: could not hold the resume point: %r", self._name, exc)
             if self.spool.needs_settle:
                 # Before anything new reaches the primary: its positions now are from before
                 # the damage. If that fails, the drain settles first (writes go to the spool).
@@ -466,14 +486,46 @@ class FailoverStore:
         """The highest sequence per symbol in the primary or the spool (or acknowledged here),
         held at the resume limits that spool corruption left (where the feed must resume).
 
-        A primary that fails or stalls (``stall_timeout``) is left out."""
+        A primary that fails or stalls (``stall_timeout``) is left out; its positions read at
+        :meth:`open` still count, so the answer does not fall back. Only when they could not be
+        read then either is the answer a lower bound (logged once as a WARNING): the feed may
+        fetch again what the primary holds, and the exchange may call part of that lost."""
         merged = dict(self._known)
         _merge_max(merged, await self.spool.last_seqs())
         try:
-            _merge_max(merged, await self._guard.run("last_seqs", self.primary.last_seqs()))
+            stored = await self._guard.run("last_seqs", self.primary.last_seqs())
         except Exception as exc:  # the spool and the acks still count
-            _log.debug("%s: primary positions unavailable: %r", self._name, exc)
+            if self._primary_known:
+                _log.debug("%s: primary positions unavailable: %r", self._name, exc)
+            elif not self._unknown_warned:
+                self._unknown_warned = True
+                _log.warning(
+                    "%s: the primary's positions are unknown (%r): resuming from the spool's "
+                    "and this run's; what the exchange no longer retains of a range the primary "
+                    "holds may be reported lost",
+                    self._name,
+                    exc,
+                )
+        else:
+            _merge_max(merged, stored)
+            if not self._primary_known:
+                self._primary_known = True
+                _merge_max(self._known, stored)
         return self.spool.apply_resume_limits(merged)
+
+    async def _learn_primary(self) -> dict[str, int] | None:
+        """Read the just-opened primary's positions into the known ones; None when it cannot
+        answer within ``max(10 * stall_timeout, 10 s)`` (a warning; :meth:`last_seqs` tries
+        again). Must run before anything new reaches the primary (see ``hold_behind``)."""
+        bound = max(10 * self._guard.timeout, _OPEN_READ_MIN)
+        try:
+            stored = await self._guard.run("last_seqs", self.primary.last_seqs(), timeout=bound)
+        except Exception as exc:  # positions unknown: nothing to compare with
+            _log.warning("%s: primary positions unavailable: %r", self._name, exc)
+            return None
+        self._primary_known = True
+        _merge_max(self._known, stored)
+        return dict(stored)
 
     async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
         """Ticks of ``symbol`` in the range from the primary and the pending spool, in order."""

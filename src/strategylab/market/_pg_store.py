@@ -336,9 +336,21 @@ class PostgresTickStore:
             return await self._write_executemany(conn, ticks)
 
     async def last_seqs(self) -> dict[str, int]:
-        """The highest stored sequence per symbol."""
+        """The highest stored sequence per symbol (where a feed resumes).
+
+        A loose index scan (a recursive CTE: one primary-key seek per symbol to find the next,
+        one for its highest seq), so the answer takes milliseconds however many ticks are
+        stored; ``GROUP BY symbol`` reads every row, and a bounded caller (a FailoverStore's
+        ``stall_timeout``) gave up on it once the table held millions."""
         rows = await self._fetch(
-            sql.SQL("SELECT symbol, MAX(seq) FROM {} GROUP BY symbol").format(self._table)
+            sql.SQL(
+                "WITH RECURSIVE s(symbol) AS ("
+                "SELECT (SELECT min(symbol) FROM {t}) "
+                "UNION ALL SELECT (SELECT min(symbol) FROM {t} WHERE symbol > s.symbol) "
+                "FROM s WHERE s.symbol IS NOT NULL) "
+                "SELECT symbol, (SELECT max(seq) FROM {t} AS x WHERE x.symbol = s.symbol) "
+                "FROM s WHERE symbol IS NOT NULL"
+            ).format(t=self._table)
         )
         return {str(symbol): int(seq) for symbol, seq in rows}
 

@@ -217,8 +217,11 @@ class SQLiteReads:
         return True
 
     async def last_seqs(self) -> dict[str, int]:
-        """The highest stored sequence per symbol."""
-        rows = await self._query("SELECT symbol, MAX(seq) FROM ticks GROUP BY symbol", ())
+        """The highest stored sequence per symbol, by index seeks (the store's own query:
+        milliseconds however many ticks are stored)."""
+        from ._sqlite_store import _LAST_SEQS_SQL  # noqa: PLC0415 - the store's query, once
+
+        rows = await self._query(_LAST_SEQS_SQL, ())
         return {str(symbol): int(seq) for symbol, seq in rows}
 
     async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
