@@ -195,9 +195,12 @@ class _FeedSession(_FeedFrames):
             await ws.send(_json_encode(subscribe).decode())
             try:
                 await self._watch(reader)
-            except StaleFeedError:
+            except (StaleFeedError, asyncio.CancelledError):
                 # A dead connection cannot complete a closing handshake: ``async with ws`` would
-                # wait websockets' close_timeout (10 s) before the reconnect. Abort it instead.
+                # wait websockets' close_timeout before the reconnect. Nor is one waited for when
+                # the feed is stopped (a kill, a shutdown): under a backlog the peer's close
+                # frame sits behind megabytes of unread frames, so the handshake would take the
+                # whole close_timeout. Abort the transport instead.
                 ws.transport.abort()
                 raise
             finally:

@@ -52,13 +52,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from strategylab._files import make_private_dir, refuse_symlinks, refuse_unsafe_dirs
-from strategylab._tasks import log_failure
+from strategylab._tasks import cancel_and_wait, log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import (
@@ -167,7 +168,10 @@ class Node:
         self._service: Any = None
         self._reloader: NodeReloader | None = None
         self._resume: Resume | None = None
-        self._recent_audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
+        self._recent_audit: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=_RECENT_AUDIT
+        )
+        self._config_watch: asyncio.Task[None] | None = None
         self.chart_enabled = True
         """False while the degradation controller has shed the live price chart."""
         self.events_enabled = True
@@ -327,7 +331,9 @@ class Node:
         return {} if self._sink is None else self._sink.last_prices()
 
     def recent_audit(self, limit: int) -> list[dict[str, Any]]:
-        """The last ``limit`` audit records this process appended, oldest first."""
+        """The last ``limit`` audit records, oldest first: those ``audit.jsonl`` ended with at
+        start (its last :data:`_AUDIT_TAIL_BYTES` bytes, at most :data:`_RECENT_AUDIT` records),
+        then those this process appended. Each is ``{"seq", "timestamp", "kind", "data"}``."""
         if limit <= 0:
             return []
         return list(self._recent_audit)[-limit:]
@@ -382,6 +388,8 @@ class Node:
                 "audit_anchor", {"seq": seq, "hash": digest}, self._status_out
             ),
         )
+        # /status shows the log's last records after a restart too, not only this run's.
+        self._recent_audit.extend(_audit_tail(layout.audit))
         manager = self._manager = ErrorRecoveryManager(
             policies={ErrorType.DISK_SPACE_EXHAUSTED: _disk_full_policy(cfg, self._clock)},
             clock=self._clock,
@@ -479,7 +487,7 @@ class Node:
         manager.add_listener(self._on_recovery)
         children = [
             ChildSpec(id="health", start=monitor_child(monitor), shutdown=1.0),
-            ChildSpec(id="degradation", start=degradation, shutdown=1.0),
+            ChildSpec(id="degradation", start=degradation.supervised(), shutdown=1.0),
         ]
         service = self._service_child()
         if service is not None:
@@ -511,6 +519,10 @@ class Node:
                 cfg, self._apply_config, clock=self._clock, explicit=cfg.explicit
             )
             await self._reloader.start()
+            self._config_watch = asyncio.create_task(
+                self._watch_rejections(self._reloader), name="node.config-rejections"
+            )
+            self._config_watch.add_done_callback(log_failure)
 
     def _build_degradation(self, cfg: NodeConfig) -> NodeDegradation:
         """A degradation controller for ``cfg`` (its ``memory_budget``) over the node's
@@ -632,7 +644,8 @@ class Node:
         ingest value outside the running knob's bounds (``[1, start value * scale_limit]``);
         nothing is then changed and the reloader keeps the last good configuration. Every
         applied change is audited (kind ``config_reload``) and published as a ``config`` event
-        ``{"changed": [keys], "applied": {key: value}, "at_next_start": [keys]}``.
+        ``{"ok": true, "changed": [keys], "applied": {key: value}, "at_next_start": [keys]}``;
+        a rejected configuration too (``"ok": false``, see :meth:`_watch_rejections`).
         """
         old = self.config
         changed = changed_keys(old, new)
@@ -641,18 +654,15 @@ class Node:
         controller: NodeDegradation | None = None
         if "degradation.memory_budget" in changed and self._degradation is not None:
             controller = self._build_degradation(new)
-        # In force from here.
-        self.config = new
+        if controller is not None and self._degradation is not None:
+            await self._degradation.replace(controller)
         applied: dict[str, Any] = {
             key: getattr(new, key.split(".", 1)[1])
             for key in changed
             if key.split(".", 1)[1] in _LIVE_FIELDS
         }
-        for knob, value in knobs:
-            knob.setter(value)
-            applied[f"ingest.{knob.name}"] = knob.getter()
-        if controller is not None and self._degradation is not None:
-            await self._degradation.replace(controller)
+        applied |= {f"ingest.{knob.name}": value for knob, value in knobs}
+        if controller is not None:
             applied["degradation.memory_budget"] = new.memory_budget
         later = [key for key in changed if key not in applied]
         if later:
@@ -661,11 +671,56 @@ class Node:
                 ", ".join(later),
                 "s" if len(later) == 1 else "",
             )
-        record = {"changed": changed, "applied": applied, "at_next_start": later}
-        if self._audit is not None:
-            with contextlib.suppress(Exception):  # a closed or full log must not undo the reload
-                await _OpenAudit(self._audit, self._recent_audit).aappend("config_reload", record)
+        record = {"ok": True, "changed": changed, "applied": applied, "at_next_start": later}
+        # A closed or full log must not undo the reload: _append_audit logs, never raises.
+        await self._append_audit("config_reload", record)
+        # In force from here, with no await until the reloader counts the new version: nobody
+        # sees the new values with the old version number (/status reads both).
+        self.config = new
+        for knob, value in knobs:
+            knob.setter(value)
         self._publish("config", record)
+
+    async def _watch_rejections(self, reloader: NodeReloader) -> None:
+        """Audit (kind ``config_reload``) and publish (a ``config`` event) every rejected
+        configuration, whatever triggered the load (the poll, SIGHUP, ``POST /admin/reload``,
+        the start): ``{"ok": false, "error": reason, "path": file, "rejections": count}``.
+        Loads in quick succession may be reported together (the last reason, the count)."""
+        seen = attempts = 0
+        while True:
+            status = await reloader.wait_for_attempt(attempts + 1)
+            attempts = status["attempts"]
+            if status["rejections"] <= seen:
+                continue
+            seen = status["rejections"]
+            record = {
+                "ok": False,
+                "error": status["last_error"],
+                "path": status["path"],
+                "rejections": seen,
+            }
+            await self._append_audit("config_reload", record)
+            self._publish("config", record)
+
+    async def record_admin(
+        self, action: str, target: str | None, outcome: str, detail: Mapping[str, Any]
+    ) -> None:
+        """Audit an admin action (kind ``admin``) and publish it as an ``admin`` event:
+        ``{"action", "target", "outcome", **detail}``. ``outcome`` is ``"accepted"`` or
+        ``"rejected"``; ``detail`` must hold no secret (the admin token never reaches the
+        node). A log that is closed or fails is logged, never raised: the action stands."""
+        record = {"action": action, "target": target, "outcome": outcome, **detail}
+        await self._append_audit("admin", record)
+        self._publish("admin", record)
+
+    async def _append_audit(self, kind: str, record: Mapping[str, Any]) -> None:
+        """Append one record (kept for ``/status``); a failure is one logged line."""
+        if self._audit is None:
+            return
+        try:
+            await _OpenAudit(self._audit, self._recent_audit).aappend(kind, record)
+        except Exception as exc:
+            _log.error("audit: a %s record was not written: %r", kind, exc)
 
     def _ingest_changes(self, new: NodeConfig, changed: list[str]) -> list[tuple[ScalingKnob, int]]:
         """The ingest knobs to set for ``new`` and their values; ConfigurationError (key and
@@ -750,6 +805,8 @@ class Node:
     async def _stop_operations(self, seconds: float, *, supervisor: bool) -> None:
         """Stop the reloader, the health monitor, the degradation loop and (``supervisor``) the
         supervisor with its children, each within ``seconds``."""
+        watch, self._config_watch = self._config_watch, None
+        await cancel_and_wait((watch,))
         reloader, self._reloader = self._reloader, None
         if reloader is not None:
             await _bounded(reloader.aclose(), seconds, "config reloader stop")
@@ -1033,6 +1090,63 @@ class _OpenAudit:
             }
         )
         return record
+
+
+_RECENT_AUDIT: Final = 256
+"""Audit records kept in memory for ``/status`` (which shows the last 20)."""
+_AUDIT_TAIL_BYTES: Final = 256 * 1024
+"""How much of the end of ``audit.jsonl`` a start reads for ``/status``."""
+
+
+def _audit_tail(
+    path: os.PathLike[str] | str,
+    limit: int = _RECENT_AUDIT,
+    max_bytes: int = _AUDIT_TAIL_BYTES,
+) -> list[dict[str, Any]]:
+    """The last ``limit`` records of the audit log at ``path`` (read from its last ``max_bytes``
+    bytes), oldest first, as ``{"seq", "timestamp", "kind", "data"}``; [] when there is none.
+
+    The log was verified when it was opened (its chain and anchors): this only picks the
+    records out again for ``/status``. A partial first line (the cut) and anything that is not
+    a record are skipped; an unreadable file gives [] (logged)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        _log.warning("audit: the last records of %s not read: %s", path, exc)
+        return []
+    try:
+        size = os.fstat(fd).st_size
+        start = max(size - max_bytes, 0)
+        raw = os.pread(fd, size - start, start)
+    except OSError as exc:
+        _log.warning("audit: the last records of %s not read: %s", path, exc)
+        return []
+    finally:
+        os.close(fd)
+    lines = raw.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # cut mid-line (or at its start: one record less, no harm)
+    records: list[dict[str, Any]] = []
+    for line in lines[-limit - 1 :]:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("data"), dict):
+            continue
+        records.append(
+            {
+                "seq": value.get("seq"),
+                "timestamp": value.get("timestamp"),
+                "kind": value.get("kind"),
+                "data": value["data"],
+            }
+        )
+    return records[-limit:]
 
 
 _TRADER_STOP: Final = 3.0

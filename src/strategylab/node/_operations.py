@@ -352,12 +352,13 @@ class ServiceChild:
 
 
 class DegradationSlot:
-    """The degradation controller as a supervised child and a recovery-manager component,
-    delegating to whichever controller is in the slot now: :meth:`replace` swaps in a new one
-    (a reload of ``memory_budget``) without restarting the supervisor or re-registering.
+    """The degradation controller as a recovery-manager component, delegating to whichever
+    controller is in the slot now: :meth:`replace` swaps in a new one (a reload of
+    ``memory_budget``) without restarting the supervisor or re-registering.
 
     ``name`` is the controller's (``"degradation"``); ``start``, ``stop``, ``health``,
-    ``degrade(level)`` and ``restore()`` are the current controller's.
+    ``degrade(level)`` and ``restore()`` are the current controller's. The supervisor runs
+    :meth:`supervised` instead, whose health is the evaluation loop's (see there).
     """
 
     def __init__(self, controller: NodeDegradation) -> None:
@@ -385,8 +386,24 @@ class DegradationSlot:
         await self._controller.stop()
 
     async def health(self) -> bool:
-        """The current controller's ``health()``."""
+        """The current controller's ``health()`` (False while a trigger reads above its mark:
+        the manager's view, after a GRACEFUL_DEGRADATION)."""
         return await self._controller.health()
+
+    @property
+    def running(self) -> bool:
+        """True while the slot is started and the current controller's evaluation loop runs."""
+        return self._running and self._controller.running
+
+    def supervised(self) -> _SupervisedDegradation:
+        """The slot as the supervisor's child: ``start``/``stop`` are the slot's, ``health()``
+        is :attr:`running`.
+
+        Not the controller's ``health()``: that is False while memory, loop lag, queue or CPU
+        read above their marks, which is exactly when the controller must run (to shed). A
+        node whose RSS is above its budget at start would otherwise never be ready (and a
+        running one would be restarted, then escalated, for being loaded)."""
+        return _SupervisedDegradation(self)
 
     async def degrade(self, level: int) -> bool:
         """The current controller's ``degrade(level)``."""
@@ -413,3 +430,27 @@ class DegradationSlot:
         self._controller = new
         if running:
             await new.start()
+
+
+class _SupervisedDegradation:
+    """:meth:`DegradationSlot.supervised`: a component whose health is "the loop runs"."""
+
+    def __init__(self, slot: DegradationSlot) -> None:
+        self._slot = slot
+
+    @property
+    def name(self) -> str:
+        """The controller's component name."""
+        return self._slot.name
+
+    async def start(self) -> None:
+        """Start the slot (its current controller)."""
+        await self._slot.start()
+
+    async def stop(self) -> None:
+        """Stop the slot; shed features stay shed."""
+        await self._slot.stop()
+
+    async def health(self) -> bool:
+        """True while the evaluation loop runs."""
+        return self._slot.running

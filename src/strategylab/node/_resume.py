@@ -3,8 +3,9 @@
 At start (:func:`prepare_resume`, before the store is opened), a node whose data directory holds
 ``UNCLEAN_SHUTDOWN`` reads and verifies ``snapshot.json``
 (:func:`~strategylab.fault_tolerance.read_snapshot`): a damaged snapshot refuses the start
-(:class:`~strategylab.fault_tolerance.SnapshotError`, naming the file; the process exits 1); a
-marker without a snapshot resumes with a warning. Once the store is open,
+(:class:`~strategylab.fault_tolerance.SnapshotError`, naming the file and how to recover: inspect
+it, and to resume from the store alone move it aside; the process exits 1); a marker without a
+snapshot resumes with a warning. Once the store is open,
 :meth:`Resume.compare` checks that the store holds at least the snapshot's last durable sequence
 per symbol (a store behind it lost acknowledged ticks: reported, not hidden). The feed resumes
 from the store's watermarks (``Feed`` asks the ingestor's ``last_seqs``, i.e. the store), so
@@ -21,6 +22,7 @@ from typing import Any
 
 from strategylab._layout import DataLayout
 from strategylab.fault_tolerance import (
+    SnapshotError,
     StateSnapshot,
     UncleanMarker,
     clear_unclean,
@@ -28,7 +30,7 @@ from strategylab.fault_tolerance import (
     unclean_marker,
 )
 
-__all__ = ["Resume", "prepare_resume"]
+__all__ = ["Resume", "prepare_resume", "recovery_hint"]
 
 _log = logging.getLogger("strategylab.node._node")
 
@@ -87,12 +89,26 @@ class Resume:
         return self.cleared
 
 
+def recovery_hint(layout: DataLayout) -> str:
+    """What to do about a damaged ``snapshot.json`` (one line, for the refusal).
+
+    Moving the snapshot aside rather than the marker: the next start still knows that the
+    last shutdown was unclean (its ``resumed`` line, the store compared, the marker's reason),
+    and resumes from the store alone, with a warning that there was no snapshot."""
+    path = layout.snapshot
+    return (
+        f"inspect it; to resume from the store alone, move it aside "
+        f"(mv {path} {path}.damaged) and start again"
+    )
+
+
 def prepare_resume(layout: DataLayout) -> Resume | None:
     """The resume plan when ``layout`` holds an unclean-shutdown marker, else None.
 
     Raises :class:`~strategylab.fault_tolerance.SnapshotError` naming ``snapshot.json`` when the
-    snapshot is damaged (the node must not start on it), and
-    :class:`~strategylab._files.UnsafePathError` for a symlink or special file at either path.
+    snapshot is damaged (the node must not start on it), its reason ending with
+    :func:`recovery_hint`; :class:`~strategylab._files.UnsafePathError` for a symlink or special
+    file at either path.
     """
     marker = unclean_marker(layout)
     if marker is None:
@@ -103,6 +119,8 @@ def prepare_resume(layout: DataLayout) -> Resume | None:
     snapshot: StateSnapshot | None
     try:
         snapshot = read_snapshot(layout)
+    except SnapshotError as exc:
+        raise SnapshotError(exc.path, f"{exc.reason}; {recovery_hint(layout)}") from exc
     except FileNotFoundError:
         snapshot = None
         warnings.append(f"no snapshot at {layout.snapshot}: resuming from the store alone")
