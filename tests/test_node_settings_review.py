@@ -286,6 +286,20 @@ class _ReloadingSource(LabSource):
         return await self.view.reload_config()
 
 
+class _NodeSeam(SimpleNamespace):
+    """The two parts of a node NodeView.reload_config uses: its reloader, and record_admin (the
+    audit of admin actions), recorded here."""
+
+    def __init__(self, reloader: NodeReloader) -> None:
+        super().__init__(reloader=reloader)
+        self.admin: list[tuple[str, str | None, str]] = []
+
+    async def record_admin(
+        self, action: str, target: str | None, outcome: str, data: dict[str, Any]
+    ) -> None:
+        self.admin.append((action, target, outcome))
+
+
 @pytest.fixture
 async def admin(
     conf: Path, tmp_path: Path
@@ -294,8 +308,8 @@ async def admin(
     clock = FakeClock(autojump_threshold=None)
     reloader = await _reloader(conf, {}, clock)
     source = _ReloadingSource(clock, tmp_path / "audit.log")
-    # NodeView.reload_config reads only the node's reloader: the seam is that one attribute.
-    source.view = NodeView(cast("Node", SimpleNamespace(reloader=reloader)))
+    # NodeView.reload_config reads the node's reloader and audits through record_admin.
+    source.view = NodeView(cast("Node", _NodeSeam(reloader)))
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with (
@@ -332,12 +346,14 @@ async def test_node_view_refuses_a_rejected_file_with_422(conf: Path) -> None:
     """A bad value is an AdminActionError 422 naming key and value."""
     reloader = await _reloader(conf, {})
     try:
-        view = NodeView(cast("Node", SimpleNamespace(reloader=reloader)))
+        seam = _NodeSeam(reloader)
+        view = NodeView(cast("Node", seam))
         _write(conf, "[ingest]\nbatch_size = 0\n")
         with pytest.raises(AdminActionError) as info:
             await view.reload_config()
         assert info.value.status == 422
         assert "ingest.batch_size=0" in info.value.message
+        assert seam.admin == [("reload", None, "rejected")]  # audited
     finally:
         await reloader.aclose()
 

@@ -92,7 +92,11 @@ async def run_node(
             waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(halted.wait()))
             try:
                 # node.config: a reloaded status_interval applies from the next line.
-                await asyncio.wait(waiters, timeout=node.config.status_interval)
+                await asyncio.wait(
+                    waiters,
+                    timeout=node.config.status_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 for waiter in waiters:
                     waiter.cancel()

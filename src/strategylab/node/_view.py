@@ -235,12 +235,18 @@ class NodeView:
         key and value) when the file is rejected: the last good configuration stays in force.
         """
         reloader = self._node.reloader
-        if reloader is None:
-            raise AdminActionError(409, "this node runs without a configuration file (--config)")
-        result = await reloader.reload()
-        if not result["ok"]:
-            reason = result["error"] or "the configuration was rejected"
-            raise AdminActionError(
-                422, f"configuration rejected, the last good one stays in force: {reason}"
-            )
-        return result
+
+        async def run() -> Mapping[str, Any]:
+            if reloader is None:
+                raise AdminActionError(
+                    409, "this node runs without a configuration file (--config)"
+                )
+            result = await reloader.reload()
+            if not result["ok"]:
+                reason = result["error"] or "the configuration was rejected"
+                raise AdminActionError(
+                    422, f"configuration rejected, the last good one stays in force: {reason}"
+                )
+            return result
+
+        return await self._audited("reload", None, run)
