@@ -164,6 +164,13 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
     )
     assert "node_name" in (await rejected.first.text_content() or "")
 
+    # An audited admin action (the node's "admin" event) lands in the recovery timeline.
+    service.publish("admin", {"action": "shed", "target": "live_chart", "outcome": "accepted"})
+    await page.wait_for_function(
+        "[...document.querySelectorAll('[data-testid=timeline-entry]')]"
+        ".some(e => e.textContent.includes('admin shed') && e.textContent.includes('live_chart'))"
+    )
+
     # Live data: prices arrive as events on the service clock and land in the chart.
     chart = page.get_by_test_id("price-chart")
     assert await chart.get_attribute("data-points") == "0"

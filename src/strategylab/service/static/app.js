@@ -333,6 +333,14 @@
     addTimeline(`ev:${++eventSeq}`, now(), "kill switch", d.reason || "", "bad");
   }
 
+  function onAdmin(d) {
+    // The node's audit of an admin action: {action, target, outcome, ...}.
+    const ok = d.outcome !== "rejected";
+    const what = "admin " + (d.action || "action") + (ok ? "" : " refused");
+    const detail = [d.target, d.reason, d.error].filter((x) => typeof x === "string" && x).join(" · ");
+    addTimeline(`ev:${++eventSeq}`, now(), what, detail, ok ? "warn" : "bad");
+  }
+
   function onConfig(d) {
     const ok = d.accepted !== false && d.ok !== false;
     const detail = d.error || d.reason || (Array.isArray(d.changed) ? d.changed.join(", ") : "");
@@ -448,6 +456,7 @@
     source.addEventListener("degradation", json(onDegradation));
     source.addEventListener("kill_switch", json(onKill));
     source.addEventListener("config", json(onConfig));
+    source.addEventListener("admin", json(onAdmin));
   }
 
   setInterval(() => {
