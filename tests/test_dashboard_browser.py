@@ -166,10 +166,9 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
 
     # An audited admin action (the node's "admin" event) lands in the recovery timeline.
     service.publish("admin", {"action": "shed", "target": "live_chart", "outcome": "accepted"})
-    await page.wait_for_function(
-        "[...document.querySelectorAll('[data-testid=timeline-entry]')]"
-        ".some(e => e.textContent.includes('admin shed') && e.textContent.includes('live_chart'))"
-    )
+    entry = page.get_by_test_id("timeline-entry").filter(has_text="admin shed")
+    await entry.first.wait_for(timeout=10_000)
+    assert "live_chart" in (await entry.first.text_content() or "")
 
     # Live data: prices arrive as events on the service clock and land in the chart.
     chart = page.get_by_test_id("price-chart")
