@@ -8,11 +8,12 @@ the configuration path. Each is a rejection naming the path and why, never an ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,19 +110,35 @@ async def test_reload_rejects_a_bad_path_and_keeps_the_config(
     assert reloader.current is good
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+@contextlib.contextmanager
+def _unprivileged() -> Iterator[None]:
+    """As root, act as ``nobody`` (effective uid) for the block, so that a file's mode is
+    enforced; as anyone else, nothing changes."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
 async def test_a_file_it_may_not_read_is_a_rejection(tmp_path: Path) -> None:
-    """A permission refused is a rejection naming the path, not a PermissionError."""
+    """A permission refused is a rejection naming the path, not a PermissionError (run as root,
+    the reload runs with the effective uid of ``nobody``, which the mode then applies to)."""
     path = tmp_path / "node.toml"
     _write(path, 200)
     reloader = ConfigReloader(path, _parse, environ={}, clock=FakeClock(autojump_threshold=None))
-    reloader.load()
+    good = reloader.load()
     path.chmod(0)
     try:
-        assert await reloader.reload() is False
+        with _unprivileged():
+            assert await reloader.reload() is False
     finally:
         path.chmod(0o600)
     assert f"{path}: cannot be read (Permission denied)" in (reloader.status().last_error or "")
+    assert reloader.current is good
 
 
 async def _settle() -> None:

@@ -36,7 +36,7 @@ from strategylab.market import (
     Tick,
 )
 from strategylab.market._ledger import read_emitted
-from strategylab.market._sqlite_store import _LAST_SEQS_SQL
+from strategylab.market._reader import _LAST_SEQS_SQL
 
 pytestmark = pytest.mark.integration
 

@@ -68,6 +68,20 @@ _WAL_VERSION: Final = 2
 _DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
+_LAST_SEQS_SQL: Final = (
+    "WITH RECURSIVE s(symbol) AS ("
+    "SELECT (SELECT MIN(symbol) FROM ticks) "
+    "UNION ALL SELECT (SELECT MIN(symbol) FROM ticks WHERE symbol > s.symbol) FROM s "
+    "WHERE s.symbol IS NOT NULL) "
+    "SELECT symbol, (SELECT MAX(seq) FROM ticks WHERE ticks.symbol = s.symbol) "
+    "FROM s WHERE symbol IS NOT NULL"
+)
+"""The highest seq per symbol as index seeks (one to find each next symbol, one for its highest
+seq): O(symbols x log ticks). ``SELECT symbol, MAX(seq) FROM ticks GROUP BY symbol`` scans every
+row (~0.12 s per million ticks), which made a FailoverStore's bounded ``last_seqs`` stall on a
+store of millions of ticks and the feed resume from seq 1."""
+
+
 class StoreUnusableError(StrategyLabError):
     """A tick store that cannot be used as one: missing, empty, not SQLite, no ``ticks`` table,
     an invalid URL. The message names the store."""
@@ -217,10 +231,8 @@ class SQLiteReads:
         return True
 
     async def last_seqs(self) -> dict[str, int]:
-        """The highest stored sequence per symbol, by index seeks (the store's own query:
-        milliseconds however many ticks are stored)."""
-        from ._sqlite_store import _LAST_SEQS_SQL  # noqa: PLC0415 - the store's query, once
-
+        """The highest stored sequence per symbol (where a feed resumes), by index seeks: a few
+        milliseconds however many ticks are stored (see :data:`_LAST_SEQS_SQL`)."""
         rows = await self._query(_LAST_SEQS_SQL, ())
         return {str(symbol): int(seq) for symbol, seq in rows}
 

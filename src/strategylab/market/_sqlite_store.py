@@ -120,18 +120,6 @@ _TAIL_SQL: Final = (
     "ORDER BY seq DESC LIMIT ?"
 )
 _TAIL_TYPES: Final = ("integer", "integer", "real", "real", "real", "real")
-_LAST_SEQS_SQL: Final = (
-    "WITH RECURSIVE s(symbol) AS ("
-    "SELECT (SELECT MIN(symbol) FROM ticks) "
-    "UNION ALL SELECT (SELECT MIN(symbol) FROM ticks WHERE symbol > s.symbol) FROM s "
-    "WHERE s.symbol IS NOT NULL) "
-    "SELECT symbol, (SELECT MAX(seq) FROM ticks WHERE ticks.symbol = s.symbol) "
-    "FROM s WHERE symbol IS NOT NULL"
-)
-"""The highest seq per symbol as index seeks (one to find each next symbol, one for its highest
-seq): O(symbols x log ticks). ``SELECT symbol, MAX(seq) FROM ticks GROUP BY symbol`` scans every
-row (~0.12 s per million ticks), which made a FailoverStore's bounded ``last_seqs`` stall on a
-store of millions of ticks and the feed resume from seq 1."""
 # Failures of the integrity check that say nothing about the file's bytes: they propagate.
 _NOT_DAMAGE: Final = frozenset(
     {
@@ -503,12 +491,6 @@ class SQLiteTickStore(SQLiteReads):
         """Keep refused input with its reason (one durable transaction)."""
         if entries:
             await self._run(functools.partial(self._quarantine, entries))
-
-    async def last_seqs(self) -> dict[str, int]:
-        """The highest stored sequence per symbol (where a feed resumes), by index seeks: a few
-        milliseconds however many ticks are stored (see :data:`_LAST_SEQS_SQL`)."""
-        rows = await self._query(_LAST_SEQS_SQL, ())
-        return {str(symbol): int(seq) for symbol, seq in rows}
 
     # ------------------------------------------------------------------ worker-thread side
 
