@@ -4,13 +4,15 @@
 a :class:`CircuitBreakerRegistry` with real breakers, a :class:`HealthMonitor` whose ``store``
 check the test flips (``source.store_ok``; drive it with ``await source.monitor.probe("store")``)
 and a :class:`DegradationController` whose ``live_chart`` feature turns the service's chart off
-and on, all on one :class:`FakeClock`.
+and on, all on one :class:`FakeClock`. A test sets ``source.supervisor`` (a
+:class:`SupervisorSnapshot`) and ``source.extra`` (``trader``, ``resumed``, ``config``) to show what
+a node with a trader child puts on ``/status``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from strategylab.fault_tolerance import (
     ProbeKind,
     ProbeResult,
     RecoveryEvent,
+    SupervisorSnapshot,
 )
 from strategylab.market import IngestStatistics
 from strategylab.service import AdminActionError, NodeSnapshot, StatusService
@@ -40,13 +43,20 @@ BREAKERS = ("exchange-api", "store", "backup-exchange")
 class LabSource:
     """The node, as far as the status service can tell, made of real components."""
 
-    def __init__(self, clock: FakeClock, audit_path: Path, *, node: str = "lab-node") -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        audit_path: Path,
+        *,
+        node: str = "lab-node",
+        breakers: Sequence[str] = BREAKERS,
+    ) -> None:
         self.clock = clock
         self.node = node
         self.audit = AuditLog(audit_path, clock=clock, fsync=False)
         self.manager = ErrorRecoveryManager(clock=clock, audit=self.audit)
         self.breakers = CircuitBreakerRegistry(clock=clock, failure_threshold=3)
-        for name in BREAKERS:
+        for name in breakers:
             self.breakers.get_or_create(name)
         self.store_ok = True
         self.monitor = HealthMonitor(
@@ -75,7 +85,10 @@ class LabSource:
         self.kill_report: Mapping[str, Any] | None = None
         self.reloads = 0
         self.extra: dict[str, Any] = {}
-        """What the node puts under ``/status``'s ``extra`` (``resumed``, ``config``)."""
+        """What the node puts under ``/status``'s ``extra`` (``resumed``, ``config``,
+        ``trader``)."""
+        self.supervisor: SupervisorSnapshot | None = None
+        """The node's supervisor as ``/status`` shows it (None: the node runs none)."""
         self.started = clock.monotonic()
 
     # ------------------------------------------------------------------ the components
@@ -153,7 +166,7 @@ class LabSource:
             breakers=self.breakers.metrics(),
             health=self.monitor.snapshot(),
             degradation=self.degradation.snapshot(),
-            supervisor=None,
+            supervisor=self.supervisor,
             ingest=IngestStatistics(
                 queued=self.queued,
                 queue_peak=self.queued,

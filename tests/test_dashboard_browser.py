@@ -2,7 +2,9 @@
 
 The page loads from a real :class:`StatusService` over real components, shows live data from
 ``/events``, and shows a component going unhealthy and recovering; it shows the node's resume
-after an unclean shutdown and rejected configurations (from ``/status`` and from events). With
+after an unclean shutdown and rejected configurations (from ``/status`` and from events); a node
+with a trader child shows its panel (process, trading, risk, positions, restarts, last exit), each
+kill-switch step by name, and a node without breakers says so. With
 ``STRATEGYLAB_DASHBOARD_SCREENSHOT`` set, a full-page screenshot goes to that path.
 """
 
@@ -19,7 +21,23 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from service_support import LabSource, serving
-from strategylab.fault_tolerance import ErrorType, HealthCheckFailedError
+from strategylab.fault_tolerance import (
+    ChildSnapshot,
+    ChildStatus,
+    DataLayout,
+    ErrorType,
+    HealthCheckFailedError,
+    KillStep,
+    KillSwitch,
+    RestartOutcome,
+    RestartRecord,
+    RestartStrategy,
+    RestartType,
+    StateSnapshot,
+    SupervisorSnapshot,
+    SupervisorState,
+    TriggerSource,
+)
 from strategylab.service import StatusService
 from strategylab.testing import FakeClock
 
@@ -74,6 +92,16 @@ async def _until(condition: Any, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - a socket-level condition, no event to await
             await asyncio.sleep(0.01)
+
+
+async def _page_until(page: Page, expression: str, arg: object = None) -> None:
+    """Poll ``expression`` (JavaScript, given ``arg`` when a function) in the page until it is
+    truthy. Not ``page.wait_for_function``: its in-page polling evaluates the string, which the
+    dashboard's Content-Security-Policy (``script-src 'self'``) refuses unless it holds at the
+    first try; ``page.evaluate`` runs through the DevTools protocol, outside the page's CSP."""
+    async with asyncio.timeout(WAIT_MS / 1000):
+        while not await page.evaluate(expression, arg):  # noqa: ASYNC110 - a page condition
+            await asyncio.sleep(0.02)
 
 
 # What the node puts under /status's extra (see strategylab.node's NodeView): a resume after an
@@ -141,7 +169,7 @@ async def test_dashboard_shows_live_data_and_a_component_failing_and_recovering(
 
 async def _drive(page: Page, service: StatusService, source: LabSource, clock: FakeClock) -> None:
     await page.goto(service.url + "/")
-    await page.wait_for_function("document.getElementById('node-name').textContent === 'node-a'")
+    await _page_until(page, "document.getElementById('node-name').textContent === 'node-a'")
     badge = page.get_by_test_id("health-badge-store")
     assert await badge.get_attribute("data-state") == "healthy"
     await _until(lambda: service.event_clients == 1)
@@ -159,8 +187,8 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
 
     # A "config" event that was not accepted adds an entry at once, newest first.
     service.publish("config", {"accepted": False, "error": "node_name = '': must not be empty"})
-    await page.wait_for_function(
-        "document.querySelectorAll('[data-testid=config-rejected-entry]').length === 2"
+    await _page_until(
+        page, "document.querySelectorAll('[data-testid=config-rejected-entry]').length === 2"
     )
     assert "node_name" in (await rejected.first.text_content() or "")
 
@@ -176,7 +204,8 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
     for step in range(1, 31):
         source.tick(_prices(step))
         clock.advance(0.5)
-        await page.wait_for_function(
+        await _page_until(
+            page,
             "n => Number(document.getElementById('price-chart').dataset.points) >= n",
             arg=step * len(SYMBOLS),
         )
@@ -184,7 +213,7 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
 
     # The periodic status event updates the figures without a reload.
     clock.advance(0.5)
-    await page.wait_for_function("document.getElementById('queue-depth').textContent === '37'")
+    await _page_until(page, "document.getElementById('queue-depth').textContent === '37'")
     assert (
         await page.get_by_test_id("breaker-badge-backup-exchange").get_attribute("data-state")
         == "forced_open"
@@ -207,7 +236,173 @@ async def _drive(page: Page, service: StatusService, source: LabSource, clock: F
         # A last status event so that every table shows the same moment, then the picture.
         source.tick(_prices(31))
         clock.advance(0.5)
-        await page.wait_for_function(
-            "document.querySelectorAll('[data-testid=timeline-entry]').length >= 4"
+        await _page_until(
+            page, "document.querySelectorAll('[data-testid=timeline-entry]').length >= 4"
         )
         await page.screenshot(path=shot, full_page=True)
+
+
+# ---------------------------------------------------------------------- a node with a trader
+
+TRADER_PID = 4242
+# What the node puts under extra["trader"] (TraderChild.summary): the engine's last status line.
+TRADER: dict[str, Any] = {
+    "pid": TRADER_PID,
+    "book": "/data/node-a/book.db",
+    "trading": True,
+    "risk_state": "active",
+    "positions": {"momentum": {"BTC-USD": 0.5, "ETH-USD": 0.0}, "mean_rev": {"SOL-USD": -12.0}},
+    "open_orders": 3,
+    "resumed": False,
+    "started_with": ["reconciled", "trading"],
+}
+
+
+def _supervisor(
+    clock: FakeClock, *, status: ChildStatus, pid: int | None, restarts: int
+) -> SupervisorSnapshot:
+    """The node supervisor's snapshot with its trader child, after ``restarts`` SIGKILLs."""
+    history = tuple(
+        RestartRecord(
+            child_id="trader",
+            reason="exit status -9 (SIGKILL)",
+            exit_status=-9,
+            time=clock.time(),
+            outcome=RestartOutcome.RESTARTED,
+            restarted=("trader",),
+        )
+        for _ in range(restarts)
+    )
+    child = ChildSnapshot(
+        id="trader",
+        kind="process",
+        restart=RestartType.PERMANENT,
+        status=status,
+        restarts=restarts,
+        pid=pid,
+        last_reason="exit status -9 (SIGKILL)" if restarts else None,
+        last_exit_status=-9 if restarts else None,
+    )
+    return SupervisorSnapshot(
+        name="node",
+        state=SupervisorState.RUNNING,
+        strategy=RestartStrategy.ONE_FOR_ONE,
+        intensity=3,
+        period=10.0,
+        children=(child,),
+        restarts_total=restarts,
+        restarts_in_window=restarts,
+        history=history,
+        escalations=0,
+        stragglers=(),
+    )
+
+
+def _cancel_orders() -> None:
+    raise RuntimeError("trader 4242: not confirmed cancelled at the exchange: c-17")
+
+
+async def test_dashboard_shows_the_trader_and_each_kill_step_by_name(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The trader panel from /status (supervisor child and extra.trader), following a restart;
+    a real kill switch's steps in the timeline by name, outcome and duration; no breakers."""
+    clock = FakeClock(start=1_700_000_000.0, autojump_threshold=None)
+    source = LabSource(clock, tmp_path / "audit.log", node="node-t", breakers=())
+    await source.probe_all()
+    source.supervisor = _supervisor(clock, status=ChildStatus.RUNNING, pid=TRADER_PID, restarts=2)
+    source.extra = {"trader": dict(TRADER)}
+    async with serving(source, clock=clock) as service:
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        try:
+            await _drive_trader(page, service, source, clock, tmp_path)
+        finally:
+            await page.close()
+        assert errors == []
+
+
+async def _drive_trader(
+    page: Page, service: StatusService, source: LabSource, clock: FakeClock, tmp_path: Path
+) -> None:
+    await page.goto(service.url + "/")
+    await _page_until(page, "document.getElementById('node-name').textContent === 'node-t'")
+    await _until(lambda: service.event_clients == 1)
+
+    # No breakers: said so, and no empty table.
+    assert await page.get_by_test_id("breakers-empty").is_visible()
+    empty = await page.get_by_test_id("breakers-empty").text_content()
+    assert empty == "this node has no circuit breakers"
+    assert not await page.get_by_test_id("breakers-table").is_visible()
+
+    # The trader as /status shows it.
+    assert await page.get_by_test_id("trader").is_visible()
+    assert await page.get_by_test_id("trader-pid").text_content() == str(TRADER_PID)
+    assert await page.get_by_test_id("trader-status").get_attribute("data-state") == "running"
+    assert await page.get_by_test_id("trader-trading").get_attribute("data-state") == "trading"
+    assert await page.get_by_test_id("trader-risk").text_content() == "ACTIVE"
+    assert await page.get_by_test_id("trader-open-orders").text_content() == "3"
+    assert await page.get_by_test_id("trader-restarts").text_content() == "2"
+    last_exit = await page.get_by_test_id("trader-last-exit").text_content() or ""
+    assert "exit status -9 (SIGKILL)" in last_exit
+    assert "restarted" in last_exit
+    rows = page.get_by_test_id("trader-position")
+    assert await rows.count() == 2  # ETH-USD at 0 units is no position
+    texts = [await rows.nth(i).text_content() or "" for i in range(2)]
+    assert any("mean_rev" in t and "SOL-USD" in t and "-12" in t for t in texts), texts
+    assert any("momentum" in t and "BTC-USD" in t and "0.5" in t for t in texts), texts
+    assert "/data/node-a/book.db" in (await page.get_by_test_id("trader-book").text_content() or "")
+
+    # A third SIGKILL: the supervisor restarts it, the engine does not trade yet.
+    source.supervisor = _supervisor(clock, status=ChildStatus.RESTARTING, pid=None, restarts=3)
+    source.extra = {"trader": {**TRADER, "pid": None, "trading": False, "risk_state": "halted"}}
+    clock.advance(1.0)  # the periodic status event (status_interval 1 s)
+    await page.wait_for_selector('[data-testid="trader-status"][data-state="restarting"]')
+    assert await page.get_by_test_id("trader-pid").text_content() == "none"
+    assert await page.get_by_test_id("trader-trading").get_attribute("data-state") == "not_trading"
+    assert await page.get_by_test_id("trader-risk").text_content() == "HALTED"
+    assert await page.get_by_test_id("trader-restarts").text_content() == "3"
+
+    await _kill_steps(page, service, source, clock, tmp_path)
+
+
+async def _kill_steps(
+    page: Page, service: StatusService, source: LabSource, clock: FakeClock, tmp_path: Path
+) -> None:
+    # A real kill switch, auditing into the node's audit log: halt ok, cancel_orders failed.
+    switch = KillSwitch(
+        [KillStep("halt", lambda: None, 1.0), KillStep("cancel_orders", _cancel_orders, 1.0)],
+        layout=DataLayout(tmp_path / "data"),
+        snapshot_source=lambda: StateSnapshot.create(
+            reason="test", positions={}, open_orders=[], last_sequence={}, clock=clock
+        ),
+        clock=clock,
+        audit=source.audit,
+    )
+    report = await switch.trigger("operator: stop trading", TriggerSource.HTTP)
+    source.kill_report = report.to_dict()
+    clock.advance(1.0)  # the next status event carries the audit records
+    steps = page.get_by_test_id("timeline-entry").filter(has_text="kill step")
+    await _page_until(page, "document.querySelectorAll('[data-testid=timeline-entry]').length >= 5")
+    halt = steps.filter(has_text="kill step halt")
+    await halt.first.wait_for()
+    assert await halt.count() == 1
+    assert "halt · ok · 0 ms" in (await halt.first.text_content() or "")
+    cancel = steps.filter(has_text="kill step cancel_orders")
+    assert await cancel.count() == 1
+    cancelled = await cancel.first.text_content() or ""
+    assert "cancel_orders · failed" in cancelled
+    assert "not confirmed cancelled" in cancelled
+    for name in ("snapshot", "marker"):
+        assert await steps.filter(has_text=f"kill step {name}").count() == 1
+    assert await page.get_by_test_id("kill-switch").get_attribute("data-state") == "pulled"
+
+    # The node's "finished" event repeats the steps: each is still listed once.
+    service.publish("kill_switch", {"event": "finished", **report.to_dict()})
+    finished = page.get_by_test_id("timeline-entry").filter(has_text="kill switch finished")
+    await finished.first.wait_for()
+    assert "failed: cancel_orders" in (await finished.first.text_content() or "")
+    assert await steps.filter(has_text="kill step halt").count() == 1

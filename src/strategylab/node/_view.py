@@ -19,13 +19,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from strategylab.fault_tolerance import (
+    DegradationController,
     HealthState,
     ProbeKind,
     ProbeResult,
     TriggerSource,
+    TriggerStatus,
 )
 from strategylab.market import FailoverStore
 from strategylab.service import AdminActionError, NodeSnapshot
+
+from ._shedding import MEMORY_SHED_AT
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -208,10 +212,22 @@ class NodeView:
         return await self._audited("shed", feature, run)
 
     async def restore(self, feature: str) -> Mapping[str, Any]:
-        """Restore ``feature`` now (404 unknown, 409 without a degradation controller)."""
+        """Restore ``feature`` now: ``{"feature", "shed": False, "changed": bool}``.
+
+        404 for an unknown feature; 409 without a degradation controller, and 409 while a
+        trigger reads over its shed mark (its last evaluated reading, from
+        :meth:`~strategylab.fault_tolerance.DegradationController.snapshot`): the controller
+        would shed the feature again within one evaluation, so the restore is refused rather
+        than answered ``changed: true`` and undone. The message names the trigger and its
+        reading (``trigger memory over its mark (92 % of the budget): ...``)."""
 
         async def run() -> Mapping[str, Any]:
             controller = self._controller()
+            now = controller.snapshot()
+            shed = any(f.name == feature and not f.active for f in now.features)
+            over = next((t for t in now.triggers if t.over), None)
+            if shed and over is not None:  # on already: nothing to undo, answer as before
+                raise AdminActionError(409, _refusal(over))
             try:
                 changed = await controller.restore_feature(feature, reason="manual")
             except KeyError:
@@ -220,7 +236,7 @@ class NodeView:
 
         return await self._audited("restore", feature, run)
 
-    def _controller(self) -> Any:
+    def _controller(self) -> DegradationController:
         controller = self._node.degradation
         if controller is None:
             raise AdminActionError(409, "this node runs no degradation controller")
@@ -250,3 +266,23 @@ class NodeView:
             return result
 
         return await self._audited("reload", None, run)
+
+
+def _refusal(trigger: TriggerStatus) -> str:
+    """Why a feature is not restored while ``trigger`` reads over its shed mark: the trigger and
+    its reading in the signal's terms (the node's triggers, see :mod:`._shedding`)."""
+    reading = trigger.reading
+    mark = trigger.shed_above
+    if reading is None:  # over is only set from a reading; kept for the type checker
+        what = "no reading"
+    elif trigger.name == "memory":  # rss_trigger: shed_above is MEMORY_SHED_AT of the budget
+        what = f"{reading / (mark / MEMORY_SHED_AT) * 100:.0f} % of the budget"
+    elif trigger.name == "ingest_queue":  # a fill fraction of the queue's capacity
+        what = f"{reading * 100:.0f} % of the ingest queue's capacity, mark {mark * 100:.0f} %"
+    elif trigger.name == "loop_lag":
+        what = f"event-loop lag {reading:.3g} s, mark {mark:g} s"
+    elif trigger.name == "cpu":
+        what = f"{reading:.0f} % of one CPU, mark {mark:g} %"
+    else:
+        what = f"reading {reading:g}, mark {mark:g}"
+    return f"trigger {trigger.name} over its mark ({what}): the controller would shed it again"

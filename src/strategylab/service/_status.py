@@ -42,7 +42,8 @@ The body is a JSON object (every key always present; ``null`` for a part the nod
 ``events``
     ``{"clients": int, "dropped_clients": int}`` (server-sent-event clients now, and dropped
     for being too slow since start);
-``extra`` (whatever else the node put on its snapshot).
+``extra`` (whatever else the node put on its snapshot; the dashboard reads ``resumed``,
+``config`` and ``trader``: with the supervisor's child ``trader``, its panel).
 
 Enums are given by value, UUIDs as strings, mappings with string keys, non-finite floats as
 ``null`` (JSON has no NaN).

@@ -105,6 +105,8 @@
 
   function renderBreakers(breakers) {
     const names = Object.keys(breakers || {}).sort();
+    // A node that guards nothing with a breaker: say so, no empty table that reads as a fault.
+    $("breakers-table").hidden = names.length === 0;
     fill($("breakers-table"), names.map((name) => {
       const b = breakers[name];
       return el("tr", { "data-testid": "breaker-row-" + slug(name) },
@@ -165,6 +167,72 @@
     text("supervisor-restarts", s.supervisor ? num(s.supervisor.restarts_total) : "–");
   }
 
+  // The trader child: the supervisor's view of the process (pid, status, restarts, last exit)
+  // and the node's view of the engine (extra.trader: trading, risk state, positions, orders).
+  function renderTrader(supervisor, trader, riskState) {
+    const children = supervisor && Array.isArray(supervisor.children) ? supervisor.children : [];
+    const child = children.find((c) => c.id === "trader");
+    const info = trader && typeof trader === "object" ? trader : null;
+    const card = $("card-trader");
+    card.hidden = !child && !info;
+    if (card.hidden) return;
+    const status = child ? child.status : null;
+    setBadge($("trader-status"), status, status ? `process ${status}` : "process unknown");
+    const trading = info ? info.trading === true : null;
+    setBadge($("trader-trading"), trading === null ? null : trading ? "trading" : "not_trading",
+      trading === null ? "trading unknown" : trading ? "trading" : "not trading");
+    const pid = child && child.pid !== null && child.pid !== undefined ? child.pid : info ? info.pid : null;
+    text("trader-pid", pid === null || pid === undefined ? "none" : String(pid));
+    const risk = (info && info.risk_state) || riskState;
+    setBadge($("trader-risk"), risk ? String(risk).toLowerCase() : null, risk ? String(risk).toUpperCase() : "–");
+    text("trader-open-orders", info ? num(info.open_orders) : "–");
+    text("trader-restarts", child ? num(child.restarts) : "–");
+    text("trader-last-exit", lastExit(supervisor, child));
+    text("trader-book", info && info.book ? `book ${info.book}${info.resumed ? " · resumed after an unclean shutdown" : ""}` : "");
+    const rows = [];
+    const positions = info && info.positions && typeof info.positions === "object" ? info.positions : {};
+    for (const strategy of Object.keys(positions).sort()) {
+      const held = positions[strategy];
+      const bySymbol = held && typeof held === "object" ? held : { [strategy]: held };
+      const name = held && typeof held === "object" ? strategy : "";
+      for (const symbol of Object.keys(bySymbol).sort()) {
+        const units = bySymbol[symbol];
+        if (typeof units !== "number" || units === 0) continue;
+        rows.push(el("tr", { "data-testid": "trader-position" },
+          el("td", { text: name }), el("td", { text: symbol }), el("td", { className: "num", text: num(units, 6) })));
+      }
+    }
+    fill($("trader-positions"), rows, "trader-positions-empty");
+    $("trader-positions").hidden = rows.length === 0;
+    const kill = info && info.kill && typeof info.kill === "object" ? info.kill : null;
+    $("trader-kill").hidden = !kill;
+    if (kill) {
+      const parts = ["kill switch:"];
+      if (kill.complete === true) parts.push("orders cancelled at the exchange");
+      else if (kill.complete === false) parts.push(`NOT confirmed cancelled: ${(kill.left_open || []).join(", ") || "unknown"}`);
+      if (typeof kill.halted_ms === "number") parts.push(`halted in ${num(kill.halted_ms, 1)} ms`);
+      if (kill.snapshot) parts.push(`snapshot ${kill.snapshot}`);
+      if (kill.note) parts.push(kill.note);
+      text("trader-kill", parts.join(" · "));
+    }
+  }
+
+  function lastExit(supervisor, child) {
+    // The supervisor's last record of the trader's exit (reason, what it did, when), else the
+    // child's last exit status; "none" while it never exited.
+    const history = supervisor && Array.isArray(supervisor.history) ? supervisor.history : [];
+    const last = history.filter((r) => r.child_id === "trader").pop();
+    if (last) {
+      const parts = [last.reason || `exit status ${last.exit_status}`];
+      if (last.outcome) parts.push(String(last.outcome).replace(/_/g, " "));
+      if (typeof last.time === "number") parts.push(clock(last.time));
+      return parts.join(" · ");
+    }
+    if (child && child.last_reason) return child.last_reason;
+    if (child && child.last_exit_status !== null && child.last_exit_status !== undefined) return `exit status ${child.last_exit_status}`;
+    return "none";
+  }
+
   function renderKill(kill) {
     const node = $("kill-switch");
     if (kill) {
@@ -205,7 +273,48 @@
     for (const r of records || []) {
       const t = Date.parse(r.timestamp) / 1000;
       const data = r.data || {};
-      addTimeline(`audit:${r.seq}`, Number.isNaN(t) ? now() : t, r.kind, summary(data), toneOf(r.kind, data));
+      const at = Number.isNaN(t) ? now() : t;
+      if (r.kind === "kill_switch") addKill(at, data, `audit:${r.seq}`);
+      else addTimeline(`audit:${r.seq}`, at, r.kind, summary(data), toneOf(r.kind, data));
+    }
+  }
+
+  // The kill switch's records (audit kind "kill_switch", and the node's "kill_switch" events):
+  // {event: "triggered" | "step" | "trigger_joined" | "finished", ...}. A step shows its name,
+  // outcome and duration. Steps and the end are keyed by what they are, so the same step seen
+  // as an event and then in /status's audit is listed once.
+  const STEP_OUTCOME = { ok: "ok", timed_out: "timed out", failed: "failed" };
+
+  function stepLine(step) {
+    const parts = [step.step || step.name || "?", STEP_OUTCOME[step.outcome] || String(step.outcome || "?")];
+    if (typeof step.duration_ms === "number") parts.push(`${num(step.duration_ms, 1)} ms`);
+    if (step.error) parts.push(String(step.error).slice(0, 160));
+    return parts.join(" · ");
+  }
+
+  function addKill(t, d, fallbackKey) {
+    const event = d.event;
+    if (event === "step") {
+      const name = d.step || d.name || "?";
+      addTimeline(`kill:step:${name}`, t, `kill step ${name}`, stepLine(d), d.outcome === "ok" ? "warn" : "bad");
+    } else if (event === "finished") {
+      const steps = Array.isArray(d.steps) ? d.steps : [];
+      const failed = steps.filter((x) => x.outcome !== "ok").map((x) => x.name);
+      const parts = [`exit ${d.exit_code ?? "?"}`];
+      if (typeof d.duration_ms === "number") parts.push(`${num(d.duration_ms, 1)} ms`);
+      parts.push(failed.length ? `failed: ${failed.join(", ")}` : `${steps.length} steps ok`);
+      addTimeline("kill:finished", t, "kill switch finished", parts.join(" · "), "bad");
+      // Each step at its own end: the trigger's time plus its elapsed_ms (else the report's).
+      const start = Date.parse(d.triggered_time) / 1000;
+      for (const x of steps) {
+        const end = Number.isNaN(start) || typeof x.elapsed_ms !== "number" ? t : start + x.elapsed_ms / 1000;
+        addKill(end, { event: "step", step: x.name, ...x }, null);
+      }
+    } else if (event === "triggered" || event === undefined) {
+      addTimeline("kill:triggered", t, "kill switch pulled", [d.reason, d.source].filter(Boolean).join(" · "), "bad");
+    } else {
+      addTimeline(fallbackKey || `ev:${++eventSeq}`, t, `kill switch ${String(event).replace(/_/g, " ")}`,
+        [d.reason, d.source].filter(Boolean).join(" · "), "bad");
     }
   }
 
@@ -287,6 +396,7 @@
     const extra = s.extra && typeof s.extra === "object" ? s.extra : {};
     renderResumed(extra.resumed);
     renderConfig(extra.config);
+    renderTrader(s.supervisor, extra.trader, s.risk_state);
   }
 
   // ---------------------------------------------------------------- timeline
@@ -330,7 +440,7 @@
 
   function onKill(d) {
     renderKill(d);
-    addTimeline(`ev:${++eventSeq}`, now(), "kill switch", d.reason || "", "bad");
+    addKill(now(), d, null);
   }
 
   function onAdmin(d) {
