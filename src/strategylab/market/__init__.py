@@ -90,6 +90,7 @@ if TYPE_CHECKING:
         TickSink,
     )
     from ._feed_errors import (
+        EndpointBehindError,
         FeedDisconnectedError,
         FeedError,
         InvalidTickError,
@@ -200,6 +201,7 @@ _HOMES: dict[str, str] = {
     "FailoverStore": "strategylab.market._failover_store",
     "Feed": "strategylab.market._feed",
     "FeedConfig": "strategylab.market._feed_config",
+    "EndpointBehindError": "strategylab.market._feed_errors",
     "FeedDisconnectedError": "strategylab.market._feed_errors",
     "FeedError": "strategylab.market._feed_errors",
     "FeedStatistics": "strategylab.market._feed_config",
@@ -324,6 +326,7 @@ __all__ = [
     "BacktestStatistics",
     "ControlReply",
     "EmittedLog",
+    "EndpointBehindError",
     "EngineConfig",
     "EngineStatus",
     "Exchange",

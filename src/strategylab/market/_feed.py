@@ -26,6 +26,17 @@ itself wakes up late (the process was stopped with SIGSTOP, or its event loop wa
 frames that arrived meanwhile are still buffered, unread, so the watchdog re-arms instead of
 discarding them with the connection.
 
+An endpoint that is BEHIND is not used: its last sequence for a symbol (from its ``subscribed``
+answer, or a heartbeat) is below what this feed has stored or handed on, so everything it sends
+would be dropped as a duplicate (a replica that is lagging, or an exchange restarted from 1). The
+feed logs it once per endpoint (WARNING: the URL, each symbol, its last seq and ours), drops the
+connection (:class:`EndpointBehindError`, reported as a connection drop), reports itself not
+ready (``health()`` False, ``FeedStatistics.behind``) until an endpoint is current again, and
+fails over to the next endpoint; the behind one is retried later like any failed one. A probe
+before a failback checks the same (see :meth:`_FeedState._probe`): the feed switches back only
+to a primary that has caught up. A backup must serve the same sequence space (a replica of the
+same feed): the feed refuses one that is behind, and cannot tell a replica whose content differs.
+
 Reconnects back off exponentially with full jitter, the first one immediately; the backoff is reset
 only by a connection that has proven itself (data delivered and acknowledged by the sink, or alive
 ``proven_after`` seconds), never by a bare "subscribed", and a server's request to wait (close code
@@ -50,6 +61,7 @@ from strategylab._tasks import cancel_and_wait
 
 from ._feed_config import AcknowledgingSink, FeedConfig, FeedStatistics, TickSink
 from ._feed_errors import (
+    EndpointBehindError,
     FeedDisconnectedError,
     FeedError,
     InvalidTickError,
@@ -65,6 +77,7 @@ from ._tick import Tick
 
 __all__ = [
     "AcknowledgingSink",
+    "EndpointBehindError",
     "Feed",
     "FeedConfig",
     "FeedDisconnectedError",
@@ -138,8 +151,9 @@ class Feed(_FeedSession):
         return True
 
     async def health(self) -> bool:
-        """Connected, subscribed, a frame seen within ``stale_after`` (or blocked on the sink)."""
-        if not (self._connected and self._subscribed):
+        """Connected, subscribed, a frame seen within ``stale_after`` (or blocked on the sink),
+        and not waiting for an endpoint that is behind (``FeedStatistics.behind``)."""
+        if self._behind or not (self._connected and self._subscribed):
             return False
         if self._blocked:
             return True
@@ -182,6 +196,8 @@ class Feed(_FeedSession):
             failovers=endpoints.failovers,
             failbacks=endpoints.failbacks,
             failed_probes=endpoints.failed_probes,
+            behind=self._behind,
+            behind_refusals=self._behind_refusals,
         )
 
     # ------------------------------------------------------------------ connection loop

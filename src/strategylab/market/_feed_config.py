@@ -221,4 +221,9 @@ class FeedStatistics:
     failbacks: int = 0
     """Switches back to a higher-priority endpoint after it passed ``failback_after`` probes."""
     failed_probes: int = 0
-    """Probes of a higher-priority endpoint (WebSocket handshakes) that failed."""
+    """Probes of a higher-priority endpoint that failed (no handshake, no answer, or behind)."""
+    behind: bool = False
+    """The last endpoint connected to was behind this feed's watermark and was refused, and no
+    current endpoint has been subscribed to since: the feed is not ready (``health()`` False)."""
+    behind_refusals: int = 0
+    """Connections and probes that found an endpoint behind (see :class:`EndpointBehindError`)."""

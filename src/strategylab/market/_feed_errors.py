@@ -7,6 +7,7 @@ from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import ErrorType
 
 __all__ = [
+    "EndpointBehindError",
     "FeedDisconnectedError",
     "FeedError",
     "InvalidTickError",
@@ -33,6 +34,21 @@ class FeedDisconnectedError(FeedError, ConnectionError):
 
 class StaleFeedError(FeedDisconnectedError):
     """No frame, heartbeats included, for ``stale_after`` seconds: the connection is dead."""
+
+
+class EndpointBehindError(FeedDisconnectedError):
+    """The exchange endpoint says it has emitted less than this node already holds.
+
+    Its last sequence for a symbol (from the ``subscribed`` answer or a heartbeat) is below the
+    feed's watermark (stored or handed on): everything it would send is a duplicate, or the
+    stream of another exchange under the same numbers. The connection is dropped and the
+    endpoint treated as failed (the next one is used; this one is retried later). ``lagging``
+    holds ``(symbol, its last seq, ours)`` per symbol behind. Reported as a connection drop.
+    """
+
+    def __init__(self, message: str, lagging: tuple[tuple[str, int, int], ...]) -> None:
+        super().__init__(message)
+        self.lagging = lagging
 
 
 class SecurityViolationError(FeedDisconnectedError):

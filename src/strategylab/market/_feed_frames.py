@@ -44,7 +44,9 @@ class _FeedFrames(_FeedSequencer):
         for an answer of another session."""
         kind = frame.kind
         if kind == KIND_HEARTBEAT:
-            await self._on_heartbeat(ws, decode_heartbeat(frame.payload).last)
+            last = decode_heartbeat(frame.payload).last
+            self._check_behind(last)
+            await self._on_heartbeat(ws, last)
         elif kind == KIND_REPLAY_DONE:
             done = decode_replay_done(frame.payload)
             self._check_session(done.session, "replay-done")
@@ -123,6 +125,11 @@ class _FeedFrames(_FeedSequencer):
     def _on_subscribed(self) -> None:
         # Not a reset of the backoff or of the outage: a server that answers "subscribed" and
         # closes has proven nothing (see _check_proven).
+        self._behind = False
+        self._behind_urls.discard(self._conn_url)
+        # A new episode of failed attempts starts after a subscription (not after a handshake
+        # with an endpoint that then proved to be behind).
+        self._connect_logged.clear()
         self._subscribed = True
         self._backoff.healthy()
         self._healthy.set()
@@ -157,6 +164,7 @@ class _FeedFrames(_FeedSequencer):
         """Act on one decoded control answer (from JSON text, or a verified control frame)."""
         kind = reply.get("type")
         if kind == "subscribed":
+            self._check_behind(reply.get("last"))
             self._on_subscribed()
         elif kind == "error" and "unknown" in reply:
             self._on_unknown_symbols(reply.get("unknown"))

@@ -19,6 +19,7 @@ from strategylab.fault_tolerance import FailoverMember, retry_after_hint
 
 from ._feed_backoff import RETRY_LATER_CODES
 from ._feed_errors import (
+    EndpointBehindError,
     FeedDisconnectedError,
     FeedError,
     ReplayTimeoutError,
@@ -66,13 +67,16 @@ class _FeedSession(_FeedFrames):
                 self._group.report_failure(member)
                 delay = 0.0
         elif error is not None:
-            if ws is None or isinstance(error, StaleFeedError):
-                # Unreachable or silent: the next attempt goes to the next endpoint (no-op
-                # with one URL); the group probes this one and switches back once healthy.
+            if ws is None or isinstance(error, StaleFeedError | EndpointBehindError):
+                # Unreachable, silent or behind: the next attempt goes to the next endpoint
+                # (no-op with one URL); the group probes this one and switches back once healthy
+                # (and no longer behind).
                 self._group.report_failure(member)
             if ws is None:
                 self._connect_failures += 1
                 self._log_connect_failure(url, error, delay)
+            elif isinstance(error, EndpointBehindError):
+                pass  # logged once per endpoint when it was found behind
             elif not self._outage:
                 self._log_drop(url, ws, error, delay)
             if not self._outage:
@@ -174,8 +178,8 @@ class _FeedSession(_FeedFrames):
             )
         async with ws:
             self._ws = ws
+            self._conn_url = url
             self._connected = True
-            self._connect_logged.clear()  # a new episode of failed attempts starts after this
             stored = await self._sink.last_seqs()
             delivered = self._delivered
             for symbol in cfg.symbols:
@@ -195,7 +199,7 @@ class _FeedSession(_FeedFrames):
             await ws.send(_json_encode(subscribe).decode())
             try:
                 await self._watch(reader)
-            except (StaleFeedError, asyncio.CancelledError):
+            except (StaleFeedError, EndpointBehindError, asyncio.CancelledError):
                 # A dead connection cannot complete a closing handshake: ``async with ws`` would
                 # wait websockets' close_timeout before the reconnect. Nor is one waited for when
                 # the feed is stopped (a kill, a shutdown): under a backlog the peer's close

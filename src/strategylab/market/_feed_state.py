@@ -15,6 +15,7 @@ import collections
 import functools
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
@@ -33,7 +34,17 @@ from strategylab.fault_tolerance import (
 
 from ._feed_backoff import FeedBackoff
 from ._feed_config import FeedConfig, TickSink
-from ._feed_errors import SecurityKillSwitchError, SecurityViolationError
+from ._feed_errors import EndpointBehindError, SecurityKillSwitchError, SecurityViolationError
+from ._protocol import (
+    KIND_CONTROL,
+    KIND_HEARTBEAT,
+    FrameError,
+    SignatureError,
+    Subscribe,
+    decode_control,
+    decode_frame,
+    decode_heartbeat,
+)
 from ._tick import Tick
 
 # One logger for the whole feed, under the name it has always had.
@@ -170,6 +181,9 @@ class _FeedState:
         self._pending: dict[str, _Pending] = {}
         self._hb_last: dict[str, int] = {}
         self._hb_delivered: dict[str, int] = {}
+        # Endpoints found behind this node's watermark (logged once until found current again).
+        self._conn_url, self._behind, self._behind_refusals = "", False, 0
+        self._behind_urls: set[str] = set()
         self._connects = 0
         self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
         self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
@@ -198,15 +212,105 @@ class _FeedState:
 
     async def _probe(self, url: str) -> bool:
         """A higher-priority endpoint's health: a WebSocket handshake within
-        ``connect_timeout``, then a normal close (nothing is subscribed)."""
+        ``connect_timeout``, then, within ``stale_after``, what it says it has emitted (its
+        ``subscribed`` answer or its first heartbeat), which must not be behind this feed's
+        watermark for any symbol (see :meth:`_lagging`); the connection is then dropped."""
         cfg = self._config
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                ws = await connect(url, compression=None, ping_interval=None, close_timeout=1.0)
-                await ws.close()
+                ws = await connect(
+                    url,
+                    max_size=cfg.max_message_bytes,
+                    compression=None,
+                    ping_interval=None,
+                    close_timeout=1.0,
+                )
+            try:
+                async with asyncio.timeout(cfg.stale_after):
+                    last = await self._probe_last(ws)
+            finally:
+                # Live ticks stream in after the subscription: a closing handshake would wait
+                # behind them, and nothing on this connection is needed any more.
+                ws.transport.abort()
         except (OSError, TimeoutError, websockets.WebSocketException):
             return False
+        if last is None:
+            return False
+        lagging = self._lagging(last)
+        if lagging:
+            self._note_behind(url, lagging, "not switching back to it until it has caught up")
+            return False
+        self._behind_urls.discard(url)
         return True
+
+    async def _probe_last(self, ws: ClientConnection) -> Mapping[str, object] | None:
+        """Subscribe on a probe connection; the endpoint's last sequence per symbol from the
+        first ``subscribed`` answer that carries one or the first heartbeat. None when the
+        connection ends first, or on a forged frame or answer (with a signing key, text and
+        control frames of another session are not taken)."""
+        key = self._key
+        session = secrets.token_hex(16)
+        subscribe = Subscribe(symbols=list(self._config.symbols), session=session)
+        await ws.send(_json_encode(subscribe).decode())
+        async for message in ws:
+            done, last = _probe_answer(message, key, session)
+            if done:
+                return last
+        return None
+
+    def _lagging(self, last: Mapping[str, object]) -> tuple[tuple[str, int, int], ...]:
+        """``(symbol, its last seq, ours)`` for every configured symbol whose last sequence the
+        endpoint reports (``last``, from the wire) is below what this feed has stored or handed
+        on. A symbol it does not report (unknown to it) or reports as a non-integer is not
+        judged here."""
+        delivered = self._delivered
+        out: list[tuple[str, int, int]] = []
+        for symbol in self._config.symbols:
+            theirs = last.get(symbol)
+            ours = delivered.get(symbol, 0)
+            if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs < ours:
+                out.append((symbol, theirs, ours))
+        return tuple(out)
+
+    def _note_behind(self, url: str, lagging: tuple[tuple[str, int, int], ...], then: str) -> None:
+        """Count an endpoint found behind; log it (WARNING) once until it is found current."""
+        self._behind_refusals += 1
+        if url in self._behind_urls:
+            return
+        self._behind_urls.add(url)
+        detail = ", ".join(
+            f"{symbol} its last seq {theirs} < ours {ours}" for symbol, theirs, ours in lagging
+        )
+        _log.warning(
+            "feed %s: endpoint %s is behind this node (%s): it would only repeat what is "
+            "already held; %s (logged once until it has caught up)",
+            self.name,
+            url,
+            detail,
+            then,
+        )
+
+    def _check_behind(self, last: object) -> None:
+        """Raise :class:`EndpointBehindError` when the connected endpoint's ``last`` (from its
+        ``subscribed`` answer or a heartbeat) is behind this feed for some symbol."""
+        if not isinstance(last, dict):
+            return
+        lagging = self._lagging(last)
+        if not lagging:
+            return
+        url = self._conn_url
+        self._behind = True
+        then = (
+            "failing over to the next endpoint and retrying this one later"
+            if len(self._config.urls) > 1
+            else "reconnecting with backoff until it has caught up"
+        )
+        self._note_behind(url, lagging, then)
+        raise EndpointBehindError(
+            f"{url} is behind: "
+            + ", ".join(f"{s} last seq {theirs} < ours {ours}" for s, theirs, ours in lagging),
+            lagging,
+        )
 
     def _kick(self, reason: str) -> None:
         self._kick_reason = reason
@@ -218,3 +322,44 @@ class _FeedState:
         a server that accepts and closes again is still an outage."""
         async with asyncio.timeout(self._config.recovery_timeout):
             await self._proven.wait()
+
+
+def _probe_answer(
+    message: str | bytes, key: bytes | None, session: str
+) -> tuple[bool, Mapping[str, object] | None]:
+    """One message on a probe connection: ``(True, last)`` when it settles the probe (``last``
+    None: a forgery, the probe fails), ``(False, None)`` to read on."""
+    if not isinstance(message, str):
+        return _probe_frame(message, key, session)
+    if key is not None:
+        return True, None  # with a key every answer is a signed frame: text is forged
+    try:
+        reply = _json_decode(message)
+    except msgspec.DecodeError:
+        return False, None
+    if isinstance(reply, dict) and reply.get("type") == "subscribed":
+        last = reply.get("last")
+        if isinstance(last, dict):
+            return True, last
+    return False, None
+
+
+def _probe_frame(
+    message: bytes, key: bytes | None, session: str
+) -> tuple[bool, Mapping[str, object] | None]:
+    """A binary message on a probe connection (see :func:`_probe_answer`)."""
+    try:
+        frame = decode_frame(message, key)
+        if frame.kind == KIND_HEARTBEAT:
+            return True, decode_heartbeat(frame.payload).last
+        if frame.kind == KIND_CONTROL:
+            answer = decode_control(frame.payload)
+            if key is not None and answer.session != session:
+                return True, None
+            if answer.type == "subscribed" and answer.last is not None:
+                return True, answer.last
+    except SignatureError:
+        return True, None
+    except FrameError:
+        pass  # damaged in transit: wait for the next answer or heartbeat
+    return False, None
