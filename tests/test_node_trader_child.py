@@ -130,7 +130,8 @@ async def node(exchange: Exchange, tmp_path: Path, *extra: str) -> AsyncIterator
 
 
 def book_of(tmp_path: Path) -> Path:
-    return tmp_path / "node" / "trader" / "book.db"
+    """The trader's book: beside the node's data directory, never inside it."""
+    return tmp_path / "trader" / "book.db"
 
 
 def trader_child(status: dict[str, Any]) -> dict[str, Any]:
@@ -310,10 +311,104 @@ async def test_a_crash_looping_trader_pulls_the_node_kill_switch(
             path.unlink(missing_ok=True)
         book.write_bytes(b"this is not an order book\n" * 100)
         os.kill(first["trader"]["pid"], signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         line = await n.next("emergency_shutdown", 60)
         code = await n.exited()
+        took = loop.time() - started
     assert code == 3
     assert line["source"] == "crash_loop"
     assert "trader" in line["reason"]
     assert line["trader"]["kill"]["note"].startswith("trader not running")
+    steps = {s["name"]: s for s in line["kill"]["steps"]}
+    cancel = steps["cancel_orders"]
+    assert cancel["outcome"] == "failed"  # nothing could cancel a dead trader's orders
+    assert "nothing it could cancel" in cancel["error"]
+    assert "listed by the exchange" in cancel["error"]
     assert unclean_marker(DataLayout(tmp_path / "node")) is not None
+    log = DataLayout(tmp_path / "node").log_file("node").read_text()
+    assert "EMERGENCY SHUTDOWN: system_overload in node.supervisor" in log
+    assert "data_ingestion_failure" not in log
+    assert "supervisor stop did not finish" not in log  # no wait on its own escalation report
+    assert took < 15.0  # crash loop (restarts with backoff) + a kill that ends at once
+
+
+@pytest.mark.timeout(90)
+async def test_a_stopped_trader_is_found_unresponsive_killed_and_restarted(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """SIGSTOP the trader: no line on its channel for 2 s (3 x 0.1 s is less): the liveness
+    check SIGKILLs it, the supervisor records exit status -9 and restarts it, trading again."""
+    async with node(exchange, tmp_path) as n:
+        await n.status_until(lambda s: s["trader"]["open_orders"] == 3)
+        old_pid = trader_child(await n.get("/status"))["pid"]
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
+        os.kill(old_pid, signal.SIGSTOP)
+        try:
+
+            async def restarted() -> bool:
+                child = trader_child(await n.get("/status"))
+                return bool(child["restarts"] >= 1 and child["status"] == "running")
+
+            await until(restarted, 20)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old_pid, signal.SIGKILL)
+        took = loop.time() - stopped_at
+        child = trader_child(await n.get("/status"))
+        assert child["last_exit_status"] == -9
+        assert child["pid"] not in {None, old_pid}
+        assert 2.0 <= took < 15.0  # >= the window of silence; then SIGKILL, backoff, reconcile
+        again = await n.status_until(
+            lambda s: s["trader"]["pid"] == child["pid"] and s["trader"]["trading"], 30
+        )
+        assert again["trader"]["open_orders"] == 3
+        n.proc.send_signal(signal.SIGTERM)
+        assert await n.exited() == 0
+    log = DataLayout(tmp_path / "node").log_file("node").read_text()
+    assert f"trader {old_pid}: no line on its channel" in log
+
+
+@pytest.mark.timeout(90)
+async def test_a_kill_with_a_stopped_trader_ends_within_about_2s_and_kills_it(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """POST /admin/kill with the trader SIGSTOPped: halt times out, cancel_orders waits a
+    moment more, then SIGKILLs it and fails saying its orders may still be open; the node has
+    exited 3 within about 2 s of the trigger (no graceful 3 s stop of the trader after it)."""
+    async with node(exchange, tmp_path) as n:
+        await n.status_until(lambda s: s["trader"]["open_orders"] == 3)
+        trader_pid = trader_child(await n.get("/status"))["pid"]
+        os.kill(trader_pid, signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    n.url + "/admin/kill",
+                    json={"reason": "hung trader"},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as response,
+            ):
+                assert response.status == 202, await response.text()
+            line = await n.next("emergency_shutdown", 10)
+            code = await n.exited(10)
+            took = loop.time() - started
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(trader_pid, signal.SIGKILL)
+    assert code == 3
+    assert took < 3.0, took
+    steps = {s["name"]: s for s in line["kill"]["steps"]}
+    assert steps["halt"]["outcome"] in {"timed_out", "failed"}
+    assert steps["cancel_orders"]["outcome"] == "failed"
+    assert "trader did not confirm; killed" in steps["cancel_orders"]["error"]
+    kill = line["trader"]["kill"]
+    assert kill["pid"] == trader_pid
+    assert kill["note"] == (
+        "trader did not confirm; killed; its orders may still be open at the exchange"
+    )
+    assert not pid_alive(trader_pid)
+    assert len(await open_at_exchange(exchange)) == 3  # what the note warns of

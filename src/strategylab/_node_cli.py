@@ -454,8 +454,8 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             "--book",
             metavar="PATH",
             parser=nonempty_path("--book"),
-            help="The trader's SQLite order book (with --strategy; not directly in --data-dir: "
-            "its snapshot.json and UNCLEAN_SHUTDOWN go beside it).",
+            help="The trader's SQLite order book (with --strategy; not inside --data-dir: "
+            "its snapshot.json, UNCLEAN_SHUTDOWN and logs/ go beside it).",
             show_default=False,
         ),
     ] = None,

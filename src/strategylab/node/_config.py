@@ -110,8 +110,9 @@ class NodeConfig:
     trader: TraderConfig | None = None
     """The optional strategy engine: ``strategylab trade`` with this configuration, run as a
     supervised child process of the node (``--strategy``, ``--book``, ``--param``); its book must
-    not be directly in ``data_dir`` (its ``snapshot.json`` and ``UNCLEAN_SHUTDOWN`` go beside
-    it). None: the node only ingests."""
+    not be inside ``data_dir``, at any depth (its ``snapshot.json``, ``UNCLEAN_SHUTDOWN`` and
+    ``logs/`` go beside it, where they would mix with the node's). None: the node only
+    ingests."""
     explicit: frozenset[str] = frozenset()
     """The fields set on the command line: the config file and the environment never override
     them, at start or on reload (``load_node_config(..., explicit=...)``)."""
@@ -150,13 +151,16 @@ class NodeConfig:
         trader = self.trader
         if not isinstance(trader, TraderConfig):
             raise ConfigurationError("trader", trader, "must be a TraderConfig or None")
-        book_dir = Path(trader.book).absolute().parent
-        if book_dir.resolve() == Path(self.data_dir).absolute().resolve():
+        # Resolved (symlinks followed as far as they exist): an alias must not get in either.
+        book = Path(trader.book).absolute().resolve()
+        data_dir = Path(self.data_dir).absolute().resolve()
+        if book.is_relative_to(data_dir):
             raise ConfigurationError(
                 "--book",
                 str(trader.book),
-                "must not be directly in --data-dir (the node's snapshot.json and "
-                "UNCLEAN_SHUTDOWN are there); use a subdirectory, e.g. DATA_DIR/trader/book.db",
+                "must not be inside --data-dir (the node owns every file there: its "
+                "snapshot.json and UNCLEAN_SHUTDOWN, spool/, logs/; the trader writes its own "
+                "beside its book); put it outside, e.g. beside --data-dir in trader/book.db",
             )
 
     @property

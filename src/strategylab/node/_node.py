@@ -163,6 +163,8 @@ class Node:
         self._supervisor: Supervisor | None = None
         self._switch: KillSwitch | None = None
         self._kill_task: asyncio.Task[KillReport | None] | None = None
+        self._switched = asyncio.Event()
+        """Set once the kill switch's own steps have ended (before the node's close)."""
         self._kill_source: TriggerSource | None = None
         self._kill_reason: str | None = None
         self._service: Any = None
@@ -463,6 +465,7 @@ class Node:
                 channel=cfg.data_dir / CHANNEL_NAME,
                 log_level=self._log_level,
                 shutdown=_TRADER_STOP,
+                running_pid=lambda: self.trader_pid,
             )
             trader.open()
         self._switch = KillSwitch(
@@ -512,6 +515,10 @@ class Node:
             clock=self._clock,
             manager=manager,
             on_escalate=self._crash_loop,
+            # A child restarted past the intensity: too many restarts, not a failure of ingestion
+            # (the default classification). Nothing in SYSTEM_OVERLOAD's chain applies to the
+            # supervisor (not a registered component): the manager ends at the emergency shutdown.
+            escalation_type=ErrorType.SYSTEM_OVERLOAD,
         )
         await self._supervisor.start()
         if cfg.config_file is not None:
@@ -815,9 +822,15 @@ class Node:
         if self._degradation is not None:
             await _bounded(self._degradation.stop(), seconds, "degradation stop")
         if supervisor and self._supervisor is not None:
-            # The trader child (stopped first) may take its whole graceful stop.
-            extra = 0.0 if self._trader is None else _TRADER_STOP
-            await _bounded(self._supervisor.stop(), max(seconds, 2.0) + extra, "supervisor stop")
+            # The trader child (stopped first) may take its whole graceful stop; not after a
+            # kill, whose cancel_orders step saw it exit or SIGKILLed it.
+            if self._trader is not None and self._trader.restarts_held:
+                self._trader.kill_target()  # a hung trader never holds up the supervisor's stop
+                bound = max(seconds, 1.0)
+            else:
+                extra = 0.0 if self._trader is None else _TRADER_STOP
+                bound = max(seconds, 2.0) + extra
+            await _bounded(self._supervisor.stop(), bound, "supervisor stop")
 
     # ------------------------------------------------------------------ the kill switch
 
@@ -855,11 +868,15 @@ class Node:
         report: KillReport | None = None
         try:
             if self._switch is not None:
-                report = await self._switch.trigger(reason, source)
+                try:
+                    report = await self._switch.trigger(reason, source)
+                finally:
+                    self._switched.set()
                 self._publish("kill_switch", {"event": "finished", **report.to_dict()})
             # The kill's flush step wrote what it could: close without draining again.
             await self._close(max(deadline - (loop.time() - started), 0.5), drain=report is None)
         finally:
+            self._switched.set()
             self._halted.set()
         return report
 
@@ -872,19 +889,22 @@ class Node:
 
     async def _cancel_trader(self, seconds: float) -> None:
         """Kill step ``cancel_orders`` with a trader: its kill switch's report (orders cancelled
-        at the exchange) and its exit, within ``seconds``; ``RuntimeError`` (the step failed)
-        when it could not confirm its orders cancelled."""
+        at the exchange) and its exit, within ``seconds`` (:data:`_UNHALTED_WAIT` when it never
+        said it halted: hung). ``RuntimeError`` (the step failed) when it could not confirm its
+        orders cancelled: no trader ran, or it did not confirm in time (then SIGKILLed)."""
         trader = self._trader
         supervisor = self._supervisor
         assert trader is not None  # noqa: S101 - only a step with a trader
-        async with asyncio.timeout(seconds):
-            line = await trader.wait_report(seconds)
-            pid = trader.signalled
-            if line is not None and pid is not None and supervisor is not None:
-                await supervisor.wait_for(
-                    lambda snap: all(c.pid != pid for c in snap.children if c.id == CHILD_ID)
-                )
-        self._publish("trader", {"event": "killed", **trader.kill_summary()})
+        try:
+            async with asyncio.timeout(seconds):
+                await trader.wait_report(seconds * 0.9, unhalted=_UNHALTED_WAIT)
+                pid = trader.signalled
+                if pid is not None and supervisor is not None:
+                    await supervisor.wait_for(
+                        lambda snap: all(c.pid != pid for c in snap.children if c.id == CHILD_ID)
+                    )
+        finally:
+            self._publish("trader", {"event": "killed", **trader.kill_summary()})
 
     async def _quiesce(self) -> None:
         """Kill step: stop what would restart or reconfigure parts being stopped (the status
@@ -1004,7 +1024,11 @@ class Node:
         else:
             source = TriggerSource.CRITICAL_CHAIN_EXHAUSTED
         reason = f"{context.error_type.value} in {context.component}: {context.message}"
-        report = await self.kill(reason, source)
+        self.kill_soon(reason, source)
+        # The switch's own steps, not the close after them: the close stops the supervisor,
+        # which waits for its escalation report to the manager, which may be this very call.
+        await self._switched.wait()
+        report = self.kill_report
         return report is None or report.marker_path is not None
 
     def status(self) -> dict[str, Any]:
@@ -1151,6 +1175,10 @@ def _audit_tail(
 
 _TRADER_STOP: Final = 3.0
 """Seconds the trader child may take to stop gracefully (SIGTERM) before SIGKILL."""
+_UNHALTED_WAIT: Final = 0.5
+"""Seconds the kill's ``cancel_orders`` step waits, at most, for the report of a trader that did
+not say it halted within the ``halt`` step (it handles SIGUSR1 at once: one that does not is
+hung), before it SIGKILLs it: a kill ends within about 2 s even then."""
 
 _LIVE_FIELDS: Final = frozenset(
     {"status_interval", "drain_timeout", "shutdown_deadline", "disk_full_grace"}

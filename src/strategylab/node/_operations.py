@@ -192,11 +192,12 @@ def kill_steps(
     no orders); with one (``halt`` and ``cancel_orders`` given, each called with its own deadline
     in seconds), ``halt`` asks the trader child to halt and waits until it says it has (at most
     a tenth of the deadline, 1 s at most), ``cancel_orders`` waits for its kill switch's report
-    (its open orders cancelled at the exchange; 40 % of the deadline). ``quiesce`` (stop the
-    supervisor's restarts, the health monitor and the degradation loop, so nothing restarts what
-    is being stopped), ``flush`` (stop intake, write and fsync the ingest queue; half the
-    deadline, or 40 % with a trader). The kill switch itself then writes the snapshot, stops the
-    components and leaves the marker.
+    (its open orders cancelled at the exchange; 40 % of the deadline; much less for a trader
+    that never said it halted) and SIGKILLs a trader that did not confirm by then. ``quiesce``
+    (stop the supervisor's restarts, the health monitor and the degradation loop, so nothing
+    restarts what is being stopped), ``flush`` (stop intake, write and fsync the ingest queue;
+    half the deadline, or 40 % with a trader). The kill switch itself then writes the snapshot,
+    stops the components and leaves the marker.
     """
 
     def not_applicable() -> None:

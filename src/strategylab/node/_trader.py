@@ -23,6 +23,9 @@ once (source ``api``, reason :data:`PARENT_KILL_REASON`): trading is halted in t
 a ``halted`` line follows, then the steps above run and the process exits 3. A SIGUSR1 that
 arrives before trading began (while reconciling) is remembered: the kill switch is pulled as soon
 as the engine is reconciled, and nothing trades. SIGTERM stays a graceful stop (exit 0).
+Under a parent no write blocks the trader: the channel and stdout (when it is a pipe) are
+non-blocking, a line that would block is dropped, and each ``status`` line counts the drops so
+far (``dropped_lines``: ``stdout``, ``channel``). A stopped or slow parent never stops trading.
 """
 
 from __future__ import annotations
@@ -99,18 +102,61 @@ PARENT_KILL_REASON: Final = "the parent node pulled its kill switch"
 """The reason of a kill switch pulled by the parent's SIGUSR1."""
 
 
-class _ParentLink:
-    """The parent's channel (a FIFO's write end, or None) and whether the parent asked for the
-    kill switch (SIGUSR1) before the engine could act on it."""
+class _LineWriter:
+    """Whole lines to a pipe without ever blocking: a line that would block is dropped (and
+    counted); a line the pipe took only in part is finished before the next one is written,
+    so the reader never sees a torn line from this process."""
 
-    __slots__ = ("fd", "kill_requested")
+    __slots__ = ("dropped", "fd", "pending")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = b""
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` (one line) now or drop it; ``OSError`` other than EAGAIN propagates."""
+        try:
+            if self.pending:
+                self.pending = self.pending[os.write(self.fd, self.pending) :]
+                if self.pending:
+                    self.dropped += 1
+                    return
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            self.dropped += 1
+            return
+        self.pending = data[written:]
+
+
+class _ParentLink:
+    """The parent's channel (a FIFO's write end, or None), the trader's stdout when a parent
+    drains it (never blocking either: a parent that stops reading, or is stopped, must not stop
+    the trader), and whether the parent asked for the kill switch (SIGUSR1) before the engine
+    could act on it."""
+
+    __slots__ = ("channel", "kill_requested", "stdout")
 
     def __init__(self) -> None:
-        self.fd: int | None = None
+        self.channel: _LineWriter | None = None
+        self.stdout: _LineWriter | None = None
         self.kill_requested = False
 
+    def dropped(self) -> dict[str, int]:
+        """Lines dropped so far because a pipe was full: ``stdout`` and ``channel``."""
+        return {
+            "stdout": 0 if self.stdout is None else self.stdout.dropped,
+            "channel": 0 if self.channel is None else self.channel.dropped,
+        }
+
     def open(self, path: str) -> None:
-        """Open the FIFO at ``path`` for writing (a parent must hold its read end), say hello."""
+        """Open the FIFO at ``path`` for writing (a parent must hold its read end), say hello;
+        make stdout non-blocking when it is a pipe (a terminal's is shared: left alone)."""
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.fstat(1).st_mode):
+                sys.stdout.flush()
+                os.set_blocking(1, False)
+                self.stdout = _LineWriter(1)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
@@ -120,23 +166,29 @@ class _ParentLink:
             os.close(fd)
             _log.warning("parent channel %s is not a FIFO; not used", path)
             return
-        os.set_blocking(fd, True)  # lines are written whole; the parent reads continuously
-        self.fd = fd
+        self.channel = _LineWriter(fd)  # stays O_NONBLOCK: a full FIFO drops lines
         self.send(json.dumps({"event": "hello", "pid": os.getpid()}))
+
+    def print(self, line: str) -> None:
+        """``line`` to stdout: never blocking under a parent, else as ``print`` would."""
+        out = self.stdout
+        if out is None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            out.write((line + "\n").encode())
 
     def send(self, line: str) -> None:
         """Write ``line`` (one JSON object) to the parent; a newline before it ends any partial
         line a killed predecessor left. A parent gone closes the channel."""
-        fd = self.fd
-        if fd is None:
+        channel = self.channel
+        if channel is None:
             return
-        data = ("\n" + line + "\n").encode()
         try:
-            while data:
-                data = data[os.write(fd, data) :]
+            channel.write(("\n" + line + "\n").encode())
         except OSError:
-            self.fd = None
-            os.close(fd)
+            self.channel = None
+            os.close(channel.fd)
 
     def request_kill(self, _signum: int = 0, _frame: object = None) -> None:
         """The SIGUSR1 handler until the engine trades: remember the request."""
@@ -263,8 +315,7 @@ def _iso(seconds: float) -> str:
 
 def _emit(event: str, **data: object) -> None:
     line = json.dumps({"event": event, **data})
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    _parent.print(line)
     _parent.send(line)
 
 
@@ -326,7 +377,9 @@ async def run_engine(
             await feed.start()
             _emit("trading", pid=os.getpid())
         while not done.is_set() and not pulled.is_set():
-            _emit("status", **engine.status().to_dict())
+            parented = _parent.channel is not None or _parent.stdout is not None
+            extra = {"dropped_lines": _parent.dropped()} if parented else {}
+            _emit("status", **engine.status().to_dict(), **extra)
             waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(pulled.wait()))
             try:
                 await asyncio.wait(waiters, timeout=status_interval, return_when="FIRST_COMPLETED")

@@ -21,6 +21,14 @@ The protocol with the child (decided here):
   own kill switch (cancel its open orders at the exchange, flush, ``snapshot.json`` and
   ``UNCLEAN_SHUTDOWN`` beside its book), prints ``kill_switch`` (``cancelled``, ``left_open``,
   ``complete``, ``snapshot``, ``snapshot_sha256``) and exits 3. SIGTERM stays a graceful stop.
+- **Liveness**: the child prints a ``status`` line every status interval; a child from which no
+  line came for :func:`liveness_window` seconds (``max(3 x interval, 2 s)``) is unresponsive
+  (stopped, hung, stuck in a write): the health check, polled by the supervisor, SIGKILLs it
+  (which ends even a stopped process), and the supervisor restarts it and records its exit.
+- **Kill deadlines**: the kill's ``cancel_orders`` step waits for the child's own kill switch's
+  report; a child that has not confirmed by then (or never halted: hung) is SIGKILLed, and the
+  step fails saying its orders may still be open at the exchange. A dead child's step fails too:
+  nothing could cancel its orders (the exchange lists what its last run left).
 - **No restart during a kill**: :meth:`TraderChild.hold_restarts` closes a gate that the child's
   ``restore_state`` hook (run by the supervisor before every restart) waits at; the node stops
   the supervisor at the end of its shutdown, which cancels the waiting restart.
@@ -37,7 +45,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,7 +54,14 @@ from strategylab.fault_tolerance import ChildSpec, ProcessChild
 if TYPE_CHECKING:
     from ._trader import TraderConfig
 
-__all__ = ["CHANNEL_NAME", "CHILD_ID", "TraderChild", "TraderIncarnation", "trader_argv"]
+__all__ = [
+    "CHANNEL_NAME",
+    "CHILD_ID",
+    "TraderChild",
+    "TraderIncarnation",
+    "liveness_window",
+    "trader_argv",
+]
 
 _log = logging.getLogger("strategylab.node._node")
 
@@ -63,6 +78,22 @@ _MAX_BUFFER: Final = 1 << 20
 """Bytes of one unfinished line kept at most; a longer one is dropped."""
 _KEPT_EVENTS: Final = 64
 _KEPT_INCARNATIONS: Final = 16
+_MIN_SILENCE: Final = 2.0
+"""Seconds of silence on the channel a trader is always allowed (its status interval may be
+shorter than a busy loop's hiccup)."""
+_KILL_WAIT: Final = 1.0
+"""Seconds the liveness check waits, after its SIGKILL, for the supervisor to see the exit."""
+NOT_RUNNING: Final = (
+    "trader not running: nothing it could cancel; orders of its last run, if any, are listed "
+    "by the exchange"
+)
+KILLED: Final = "trader did not confirm; killed; its orders may still be open at the exchange"
+
+
+def liveness_window(status_interval: float) -> float:
+    """Seconds without a line on the channel after which a trader printing a ``status`` line
+    every ``status_interval`` seconds is unresponsive: ``max(3 x status_interval, 2 s)``."""
+    return max(3.0 * status_interval, _MIN_SILENCE)
 
 
 def trader_argv(config: TraderConfig, *, log_level: int) -> list[str]:
@@ -114,8 +145,10 @@ def _environment(config: TraderConfig, channel: Path) -> dict[str, str]:
 class TraderIncarnation:
     """One trader process as the node saw it through the channel (from its ``hello``)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, now: float) -> None:
         self.pid = pid
+        self.last_line = now
+        """When the node last read a line of it (the loop's clock, seconds)."""
         self.events: collections.deque[str] = collections.deque(maxlen=_KEPT_EVENTS)
         """The events it printed, oldest first (bounded)."""
         self.started_with: list[str] = []
@@ -166,8 +199,10 @@ class TraderChild:
 
     ``channel`` is the FIFO's path (in the node's data directory); ``ready_timeout`` the seconds a
     (re)start may take to reconcile and trade; ``shutdown`` the seconds a graceful stop may take
-    before SIGKILL. Build it, :meth:`open` it on the node's loop before the supervisor starts,
-    add :meth:`spec` to the supervisor's children, :meth:`close` it when the node closes.
+    before SIGKILL; ``running_pid()`` the PID of the trader process the supervisor runs now (the
+    liveness check SIGKILLs only that one). Build it, :meth:`open` it on the node's loop before
+    the supervisor starts, add :meth:`spec` to the supervisor's children, :meth:`close` it when
+    the node closes.
     """
 
     def __init__(
@@ -178,8 +213,16 @@ class TraderChild:
         log_level: int = logging.WARNING,
         ready_timeout: float = 30.0,
         shutdown: float = 5.0,
+        running_pid: Callable[[], int | None] | None = None,
     ) -> None:
         self.config = config
+        self._running_pid = running_pid
+        self.window = liveness_window(config.status_interval)
+        """Seconds of silence on the channel after which the trader is unresponsive."""
+        self.unresponsive: list[dict[str, Any]] = []
+        """The traders the liveness check SIGKILLed (``pid``, ``silent_s``), oldest first."""
+        self.target: int | None = None
+        """The trader process the node's kill found running (None: none, or no kill)."""
         self.channel = channel
         self._log_level = log_level
         self._ready_timeout = ready_timeout
@@ -207,6 +250,7 @@ class TraderChild:
         process = ProcessChild(
             argv=trader_argv(self.config, log_level=self._log_level),
             ready_line=READY_LINE,
+            ready=self._alive,
             env=_environment(self.config, self.channel),
             stop_signal=signal.SIGTERM,
         )
@@ -214,11 +258,43 @@ class TraderChild:
             id=CHILD_ID,
             start=process,
             shutdown=self._shutdown,
+            health_interval=min(self.window / 4, 0.5),
+            health_timeout=_KILL_WAIT + 1.0,
             ready_timeout=self._ready_timeout,
             ready_interval=0.05,
             save_state=self._save_state,
             restore_state=self._restore_state,
         )
+
+    async def _alive(self) -> bool:
+        """The liveness check (readiness too, after the ``trading`` line): a line of the current
+        trader read within :attr:`window` seconds. A silent trader that is the one the supervisor
+        runs is SIGKILLed here (a stopped process ends too), its exit then awaited a moment, so
+        that the supervisor records it. During a kill the kill owns the trader: always True."""
+        inc = self._current
+        if inc is None:
+            return False
+        if self.restarts_held:
+            return True
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - inc.last_line
+        if silent <= self.window:
+            return True
+        running = None if self._running_pid is None else self._running_pid()
+        if running != inc.pid:
+            return False  # not (or no longer) the process the supervisor runs: never killed here
+        _log.error(
+            "trader %d: no line on its channel for %.1fs (limit %.1fs): unresponsive, SIGKILL",
+            inc.pid,
+            silent,
+            self.window,
+        )
+        self.unresponsive.append({"pid": inc.pid, "silent_s": round(silent, 3)})
+        del self.unresponsive[:-_KEPT_INCARNATIONS]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(inc.pid, signal.SIGKILL)
+        await asyncio.sleep(_KILL_WAIT)  # its exit, with its status, ends the watch first
+        return False
 
     def _save_state(self) -> dict[str, Any] | None:
         """The last status of the incarnation that ended (shown until the next one reports)."""
@@ -299,13 +375,15 @@ class TraderChild:
             return
         if not isinstance(data, dict):
             return
+        now = asyncio.get_running_loop().time()
         if data.get("event") == "hello":
             pid = data.get("pid")
             if isinstance(pid, int) and not isinstance(pid, bool):
-                self._current = self._by_pid[pid] = TraderIncarnation(pid)
+                self._current = self._by_pid[pid] = TraderIncarnation(pid, now)
                 while len(self._by_pid) > _KEPT_INCARNATIONS:
                     del self._by_pid[next(iter(self._by_pid))]
         elif self._current is not None:
+            self._current.last_line = now
             self._current.on_line(data)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -363,10 +441,11 @@ class TraderChild:
         trader that runs no process, or has not said hello within ``timeout`` seconds, trades
         nothing: :attr:`kill_note` says so."""
         self.hold_restarts()
+        self.target = pid
         loop = asyncio.get_running_loop()
         started = loop.time()
         if pid is None:
-            self.kill_note = "trader not running: nothing trades, nothing to cancel"
+            self.kill_note = NOT_RUNNING
             return
         if not await self._until(lambda: pid in self._by_pid, timeout):
             self.kill_note = f"trader {pid} had not started its engine: nothing traded"
@@ -375,7 +454,8 @@ class TraderChild:
         try:
             os.kill(pid, signal.SIGUSR1)
         except ProcessLookupError:
-            self.kill_note = f"trader {pid} had exited"
+            self.target = None
+            self.kill_note = NOT_RUNNING
             return
         self.signalled = pid
         if inc.trading.is_set():
@@ -384,16 +464,41 @@ class TraderChild:
                 await inc.halted.wait()
         self.halt_seconds = loop.time() - started
 
-    async def wait_report(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
-        """Kill step ``cancel_orders``: the signalled trader's ``kill_switch`` line (None when
-        none was signalled). ``TimeoutError`` after ``timeout`` seconds; ``RuntimeError`` when
-        it exited without one, or its orders were not confirmed cancelled at the exchange."""
-        pid = self.signalled
-        inc = self.incarnation(pid)
-        if inc is None:
-            return None
-        async with asyncio.timeout(timeout):
-            await inc.finished.wait()
+    async def wait_report(self, timeout: float, *, unhalted: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+        """Kill step ``cancel_orders``: the signalled trader's ``kill_switch`` line, within
+        ``timeout`` seconds (``unhalted`` seconds at most when it never said ``halted``: hung).
+
+        Raises ``RuntimeError`` (the step failed; :attr:`kill_note` says the same) when no trader
+        ran (nothing could cancel its orders), when it exited without the line or its orders
+        were not confirmed cancelled at the exchange, and when it did not confirm in time: it
+        is then SIGKILLed (:meth:`kill_target`; its orders may still be open).
+        """
+        pid = self.target
+        inc = self.incarnation(self.signalled)
+        if pid is None:
+            self.kill_note = self.kill_note or NOT_RUNNING
+            raise RuntimeError(self.kill_note)
+        if inc is None:  # alive but never signalled: it had not started; it must not start now
+            killed = self.kill_target()
+            note = self.kill_note or f"trader {pid} had not started its engine"
+            self.kill_note = f"{note}; killed" if killed else note
+            raise RuntimeError(
+                f"{self.kill_note}; orders of its last run, if any, are listed by the exchange"
+            )
+        wait = timeout
+        if unhalted is not None and not inc.halted.is_set():
+            wait = min(timeout, unhalted)
+        try:
+            async with asyncio.timeout(wait):
+                await inc.finished.wait()
+        except TimeoutError:
+            self.kill_target()
+            self.kill_note = KILLED
+            raise RuntimeError(f"trader {pid}: {KILLED}") from None
+        except asyncio.CancelledError:  # cut by the step's own deadline: never left running
+            self.kill_target()
+            self.kill_note = KILLED
+            raise
         line = inc.kill_line
         if line is None:
             raise RuntimeError(f"trader {pid} stopped without running its kill switch")
@@ -402,12 +507,23 @@ class TraderChild:
             raise RuntimeError(f"trader {pid}: not confirmed cancelled at the exchange: {left}")
         return line
 
+    def kill_target(self) -> bool:
+        """SIGKILL the trader the kill found running (a stopped one ends too); True if sent."""
+        pid = self.target
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
     def kill_summary(self) -> dict[str, Any]:
         """What the trader's part of the node's kill did (for the node's report and snapshot)."""
         inc = self.incarnation(self.signalled)
         line = None if inc is None else inc.kill_line
         out: dict[str, Any] = {
-            "pid": self.signalled,
+            "pid": self.signalled if self.signalled is not None else self.target,
             "note": self.kill_note,
             "halted_ms": None if self.halt_seconds is None else round(self.halt_seconds * 1e3, 3),
         }
