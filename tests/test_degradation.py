@@ -425,3 +425,17 @@ def test_duplicate_features_are_refused() -> None:
     board = Board()
     with pytest.raises(ConfigurationError, match=r"'chart'.*listed twice"):
         DegradationController([board.feature("chart", 1), board.feature("chart", 2)])
+
+
+def test_cpu_meter_keeps_the_interval_open_below_its_minimum() -> None:
+    """CPU time comes in kernel ticks: a read sooner than min_interval returns the previous
+    reading and keeps accumulating, instead of 0 % or several hundred per cent at random."""
+    clock = FakeClock()
+    cpu = [0.0]
+    meter = CpuMeter(clock=clock, cpu_seconds=lambda: cpu[0], min_interval=0.5)
+    clock.advance(0.01)
+    cpu[0] = 0.01  # one 10 ms tick within 10 ms of wall time
+    assert meter.read() == 0.0  # too soon: no reading yet, not 100 %
+    clock.advance(0.99)
+    cpu[0] = 0.25
+    assert meter.read() == pytest.approx(25.0)  # 0.25 s of CPU over the whole 1.0 s

@@ -66,17 +66,23 @@ class CpuMeter:
     read (or since construction), then starts a new interval; ``0.0`` when no time has passed.
     ``cpu_seconds`` is the source of CPU time (default :func:`process_cpu_seconds`), ``clock`` the
     source of elapsed time (default: the system clock). :attr:`last` is the latest reading.
+
+    A read less than ``min_interval`` seconds (default 0.5) after the previous one returns the
+    previous reading and keeps the interval open: the kernel counts CPU time in ticks (10 ms
+    here), so a short interval reads 0 % or several hundred per cent of one CPU at random.
     """
 
-    __slots__ = ("_clock", "_cpu", "_cpu_at", "_last", "_wall_at")
+    __slots__ = ("_clock", "_cpu", "_cpu_at", "_last", "_min_interval", "_wall_at")
 
     def __init__(
         self,
         *,
         clock: Clock = SYSTEM_CLOCK,
         cpu_seconds: Callable[[], float] = process_cpu_seconds,
+        min_interval: float = 0.5,
     ) -> None:
         self._clock = clock
+        self._min_interval = min_interval
         self._cpu = cpu_seconds
         self._cpu_at = cpu_seconds()
         self._wall_at = clock.monotonic()
@@ -89,13 +95,13 @@ class CpuMeter:
 
     def read(self) -> float:
         """Percent of one CPU used since the previous read; starts the next interval."""
-        cpu = self._cpu()
         wall = self._clock.monotonic()
         elapsed = wall - self._wall_at
+        if elapsed <= 0 or elapsed < self._min_interval:
+            return self._last
+        cpu = self._cpu()
         used = cpu - self._cpu_at
         self._cpu_at, self._wall_at = cpu, wall
-        if elapsed <= 0:
-            return self._last
         self._last = max(0.0, 100.0 * used / elapsed)
         return self._last
 
