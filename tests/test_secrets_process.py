@@ -231,7 +231,11 @@ def test_demo_children_get_secrets_from_private_files_never_argv(tmp_path: Path)
             while not execed() and time.monotonic() < deadline and demo.poll() is None:
                 for child in _children(demo.pid):
                     with contextlib.suppress(OSError):
-                        seen[child] = _cmdline(child)
+                        cmdline = _cmdline(child)
+                        # A child caught between fork and exec, or exiting, shows a short or
+                        # empty command line: keep only complete ones.
+                        if len(cmdline.split()) > 3:
+                            seen[child] = cmdline
                 time.sleep(0.1)  # polling /proc for children that appear; no state to inject
             key = (data / "signing.key").read_text().strip()
             token = (data / "admin.token").read_text().strip()
