@@ -53,7 +53,11 @@ class FeedConfig:
     connection moves to the next endpoint, and while a backup is in use the endpoints above it
     are probed (a WebSocket handshake) every ``probe_interval`` seconds, backing off to
     ``max_probe_interval`` while they fail; after ``failback_after`` consecutive good probes the
-    feed switches back (resuming every symbol from the store's watermark).
+    feed switches back (resuming every symbol from the store's watermark). A backup must serve
+    the same sequence space (a replica of the same feed): the feed refuses an endpoint that is
+    behind what it already holds (:class:`EndpointBehindError`; not ready, next URL) and fails
+    back only once the primary has caught up, but it cannot tell a replica whose content differs
+    under the same sequence numbers.
     Times are in seconds. ``proven_after``: a connection alive this long after "subscribed" has
     proven itself and resets the reconnect backoff (so does data it delivered being stored).
     ``retry_later_floor``: the least wait after the server closes with 1012 or 1013.

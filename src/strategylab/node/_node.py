@@ -1050,7 +1050,8 @@ class Node:
             "healthy": ingest.healthy
             and (status_out is None or status_out.ok)
             and feed.connected
-            and feed.subscribed,
+            and feed.subscribed
+            and not feed.behind,
             "ingest_healthy": ingest.healthy,
             "failing": ingest.failing,
             "writer_restarts": ingest.restarts,
