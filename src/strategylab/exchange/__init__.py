@@ -8,6 +8,7 @@ Imported by tests, benchmarks, the demo and the chaos lab; never by ``market``, 
 from __future__ import annotations
 
 from ._book import (
+    CancelTooLateError,
     OrderBook,
     OrderRequestError,
     OrderStateError,
@@ -32,6 +33,7 @@ from ._server import (
 )
 
 __all__ = [
+    "CancelTooLateError",
     "Exchange",
     "ExchangeConfig",
     "FaultBoard",

@@ -1,5 +1,11 @@
 """The exchange's admin fault switches: what is active, for how long, and how often it strikes.
 
+Protocol faults (``invalid_ticks``, ``corrupt_frames``, ``bad_signatures``, ``api_errors``) spoil
+what the exchange sends; order-lifecycle races (``partial_fills``, ``resting_fills``,
+``fill_cancel_race``) change how the order book executes, as real venues do (see
+:mod:`strategylab.exchange._book`). ``rate`` is the probability that one frame, request or order
+is hit.
+
 Expiry is measured on the injected clock, so a test with :class:`~strategylab.testing.FakeClock`
 moves past a fault's duration without waiting. Whether a given frame or request is hit is decided
 by a seeded :class:`random.Random`: a real fault at a chosen rate, not a simulated recovery.
@@ -29,12 +35,20 @@ __all__ = [
 
 
 class FaultKind(enum.Enum):
-    """The protocol-level faults the exchange can inject."""
+    """The faults the exchange can inject: protocol faults and order-lifecycle races."""
 
     INVALID_TICKS = "invalid_ticks"
     CORRUPT_FRAMES = "corrupt_frames"
     BAD_SIGNATURES = "bad_signatures"
     API_ERRORS = "api_errors"
+    PARTIAL_FILLS = "partial_fills"
+    """An order that executes fills in 2..4 executions: one now, one per later batch of ticks."""
+    RESTING_FILLS = "resting_fills"
+    """A limit order rests even when marketable and fills in 2..4 executions as later quotes
+    cross its price."""
+    FILL_CANCEL_RACE = "fill_cancel_race"
+    """A cancel meets an execution in flight: the fill stands; the cancel is answered too late
+    (409) or, after a partial execution, cancels the remainder."""
 
 
 class FaultRequestError(PicklableErrorMixin, ValueError):
@@ -145,6 +159,13 @@ class FaultBoard:
             return None
         self.strikes[kind] += 1
         return fault
+
+    def slices(self, qty: float) -> list[float]:
+        """``qty`` split into 2..4 executions (their number drawn from the seeded generator):
+        equal parts, the last one taking what rounding left, so that they sum to ``qty``."""
+        count = self._rng.randint(2, 4)
+        part = qty / count
+        return [part] * (count - 1) + [qty - part * (count - 1)]
 
     def rate(self, kind: FaultKind) -> float:
         """The active fault's rate, 0.0 when it is off."""

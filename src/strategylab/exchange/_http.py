@@ -19,7 +19,7 @@ from strategylab._http_guard import read_json, refusal
 from strategylab._logging import escape
 from strategylab.errors import ConfigurationError
 
-from ._book import STATUSES, OrderRequestError, OrderStateError
+from ._book import STATUSES, CancelTooLateError, OrderRequestError, OrderStateError
 from ._faults import FaultKind, FaultRequestError, parse_fault
 
 if TYPE_CHECKING:
@@ -147,6 +147,10 @@ class _HttpApi:
             return _json(self.book.cancel(order_id))
         except KeyError:
             return _error(404, f"no order with id {order_id!r}", "id")
+        except CancelTooLateError as exc:
+            # Too late: the order filled while the cancel was in flight. The answer carries the
+            # order as it stands, so a client needs no second request to learn its fill.
+            return _json({"error": str(exc), "field": "id", "order": exc.order}, 409)
         except OrderStateError as exc:
             return _error(409, str(exc), "id")
 

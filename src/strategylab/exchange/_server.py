@@ -71,8 +71,8 @@ class Exchange(_MarketData, _HttpApi):
         )
         self._gen = TickGenerator(config.symbols, config.seed)
         self._history = {s: _History(config.retention) for s in config.symbols}
-        self.book = OrderBook(config.symbols, clock=clock)
         self.faults = FaultBoard(clock=clock, seed=config.seed)
+        self.book = OrderBook(config.symbols, clock=clock, faults=self.faults)
         self._subs: set[_Subscriber] = set()
         self._live: list[_Subscriber] = []  # subscribed: receive live frames
         self._idle: set[_Subscriber] = set()  # subscribed to no known symbol: heartbeats only
@@ -198,6 +198,8 @@ class Exchange(_MarketData, _HttpApi):
             "connections": len(self._subs),
             "subscribers_dropped": self.subscribers_dropped,
             "faults": self.faults.snapshot(),
+            "strikes": {kind.value: n for kind, n in self.faults.strikes.items()},
+            "races": dict(self.book.races),
             "security_events": self.security_events,
             "generating": bool(self._tasks) and not self._tasks[0].done(),
         }

@@ -239,6 +239,10 @@ class _EngineOrders(_EngineBase):
                     continue  # another client's order
                 strategy = known.strategy
             side = Side(fill.side)
+            # A venue fills an order in parts: "filled" only once its fills cover it (a part
+            # leaves it open, and a remainder cancelled leaves it cancelled).
+            booked = self.store.order(fill.client_order_id)
+            complete = booked is not None and booked.filled_qty + fill.qty >= booked.qty - 1e-9
             if not self.store.record_fill(
                 fill_id=fill.id,
                 cid=fill.client_order_id,
@@ -248,7 +252,7 @@ class _EngineOrders(_EngineBase):
                 qty=fill.qty,
                 price=fill.price,
                 ts=fill.ts,
-                order_status="filled",
+                order_status="filled" if complete else None,
             ):
                 continue
             new += 1
@@ -257,7 +261,8 @@ class _EngineOrders(_EngineBase):
             self._positions[key] = self._positions.get(key, 0.0) + fill.qty * side.sign
             if live is not None:
                 live.filled += fill.qty
-                self._set_status(fill.client_order_id, "filled")
+                if complete:
+                    self._set_status(fill.client_order_id, "filled")
             runner = self.runners.get(strategy)
             if runner is not None and runner.running:
                 self._deliver_fill(

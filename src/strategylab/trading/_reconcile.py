@@ -148,6 +148,8 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
         if owner is None:
             continue  # not this book's order
         order = owner
+        # Filled only once its fills cover it: a part of a split order leaves it as it was.
+        complete = owner.filled_qty + fill.qty >= owner.qty - _EPS
         store.record_fill(
             fill_id=fill.id,
             cid=fill.client_order_id,
@@ -157,7 +159,7 @@ async def reconcile(client: OrderClient, store: PositionStore) -> list[Reconcili
             qty=fill.qty,
             price=fill.price,
             ts=fill.ts,
-            order_status="filled",
+            order_status="filled" if complete else None,
         )
         items.append(
             ReconciliationItem(
