@@ -18,6 +18,7 @@ from strategylab._cli_options import (
     LogLevelOption,
     nonempty_path,
 )
+from strategylab._lab_cli import lab_app
 from strategylab._logging import configure_logging, escape
 from strategylab._node_cli import node_command, trade_command
 from strategylab._research_cli import backtest_command, optimize_command
@@ -293,6 +294,7 @@ app.command("proxy")(proxy_command)
 app.command("check")(check_command)
 app.command("backtest")(backtest_command)
 app.command("optimize")(optimize_command)
+app.add_typer(lab_app)
 
 
 def main() -> None:
