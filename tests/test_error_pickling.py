@@ -48,6 +48,26 @@ def _risk_rejected(cls: type[BaseException]) -> BaseException:
 
 # Constructors whose signature is not ``(*args)``: how to build a sample of each.
 SAMPLES: dict[str, Callable[[Any], BaseException]] = {
+    "strategylab.chaos._experiment.ExperimentFileError": lambda c: c(
+        "method[1].toxic", "lag", "is not one of latency, bandwidth", file="e.toml"
+    ),
+    "strategylab.chaos._injector.FaultSkippedError": lambda c: c("disk.fill", "needs root"),
+    "strategylab.exchange._book.CancelTooLateError": lambda c: c(
+        __import__("strategylab.market", fromlist=["ExchangeOrder"]).ExchangeOrder(
+            id="o1",
+            client_order_id="c1",
+            symbol="AAPL",
+            side="buy",
+            type="market",
+            qty=2.0,
+            price=None,
+            status="filled",
+            filled_qty=2.0,
+        )
+    ),
+    "strategylab.market._feed_errors.EndpointBehindError": lambda c: c(
+        "ws://backup: behind", (("A", 5, 9),)
+    ),
     "strategylab.service._service._BadFieldError": lambda c: c("reason", "required"),
     "strategylab.service._source.AdminActionError": lambda c: c(404, "no breaker named 'x'"),
     "strategylab.fault_tolerance._snapshot.SnapshotError": lambda c: c(

@@ -162,7 +162,7 @@ def parse_lookup(body: object) -> list[str]:
     return [_client_id(cid, "client_order_ids") for cid in cids]
 
 
-class CancelTooLateError(OrderStateError):
+class CancelTooLateError(PicklableErrorMixin, OrderStateError):
     """A cancel lost the race to an execution: the order filled while the cancel was in flight.
 
     ``order`` is the order as it now stands (``filled``); its fill is recorded and stands.
