@@ -93,6 +93,8 @@ _PARAM_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "config": ("config_file",),
     "memory_budget": ("memory_budget",),
     "name": ("node_name",),
+    "chaos_agent": ("chaos_agent",),
+    "degradation_hold": ("degradation_hold",),
     # The trader child: not a config-file key (never overridden from there).
     "strategy": ("trader",),
     "book": ("trader",),
@@ -429,6 +431,16 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             show_default=False,
         ),
     ] = None,
+    degradation_hold: Annotated[
+        float,
+        typer.Option(
+            "--degradation-hold",
+            metavar="SECONDS",
+            min=0.0,
+            help="How long a pressure (or calm) reading must last before the node sheds "
+            "(or restores) each feature.",
+        ),
+    ] = 5.0,
     name: Annotated[
         str,
         typer.Option(
@@ -460,6 +472,14 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         ),
     ] = None,
     param: ParamOption = None,
+    chaos_agent: Annotated[
+        bool,
+        typer.Option(
+            "--chaos-agent",
+            help="For the chaos lab: serve POST /admin/chaos/ballast (memory held in this "
+            "process, behind the admin token). Needs --status-port and an admin token.",
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
@@ -514,8 +534,10 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             admin_token=token,
             config_file=config,
             memory_budget=memory_budget,
+            degradation_hold=degradation_hold,
             node_name=name,
             trader=trader,
+            chaos_agent=chaos_agent,
         )
     except ConfigurationError as exc:
         usage_error(_NODE, exc.as_option(_NODE_FLAGS))

@@ -113,6 +113,13 @@ class NodeConfig:
     not be inside ``data_dir``, at any depth (its ``snapshot.json``, ``UNCLEAN_SHUTDOWN`` and
     ``logs/`` go beside it, where they would mix with the node's). None: the node only
     ingests."""
+    degradation_hold: float = 5.0
+    """Seconds a degradation trigger's condition must last before each level is shed or
+    restored (``--degradation-hold``; 0 acts at the next evaluation, once a second)."""
+    chaos_agent: bool = False
+    """The opt-in chaos agent (``--chaos-agent``): ``POST /admin/chaos/ballast`` holds real
+    memory in this process for the chaos lab. Needs ``admin_token`` and ``status_port``; never
+    read from the configuration file."""
     explicit: frozenset[str] = frozenset()
     """The fields set on the command line: the config file and the environment never override
     them, at start or on reload (``load_node_config(..., explicit=...)``)."""
@@ -122,6 +129,9 @@ class NodeConfig:
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigurationError(key, value, "must be a finite number > 0")
+        hold = self.degradation_hold
+        if not (isinstance(hold, int | float) and math.isfinite(hold) and hold >= 0):
+            raise ConfigurationError("degradation_hold", hold, "must be a finite number >= 0")
         port = self.status_port
         if port is not None and (
             isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
@@ -142,6 +152,13 @@ class NodeConfig:
         _check_node_name(self.node_name)
         if self.admin_token is not None and not self.admin_token.strip():
             raise ConfigurationError("admin_token", "(blank)", "must not be empty")
+        if self.chaos_agent and (self.admin_token is None or self.status_port is None):
+            raise ConfigurationError(
+                "chaos_agent",
+                self.chaos_agent,
+                "needs an admin token (--admin-token-file or $STRATEGYLAB_ADMIN_TOKEN) and "
+                "--status-port: its route is an admin route of the status service",
+            )
         if self.trader is not None:
             self._check_trader()
 

@@ -545,6 +545,7 @@ class Node:
             queue_capacity=capacity,
             features=node_features(self._set_chart, self._set_events),
             clock=self._clock,
+            hold=cfg.degradation_hold,
         )
         controller.add_listener(lambda event: self._publish("degradation", event.to_dict()))
         return controller
@@ -567,6 +568,7 @@ class Node:
                 port=port,
                 admin_token=cfg.admin_token,
                 clock=self._clock,
+                chaos=view if cfg.chaos_agent else None,
             )
 
         def on_service(service: Any) -> None:

@@ -5,7 +5,8 @@
 ``REDUCING``, ``HALTED``; None on a node without one), and ``extra["trader"]`` its summary
 (:meth:`~._node.Node.trader_status`). Reads are synchronous and cheap: each is one call to the
 components' frozen ``statistics()`` / ``snapshot()`` views, taken when a request or a scrape asks.
-Actions (kill, force a breaker, shed or restore a feature, reload the configuration) are coroutines
+Actions (kill, force a breaker, shed or restore a feature, reload the configuration, and with
+``--chaos-agent`` the memory ballast of the chaos lab) are coroutines
 that refuse with :class:`~strategylab.service.AdminActionError` (404 unknown name, 409 cannot run
 now, 400 bad value). Each one, accepted or refused, is audited (kind ``admin``: ``action``,
 ``target``, ``outcome`` and what it did or why it was refused; never the token, which stays in the
@@ -14,6 +15,7 @@ service) and published as an ``admin`` event (:meth:`~._node.Node.record_admin`)
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -25,10 +27,12 @@ from strategylab.fault_tolerance import (
     ProbeResult,
     TriggerSource,
     TriggerStatus,
+    rss_bytes,
 )
 from strategylab.market import FailoverStore
 from strategylab.service import AdminActionError, NodeSnapshot
 
+from ._ballast import Ballast
 from ._shedding import MEMORY_SHED_AT
 
 if TYPE_CHECKING:
@@ -50,6 +54,8 @@ class NodeView:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self._ballast = Ballast()
+        self._ballast_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ reads
 
@@ -77,6 +83,8 @@ class NodeView:
         trader = node.trader_status()
         if trader is not None:
             extra["trader"] = trader
+        if node.config.chaos_agent:
+            extra["chaos_agent"] = self._chaos_figures()
         return NodeSnapshot(
             node=node.config.node_name,
             uptime=node.uptime,
@@ -266,6 +274,36 @@ class NodeView:
             return result
 
         return await self._audited("reload", None, run)
+
+    # ------------------------------------------------------------------ chaos agent
+
+    def _chaos_figures(self) -> dict[str, Any]:
+        """``{"ballast_bytes", "rss_bytes", "memory_budget"}`` now (``/status``'s
+        ``extra.chaos_agent``; the budget None without ``--memory-budget``)."""
+        return {
+            "ballast_bytes": self._ballast.size,
+            "rss_bytes": rss_bytes(),
+            "memory_budget": self._node.config.memory_budget,
+        }
+
+    async def set_ballast(self, nbytes: int) -> Mapping[str, Any]:
+        """Hold ``nbytes`` of touched memory in this process (0 releases it), audited as admin
+        action ``ballast``; the result is :meth:`_chaos_figures` after the change. Refuses 409
+        when the chaos agent is off and 507 when the kernel refuses the memory (the ballast
+        keeps what it had)."""
+
+        async def run() -> Mapping[str, Any]:
+            if not self._node.config.chaos_agent:
+                raise AdminActionError(409, "the chaos agent is off (--chaos-agent)")
+            async with self._ballast_lock:
+                try:
+                    # Touching a large ballast takes a while: off the event loop.
+                    await asyncio.to_thread(self._ballast.resize, nbytes)
+                except MemoryError as exc:
+                    raise AdminActionError(507, str(exc)) from None
+            return self._chaos_figures()
+
+        return await self._audited("ballast", None, run, {"bytes": nbytes})
 
 
 def _refusal(trigger: TriggerStatus) -> str:

@@ -10,13 +10,14 @@ from ._auth import MIN_ADMIN_TOKEN
 
 if TYPE_CHECKING:
     from ._service import MAX_ADMIN_BODY, MAX_REASON, StatusService
-    from ._source import AdminActionError, NodeSnapshot, StatusSource
+    from ._source import AdminActionError, ChaosAgent, NodeSnapshot, StatusSource
 
 __all__ = [
     "MAX_ADMIN_BODY",
     "MAX_REASON",
     "MIN_ADMIN_TOKEN",
     "AdminActionError",
+    "ChaosAgent",
     "NodeSnapshot",
     "StatusService",
     "StatusSource",
@@ -29,6 +30,7 @@ _LAZY = {
     "MAX_REASON": "._service",
     "StatusService": "._service",
     "AdminActionError": "._source",
+    "ChaosAgent": "._source",
     "NodeSnapshot": "._source",
     "StatusSource": "._source",
 }

@@ -17,15 +17,16 @@ else is 405):
   dropped (see :mod:`._events`). A client that goes away before or while its headers are sent is
   no error (logged at debug);
 - admin, each needing ``Authorization: Bearer <admin_token>`` (compared with
-  :func:`hmac.compare_digest`; at least 16 characters): ``POST /admin/kill`` (``{"reason":
-  "..."}``, 1..500 characters of one line of printable text, the rule ``strategylab kill
-  --reason`` applies; 202), ``POST /admin/breakers/{name}`` (``{"state": "open" | "closed" |
-  "reset"}``), ``POST /admin/features/{name}/shed``, ``POST /admin/features/{name}/restore``,
-  ``POST /admin/reload``. Without a configured token: 403 and nothing runs; a missing or wrong
-  token: 401 with ``WWW-Authenticate: Bearer``; 10 such failures within 60 s from one peer
-  address: 429 with ``Retry-After`` for every admin request from it, the right token included,
-  until the oldest failure is 60 s old (see :mod:`._auth`); a body over 16 KiB: 413; bad JSON
-  or a bad field: 400 ``{"error": ..., "field": ...}`` naming it; an :class:`AdminActionError`
+  :func:`hmac.compare_digest`; at least 16 characters): ``POST /admin/kill`` (``{"reason": "..."}``,
+  1..500 characters of one line of printable text, the rule ``strategylab kill --reason`` applies;
+  202), ``POST /admin/breakers/{name}`` (``{"state": "open" | "closed" | "reset"}``), ``POST
+  /admin/features/{name}/shed``, ``POST /admin/features/{name}/restore``, ``POST /admin/reload``,
+  and with a chaos agent (``chaos=``, the node's ``--chaos-agent``; else 404) ``POST
+  /admin/chaos/ballast`` (``{"bytes": N}``, 0 releases). Without a configured token: 403 and nothing
+  runs; a missing or wrong token: 401 with ``WWW-Authenticate: Bearer``; 10 such failures within 60
+  s from one peer address: 429 with ``Retry-After`` for every admin request from it, the right token
+  included, until the oldest failure is 60 s old (see :mod:`._auth`); a body over 16 KiB: 413; bad
+  JSON or a bad field: 400 ``{"error": ..., "field": ...}`` naming it; an :class:`AdminActionError`
   from the source: its status and ``{"error": message}``; success: ``{"ok": true, "action",
   "target", "result"}``. Every admin call, accepted or refused, is logged (logger
   ``strategylab.service``; the token never is; a limited peer's 429s only at debug);
@@ -65,7 +66,7 @@ from strategylab.errors import ConfigurationError, StrategyLabError
 from ._auth import MIN_ADMIN_TOKEN, FailureLimiter, retry_after_header
 from ._events import EventClient, EventHub
 from ._metrics import ServiceFigures, SnapshotCollector
-from ._source import AdminActionError, StatusSource
+from ._source import AdminActionError, ChaosAgent, StatusSource
 from ._status import AUDIT_LIMIT, jsonable, status_body
 
 __all__ = ["MAX_ADMIN_BODY", "MAX_REASON", "StatusService"]
@@ -80,6 +81,8 @@ _SWEEPS_PER_TIMEOUT: Final = 4
 """Blocked writes are looked for ``write_timeout / 4`` apart: a stuck client goes within 1.25x."""
 _MAX_NAME: Final = 200
 _BREAKER_STATES: Final = ("open", "closed", "reset")
+MAX_BALLAST: Final = 1 << 40
+"""The largest chaos ballast an admin call may ask for, in bytes (1 TiB)."""
 _STATIC: Final = {
     "index.html": "text/html",
     "app.js": "text/javascript",
@@ -137,7 +140,8 @@ class StatusService:
     (``SO_SNDBUF``; Linux doubles the figure for its bookkeeping) and ``write_timeout`` (seconds
     > 0, on ``clock``) is how long one write to a stream may stay blocked before the client is
     dropped. ``auth_failures`` failed authentications within ``auth_window`` seconds from one
-    peer address make it wait (429) for the rest of the window.
+    peer address make it wait (429) for the rest of the window. ``chaos`` is the node's opt-in
+    :class:`ChaosAgent` behind ``POST /admin/chaos/ballast`` (None: that route answers 404).
     Raises :class:`~strategylab.errors.ConfigurationError` naming a bad argument (an
     ``admin_token`` under :data:`MIN_ADMIN_TOKEN` characters included).
     """
@@ -158,6 +162,7 @@ class StatusService:
         write_timeout: float = 5.0,
         auth_failures: int = 10,
         auth_window: float = 60.0,
+        chaos: ChaosAgent | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ConfigurationError("host", host, "must be a non-empty str")
@@ -187,6 +192,7 @@ class StatusService:
         _validate.integer("send_buffer", send_buffer, minimum=4096, maximum=16 * 1024 * 1024)
         _validate.integer("auth_failures", auth_failures, minimum=1)
         self._source = source
+        self._chaos = chaos
         self._host = host
         self._port = port
         self._token = admin_token.encode() if admin_token is not None else None
@@ -371,6 +377,7 @@ class StatusService:
         post("/admin/features/{name}/shed", self._shed)
         post("/admin/features/{name}/restore", self._restore)
         post("/admin/reload", self._reload)
+        post("/admin/chaos/ballast", self._ballast)
         return app
 
     async def _index(self, _request: web.Request) -> web.Response:
@@ -504,6 +511,23 @@ class StatusService:
             return await self._source.reload_config(), ""
 
         return await self._admin(request, "reload", None, run)
+
+    async def _ballast(self, request: web.Request) -> web.Response:
+        async def run(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+            nbytes = body.get("bytes")
+            if nbytes is None:
+                raise _BadFieldError("bytes", "required")
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+                raise _BadFieldError("bytes", "must be an integer number of bytes")
+            if not 0 <= nbytes <= MAX_BALLAST:
+                raise _BadFieldError("bytes", f"must be within 0..{MAX_BALLAST}")
+            if self._chaos is None:
+                raise AdminActionError(
+                    404, "the chaos agent is off: start the node with --chaos-agent"
+                )
+            return await self._chaos.set_ballast(nbytes), str(nbytes)
+
+        return await self._admin(request, "ballast", None, run, body_required=True)
 
     def _authorized(self, request: web.Request, peer: str) -> web.Response | None:
         """None when the request may run an admin action, else the refusal to answer.

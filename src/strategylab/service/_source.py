@@ -25,7 +25,7 @@ from strategylab.fault_tolerance import (
 )
 from strategylab.market import FeedStatistics, IngestStatistics
 
-__all__ = ["AdminActionError", "NodeSnapshot", "StatusSource"]
+__all__ = ["AdminActionError", "ChaosAgent", "NodeSnapshot", "StatusSource"]
 
 
 class AdminActionError(StrategyLabError):
@@ -114,4 +114,15 @@ class StatusSource(Protocol):
 
     async def reload_config(self) -> Mapping[str, Any]:
         """Reload the configuration file; the result says whether it was accepted and why not."""
+        ...
+
+
+class ChaosAgent(Protocol):
+    """The node's opt-in chaos agent (``strategylab node --chaos-agent``): faults that only the
+    node's own process can carry, steered through the admin routes. Off by default; the status
+    service answers 404 to its routes when none is given."""
+
+    async def set_ballast(self, nbytes: int) -> Mapping[str, Any]:
+        """Hold ``nbytes`` of real, touched memory in the node's process (0 releases it all);
+        returns ``{"ballast_bytes", "rss_bytes", "memory_budget"}`` after the change."""
         ...
