@@ -419,6 +419,7 @@ class TraderChild:
             "risk_state": self.risk_state(pid),
             "positions": status.get("positions", {}),
             "open_orders": status.get("open_orders", 0),
+            "breaker": status.get("breaker"),
             "resumed": inc is not None and inc.resumed is not None,
             "started_with": [] if inc is None else list(inc.started_with),
         }

@@ -281,7 +281,24 @@ class StrategyEngine(_EngineSecurity):
             security_violations=self.security_violations,
             strategies=tuple(r.status() for r in self.runners.values()),
             reconciliation=self.reconciliation,
+            breaker=_breaker(self.client),
         )
+
+
+def _breaker(client: object) -> dict[str, object] | None:
+    """The order client's breaker state and counters (None for a client without one)."""
+    breaker = getattr(client, "breaker", None)
+    if breaker is None:
+        return None
+    metrics = breaker.metrics()
+    return {
+        "state": metrics.state.value,
+        "failed_calls": metrics.failed_calls,
+        "rejected_calls": metrics.rejected_calls,
+        "ignored_calls": metrics.ignored_calls,
+        "successful_calls": metrics.successful_calls,
+        "not_permitted": metrics.not_permitted,
+    }
 
 
 async def _reconcile_and_last_seqs(

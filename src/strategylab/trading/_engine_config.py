@@ -84,6 +84,9 @@ class EngineStatus:
     """Forged frames seen (each one held trading; see the module docstring)."""
     strategies: tuple[StrategyStatus, ...]
     reconciliation: tuple[ReconciliationItem, ...]
+    breaker: dict[str, object] | None = None
+    """The order client's circuit breaker: ``state`` and its call counters (``failed_calls``,
+    ``rejected_calls``...: :class:`~strategylab.fault_tolerance.BreakerMetrics`)."""
 
     def to_dict(self) -> dict[str, object]:
         """For JSON."""
