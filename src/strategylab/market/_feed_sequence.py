@@ -8,7 +8,14 @@ from __future__ import annotations
 from websockets.asyncio.client import ClientConnection
 
 from ._feed_errors import InvalidTickError, TickRangeLostError
-from ._feed_state import _RAW_CHARS, _FeedState, _json_encode, _log, _Pending
+from ._feed_state import (
+    _RAW_CHARS,
+    _UNPOSITIONED_KEPT,
+    _FeedState,
+    _json_encode,
+    _log,
+    _Pending,
+)
 from ._protocol import ReplayDone, ReplayRequest
 from ._store import QuarantinedTick
 from ._tick import INT64_MAX, INT64_MIN, Tick, TickBounds, validate_tick
@@ -49,8 +56,12 @@ class _FeedSequencer(_FeedState):
             seq = tick.seq
             if not 0 < seq <= INT64_MAX:
                 # Not a position in the stream at all: quarantined, no position moves.
-                bad = [] if bad is None else bad
-                bad.append(self._refused(tick, f"seq {seq} outside 1..2**63-1"))
+                entry = self._unpositioned(tick)
+                if entry is None:
+                    dups += 1
+                else:
+                    bad = [] if bad is None else bad
+                    bad.append(entry)
                 continue
             if seq != last + 1:
                 if seq <= last:
@@ -124,14 +135,28 @@ class _FeedSequencer(_FeedState):
             return None
         return self._refused(tick, reason)
 
-    def _refused(self, tick: Tick, reason: str) -> QuarantinedTick:
+    def _unpositioned(self, tick: Tick) -> QuarantinedTick | None:
+        """The quarantine entry of a tick whose seq is no position in the stream; None for one
+        already quarantined by this feed. Such a tick never moves the delivered position, so a
+        resubscription that resends its frame would otherwise quarantine it again: the last
+        :data:`_UNPOSITIONED_KEPT` are remembered by their text."""
+        raw = repr(tick)[:_RAW_CHARS]
+        seen = self._unpositioned_seen
+        if raw in seen:
+            return None
+        seen[raw] = None
+        if len(seen) > _UNPOSITIONED_KEPT:
+            del seen[next(iter(seen))]
+        return self._refused(tick, f"seq {tick.seq} outside 1..2**63-1", raw=raw)
+
+    def _refused(self, tick: Tick, reason: str, *, raw: str | None = None) -> QuarantinedTick:
         """The quarantine entry of a refused tick: only values that fit the store's columns
         (the raw tick keeps the rest, as text)."""
         self._invalid += 1
         return QuarantinedTick(
             received_ns=int(self._clock.time() * 1e9),
             reason=reason,
-            raw=repr(tick)[:_RAW_CHARS],
+            raw=repr(tick)[:_RAW_CHARS] if raw is None else raw,
             symbol=tick.symbol,
             seq=tick.seq if 0 < tick.seq <= INT64_MAX else None,
         )

@@ -64,6 +64,9 @@ _PEER_TEXT = 120
 """Characters of peer-supplied text kept (escaped) in a log line or an error message."""
 _RAW_CHARS = 1000
 """Characters of a refused tick's text kept in its quarantine entry."""
+_UNPOSITIONED_KEPT = 1024
+"""Refused ticks without a stream position (seq outside 1..2**63-1) remembered by their text,
+so that a frame resent on a resubscription does not quarantine them a second time."""
 
 
 def _peer(text: object) -> str:
@@ -177,7 +180,7 @@ class _FeedState:
         self._delivered: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
         self._held: dict[str, dict[int, Tick]] = {}
-        self._held_count = 0
+        self._unpositioned_seen: dict[str, None] = {}
         self._pending: dict[str, _Pending] = {}
         self._hb_last: dict[str, int] = {}
         self._hb_delivered: dict[str, int] = {}
@@ -187,7 +190,7 @@ class _FeedState:
         self._connects = 0
         self._frames = self._ticks = self._duplicates = self._gaps = self._replays = 0
         self._crc_errors = self._signature_errors = self._invalid = self._lost = 0
-        self._lost_ranges = self._control_errors = self._stale = 0
+        self._lost_ranges = self._control_errors = self._stale = self._held_count = 0
 
     @property
     def name(self) -> str:

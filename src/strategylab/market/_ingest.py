@@ -122,10 +122,26 @@ class IngestStatistics:
 
 
 class _Quarantine:
-    __slots__ = ("entries",)
+    """Refused input queued in order with the ticks; ``written`` once the store holds it (a
+    span re-taken after an interrupted tick write does not quarantine it twice)."""
+
+    __slots__ = ("entries", "written")
 
     def __init__(self, entries: list[QuarantinedTick]) -> None:
         self.entries = entries
+        self.written = False
+
+
+class _Span:
+    """The head of the queue one write cycle deals with: its ticks, the quarantine items
+    interleaved with them, and how many queue items it covers (NOT removed yet)."""
+
+    __slots__ = ("items", "quarantine", "ticks")
+
+    def __init__(self) -> None:
+        self.ticks: list[Tick] = []
+        self.quarantine: list[_Quarantine] = []
+        self.items = 0
 
 
 class Ingestor:
@@ -400,35 +416,61 @@ class Ingestor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(cfg.linger):
                         await self._full_batch.wait()
-            head = self._queue[0]
-            if isinstance(head, _Quarantine):
-                await self._write_quarantine(head)
-                self._queue.popleft()
-                continue
-            batch = self._take(self._batch_size)
-            await self._write(batch)
-            self._size -= len(batch)
-            self._take_done(len(batch))
+            # One cycle takes ticks AND the quarantine entries queued among them: refused input
+            # never splits a batch (a frame with one invalid tick in it used to cost a linger and
+            # a commit of its own, twice, and the writer fell behind a feed of such frames).
+            span = self._take(self._batch_size)
+            await self._write_span(span)
+            self._take_done(span)
             if self._size < self._max_queue:
                 self._space.set()
 
-    def _take(self, limit: int) -> list[Tick]:
-        """The ticks at the head of the queue up to ``limit`` (or one whole frame), NOT removed."""
-        batch: list[Tick] = []
+    def _take(self, limit: int) -> _Span:
+        """The head of the queue up to ``limit`` ticks plus quarantine entries (at least one
+        whole item), NOT removed. Quarantine items already written count as taken, but their
+        entries are not written again."""
+        span = _Span()
+        taken = 0
         for item in self._queue:
             if isinstance(item, _Quarantine):
-                break
-            if batch and len(batch) + len(item) > limit:
-                break
-            batch.extend(item)
-        return batch
+                size = 0 if item.written else len(item.entries)
+                if span.items and taken + size > limit:
+                    break
+                span.quarantine.append(item)
+            else:
+                size = len(item)
+                if span.items and taken + size > limit:
+                    break
+                span.ticks.extend(item)
+            taken += size
+            span.items += 1
+        return span
 
-    def _take_done(self, count: int) -> None:
+    def _take_done(self, span: _Span) -> None:
         queue = self._queue
-        while count > 0:
-            item = queue.popleft()
-            assert not isinstance(item, _Quarantine)  # noqa: S101 - _take stops at one
-            count -= len(item)
+        for _ in range(span.items):
+            queue.popleft()
+        self._size -= len(span.ticks)
+
+    async def _write_span(self, span: _Span) -> None:
+        """Quarantine the span's refused input (one transaction), then write and acknowledge
+        its ticks (one transaction); only then is any of it accounted for. Quarantine first: a
+        crash in between re-receives (and re-quarantines) the refused ticks on resume, where the
+        other order would leave refused ticks below the stored watermark never quarantined."""
+        pending = [item for item in span.quarantine if not item.written]
+        if pending:
+            entries = (
+                pending[0].entries
+                if len(pending) == 1
+                else [entry for item in pending for entry in item.entries]
+            )
+            await self._write_quarantine(entries)
+            for item in pending:
+                item.written = True
+        if span.ticks:
+            await self._write(span.ticks)
+        if span.quarantine:
+            await self._account_quarantine(span.quarantine)
 
     async def _write(self, batch: list[Tick]) -> None:
         store = self._store
@@ -486,23 +528,28 @@ class Ingestor:
         self._failing_what = None
         self._backoff.reset()
 
-    async def _write_quarantine(self, item: _Quarantine) -> None:
+    async def _write_quarantine(self, entries: list[QuarantinedTick]) -> None:
         while True:
             try:
-                await self._store.quarantine(item.entries)
+                await self._store.quarantine(entries)
             except Exception as exc:
-                await self._failed("quarantine", exc, len(item.entries))
+                await self._failed("quarantine", exc, len(entries))
                 continue
             break
         self._recovered()
-        self._quarantined += len(item.entries)
+        self._quarantined += len(entries)
+
+    async def _account_quarantine(self, items: list[_Quarantine]) -> None:
+        """Move the accounted watermarks over quarantined entries (their span's ticks are
+        stored: nothing below them is still waiting)."""
         accounted = self._accounted
-        for entry in item.entries:
-            if entry.symbol is not None and entry.seq is not None:
-                # A lost-range entry names its first seq; the feed moved past the whole range.
-                top = _range_end(entry)
-                if top > accounted.get(entry.symbol, 0):
-                    accounted[entry.symbol] = top
+        for item in items:
+            for entry in item.entries:
+                if entry.symbol is not None and entry.seq is not None:
+                    # A lost-range entry names its first seq; the feed moved past the whole range.
+                    top = _range_end(entry)
+                    if top > accounted.get(entry.symbol, 0):
+                        accounted[entry.symbol] = top
         async with self._progress:
             self._progress.notify_all()
 
