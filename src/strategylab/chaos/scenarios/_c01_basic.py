@@ -5,17 +5,21 @@ from the exchange's API, corrupted frames on the feed (the node drops them and a
 invalid ticks (quarantined), and a timeout (latency on the feed beyond the node's 1 s stale
 deadline). Each must recover (ready, store caught up) within the 1 s SLA of the heal.
 
-The injectors here are small stand-ins, kept simple so that they can be swapped for the shared
-ones. TODO(chaos/_inject_network.py): replace :class:`ToxicInjector` with its network injectors;
-TODO(chaos/_inject_exchange.py): replace :class:`ExchangeFaultInjector` with its exchange ones.
+The injectors are the shared ones: :class:`~strategylab.chaos.ConnectionReset` and
+:class:`~strategylab.chaos.DeadlineTimeout` on the feed's proxy,
+:class:`~strategylab.chaos.ApiErrors`, :class:`~strategylab.chaos.CorruptFrames` and
+:class:`~strategylab.chaos.InvalidTicks` through the exchange's admin API.
+:class:`ToxicInjector`, the first stand-in, stays for category 3 and the harness tests that
+still build their faults with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from strategylab.chaos._harness import Pipeline
+from strategylab.chaos._inject_exchange import ApiErrors, CorruptFrames, InvalidTicks
+from strategylab.chaos._inject_network import ConnectionReset, DeadlineTimeout
 from strategylab.chaos._injector import Injector
 from strategylab.chaos._lab import LabRun, cross_check_recorded
 from strategylab.chaos._proxy import Proxy
@@ -23,19 +27,13 @@ from strategylab.chaos._scenario import Criterion, Lab, Scenario
 from strategylab.chaos._severity import Severity
 from strategylab.chaos._toxics import Toxic
 
-__all__ = [
-    "ApiErrorsInjector",
-    "BasicErrorRecovery",
-    "CorruptFramesInjector",
-    "ExchangeFaultInjector",
-    "InvalidTicksInjector",
-    "ToxicInjector",
-]
+__all__ = ["BasicErrorRecovery", "ToxicInjector"]
 
 
 class ToxicInjector(Injector):
     """A toxic of the fault proxy on both directions (``reset_peer``, ``latency``,
-    ``blackhole``...); healed by removing both."""
+    ``blackhole``...); healed by removing both. The first stand-in, kept for category 3 and
+    the harness tests: new faults use :mod:`strategylab.chaos`'s network injectors."""
 
     kind = "network"
 
@@ -79,57 +77,6 @@ class ToxicInjector(Injector):
         }
 
 
-class ExchangeFaultInjector(Injector):
-    """A fault of the exchange's admin API (``invalid_ticks``, ``corrupt_frames``,
-    ``bad_signatures``, ``api_errors``), switched on for ``duration`` seconds at most and off
-    again by ``DELETE /admin/faults?kind=``."""
-
-    kind = "exchange"
-
-    def __init__(
-        self,
-        name: str,
-        pipeline: Pipeline,
-        fault: str,
-        severity: Severity = Severity.MEDIUM,
-        *,
-        duration: float,
-        **fields: Any,
-    ) -> None:
-        super().__init__(name, severity)
-        if not duration > 0:
-            raise ValueError(f"duration={duration!r}: must be > 0 (seconds)")
-        self._pipeline = pipeline
-        self._body: Mapping[str, Any] = {"kind": fault, "duration": duration, **fields}
-
-    async def _inject(self) -> None:
-        await self._pipeline.exchange_admin("POST", "/admin/faults", self._body)
-
-    async def _heal(self) -> None:
-        await self._pipeline.exchange_admin("DELETE", f"/admin/faults?kind={self._body['kind']}")
-
-    def describe(self) -> dict[str, Any]:
-        return super().describe() | dict(self._body)
-
-
-class ApiErrorsInjector(ExchangeFaultInjector):
-    """The exchange's API answers errors (``api_errors``)."""
-
-    kind = "api"
-
-
-class CorruptFramesInjector(ExchangeFaultInjector):
-    """The exchange corrupts market-data frames (``corrupt_frames``)."""
-
-    kind = "corruption"
-
-
-class InvalidTicksInjector(ExchangeFaultInjector):
-    """The exchange emits invalid ticks (``invalid_ticks``)."""
-
-    kind = "data"
-
-
 class BasicErrorRecovery(Scenario):
     """Five common errors injected one by one; each must recover within 1 s."""
 
@@ -149,39 +96,42 @@ class BasicErrorRecovery(Scenario):
             raise TypeError(f"{self.name}: needs the lab's own runner (a LabRun), got {lab!r}")
         pipeline, sev = lab.pipeline, lab.severity
         hold = 0.5 * sev.scale
-        feed = lambda: pipeline.ws_proxy  # noqa: E731 - the proxy as it is when injected
+        url, token = pipeline.exchange_url, pipeline.admin_token
         # (injector, hold, whether the recovery manager must record it)
         faults: list[tuple[Injector, float, bool]] = [
-            (ToxicInjector("network.reset", feed, "reset_peer", sev, timeout=0), 0.1, True),
             (
-                ApiErrorsInjector(
-                    "api.errors_503", pipeline, "api_errors", sev,
-                    duration=hold + 5.0, rate=1.0, status=503,
+                ConnectionReset(pipeline.ws_proxy, timeout=0, severity=sev, name="network.reset"),
+                0.1, True,
+            ),
+            (
+                ApiErrors(
+                    url, token, status=503, rate=1.0, severity=sev, expiry=hold + 5.0,
+                    name="api.errors_503",
                 ),
                 hold, False,
             ),
             (
-                CorruptFramesInjector(
-                    "corruption.frames", pipeline, "corrupt_frames", sev,
-                    duration=hold + 5.0, rate=0.1,
+                CorruptFrames(
+                    url, token, rate=0.1, severity=sev, expiry=hold + 5.0,
+                    name="corruption.frames",
                 ),
                 hold, True,
             ),
             (
                 # Quarantined, not an error of the node: 5 % (20 % slows the node's ingest
                 # to a crawl today; see the lab's report).
-                InvalidTicksInjector(
-                    "data.invalid_ticks", pipeline, "invalid_ticks", sev,
-                    duration=hold + 5.0, rate=0.05,
+                InvalidTicks(
+                    url, token, rate=0.05, severity=sev, expiry=hold + 5.0,
+                    name="data.invalid_ticks",
                 ),
                 hold, False,
             ),
             (
-                # Latency beyond the node's 1 s stale deadline: the feed times out and
-                # reconnects.
-                ToxicInjector(
-                    "timeout.feed_latency", feed, "latency", sev,
-                    streams=("downstream",), latency=1500 * sev.scale,
+                # Latency beyond the node's stale deadline (1 s): 1.5 x it at medium; the feed
+                # times out and reconnects.
+                DeadlineTimeout(
+                    pipeline.ws_proxy, deadline=pipeline.config.stale_after, severity=sev,
+                    name="timeout.feed_latency",
                 ),
                 1.0 + 1.0 * sev.scale, True,
             ),
