@@ -89,11 +89,14 @@ def health_checks(
 
     - ``feed`` (readiness): connected, subscribed and a frame within ``stale_after``
       (``Feed.health``); 2 failures in a row make it UNHEALTHY (about 1 s);
-    - ``ingestor`` (both): the writer running and not failing; DEGRADED when the queue holds
-      :data:`QUEUE_NEAR_FULL` of the queue bound in force (``IngestStatistics.max_queue``: a
-      reload or RESOURCE_SCALING may change it; ``max_queue`` before it reports one) or more;
-    - ``store`` (both): the store accepts writes durably; DEGRADED while the failover store
-      spools or drains;
+    - ``ingestor`` (both): UNHEALTHY when the writer is not running; DEGRADED while a write or
+      an ack-log append fails (the store's or the disk's failure, not the process's: the
+      ``store`` check reports it) or when the queue holds :data:`QUEUE_NEAR_FULL` of the
+      queue bound in force (``IngestStatistics.max_queue``: a reload or RESOURCE_SCALING may
+      change it; ``max_queue`` before it reports one) or more;
+    - ``store`` (readiness): the store accepts writes durably; DEGRADED while the failover
+      store spools or drains. A dependency, so it never fails liveness (a restart would not
+      free a full disk or bring a database back);
     - ``status`` (liveness): the status lines go out; DEGRADED (not a failure: the output
       reports its own full disk to the manager) while lines are dropped.
     """
@@ -104,6 +107,11 @@ def health_checks(
     async def ingestor_check() -> HealthState:
         stats = ingestor.statistics()
         if not stats.healthy:
+            # A writer that is down is the node's own failure (liveness: restart me); a write
+            # or ack-log append failing is its store's or its disk's, which the store check
+            # reports for readiness: restarting the node would not free a full disk.
+            if stats.failing in {"write", "ack_log"}:
+                return HealthState.DEGRADED
             return HealthState.UNHEALTHY
         if stats.queued >= QUEUE_NEAR_FULL * (stats.max_queue or max_queue):
             return HealthState.DEGRADED
@@ -140,6 +148,9 @@ def health_checks(
         HealthCheck(
             name="store",
             check=store_check,
+            # An external dependency: it decides whether the node can take work (readiness),
+            # never whether the process should be restarted (Kubernetes' advice for liveness).
+            kind=ProbeKind.READINESS,
             component=store.name,
             error_type=ErrorType.DATABASE_CONNECTION_LOST,
             **common,
