@@ -45,6 +45,10 @@ __all__ = ["DEFAULT_SYMBOLS", "NodeLine", "Pipeline", "PipelineConfig", "Pipelin
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
 _LINES_KEPT: Final = 2000
 _HTTP_TIMEOUT: Final = 1.0
+_MEMORY_BUDGET: Final = "192M"
+"""The node's ``--memory-budget`` in the lab (its RSS alone is ~75 MB: under 75 % of it)."""
+_DEGRADATION_HOLD: Final = 1.0
+"""The node's ``--degradation-hold`` in the lab, seconds."""
 
 
 class PipelineError(StrategyLabError):
@@ -239,6 +243,11 @@ class Pipeline:
             *("--status-interval", str(cfg.status_interval)),
             *("--stale-after", str(cfg.stale_after)),
             *("--connect-timeout", str(cfg.connect_timeout)),
+            # Categories 5 and 7: a memory budget for the memory trigger (the node's own RSS is
+            # ~75 MB, under the 75 % restore mark), the ballast route, and a 1 s hold so that a
+            # shed or restore takes ~1-2 s rather than 5-10 s.
+            *("--memory-budget", _MEMORY_BUDGET, "--chaos-agent"),
+            *("--degradation-hold", str(_DEGRADATION_HOLD)),
         ]
         if cfg.postgres is not None:
             args += ["--postgres", cfg.postgres]

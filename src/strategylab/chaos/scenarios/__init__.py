@@ -14,7 +14,9 @@ from ._c01_basic import BasicErrorRecovery
 from ._c02_cascade import CascadingFailure
 from ._c03_partition import NetworkPartition
 from ._c04_database import DatabaseFailover
+from ._c05_memory import MemoryPressure
 from ._c06_breaker import CircuitBreakerScenario
+from ._c07_degradation import GracefulDegradation
 from ._c08_integrity import DataIntegrity
 from ._c09_sla import RecoverySla
 from ._c10_shutdown import EmergencyShutdownScenario
@@ -27,6 +29,8 @@ __all__ = [
     "DataIntegrity",
     "DatabaseFailover",
     "EmergencyShutdownScenario",
+    "GracefulDegradation",
+    "MemoryPressure",
     "NetworkPartition",
     "RecoverySla",
     "scenarios_for",
@@ -37,7 +41,9 @@ SCENARIOS: Final[dict[int, type[Scenario]]] = {
     2: CascadingFailure,
     3: NetworkPartition,
     4: DatabaseFailover,
+    5: MemoryPressure,
     6: CircuitBreakerScenario,
+    7: GracefulDegradation,
     8: DataIntegrity,
     9: RecoverySla,
     10: EmergencyShutdownScenario,
