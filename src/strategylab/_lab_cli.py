@@ -339,7 +339,8 @@ def _run_builtin(
         report_dir=report_dir,
         junit=junit,
     )
-    console = Console()
+    # A log (CI, a pipe) gets the whole table on one line a row, not 80 columns of wrapped cells.
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     received: list[signal.Signals] = []
     view = LiveView(console, categories, origin=time.monotonic())
 

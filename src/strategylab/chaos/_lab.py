@@ -604,6 +604,51 @@ async def run_lab(
     )
 
 
+AGREEMENT_WINDOW: Final = 5.0
+"""Seconds the node's own view may take to agree with the lab that everything recovered."""
+
+
+async def _node_agrees(lab: LabRun, pipeline: Pipeline) -> None:
+    """Held to account: the lab saw every fault of the category recover, so the node's own
+    health monitor must say every component is healthy and its recovery manager must have no
+    recovery still running, within :data:`AGREEMENT_WINDOW` seconds. A disagreement fails the
+    category (one of the two is wrong about the system)."""
+    clock = lab._clock  # noqa: SLF001 - our own helper
+    deadline = clock.monotonic() + AGREEMENT_WINDOW
+    seen = "no /status answer"
+    while True:
+        try:
+            status = await pipeline.status()
+        except PipelineError as exc:
+            status, seen = None, str(exc)
+        if status is not None:
+            unwell = [
+                f"{c.get('name')}={c.get('state')}"
+                for c in status.get("components") or []
+                if c.get("state") not in {"healthy", None}
+            ]
+            active = [str(r.get("component", r)) for r in status.get("active_recoveries") or []]
+            if not unwell and not active:
+                lab.check(
+                    "the node's health monitor and recovery manager agree it recovered",
+                    ok=True,
+                    detail="every component healthy, no recovery running",
+                    independent=False,
+                )
+                return
+            seen = f"unhealthy: {unwell or 'none'}; recoveries running: {active or 'none'}"
+        if clock.monotonic() >= deadline:
+            break
+        await clock.asleep(0.2)
+    lab.check(
+        "the node's health monitor and recovery manager agree it recovered",
+        ok=False,
+        detail=f"the lab saw every fault recover, but {AGREEMENT_WINDOW:.0f} s later the node "
+        f"says {seen}",
+        independent=False,
+    )
+
+
 async def _run_category(lab: LabRun, scenario: Scenario, pipeline: Pipeline) -> None:
     result = lab.result
     result.started = lab._clock.monotonic()  # noqa: SLF001 - our own helper
@@ -626,6 +671,8 @@ async def _run_category(lab: LabRun, scenario: Scenario, pipeline: Pipeline) -> 
             await lab.integrity()
         except Exception as exc:  # the checker could not read the store: a lab error
             result.error = result.error or f"integrity check: {type(exc).__name__}: {exc}"
+    if result.ran and all(f.recovered for f in result.ran) and pipeline.node_running:
+        await _node_agrees(lab, pipeline)
     result.ended = lab._clock.monotonic()  # noqa: SLF001
     verdict = result.verdict
     lab.emit("note", ok=verdict == "pass", text=f"category {result.id}: {verdict}")
