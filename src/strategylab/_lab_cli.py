@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -330,12 +332,16 @@ def _run_builtin(
     if missing:
         return _error(f"no scenario for categor{'y' if len(missing) == 1 else 'ies'} {missing}")
     scenarios = [registry[i]() for i in categories]
+    # Without --work-dir the run's data (stores, logs) goes to a temporary directory of ours:
+    # removed after a passing run (the report holds what it needs), kept and named otherwise.
+    temporary = work_dir is None
+    work = work_dir if work_dir is not None else Path(tempfile.mkdtemp(prefix="strategylab-lab-"))
     options = LabOptions(
         categories=categories,
         severity=Severity.parse(severity),
         seed=seed,
         postgres=postgres,
-        work_dir=work_dir,
+        work_dir=work,
         report_dir=report_dir,
         junit=junit,
     )
@@ -351,12 +357,18 @@ def _run_builtin(
         with view:
             result = asyncio.run(_interruptible(body, received))
     except (OSError, TimeoutError) as exc:
-        return _error(f"the lab could not run: {exc}")
+        code = _error(f"the lab could not run: {exc}")
     except Exception as exc:
-        return _error(f"the lab failed: {type(exc).__name__}: {exc}")
-    return _finish(
-        console, result, view=view, report_dir=report_dir, junit=junit, received=received
-    )
+        code = _error(f"the lab failed: {type(exc).__name__}: {exc}")
+    else:
+        code = _finish(
+            console, result, view=view, report_dir=report_dir, junit=junit, received=received
+        )
+    if temporary and code == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        console.print(f"the run's data (stores, logs): {work}", markup=False, highlight=False)
+    return code
 
 
 def _finish(
