@@ -286,7 +286,7 @@ def _faults_table(result: CategoryResult, origin: float) -> str:
         note = (
             (f.skipped and f"skipped: {f.skipped}") or (f.error and f"lab error: {f.error}") or ""
         )
-        note = "; ".join([note, *f.notes]) if f.notes else note
+        note = "; ".join(n for n in [note, *f.notes] if n)
         rows.append(
             "<tr>"
             f"<td>{_e(f.name)}</td><td>{_e(f.kind)}</td>"
