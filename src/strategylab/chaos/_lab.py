@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import random
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -540,6 +542,39 @@ def _verify_audit(path: Path, anchor: Path) -> bool | None:
     return True
 
 
+def _own_schema(dsn: str) -> tuple[str, str]:
+    """Create a schema for this run on ``dsn``'s database; ``(schema, a DSN whose
+    search_path is that schema)`` (a ``postgresql://`` URL stays one). Raises
+    :class:`PipelineError` naming the server when it cannot."""
+    import psycopg  # noqa: PLC0415 - only with --postgres
+
+    schema = f"strategylab_lab_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(psycopg.sql.Identifier(schema)))
+    except psycopg.Error as exc:
+        raise PipelineError(f"--postgres: cannot create the run's schema: {exc}") from exc
+    option = f"options=-csearch_path%3D{schema}"
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return schema, f"{dsn}{'&' if '?' in dsn else '?'}{option}"
+    return schema, psycopg.conninfo.make_conninfo(dsn, options=f"-csearch_path={schema}")
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    """Drop the run's own schema (it created it; nothing else lives there)."""
+    import psycopg  # noqa: PLC0415 - only with --postgres
+
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn,
+    ):
+        conn.execute(
+            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                psycopg.sql.Identifier(schema)
+            )
+        )
+
+
 async def run_lab(
     options: LabOptions,
     scenarios: Sequence[Scenario],
@@ -563,6 +598,12 @@ async def run_lab(
     else:
         work = options.work_dir or Path(tempfile.mkdtemp(prefix="strategylab-lab-"))
         config = PipelineConfig(work_dir=work, seed=options.seed, postgres=options.postgres)
+    schema: str | None = None
+    if config.postgres is not None:
+        # A fresh schema of the run's own on the server given: a second run (or anything
+        # else in that database) never mixes its ticks with this run's.
+        schema, dsn = await asyncio.to_thread(_own_schema, config.postgres)
+        config = dataclasses.replace(config, postgres=dsn)
     report_dir = make_private_dir(config.work_dir / "integrity")
     guard = HealGuard()
     results: list[CategoryResult] = []
@@ -587,6 +628,8 @@ async def run_lab(
         failures = await asyncio.shield(guard.heal_all())
         for name, exc in failures:
             emit(LabEvent(kind="note", t=clock.monotonic(), text=f"heal of {name} failed: {exc}"))
+        if schema is not None and options.postgres is not None:
+            await asyncio.shield(asyncio.to_thread(_drop_schema, options.postgres, schema))
     audit_verified = await asyncio.to_thread(
         _verify_audit, pipeline.audit_path, pipeline.audit_anchor_path
     )
