@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from strategylab._layout import DataLayout
-from strategylab.fault_tolerance import StateSnapshot, mark_unclean, write_snapshot
+from strategylab.fault_tolerance import AuditLog, StateSnapshot, mark_unclean, write_snapshot
 from strategylab.node import Node, NodeConfig, load_node_config, run_node_process
 from strategylab.node._node import _audit_tail
 from strategylab.node._operations import DegradationSlot
@@ -181,6 +181,16 @@ async def test_a_memory_budget_below_rss_starts_the_node_then_sheds(
             assert await proc.wait() == 0
     finally:
         await stop(proc)
+    # Each shed is on the record (the hash-chained audit log), not only on screen.
+    shed = [
+        record.data
+        for record in AuditLog.read(tmp_path / "node" / "audit.jsonl")
+        if record.kind == "degradation"
+    ]
+    assert [(r["action"], r["feature"]) for r in shed][:2] == [
+        ("shed", "live_chart"),
+        ("shed", "events"),
+    ]
 
 
 # ---------------------------------------------------------------------------------- item 4

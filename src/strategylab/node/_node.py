@@ -66,6 +66,7 @@ from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
     AuditLog,
     ChildSpec,
+    DegradationEvent,
     ErrorContext,
     ErrorRecoveryManager,
     ErrorSeverity,
@@ -160,6 +161,7 @@ class Node:
         self._sink: PriceTap | None = None
         self._monitor: HealthMonitor | None = None
         self._degradation: DegradationSlot | None = None
+        self._audit_writes: set[asyncio.Task[None]] = set()
         self._supervisor: Supervisor | None = None
         self._switch: KillSwitch | None = None
         self._kill_task: asyncio.Task[KillReport | None] | None = None
@@ -547,8 +549,22 @@ class Node:
             clock=self._clock,
             hold=cfg.degradation_hold,
         )
-        controller.add_listener(lambda event: self._publish("degradation", event.to_dict()))
+        controller.add_listener(self._degradation_changed)
         return controller
+
+    def _degradation_changed(self, event: DegradationEvent) -> None:
+        """A shed or a restore: published as a ``degradation`` event and recorded in the
+        audit log (kind ``degradation``), so that it is on the record, not only on screen."""
+        record = event.to_dict()
+        self._publish("degradation", record)
+        if self._audit is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._append_audit("degradation", record), name="node.audit.degradation"
+        )
+        self._audit_writes.add(task)
+        task.add_done_callback(self._audit_writes.discard)
+        task.add_done_callback(log_failure)
 
     def _service_child(self) -> ServiceChild | None:
         """The status service as a supervised child; None without ``status_port``."""
@@ -806,6 +822,8 @@ class Node:
                 self._store.aclose(), max(end - loop.time(), 0.1), "store close"
             )
         if self._audit is not None:
+            if self._audit_writes:  # sheds and restores on their way to the log
+                await asyncio.wait(set(self._audit_writes), timeout=0.2)
             self._audit.close()
         if self._trader is not None:
             self._trader.close()

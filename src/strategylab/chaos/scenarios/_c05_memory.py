@@ -261,12 +261,18 @@ def check_never_shed(lab: Lab, log: ShedLog, pipeline: Pipeline) -> None:
         independent=False,
     )
     shed_calls: list[str] = []
-    ballast = 0
+    ballast = sheds = 0
     try:
         with pipeline.audit_path.open(encoding="utf-8") as lines:
             for line in lines:
                 record = json.loads(line)
                 data = record.get("data") or {}
+                if record.get("kind") == "degradation":
+                    # The controller's own sheds are on the record too (kind "degradation").
+                    sheds += data.get("action") == "shed"
+                    if data.get("feature") in NEVER_SHED:
+                        shed_calls.append(str(data.get("feature")))
+                    continue
                 if record.get("kind") != "admin":
                     continue
                 if data.get("action") == "shed" and data.get("target") in NEVER_SHED:
@@ -278,8 +284,9 @@ def check_never_shed(lab: Lab, log: ShedLog, pipeline: Pipeline) -> None:
         return
     lab.check(
         "ingestion and risk never shed (audit log)",
-        not shed_calls,
-        f"admin sheds of core: {shed_calls}; accepted ballast calls audited: {ballast}",
+        not shed_calls and sheds > 0,
+        f"sheds of core: {shed_calls}; sheds recorded: {sheds}; accepted ballast calls audited: "
+        f"{ballast}",
     )
 
 
@@ -383,11 +390,14 @@ class MemoryPressure(Scenario):
         within_sla=1.0,
         zero_duplicated=True,
         zero_corrupted=True,
-        text="100 % recovered within 6 s, every feature restored, zero lost/duplicated/corrupted",
+        text="100 % recovered within the memory SLA (45 s), every feature restored, zero "
+        "lost/duplicated/corrupted",
     )
-    sla: ClassVar[float] = 6.0
-    """Seconds from the heal to every feature restored (two levels, 1 s hold, 1 s evaluation
-    period each) with the node ready and caught up."""
+    sla: ClassVar[float] = 45.0
+    """Seconds from the heal to every feature restored with the node ready and caught up: the
+    memory class's recovery-time objective (DESIGN §6 category 9). Unloaded it takes 2–3 s (two
+    levels, 1 s hold and 1 s evaluation period each); on a loaded machine the loop-lag trigger,
+    the largest lag of the last 5 s, can hold the restore several seconds more."""
     shed_hold: ClassVar[float] = 3.2
     """Seconds a shedding fault is held: two levels, each one hold plus one evaluation period
     after the reading crossed the mark, and a margin."""

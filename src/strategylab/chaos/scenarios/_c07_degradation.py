@@ -148,8 +148,9 @@ class GracefulDegradation(Scenario):
         zero_corrupted=True,
         text="100 % degradation success within SLA, zero lost/duplicated/corrupted",
     )
-    memory_sla: ClassVar[float] = 6.0
-    """Seconds from the heal to every feature restored after the memory overload."""
+    memory_sla: ClassVar[float] = 45.0
+    """Seconds from the heal to every feature restored after the memory overload: the memory
+    class's recovery-time objective (DESIGN §6 category 9)."""
     lag_sla: ClassVar[float] = 10.0
     """Seconds from the heal to every feature restored after the throttle: the loop-lag reading
     is the largest of the last 5 s, then two levels of 1 s hold and 1 s evaluation period."""
