@@ -13,6 +13,7 @@ What the demo keeps there (:data:`OWNED`)::
     D/node/                 the node's data directory (ticks.db, acks.jsonl, audit, logs/, ...)
     D/trading/              the trader's order book
     D/exchange.log, D/node.log, D/trading.log     each child's stderr
+    D/faults.json                                 the run's fault schedule and what it did
     D/signing.key, D/admin.token                  the run's secrets, removed when it ends
 
 ``node/`` and ``exchange/`` are removed whole, whatever the processes put inside them (their
@@ -36,6 +37,7 @@ __all__ = [
     "MARKER",
     "OWNED",
     "DataDirError",
+    "faults_file",
     "prepare_data_dir",
     "secret_files",
     "stderr_log",
@@ -50,6 +52,7 @@ _SHAPE: Final = DataLayout(Path())  # only for the names: D/node, D/exchange
 _TRADING: Final = "trading"
 _SECRETS: Final = ("signing.key", "admin.token")
 _CHILDREN: Final = ("exchange", "node", "trading")
+_FAULTS: Final = "faults.json"
 
 OWNED: Final = (
     _SHAPE.exchange_dir.root.name,
@@ -57,6 +60,7 @@ OWNED: Final = (
     _TRADING,
     *(f"{child}.log" for child in _CHILDREN),
     *_SECRETS,
+    _FAULTS,
 )
 """Every name the demo creates in its data directory; nothing else there is ever removed."""
 
@@ -75,6 +79,11 @@ def stderr_log(data_dir: Path, child: str) -> Path:
     if child not in _CHILDREN:
         raise ValueError(f"child={child!r}: expected one of {', '.join(_CHILDREN)}")
     return data_dir / f"{child}.log"
+
+
+def faults_file(data_dir: Path) -> Path:
+    """Where the demo writes its fault schedule and what each fault did (JSON)."""
+    return data_dir / _FAULTS
 
 
 def secret_files(data_dir: Path) -> tuple[Path, Path]:

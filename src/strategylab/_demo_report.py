@@ -18,11 +18,13 @@ from rich.console import Console
 from rich.markup import escape as markup_escape
 from rich.table import Table
 
+from strategylab._demo_faults import FaultRecord
 from strategylab._layout import DataLayout
 from strategylab._logging import escape
 from strategylab.chaos import IntegrityReport
 
 __all__ = [
+    "faults_table",
     "fitted_tables",
     "integrity_tables",
     "print_interrupted",
@@ -157,6 +159,32 @@ def print_report(
     console.print(
         "SLA compliance: " + (", ".join(f"{k} {v:.0%}" for k, v in sla.items()) or "none")
     )
+
+
+def faults_table(seed: int, records: Sequence[FaultRecord]) -> Table:
+    """The faults as planned (from ``--seed``) beside what the run observed: the point each was
+    injected at (ticks stored by the node, or orders sent by the trader), how long it was held,
+    and, for the order API, how many orders the exchange struck."""
+    table = Table(
+        title=f"faults (schedule from --seed {seed})", box=box.SIMPLE_HEAD, title_justify="left"
+    )
+    table.add_column("fault")
+    table.add_column("planned at", justify="right", no_wrap=True)
+    table.add_column("injected at", justify="right", no_wrap=True)
+    table.add_column("held s", justify="right", no_wrap=True)
+    table.add_column("struck", justify="right", no_wrap=True)
+    for record in records:
+        planned = record.planned
+        unit = "ticks" if planned.track == "feed" else "orders"
+        at = record.note or "-" if record.injected_at is None else f"{record.injected_at:,}"
+        table.add_row(
+            markup_escape(planned.label),
+            f"{planned.at:,} {unit}",
+            markup_escape(at),
+            "-" if record.held_s is None else f"{record.held_s:.1f}",
+            "" if record.struck is None else str(record.struck),
+        )
+    return table
 
 
 def print_trading(console: Console, traded: dict[str, Any]) -> None:

@@ -65,6 +65,13 @@ def demo(
         int, typer.Option(min=1_000, max=200_000, help="Ticks per second from the exchange.")
     ] = 20_000,
     log_level: LogLevelOption = LogLevel.WARNING,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the fault schedule (which faults, at which points, with what "
+            "parameters), the exchange's market and the proxy's choices."
+        ),
+    ] = 42,
 ) -> None:
     """Ingest market data through real faults, then prove nothing was lost.
 
@@ -77,7 +84,9 @@ def demo(
 
     configure_logging(log_level.level, sys.stderr)
     raise typer.Exit(
-        run_market_demo(data_dir=data_dir, ticks=ticks, tick_rate=tick_rate, log_level=log_level)
+        run_market_demo(
+            data_dir=data_dir, ticks=ticks, tick_rate=tick_rate, log_level=log_level, seed=seed
+        )
     )
 
 

@@ -184,6 +184,12 @@ class ApiErrors(ExchangeFault):
     ``Retry-After: 1``), ``phase="before"`` unprocessed or ``"after"`` processed first.
 
     Medium: 50 % of requests (low 25 %, high 75 %, critical 100 %).
+
+    With ``count`` (int, 1..10,000) the fault is deterministic instead: the exchange strikes the
+    order submissions (``POST /api/orders``) of exactly the next ``count`` orders to arrive
+    (every submission of each, its client's retries included) and no other request; the rate
+    is then 1 (a ``rate`` below 1 raises :class:`ConfigurationError`). Its answer's
+    ``orders_struck`` (in :meth:`active_faults`) says how many orders it has chosen so far.
     """
 
     kind: ClassVar[str] = "api"
@@ -198,6 +204,7 @@ class ApiErrors(ExchangeFault):
         status: int = 503,
         phase: Literal["before", "after"] = "before",
         rate: float | None = None,
+        count: int | None = None,
         severity: Severity = Severity.MEDIUM,
         name: str | None = None,
         expiry: float = 60.0,
@@ -209,6 +216,13 @@ class ApiErrors(ExchangeFault):
             raise ConfigurationError("phase", phase, "must be 'before' or 'after'")
         self.status = status
         self.phase = phase
+        self.count = (
+            None if count is None else _validate.integer("count", count, minimum=1, maximum=10_000)
+        )
+        if self.count is not None:
+            if rate is not None and _validate.fraction("rate", rate) < 1.0:
+                raise ConfigurationError("rate", rate, "must be 1 (or None) with a count")
+            rate = 1.0
         super().__init__(
             url,
             admin_token,
@@ -220,7 +234,10 @@ class ApiErrors(ExchangeFault):
         )
 
     def body(self) -> dict[str, object]:
-        return {**super().body(), "status": self.status, "phase": self.phase}
+        body = {**super().body(), "status": self.status, "phase": self.phase}
+        if self.count is not None:
+            body["count"] = self.count
+        return body
 
 
 # ---------------------------------------------------------------------------- security

@@ -27,9 +27,18 @@ if TYPE_CHECKING:
 
     from ._book import OrderBook
     from ._config import ExchangeConfig
-    from ._faults import FaultBoard
+    from ._faults import ActiveFault, FaultBoard
 
 logger = logging.getLogger("strategylab.market.exchange")
+
+
+def _fault_answer(fault: ActiveFault) -> web.Response:
+    """The answer of an injected ``api_errors`` fault: its status, ``Retry-After: 1``."""
+    return _json(
+        {"error": "injected fault: api_errors", "status": fault.status},
+        fault.status,
+        headers={"Retry-After": "1"},
+    )
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -105,21 +114,23 @@ class _HttpApi:
             return await handler(request)
         if fault.phase == "after":
             await handler(request)
-        return _json(
-            {"error": "injected fault: api_errors", "status": fault.status},
-            fault.status,
-            headers={"Retry-After": "1"},
-        )
+        return _fault_answer(fault)
 
     async def _post_order(self, request: web.Request) -> web.Response:
+        fault: ActiveFault | None = None
         try:
             body = await read_json(request)
+            # A counted api_errors fault strikes chosen orders by client id (see _faults).
+            cid = body.get("client_order_id") if isinstance(body, dict) else None
+            fault = self.faults.strike_order(cid) if isinstance(cid, str) else None
+            if fault is not None and fault.phase == "before":
+                return _fault_answer(fault)
             order, created = self.book.submit(body)
         except ConfigurationError as exc:
-            return _error(400, str(exc), "body")
+            return _fault_answer(fault) if fault is not None else _error(400, str(exc), "body")
         except OrderRequestError as exc:
-            return _error(400, str(exc), exc.field)
-        return _json(order, 201 if created else 200)
+            return _fault_answer(fault) if fault is not None else _error(400, str(exc), exc.field)
+        return _fault_answer(fault) if fault is not None else _json(order, 201 if created else 200)
 
     async def _list_orders(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
