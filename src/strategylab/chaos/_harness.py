@@ -22,10 +22,11 @@ import collections
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +41,14 @@ from strategylab.errors import StrategyLabError
 
 from ._proxy import Proxy
 
-__all__ = ["DEFAULT_SYMBOLS", "NodeLine", "Pipeline", "PipelineConfig", "PipelineError"]
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "ExtraNode",
+    "NodeLine",
+    "Pipeline",
+    "PipelineConfig",
+    "PipelineError",
+]
 
 DEFAULT_SYMBOLS: Final = ("AAPL", "MSFT", "GOOG", "AMZN", "TSLA")
 _LINES_KEPT: Final = 2000
@@ -49,6 +57,9 @@ _MEMORY_BUDGET: Final = "192M"
 """The node's ``--memory-budget`` in the lab (its RSS alone is ~75 MB: under 75 % of it)."""
 _DEGRADATION_HOLD: Final = 1.0
 """The node's ``--degradation-hold`` in the lab, seconds."""
+_EXTRA_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+"""An extra node's name: its data directory, stderr file and dashboard name."""
+_RESERVED_NAMES: Final = frozenset({"node", "exchange", "trading", "integrity"})
 
 
 class PipelineError(StrategyLabError):
@@ -142,6 +153,7 @@ class Pipeline:
         self.node_starts = 0
         self.node_exits: list[int] = []
         """Exit statuses of the node processes that ended, in order."""
+        self._extras: dict[str, ExtraNode] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -198,6 +210,8 @@ class Pipeline:
         children = self._children
         try:
             if children is not None:
+                for extra in list(self._extras.values()):
+                    await extra.stop()
                 if self._node is not None:
                     await self._stop_node_process(signal.SIGTERM)
                 await children.aclose()
@@ -269,6 +283,64 @@ class Pipeline:
         self._readers.add(task)
         task.add_done_callback(self._readers.discard)
         self._node_reader = task
+
+    async def start_extra_node(
+        self,
+        name: str,
+        *,
+        postgres: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> ExtraNode:
+        """Start a second node process (no trader) fed through the same feed proxy as the main
+        node, in its own data directory ``WORK/NAME``, with its own status service; return once
+        it printed its ``ready`` line.
+
+        ``postgres`` (a ``postgresql://`` URL) is its store, SQLite in its data directory
+        otherwise; ``extra_args`` are more ``strategylab node`` arguments. It runs under the
+        pipeline's :class:`~strategylab._children.ChildProcesses` (it never outlives the lab) and
+        is stopped by :meth:`ExtraNode.stop` or when the pipeline closes. Raises
+        :class:`ValueError` for a name that is not ``[a-z][a-z0-9_-]{0,39}`` or is one of the
+        pipeline's own (``node``, ``exchange``, ``trading``, ``integrity``), and
+        :class:`PipelineError` when one of that name is running or it exits before ready.
+        """
+        if not isinstance(name, str) or not _EXTRA_NAME.fullmatch(name) or name in _RESERVED_NAMES:
+            raise ValueError(
+                f"name={name!r}: must match [a-z][a-z0-9_-]{{0,39}} and not be one of "
+                f"{sorted(_RESERVED_NAMES)}"
+            )
+        if postgres is not None and not postgres.startswith(("postgresql://", "postgres://")):
+            raise ValueError("postgres: must be a postgresql:// URL (the value is not shown)")
+        running = self._extras.get(name)
+        if running is not None and running.running:
+            raise PipelineError(f"start_extra_node(): {name!r} is already running")
+        cfg = self.config
+        data_dir = self.work_dir / name
+        args = [
+            "node",
+            *("--feed-url", f"ws://127.0.0.1:{self.ws_proxy.listen_port}/ws"),
+            *("--exchange-url", f"http://127.0.0.1:{self.api_proxy.listen_port}"),
+            *("--data-dir", str(data_dir), "--symbols", ",".join(cfg.symbols)),
+            *("--status-port", "0", "--admin-token-file", str(self.token_file)),
+            *("--signing-key-file", str(self.key_file)),
+            *("--status-interval", str(cfg.status_interval)),
+            *("--stale-after", str(cfg.stale_after)),
+            *("--connect-timeout", str(cfg.connect_timeout)),
+            *("--name", name),
+        ]
+        if postgres is not None:
+            args += ["--postgres", postgres]
+        args += list(extra_args)
+        process, ready = await self._spawn(name, "ready", *args)
+        extra = ExtraNode(
+            self,
+            name,
+            process,
+            data_dir=data_dir,
+            store=postgres if postgres is not None else str(data_dir / "ticks.db"),
+            status_url=str(ready["status_url"]),
+        )
+        self._extras[name] = extra
+        return extra
 
     async def stop_node(self) -> int:
         """SIGTERM the node and wait for it (SIGKILL after ``stop_timeout``); its exit status."""
@@ -515,6 +587,12 @@ class Pipeline:
         emitted when asked: the exchange's ``last_seq`` per symbol is read first, then the
         node's ``ingest.acked`` watermark per symbol is polled (every 50 ms, for at most
         ``allowance`` seconds: the frames in flight) until it reaches it. Never raises."""
+        return await self._caught_up(self.status, allowance)
+
+    async def _caught_up(
+        self, status: Callable[[], Awaitable[dict[str, Any]]], allowance: float
+    ) -> tuple[bool, str]:
+        """:meth:`caught_up` for the node whose ``/status`` ``status`` reads."""
         try:
             emitted = (await self.exchange_status()).get("last_seq", {})
         except (PipelineError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -522,7 +600,7 @@ class Pipeline:
         deadline = self._clock.monotonic() + allowance
         while True:
             try:
-                acked = (await self.status()).get("ingest", {}).get("acked", {})
+                acked = (await status()).get("ingest", {}).get("acked", {})
             except PipelineError as exc:
                 return False, str(exc)
             behind = {
@@ -553,6 +631,129 @@ class Pipeline:
             return None
         value = self.last_status.data.get("recovery", {}).get("errors")
         return value if isinstance(value, int) else None
+
+
+class ExtraNode:
+    """A second node process of a :class:`Pipeline` (:meth:`Pipeline.start_extra_node`): fed
+    through the same feed proxy, its own data directory, store and status service, no trader.
+
+    Its stdout lines are kept in :attr:`lines` (bounded) and its latest ``status`` line in
+    :attr:`last_status`. The observations mirror the pipeline's: :meth:`status`,
+    :meth:`live`, :meth:`ready`, :meth:`caught_up`.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        process: asyncio.subprocess.Process,
+        *,
+        data_dir: Path,
+        store: str,
+        status_url: str,
+    ) -> None:
+        self.pipeline = pipeline
+        self.name = name
+        self.data_dir = data_dir
+        self.store = store
+        """The store as the checker opens it: the PostgreSQL URL, or the SQLite path."""
+        self.status_url = status_url
+        self.lines: collections.deque[NodeLine] = collections.deque(maxlen=_LINES_KEPT)
+        self.last_status: NodeLine | None = None
+        self.exit_code: int | None = None
+        """Its exit status once :meth:`stop` reaped it."""
+        self._process = process
+        assert process.stdout is not None  # noqa: S101 - PIPE was asked for
+        self._reader = asyncio.get_running_loop().create_task(
+            self._follow(process.stdout), name=f"lab-{name}-lines"
+        )
+
+    @property
+    def running(self) -> bool:
+        """True while its process has not exited."""
+        return self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        """Its PID while it runs."""
+        return self._process.pid if self.running else None
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def acks_path(self) -> Path:
+        return self.data_dir / "acks.jsonl"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.jsonl"
+
+    async def _follow(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(data, dict):
+                continue
+            line = NodeLine(self.pipeline._clock.monotonic(), str(data.get("event", "")), data)  # noqa: SLF001 - its own pipeline
+            self.lines.append(line)
+            if line.event == "status":
+                self.last_status = line
+
+    async def status(self) -> dict[str, Any]:
+        """Its ``/status`` JSON. Raises :class:`PipelineError` naming it when it is down or
+        does not answer 200 within a second."""
+        if not self.running:
+            raise PipelineError(f"{self.name} is not running")
+        try:
+            async with self.pipeline.http.get(f"{self.status_url}/status") as response:
+                if response.status != 200:
+                    raise PipelineError(f"{self.name} /status answered {response.status}")
+                data = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PipelineError(f"{self.name} /status: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PipelineError(f"{self.name} /status: not a JSON object")
+        return data
+
+    async def _health(self, route: str) -> tuple[bool, str]:
+        if not self.running:
+            return False, f"{self.name} down"
+        try:
+            async with self.pipeline.http.get(f"{self.status_url}/health/{route}") as response:
+                body = await response.text()
+                return response.status == 200, f"{response.status} {body[:160]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    async def live(self) -> tuple[bool, str]:
+        """``/health/live`` answered 200 (never raises)."""
+        return await self._health("live")
+
+    async def ready(self) -> tuple[bool, str]:
+        """``/health/ready`` answered 200 (never raises)."""
+        return await self._health("ready")
+
+    async def caught_up(self, allowance: float = 0.5) -> tuple[bool, str]:
+        """As :meth:`Pipeline.caught_up`, for this node's ``ingest.acked``. Never raises."""
+        return await self.pipeline._caught_up(self.status, allowance)  # noqa: SLF001 - its own pipeline
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Signal it (SIGTERM: a clean stop; SIGKILL after the pipeline's ``stop_timeout``),
+        reap it and read its last lines; its exit status (idempotent)."""
+        children = self.pipeline._children  # noqa: SLF001 - its own pipeline
+        if children is not None:
+            self.exit_code = await children.stop(self._process, sig)
+        else:
+            self.exit_code = await self._process.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._reader)
+        self._reader.cancel()
+        return self.exit_code
 
 
 def _write_secret(path: Path, value: str) -> None:

@@ -17,12 +17,25 @@ On the default SQLite store (the lab's embedded default):
   Nothing can be acknowledged meanwhile; once the limit is lifted the node must resume by
   itself within its ``--disk-full-grace`` and fetch again what it missed.
 
-The PostgreSQL faults (lock holder, pool exhaustion, statement timeout, server pause and kill)
-need a PostgreSQL store: in SQLite mode they are SKIPPED (a throwaway server takes ~2 s to start
-and a second node on it another ~2 s, over this category's budget). With ``--postgres`` the
-node's store is that server, and the lock holder, the statement timeout and the pool exhaustion
-run against it; the server faults (pause, kill) need the node's store to BE a throwaway
-instance the lab started, which that run does not have, so they are SKIPPED saying so.
+The server faults (``database.pg_pause``: SIGSTOP of the postmaster and every backend, healed by
+SIGCONT; ``database.pg_kill``: SIGKILL of the postmaster, healed by starting it again on the same
+data directory, where it runs crash recovery from its WAL) run in BOTH modes, and only ever on a
+:class:`~strategylab.chaos.ThrowawayPostgres` the lab starts itself (never a server given by
+``--postgres``): while the first faults run, the category starts that server (~2 s) and a SECOND
+node process, ``pgnode``, whose store it is (:meth:`Pipeline.start_extra_node`: the same feed
+proxy, its own data directory, spool and status service, no trader). The two faults are probed on
+``pgnode``: it must fail over to its spool while the server is gone (segments seen on disk) and
+drain back after; recovered = ready, its store back on the primary with the spool empty, and
+caught up with the exchange. The process table cross-checks the fault (every server process
+stopped; a new postmaster PID after the kill). The category's integrity is the checker over BOTH
+stores, the main node's and ``pgnode``'s PostgreSQL store: the figures are summed (each store's
+own report is kept under ``report["stores"]``). A machine that cannot start a throwaway server
+(no binaries; root without a ``postgres`` user) records the two faults as SKIPPED with the reason.
+
+With ``--postgres`` the main node's store is that server, and the lock holder, the statement
+timeout and the pool exhaustion run against it; in SQLite mode those three are SKIPPED (they
+need the main node's store to be PostgreSQL). ``database.pg_storage_full`` is SKIPPED: see
+:data:`STORAGE_FULL_SKIPPED`.
 
 Zero loss is the hard criterion: the checker over the store after the category.
 
@@ -37,12 +50,17 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
-from strategylab.chaos._harness import Pipeline, PipelineError
+import psutil
+
+from strategylab.chaos._checker import CheckInputError, check
+from strategylab.chaos._harness import ExtraNode, Pipeline, PipelineError
 from strategylab.chaos._inject_database import (
     PgLockHolder,
     PgPoolExhaustion,
+    PgServerKill,
+    PgServerPause,
     PgStatementTimeout,
     SQLiteLockHolder,
 )
@@ -51,7 +69,17 @@ from strategylab.chaos._injector import Injector
 from strategylab.chaos._lab import LabRun, cross_check_recorded
 from strategylab.chaos._measure import FaultRun
 from strategylab.chaos._probes import all_of, node_ready, store_caught_up
-from strategylab.chaos._scenario import Criterion, Lab, Probe, Scenario
+from strategylab.chaos._scenario import Criterion, Integrity, Lab, Probe, Scenario
+from strategylab.chaos._throwaway_pg import ThrowawayPostgres
+from strategylab.market import (
+    QuarantinedTick,
+    StoreUnreachableError,
+    StoreUnusableError,
+    Tick,
+    TickReader,
+    open_tick_reader,
+    read_acks,
+)
 
 __all__ = [
     "DatabaseFailover",
@@ -66,6 +94,27 @@ __all__ = [
 DATABASE_SLA: Final = 60.0
 """The database recovery SLA of category 9 (seconds)."""
 _OBSERVE_INTERVAL: Final = 0.1
+PG_NODE: Final = "pgnode"
+"""The name (and data directory under the lab's work directory) of the second node whose store
+is the throwaway PostgreSQL server."""
+STORAGE_FULL_SKIPPED: Final = (
+    "not run in the lab (a choice, not a missing capability): it needs the throwaway server on "
+    "a tmpfs of its own, and a full volume under a live server can fail a WAL write, which "
+    "PostgreSQL answers with a PANIC (a server restart, not the storage-full path this fault "
+    "tests); PgStorageFull is exercised on its own by the injector tests"
+)
+"""Why ``database.pg_storage_full`` is SKIPPED in category 4."""
+_CATCH_UP_TIMEOUT: Final = 20.0
+
+
+class NodeView(Protocol):
+    """What the store probes read of a node: the main one (:class:`Pipeline`) or a second one
+    (:class:`~strategylab.chaos._harness.ExtraNode`)."""
+
+    @property
+    def spool_dir(self) -> Path: ...
+
+    async def status(self) -> dict[str, Any]: ...
 
 
 def lab_run(lab: Lab, scenario: Scenario) -> LabRun:
@@ -75,13 +124,19 @@ def lab_run(lab: Lab, scenario: Scenario) -> LabRun:
     return lab
 
 
+def server_hold(lab: Lab) -> float:
+    """Seconds a server fault (pause, kill) is kept: 1.5 s at medium, scaled by the severity;
+    longer than the node's 1 s stall timeout, so that it has failed over before the heal."""
+    return 1.5 * lab.severity.scale
+
+
 def lock_hold(lab: Lab) -> float:
     """Seconds a lock-holder fault is kept: 2 s at medium, scaled by the severity. Twice the
     node's 1 s stall timeout: the node has failed over and spooled for a second before heal."""
     return 2.0 * lab.severity.scale
 
 
-def spool_segments(pipeline: Pipeline) -> list[Path]:
+def spool_segments(pipeline: NodeView) -> list[Path]:
     """The node's spool segment files (``*.seg``) that hold bytes, oldest first."""
     try:
         return sorted(p for p in pipeline.spool_dir.glob("*.seg") if p.stat().st_size > 0)
@@ -89,7 +144,7 @@ def spool_segments(pipeline: Pipeline) -> list[Path]:
         return []
 
 
-def store_drained(pipeline: Pipeline) -> Probe:
+def store_drained(pipeline: NodeView) -> Probe:
     """A probe: the node's store takes writes on its primary again (``/status`` ``store.state``
     is ``primary``) with nothing pending in the spool, and no spool segment holds bytes on disk
     (the file system, read apart from the node's word)."""
@@ -128,7 +183,7 @@ class StoreObserver:
     ``store.state`` values, the most batches pending in the spool, and the most spool segments
     (and bytes) seen on disk."""
 
-    pipeline: Pipeline
+    pipeline: NodeView
     states: set[str] = field(default_factory=set)
     max_pending: int = 0
     max_segments: int = 0
@@ -194,23 +249,93 @@ class DatabaseFailover(Scenario):
     async def run(self, lab: Lab) -> None:
         run_lab = lab_run(lab, self)
         pipeline = run_lab.pipeline
-        if pipeline.config.postgres is None:
-            await self._sqlite(run_lab, pipeline)
-            for name in (
-                "database.pg_lock",
-                "database.pg_pool_exhaustion",
-                "database.pg_statement_timeout",
-                "database.pg_pause",
-                "database.pg_kill",
-            ):
-                skip_fault(
-                    lab, name, "database", self.sla,
-                    "needs --postgres: the node's store is SQLite here (a throwaway server and "
-                    "a second node on it take ~4 s, over the category's budget)",
+        side = _ThrowawaySide()
+        # The throwaway server and its node start while the main node's faults run.
+        starting = asyncio.create_task(side.start(pipeline), name="lab-throwaway-pg")
+        try:
+            if pipeline.config.postgres is None:
+                await self._sqlite(run_lab, pipeline)
+                for name in (
+                    "database.pg_lock",
+                    "database.pg_pool_exhaustion",
+                    "database.pg_statement_timeout",
+                ):
+                    skip_fault(
+                        lab, name, "database", self.sla,
+                        "needs --postgres: the main node's store is SQLite here (the server "
+                        "faults run on a throwaway server and its own node instead)",
+                    )  # fmt: skip
+            else:
+                await self._postgres(run_lab, pipeline, pipeline.config.postgres)
+            await asyncio.shield(starting)
+            await self._server_faults(run_lab, side)
+            node = side.node
+            if node is None or not node.running:
+                await lab.integrity()
+            else:
+                # Both stores checked at once (each waits for its node to catch up first).
+                async with asyncio.TaskGroup() as checks:
+                    main = checks.create_task(lab.integrity())
+                    extra = checks.create_task(_node_integrity(pipeline, node))
+                run_lab.result.integrity = _summed(
+                    main.result(), {"main": main.result(), PG_NODE: extra.result()}
+                )
+        finally:
+            starting.cancel()
+            await asyncio.wait([starting])
+            await asyncio.shield(side.aclose())
+
+    async def _server_faults(self, lab: LabRun, side: _ThrowawaySide) -> None:
+        """SIGSTOP and SIGKILL of the throwaway server under ``pgnode``."""
+        names = ("database.pg_pause", "database.pg_kill")
+        if side.node is None or side.server is None:
+            for name in names:
+                run = FaultRun(
+                    name=name, kind="database", severity=lab.severity.value, sla=self.sla
+                )
+                if side.skipped is not None:
+                    run.skipped = side.skipped
+                else:
+                    run.error = f"the throwaway server or its node did not start: {side.error}"
+                lab.result.faults.append(run)
+            skip_fault(lab, "database.pg_storage_full", "database", self.sla, STORAGE_FULL_SKIPPED)
+            return
+        server, node = side.server, side.node
+        hold = server_hold(lab)
+        for injector in (PgServerPause(server, lab.severity), PgServerKill(server, lab.severity)):
+            postmaster = server.postmaster_pid
+            before = await _statistics(node)
+            observer = StoreObserver(node)
+            async with observer.watching():
+                run = await lab.fault(
+                    injector, hold=hold, sla=self.sla,
+                    availability=_serving(node), recovered=_recovered(node),
+                    recover_timeout=20.0,
                 )  # fmt: skip
-        else:
-            await self._postgres(run_lab, pipeline, pipeline.config.postgres)
-        await lab.integrity()
+            _record_errors(run, before, await _statistics(node))
+            run.extra["node"] = PG_NODE
+            run.notes.append(
+                f"on the throwaway server under the second node {PG_NODE!r} (probes, spool and "
+                "recovery-manager statistics are that node's)"
+            )
+            cross_check_recorded(lab, run, expected=True)
+            self._check_failover(lab, run, observer, node)
+            if run.skipped is not None or run.error is not None:
+                continue
+            if isinstance(injector, PgServerPause):
+                lab.check(
+                    f"{run.name}: every server process was stopped, none is now (process table)",
+                    _none_stopped(server),
+                    f"{len(server.server_pids())} server process(es) running after SIGCONT",
+                )
+            else:
+                now = server.postmaster_pid if server.running else None
+                lab.check(
+                    f"{run.name}: a new postmaster runs after the kill (process table)",
+                    now is not None and now != postmaster and not _alive(postmaster),
+                    f"postmaster {postmaster} -> {now}",
+                )
+        skip_fault(lab, "database.pg_storage_full", "database", self.sla, STORAGE_FULL_SKIPPED)
 
     async def _sqlite(self, lab: LabRun, pipeline: Pipeline) -> None:
         store = pipeline.store_path
@@ -256,13 +381,16 @@ class DatabaseFailover(Scenario):
                 f"{len(left)} segment(s) left in {pipeline.spool_dir}",
             )
 
-    def _check_failover(self, lab: Lab, run: FaultRun, observer: StoreObserver) -> None:
-        """The lock made the node spool (seen on disk), and the spool drained back."""
+    def _check_failover(
+        self, lab: Lab, run: FaultRun, observer: StoreObserver, node: NodeView | None = None
+    ) -> None:
+        """The fault made the node (the main one unless ``node``) spool (seen on disk), and the
+        spool drained back."""
         if run.skipped is not None or run.error is not None:
             return
         if not isinstance(lab, LabRun):
             return
-        pipeline = lab.pipeline
+        pipeline: NodeView = lab.pipeline if node is None else node
         lab.check(
             f"{run.name}: failed over to the spool (segments seen on disk)",
             observer.max_segments > 0 and observer.max_bytes > 0,
@@ -294,9 +422,224 @@ class DatabaseFailover(Scenario):
             cross_check_recorded(lab, run, expected=expected)
             if expected:
                 self._check_failover(lab, run, observer)
-        reason = (
-            "needs the node's store on a throwaway PostgreSQL the lab started (never SIGSTOP or "
-            "SIGKILL a server given by --postgres)"
+
+
+# ---------------------------------------------------------------------- the throwaway side
+
+
+@dataclass(slots=True)
+class _ThrowawaySide:
+    """The throwaway server and the second node on it; ``skipped`` (no capability) or
+    ``error`` (a start that failed) says why they are not there."""
+
+    server: ThrowawayPostgres | None = None
+    node: ExtraNode | None = None
+    skipped: str | None = None
+    error: str | None = None
+
+    async def start(self, pipeline: Pipeline) -> None:
+        server = ThrowawayPostgres()
+        reason = server.capability()
+        if reason is not None:
+            self.skipped = reason
+            return
+        self.server = server
+        try:
+            await server.create()
+            await server.start()
+            url = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+            self.node = await pipeline.start_extra_node(PG_NODE, postgres=url)
+        except Exception as exc:  # a start that failed: recorded as the faults' lab error
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    async def aclose(self) -> None:
+        """Stop the node (SIGTERM) and, meanwhile, the server (SIGKILL: its data is thrown away,
+        a shutdown checkpoint would only cost time); delete its directory."""
+        node, self.node = self.node, None
+        server, self.server = self.server, None
+
+        async def close_server() -> None:
+            if server is not None:
+                try:
+                    await server.kill()
+                finally:
+                    await server.destroy()
+
+        results = await asyncio.gather(
+            node.stop() if node is not None else asyncio.sleep(0),
+            close_server(),
+            return_exceptions=True,
         )
-        skip_fault(lab, "database.pg_pause", "database", self.sla, reason)
-        skip_fault(lab, "database.pg_kill", "database", self.sla, reason)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _none_stopped(server: ThrowawayPostgres) -> bool:
+    pids = server.server_pids()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+                return False
+    return bool(pids)
+
+
+def _serving(node: ExtraNode) -> Probe:
+    """Availability of a second node: ``/health/live`` 200 and ``/status`` answers."""
+
+    async def probe() -> tuple[bool, str]:
+        ok, detail = await node.live()
+        if not ok:
+            return False, f"live: {detail}"
+        try:
+            await node.status()
+        except PipelineError as exc:
+            return False, f"status: {exc}"
+        return True, "serving"
+
+    return probe
+
+
+def _recovered(node: ExtraNode) -> Probe:
+    """Recovery of a second node: ready, drained back to its primary, caught up."""
+
+    async def caught_up() -> tuple[bool, str]:
+        return await node.caught_up()
+
+    return all_of(node.ready, store_drained(node), caught_up)
+
+
+async def _statistics(node: ExtraNode) -> dict[str, Any] | None:
+    try:
+        stats = (await node.status()).get("statistics")
+    except PipelineError:
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def _record_errors(
+    run: FaultRun, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> None:
+    """The second node's recovery-manager figures over ``run`` (replacing the main node's,
+    which :meth:`LabRun.fault` recorded)."""
+    if after is None:
+        run.extra["node_errors"] = None
+        return
+    base = before or {}
+
+    def delta(key: str) -> int:
+        return int(after.get(key, 0)) - int(base.get(key, 0))
+
+    types_after = after.get("error_type_distribution", {}) or {}
+    types_before = base.get("error_type_distribution", {}) or {}
+    run.extra["node_errors"] = delta("total_errors")
+    run.extra["node_recoveries"] = delta("successful_recoveries")
+    run.extra["node_failed_recoveries"] = delta("failed_recoveries")
+    run.extra["node_error_types"] = {
+        k: int(v) - int(types_before.get(k, 0))
+        for k, v in types_after.items()
+        if int(v) - int(types_before.get(k, 0)) > 0
+    }
+
+
+class _Capped:
+    """A store read only up to ``last`` per symbol (what the exchange had emitted when asked)."""
+
+    def __init__(self, store: TickReader, last: dict[str, int]) -> None:
+        self._store = store
+        self._last = last
+
+    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
+        cap = self._last.get(symbol)
+        if cap is not None:
+            to_seq = cap if to_seq is None else min(to_seq, cap)
+            if to_seq < from_seq:
+                return []
+        return await self._store.read(symbol, from_seq, to_seq)
+
+    async def symbols(self) -> list[str]:
+        return await self._store.symbols()
+
+    async def duplicates(self) -> int:
+        return await self._store.duplicates()
+
+    async def quarantined(self) -> list[QuarantinedTick]:
+        return [
+            q
+            for q in await self._store.quarantined()
+            if q.seq is None or q.symbol is None or q.seq <= self._last.get(q.symbol, q.seq)
+        ]
+
+
+async def _node_integrity(pipeline: Pipeline, node: ExtraNode) -> Integrity:
+    """The checker over a second node's store, as :meth:`LabRun.integrity` does for the main
+    one: wait (at most 20 s) for it to catch up, read its acks, then the exchange's
+    ``last_seq``, and check the store up to it. Raises :class:`CheckInputError` when the
+    store cannot be read."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CATCH_UP_TIMEOUT
+    caught, detail = False, f"{node.name} down"
+    while node.running and loop.time() < deadline:
+        caught, detail = await node.caught_up()
+        if caught:
+            break
+        await asyncio.sleep(_OBSERVE_INTERVAL)  # the poll's pace (a real process catching up)
+    acks = await asyncio.to_thread(read_acks, node.acks_path) if node.acks_path.exists() else {}
+    last = {
+        str(k): int(v) for k, v in (await pipeline.exchange_status()).get("last_seq", {}).items()
+    }
+    capped = {s: min(n, last.get(s, n)) for s, n in acks.items()}
+    source = open_tick_reader(node.store)
+    try:
+        await source.open()
+        report = await check(pipeline.ledger_path, _Capped(source, last), capped)
+    except (StoreUnusableError, StoreUnreachableError) as exc:
+        raise CheckInputError(f"{node.name}: {exc}") from exc
+    finally:
+        await source.aclose()
+    return Integrity(
+        acknowledged=report.acknowledged,
+        stored=report.stored,
+        lost=report.lost.count,
+        duplicated=report.duplicated.count,
+        unexpected=report.unexpected.count,
+        corrupted=report.corrupted.count + report.invalid_stored.count,
+        report=report.to_dict() | {"caught_up": caught, "caught_up_detail": detail},
+    )
+
+
+def _summed(main: Integrity, stores: dict[str, Integrity]) -> Integrity:
+    """One :class:`Integrity` whose figures are the sums over ``stores`` (each store's own
+    report under ``report["stores"]``)."""
+    parts = list(stores.values())
+    return Integrity(
+        acknowledged=sum(i.acknowledged for i in parts),
+        stored=sum(i.stored for i in parts),
+        lost=sum(i.lost for i in parts),
+        duplicated=sum(i.duplicated for i in parts),
+        unexpected=sum(i.unexpected for i in parts),
+        corrupted=sum(i.corrupted for i in parts),
+        report=main.report
+        | {
+            "summed_over": list(stores),
+            "stores": {
+                name: {
+                    "acknowledged": i.acknowledged,
+                    "stored": i.stored,
+                    "lost": i.lost,
+                    "duplicated": i.duplicated,
+                    "unexpected": i.unexpected,
+                    "corrupted": i.corrupted,
+                    "report": i.report if i is not main else "(the top level)",
+                }
+                for name, i in stores.items()
+            },
+        },
+    )
