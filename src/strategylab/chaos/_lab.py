@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import random
+import resource
 import secrets
 import sys
 import tempfile
@@ -542,6 +543,36 @@ def _verify_audit(path: Path, anchor: Path) -> bool | None:
     return True
 
 
+def probe_capabilities() -> dict[str, str]:
+    """What this machine lacks for some faults, probed once at the start of a run: capability
+    -> why it is missing (an empty mapping when everything can run). The faults that need a
+    missing one are reported SKIPPED with the same reason; none is simulated."""
+    from ._inject_process import PauseProcess  # noqa: PLC0415 - the probes only
+    from ._throwaway_pg import ThrowawayPostgres, storage_capability  # noqa: PLC0415
+
+    probes: dict[str, Callable[[], str | None]] = {
+        "signals through a pidfd (process kill, pause, CPU quota)": lambda: PauseProcess(
+            lambda: None
+        ).capability(),
+        "a throwaway PostgreSQL server (server pause and kill)": lambda: (
+            ThrowawayPostgres().capability()
+        ),
+        "a size-limited tmpfs (storage full on a volume)": storage_capability,
+        "RLIMIT_FSIZE of another process (storage full on the node)": lambda: (
+            None if hasattr(resource, "prlimit") else "this platform has no prlimit"
+        ),
+    }
+    missing: dict[str, str] = {}
+    for name, probe in probes.items():
+        try:
+            reason = probe()
+        except Exception as exc:  # a probe that cannot even run: the capability is missing
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            missing[name] = reason
+    return missing
+
+
 def _own_schema(dsn: str) -> tuple[str, str]:
     """Create a schema for this run on ``dsn``'s database; ``(schema, a DSN whose
     search_path is that schema)`` (a ``postgresql://`` URL stays one). Raises
@@ -613,6 +644,9 @@ async def run_lab(
         if on_event is not None:
             on_event(event)
 
+    capabilities = await asyncio.to_thread(probe_capabilities)
+    for name, reason in capabilities.items():
+        emit(LabEvent(kind="note", t=clock.monotonic(), text=f"not here: {name}: {reason}"))
     pipeline = Pipeline(config, clock=clock)
     try:
         async with pipeline:
@@ -644,6 +678,7 @@ async def run_lab(
         audit_log=pipeline.audit_path if pipeline.audit_path.exists() else None,
         audit_verified=audit_verified,
         integrity_reports=integrity_paths,
+        skipped_capabilities=capabilities,
     )
 
 
