@@ -148,25 +148,28 @@ class CascadingFailure(Scenario):
         kill = KillProcess(lambda: trader_pid, severity=sev, name="process.kill_trader")
         back = trader_back(pipeline, lambda: kill.pid)
 
-        stages: list[tuple[float, Awaitable[FaultRun]]] = [
+        # Each stage starts a little after the previous one is observed in force (its injector
+        # switched on), never on the wall clock alone: a loaded machine that is slow to inject
+        # must not break the cascade's overlap. Coroutines are made when their stage starts.
+        stages: list[tuple[Injector | None, float, Callable[[], Awaitable[FaultRun]]]] = [
             (
-                0.0,
-                lab.fault(
+                None, 0.0,
+                lambda: lab.fault(
                     lock, hold=3.0 * sev.scale, sla=DATABASE_SLA,
                     recovered=store_recovered(pipeline), recover_timeout=20.0,
                 ),
             ),
             (
-                0.8,
-                lab.fault(
+                lock, 0.8,
+                lambda: lab.fault(
                     partition, hold=2.0 * sev.scale, sla=_API_SLA,
                     recovered=all_of(node_ready(pipeline), store_caught_up(pipeline)),
                     recover_timeout=20.0,
                 ),
             ),
             (
-                1.6,
-                lab.fault(
+                partition, 0.8,
+                lambda: lab.fault(
                     kill, hold=0.2, sla=_CRITICAL_SLA, failover=True, recovered=back,
                     recover_timeout=20.0,
                 ),
@@ -175,10 +178,13 @@ class CascadingFailure(Scenario):
         backtest: dict[str, Any] = {}
         async with asyncio.TaskGroup() as tasks:
             started = [
-                tasks.create_task(_after(delay, stage), name=f"cascade-stage-{i}")
-                for i, (delay, stage) in enumerate(stages)
+                tasks.create_task(_after(previous, delay, stage), name=f"cascade-stage-{i}")
+                for i, (previous, delay, stage) in enumerate(stages)
             ]
-            tasks.create_task(_after(2.0, self._backtest(pipeline, backtest)))
+            tasks.create_task(
+                _after(partition, 1.2, lambda: self._backtest(pipeline, backtest)),
+                name="cascade-backtest",
+            )
         runs = [task.result() for task in started]
         for run in runs[:2]:
             cross_check_recorded(lab, run, expected=True)
@@ -277,10 +283,26 @@ class CascadingFailure(Scenario):
             await asyncio.to_thread(guard.close)
 
 
-async def _after(delay: float, stage: Awaitable[Any]) -> Any:
-    """``stage`` started ``delay`` seconds from now (the cascade's stagger)."""
+async def _after(
+    previous: Injector | None, delay: float, stage: Callable[[], Awaitable[Any]]
+) -> Any:
+    """``stage()`` started ``delay`` seconds after ``previous`` is seen switched on (at once
+    after ``delay`` without one): the cascade's stagger, anchored to what really happened."""
+    if previous is not None:
+        # Switched on by its own stage within a few ms to a second; a stage that could not
+        # inject at all (skipped, failed) does not hold the next one back for long.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WATCH_LIMIT):
+                while not previous.active:  # noqa: ASYNC110 - an Injector has no event
+                    await asyncio.sleep(_WATCH)
     await asyncio.sleep(delay)
-    return await stage
+    return await stage()
+
+
+_WATCH = 0.01
+"""Seconds between looks at whether the previous stage's fault is in force."""
+_WATCH_LIMIT = 10.0
+"""Seconds a stage waits at most for the previous one to be in force."""
 
 
 def _rel(t: float | None, origin: float | None) -> str:
