@@ -214,6 +214,7 @@ class EmergencyShutdownScenario(Scenario):
             for s in steps
             if s.get("outcome") != "ok"
         ]
+        excused = ""
         if any(f.startswith("cancel_orders") for f in failed_steps):
             # A dead trader has nothing to cancel; the exchange's own book says whether an
             # order of it was left open (the state the kill switch must not leave behind).
@@ -224,6 +225,7 @@ class EmergencyShutdownScenario(Scenario):
                 f"{open_orders} open orders; the kill step said: {failed_steps}",
             )
             run.notes.append(f"kill step not ok (trader down): {failed_steps}")
+            excused = " (cancel_orders not ok with the trader down: judged by the order book)"
             failed_steps = [f for f in failed_steps if not f.startswith("cancel_orders")]
         trader = await _trader(pipeline)
         started = list(trader.get("started_with", [])) if trader else []
@@ -240,7 +242,7 @@ class EmergencyShutdownScenario(Scenario):
                 f"pid {out['pid']}",
             ),
             (
-                "every kill step ok",
+                "every kill step ok" + excused,
                 bool(steps) and not failed_steps,
                 f"{len(steps)} steps, source {kill.get('source')}, not ok: {failed_steps}",
             ),
