@@ -9,8 +9,8 @@ The injectors are the shared ones: :class:`~strategylab.chaos.ConnectionReset` a
 :class:`~strategylab.chaos.DeadlineTimeout` on the feed's proxy,
 :class:`~strategylab.chaos.ApiErrors`, :class:`~strategylab.chaos.CorruptFrames` and
 :class:`~strategylab.chaos.InvalidTicks` through the exchange's admin API.
-:class:`ToxicInjector`, the first stand-in, stays for category 3 and the harness tests that
-still build their faults with it.
+:class:`ToxicInjector` (a toxic by name on a proxy given by a getter) stays for the harness
+tests, which build faults that the shared injectors do not offer (a toxic never healed).
 """
 
 from __future__ import annotations
