@@ -4,29 +4,40 @@ view and the final table."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from rich.console import Console
 
 from strategylab.chaos import (
     REPORT_SCHEMA,
+    JunitPathError,
+    Lab,
     LabEvent,
     LabOptions,
     LabProgress,
     LabReport,
+    LabRun,
     ReportDirError,
+    Scenario,
     Severity,
+    check_junit_file,
+    check_report_dir,
     junit_xml,
     prepare_report_dir,
     print_summary,
     render_html,
+    write_junit_case,
     write_report,
 )
+from strategylab.chaos._lab import _run_category
 from strategylab.chaos._live import plain_line
 from strategylab.chaos._measure import FaultRun, ProbeSample
+from strategylab.chaos._report_html import rate_line, timeline_svg
 from strategylab.chaos._scenario import CategoryResult, Check, Criterion, Integrity
 from strategylab.fault_tolerance import AuditLog
 
@@ -323,3 +334,172 @@ def test_the_final_table_has_a_row_per_category(report: LabReport) -> None:
     assert "PASS" in text
     assert "SKIPPED" in text
     assert "FAILED in 20.1 s" in text
+
+
+# --- review defects: the events the lab really emits, the log lines, JUnit, the rate line -------
+
+
+class _Stub:
+    """The part of a Pipeline ``_run_category`` touches when the scenario decides alone."""
+
+    node_running = True
+
+
+def _scenario(ident: int, outcome: str) -> Scenario:
+    class _Decides(Scenario):
+        id: ClassVar[int] = ident
+        name: ClassVar[str] = f"decides {outcome}"
+        seed_criterion: ClassVar[Criterion] = Criterion(recovered=1.0)
+
+        async def run(self, lab: Lab) -> None:
+            if outcome == "skipped":
+                lab.result.skipped = "not on this machine"
+            else:
+                lab.result.integrity = Integrity(
+                    acknowledged=1, stored=1, lost=0, duplicated=0, unexpected=0, corrupted=0
+                )
+                lab.check("decided", outcome == "pass")
+
+    return _Decides()
+
+
+async def test_the_lab_ends_each_category_with_a_done_event_the_view_counts() -> None:
+    """Each category's end is a ``done`` event with its id, ``ok`` and verdict: the live view's
+    progress bar and the interrupted summary count it (it was a ``note``, counted as nothing)."""
+    events: list[LabEvent] = []
+    for ident, outcome in ((3, "pass"), (4, "fail"), (5, "skipped")):
+        scenario = _scenario(ident, outcome)
+        lab = LabRun(_Stub(), scenario, on_event=events.append)  # type: ignore[arg-type]
+        await _run_category(lab, scenario, _Stub())  # type: ignore[arg-type]
+    done = [e for e in events if e.kind == "done"]
+    assert [(e.category, e.ok, e.text) for e in done] == [
+        (3, True, "pass"),
+        (4, False, "fail"),
+        (5, False, "skipped"),
+    ]
+    progress = LabProgress(categories=(3, 4, 5))
+    for event in events:
+        progress.on_event(event)
+    assert [(i, text) for i, _, text in progress.done] == [(3, "pass"), (4, "fail"), (5, "skipped")]
+    console = Console(record=True, width=100)
+    console.print(progress.render())
+    assert "3/3 categories" in console.export_text()
+
+
+def test_the_run_end_is_not_counted_as_a_category() -> None:
+    """The run's end (a ``note``, or a ``done`` without a category from an older lab) is not
+    pinned on the last category, and a category is never counted twice."""
+    progress = LabProgress(categories=(3, 4))
+    progress.on_event(LabEvent(kind="category", t=1.0, category=3, category_name="a"))
+    progress.on_event(LabEvent(kind="done", t=2.0, category=3, ok=True, text="pass"))
+    progress.on_event(LabEvent(kind="done", t=2.1, category=3, ok=True, text="pass"))
+    progress.on_event(LabEvent(kind="note", t=3.0, text="lab run finished"))
+    progress.on_event(LabEvent(kind="done", t=3.1, text="lab run finished"))
+    assert progress.done == [(3, "a", "pass")]
+
+
+def test_a_fault_that_did_not_recover_is_logged_as_not_recovered() -> None:
+    """``recovered`` with ``ok=False`` says "did NOT recover" and why, never "recovered"."""
+    event = LabEvent(
+        kind="recovered", t=ORIGIN + 5, category=7, fault="overload.cpu_throttled", ok=False
+    )
+    line = plain_line(event, ORIGIN)
+    assert line is not None
+    assert "category 7 did NOT recover from overload.cpu_throttled (" in line
+    assert " recovered from" not in line
+    why = LabEvent(kind="recovered", t=ORIGIN, category=7, fault="f", ok=False, text="node down")
+    assert plain_line(why, ORIGIN) == "[   0.00 s] category 7 did NOT recover from f (node down)"
+    good = LabEvent(kind="recovered", t=ORIGIN, category=7, fault="f", ok=True)
+    assert plain_line(good, ORIGIN) == "[   0.00 s] category 7 recovered from f"
+    progress = LabProgress(categories=(7,))
+    progress.on_event(event)
+    assert "did NOT recover" in progress.fault
+
+
+def test_a_fault_line_names_the_fault_once() -> None:
+    """The lab's fault text starts with the fault's name: the line says it once."""
+    event = LabEvent(
+        kind="fault",
+        t=ORIGIN + 1,
+        category=1,
+        fault="network.reset",
+        text="network.reset on for 0.1 s",
+    )
+    assert plain_line(event, ORIGIN) == (
+        "[   1.00 s] category 1 fault injected: network.reset on for 0.1 s"
+    )
+
+
+def test_junit_suite_has_the_ant_schema_timestamp_and_attributes(report: LabReport) -> None:
+    """``timestamp`` is ``YYYY-MM-DDTHH:MM:SS`` in UTC (no fraction, no offset); the suite has
+    ``hostname``, ``id`` and ``package``."""
+    report.started_wall = "2024-05-06T09:08:07.654321+02:00"
+    suite = ET.fromstring(junit_xml(report)).find("testsuite")  # noqa: S314 - our own text
+    assert suite is not None
+    assert suite.get("timestamp") == "2024-05-06T07:08:07"
+    assert suite.get("hostname")
+    assert suite.get("id") == "0"
+    assert suite.get("package") == "strategylab.lab"
+
+
+def test_a_one_case_junit_file_has_the_ant_schema_timestamp(tmp_path: Path) -> None:
+    """``lab run``'s one-case file carries the same attributes."""
+    path = write_junit_case(
+        tmp_path / "j.xml", name="x", failure=None, seconds=1.0, started_wall="2024-05-06T07:08:07Z"
+    )
+    suite = ET.parse(path).getroot().find("testsuite")  # noqa: S314 - our own file
+    assert suite is not None
+    assert suite.get("timestamp") == "2024-05-06T07:08:07"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", suite.get("timestamp") or "")
+    assert suite.get("hostname")
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"), [("/dev/null/x", "is not a directory"), ("{tmp}/file/x", "is not a directory")]
+)
+def test_a_report_dir_that_cannot_be_created_is_refused_before_the_run(
+    tmp_path: Path, path: str, bad: str
+) -> None:
+    """A report directory under a file cannot be created: refused up front, naming it."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ReportDirError, match=bad):
+        check_report_dir(Path(path.format(tmp=tmp_path)))
+
+
+def test_a_junit_path_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    """A directory, a path under /dev/null: refused; a new file in a directory is fine."""
+    with pytest.raises(JunitPathError, match="is a directory"):
+        check_junit_file(tmp_path)
+    with pytest.raises(JunitPathError, match="cannot be created"):
+        check_junit_file(Path("/dev/null/j.xml"))
+    check_junit_file(tmp_path / "new" / "j.xml")
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_rate_line_breaks_where_samples_are_missing() -> None:
+    """A gap longer than two sampling intervals (the node was down) is a NaN: no line across."""
+    points = [(float(t), 100.0) for t in range(5)] + [(float(t), 90.0) for t in range(12, 15)]
+    xs, ys = rate_line(points)
+    gaps = [x for x, y in zip(xs, ys, strict=True) if math.isnan(y)]
+    assert gaps == [8.0]
+    assert [y for y in ys if not math.isnan(y)] == [100.0] * 5 + [90.0] * 3
+    even = [(0.5 * i, 1.0) for i in range(10)]
+    assert not any(math.isnan(y) for y in rate_line(even)[1])
+    _, with_nan = rate_line([(0.0, 1.0), (1.0, math.inf), (2.0, 1.0)])
+    assert math.isnan(with_nan[1])
+
+
+def test_the_timeline_svg_draws_the_rate_in_two_pieces_across_a_gap(report: LabReport) -> None:
+    """The drawn line has a break: the SVG path of the rate line has two move-tos."""
+    fault = report.results[0].faults[0]
+    fault.rates = [(ORIGIN + t, 100.0) for t in (0, 1, 2, 3)] + [
+        (ORIGIN + t, 100.0) for t in (9, 10, 11)
+    ]
+    svg = timeline_svg(report.results[0], ORIGIN)
+    rate_paths = [
+        d
+        for d, style in re.findall(r'<path d="([^"]*)"[^>]*style="([^"]*)"', svg)
+        if "#2e6fba" in style
+    ]
+    assert rate_paths, "no rate line drawn"
+    assert sum(d.count("M") for d in rate_paths) == 2

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         ReportFiles,
     )
 
-__all__ = ["CATEGORY_IDS", "lab_app", "parse_categories"]
+__all__ = ["CATEGORY_IDS", "lab_app", "parse_categories", "parse_seed"]
 
 _PROG: Final = "strategylab lab"
 CATEGORY_IDS: Final = tuple(range(1, 11))
@@ -111,6 +111,31 @@ def _severity_callback(ctx: typer.Context, param: typer.CallbackParam, value: ob
                 ctx.command_path,
                 ConfigurationError(_flag(param), value, f"must be one of {', '.join(choices)}"),
             )
+    return value
+
+
+def parse_seed(text: str, *, flag: str = "--seed") -> int:
+    """``--seed``'s value as an int: a whole number (an optional sign, ASCII digits, blanks
+    around it ignored).
+
+    Raises :class:`ConfigurationError` naming ``flag`` and the value when it is empty or not a
+    whole number (``"1.5"``, ``"x"``).
+    """
+    item = text.strip()
+    digits = item[1:] if item[:1] in {"+", "-"} else item
+    if not item:
+        raise ConfigurationError(flag, text, "must not be empty (a whole number)")
+    if not digits.isdecimal() or not digits.isascii():
+        raise ConfigurationError(flag, text, "is not a whole number")
+    return int(item)
+
+
+def _seed_callback(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, str):
+        try:
+            parse_seed(value, flag=_flag(param))
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
     return value
 
 
@@ -181,8 +206,14 @@ def lab(  # noqa: PLR0917 - typer passes options positionally
     category: CategoryOption = _ALL,
     severity: SeverityOption = "medium",
     seed: Annotated[
-        int, typer.Option("--seed", metavar="INT", help="Seeds every fault choice of the run.")
-    ] = 42,
+        str,
+        typer.Option(
+            "--seed",
+            metavar="INT",
+            callback=_seed_callback,
+            help="Seeds every fault choice of the run (a whole number).",
+        ),
+    ] = "42",
     postgres: Annotated[
         str | None,
         typer.Option(
@@ -219,11 +250,12 @@ def lab(  # noqa: PLR0917 - typer passes options positionally
     configure_logging(log_level.level, sys.stderr)
     ids = parse_categories(category)
     report_dir = _report_dir(report)
+    _check_junit(junit)
     raise typer.Exit(
         _run_builtin(
             categories=ids,
             severity=severity,
-            seed=seed,
+            seed=parse_seed(seed),
             postgres=postgres,
             report_dir=report_dir,
             junit=junit,
@@ -254,6 +286,7 @@ def lab_run(
     if not file.is_file():
         usage_error(prog, f"FILE {str(file)!r} is not a file")
     report_dir = _report_dir(report, prog=prog)
+    _check_junit(junit, prog=prog)
     raise typer.Exit(_run_experiment(file, report_dir=report_dir, junit=junit))
 
 
@@ -270,6 +303,18 @@ def _report_dir(given: Path | None, *, prog: str = _PROG) -> Path:
     except ReportDirError as exc:
         usage_error(prog, f"--report {exc}")
     return path
+
+
+def _check_junit(junit: Path | None, *, prog: str = _PROG) -> None:
+    """The JUnit file, checked now (a usage error naming ``--junit`` before anything runs)."""
+    if junit is None:
+        return
+    from strategylab.chaos import JunitPathError, check_junit_file  # noqa: PLC0415
+
+    try:
+        check_junit_file(junit)
+    except JunitPathError as exc:
+        usage_error(prog, f"--junit {exc}")
 
 
 def _error(message: str, prog: str = _PROG) -> int:
@@ -406,13 +451,20 @@ def _finish(
 def _write(
     result: LabReport, report_dir: Path, junit: Path | None, *, prog: str
 ) -> ReportFiles | None:
-    from strategylab.chaos import ReportDirError, prepare_report_dir, write_report  # noqa: PLC0415
+    from strategylab.chaos import (  # noqa: PLC0415
+        JunitPathError,
+        ReportDirError,
+        prepare_report_dir,
+        write_report,
+    )
 
     try:
         return write_report(result, prepare_report_dir(report_dir), junit=junit)
+    except JunitPathError as exc:
+        _error(f"--junit: cannot write {exc}", prog)
     except (OSError, ReportDirError) as exc:
-        _error(f"cannot write the report to {str(report_dir)!r}: {exc}", prog)
-        return None
+        _error(f"--report: cannot write the report to {str(report_dir)!r}: {exc}", prog)
+    return None
 
 
 def _run_experiment(file: Path, *, report_dir: Path, junit: Path | None) -> int:
@@ -450,8 +502,10 @@ def _run_experiment(file: Path, *, report_dir: Path, junit: Path | None) -> int:
         return _SIGNAL_EXIT_BASE + int(signal.SIGINT)
     try:
         out = _write_experiment(result, report_dir, junit, seconds=time.monotonic() - started)
-    except OSError as exc:
-        return _error(f"cannot write the report to {str(report_dir)!r}: {exc}", prog)
+    except _JunitWriteError as exc:
+        return _error(f"--junit: cannot write {str(junit)!r}: {exc.__cause__}", prog)
+    except (OSError, ValueError) as exc:
+        return _error(f"--report: cannot write the report to {str(report_dir)!r}: {exc}", prog)
     console.print(f"{result.status.upper()}: {result.reason or result.title}", markup=False)
     console.print(f"report: {out}", markup=False, highlight=False)
     if interrupted:
@@ -474,10 +528,19 @@ def _write_experiment(
     out = prepare_report_dir(report_dir) / "experiment.json"
     out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", "utf-8")
     if junit is not None:
-        write_junit_case(
-            junit,
-            name=str(result.title),
-            failure=None if result.status == "completed" else (result.reason or result.status),
-            seconds=seconds,
-        )
+        started = dt.datetime.fromtimestamp(result.started_at, dt.UTC).isoformat()
+        try:
+            write_junit_case(
+                junit,
+                name=str(result.title),
+                failure=None if result.status == "completed" else (result.reason or result.status),
+                seconds=seconds,
+                started_wall=started,
+            )
+        except OSError as exc:
+            raise _JunitWriteError from exc
     return out
+
+
+class _JunitWriteError(Exception):
+    """The JUnit file of ``lab run`` could not be written (the cause is the :class:`OSError`)."""

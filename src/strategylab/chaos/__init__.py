@@ -104,6 +104,8 @@ if TYPE_CHECKING:
         injected,
     )
     from ._junit import (
+        JunitPathError,
+        check_junit_file,
         junit_xml,
         write_junit,
         write_junit_case,
@@ -273,6 +275,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "junit_xml": ("._junit", "junit_xml"),
     "write_junit": ("._junit", "write_junit"),
     "write_junit_case": ("._junit", "write_junit_case"),
+    "JunitPathError": ("._junit", "JunitPathError"),
+    "check_junit_file": ("._junit", "check_junit_file"),
     "LabRun": ("._lab", "LabRun"),
     "cross_check_recorded": ("._lab", "cross_check_recorded"),
     "run_lab": ("._lab", "run_lab"),
@@ -374,6 +378,7 @@ __all__ = [
     "Integrity",
     "IntegrityReport",
     "InvalidTicks",
+    "JunitPathError",
     "KillProcess",
     "Lab",
     "LabEvent",
@@ -434,6 +439,7 @@ __all__ = [
     "Verdict",
     "all_of",
     "check",
+    "check_junit_file",
     "check_report_dir",
     "check_sqlite",
     "create_proxy_api",

@@ -34,9 +34,11 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from strategylab._clock_wait import wait_within
 from strategylab.clock import SYSTEM_CLOCK, Clock
 from strategylab.errors import ConfigurationError, StrategyLabError
 
@@ -333,8 +335,11 @@ def _parse_probe(t: _Table, index: int, proxies: Mapping[str, ExperimentProxy]) 
     elif kind == "http":
         target = t.text("url")
         _refs(t, "url", target, proxies)
-        if not target.startswith(("http://", "https://")) and "${" not in target[:10]:
-            t.fail("url", target, "must be an http:// or https:// URL")
+        # ${proxy.NAME...} expands to a host, a port or host:port, never to a scheme: the
+        # scheme is checked on the text as written, the host with each reference as a name.
+        parts = urlsplit(_REF.sub("proxy", target))
+        if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
+            t.fail("url", target, "must be an http:// or https:// URL with a host")
         tolerance = t.codes("tolerance", (200,), 599)
     else:
         argv = t.argv("command")
@@ -861,7 +866,15 @@ class _Run:
         deadline = self.clock.monotonic() + seconds
         while True:
             for probe in hyp.probes:
-                sample = await self.probe(probe, "during")
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    return
+                # The fault is healed at its deadline: a probe still waiting then is cut short,
+                # and a probe cut short is not a result (it is not recorded).
+                try:
+                    sample = await wait_within(self.clock, self.probe(probe, "during"), left)
+                except TimeoutError:
+                    return
                 self.result.during.append(sample)
                 if not sample.ok and hyp.during == "hold" and self.deviated_during is None:
                     self.deviated_during = f"probe {probe.name!r} failed during the method: " + (

@@ -215,7 +215,12 @@ class LabRun:
         else:
             # One more status line, so that an error the node recorded meanwhile is seen.
             await watch.next_status_line(2.0 * self.pipeline.config.status_interval + 0.5)
-        self.emit("recovered", fault=run.name, ok=run.t_recovered is not None)
+        self.emit(
+            "recovered",
+            fault=run.name,
+            ok=run.t_recovered is not None,
+            text="" if run.t_recovered is not None or not run.notes else run.notes[-1],
+        )
 
     async def _statistics(self) -> dict[str, Any] | None:
         try:
@@ -667,7 +672,7 @@ async def run_lab(
     audit_verified = await asyncio.to_thread(
         _verify_audit, pipeline.audit_path, pipeline.audit_anchor_path
     )
-    emit(LabEvent(kind="done", t=clock.monotonic(), text="lab run finished"))
+    emit(LabEvent(kind="note", t=clock.monotonic(), text="lab run finished"))
     return LabReport(
         options=options,
         results=results,
@@ -753,4 +758,4 @@ async def _run_category(lab: LabRun, scenario: Scenario, pipeline: Pipeline) -> 
         await _node_agrees(lab, pipeline)
     result.ended = lab._clock.monotonic()  # noqa: SLF001
     verdict = result.verdict
-    lab.emit("note", ok=verdict == "pass", text=f"category {result.id}: {verdict}")
+    lab.emit("done", ok=verdict == "pass", text=verdict)

@@ -66,8 +66,11 @@ class LabProgress:
     def _on_healed(self, event: LabEvent) -> None:
         self.fault = f"{event.fault or self.fault} healed, waiting for recovery"
 
-    def _on_recovered(self, event: LabEvent) -> None:  # noqa: ARG002 - one handler signature
-        self.fault = "none"
+    def _on_recovered(self, event: LabEvent) -> None:
+        if event.ok is False:
+            self.fault = f"{event.fault or self.fault}: did NOT recover"
+        else:
+            self.fault = "none"
 
     def _on_probe(self, event: LabEvent) -> None:
         if event.ok is not None:
@@ -80,11 +83,17 @@ class LabProgress:
             self.ticks_per_s = event.ticks_per_s
 
     def _on_done(self, event: LabEvent) -> None:
-        ident = event.category if event.category is not None else self.current
-        if ident is not None:
+        """A category's end: ``category`` its id, ``ok`` whether it passed, ``text`` its
+        verdict. A ``done`` without a category id (an older lab's end of the run) is not a
+        category and counts nothing; a category already finished is not counted twice."""
+        ident = event.category
+        if ident is None:
+            return
+        if all(done_id != ident for done_id, _, _ in self.done):
             name = event.category_name or self.names.get(ident, "")
-            self.done.append((ident, name, event.text))
-        self.current, self.fault = None, "none"
+            self.done.append((ident, name, event.text or _ok_word(event.ok)))
+        if self.current == ident:
+            self.current, self.fault = None, "none"
 
     def _on_note(self, event: LabEvent) -> None:
         self.note = event.text
@@ -124,20 +133,43 @@ class LabProgress:
         return Group(table, bar)
 
 
+def _ok_word(ok: bool | None) -> str:
+    return "finished" if ok is None else ("pass" if ok else "fail")
+
+
+_NO_RECOVERY: Final = "no recovery seen before the deadline after the heal"
+
 _LINES: Final = {
     "category": "{t} {cat}: {name} started",
-    "fault": "{t} {cat} fault injected: {fault} {text}",
+    "fault": "{t} {cat} fault injected: {fault}{rest}",
     "healed": "{t} {cat} fault healed: {fault}",
-    "recovered": "{t} {cat} recovered from {fault} {text}",
+    "recovered": "{t} {cat} recovered from {fault}{rest}",
+    "not_recovered": "{t} {cat} did NOT recover from {fault} ({why})",
     "done": "{t} {cat} done: {text}",
     "note": "{t} {text}",
 }
 
 
+def _rest(fault: str, text: str) -> str:
+    """``text`` after the fault's name, once: the lab's fault events say ``"NAME on for 2 s"``
+    and the line already names the fault (``""`` when nothing is left)."""
+    rest = text.strip()
+    if fault and rest.startswith(fault):
+        rest = rest[len(fault) :].strip()
+    return f" {rest}" if rest else ""
+
+
 def plain_line(event: LabEvent, origin: float) -> str | None:
     """One log line for ``event`` (times relative to ``origin``), or ``None`` for events too
-    frequent for a log (probes and rates)."""
-    template = _LINES.get(event.kind)
+    frequent for a log (probes and rates).
+
+    A ``recovered`` event with ``ok=False`` (the fault did not recover) says so:
+    ``did NOT recover from FAULT (WHY)``, ``WHY`` its text or, without one, that no recovery was
+    seen before the deadline."""
+    kind: str = event.kind
+    if kind == "recovered" and event.ok is False:
+        kind = "not_recovered"
+    template = _LINES.get(kind)
     if template is None:
         return None
     return template.format(
@@ -145,7 +177,9 @@ def plain_line(event: LabEvent, origin: float) -> str | None:
         cat="" if event.category is None else f"category {event.category}",
         name=event.category_name,
         fault=event.fault,
-        text=event.text,
+        rest=_rest(event.fault, event.text),
+        why=_rest(event.fault, event.text).strip() or _NO_RECOVERY,
+        text=event.text or (_ok_word(event.ok) if kind == "done" else ""),
     ).rstrip()
 
 

@@ -30,7 +30,7 @@ from strategylab._files import make_private_dir
 from strategylab.errors import AuditIntegrityError, StrategyLabError
 from strategylab.fault_tolerance import AuditLog
 
-from ._junit import write_junit
+from ._junit import JunitPathError, unwritable_reason, write_junit
 from ._report_html import render_html
 from ._run_model import LabReport
 from ._scenario import CategoryResult, Criterion
@@ -81,18 +81,27 @@ def default_report_dir(now: dt.datetime, base: Path | None = None) -> Path:
 
 def check_report_dir(path: Path) -> None:
     """Refuse ``path`` as a report directory, before anything runs: :class:`ReportDirError`
-    naming it when it exists and is not a directory, or is a non-empty directory without
-    :data:`REPORT_MARKER` (the lab did not create it and will not write into it)."""
+    naming it when it exists and is not a directory, is a non-empty directory without
+    :data:`REPORT_MARKER` (the lab did not create it and will not write into it), is a
+    directory this process may not write into, or is missing and cannot be created (its nearest
+    existing ancestor is not a directory, or not writable: ``/dev/null/x``). Nothing is
+    created."""
     target = path.absolute()
-    if os.path.lexists(target):
-        if target.is_symlink() or not target.is_dir():
-            raise ReportDirError(f"{str(path)!r} exists and is not a directory")
-        entries = {entry.name for entry in target.iterdir()}
-        if entries and REPORT_MARKER not in entries:
-            raise ReportDirError(
-                f"{str(path)!r} is not empty and was not created by `strategylab lab` "
-                "(it would not overwrite it): name a new or empty directory"
-            )
+    if not os.path.lexists(target):
+        reason = unwritable_reason(target)
+        if reason is not None:
+            raise ReportDirError(f"{str(path)!r} cannot be created: {reason}")
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ReportDirError(f"{str(path)!r} exists and is not a directory")
+    entries = {entry.name for entry in target.iterdir()}
+    if entries and REPORT_MARKER not in entries:
+        raise ReportDirError(
+            f"{str(path)!r} is not empty and was not created by `strategylab lab` "
+            "(it would not overwrite it): name a new or empty directory"
+        )
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ReportDirError(f"{str(path)!r} is not writable")
 
 
 def prepare_report_dir(path: Path) -> Path:
@@ -247,7 +256,9 @@ def write_report(report: LabReport, directory: Path, *, junit: Path | None = Non
     :func:`prepare_report_dir`), and the JUnit XML to ``junit`` (default:
     ``report.options.junit``; none when both are ``None``).
 
-    Raises :class:`OSError` when a file cannot be written.
+    Raises :class:`OSError` when a file of the report directory cannot be written, and
+    :class:`~strategylab.chaos.JunitPathError` (naming the JUnit path) when the JUnit file
+    cannot (the report directory is written by then).
     """
     directory = directory.absolute()
     audit_copy: Path | None = None
@@ -274,7 +285,10 @@ def write_report(report: LabReport, directory: Path, *, junit: Path | None = Non
     _write_text(files.json, text + "\n")
     _write_text(files.html, render_html(report, audit=document["audit"]))
     if files.junit is not None:
-        write_junit(report, files.junit)
+        try:
+            write_junit(report, files.junit)
+        except OSError as exc:
+            raise JunitPathError(f"{str(files.junit)!r}: {exc.strerror or exc}") from exc
     return files
 
 

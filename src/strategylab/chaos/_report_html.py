@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from ._measure import FaultRun
 
-__all__ = ["CSP", "render_html", "timeline_svg"]
+__all__ = ["CSP", "rate_line", "render_html", "timeline_svg"]
 
 CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
@@ -133,10 +134,42 @@ def _draw_probes(ax: Axes, faults: Sequence[FaultRun], origin: float) -> None:
     ax.set_ylabel("probes")
 
 
+_GAP_INTERVALS: Final = 2.0
+"""A gap between rate samples longer than this many sampling intervals is missing data."""
+
+
+def rate_line(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The ingest-rate line's ``(xs, ys)`` for ``points`` (``(seconds, ticks/s)``, any
+    order), with a NaN ``y`` wherever samples are missing, so the line breaks there instead of
+    drawing straight across: between two samples further apart than
+    ``2 x`` the sampling interval (the median spacing of the samples), and at a sample whose
+    rate is not finite (it is dropped)."""
+    ordered = sorted(points)
+    steps = sorted(b[0] - a[0] for a, b in itertools.pairwise(ordered) if b[0] > a[0])
+    interval = steps[len(steps) // 2] if steps else math.inf
+    xs: list[float] = []
+    ys: list[float] = []
+    previous: float | None = None
+    for t, rate in ordered:
+        if not math.isfinite(rate):
+            if ys and not math.isnan(ys[-1]):
+                xs.append(t)
+                ys.append(math.nan)
+            continue
+        gap = previous is not None and t - previous > _GAP_INTERVALS * interval
+        if gap and previous is not None and ys and not math.isnan(ys[-1]):
+            xs.append((previous + t) / 2)
+            ys.append(math.nan)
+        xs.append(t)
+        ys.append(rate)
+        previous = t
+    return xs, ys
+
+
 def _draw_rates(ax: Axes, faults: Sequence[FaultRun], origin: float) -> None:
-    points = sorted((t - origin, r) for f in faults for t, r in f.rates if math.isfinite(r))
-    if points:
-        ax.plot([t for t, _ in points], [r for _, r in points], color=_RATE_COLOUR, lw=1.2)
+    xs, ys = rate_line([(t - origin, r) for f in faults for t, r in f.rates])
+    if any(math.isfinite(y) for y in ys):
+        ax.plot(xs, ys, color=_RATE_COLOUR, lw=1.2)
         ax.set_ylim(bottom=0)
     ax.set_ylabel("ticks/s")
     ax.set_xlabel("seconds since the run started")
