@@ -457,3 +457,57 @@ duration = 60
     assert "aborted: interrupted" in rest
     assert rest.rstrip().endswith("KeyboardInterrupt")
     assert marker.read_text() == "ran"
+
+
+# ------------------------------------------------------------------------- review defects
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1:21/x", "ftp://${proxy.echo}/x", "${proxy.echo}/health", "http://"]
+)
+def test_an_http_probe_url_that_is_not_http_is_rejected_at_load(tmp_path: Path, url: str) -> None:
+    """Only http:// and https:// URLs with a host: anything else is refused when the file is
+    loaded, with the key path and the value (it used to pass and abort the run)."""
+    text = _experiment("127.0.0.1:9", '[[method]]\ntype = "pause"\nduration = 0').replace(
+        'type = "tcp"\naddress = "${proxy.echo}"\nsend = "ping"\nexpect = "ping"',
+        f'type = "http"\nurl = "{url}"',
+    )
+    with pytest.raises(ExperimentFileError) as caught:
+        _load(tmp_path, text)
+    message = str(caught.value)
+    assert f"{_PROBE0}.url" in message
+    assert repr(url) in message
+    assert "http:// or https://" in message
+
+
+def test_an_http_probe_through_a_proxy_reference_loads(tmp_path: Path) -> None:
+    """``http://${proxy.NAME}/...`` is a valid URL."""
+    text = _experiment("127.0.0.1:9", '[[method]]\ntype = "pause"\nduration = 0').replace(
+        'type = "tcp"\naddress = "${proxy.echo}"\nsend = "ping"\nexpect = "ping"',
+        'type = "http"\nurl = "HTTPS://${proxy.echo}/ready"',
+    )
+    assert _load(tmp_path, text).hypothesis.probes[0].type == "http"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_a_timed_fault_is_healed_at_its_deadline_not_after_a_probe(
+    tmp_path: Path, echo: str
+) -> None:
+    """A 0.5 s partition observed by a probe with a 3 s timeout is healed at 0.5 s: the probe
+    still waiting then is cut short and not recorded (the fault used to stay until the probe
+    timed out)."""
+    exp = _load(
+        tmp_path,
+        _experiment(echo, _PARTITION, _RESET, hypothesis='during = "observe"').replace(
+            "timeout = 0.3", "timeout = 3.0"
+        ),
+    )
+    result = await run_experiment(exp)
+    partition = result.method[0]
+    assert partition.ok, partition.detail
+    held = partition.t_end - partition.t_start
+    assert 0.5 <= held < 1.5, f"the 0.5 s partition was in force {held:.2f} s"
+    for sample in result.during:
+        assert sample.t + sample.duration_s <= partition.t_end
+    assert all(s.duration_s < 3.0 for s in result.during)
