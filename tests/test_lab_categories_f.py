@@ -4,6 +4,7 @@ run for real through run_lab; category 4 fails when the node runs without its sp
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +17,7 @@ from strategylab.chaos._run_model import LabOptions
 from strategylab.chaos._scenario import CategoryResult
 from strategylab.chaos._throwaway_pg import ThrowawayPostgres
 from strategylab.chaos.scenarios import SCENARIOS, scenarios_for
+from strategylab.chaos.scenarios._c08_races import BookView, ExchangeView, compare
 from strategylab.chaos.scenarios._c09_sla import SLAS, _class_figures
 
 pytestmark = [
@@ -106,16 +108,7 @@ async def test_categories_2_4_8_9_recover_for_real(tmp_path: Path) -> None:
         assert database.integrity is not None
         assert set(database.integrity.report["stores"]) == {"main", "pgnode"}
 
-    integrity = by_id[8]
-    assert [f.name for f in integrity.ran] == [
-        "integrity.rollback",
-        "integrity.partial_spool_write",
-        "corruption.bit_flip",
-    ]
-    assert integrity.figures()["consistency"] == 1.0
-    assert _checks(integrity)[
-        "integrity.partial_spool_write: damaged segment detected and moved aside (file system)"
-    ]
+    _assert_integrity(by_id[8])
 
     sla = by_id[9]
     classes = {f.extra["sla_class"]: f for f in sla.faults}
@@ -129,6 +122,33 @@ async def test_categories_2_4_8_9_recover_for_real(tmp_path: Path) -> None:
         assert run.extra["class_figures"]["max_s"] == run.recovery_time
     assert report.audit_verified is True
     assert not psutil.Process().children(recursive=True)
+
+
+def _assert_integrity(integrity: CategoryResult) -> None:
+    """Category 8: its four faults ran, the checker found the store consistent, and the order
+    races struck the trader's real orders and its book ended as the exchange's."""
+    assert [f.name for f in integrity.ran] == [
+        "integrity.rollback",
+        "integrity.partial_spool_write",
+        "corruption.bit_flip",
+        "orders.races",
+    ]
+    assert integrity.figures()["consistency"] == 1.0
+    names = _checks(integrity)
+    assert names[
+        "integrity.partial_spool_write: damaged segment detected and moved aside (file system)"
+    ]
+    races = integrity.ran[3]
+    assert races.recovered, races.notes
+    assert races.within_sla, races.notes
+    assert races.extra["orders_in_window"] > 0  # the trader really ordered under the races
+    assert races.extra["races"]["partial_fills"] > 0  # and the exchange really split them
+    assert races.extra["killed_pid"] is not None
+    assert names[
+        "orders.races: the killed trader came back as a new process that reconciled while the "
+        "races were on"
+    ]
+    assert names["orders.races: the book's positions equal the exchange's (/api/positions, direct)"]
 
 
 @pytest.mark.timeout(120)
@@ -147,3 +167,45 @@ async def test_database_failover_fails_when_the_node_has_no_spool(tmp_path: Path
     assert any("failed over to the spool" in r for r in reasons), reasons
     assert result.integrity is not None
     assert result.integrity.lost == 0
+
+
+def _views(
+    book_fills: dict[str, float], book_position: float, exchange_fills: dict[str, float]
+) -> tuple[ExchangeView, BookView]:
+    """An exchange whose fills (id -> signed qty) are old, and a book of the trader's (prefix
+    ``e1-``) holding ``book_fills`` and ``book_position`` in AAPL."""
+    old = int((time.time() - 10.0) * 1e9)
+    fills = {k: (f"e1-ma-{k}", "AAPL", q, old) for k, q in exchange_fills.items()}
+    exchange = ExchangeView(fills, {}, {"AAPL": sum(exchange_fills.values())})
+    book = BookView(
+        "e1-",
+        {k: (f"e1-ma-{k}", "AAPL", q) for k, q in book_fills.items()},
+        {"AAPL": book_position},
+        {},
+        time.time(),
+    )
+    return exchange, book
+
+
+def test_book_comparison_catches_double_counted_missing_and_unexpected_fills() -> None:
+    """The races' recovery probe fails on each way a book can disagree with the venue: a fill
+    counted twice, an old fill never booked, a fill the venue never made; it passes on a book
+    that agrees, and only then sets positions side by side."""
+    exchange, book = _views({"F1": 1.0, "F2": -2.0}, -1.0, {"F1": 1.0, "F2": -2.0})
+    agreed = compare(exchange, book, exchange)
+    assert agreed.ok
+    assert agreed.exact
+    assert not agreed.position_diff
+
+    exchange, book = _views({"F1": 1.0, "F2": -2.0}, 0.0, {"F1": 1.0, "F2": -2.0})
+    doubled = compare(exchange, book, exchange)  # F1 moved the position twice
+    assert not doubled.ok
+    assert doubled.double == {"AAPL": 1.0}
+
+    exchange, book = _views({"F1": 1.0}, 1.0, {"F1": 1.0, "F2": -2.0})
+    missing = compare(exchange, book, exchange)
+    assert (missing.ok, missing.missing, missing.exact) == (False, ["F2"], False)
+
+    exchange, book = _views({"F1": 1.0, "F9": 1.0}, 2.0, {"F1": 1.0})
+    unexpected = compare(exchange, book, exchange)
+    assert (unexpected.ok, unexpected.unexpected) == (False, ["F9"])

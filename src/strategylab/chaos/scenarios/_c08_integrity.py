@@ -13,6 +13,14 @@
   ``.corrupt`` file, never used), its range fetched again, and the rest drained in order.
 - ``corruption.bit_flip``: bit flips on the wire, in the feed's frames (the fault proxy's
   ``corrupt`` toxic): the frame CRC rejects each damaged frame and the feed asks for a replay.
+- ``orders.races`` (:class:`~._c08_races.OrderRaces`): the exchange's three order-lifecycle
+  races (partial fills, resting fills, a fill racing a cancel) on for 2 s x severity while the
+  node's trader trades, and the trader SIGKILLed once in the window, so that its restart
+  reconciles against the racing venue. Recovered = a new trader process and its book agreeing
+  with the exchange (nothing unexpected, no fill missing past 1 s, nothing double-counted).
+  Checked against the exchange's own API (read directly): the trader ordered in the window, the
+  races struck (``/api/status`` ``races``), and at a quiet moment after the heal the book's fills
+  are exactly the exchange's fills of the trader's orders and its positions ``/api/positions``.
 
 Memory issues (ballast in the node) are left to category 5. The verdict is the checker's: lost,
 duplicated, unexpected and corrupted all zero for our criterion; the seed's is 95 % consistency.
@@ -25,7 +33,7 @@ import contextlib
 import time
 from typing import Any, ClassVar, Final
 
-from strategylab.chaos._harness import Pipeline
+from strategylab.chaos._harness import Pipeline, PipelineError
 from strategylab.chaos._inject_database import SQLiteLockHolder
 from strategylab.chaos._inject_files import SpoolSegmentDamage
 from strategylab.chaos._inject_network import ProxyBitFlip
@@ -35,7 +43,15 @@ from strategylab.chaos._lab import LabRun, cross_check_recorded
 from strategylab.chaos._scenario import Criterion, Lab, Scenario
 from strategylab.chaos._severity import Severity
 
+from ._c02_cascade import trader_back
 from ._c04_database import lab_run, spool_segments, store_recovered
+from ._c08_races import (
+    BookAgrees,
+    OrderRaces,
+    orders_between,
+    settled_agreement,
+    trader_started_with,
+)
 
 __all__ = ["CRITICAL_SLA", "CrashWhileSpooling", "DataIntegrity", "NodeCrash"]
 
@@ -43,6 +59,10 @@ CRITICAL_SLA: Final = 30.0
 """The critical-failure recovery SLA of category 9 (seconds)."""
 _EXIT_WAIT: Final = 10.0
 _SPOOL_WAIT: Final = 5.0
+_RACE_WINDOW: Final = 2.0
+"""Seconds the order races stay on at medium severity (x the severity's scale)."""
+_SETTLE_WAIT: Final = 3.0
+"""Seconds to wait, after the races' recovery, for a quiet moment to set positions side by side."""
 
 
 class NodeCrash(Injector):
@@ -266,7 +286,81 @@ class DataIntegrity(Scenario):
                 f"feed CRC errors during the fault: {run.extra['crc_errors']} (a flip in a "
                 "frame header may end the connection instead: a reconnect and a replay)"
             )
+        if pipeline.config.trader:
+            await self._order_races(run_lab)
         await lab.integrity()
+
+    async def _order_races(self, lab: LabRun) -> None:
+        """``orders.races``: the venue races while the trader trades and is killed once."""
+        pipeline, sev = lab.pipeline, lab.severity
+        book = pipeline.trading_dir / "book.db"
+        races = OrderRaces(pipeline, sev, window=_RACE_WINDOW * sev.scale)
+        back = trader_back(pipeline, lambda: races.killed_pid)
+        agrees = BookAgrees(pipeline, book)
+
+        async def recovered() -> tuple[bool, str]:
+            ok, detail = await back()
+            if not ok:
+                return ok, detail
+            ok, agreed = await agrees()
+            return ok, f"{detail}; {agreed}"
+
+        run = await lab.fault(
+            races, hold=races.window, sla=self.sla, recovered=recovered, recover_timeout=20.0
+        )
+        if run.skipped is not None or run.error is not None:
+            return
+        struck = races.struck
+        run.extra.update(
+            races=struck, killed_pid=races.killed_pid, restarted_pid=races.restarted_pid
+        )
+        try:
+            orders = await orders_between(pipeline, book, races.wall_inject, races.wall_heal)
+        except (PipelineError, OSError, ValueError) as exc:
+            orders = None
+            run.notes.append(f"exchange /api/orders: {exc}")
+        run.extra["orders_in_window"] = orders
+        lab.check(
+            f"{run.name}: the trader ordered in the race window (exchange /api/orders)",
+            bool(orders),
+            f"{orders} order(s) of the trader's created at the exchange in the window",
+        )
+        lab.check(
+            f"{run.name}: the races struck the trader's orders (exchange /api/status races)",
+            struck.get("partial_fills", 0) > 0,
+            f"counter rises {struck}; {races.struck_at_kill} strike(s) before the kill "
+            "(the MA crossover sends market orders only: resting fills need a limit order, a "
+            "cancel race needs a cancel)",
+        )
+        lab.check(
+            f"{run.name}: the killed trader came back as a new process that reconciled while "
+            "the races were on",
+            bool(back.seen)
+            and races.restarted_pid == back.seen.get("pid")
+            and "reconciled" in await trader_started_with(pipeline),
+            f"killed pid {races.killed_pid}; trading again before the heal: pid "
+            f"{races.restarted_pid}; supervisor: {back.seen or 'no new trader seen'}",
+            independent=False,
+        )
+        _check_killed_trader(lab, races)
+        settled, tries = await settled_agreement(pipeline, book, _SETTLE_WAIT)
+        run.extra["settle_tries"] = tries
+        exact = settled is not None and settled.exact
+        shown = (
+            "no comparison could be read" if settled is None
+            else f"{settled.detail()} ({'exact' if exact else 'never still'} after {tries} read(s))"
+        )  # fmt: skip
+        lab.check(
+            f"{run.name}: the book's fills are the exchange's fills of the trader's orders, "
+            "none double-counted (book file vs exchange /api/fills)",
+            settled is not None and exact and settled.ok,
+            shown,
+        )
+        lab.check(
+            f"{run.name}: the book's positions equal the exchange's (/api/positions, direct)",
+            settled is not None and exact and not settled.position_diff,
+            shown,
+        )
 
     def _check_restart(self, lab: LabRun, crash: NodeCrash) -> None:
         """The process table agrees: the killed pid is gone, the restarted one runs."""
@@ -285,6 +379,28 @@ class DataIntegrity(Scenario):
             f"pid {crash.killed_pid} exit {crash.exit_status}, gone={gone}; "
             f"pid {crash.restarted_pid} running={alive}",
         )
+
+
+def _check_killed_trader(lab: LabRun, races: OrderRaces) -> None:
+    """The process table agrees: the trader killed in the race window is gone."""
+    import psutil  # noqa: PLC0415 - only the cross-check needs it
+
+    if races.killed_pid is None:
+        lab.check(
+            f"{races.name}: the trader was killed in the window",
+            ok=False,
+            detail=races.kill_error or "no trader pid",
+        )
+        return
+    try:
+        gone = psutil.Process(races.killed_pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        gone = True
+    lab.check(
+        f"{races.name}: the killed trader is gone (process table)",
+        gone,
+        f"pid {races.killed_pid} gone={gone}",
+    )
 
 
 async def _feed_counter(lab: LabRun, key: str) -> int | None:
