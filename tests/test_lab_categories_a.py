@@ -18,9 +18,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes and signals"),
 ]
 
-CATEGORY_BUDGET_S = 15.0
-"""Seconds a category of ours may take at medium severity (12 s targeted, slack for a busy CI)."""
-
 
 def test_scenarios_registry_names_categories_by_id() -> None:
     """SCENARIOS maps each id to the scenario class that declares it."""
@@ -34,30 +31,32 @@ def test_unknown_category_is_refused_by_name() -> None:
         scenarios_for((1, 42))
 
 
-@pytest.mark.timeout(120)
-async def test_run_lab_over_categories_1_and_3(tmp_path: Path) -> None:
-    """Two categories run on one pipeline: each has a verdict, its faults, its integrity."""
+@pytest.mark.timeout(90)
+async def test_run_lab_reports_a_category_with_its_faults_events_and_audit(tmp_path: Path) -> None:
+    """run_lab over one short category (6, the circuit breaker): a passing verdict, its faults
+    measured in order, its integrity checked and written, the progress events, the audit
+    log verified, and no child process left. (Every category's own pass is checked by the
+    whole `strategylab lab` that .ci/run runs.)"""
     events: list[LabEvent] = []
-    options = LabOptions(categories=(1, 3), work_dir=tmp_path / "lab", seed=7)
+    options = LabOptions(categories=(6,), work_dir=tmp_path / "lab", seed=7)
     report = await run_lab(options, scenarios_for(options.categories), events.append)
-    assert [r.id for r in report.results] == [1, 3]
-    for result in report.results:
-        assert result.verdict == "pass", result.judge(result.seed_criterion)
-        assert result.error is None
-        assert result.integrity is not None
-        assert result.integrity.lost == 0
-        assert result.ended - result.started < CATEGORY_BUDGET_S
-        assert all(f.t_inject is not None and f.t_heal is not None for f in result.ran)
-    assert len(report.results[0].faults) == 5
-    assert len(report.results[1].faults) == 2
-    cut = report.results[1].faults[0]
-    assert cut.t_inject is not None
-    assert cut.t_heal is not None
-    assert 2.0 <= cut.t_heal - cut.t_inject <= 5.5
+    (result,) = report.results
+    assert result.verdict == "pass", result.judge(result.seed_criterion)
+    assert result.error is None
+    assert result.integrity is not None
+    assert result.integrity.lost == 0
+    assert result.ran
+    for fault in result.ran:
+        assert fault.t_inject is not None
+        assert fault.t_heal is not None
+        assert fault.t_recovered is not None
+        assert fault.t_inject <= fault.t_heal <= fault.t_recovered
     assert report.audit_verified is True
-    assert len(report.integrity_reports) == 2
+    assert len(report.integrity_reports) == 1
     kinds = {e.kind for e in events}
     assert {"category", "fault", "healed", "recovered", "probe", "done"} <= kinds
+    done = [e for e in events if e.kind == "done"]
+    assert [(e.category, e.ok) for e in done] == [(6, True)]
     assert not psutil.Process().children(recursive=True)
 
 

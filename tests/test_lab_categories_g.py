@@ -26,33 +26,6 @@ def test_registry_holds_categories_6_and_10() -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_breaker_and_shutdown_categories_pass(tmp_path: Path) -> None:
-    """On a healthy pipeline the breaker opens and protects, and three emergency shutdowns each
-    stop with state preserved and resume; nothing acknowledged is lost."""
-    options = LabOptions(categories=(6, 10), work_dir=tmp_path / "lab", seed=7)
-    report = await run_lab(options, scenarios_for(options.categories))
-    breaker, shutdown = report.results
-    assert breaker.judge(breaker.seed_criterion) == ("pass", [])
-    assert shutdown.judge(shutdown.seed_criterion) == ("pass", [])
-    for run in breaker.ran:
-        assert run.extra["breaker_rejected_calls"] > 0
-        assert (
-            0
-            < run.extra["exchange_strikes"]
-            <= (run.extra["breaker_failed_calls"] + run.extra["breaker_ignored_calls"])
-        )
-    assert shutdown.shutdowns_asked == 3
-    assert shutdown.shutdowns_done == 3
-    assert [r.extra["shutdown"]["exit_code"] for r in shutdown.ran[:3]] == [3, 3, 3]
-    assert shutdown.ran[3].extra["admin_calls"]["held"] is True
-    for result in report.results:
-        assert result.integrity is not None
-        assert result.integrity.lost == 0
-        assert result.integrity.duplicated == 0
-    assert not psutil.Process().children(recursive=True)
-
-
-@pytest.mark.timeout(150)
 async def test_shutdown_category_fails_when_the_shutdown_has_no_time(tmp_path: Path) -> None:
     """A node whose emergency shutdown may take 1 ms (``--shutdown-deadline``) cannot finish
     its kill steps: category 10 FAILS."""

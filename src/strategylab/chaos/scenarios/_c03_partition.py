@@ -69,7 +69,7 @@ class NetworkPartition(Scenario):
         orders.since_ns = time.time_ns()
         recovered = all_of(through, orders, node_ready(pipeline), store_caught_up(pipeline))
         run = await lab.fault(
-            api, hold=self.cut_length(lab), sla=self.sla, recovered=recovered, recover_timeout=20.0
+            api, hold=self.cut_length(lab), sla=self.sla, recovered=recovered, recover_timeout=12.0
         )
         lab.check(
             "the trader's orders reach the exchange after the order-API cut",
