@@ -64,7 +64,7 @@ from ._run_model import LabEvent, LabOptions, LabReport
 from ._scenario import CategoryResult, Check, Integrity, Lab, Probe, Scenario
 from ._severity import Severity
 
-__all__ = ["LabRun", "cross_check_recorded", "run_lab"]
+__all__ = ["CappedSource", "LabRun", "cross_check_recorded", "run_lab"]
 
 PROBE_INTERVAL: Final = 0.1
 """Seconds between two probes of one kind."""
@@ -297,7 +297,9 @@ async def _check_snapshot(pipeline: Pipeline, clock: Clock) -> IntegrityReport:
     except (StoreUnusableError, StoreUnreachableError) as exc:
         raise CheckInputError(str(exc)) from exc
     try:
-        report = await check(pipeline.ledger_path, _Capped(source, last), capped_acks, clock=clock)
+        report = await check(
+            pipeline.ledger_path, CappedSource(source, last), capped_acks, clock=clock
+        )
     except (StoreUnusableError, StoreUnreachableError) as exc:
         raise CheckInputError(str(exc)) from exc
     finally:
@@ -305,7 +307,7 @@ async def _check_snapshot(pipeline: Pipeline, clock: Clock) -> IntegrityReport:
     return report
 
 
-class _Capped:
+class CappedSource:
     """A :class:`~strategylab.chaos.TickSource` that reads a store only up to ``last`` per
     symbol (a symbol the exchange never emitted is read whole: its ticks are unexpected)."""
 

@@ -66,17 +66,14 @@ from strategylab.chaos._inject_database import (
 )
 from strategylab.chaos._inject_resources import DiskFill
 from strategylab.chaos._injector import Injector
-from strategylab.chaos._lab import LabRun, cross_check_recorded
+from strategylab.chaos._lab import CappedSource, LabRun, cross_check_recorded
 from strategylab.chaos._measure import FaultRun
 from strategylab.chaos._probes import all_of, node_ready, store_caught_up
 from strategylab.chaos._scenario import Criterion, Integrity, Lab, Probe, Scenario
 from strategylab.chaos._throwaway_pg import ThrowawayPostgres
 from strategylab.market import (
-    QuarantinedTick,
     StoreUnreachableError,
     StoreUnusableError,
-    Tick,
-    TickReader,
     open_tick_reader,
     read_acks,
 )
@@ -549,35 +546,6 @@ def _record_errors(
     }
 
 
-class _Capped:
-    """A store read only up to ``last`` per symbol (what the exchange had emitted when asked)."""
-
-    def __init__(self, store: TickReader, last: dict[str, int]) -> None:
-        self._store = store
-        self._last = last
-
-    async def read(self, symbol: str, from_seq: int = 1, to_seq: int | None = None) -> list[Tick]:
-        cap = self._last.get(symbol)
-        if cap is not None:
-            to_seq = cap if to_seq is None else min(to_seq, cap)
-            if to_seq < from_seq:
-                return []
-        return await self._store.read(symbol, from_seq, to_seq)
-
-    async def symbols(self) -> list[str]:
-        return await self._store.symbols()
-
-    async def duplicates(self) -> int:
-        return await self._store.duplicates()
-
-    async def quarantined(self) -> list[QuarantinedTick]:
-        return [
-            q
-            for q in await self._store.quarantined()
-            if q.seq is None or q.symbol is None or q.seq <= self._last.get(q.symbol, q.seq)
-        ]
-
-
 async def _node_integrity(pipeline: Pipeline, node: ExtraNode) -> Integrity:
     """The checker over a second node's store, as :meth:`LabRun.integrity` does for the main
     one: wait (at most 20 s) for it to catch up, read its acks, then the exchange's
@@ -599,7 +567,7 @@ async def _node_integrity(pipeline: Pipeline, node: ExtraNode) -> Integrity:
     source = open_tick_reader(node.store)
     try:
         await source.open()
-        report = await check(pipeline.ledger_path, _Capped(source, last), capped)
+        report = await check(pipeline.ledger_path, CappedSource(source, last), capped)
     except (StoreUnusableError, StoreUnreachableError) as exc:
         raise CheckInputError(f"{node.name}: {exc}") from exc
     finally:
