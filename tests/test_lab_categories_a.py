@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from lab_support import stray_children
 from strategylab.chaos._harness import PipelineConfig
 from strategylab.chaos._lab import run_lab
 from strategylab.chaos._run_model import LabEvent, LabOptions
@@ -57,7 +57,7 @@ async def test_run_lab_reports_a_category_with_its_faults_events_and_audit(tmp_p
     assert {"category", "fault", "healed", "recovered", "probe", "done"} <= kinds
     done = [e for e in events if e.kind == "done"]
     assert [(e.category, e.ok) for e in done] == [(6, True)]
-    assert not psutil.Process().children(recursive=True)
+    assert not stray_children()
 
 
 @pytest.mark.timeout(120)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from lab_support import stray_children
 from strategylab.chaos._harness import PipelineConfig
 from strategylab.chaos._lab import run_lab
 from strategylab.chaos._run_model import LabOptions
@@ -37,4 +37,4 @@ async def test_shutdown_category_fails_when_the_shutdown_has_no_time(tmp_path: P
     verdict, reasons = result.judge(result.seed_criterion)
     assert verdict == "fail", reasons
     assert result.shutdowns_done < result.shutdowns_asked
-    assert not psutil.Process().children(recursive=True)
+    assert not stray_children()

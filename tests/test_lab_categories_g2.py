@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from lab_support import stray_children
 from strategylab.chaos._harness import PipelineConfig
 from strategylab.chaos._lab import run_lab
 from strategylab.chaos._run_model import LabOptions
@@ -45,4 +45,4 @@ async def test_degradation_fails_when_the_node_never_sheds_in_time(tmp_path: Pat
     assert verdict == "fail", reasons
     assert any("degradation success" in r for r in reasons)
     assert all(run.extra["shed_order"] == [] for run in result.ran)
-    assert not psutil.Process().children(recursive=True)
+    assert not stray_children()

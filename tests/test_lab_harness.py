@@ -15,6 +15,7 @@ from typing import ClassVar
 import psutil
 import pytest
 
+from lab_support import stray_children
 from strategylab.chaos import Severity
 from strategylab.chaos._harness import Pipeline, PipelineConfig
 from strategylab.chaos._lab import LabRun
@@ -65,7 +66,7 @@ async def test_pipeline_starts_and_leaves_no_child(tmp_path: Path) -> None:
         assert (await tcp_connect("127.0.0.1", p.ws_proxy.listen_port)())[0]
         assert (await http_ok(f"{p.exchange_url}/api/status")())[0]
     assert not any(_alive(pid) for pid in pids)
-    assert not psutil.Process().children(recursive=True)
+    assert not stray_children()
     assert [line.event for line in p.lines][-1] == "stopped"
 
 

@@ -8,10 +8,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import psycopg
 import pytest
 
+from lab_support import stray_children
 from strategylab.chaos._harness import Pipeline, PipelineConfig
 from strategylab.chaos._lab import run_lab
 from strategylab.chaos._run_model import LabOptions
@@ -89,5 +89,5 @@ async def test_server_faults_run_with_postgres_on_a_throwaway_server(tmp_path: P
     assert all(s["lost"] == s["duplicated"] == s["corrupted"] == 0 for s in stores.values())
     assert stores["pgnode"]["acknowledged"] > 0
     assert integrity.acknowledged == sum(s["acknowledged"] for s in stores.values())
-    assert not psutil.Process().children(recursive=True)
+    assert not stray_children()
     assert _pg_dirs() == before
