@@ -275,7 +275,10 @@ def test_junit_has_one_testcase_per_category(written: Path, tmp_path: Path) -> N
 def test_junit_replaces_characters_xml_cannot_hold(report: LabReport) -> None:
     """A control character in a reason does not make the XML unparsable."""
     report.results[1].error = "bad\x00byte"
-    ET.fromstring(junit_xml(report))  # noqa: S314 - our own text; raises on invalid XML
+    suite = ET.fromstring(junit_xml(report))  # noqa: S314 - our own text; raises on invalid XML
+    text = "".join(suite.itertext())
+    assert "\x00" not in text
+    assert "bad" in text  # the reason is kept, only the character XML cannot hold is replaced
 
 
 def test_a_foreign_non_empty_report_dir_is_refused(tmp_path: Path) -> None:

@@ -436,29 +436,49 @@ def _stopped_or_gone(process: psutil.Process) -> bool:
         return True
 
 
-class PgServerPause(Injector):
-    """SIGSTOP the throwaway server's postmaster and every backend: connections and queries hang
-    (no error, no answer) until heal sends SIGCONT. Severity sizes how long a scenario keeps it
-    paused (``hold`` = 5 s x scale)."""
+class _ServerFault(Injector):
+    """A fault of a :class:`ThrowawayPostgres` the lab started (never a shared server: anything
+    else is a :class:`TypeError`); ``hold`` (5 s x scale) is how long a scenario keeps it."""
 
     kind: ClassVar[str] = "database"
+    default_name: ClassVar[str] = "database.pg_server"
 
     def __init__(
         self,
         server: ThrowawayPostgres,
         severity: Severity = Severity.MEDIUM,
         *,
-        name: str = "database.pg_pause",
+        name: str | None = None,
     ) -> None:
-        super().__init__(name, severity)
+        super().__init__(name or self.default_name, severity)
         if not isinstance(server, ThrowawayPostgres):
             raise TypeError(f"server={server!r}: must be a ThrowawayPostgres (never a shared one)")
         self.server = server
         self.hold = 5.0 * severity.scale
-        self._stopped: list[psutil.Process] = []
 
     def capability(self) -> str | None:
         return _server_problem(self.server)
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"hold_s": self.hold}
+
+
+class PgServerPause(_ServerFault):
+    """SIGSTOP the throwaway server's postmaster and every backend: connections and queries hang
+    (no error, no answer) until heal sends SIGCONT. Severity sizes how long a scenario keeps it
+    paused (``hold`` = 5 s x scale)."""
+
+    default_name: ClassVar[str] = "database.pg_pause"
+
+    def __init__(
+        self,
+        server: ThrowawayPostgres,
+        severity: Severity = Severity.MEDIUM,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(server, severity, name=name)
+        self._stopped: list[psutil.Process] = []
 
     async def _inject(self) -> None:
         if not self.server.running:
@@ -484,33 +504,14 @@ class PgServerPause(Injector):
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.resume()
 
-    def describe(self) -> dict[str, Any]:
-        return super().describe() | {"hold_s": self.hold}
 
-
-class PgServerKill(Injector):
+class PgServerKill(_ServerFault):
     """SIGKILL the throwaway server's postmaster (its backends exit when they see it gone); heal
     starts it again on the same data directory and port, where it runs crash recovery from the
     WAL. Severity sizes how long a scenario leaves it down (``hold`` = 5 s x scale). Heal raises
     :class:`InjectorError` when the server does not come back within its ``start_timeout``."""
 
-    kind: ClassVar[str] = "database"
-
-    def __init__(
-        self,
-        server: ThrowawayPostgres,
-        severity: Severity = Severity.MEDIUM,
-        *,
-        name: str = "database.pg_kill",
-    ) -> None:
-        super().__init__(name, severity)
-        if not isinstance(server, ThrowawayPostgres):
-            raise TypeError(f"server={server!r}: must be a ThrowawayPostgres (never a shared one)")
-        self.server = server
-        self.hold = 5.0 * severity.scale
-
-    def capability(self) -> str | None:
-        return _server_problem(self.server)
+    default_name: ClassVar[str] = "database.pg_kill"
 
     async def _inject(self) -> None:
         if not self.server.running:
@@ -521,31 +522,24 @@ class PgServerKill(Injector):
     async def _heal(self) -> None:
         await self.server.start()
 
-    def describe(self) -> dict[str, Any]:
-        return super().describe() | {"hold_s": self.hold}
 
-
-class PgStorageFull(Injector):
+class PgStorageFull(_ServerFault):
     """Fill the throwaway server's size-limited volume (its tmpfs, ``storage_limit``) with a file
     of the injector's own until ``ENOSPC``: a write that needs a new page fails with ``could not
     extend file ... No space left on device``. Heal deletes the file. Needs a server started with
     ``storage_limit`` (capability says why not otherwise). Same at every severity: a disk is
     full or it is not; ``hold`` = 5 s x scale."""
 
-    kind: ClassVar[str] = "database"
+    default_name: ClassVar[str] = "database.pg_storage_full"
 
     def __init__(
         self,
         server: ThrowawayPostgres,
         severity: Severity = Severity.MEDIUM,
         *,
-        name: str = "database.pg_storage_full",
+        name: str | None = None,
     ) -> None:
-        super().__init__(name, severity)
-        if not isinstance(server, ThrowawayPostgres):
-            raise TypeError(f"server={server!r}: must be a ThrowawayPostgres (never a shared one)")
-        self.server = server
-        self.hold = 5.0 * severity.scale
+        super().__init__(server, severity, name=name)
         self._filler: Path | None = None
         self.filled = 0
         """Bytes the filler file took."""
@@ -576,4 +570,4 @@ class PgStorageFull(Injector):
             path.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"filled_bytes": self.filled, "hold_s": self.hold}
+        return super().describe() | {"filled_bytes": self.filled}
