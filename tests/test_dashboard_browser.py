@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
+from browser_support import chromium
 from service_support import LabSource, serving
 from strategylab.fault_tolerance import (
     ChildSnapshot,
@@ -43,18 +44,6 @@ from strategylab.testing import FakeClock
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000
 SYMBOLS = {
     "BTC-USD": 64250.0,
@@ -67,18 +56,8 @@ SYMBOLS = {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: CI must run the browser test")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=ARGS, timeout=WAIT_MS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium(WAIT_MS) as launched:
+        yield launched
 
 
 def _prices(step: int) -> dict[str, float]:

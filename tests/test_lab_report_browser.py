@@ -14,42 +14,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Route, async_playwright
+from playwright.async_api import Browser, Route
 
+from browser_support import chromium
 from strategylab.chaos import prepare_report_dir, write_report
 from test_lab_report import _report
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 15_000
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: CI must run the browser test")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=ARGS, timeout=WAIT_MS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium(WAIT_MS) as launched:
+        yield launched
 
 
 async def test_report_html_draws_every_timeline_offline(browser: Browser, tmp_path: Path) -> None:
