@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from strategylab.chaos._inject_resources import MemoryBallast
 from strategylab.chaos._lab import LabRun
 from strategylab.chaos._measure import FaultRun
 from strategylab.chaos._probes import all_of, node_ready, store_caught_up
-from strategylab.chaos._scenario import Criterion, Lab, Probe, Scenario
+from strategylab.chaos._scenario import OWN_CRITERION, Criterion, Lab, Probe, Scenario
 from strategylab.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
@@ -384,12 +385,8 @@ class MemoryPressure(Scenario):
     seed_criterion: ClassVar[Criterion] = Criterion(
         recovered=0.8, text="≥ 80 % recovered, stable (same process, nothing lost)"
     )
-    own_criterion: ClassVar[Criterion] = Criterion(
-        recovered=1.0,
-        consistency=1.0,
-        within_sla=1.0,
-        zero_duplicated=True,
-        zero_corrupted=True,
+    own_criterion: ClassVar[Criterion] = dataclasses.replace(
+        OWN_CRITERION,
         text="100 % recovered within the memory SLA (45 s), every feature restored, zero "
         "lost/duplicated/corrupted",
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from typing import Any, ClassVar, Final
 from strategylab.chaos._inject_resources import MemoryBallast
 from strategylab.chaos._injector import Injector, InjectorError
 from strategylab.chaos._lab import LabRun
-from strategylab.chaos._scenario import Criterion, Lab, Scenario
+from strategylab.chaos._scenario import OWN_CRITERION, Criterion, Lab, Scenario
 from strategylab.chaos._severity import Severity
 
 from ._c05_memory import (
@@ -140,12 +141,8 @@ class GracefulDegradation(Scenario):
     seed_criterion: ClassVar[Criterion] = Criterion(
         recovered=0.8, text="≥ 90 % degradation success, core preserved"
     )
-    own_criterion: ClassVar[Criterion] = Criterion(
-        recovered=1.0,
-        consistency=1.0,
-        within_sla=1.0,
-        zero_duplicated=True,
-        zero_corrupted=True,
+    own_criterion: ClassVar[Criterion] = dataclasses.replace(
+        OWN_CRITERION,
         text="100 % degradation success within SLA, zero lost/duplicated/corrupted",
     )
     memory_sla: ClassVar[float] = 45.0
