@@ -18,7 +18,6 @@ the option helpers; the lab (``strategylab.chaos``, rich, matplotlib) is importe
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import shutil
 import signal
@@ -27,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import typer
 
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from strategylab.chaos import (
         ExperimentEvent,
         ExperimentResult,
-        LabEvent,
-        LabOptions,
         LabReport,
         LiveView,
         ReportFiles,
@@ -322,23 +319,13 @@ def _error(message: str, prog: str = _PROG) -> int:
     return 1
 
 
-def _chaos_attr(name: str) -> Any:
-    """``strategylab.chaos.NAME``, or ``None`` when this build does not have it yet."""
-    from strategylab import chaos  # noqa: PLC0415
-
-    return getattr(chaos, name, None)
-
-
-RunLab = Callable[
-    ["LabOptions", Sequence[Any], Callable[["LabEvent"], None] | None], Awaitable["LabReport"]
-]
-
-
 async def _interruptible(
     body: Callable[[], Awaitable[_T]], received: list[signal.Signals]
 ) -> _T | None:
     """Await ``body()`` while the first SIGINT, SIGTERM or SIGHUP cancels it (the lab heals and
     stops in its own ``finally`` blocks); ``None`` when a signal did, with it in ``received``."""
+    import asyncio  # noqa: PLC0415 - not on --help's path
+
     from strategylab._children import cancel_on_signals  # noqa: PLC0415
 
     with cancel_on_signals() as got:
@@ -365,18 +352,19 @@ def _run_builtin(
     junit: Path | None,
     work_dir: Path | None,
 ) -> int:
+    import asyncio  # noqa: PLC0415 - not on --help's path
+
     from rich.console import Console  # noqa: PLC0415
 
-    from strategylab.chaos import LabOptions, LiveView, Severity  # noqa: PLC0415
+    from strategylab.chaos import (  # noqa: PLC0415
+        LabOptions,
+        LiveView,
+        Severity,
+        run_lab,
+        scenarios_for,
+    )
 
-    run_lab = cast("RunLab | None", _chaos_attr("run_lab"))
-    registry = _chaos_attr("SCENARIOS")
-    if run_lab is None or registry is None:
-        return _error("the lab runner is not in this build (strategylab.chaos.run_lab, SCENARIOS)")
-    missing = [i for i in categories if i not in registry]
-    if missing:
-        return _error(f"no scenario for categor{'y' if len(missing) == 1 else 'ies'} {missing}")
-    scenarios = [registry[i]() for i in categories]
+    scenarios = scenarios_for(categories)
     # Without --work-dir the run's data (stores, logs) goes to a temporary directory of ours:
     # removed after a passing run (the report holds what it needs), kept and named otherwise.
     temporary = work_dir is None
