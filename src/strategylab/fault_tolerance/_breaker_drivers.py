@@ -4,7 +4,9 @@
 uses is bound to closure locals when it is built, so the per-call path does no global or
 attribute look-up beyond the breaker's own state. A gate other than CLOSED (or OPEN within its
 timeout) goes to the breaker's general path; the gate is never CLOSED or OPEN while call
-listeners are registered, so they see every call.
+listeners are registered, so they see every call. A rejection is built with
+``BaseException.__new__`` (no Python ``__init__`` frame; :class:`CircuitOpenError` keeps its
+fields in ``args``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
     monotonic = breaker._monotonic  # noqa: SLF001
     name = breaker.name
     closed, open_, record, rejection = _CLOSED, _OPEN, _RECORD, CircuitOpenError
+    new = BaseException.__new__
     target: Callable[..., R] = fn  # called as fn(*args) when there are no keyword arguments
 
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -44,7 +47,7 @@ def _sync_fast(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
                 wait = breaker._open_until - monotonic()  # noqa: SLF001
                 if wait > 0.0:
                     count_rejected()
-                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
+                    raise new(rejection, name, wait, breaker._last_failure)  # noqa: SLF001
             return call(fn, args, kwargs)
         try:
             # Spreading an empty **kwargs costs more than testing it: skip it when empty.
@@ -67,14 +70,14 @@ def _sync_general(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]
     count_rejected = breaker._rejected.increment  # noqa: SLF001
     monotonic = breaker._monotonic  # noqa: SLF001
     name = breaker.name
-    open_, rejection = _OPEN, CircuitOpenError
+    open_, rejection, new = _OPEN, CircuitOpenError, BaseException.__new__
 
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         if breaker._gate is open_:  # noqa: SLF001
             wait = breaker._open_until - monotonic()  # noqa: SLF001
             if wait > 0.0:
                 count_rejected()
-                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
+                raise new(rejection, name, wait, breaker._last_failure)  # noqa: SLF001
         return call(fn, args, kwargs)
 
     return guarded
@@ -91,6 +94,7 @@ def _async_fast(
     monotonic = breaker._monotonic  # noqa: SLF001
     name = breaker.name
     closed, open_, record, rejection = _CLOSED, _OPEN, _RECORD, CircuitOpenError
+    new = BaseException.__new__
     target: Callable[..., Awaitable[R]] = fn
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -99,7 +103,7 @@ def _async_fast(
                 wait = breaker._open_until - monotonic()  # noqa: SLF001
                 if wait > 0.0:
                     count_rejected()
-                    raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
+                    raise new(rejection, name, wait, breaker._last_failure)  # noqa: SLF001
             return await acall(fn, args, kwargs)
         try:
             result = await (target(*args, **kwargs) if kwargs else target(*args))
@@ -122,14 +126,14 @@ def _async_general(
     count_rejected = breaker._rejected.increment  # noqa: SLF001
     monotonic = breaker._monotonic  # noqa: SLF001
     name = breaker.name
-    open_, rejection = _OPEN, CircuitOpenError
+    open_, rejection, new = _OPEN, CircuitOpenError, BaseException.__new__
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         if breaker._gate is open_:  # noqa: SLF001
             wait = breaker._open_until - monotonic()  # noqa: SLF001
             if wait > 0.0:
                 count_rejected()
-                raise rejection(name, wait, breaker._last_failure)  # noqa: SLF001
+                raise new(rejection, name, wait, breaker._last_failure)  # noqa: SLF001
         return await acall(fn, args, kwargs)
 
     return guarded
