@@ -363,10 +363,10 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
     status_interval: Annotated[float, typer.Option(help="Seconds between two status lines.")] = 1.0,
     stale_after: Annotated[
         float, typer.Option(help="Seconds without a frame before the feed reconnects.")
-    ] = 3.0,
+    ] = 0.8,
     connect_timeout: Annotated[
         float, typer.Option(help="Seconds each connection attempt may take.")
-    ] = 5.0,
+    ] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Ticks per store write, at most.")] = 20_000,
     max_queue: Annotated[
         int, typer.Option(help="Ticks queued between the feed and the store, at most.")

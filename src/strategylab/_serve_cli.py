@@ -99,7 +99,7 @@ def exchange_command(  # noqa: PLR0917 - typer passes options positionally
     ticks_per_frame: Annotated[int, typer.Option(help="Ticks in one market-data frame.")] = 100,
     heartbeat_interval: Annotated[
         float, typer.Option(help="Seconds between two heartbeats.")
-    ] = 1.0,
+    ] = 0.25,
     retention: Annotated[int, typer.Option(help="Ticks kept per symbol for replay.")] = 100_000,
     signing_key: SigningKeyOption = None,
     signing_key_file: SigningKeyFileOption = None,

@@ -35,7 +35,7 @@ class ExchangeConfig:
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     tick_rate: float = 1000.0
     ticks_per_frame: int = 100
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.25
     retention: int = 100_000
     signing_key: bytes | None = field(default=None, repr=False)  # a secret: never in a repr
     seed: int = 0

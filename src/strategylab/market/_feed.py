@@ -40,7 +40,14 @@ same feed): the feed refuses one that is behind, and cannot tell a replica whose
 Reconnects back off exponentially with full jitter, the first one immediately; the backoff is reset
 only by a connection that has proven itself (data delivered and acknowledged by the sink, or alive
 ``proven_after`` seconds), never by a bare "subscribed", and a server's request to wait (close code
-1012/1013, ``Retry-After`` on a 429/503 handshake) is honoured (:class:`FeedBackoff`). A failed
+1012/1013, ``Retry-After`` on a 429/503 handshake) is honoured (:class:`FeedBackoff`). In the
+first ``fast_reconnect_for`` seconds of a *silent* outage (a stale connection, a reset, an attempt
+refused or timed out: the network's doing, not the server's), the backoff is capped lower
+(``outage_backoff_cap``) and an attempt whose handshake hangs (a partition swallowed it) is
+joined by another every ``hedge_after`` seconds, at most ``max_hedged`` in flight, the first to
+complete winning: recovery then follows the heal by about one hedge interval instead of a
+connect timeout plus a grown backoff (see :class:`FeedConfig`; both off unless configured, on in
+the node's defaults). A failed
 connection attempt is logged once per cause until a connection succeeds; a lost connection once
 per outage. Symbols the exchange does not know are logged (ERROR) and reported once
 (:class:`UnknownSymbolsError`, a CONFIGURATION_ERROR) while the others are ingested. Text that
@@ -198,6 +205,10 @@ class Feed(_FeedSession):
             failed_probes=endpoints.failed_probes,
             behind=self._behind,
             behind_refusals=self._behind_refusals,
+            connect_attempts=self._attempts,
+            hedged_attempts=self._hedged,
+            abandoned_attempts=self._abandoned,
+            last_frame_at=self._frame_at,
         )
 
     # ------------------------------------------------------------------ connection loop

@@ -15,6 +15,7 @@ are governed by its injected clock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Final
@@ -33,7 +34,7 @@ class Backoff:
     success. ``rng`` seeds the jitter; ``jitter=False`` gives exact (capped) delays.
     """
 
-    __slots__ = ("_failures", "_policy")
+    __slots__ = ("_failures", "_floor", "_low", "_policy", "_rng")
 
     def __init__(
         self,
@@ -48,14 +49,13 @@ class Backoff:
             raise ConfigurationError("floor", floor, "must be > 0")
         if not cap >= floor:
             raise ConfigurationError("cap", cap, f"must be >= floor ({floor})")
+        self._floor = floor
+        self._rng = (rng if rng is not None else random.Random()) if jitter else None
         # Only the formula is used (delay/backoff), never decide(): no attempt limit, no test mode.
         self._policy = RetryPolicy(
-            base_delay=floor,
-            multiplier=2.0,
-            max_delay=cap,
-            jitter=(rng if rng is not None else random.Random()) if jitter else None,
-            clock=clock,
+            base_delay=floor, multiplier=2.0, max_delay=cap, jitter=self._rng, clock=clock
         )
+        self._low: RetryPolicy | None = None  # the same formula under a lower cap (cached)
         self._failures = 0
 
     @property
@@ -63,12 +63,25 @@ class Backoff:
         """Consecutive failures since the last :meth:`reset`."""
         return self._failures
 
-    def next_delay(self) -> float:
-        """Record one more failure; the seconds to wait before the next attempt."""
+    def next_delay(self, *, cap: float | None = None) -> float:
+        """Record one more failure; the seconds to wait before the next attempt.
+
+        ``cap`` (seconds, >= the floor) lowers the cap for this one delay: the same formula and
+        full jitter, ``uniform(0, min(floor * 2**(n-2), cap))``; a ``cap`` above the configured
+        one changes nothing. The failure count grows as usual, so a later delay without ``cap``
+        is as long as if every one had been drawn under the configured cap."""
         self._failures += 1
         if self._failures == 1:
             return 0.0
-        return self._policy.delay(self._failures - 2)
+        policy = self._policy
+        if cap is not None and cap < policy.max_delay:
+            low = self._low
+            if low is None or low.max_delay != cap:
+                if not cap >= self._floor:
+                    raise ConfigurationError("cap", cap, f"must be >= floor ({self._floor})")
+                low = self._low = dataclasses.replace(policy, max_delay=cap)
+            policy = low
+        return policy.delay(self._failures - 2)
 
     def ceiling(self) -> float:
         """The upper bound of the delay :meth:`next_delay` would draw next (before jitter)."""
@@ -104,6 +117,11 @@ class FeedBackoff:
     reads it from an HTTP 429/503 handshake answer), capped at ``max_server_wait`` so that an
     absurd header cannot park the feed for ever.
 
+    ``outage_cap`` (seconds, within ``floor..cap``; None: none) is the lower cap that
+    :meth:`next_delay` applies with ``fast=True``: the feed asks for it during the first seconds
+    of a silent outage, so that the backoff grown while the network was down does not delay the
+    first attempt after it heals (see :class:`~strategylab.market.FeedConfig`).
+
     Raises :class:`~strategylab.errors.ConfigurationError` naming a bad argument.
     """
 
@@ -112,6 +130,7 @@ class FeedBackoff:
         "_clock",
         "_healthy_since",
         "_max_server_wait",
+        "_outage_cap",
         "_proven",
         "_proven_after",
         "_retry_later_floor",
@@ -125,10 +144,18 @@ class FeedBackoff:
         proven_after: float = 5.0,
         retry_later_floor: float = 1.0,
         max_server_wait: float = 60.0,
+        outage_cap: float | None = None,
         rng: random.Random | None = None,
         jitter: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        if outage_cap is not None and not (
+            isinstance(outage_cap, int | float) and floor <= outage_cap <= cap
+        ):
+            raise ConfigurationError(
+                "outage_cap", outage_cap, f"must be None or within floor..cap ({floor}..{cap})"
+            )
+        self._outage_cap = outage_cap
         for key, value in (
             ("proven_after", proven_after),
             ("retry_later_floor", retry_later_floor),
@@ -188,16 +215,22 @@ class FeedBackoff:
         return True
 
     def next_delay(
-        self, *, close_code: int | None = None, retry_after: float | None = None
+        self,
+        *,
+        close_code: int | None = None,
+        retry_after: float | None = None,
+        fast: bool = False,
     ) -> float:
         """The connection ended (or the attempt failed): seconds to wait before the next one.
 
         ``close_code`` is the code the server closed with, if any; ``retry_after`` the seconds a
-        ``Retry-After`` answer asked for (``math.inf`` is capped like any other hint).
+        ``Retry-After`` answer asked for (``math.inf`` is capped like any other hint). ``fast``
+        draws the backoff under ``outage_cap`` (when one is set); a wait the server asked for
+        is honoured all the same.
         """
         self._healthy_since = None
         self._proven = False
-        delay = self._backoff.next_delay()
+        delay = self._backoff.next_delay(cap=self._outage_cap if fast else None)
         asked = self.server_wait(close_code=close_code, retry_after=retry_after)
         return max(delay, asked)
 

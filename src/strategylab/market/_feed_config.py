@@ -63,6 +63,28 @@ class FeedConfig:
     ``retry_later_floor``: the least wait after the server closes with 1012 or 1013.
     ``max_server_wait``: the cap on a ``Retry-After`` wait the server asks for.
 
+    Fast reconnects (all off by default: one attempt at a time, the plain backoff). A *silent*
+    outage is one the network caused: a stale connection, a reset (no close frame), a refused,
+    reset or timed-out connection attempt; one the server chose (a close frame, an HTTP error on
+    the handshake, an endpoint behind, a forgery) is not. For the first ``fast_reconnect_for``
+    seconds of a silent outage:
+
+    * ``outage_backoff_cap``: the reconnect backoff keeps its full jitter but is capped at this
+      many seconds instead of ``backoff_cap``, so that the backoff grown during the outage does
+      not delay the first attempt after the heal (None: off; a value outside
+      ``backoff_floor..backoff_cap`` is taken as the nearer bound);
+    * ``hedge_after``: a connection attempt that has not completed its WebSocket handshake after
+      this many seconds is joined by another one (a partition swallows the handshake of an
+      attempt made during it: only an attempt made after the heal succeeds); at most
+      ``max_hedged`` are in flight, the oldest abandoned for a new one when the bound is reached
+      (so each may take ``max_hedged × hedge_after`` seconds, and ``connect_timeout`` at most);
+      the first to complete wins and the others are closed; an attempt that fails at once
+      (refused, reset, an HTTP error) ends the hedging and the backoff decides the next (None:
+      off).
+
+    After ``fast_reconnect_for`` seconds of one outage, the plain backoff and single attempts
+    apply again (a long outage is not hammered at the fast rate).
+
     Bounds on what a peer sends (anything outside is refused before it is acknowledged): a tick's
     ``ts`` must lie within ``max_past`` seconds before and ``max_future`` seconds after this
     process's wall clock, its prices within (0, ``max_price``] and its sizes within
@@ -113,6 +135,10 @@ class FeedConfig:
     probe_interval: float = 1.0
     max_probe_interval: float = 10.0
     failback_after: int = 3
+    outage_backoff_cap: float | None = None
+    hedge_after: float | None = None
+    max_hedged: int = 8
+    fast_reconnect_for: float = 30.0
     name: str = "feed"
 
     def __post_init__(self) -> None:  # noqa: C901, PLR0912 - one check per field
@@ -144,6 +170,7 @@ class FeedConfig:
             )
         if not self.backoff_cap >= self.backoff_floor:
             raise ConfigurationError("backoff_cap", self.backoff_cap, "must be >= backoff_floor")
+        self._check_fast_reconnects()
         if self.max_replay_attempts < 1:
             raise ConfigurationError(
                 "max_replay_attempts", self.max_replay_attempts, "must be >= 1"
@@ -180,6 +207,41 @@ class FeedConfig:
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
                 raise ConfigurationError(key, value, f"must be an integer >= {least}")
+
+    def _check_fast_reconnects(self) -> None:
+        cap = self.outage_backoff_cap
+        if cap is not None and not (
+            isinstance(cap, int | float)
+            and not isinstance(cap, bool)
+            and math.isfinite(cap)
+            and cap > 0
+        ):
+            raise ConfigurationError(
+                "outage_backoff_cap", cap, "must be None or a finite number of seconds > 0"
+            )
+        hedge = self.hedge_after
+        if hedge is not None and not (
+            isinstance(hedge, int | float)
+            and not isinstance(hedge, bool)
+            and math.isfinite(hedge)
+            and hedge > 0
+        ):
+            raise ConfigurationError(
+                "hedge_after", hedge, "must be None or a finite number of seconds > 0"
+            )
+        most = self.max_hedged
+        if not (isinstance(most, int) and not isinstance(most, bool) and 1 <= most <= 64):
+            raise ConfigurationError("max_hedged", most, "must be an integer within 1..64")
+        window = self.fast_reconnect_for
+        if not (
+            isinstance(window, int | float)
+            and not isinstance(window, bool)
+            and math.isfinite(window)
+            and window >= 0
+        ):
+            raise ConfigurationError(
+                "fast_reconnect_for", window, "must be a finite number of seconds >= 0"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,3 +293,12 @@ class FeedStatistics:
     current endpoint has been subscribed to since: the feed is not ready (``health()`` False)."""
     behind_refusals: int = 0
     """Connections and probes that found an endpoint behind (see :class:`EndpointBehindError`)."""
+    connect_attempts: int = 0
+    """Connection attempts started (each hedged attempt counts; probes do not)."""
+    hedged_attempts: int = 0
+    """Of ``connect_attempts``, those started while an earlier one was still in flight."""
+    abandoned_attempts: int = 0
+    """Attempts closed unfinished: the oldest dropped for a new one, or another won."""
+    last_frame_at: float = 0.0
+    """When the last message arrived on a connection, on the feed's clock (``monotonic()``
+    seconds; 0.0 before the first)."""

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import secrets
 import socket
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,6 +31,9 @@ from ._feed_errors import (
 from ._feed_frames import _FeedFrames
 from ._feed_state import _PAUSE_FRACTION, _PAUSE_MIN, _PROOF_POLL, _json_encode, _log, _peer
 from ._protocol import KIND_TICKS, FrameError, SignatureError, Subscribe, decode_frame, decode_ticks
+
+_CLOSE_ABNORMAL = 1006
+"""The close code of a connection that ended without a close frame (RFC 6455 §7.1.5)."""
 
 
 class _FeedSession(_FeedFrames):
@@ -59,7 +63,10 @@ class _FeedSession(_FeedFrames):
         url = member.target
         close_code = ws.close_code if ws is not None else None
         retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
-        delay = self._backoff.next_delay(close_code=close_code, retry_after=retry_after)
+        self._fast = self._fast_reconnect(ws, error)
+        delay = self._backoff.next_delay(
+            close_code=close_code, retry_after=retry_after, fast=self._fast
+        )
         if isinstance(error, SecurityViolationError):
             # Reported when the frame arrived; the next connection goes to a backup if any.
             self._outage = True
@@ -83,6 +90,19 @@ class _FeedSession(_FeedFrames):
                 self._outage = True
                 self._reporter.report(error, operation=self._wait_recovered, always=True)
         return delay
+
+    def _fast_reconnect(self, ws: ClientConnection | None, error: Exception | None) -> bool:
+        """Whether the next attempt is a fast one (hedged, its wait under the outage cap): the
+        connection ended silently, within ``fast_reconnect_for`` seconds of the outage's start
+        (which this failure starts when none is under way)."""
+        if error is None:
+            return False  # kicked (failover, reload, failback): not an outage
+        now = self._clock.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        if now - self._outage_since >= self._config.fast_reconnect_for:
+            return False
+        return _silent(ws, error)
 
     async def _connect_once(self, url: str) -> Exception | None:
         """One connection from attempt to end; the error that ended it (None when kicked)."""
@@ -144,6 +164,8 @@ class _FeedSession(_FeedFrames):
             return
         if backoff.alive(self._last_seen) or (self._stored_progress() and backoff.stored()):
             self._outage = False
+            self._outage_since = None
+            self._fast = False
             self._proven.set()
 
     def _stored_progress(self) -> bool:
@@ -163,12 +185,14 @@ class _FeedSession(_FeedFrames):
         self._pending.clear()
         self._hb_last.clear()
 
-    async def _connection(self, url: str) -> None:
+    async def _dial(self, url: str) -> ClientConnection:
+        """One connection attempt: TCP and the WebSocket handshake within ``connect_timeout``."""
         cfg = self._config
+        self._attempts += 1
         async with asyncio.timeout(cfg.connect_timeout):
             # A dead link cannot finish a closing handshake: cap the wait for one, so that leaving
             # a connection never delays the reconnect by websockets' default 10 s.
-            ws = await connect(
+            return await connect(
                 url,
                 max_size=cfg.max_message_bytes,
                 max_queue=cfg.max_queue,
@@ -176,6 +200,78 @@ class _FeedSession(_FeedFrames):
                 ping_interval=None,
                 close_timeout=min(cfg.stale_after, 1.0),
             )
+
+    async def _open(self, url: str) -> ClientConnection:
+        """A handshaken connection to ``url``: one attempt, or hedged ones in a fast reconnect."""
+        hedge = self._config.hedge_after
+        if hedge is None or not self._fast:
+            return await self._dial(url)
+        return await self._open_hedged(url, hedge)
+
+    def _in_fast_window(self) -> bool:
+        since = self._outage_since
+        return (
+            since is not None and self._clock.monotonic() - since < self._config.fast_reconnect_for
+        )
+
+    async def _open_hedged(self, url: str, hedge: float) -> ClientConnection:
+        """Attempts ``hedge`` seconds apart (on the feed's clock) while none has completed its
+        handshake, at most ``max_hedged`` in flight (the oldest abandoned for a new one); the
+        first to complete wins and the others are closed. Raises the error of the last attempt
+        when every one has failed, and at once the answer of a server that refused the
+        handshake (an HTTP status: the backoff and its ``Retry-After`` decide the next)."""
+        flight: list[asyncio.Task[ClientConnection]] = []
+        dropped: list[asyncio.Task[ClientConnection]] = []
+        timer: asyncio.Task[None] | None = None
+        error: BaseException | None = None
+        try:
+            while True:
+                if timer is not None and timer.done():
+                    timer = None
+                if timer is None and (not flight or self._in_fast_window()):
+                    self._launch(url, flight, dropped)
+                    timer = asyncio.create_task(
+                        self._clock.asleep(hedge), name=f"{self.name}.hedge"
+                    )
+                waiting: set[asyncio.Future[Any]] = {*flight}
+                if timer is not None:
+                    waiting.add(timer)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in flight if t.done()]:
+                    flight.remove(task)
+                    exc = task.exception()
+                    if exc is None:
+                        return task.result()
+                    if isinstance(exc, InvalidStatus):
+                        raise exc
+                    error = exc
+                if not flight and error is not None:
+                    raise error
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._abandoned += len(flight)
+            await _close_attempts([*flight, *dropped])
+
+    def _launch(
+        self,
+        url: str,
+        flight: list[asyncio.Task[ClientConnection]],
+        dropped: list[asyncio.Task[ClientConnection]],
+    ) -> None:
+        """Start one more attempt, abandoning the oldest when ``max_hedged`` are in flight."""
+        if len(flight) >= self._config.max_hedged:
+            oldest = flight.pop(0)
+            oldest.cancel()
+            dropped.append(oldest)
+            self._abandoned += 1
+        if flight:
+            self._hedged += 1
+        flight.append(asyncio.create_task(self._dial(url), name=f"{self.name}.connect"))
+
+    async def _connection(self, url: str) -> None:
+        cfg = self._config
+        ws = await self._open(url)
         async with ws:
             self._ws = ws
             self._conn_url = url
@@ -266,7 +362,7 @@ class _FeedSession(_FeedFrames):
         key = self._key
         clock = self._clock
         async for message in ws:
-            self._last_seen = clock.monotonic()
+            self._last_seen = self._frame_at = clock.monotonic()
             if isinstance(message, str):
                 if key is not None:
                     # With a key every answer comes as a signed frame: text is a forgery.
@@ -297,6 +393,32 @@ class _FeedSession(_FeedFrames):
             # suspension: yield once per frame, so that a backlog never holds the event loop
             # (the status service, health probes, the writer) for tens of milliseconds.
             await asyncio.sleep(0)
+
+
+def _silent(ws: ClientConnection | None, error: Exception) -> bool:
+    """Whether the network, not the server, ended the connection: a stale one, one reset or
+    dropped without a close frame, or an attempt that was refused, reset or timed out. A close
+    frame, an HTTP answer to the handshake, an endpoint behind, a forgery or an unanswered
+    replay is the server's doing (or says nothing of the network): the plain backoff applies."""
+    if isinstance(error, StaleFeedError):
+        return True
+    if isinstance(error, SecurityViolationError | EndpointBehindError | ReplayTimeoutError):
+        return False
+    if ws is None:
+        return not isinstance(error.__cause__, InvalidStatus)
+    return ws.close_code in (None, _CLOSE_ABNORMAL)
+
+
+async def _close_attempts(tasks: list[asyncio.Task[ClientConnection]]) -> None:
+    """Cancel connection attempts and wait for them; close any that completed meanwhile."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is None:
+            task.result().transport.abort()
 
 
 def _connect_failure(error: BaseException, connect_timeout: float) -> tuple[str, str]:

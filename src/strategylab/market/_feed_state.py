@@ -127,6 +127,11 @@ class _FeedState:
             proven_after=config.proven_after,
             retry_later_floor=config.retry_later_floor,
             max_server_wait=config.max_server_wait,
+            outage_cap=(
+                None
+                if config.outage_backoff_cap is None
+                else min(max(config.outage_backoff_cap, config.backoff_floor), config.backoff_cap)
+            ),
             rng=rng or random.Random(),
             clock=clock,
         )
@@ -169,10 +174,13 @@ class _FeedState:
         self._unknown_reported: frozenset[str] = frozenset()
         self._connect_logged: set[str] = set()
         self._connect_failures = self._pauses = 0
-        self._connected = False
-        self._subscribed = False
-        self._blocked = False
-        self._outage = False
+        # Fast reconnects (see FeedConfig): when the current outage began (None: no outage since
+        # the last proven connection), and whether the last failure was a silent one in its
+        # first ``fast_reconnect_for`` seconds (the next attempt is then hedged, its wait capped).
+        self._outage_since: float | None = None
+        self._fast, self._frame_at = False, 0.0
+        self._attempts = self._hedged = self._abandoned = 0
+        self._connected = self._subscribed = self._blocked = self._outage = False
         self._kick_reason: str | None = None
         self._session = ""
         self._last_seen = 0.0

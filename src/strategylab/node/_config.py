@@ -80,10 +80,21 @@ class NodeConfig:
     """HMAC key of the audit chain; ``None``: ``$STRATEGYLAB_AUDIT_KEY`` when set, else unkeyed."""
     backup_urls: tuple[str, ...] = ()
     status_interval: float = 1.0
-    stale_after: float = 3.0
-    connect_timeout: float = 5.0
+    stale_after: float = 0.8
+    """Seconds without a frame (heartbeats included) before the feed reconnects: a little over
+    three of the exchange's heartbeat intervals (0.25 s by default; an exchange that beats
+    less often needs a longer one). It was 3.0 before issue 13."""
+    connect_timeout: float = 1.0
+    """Seconds one connection attempt (TCP and WebSocket handshake) may take (was 5.0)."""
     backoff_floor: float = 0.05
     backoff_cap: float = 2.0
+    hedge_after: float | None = 0.05
+    """Fast reconnects (see :class:`~strategylab.market.FeedConfig`): in the first 30 s of a
+    silent outage, another connection attempt every this many seconds while earlier ones hang
+    in their handshake (at most 8 in flight, so each has 0.4 s); None: one at a time."""
+    outage_backoff_cap: float | None = 0.1
+    """Fast reconnects: the reconnect backoff's cap in the first 30 s of a silent outage
+    (seconds, ``backoff_floor..backoff_cap``); None: ``backoff_cap`` throughout."""
     batch_size: int = 20_000
     max_queue: int = 200_000
     linger: float = 0.02

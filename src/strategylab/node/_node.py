@@ -189,6 +189,8 @@ class Node:
             connect_timeout=config.connect_timeout,
             backoff_floor=config.backoff_floor,
             backoff_cap=config.backoff_cap,
+            hedge_after=config.hedge_after,
+            outage_backoff_cap=config.outage_backoff_cap,
         )
         self._ingest_config = IngestorConfig(
             batch_size=config.batch_size, max_queue=config.max_queue, linger=config.linger
