@@ -121,6 +121,7 @@ async def test_an_unkeyed_exchange_keeps_answering_json_text(tmp_path: Path) -> 
         "type": "subscribed",
         "symbols": ["A"],
         "last": {"A": 0, "B": 0, "C": 0},
+        "heartbeat_interval": 0.05,
     }
 
 

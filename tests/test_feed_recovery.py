@@ -15,13 +15,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from strategylab.errors import ConfigurationError
-from strategylab.exchange import ExchangeConfig
+from strategylab.exchange import Exchange, ExchangeConfig
 from strategylab.market._feed import Feed, FeedConfig
 from strategylab.market._feed_backoff import Backoff, FeedBackoff
+from strategylab.market._feed_errors import StaleFeedError
 from strategylab.market._tick import Tick
 from strategylab.node import NodeConfig
 from strategylab.testing import FakeClock
@@ -298,3 +300,65 @@ async def wait_sleeper(clock: FakeClock, limit: float = 10.0) -> None:
     async with asyncio.timeout(limit):
         while clock.pending_sleepers == 0:  # noqa: ASYNC110 - the clock has no such event
             await asyncio.sleep(0.001)
+
+
+# ------------------------------------------------------- stale detection adapts to heartbeats
+
+
+@pytest.mark.parametrize(
+    ("advertised", "quiet_but_fine", "stale_at"),
+    [
+        (1.0, 3.04, 3.05),  # an exchange beating every 1 s: stale after 3 × 1 + 0.05 s
+        (0.05, 0.19, 0.2),  # beats faster than stale_after needs: stale_after (0.2 s) holds
+        (3600.0, 15.04, 15.05),  # believed up to 5 s: a peer cannot switch detection off
+        (None, 0.19, 0.2),  # an older exchange that advertises nothing: stale_after
+        (-1.0, 0.19, 0.2),  # nonsense is ignored
+        (float("nan"), 0.19, 0.2),
+        (True, 0.19, 0.2),
+        ("1.0", 0.19, 0.2),
+    ],
+)
+def test_stale_detection_adapts_to_the_advertised_heartbeat_interval(
+    advertised: object, quiet_but_fine: float, stale_at: float
+) -> None:
+    """A node on the fast default must not take an exchange that beats less often than it
+    expects for a silent one (and reconnect forever between two heartbeats): the "subscribed"
+    answer's ``heartbeat_interval`` raises the stale deadline to three intervals plus 50 ms, for
+    that connection only. (The watchdog waits on the reader with a real timeout, so the verdict
+    itself is checked here, at the fake times given, not by waiting.)"""
+    clock = FakeClock()
+    config = FeedConfig(urls=("ws://127.0.0.1:1/ws",), symbols=("A",), stale_after=0.2)
+    feed = Feed(config, Sink(), clock=clock)
+    reply: dict[str, object] = {"type": "subscribed", "symbols": ["A"]}
+    if advertised is not None:
+        reply["heartbeat_interval"] = advertised
+    feed._adopt_heartbeat_interval(reply.get("heartbeat_interval"))
+    assert feed._deadline(quiet_but_fine) == pytest.approx(stale_at)
+    with pytest.raises(StaleFeedError, match="no frame for"):
+        feed._deadline(stale_at)
+    feed._on_disconnect()  # the next connection starts from stale_after again
+    with pytest.raises(StaleFeedError):
+        feed._deadline(0.2)
+
+
+@pytest.mark.timeout(15)
+async def test_the_exchange_advertises_its_heartbeat_interval(tmp_path: Path) -> None:
+    """The simulator's "subscribed" answer carries the interval its heartbeats are sent at."""
+    config = ExchangeConfig(
+        symbols=("A",), data_dir=tmp_path / "exchange", heartbeat_interval=0.7, tick_rate=0
+    )
+    exchange = Exchange(config)
+    await exchange.start()
+    try:
+        async with connect(exchange.ws_url) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "symbols": ["A"]}))
+            async with asyncio.timeout(5):
+                while True:
+                    message = await ws.recv()
+                    if isinstance(message, str):
+                        break
+        reply = json.loads(message)
+        assert reply["type"] == "subscribed"
+        assert reply["heartbeat_interval"] == 0.7
+    finally:
+        await exchange.stop()

@@ -314,7 +314,15 @@ class _MarketData:
         if unknown:
             self._answer(sub, ControlReply("error", reason="unknown symbols", unknown=unknown))
         last = self._gen.last_seq
-        self._answer(sub, ControlReply("subscribed", symbols=wanted, last=dict(last)))
+        self._answer(
+            sub,
+            ControlReply(
+                "subscribed",
+                symbols=wanted,
+                last=dict(last),
+                heartbeat_interval=self.config.heartbeat_interval,
+            ),
+        )
         if not wanted:
             self._idle.add(sub)
             return

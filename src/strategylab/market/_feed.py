@@ -165,7 +165,7 @@ class Feed(_FeedSession):
         if self._blocked:
             return True
         since = max(self._last_seen, self._observed_from)
-        return self._clock.monotonic() - since < self._config.stale_after
+        return self._clock.monotonic() - since < self._stale_after
 
     async def wait_healthy(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until connected and subscribed; ``TimeoutError`` after ``timeout`` seconds."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 
 import msgspec
 from websockets.asyncio.client import ClientConnection
@@ -33,6 +34,12 @@ from ._protocol import (
     decode_replay_done,
 )
 from ._tick import INT64_MAX
+
+MAX_ADVERTISED_HEARTBEAT = 5.0
+"""Seconds: the longest heartbeat interval an exchange's "subscribed" answer is believed (so its
+stale deadline is at most 3 × 5 + 0.05 s)."""
+HEARTBEAT_MARGIN = 0.05
+"""Seconds added to three advertised heartbeat intervals before a silent connection is stale."""
 
 
 class _FeedFrames(_FeedSequencer):
@@ -122,6 +129,21 @@ class _FeedFrames(_FeedSequencer):
         except Exception:
             _log.exception("feed %s: the kill switch failed", self.name)
 
+    def _adopt_heartbeat_interval(self, advertised: object) -> None:
+        """Stale detection adapted to the exchange's heartbeats: a connection is stale after
+        ``max(stale_after, 3 × interval + HEARTBEAT_MARGIN)`` seconds without a frame, so that an
+        exchange beating less often than the node's default expects (an older one at 1 s) is not
+        taken for a silent one between two heartbeats and reconnected forever. An interval that
+        is not a finite number > 0 is ignored; one above :data:`MAX_ADVERTISED_HEARTBEAT` (5 s)
+        is taken as that, so a peer cannot switch stale detection off."""
+        interval = advertised
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            return
+        if not math.isfinite(interval) or interval <= 0:
+            return
+        interval = min(float(interval), MAX_ADVERTISED_HEARTBEAT)
+        self._stale_after = max(self._config.stale_after, 3 * interval + HEARTBEAT_MARGIN)
+
     def _on_subscribed(self) -> None:
         # Not a reset of the backoff or of the outage: a server that answers "subscribed" and
         # closes has proven nothing (see _check_proven).
@@ -165,6 +187,7 @@ class _FeedFrames(_FeedSequencer):
         kind = reply.get("type")
         if kind == "subscribed":
             self._check_behind(reply.get("last"))
+            self._adopt_heartbeat_interval(reply.get("heartbeat_interval"))
             self._on_subscribed()
         elif kind == "error" and "unknown" in reply:
             self._on_unknown_symbols(reply.get("unknown"))

@@ -184,6 +184,7 @@ class _FeedSession(_FeedFrames):
         self._held_count = 0
         self._pending.clear()
         self._hb_last.clear()
+        self._stale_after = self._config.stale_after
 
     async def _dial(self, url: str) -> ClientConnection:
         """One connection attempt: TCP and the WebSocket handshake within ``connect_timeout``."""
@@ -340,13 +341,14 @@ class _FeedSession(_FeedFrames):
         went unanswered."""
         cfg = self._config
         since = max(self._last_seen, self._observed_from)
-        deadline = since + cfg.stale_after
+        stale_after = self._stale_after
+        deadline = since + stale_after
         if self._blocked:
-            deadline = now + cfg.stale_after
+            deadline = now + stale_after
         elif now >= deadline:
             self._stale += 1
             raise StaleFeedError(
-                f"{self.url}: no frame for {now - since:.2f}s (stale_after={cfg.stale_after}s)"
+                f"{self.url}: no frame for {now - since:.2f}s (stale after {stale_after:g}s)"
             )
         for symbol, pending in self._pending.items():
             due = max(pending.requested_at, self._observed_from) + cfg.replay_timeout

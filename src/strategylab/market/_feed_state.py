@@ -182,8 +182,11 @@ class _FeedState:
         self._attempts = self._hedged = self._abandoned = 0
         self._connected = self._subscribed = self._blocked = self._outage = False
         self._kick_reason: str | None = None
-        self._session = ""
-        self._last_seen = 0.0
+        self._session, self._last_seen = "", 0.0
+        # The stale deadline of the current connection: ``stale_after``, raised to three of the
+        # exchange's heartbeat intervals plus a margin when its "subscribed" answer advertises
+        # a longer interval (see _adopt_heartbeat_interval); back to ``stale_after`` on a drop.
+        self._stale_after = self._config.stale_after
         # Per-symbol state: the last accounted-for seq, the last valid ts, held ticks, replays.
         self._delivered: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}

@@ -127,7 +127,9 @@ class ReplayDone(msgspec.Struct, frozen=True):
 class ControlReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """Exchange → feed: the answer to a control message (JSON text, or a signed ``b"C"`` frame).
 
-    ``type`` is ``"subscribed"`` (with ``symbols`` and ``last``) or ``"error"`` (with
+    ``type`` is ``"subscribed"`` (with ``symbols``, ``last`` and ``heartbeat_interval``, the
+    seconds between two of the exchange's heartbeats, which a feed's stale detection adapts to;
+    absent from older exchanges) or ``"error"`` (with
     ``reason`` and, for a range no longer retained, ``symbol``/``from_seq``/``to_seq``; for
     unknown symbols, ``unknown``). ``session`` echoes the subscriber's session token.
     """
@@ -140,6 +142,7 @@ class ControlReply(msgspec.Struct, frozen=True, omit_defaults=True):
     unknown: list[str] | None = None
     symbols: list[str] | None = None
     last: dict[str, int] | None = None
+    heartbeat_interval: float | None = None
     session: str = ""
 
 
