@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from strategylab.fault_tolerance import ErrorRecoveryManager, ErrorType, RetryPolicy
 from strategylab.market import SQLiteTickStore, Tick
 from strategylab.research._backtest import BacktestConfig, BacktestEngine, BacktestError
-from strategylab.research._data import TickSource
+from strategylab.research._data import ArraySource, TickArrays, TickSource
 from strategylab.research._result import YEAR_NS, BacktestResult, equity_metrics
 from strategylab.research._spec import BacktestSpec, run_backtest
 from strategylab.strategy._builtin import MeanReversion, MovingAverageCrossover
@@ -353,3 +354,54 @@ def test_bad_configuration_names_the_field(kwargs: dict[str, int], field: str) -
     """BacktestConfig refuses nonsense with an error naming the field."""
     with pytest.raises(ValueError, match=field):
         BacktestConfig(**kwargs)  # type: ignore[arg-type]
+
+
+class Positions(Strategy):
+    """Records what ``ctx.position`` says, for its own symbol and one never traded."""
+
+    def __init__(self) -> None:
+        super().__init__("positions", ("AAA",))
+        self.seen: list[tuple[float, float]] = []
+
+    def on_tick(self, tick: Tick, ctx: StrategyContext) -> None:
+        self.seen.append((ctx.position("AAA"), ctx.position("ZZZ")))
+        if tick.seq == 1:
+            ctx.submit(buy(2.0))
+
+
+@pytest.mark.timeout(10)
+async def test_position_is_flat_for_a_symbol_never_traded(store: SQLiteTickStore) -> None:
+    """``position`` (bound per run to the positions map's lookup) is 0.0 untraded, adds no key."""
+    await store.write([Tick("AAA", i, T0 + i, 99.0, 101.0, 1, 1) for i in range(1, 4)])
+    strategy = Positions()
+    result = await run(strategy, store, sample_every=1)
+    assert strategy.seen == [(0.0, 0.0), (2.0, 0.0), (2.0, 0.0)]
+    assert dict(result.positions) == {"AAA": 2.0}
+    again = Positions()  # a second run of a fresh engine starts flat again
+    await run(again, store, sample_every=1)
+    assert again.seen == strategy.seen
+
+
+@pytest.mark.timeout(20)
+def test_run_blocking_equals_run_on_an_event_loop(tmp_path: Path) -> None:
+    """``run_blocking`` (the result boxed out of the loop) gives what ``asyncio.run`` does."""
+    n = 5_000
+    mids = 100 + np.cumsum(np.random.default_rng(5).normal(0, 0.05, n))
+    arrays = TickArrays(
+        "AAA",
+        columns={
+            "seq": np.arange(1, n + 1, dtype=np.int64),
+            "ts": T0 + np.arange(n, dtype=np.int64),
+            "bid": mids - 0.01,
+            "ask": mids + 0.01,
+            "bid_size": np.ones(n),
+            "ask_size": np.ones(n),
+        },
+    )
+    config = BacktestConfig(fee_bps=1.0, slippage_bps=0.5, sample_every=100)
+    blocking = BacktestEngine(MeanReversion("AAA", 20), ArraySource(arrays), config).run_blocking()
+    looped = asyncio.run(
+        BacktestEngine(MeanReversion("AAA", 20), ArraySource(arrays), config).run()
+    )
+    assert len(blocking.trades) > 10
+    assert blocking == looped

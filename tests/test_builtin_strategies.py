@@ -157,3 +157,15 @@ def test_restore_refuses_a_window_of_the_wrong_length() -> None:
     state = MovingAverageCrossover("AAA", fast=2, slow=4).state()
     with pytest.raises(ValueError, match="window"):
         MovingAverageCrossover("AAA", fast=2, slow=5).restore(state)
+
+
+def test_the_fast_market_order_equals_the_validated_one() -> None:
+    """The strategies build their orders without the dataclass's __init__; same value."""
+    from strategylab.strategy._builtin import _market_order  # noqa: PLC0415
+
+    for side, qty in ((Side.BUY, 2.0), (Side.SELL, 0.25)):
+        fast = _market_order("AAA", side, qty)
+        slow = OrderRequest(symbol="AAA", side=side, qty=qty)
+        assert fast == slow
+        assert hash(fast) == hash(slow)
+        assert repr(fast) == repr(slow)

@@ -25,6 +25,7 @@ searches parameters for exactly one symbol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, TypeVar
@@ -216,7 +217,10 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     its files are NAME.SYMBOL.SUFFIX. An output file that exists is refused unless --overwrite.
     The store is only read (an SQLite file opened read-only: SQLite may still update the -shm
     file, the WAL index, a shared-memory cache it rebuilds, of a database left with a WAL by a
-    killed writer; the database and -wal bytes stay unchanged).
+    killed writer; the database and -wal bytes stay unchanged). An SQLite store's ticks are read
+    through its columnar snapshot, the directory NAME.columnar beside it (Arrow files, created
+    and brought up to date here, appending only new ticks); where that cannot be written (a
+    read-only directory) the SQLite file is read instead, with the same result.
 
     Exit status: 0 done; 1 the store cannot be opened or used (missing, empty, not SQLite,
     damaged, not a tick store, its server unreachable), an output cannot be written or the run
@@ -418,7 +422,8 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     """Search strategy parameters over stored ticks in worker processes; ranks the results.
 
     One symbol (--symbols takes exactly one here). --param NAME=VALUE is held fixed in every run.
-    The store is only read, as by backtest.
+    The store is only read, as by backtest; its columnar snapshot is synced once, here, and every
+    worker maps those same files (no run reads the store again).
 
     Exit status: 0 at least one run finished; 1 every run failed, the workers could not start or
     the store cannot be opened or used (missing, empty, not SQLite, damaged, not a tick store,
@@ -512,7 +517,13 @@ def _run_optimizer(
         Optimizer,
         backtest_metrics,
         scoped_backtest_spec,
+        share_backtest_read,
     )
+
+    # One sync of the columnar snapshot here; every job then maps the same files. A store that
+    # cannot be read is reported by the jobs themselves, as before.
+    with contextlib.suppress(StrategyLabError, OSError):
+        base = share_backtest_read(base)
 
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -18,6 +18,7 @@ from strategylab._cli_options import (
     LogLevelOption,
     nonempty_path,
 )
+from strategylab._import_cli import import_command
 from strategylab._lab_cli import lab_app
 from strategylab._logging import configure_logging, escape
 from strategylab._node_cli import node_command, trade_command
@@ -303,6 +304,7 @@ app.command("proxy")(proxy_command)
 app.command("check")(check_command)
 app.command("backtest")(backtest_command)
 app.command("optimize")(optimize_command)
+app.command("import")(import_command)
 app.add_typer(lab_app)
 
 

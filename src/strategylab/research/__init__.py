@@ -11,10 +11,32 @@ from ._backtest import (
     BacktestError,
     BacktestStatistics,
 )
+from ._columnar import (
+    ColumnarStatistics,
+    ColumnarSync,
+    ColumnarUnavailableError,
+    columnar_statistics,
+    load_research_arrays,
+    read_columnar,
+    snapshot_directory,
+    sync_columnar,
+)
 from ._export import (
     write_equity,
     write_plot,
     write_trades,
+)
+from ._frame import (
+    ColumnMap,
+    TickDataError,
+    backtest_frame,
+    frame_ticks,
+)
+from ._import import (
+    ImportFailedError,
+    ImportProgress,
+    ImportReport,
+    import_ticks,
 )
 from ._optimizer import (
     BACKTEST_METRICS,
@@ -29,6 +51,7 @@ from ._optimizer import (
     random_search,
     rank,
     scoped_backtest_spec,
+    share_backtest_read,
 )
 from ._result import (
     BacktestResult,
@@ -47,19 +70,36 @@ __all__ = [
     "BacktestResult",
     "BacktestSpec",
     "BacktestStatistics",
+    "ColumnMap",
+    "ColumnarStatistics",
+    "ColumnarSync",
+    "ColumnarUnavailableError",
+    "ImportFailedError",
+    "ImportProgress",
+    "ImportReport",
     "JobResult",
     "JobStatus",
     "OptimizationReport",
     "Optimizer",
     "ParamValue",
+    "TickDataError",
     "WorkerStartError",
+    "backtest_frame",
     "backtest_metrics",
     "build_strategy",
+    "columnar_statistics",
+    "frame_ticks",
     "grid",
+    "import_ticks",
+    "load_research_arrays",
     "random_search",
     "rank",
+    "read_columnar",
     "run_backtest",
     "scoped_backtest_spec",
+    "share_backtest_read",
+    "snapshot_directory",
+    "sync_columnar",
     "write_equity",
     "write_plot",
     "write_trades",

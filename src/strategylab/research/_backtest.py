@@ -10,10 +10,17 @@ The engine is the strategy's :class:`StrategyContext`: ``now_ns`` is the current
   at its limit price on the first later tick whose quote crosses it (ask <= limit for a buy,
   bid >= limit for a sell), checked before the strategy sees that tick;
 * every fill pays ``fee_bps / 10_000`` of its notional; ``on_fill`` is called after the
-  ``on_tick`` that caused the fill returns (for a resting order: before the tick's ``on_tick``).
+  ``on_tick`` that caused the fill returns (for a resting order: before the tick's ``on_tick``);
+  a strategy that keeps the base class's ``on_fill`` (which does nothing) is not called.
 
-Ticks are read in chunks of ``chunk_size`` sequence numbers (see :mod:`._backtest_data`); the
-ticks of several symbols are merged in ``(ts, symbol order, seq)`` order. Every
+Ticks are read in chunks of ``chunk_size`` sequence numbers (see :mod:`._data`; from an
+:class:`~._data.ArraySource` a chunk is a slice of memory-mapped columns); the ticks of several
+symbols are merged in ``(ts, symbol order, seq)`` order. The hot loop makes each
+:class:`~strategylab.market.Tick` with ``map`` over the chunk's columns (in C), stores only the
+current tick per tick (the per-symbol latest quotes are kept only for multi-symbol runs), tests
+two in-place lists for resting orders and fills to deliver, and samples equity between blocks of
+``sample_every`` ticks; fills are built with :func:`new_fill`, and ``position`` is bound per run
+to the positions map's C lookup (strategies ask it on every tick). Every
 ``checkpoint_every`` ticks (at the end of a chunk) the whole run state (strategy state, cash,
 positions, resting orders, trades and equity so far, where each symbol's stream stands) is written
 to ``checkpoint_dir`` atomically (temp file, fsync, rename, fsync of the directory). A failure
@@ -26,10 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -40,16 +48,61 @@ from strategylab.fault_tolerance import ErrorContext, ErrorType, RetryPolicy
 from strategylab.market import Tick
 from strategylab.strategy import Fill, JSONValue, OrderRequest, OrderType, Side, Strategy
 
-from ._data import ROW_DTYPE, ChunkReader, Rows, TickSource
+from ._data import COLUMNS, ROW_DTYPE, ChunkReader, TickArrays, TickSource, concat_arrays
 from ._result import BacktestResult, equity_metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from strategylab.fault_tolerance import ErrorRecoveryManager
 
-__all__ = ["BacktestConfig", "BacktestEngine", "BacktestError", "BacktestStatistics"]
+__all__ = [
+    "BacktestConfig",
+    "BacktestEngine",
+    "BacktestError",
+    "BacktestStatistics",
+    "new_fill",
+]
 
 _CHECKPOINT_VERSION: Final = 1
+_BUY: Final = Side.BUY  # an enum member read through its class costs ~10x a global's read
+_MARKET: Final = OrderType.MARKET
 _MAX_SEQ: Final = (1 << 63) - 1
+
+
+_FILL_SLOTS: Final = tuple(
+    Fill.__dict__[name].__set__
+    for name in ("order_id", "client_order_id", "symbol", "side", "qty", "price", "fee", "ts")
+)
+
+
+def new_fill(  # noqa: PLR0917 - the eight fields of a Fill, positionally, for speed
+    order_id: str,
+    client_order_id: str,
+    symbol: str,
+    side: Side,
+    qty: float,
+    price: float,
+    fee: float,
+    ts: int,
+) -> Fill:
+    """``Fill(order_id=..., ..., ts=...)``, equal (``==``, same hash), built in a third of the time.
+
+    A backtest makes one per trade (tens of thousands per million ticks): the frozen dataclass's
+    ``__init__`` (eight ``object.__setattr__`` calls) is replaced by the slots' own setters. Fill
+    has no ``__post_init__``; a test checks the two constructions stay equal.
+    """
+    fill = object.__new__(Fill)
+    a, b, c, d, e, f, g, h = _FILL_SLOTS
+    a(fill, order_id)
+    b(fill, client_order_id)
+    c(fill, symbol)
+    d(fill, side)
+    e(fill, qty)
+    f(fill, price)
+    g(fill, fee)
+    h(fill, ts)
+    return fill
 
 
 class BacktestError(StrategyLabError):
@@ -108,17 +161,21 @@ class BacktestStatistics:
     """For every attempt that resumed from a checkpoint, how many ticks it skipped."""
 
 
+def _empty(symbol: str) -> TickArrays:
+    return TickArrays(symbol, np.empty(0, dtype=ROW_DTYPE))
+
+
 @dataclass(slots=True)
 class _Cursor:
     symbol: str
     next_seq: int
     last_seq: int
-    buf: Rows = field(default_factory=lambda: np.empty(0, dtype=ROW_DTYPE))
+    buf: TickArrays
     done: bool = False
 
     @property
     def resume_seq(self) -> int:
-        return int(self.buf["seq"][0]) if len(self.buf) else self.next_seq
+        return int(self.buf.seq[0]) if len(self.buf) else self.next_seq
 
 
 @dataclass(slots=True)
@@ -131,13 +188,22 @@ class _Order:
     price: float
 
 
+class _Positions(dict[str, float]):
+    """Positions by symbol; a symbol never traded is flat (0.0), without being added."""
+
+    __slots__ = ()
+
+    def __missing__(self, symbol: str) -> float:
+        return 0.0
+
+
 @dataclass(slots=True)
 class _RunState:
     cash: float
     fees: float = 0.0
     ticks: int = 0
     orders: int = 0
-    positions: dict[str, float] = field(default_factory=dict)
+    positions: _Positions = field(default_factory=_Positions)
     trades: list[Fill] = field(default_factory=list)
     equity_ts: list[int] = field(default_factory=list)
     equity: list[float] = field(default_factory=list)
@@ -172,8 +238,11 @@ class BacktestEngine:
         self._buy_mult = 1 + self._config.slippage_bps / 10_000
         self._sell_mult = 1 - self._config.slippage_bps / 10_000
         self._st = _RunState(cash=self._config.initial_cash)
+        self._bind_position()
+        self._deliver_fills = type(strategy).on_fill is not Strategy.on_fill
         self._last: dict[str, Tick] = {}
-        self._now = 0
+        self._cur: Tick | None = None  # the tick being processed (in _last only between chunks
+        # of a one-symbol run: the hot loop then stores nothing else per tick)
         self._pending: list[Fill] = []
         self._attempts = 0
         self._failures = 0
@@ -218,15 +287,30 @@ class BacktestEngine:
     @property
     def now_ns(self) -> int:
         """The simulated clock: the ``ts`` of the tick being processed."""
-        return self._now
+        cur = self._cur
+        return 0 if cur is None else cur.ts
 
     def position(self, symbol: str) -> float:
-        """The simulated position in ``symbol``."""
-        return self._st.positions.get(symbol, 0.0)
+        """The simulated position in ``symbol`` (0.0 if never traded).
+
+        Strategies ask on every tick, so each run binds the instance attribute ``position`` to
+        the run's positions map's own ``__getitem__`` (a C call, no Python frame); this method
+        is what that lookup does, for the class and its documentation.
+        """
+        return self._st.positions[symbol]
+
+    def _bind_position(self) -> None:
+        self.__dict__["position"] = self._st.positions.__getitem__
+
+    def _quote(self, symbol: str) -> Tick | None:
+        cur = self._cur
+        if cur is not None and cur.symbol == symbol:
+            return cur
+        return self._last.get(symbol)
 
     def submit(self, request: OrderRequest) -> str:
         """Fill or rest ``request`` against the latest quote of its symbol (see module doc)."""
-        tick = self._last.get(request.symbol)
+        tick = self._quote(request.symbol)
         if tick is None:
             raise ValueError(
                 f"symbol={request.symbol!r}: no quote yet (strategy symbols {self._symbols})"
@@ -235,8 +319,8 @@ class BacktestEngine:
         st.orders += 1
         client_id = f"{self._strategy.name}-{st.orders}"
         order_id = f"bt-{st.orders}"
-        buy = request.side is Side.BUY
-        if request.type is OrderType.MARKET:
+        buy = request.side is _BUY
+        if request.type is _MARKET:
             price = tick.ask * self._buy_mult if buy else tick.bid * self._sell_mult
         else:
             price = float(request.price)  # type: ignore[arg-type] # validated by OrderRequest
@@ -248,13 +332,13 @@ class BacktestEngine:
                 )
                 st.resting.append(order)
                 return client_id
-        self._fill(_Order(client_id, order_id, request.symbol, request.side, request.qty, price))
+        self._execute(client_id, order_id, request.symbol, request.side, request.qty, price)
         return client_id
 
     def cancel_all(self, symbol: str | None = None) -> None:
         """Drop the resting limit orders (of ``symbol``, or all)."""
         st = self._st
-        st.resting = [o for o in st.resting if symbol is not None and o.symbol != symbol]
+        st.resting[:] = [o for o in st.resting if symbol is not None and o.symbol != symbol]
 
     # ------------------------------------------------------------------ running
 
@@ -264,6 +348,23 @@ class BacktestEngine:
             return await self._attempt()
         except Exception as exc:
             return await self._recover(exc)
+
+    def run_blocking(self) -> BacktestResult:
+        """:meth:`run` on a new event loop (``asyncio.run``); not from inside a running loop.
+
+        The result is handed out of the loop through a box rather than as the main task's
+        result: ``asyncio.run`` formats that task's ``repr`` while it restores the SIGINT
+        handler (``signal.getsignal`` fails to match the handler, a partial holding the task,
+        to an enum member), which would ``repr`` every fill of the result: about 2 µs a trade,
+        up to a tenth of a whole backtest's time.
+        """
+        box: list[BacktestResult] = []
+
+        async def main() -> None:
+            box.append(await self.run())
+
+        asyncio.run(main())
+        return box[0]
 
     async def _recover(self, exc: Exception) -> BacktestResult:
         self._failures += 1
@@ -331,17 +432,19 @@ class BacktestEngine:
         stored = await self._store.last_seqs()
         upper = cfg.to_seq if cfg.to_seq is not None else _MAX_SEQ
         self._last.clear()
+        self._cur = None
         self._pending.clear()
         if not await self._load_checkpoint():
             self._st = _RunState(cash=cfg.initial_cash)
             self._strategy.restore(self._initial_state)
         else:
             self._resumed.append(self._st.ticks)
+        self._bind_position()
         cursors = []
         for symbol in self._symbols:
             start = self._st.resume_seqs.get(symbol, cfg.from_seq)
             last = min(upper, stored.get(symbol, 0))
-            cursors.append(_Cursor(symbol, start, last, done=start > last))
+            cursors.append(_Cursor(symbol, start, last, _empty(symbol), done=start > last))
         self._strategy.on_start(self)
         return cursors
 
@@ -350,19 +453,18 @@ class BacktestEngine:
         upper = min(cursor.next_seq + cfg.chunk_size - 1, cursor.last_seq)
         chunk = await reader.read(cursor.symbol, cursor.next_seq, upper)
         cursor.next_seq = upper + 1
-        rows = chunk.rows
         if cfg.start_ns is not None or cfg.end_ns is not None:
-            ts = rows["ts"]
+            ts = chunk.ts
             if cfg.end_ns is not None and len(ts) and int(ts[-1]) >= cfg.end_ns:
                 cursor.done = True
-            rows = chunk.window(cfg.start_ns, cfg.end_ns).rows
+            chunk = chunk.window(cfg.start_ns, cfg.end_ns)
         if cursor.next_seq > cursor.last_seq:
             cursor.done = True
-        cursor.buf = np.concatenate((cursor.buf, rows)) if len(cursor.buf) else rows
+        cursor.buf = concat_arrays(cursor.symbol, (cursor.buf, chunk)) if len(cursor.buf) else chunk
 
     async def _step(
         self, cursors: list[_Cursor], reader: ChunkReader
-    ) -> tuple[list[str], Rows] | None:
+    ) -> tuple[str | list[str], TickArrays] | None:
         """The next run of ticks in merged order; ``None`` at the end, ``()`` to go round again."""
         for cursor in cursors:
             while not len(cursor.buf) and not cursor.done:
@@ -372,69 +474,105 @@ class BacktestEngine:
             return None
         if len(cursors) == 1:
             only = live[0]
-            rows, only.buf = only.buf, only.buf[:0]
-            return [only.symbol] * len(rows), rows
-        bounds = [int(c.buf["ts"][-1]) for c in live if not c.done]
+            chunk, only.buf = only.buf, _empty(only.symbol)
+            return only.symbol, chunk
+        bounds = [int(c.buf.ts[-1]) for c in live if not c.done]
         horizon = min(bounds) if bounds else None
         takes = [
-            len(c.buf)
-            if horizon is None
-            else int(np.searchsorted(c.buf["ts"], horizon, side="left"))
+            len(c.buf) if horizon is None else int(np.searchsorted(c.buf.ts, horizon, side="left"))
             for c in live
         ]
         if not any(takes):
             # Every buffered tick is at the horizon; a symbol ending there may have more at the
             # same ts, which must come first (symbol order). Read further before deciding.
             for c in live:
-                if not c.done and int(c.buf["ts"][-1]) == horizon:
+                if not c.done and int(c.buf.ts[-1]) == horizon:
                     await self._fetch(c, reader)
-            return [], np.empty(0, dtype=ROW_DTYPE)
+            return [], _empty("")
         parts, owners = [], []
         for cursor, take in zip(live, takes, strict=True):
-            parts.append(cursor.buf[:take])
+            parts.append(cursor.buf.slice(0, take))
             owners.append(np.full(take, self._symbols.index(cursor.symbol), dtype=np.int64))
-            cursor.buf = cursor.buf[take:]
-        rows = np.concatenate(parts)
+            cursor.buf = cursor.buf.slice(take, len(cursor.buf))
+        merged = concat_arrays("", parts)
         owner = np.concatenate(owners)
-        order = np.lexsort((rows["seq"], owner, rows["ts"]))
+        order = np.lexsort((merged.seq, owner, merged.ts))
         names = [self._symbols[i] for i in owner[order].tolist()]
-        return names, rows[order]
+        columns = {name: column[order] for name, column in merged.columns().items()}
+        return names, TickArrays("", columns=columns)
 
-    def _process(self, names: list[str], rows: Rows) -> None:
-        """The hot loop: one Tick per row, fills, ``on_tick``, equity sampling."""
-        if not len(rows):
+    def _process(self, names: str | list[str], ticks: TickArrays) -> None:
+        """The hot loop: one Tick per row, fills, ``on_tick``, equity sampling.
+
+        ``names`` is the one symbol of a single-symbol run, or each row's symbol. Per tick the
+        loop only makes the :class:`Tick` (``map`` over the columns, in C), records it as the
+        current one, and calls the strategy; resting orders and fills to deliver are checked by
+        the truth of two lists the engine mutates in place; equity is sampled between blocks of
+        ``sample_every`` ticks instead of a modulo per tick.
+        """
+        n = len(ticks)
+        if not n:
             return
         st = self._st
-        on_tick = self._strategy.on_tick
-        last = self._last
+        if st.first_ts is None:
+            st.first_ts = int(ticks.ts[0])
+        single = isinstance(names, str)
+        symbols = itertools.repeat(names, n) if isinstance(names, str) else names
+        stream = map(Tick, symbols, *_column_lists(ticks))
         every = self._config.sample_every
         count = st.ticks
-        if st.first_ts is None:
-            st.first_ts = int(rows["ts"][0])
-        columns = (rows[name].tolist() for name in ROW_DTYPE.names or ())
-        for symbol, seq, ts, bid, ask, bid_size, ask_size in zip(names, *columns, strict=True):
-            tick = Tick(symbol, seq, ts, bid, ask, bid_size, ask_size)
-            last[symbol] = tick
-            self._now = ts
-            if st.resting:
+        done = 0
+        while done < n:
+            block = min(n - done, every - count % every)
+            self._block(itertools.islice(stream, block), single=single)
+            done += block
+            count += block
+            st.ticks = count
+            if count % every == 0:
+                self._sample(self.now_ns)
+        if single and self._cur is not None:
+            self._last[self._cur.symbol] = self._cur
+        st.last_ts = int(ticks.ts[-1])
+
+    def _block(self, ticks: Iterator[Tick], *, single: bool) -> None:
+        on_tick = self._strategy.on_tick
+        resting = self._st.resting  # both lists are only ever changed in place
+        pending = self._pending
+        if single:
+            for tick in ticks:
+                self._cur = tick
+                if resting:
+                    self._match(tick)
+                on_tick(tick, self)
+                if pending:
+                    self._deliver()
+            return
+        last = self._last
+        for tick in ticks:
+            self._cur = tick
+            last[tick.symbol] = tick
+            if resting:
                 self._match(tick)
             on_tick(tick, self)
-            if self._pending:
+            if pending:
                 self._deliver()
-            count += 1
-            if count % every == 0:
-                self._sample(ts)
-        st.ticks = count
-        st.last_ts = int(rows["ts"][-1])
 
     def _fill(self, order: _Order) -> None:
-        """Execute ``order`` entirely at ``order.price``."""
+        """Execute the resting ``order`` entirely at ``order.price``."""
+        self._execute(
+            order.client_order_id, order.order_id, order.symbol, order.side, order.qty, order.price
+        )
+
+    def _execute(  # noqa: PLR0917 - an order's fields, positionally, for speed
+        self, client_order_id: str, order_id: str, symbol: str, side: Side, qty: float, price: float
+    ) -> None:
+        """Fill ``qty`` of ``symbol`` at ``price``; the fill goes to ``on_fill`` unless the
+        strategy keeps the base class's (which does nothing)."""
         st = self._st
-        symbol, side, qty, price = order.symbol, order.side, order.qty, order.price
         notional = qty * price
         fee = notional * self._fee_rate
         position = st.positions.get(symbol, 0.0)
-        if side is Side.BUY:
+        if side is _BUY:
             st.cash = st.cash - notional
             st.positions[symbol] = position + qty
         else:
@@ -442,23 +580,16 @@ class BacktestEngine:
             st.positions[symbol] = position - qty
         st.cash = st.cash - fee
         st.fees = st.fees + fee
-        fill = Fill(
-            order_id=order.order_id,
-            client_order_id=order.client_order_id,
-            symbol=symbol,
-            side=side,
-            qty=qty,
-            price=price,
-            fee=fee,
-            ts=self._now,
-        )
+        fill = new_fill(order_id, client_order_id, symbol, side, qty, price, fee, self.now_ns)
         st.trades.append(fill)
-        self._pending.append(fill)
+        if self._deliver_fills:
+            self._pending.append(fill)
 
     def _match(self, tick: Tick) -> None:
         keep: list[_Order] = []
-        for order in self._st.resting:
-            buy = order.side is Side.BUY
+        resting = self._st.resting
+        for order in list(resting):
+            buy = order.side is _BUY
             crossed = order.symbol == tick.symbol and (
                 tick.ask <= order.price if buy else tick.bid >= order.price
             )
@@ -466,19 +597,21 @@ class BacktestEngine:
                 self._fill(order)
             else:
                 keep.append(order)
-        self._st.resting = keep
+        resting[:] = keep
         self._deliver()
 
     def _deliver(self) -> None:
-        pending, self._pending = self._pending, []
-        for fill in pending:
+        pending = self._pending  # mutated in place: the hot loop holds it
+        fills = pending.copy()
+        pending.clear()
+        for fill in fills:
             self._strategy.on_fill(fill, self)
 
     def _sample(self, ts: int) -> None:
         st = self._st
         equity = st.cash
         for symbol in self._symbols:
-            tick = self._last.get(symbol)
+            tick = self._quote(symbol)
             if tick is not None:
                 equity = equity + st.positions.get(symbol, 0.0) * ((tick.bid + tick.ask) / 2)
         st.equity_ts.append(ts)
@@ -576,7 +709,7 @@ class BacktestEngine:
             fees=float(doc["fees"]),
             ticks=int(doc["ticks"]),
             orders=int(doc["orders"]),
-            positions={str(k): float(v) for k, v in doc["positions"].items()},
+            positions=_Positions({str(k): float(v) for k, v in doc["positions"].items()}),
             trades=[_fill_from_json(f) for f in doc["trades"]],
             equity_ts=[int(t) for t in doc["equity_ts"]],
             equity=[float(e) for e in doc["equity"]],
@@ -591,6 +724,17 @@ class BacktestEngine:
         for symbol, values in doc["last_quotes"].items():
             self._last[symbol] = Tick(symbol, *values)
         return True
+
+
+def _column_lists(ticks: TickArrays) -> list[Iterable[Any]]:
+    """The six columns as Python values for :class:`Tick`; a gapless ``seq`` as a ``range``
+    (ints made as they are needed, not a list of them first)."""
+    seq = ticks.seq
+    first, n = int(seq[0]), len(seq)
+    seqs: Iterable[Any] = (
+        range(first, first + n) if int(seq[-1]) - first == n - 1 else seq.tolist()
+    )  # seq is strictly increasing, so first..last with n values is exactly first..first+n-1
+    return [seqs, *(getattr(ticks, name).tolist() for name in COLUMNS[1:])]
 
 
 def _fill_json(fill: Fill) -> list[JSONValue]:

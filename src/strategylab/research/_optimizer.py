@@ -88,6 +88,7 @@ __all__ = [
     "random_search",
     "rank",
     "scoped_backtest_spec",
+    "share_backtest_read",
 ]
 
 ParamValue = int | float | str | bool
@@ -823,6 +824,28 @@ def backtest_metrics(spec: BacktestSpec) -> dict[str, float]:
     if result.sharpe is not None:  # None: too few periods to annualise (ranked last, shown n/a)
         metrics["sharpe"] = result.sharpe
     return metrics
+
+
+def share_backtest_read(base: BacktestSpec) -> BacktestSpec:
+    """``base``, with its ticks read once for all the jobs made from it.
+
+    Call it in the parent before running the optimiser: it brings the columnar snapshot of
+    ``base``'s SQLite store up to date for ``base.symbol`` (one sync, here) and returns ``base``
+    with ``pinned=True``, so that every job reads that snapshot as it stands (memory-mapped, no
+    sync, no SQLite read; each worker maps and validates it once and keeps it for its later
+    jobs). Every job then also sees the same ticks, even if the store grows meanwhile. ``base``
+    unchanged for a PostgreSQL store, ``columnar=False``, or a place where no snapshot can be
+    kept (a read-only directory: each job then reads SQLite).
+    """
+    from strategylab.market import is_postgres_url  # noqa: PLC0415
+
+    from ._columnar import sync_columnar  # noqa: PLC0415
+
+    if not base.columnar or is_postgres_url(base.db_path):
+        return base
+    if not sync_columnar(base.db_path, [base.symbol]).available:
+        return base
+    return dataclasses.replace(base, pinned=True)
 
 
 def scoped_backtest_spec(

@@ -1,9 +1,14 @@
 """``run_backtest(spec)``: one backtest as a plain function of a picklable record.
 
-This is the optimiser's unit of work: a worker process receives a :class:`BacktestSpec`, opens
-the tick store itself, read-only (:func:`~strategylab.market.open_tick_reader`: an SQLite file or
-a ``postgresql://`` URL), runs the event-driven engine (with checkpoints, if asked) or the
+This is the optimiser's unit of work: a worker process receives a :class:`BacktestSpec`, reads
+the ticks itself, read-only, runs the event-driven engine (with checkpoints, if asked) or the
 vectorised path, and returns the :class:`BacktestResult` (also picklable).
+
+Where the ticks come from: for an SQLite file, by default its columnar snapshot
+(:mod:`._columnar`: synced first, then memory-mapped; the SQLite read where no snapshot can be
+kept, e.g. a read-only directory); with ``columnar=False`` straight from SQLite; for a
+``postgresql://`` URL through :func:`~strategylab.market.open_tick_reader`. The result is the same
+(``==``) whichever way the ticks were read.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from strategylab.market import is_postgres_url, open_tick_reader
 from strategylab.strategy import BUILTIN_STRATEGIES, JSONValue, Strategy, make_strategy
 
 from ._backtest import BacktestConfig, BacktestEngine
-from ._data import load_arrays
+from ._columnar import load_research_arrays
+from ._data import ArraySource, load_arrays
 from ._result import BacktestResult
 
 __all__ = ["BacktestSpec", "StrategyName", "build_strategy", "run_backtest"]
@@ -88,6 +94,13 @@ class BacktestSpec:
     vectorized: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1_000_000
+    columnar: bool = True
+    """Read an SQLite store through its columnar snapshot (False: straight from SQLite)."""
+    pinned: bool = False
+    """The snapshot was synced by the caller (:func:`~strategylab.research.sync_columnar`, as the
+    optimiser's parent does once for all its jobs): read it as it stands, without syncing it
+    again, so that every job reads the same ticks from the same mapped files. A missing or invalid
+    snapshot is synced after all."""
 
     def __post_init__(self) -> None:
         if self.strategy not in BUILTIN_STRATEGIES and ":" not in self.strategy:
@@ -125,9 +138,24 @@ def run_backtest(spec: BacktestSpec) -> BacktestResult:
     :class:`~strategylab.research.BacktestError` for a run that failed.
     """
     strategy = build_strategy(spec.strategy, spec.symbol, spec.parameters)
-    if not is_postgres_url(spec.db_path) and not Path(spec.db_path).exists():
+    if is_postgres_url(spec.db_path):
+        return asyncio.run(_run(spec, strategy))
+    if not Path(spec.db_path).exists():
         raise FileNotFoundError(f"db_path={spec.db_path!r}: no such tick database")
-    return asyncio.run(_run(spec, strategy))
+    ticks, _ = load_research_arrays(
+        spec.db_path,
+        spec.symbol,
+        spec.from_seq,
+        spec.to_seq,
+        columnar=spec.columnar,
+        sync=not spec.pinned,
+    )
+    if spec.vectorized:
+        from ._vectorized import run_vectorized  # noqa: PLC0415 - numpy path only when asked
+
+        return run_vectorized(strategy, ticks, spec.config())
+    engine = BacktestEngine(strategy, ArraySource(ticks), spec.config())
+    return engine.run_blocking()
 
 
 async def _run(spec: BacktestSpec, strategy: Strategy) -> BacktestResult:

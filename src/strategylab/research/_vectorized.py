@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from strategylab.strategy import Fill, MeanReversion, MovingAverageCrossover, Side, Strategy
+from strategylab.strategy import MeanReversion, MovingAverageCrossover, Side, Strategy
 
-from ._backtest import BacktestConfig
+from ._backtest import BacktestConfig, new_fill
 from ._data import TickArrays
 from ._result import BacktestResult, equity_metrics
 
@@ -40,10 +40,14 @@ def ma_crossover_targets(mid: Floats, fast: int, slow: int, qty: float) -> Float
     if n < slow:
         return targets
     cum = _cumulative(mid)
-    t = np.arange(slow, n + 1)
-    fast_ma = (cum[t] - cum[t - fast]) / fast
-    slow_ma = (cum[t] - cum[t - slow]) / slow
-    targets[slow - 1 :] = np.where(fast_ma > slow_ma, qty, np.where(fast_ma < slow_ma, -qty, 0.0))
+    now = cum[slow:]  # C_t for t = slow..n
+    fast_ma = now - cum[slow - fast : n + 1 - fast]
+    fast_ma /= fast
+    slow_ma = now - cum[: n + 1 - slow]
+    slow_ma /= slow
+    tail = targets[slow - 1 :]
+    tail[fast_ma > slow_ma] = qty
+    tail[fast_ma < slow_ma] = -qty
     return targets
 
 
@@ -98,56 +102,50 @@ def run_vectorized(
     cfg = config or BacktestConfig()
     if ticks.symbol != strategy.symbols[0] or len(strategy.symbols) != 1:
         raise ValueError(f"ticks of {ticks.symbol!r} for a strategy on {strategy.symbols}")
-    rows = ticks.window(cfg.start_ns, cfg.end_ns).rows
-    bid, ask, ts = rows["bid"], rows["ask"], rows["ts"]
+    window = ticks.window(cfg.start_ns, cfg.end_ns)
+    bid, ask, ts = window.bid, window.ask, window.ts
     mid = (bid + ask) / 2
     targets = _targets(strategy, mid)
-    previous = np.concatenate(([0.0], targets[:-1]))
-    delta = targets - previous
-    traded = np.flatnonzero(delta != 0)
+    delta = np.diff(targets, prepend=0.0)  # targets[t] - targets[t-1], the engine's order qty
+    traded = np.flatnonzero(delta)
 
-    fee_rate = cfg.fee_bps / 10_000
-    buy_mult, sell_mult = 1 + cfg.slippage_bps / 10_000, 1 - cfg.slippage_bps / 10_000
-    cash, fees = cfg.initial_cash, 0.0
-    cash_after = [cash]
-    trades: list[Fill] = []
-    for number, (d, b, a, t) in enumerate(
-        zip(
-            delta[traded].tolist(),
-            bid[traded].tolist(),
-            ask[traded].tolist(),
+    # Each trade's price, notional and fee are the engine's IEEE operations, elementwise; the cash
+    # is the engine's left-to-right sum (cash - notional == cash + -notional exactly), which
+    # ``cumsum`` (a sequential accumulate) reproduces bit for bit.
+    d = delta[traded]
+    buy = d > 0
+    qty = np.abs(d)
+    price = np.where(buy, ask[traded] * (1 + cfg.slippage_bps / 10_000), 0.0)
+    price[~buy] = bid[traded][~buy] * (1 - cfg.slippage_bps / 10_000)
+    notional = qty * price
+    fee = notional * (cfg.fee_bps / 10_000)
+    steps = np.empty(2 * len(traded) + 1, dtype=np.float64)
+    steps[0] = cfg.initial_cash
+    steps[1::2] = np.where(buy, -notional, notional)
+    steps[2::2] = -fee
+    np.cumsum(steps, out=steps)
+    cash_after = steps[0::2]  # the cash before any trade, then after each
+    cash = float(cash_after[-1])
+    fees = float(np.cumsum(fee)[-1]) if len(fee) else 0.0
+    symbol, prefix = ticks.symbol, strategy.name
+    trades = [
+        new_fill(f"bt-{k}", f"{prefix}-{k}", symbol, Side.BUY if b else Side.SELL, q, p, f, t)
+        for k, b, q, p, f, t in zip(
+            range(1, len(traded) + 1),
+            buy.tolist(),
+            qty.tolist(),
+            price.tolist(),
+            fee.tolist(),
             ts[traded].tolist(),
             strict=True,
-        ),
-        start=1,
-    ):
-        buy = d > 0
-        qty = d if buy else -d
-        price = a * buy_mult if buy else b * sell_mult
-        notional = qty * price
-        fee = notional * fee_rate
-        cash = cash - notional if buy else cash + notional
-        cash = cash - fee
-        fees = fees + fee
-        cash_after.append(cash)
-        trades.append(
-            Fill(
-                order_id=f"bt-{number}",
-                client_order_id=f"{strategy.name}-{number}",
-                symbol=ticks.symbol,
-                side=Side.BUY if buy else Side.SELL,
-                qty=qty,
-                price=price,
-                fee=fee,
-                ts=t,
-            )
         )
+    ]
 
     n = mid.size
     sampled = np.arange(cfg.sample_every - 1, n, cfg.sample_every)
     if n and n % cfg.sample_every:
         sampled = np.append(sampled, n - 1)
-    cash_at = np.asarray(cash_after)[np.searchsorted(traded, sampled, side="right")]
+    cash_at = cash_after[np.searchsorted(traded, sampled, side="right")]
     equity = cash_at + targets[sampled] * mid[sampled]
     equity_ts = ts[sampled].tolist()
     equity_list = equity.tolist()

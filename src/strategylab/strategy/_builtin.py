@@ -22,9 +22,15 @@ from typing import Final
 
 from strategylab.market import Tick
 
-from ._strategy import JSONValue, OrderRequest, Side, Strategy, StrategyContext
+from ._strategy import JSONValue, OrderRequest, OrderType, Side, Strategy, StrategyContext
 
 __all__ = ["BUILTIN_STRATEGIES", "MeanReversion", "MovingAverageCrossover", "make_strategy"]
+
+
+_sqrt: Final = math.sqrt
+_BUY: Final = Side.BUY  # an enum member read through its class costs ~10x a global's read
+_SELL: Final = Side.SELL
+_MARKET: Final = OrderType.MARKET
 
 
 def _positive_qty(qty: float) -> float:
@@ -33,12 +39,32 @@ def _positive_qty(qty: float) -> float:
     return float(qty)
 
 
-def _trade_to(target: float, tick: Tick, ctx: StrategyContext) -> None:
-    delta = target - ctx.position(tick.symbol)
+_ORDER_SLOTS: Final = tuple(
+    OrderRequest.__dict__[name].__set__ for name in ("symbol", "side", "qty", "type", "price")
+)
+
+
+def _market_order(symbol: str, side: Side, qty: float) -> OrderRequest:
+    """``OrderRequest(symbol=symbol, side=side, qty=qty)``, equal (``==``), built without the
+    frozen dataclass's ``__init__`` and checks: the callers pass a non-empty symbol and a
+    ``qty > 0`` (a test checks the two constructions stay equal)."""
+    order = object.__new__(OrderRequest)
+    set_symbol, set_side, set_qty, set_type, set_price = _ORDER_SLOTS
+    set_symbol(order, symbol)
+    set_side(order, side)
+    set_qty(order, qty)
+    set_type(order, _MARKET)
+    set_price(order, None)
+    return order
+
+
+def _trade_to(target: float, position: float, tick: Tick, ctx: StrategyContext) -> None:
+    """Submit the market order taking ``position`` to ``target`` (they differ)."""
+    delta = target - position
     if delta > 0:
-        ctx.submit(OrderRequest(symbol=tick.symbol, side=Side.BUY, qty=delta))
+        ctx.submit(_market_order(tick.symbol, _BUY, delta))
     elif delta < 0:
-        ctx.submit(OrderRequest(symbol=tick.symbol, side=Side.SELL, qty=-delta))
+        ctx.submit(_market_order(tick.symbol, _SELL, -delta))
 
 
 def _float_list(state: Mapping[str, JSONValue], key: str, length: int) -> list[float]:
@@ -115,17 +141,21 @@ class MovingAverageCrossover(Strategy):
         size = self._size
         ring = self._ring
         ring[count % size] = cum
-        if count < self.slow:
+        slow = self.slow
+        if count < slow:
             return
-        fast_ma = (cum - ring[(count - self.fast) % size]) / self.fast
-        slow_ma = (cum - ring[(count - self.slow) % size]) / self.slow
+        fast = self.fast
+        fast_ma = (cum - ring[(count - fast) % size]) / fast
+        slow_ma = (cum - ring[(count - slow) % size]) / slow
         if fast_ma > slow_ma:
             target = self.qty
         elif fast_ma < slow_ma:
             target = -self.qty
         else:
             target = 0.0
-        _trade_to(target, tick, ctx)
+        position = ctx.position(tick.symbol)
+        if target != position:  # the common case returns without a call more
+            _trade_to(target, position, tick, ctx)
 
     def state(self) -> dict[str, JSONValue]:
         """Tick count, cumulative sum and the last ``slow + 1`` cumulative sums, oldest first."""
@@ -227,15 +257,17 @@ class MeanReversion(Strategy):
         var = (q_cum - squares[old] - s * mean) / (window - 1)
         target = self._target
         if var > 0:
-            z = (x - mean) / math.sqrt(var)
-            if z > self.entry_z:
+            z = (x - mean) / _sqrt(var)
+            entry = self.entry_z
+            if z > entry:
                 target = self._target = -self.qty
-            elif z < -self.entry_z:
+            elif z < -entry:
                 target = self._target = self.qty
-            elif abs(z) < self.exit_z:
+            elif -self.exit_z < z < self.exit_z:  # abs(z) < exit_z, without the call
                 target = self._target = 0.0
-        if target != ctx.position(tick.symbol):
-            _trade_to(target, tick, ctx)
+        position = ctx.position(tick.symbol)
+        if target != position:
+            _trade_to(target, position, tick, ctx)
 
     def state(self) -> dict[str, JSONValue]:
         """Tick count, reference mid, target, cumulative sums and the last window's sums."""
