@@ -28,26 +28,9 @@ from strategylab.market._tick import Tick
 from strategylab.node import NodeConfig
 from strategylab.testing import FakeClock
 from test_feed_logic import Sink, ticks_frame
+from test_feed_reconnect import Counter
 
 pytestmark = pytest.mark.integration
-
-
-class Counter:
-    """Counts events; ``wait_for(n)`` returns once ``n`` have happened (bounded)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.changed = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        self.changed.set()
-
-    async def wait_for(self, n: int, limit: float = 10.0) -> None:
-        async with asyncio.timeout(limit):
-            while self.count < n:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 @asynccontextmanager
