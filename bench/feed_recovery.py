@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -59,6 +58,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from _processes import spawn, stop
 from strategylab.node import Node, NodeConfig
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
@@ -121,25 +121,6 @@ class Fault:
     attempts_per_s: int = 0
 
 
-async def _spawn(
-    *args: str, env: dict[str, str] | None = None
-) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=env
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        line = await process.stdout.readline()
-    return process, json.loads(line)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        async with asyncio.timeout(30):
-            await process.wait()
-
-
 class Pipeline:
     """Exchange and proxy processes and a node in this process, for one side."""
 
@@ -164,7 +145,7 @@ class Pipeline:
 
     async def _start(self) -> None:
         side, root = self.side, self.root
-        self.exchange, ready = await _spawn(
+        self.exchange, ready = await spawn(
             "strategylab",
             "exchange",
             *("--port", "0", "--data-dir", str(root / "exchange"), "--symbols", ",".join(SYMBOLS)),
@@ -175,7 +156,7 @@ class Pipeline:
         self.status_url = f"http://127.0.0.1:{ready['port']}/api/status"
         token = secrets.token_urlsafe(24)
         env = {**os.environ, "STRATEGYLAB_ADMIN_TOKEN": token}
-        self.proxy, api = await _spawn("strategylab", "proxy", "--port", "0", env=env)
+        self.proxy, api = await spawn("strategylab", "proxy", "--port", "0", env=env)
         self.api = f"http://127.0.0.1:{api['port']}"
         self.auth = {"Authorization": f"Bearer {token}"}
         body = {"name": "feed", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{ready['port']}"}
@@ -197,7 +178,7 @@ class Pipeline:
             await self.node.aclose()
         for process in (self.proxy, self.exchange):
             if process is not None:
-                await _stop(process)
+                await stop(process)
 
     async def last_emitted(self) -> dict[str, int]:
         async with self.http.get(self.status_url) as response:

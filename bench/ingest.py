@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -45,6 +43,7 @@ import aiohttp
 import msgspec
 import psycopg
 
+from _processes import spawn, stop
 from strategylab.market._ledger import read_emitted
 from strategylab.market._pg_store import PostgresTickStore
 from strategylab.market._sqlite_store import raw_insert_rate
@@ -64,25 +63,6 @@ KEY = "6b6579"  # "key", hex
 BATCH = 20_000
 
 
-async def _spawn(
-    *args: str, env: dict[str, str] | None = None
-) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=env
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        line = await process.stdout.readline()
-    return process, json.loads(line)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        async with asyncio.timeout(30):
-            await process.wait()
-
-
 async def _one_run(
     root: Path,
     ticks: int,
@@ -93,7 +73,7 @@ async def _one_run(
 ) -> float:
     """Ticks per second from the node's start until every emitted tick is committed."""
     shutil.rmtree(root, ignore_errors=True)
-    exchange, ready = await _spawn(
+    exchange, ready = await spawn(
         "strategylab",
         "exchange",
         *("--port", "0", "--data-dir", str(root / "exchange"), "--symbols", ",".join(symbols)),
@@ -109,7 +89,7 @@ async def _one_run(
                 # The proxy API's admin token: in the child's environment, never on its argv.
                 token = secrets.token_urlsafe(24)
                 env = {**os.environ, "STRATEGYLAB_ADMIN_TOKEN": token}
-                proxy, api = await _spawn("strategylab", "proxy", "--port", "0", env=env)
+                proxy, api = await spawn("strategylab", "proxy", "--port", "0", env=env)
                 body = {"name": "bench", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}"}
                 url = f"http://127.0.0.1:{api['port']}/proxies"
                 auth = {"Authorization": f"Bearer {token}"}
@@ -143,8 +123,8 @@ async def _one_run(
                 await node.aclose()
     finally:
         if proxy is not None:
-            await _stop(proxy)
-        await _stop(exchange)
+            await stop(proxy)
+        await stop(exchange)
     return ticks / elapsed
 
 
