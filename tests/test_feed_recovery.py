@@ -130,31 +130,57 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serving_once(gone: asyncio.Event) -> Callable[[ServerConnection], Awaitable[None]]:
+    """Subscribe, deliver tick 1 (stored: the connection proves itself), and once ``gone`` is
+    set drop the connection without a close frame (a reset)."""
+
+    async def handler(ws: ServerConnection) -> None:
+        message = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "subscribed", "symbols": message["symbols"]}))
+        await ws.send(ticks_frame([Tick("A", 1, 0, 1.0, 1.1, 1.0, 1.0)]))
+        await gone.wait()
+        ws.transport.abort()
+
+    return handler
+
+
+OUTAGE_OPTIONS = {
+    "backoff_floor": 0.05,
+    "backoff_cap": 5.0,
+    "outage_backoff_cap": 0.1,
+    "fast_reconnect_for": 2.0,
+    "connect_timeout": 5.0,
+}
+
+
 @pytest.mark.timeout(30)
 async def test_refused_attempts_wait_under_the_outage_cap_then_the_plain_backoff() -> None:
-    """A refused connection is a silent failure: for ``fast_reconnect_for`` seconds of the
-    outage every wait is at most the outage cap (full jitter below it); after that the plain
-    backoff (up to ``backoff_cap``) applies again."""
+    """After a proven connection is lost, a refused attempt is a silent failure: for
+    ``fast_reconnect_for`` seconds of the outage every wait is at most the outage cap (full
+    jitter below it); after that the plain backoff (up to ``backoff_cap``) applies again."""
     clock = FakeClock()
-    url = f"ws://127.0.0.1:{closed_port()}/ws"
-    options = {
-        "backoff_floor": 0.05,
-        "backoff_cap": 5.0,
-        "outage_backoff_cap": 0.1,
-        "fast_reconnect_for": 2.0,
-        "connect_timeout": 5.0,
-    }
-    async with running_feed(url, Sink(), clock, **options) as feed:
+    gone = asyncio.Event()
+    sink = Sink()
+    srv = await serve(serving_once(gone), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}/ws"
+    async with running_feed(url, sink, clock, **OUTAGE_OPTIONS) as feed:
+        await sink.wait(lambda: len(sink.ticks) == 1)
+        async with asyncio.timeout(10):
+            while not feed.statistics().proven:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.001)
+        srv.close(close_connections=False)  # nothing listens any more: attempts are refused
+        gone.set()  # and the proven connection is reset
         async with asyncio.timeout(20):
             while feed.statistics().connect_failures < 60:  # noqa: ASYNC110 - no event for it
                 await asyncio.sleep(0.001)
         stats = feed.statistics()
+    await srv.wait_closed()
     sleeps = list(clock.sleeps)
     elapsed = 0.0
     fast: list[float] = []
     slow: list[float] = []
     for delay in sleeps:
-        # The first failure starts the outage at fake time 0; a wait's own time counts.
+        # The reset starts the outage at fake time 0; a wait's own time counts.
         (fast if elapsed < 2.0 else slow).append(delay)
         elapsed += delay
     assert len(fast) >= 20
@@ -164,7 +190,72 @@ async def test_refused_attempts_wait_under_the_outage_cap_then_the_plain_backoff
     assert max(slow) > 0.1  # the plain backoff again, growing past the outage cap
     assert all(d <= 5.0 for d in slow)
     assert stats.hedged_attempts == 0  # refusals fail at once: nothing to hedge
-    assert stats.connect_attempts == stats.connect_failures
+    assert stats.connect_attempts == stats.connect_failures + 1  # the first one connected
+
+
+@pytest.mark.timeout(30)
+async def test_at_start_up_refused_attempts_meet_the_plain_backoff() -> None:
+    """No connection has ever proven itself: an endpoint that refuses from the start is not an
+    outage of a known-good one, and is neither hedged nor retried under the outage cap."""
+    clock = FakeClock()
+    url = f"ws://127.0.0.1:{closed_port()}/ws"
+    async with running_feed(url, Sink(), clock, hedge_after=0.05, **OUTAGE_OPTIONS) as feed:
+        async with asyncio.timeout(20):
+            while feed.statistics().connect_failures < 8:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.001)
+        stats = feed.statistics()
+    sleeps = clock.sleeps[:7]
+    for n, delay in enumerate(sleeps):
+        assert 0.0 <= delay <= 0.05 * 2**n
+    assert max(sleeps) > 0.1  # grown past the outage cap
+    assert stats.hedged_attempts == 0
+
+
+def subscribing_then_resetting(counter: Counter) -> Callable[[ServerConnection], Awaitable[None]]:
+    """Accept, answer "subscribed", then reset the connection (no close frame), every time."""
+
+    async def handler(ws: ServerConnection) -> None:
+        counter.hit()
+        message = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "subscribed", "symbols": message["symbols"]}))
+        ws.transport.abort()
+
+    return handler
+
+
+@pytest.mark.timeout(30)
+async def test_a_server_that_subscribes_and_resets_meets_the_growing_backoff() -> None:
+    """Even within an outage of a proven connection, a connection that was answered
+    "subscribed" and then dropped before it proved itself is the server's pattern: the plain,
+    growing backoff, never the outage cap (no storm of ~20 connections a second)."""
+    clock = FakeClock()
+    gone = asyncio.Event()
+    counter = Counter()
+    sink = Sink()
+    first = serving_once(gone)
+    then = subscribing_then_resetting(counter)
+
+    async def handler(ws: ServerConnection) -> None:
+        await (then(ws) if sink.ticks else first(ws))
+
+    async with serve(handler, "127.0.0.1", 0) as srv:
+        url = f"ws://127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}/ws"
+        async with running_feed(url, sink, clock, hedge_after=0.05, **OUTAGE_OPTIONS) as feed:
+            await sink.wait(lambda: len(sink.ticks) == 1)
+            async with asyncio.timeout(10):
+                while not feed.statistics().proven:  # noqa: ASYNC110 - no event for it
+                    await asyncio.sleep(0.001)
+            gone.set()
+            await counter.wait_for(8)
+            stats = feed.statistics()
+    # The reset of the proven connection: a fast (capped) retry; then each subscribe-and-reset
+    # grows the wait as the plain backoff does.
+    later = clock.sleeps[1:7]
+    assert max(later) > 0.1
+    assert sum(later) > 0.5
+    # Only the attempt right after the proven connection's reset may be hedged (the fake clock
+    # jumps while its real handshake runs); none of the subscribe-and-reset ones.
+    assert stats.hedged_attempts <= 1
 
 
 def flapping(counter: Counter) -> Callable[[ServerConnection], Awaitable[None]]:

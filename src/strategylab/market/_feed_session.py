@@ -51,19 +51,25 @@ class _FeedSession(_FeedFrames):
                 ws = self._ws
                 if ws is not None:
                     self._check_proven()  # data stored just before the close still counts
+                subscribed = self._subscribed
                 self._on_disconnect()
-            delay = self._ended(member, ws, error)
+            delay = self._ended(member, ws, error, subscribed=subscribed)
             if delay > 0:
                 await self._clock.asleep(delay)
 
     def _ended(
-        self, member: FailoverMember[str], ws: ClientConnection | None, error: Exception | None
+        self,
+        member: FailoverMember[str],
+        ws: ClientConnection | None,
+        error: Exception | None,
+        *,
+        subscribed: bool = False,
     ) -> float:
         """Account for a connection that ended; the seconds to wait before the next one."""
         url = member.target
         close_code = ws.close_code if ws is not None else None
         retry_after = None if error is None else retry_after_hint(error, clock=self._clock)
-        self._fast = self._fast_reconnect(ws, error)
+        self._fast = self._fast_reconnect(ws, error, subscribed=subscribed)
         delay = self._backoff.next_delay(
             close_code=close_code, retry_after=retry_after, fast=self._fast
         )
@@ -91,16 +97,29 @@ class _FeedSession(_FeedFrames):
                 self._reporter.report(error, operation=self._wait_recovered, always=True)
         return delay
 
-    def _fast_reconnect(self, ws: ClientConnection | None, error: Exception | None) -> bool:
+    def _fast_reconnect(
+        self, ws: ClientConnection | None, error: Exception | None, *, subscribed: bool
+    ) -> bool:
         """Whether the next attempt is a fast one (hedged, its wait under the outage cap): the
-        connection ended silently, within ``fast_reconnect_for`` seconds of the outage's start
-        (which this failure starts when none is under way)."""
+        connection ended silently, within ``fast_reconnect_for`` seconds of the outage's start.
+
+        Only the loss of a connection that had proven itself starts such an outage: at start-up,
+        and against a server that has never held a connection long enough to prove one, the
+        plain backoff applies (no hedging of a server that may be overloaded). Within an outage,
+        a connection that was answered "subscribed" and then dropped without a close frame,
+        before it proved itself, is the server's pattern rather than the network's: the plain
+        backoff too (a server that subscribes and resets every time is never stormed); a stale
+        one, a refused, reset or hung attempt stay fast."""
         if error is None:
             return False  # kicked (failover, reload, failback): not an outage
         now = self._clock.monotonic()
         if self._outage_since is None:
+            if not self._backoff.proven:
+                return False
             self._outage_since = now
         if now - self._outage_since >= self._config.fast_reconnect_for:
+            return False
+        if subscribed and not self._backoff.proven and not isinstance(error, StaleFeedError):
             return False
         return _silent(ws, error)
 
