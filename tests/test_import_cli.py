@@ -4,10 +4,16 @@ every kind of bad input refused with the file, row and column named and the righ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -371,3 +377,91 @@ def test_the_progress_bar_draws_both_passes_on_a_terminal_only(tmp_path: Path) -
             assert "10 / 20 rows" in text
         else:
             assert text == ""
+
+
+def test_rows_appended_after_the_check_are_not_written(tmp_path: Path, quotes: Path) -> None:
+    """The file grows between the check pass and the write pass: only checked rows are stored;
+    exit 1 says the appended ones were left out and which ticks are kept."""
+    db = tmp_path / "ticks.db"
+    original = _import._write
+
+    async def growing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with quotes.open("a") as f:
+            f.write(_quotes(50, 3))
+        return await original(*args, **kwargs)
+
+    _import._write = growing
+    try:
+        result = _invoke(quotes, "--db", db, "--symbol", "X")
+    finally:
+        _import._write = original
+    assert result.exit_code == 1, result.output
+    assert "3 rows appended, not written" in result.stderr
+    assert "kept: 50 ticks, seq 1..50" in result.stderr
+    assert [t.seq for t in _stored(db, "X")] == list(range(1, 51))
+    again = _invoke(quotes, "--db", db, "--symbol", "X", "--json")  # a re-run takes the rest
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["written"] == 3
+
+
+def test_an_empty_file_into_a_new_store_creates_nothing_and_warns_of_nothing(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text(HEADER)
+    db = tmp_path / "new.db"
+    result = _invoke(source, "--db", db, "--symbol", "X")
+    assert result.exit_code == 0, result.output
+    assert "0 ticks written" in result.stdout
+    assert result.stderr == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_writing_exits_130_naming_what_the_store_keeps(tmp_path: Path) -> None:
+    """SIGINT in the write pass: no traceback, exit 130, and the ticks it says are kept are
+    exactly the ones in the store (a write in flight that committed counts); a re-run resumes."""
+    source = tmp_path / "big.csv"
+    with source.open("w") as f:
+        f.write(HEADER)
+        for chunk in range(0, 400_000, 20_000):
+            f.write(
+                "".join(
+                    f"{1_704_067_200 + k}.5,{100 + k % 97 / 100:.2f},{101 + k % 97 / 100:.2f},1,2\n"
+                    for k in range(chunk, chunk + 20_000)
+                )
+            )
+    db = tmp_path / "big.db"
+    command = [sys.executable, "-m", "strategylab", "import", str(source), "--db", str(db)]
+    command += ["--symbol", "X", "--ts-unit", "s"]
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:  # until the first chunk has committed
+            if db.exists():
+                with (
+                    contextlib.suppress(sqlite3.Error),
+                    sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn,
+                ):
+                    if conn.execute("SELECT count(*) FROM ticks").fetchone()[0]:
+                        break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    kept = len(_stored(db, "X"))
+    assert 0 < kept < 400_000
+    assert f"interrupted; kept: {kept:,} ticks, seq 1..{kept}" in err
+    rerun = subprocess.run(  # noqa: S603 - our own interpreter and arguments
+        [*command, "--json"], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["written"] == 400_000 - kept

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["import_command", "parse_duration"]
 
 _PROG: Final = "strategylab import"
+_INTERRUPTED: Final = 130
+"""Exit status after Ctrl-C / SIGINT (128 + SIGINT, as a shell reports it)."""
 _FLAGS: Final = {
     "ts_unit": "--ts-unit",
     "ts": "--ts-col",
@@ -220,7 +222,8 @@ def import_command(  # noqa: PLR0917 - typer passes options positionally
     Re-running an import writes nothing; a later file for the same symbol is appended.
 
     Exit status: 0 imported; 1 the store cannot be written (the message says which ticks were
-    kept); 2 a usage error or a bad row (file, row and column named; nothing written).
+    kept); 2 a usage error or a bad row (file, row and column named; nothing written); 130
+    interrupted (Ctrl-C: the message says which ticks were kept).
     """
     from strategylab._logging import configure_logging  # noqa: PLC0415
 
@@ -320,8 +323,13 @@ def _run(
             raise _exit(2, f"FILE {exc}") from None
         except ValueError as exc:
             raise _exit(2, str(exc)) from None
-        except (ImportFailedError, StoreCorruptedError) as exc:
+        except ImportFailedError as exc:
+            raise _exit(_INTERRUPTED if exc.interrupted else 1, str(exc)) from None
+        except StoreCorruptedError as exc:
             raise _exit(1, str(exc)) from None
+        except KeyboardInterrupt:
+            # Before the write pass (checking) or after it (the snapshot): nothing half-written.
+            raise _exit(_INTERRUPTED, "interrupted; no tick was written by this run") from None
         except OSError as exc:
             raise _exit(1, f"{file}: cannot be read: {exc}") from None
 

@@ -82,6 +82,8 @@ class ImportFailedError(StrategyLabError):
         super().__init__(message)
         self.written = written
         self.first_seq = first_seq
+        self.interrupted = False
+        """True when the import was interrupted (Ctrl-C, SIGINT): what it says is kept, is."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -427,8 +429,17 @@ def _sync(report: ImportReport) -> ImportReport:
 
     from ._columnar import sync_columnar  # noqa: PLC0415
 
+    if not Path(report.db_path).exists():
+        return report  # nothing imported into a new file: no store, no snapshot to keep
     try:
         sync = sync_columnar(report.db_path, [report.symbol])
+    except KeyboardInterrupt:
+        interrupted = ImportFailedError(
+            "interrupted while bringing the columnar snapshot up to date; the import itself is "
+            f"complete ({report.written:,} ticks written); backtests read SQLite until a sync"
+        )
+        interrupted.interrupted = True
+        raise interrupted from None
     except Exception as exc:
         why: str | None = f"{type(exc).__name__}: {exc}"
     else:
@@ -629,11 +640,27 @@ async def _write(job: _Plan, progress: Callable[[ImportProgress], None] | None) 
     except Exception as exc:
         await writer.settle(quiet=True)
         raise writer.failed(f"{db}: writing stopped: {type(exc).__name__}: {exc}") from exc
+    except asyncio.CancelledError:
+        # Ctrl-C (asyncio.run cancels this task): the write in flight either committed or not;
+        # say which ticks are kept instead of a bare KeyboardInterrupt.
+        with contextlib.suppress(BaseException):
+            await writer.settle(quiet=True)
+        with contextlib.suppress(BaseException):
+            # A write cancelled here may still have committed (its thread runs on): what is
+            # kept is what the store holds, not what was counted.
+            last = (await store.last_seqs()).get(job.symbol, 0)
+            writer.written = max(writer.written, last - job.stored.last_seq)
+        interrupted = writer.failed("interrupted")
+        interrupted.interrupted = True
+        raise interrupted from None
     finally:
-        await writer.settle(quiet=True)
-        await store.aclose()
-        if created and not writer.written:
-            _remove_store(db)
+        try:
+            with contextlib.suppress(BaseException):
+                await writer.settle(quiet=True)
+            await store.aclose()
+        finally:
+            if created and not writer.written:
+                _remove_store(db)
     return writer.written
 
 
@@ -645,16 +672,26 @@ async def _write_rows(store: SQLiteTickStore, job: _Plan, writer: _Writer) -> No
             f"seq {job.stored.last_seq}, now {now}: another writer?); run the import again"
         )
     converter = TickConverter(job.plan)
-    seen = 0
+    seen = added = 0
     for batch, _ in job.source.batches(job.plan):
         rows = converter.convert(batch)
         n = len(rows)
         if seen + n > job.skip:
-            await writer.add(rows[max(job.skip - seen, 0) :])
+            # Only rows the check pass saw are written: rows appended to the file since are
+            # not checked, so they are left out (and reported below).
+            fresh = rows[max(job.skip - seen, 0) :][: job.new - added]
+            added += len(fresh)
+            if len(fresh):
+                await writer.add(fresh)
         seen += n
     await writer.flush()
     await writer.settle()
     writer.report()
+    if seen > job.skip + job.new:
+        raise writer.failed(
+            f"{job.source.shown}: changed since it was checked ({seen - job.skip - job.new:,} "
+            "rows appended, not written: they were not checked)"
+        )
     if writer.written != job.new:
         raise writer.failed(
             f"{job.source.shown}: changed since it was checked ({writer.written:,} new rows "
