@@ -94,3 +94,18 @@ def test_event_driven_equals_vectorized_on_a_frame() -> None:
         GOOG, "ma_crossover", parameters, symbol="GOOG", slippage_bps=2.0, vectorized=True
     )
     assert event == vector
+
+
+def test_a_text_value_in_a_number_column_names_the_column() -> None:
+    index = pd.date_range("2024-01-01", periods=20, freq="h", tz="UTC", name="ts")
+    frame = pd.DataFrame({"bid": [1.0] * 19 + ["x"], "ask": [1.1] * 20}, index=index)
+    with pytest.raises(TickDataError) as info:
+        backtest_frame(frame, "ma_crossover", {"fast": 2, "slow": 5}, symbol="X")
+    assert info.value.column == "bid"
+    assert "'x'" in str(info.value)
+
+
+def test_a_series_is_not_a_frame() -> None:
+    series = pd.Series([1.0, 2.0], name="bid")
+    with pytest.raises(TypeError, match="Series is not a table"):
+        backtest_frame(series, "ma_crossover", {"fast": 2, "slow": 5}, symbol="X")

@@ -717,11 +717,33 @@ def as_arrow_table(data: object) -> Any:
         return data
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data])
-    if all(hasattr(data, name) for name in ("columns", "index", "dtypes", "iloc")):
-        return pa.Table.from_pandas(data, preserve_index=None)
-    if hasattr(data, "__arrow_c_stream__"):
-        return pa.table(data)
-    raise TypeError(f"data: a {type(data).__name__} is not a pandas DataFrame or a pyarrow Table")
+    kind = type(data).__name__
+    frame = all(hasattr(data, name) for name in ("columns", "index", "dtypes", "iloc"))
+    if not frame and not hasattr(data, "__arrow_c_stream__"):
+        raise TypeError(f"data: a {kind} is not a pandas DataFrame or a pyarrow Table")
+    try:
+        if frame:
+            return pa.Table.from_pandas(data, preserve_index=None)
+        table = pa.table(data)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        # A column pandas holds as objects (text among numbers), or a one-column stream (a
+        # pandas Series) that is no table: named, not a bare pyarrow error.
+        column = _failed_column(str(exc))
+        if frame or column is not None:
+            raise TickDataError(
+                "data", f"cannot be read as a table: {exc}", column=column
+            ) from None
+        raise TypeError(f"data: a {kind} is not a table of columns ({exc})") from None
+    return table
+
+
+def _failed_column(message: str) -> str | None:
+    """The column named in a pyarrow conversion error ("... for column bid with type ..")."""
+    marker = "for column "
+    if marker not in message:
+        return None
+    rest = message.split(marker, 1)[1]
+    return rest.split(" with type", 1)[0].strip() or None
 
 
 def frame_ticks(data: object, *, symbol: str, columns: ColumnMap | None = None) -> TickArrays:
