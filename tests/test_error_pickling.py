@@ -116,6 +116,12 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.market._store.StoreCorruptedError": lambda c: c(
         Path("ticks.db"), "quick_check: page 9 is never used", Path("ticks.db.corrupt-x")
     ),
+    "strategylab.research._frame.TickDataError": lambda c: c(
+        "bars.csv", "not a number: 'x'", row=12, column="Close", line_offset=1
+    ),
+    "strategylab.research._import.ImportFailedError": lambda c: c(
+        "interrupted; kept: 50 ticks, seq 1..50", written=50, first_seq=1
+    ),
 }
 
 

@@ -142,14 +142,15 @@ def _backtest(db: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 async def test_backtest_db_with_hash_reads_that_file_and_creates_nothing(tmp_path: Path) -> None:
-    """`backtest --db dir/real.db#` reads real.db# and never creates dir/real.db."""
+    """`backtest --db dir/real.db#` reads real.db# and never creates dir/real.db; the only
+    thing it adds is that file's own columnar snapshot, real.db#.columnar."""
     await _make_db(tmp_path / "real.db#", 500)
     before = _names(tmp_path)
     result = await asyncio.to_thread(_backtest, tmp_path / "real.db#")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["ticks"] == 500
     assert not (tmp_path / "real.db").exists()
-    assert _names(tmp_path) == before
+    assert sorted(_names(tmp_path)) == sorted([*before, "real.db#.columnar"])
 
 
 @pytest.mark.integration
