@@ -419,7 +419,11 @@ def test_stale_detection_adapts_to_the_advertised_heartbeat_interval(
 async def test_the_exchange_advertises_its_heartbeat_interval(tmp_path: Path) -> None:
     """The simulator's "subscribed" answer carries the interval its heartbeats are sent at."""
     config = ExchangeConfig(
-        symbols=("A",), data_dir=tmp_path / "exchange", heartbeat_interval=0.7, tick_rate=0
+        symbols=("A",),
+        data_dir=tmp_path / "exchange",
+        heartbeat_interval=0.7,
+        tick_rate=0,
+        max_ticks=9,
     )
     exchange = Exchange(config)
     await exchange.start()
