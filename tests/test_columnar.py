@@ -12,7 +12,10 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -275,17 +278,54 @@ def test_a_file_at_the_snapshot_path_makes_it_unavailable(db: Path) -> None:
     assert_results_equal(db)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory anyway")
+_READ_ONLY_CHECK = """
+import json, sys
+from strategylab.research import load_research_arrays, sync_columnar
+from strategylab.research._data import load_sqlite_arrays
+db = sys.argv[1]
+result = sync_columnar(db)
+arrays, source = load_research_arrays(db, "AAA")
+plain = load_sqlite_arrays(db, "AAA")
+print(json.dumps({"available": result.available, "source": source,
+                  "equal": bool((arrays.rows == plain.rows).all()), "n": len(arrays)}))
+"""
+
+
 def test_a_read_only_directory_falls_back_to_sqlite(db: Path) -> None:
-    """Where the snapshot cannot be created the SQLite read is used (same result)."""
-    db.parent.chmod(0o555)
-    try:
-        result = sync_columnar(db)
-        assert not result.available
-        assert load_research_arrays(db, "AAA")[1] == "sqlite"
-        assert_results_equal(db)
-    finally:
-        db.parent.chmod(0o755)
+    """Where the snapshot cannot be created the SQLite read is used (same ticks), and nothing is
+    created. As root (CI), permissions do not stop a write, so the directory is made read-only
+    by a read-only bind mount in a private mount namespace (``unshare -m``)."""
+    if os.geteuid() != 0:
+        db.parent.chmod(0o555)
+        try:
+            result = sync_columnar(db)
+            assert not result.available
+            assert load_research_arrays(db, "AAA")[1] == "sqlite"
+            assert_results_equal(db)
+        finally:
+            db.parent.chmod(0o755)
+        return
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "util-linux unshare is needed to make a read-only mount as root"
+    before = sorted(p.name for p in db.parent.iterdir())
+    where = str(db.parent)
+    script = (
+        f"mount --bind {shlex.quote(where)} {shlex.quote(where)} && "
+        f"mount -o remount,bind,ro {shlex.quote(where)} && "
+        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_READ_ONLY_CHECK)} "
+        f"{shlex.quote(str(db))}"
+    )
+    run = subprocess.run(  # noqa: S603 - our own interpreter, script and path
+        [unshare, "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen == {"available": False, "source": "sqlite", "equal": True, "n": 3_000}
+    assert sorted(p.name for p in db.parent.iterdir()) == before  # nothing was created
 
 
 def test_only_files_this_module_writes_are_removed_on_rebuild(db: Path) -> None:
