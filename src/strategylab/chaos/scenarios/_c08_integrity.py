@@ -19,8 +19,9 @@
   reconciles against the racing venue. Recovered = a new trader process and its book agreeing
   with the exchange (nothing unexpected, no fill missing past 1 s, nothing double-counted).
   Checked against the exchange's own API (read directly): the trader ordered in the window, the
-  races struck (``/api/status`` ``races``), and at a quiet moment after the heal the book's fills
-  are exactly the exchange's fills of the trader's orders and its positions ``/api/positions``.
+  races struck (``/api/status`` ``races``), and, read while the venue is still after the heal,
+  the book's fills are exactly the exchange's fills of the trader's orders (less those younger
+  than 1 s it has still to book) and its positions ``/api/positions`` less those young fills.
 
 Memory issues (ballast in the node) are left to category 5. The verdict is the checker's: lost,
 duplicated, unexpected and corrupted all zero for our criterion; the seed's is 95 % consistency.

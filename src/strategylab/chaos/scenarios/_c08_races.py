@@ -316,9 +316,14 @@ class Agreement:
     exchange fills older than :data:`BOOK_LAG` the book lacks; ``double``: per symbol, where the
     book's position differs from the exchange's own quantities of the fills the book holds (a
     fill counted twice or at a wrong size); ``orders``: orders final at both ends whose filled
-    quantity differs. ``exact`` when the exchange did not move during the read and the book
-    held every fill of the trader's: then ``position_diff`` is book minus ``/api/positions``
-    per symbol (only symbols that differ).
+    quantity differs (an order with a fill younger than :data:`BOOK_LAG` still to be booked is
+    not compared yet: the trader books fills by polling, after the order's answer).
+    ``exact`` when the exchange did not move during the read and no fill is missing: then
+    ``position_diff`` is, per symbol that differs, the book's position minus ``/api/positions``
+    less the quantities of the trader's fills younger than :data:`BOOK_LAG` the book has not
+    booked yet (``counts["unbooked"]`` of them). A trader that keeps trading is never quiet long
+    enough for its book to hold every fill at the moment it is read; the venue is, for the few
+    milliseconds of a read.
     """
 
     unexpected: list[str] = field(default_factory=list)
@@ -339,6 +344,8 @@ class Agreement:
     def detail(self) -> str:
         book, theirs = self.counts.get("book_fills", 0), self.counts.get("exchange_fills", 0)
         parts = [f"book {book} fills, exchange {theirs} of the trader's"]
+        if self.counts.get("unbooked"):
+            parts.append(f"{self.counts['unbooked']} younger than {BOOK_LAG:g} s not booked yet")
         if self.exact:
             parts.append(f"positions differ by {self.position_diff}" if self.position_diff
                          else "positions equal")  # fmt: skip
@@ -362,6 +369,8 @@ def compare(before: ExchangeView, book: BookView, after: ExchangeView) -> Agreem
         k for k, v in before.fills.items()
         if v[0].startswith(book.prefix) and v[3] < cutoff and k not in book.fills
     )  # fmt: skip
+    unbooked = {k: v for k, v in mine.items() if k not in book.fills}
+    agreement.counts["unbooked"] = len(unbooked)
     by_exchange: dict[str, float] = {}
     for fid in book.fills:
         if fid in mine:
@@ -371,26 +380,33 @@ def compare(before: ExchangeView, book: BookView, after: ExchangeView) -> Agreem
         diff = book.positions.get(sym, 0.0) - by_exchange.get(sym, 0.0)
         if abs(diff) > _EPS:
             agreement.double[sym] = round(diff, 9)
-    agreement.orders = _orders_differ(book, after)
+    young = {v[0] for v in unbooked.values() if v[3] >= cutoff}
+    agreement.orders = _orders_differ(book, after, young)
     still = before.fills.keys() == after.fills.keys() and before.positions == after.positions
-    agreement.exact = still and set(book.fills) == set(mine)
+    agreement.exact = still and not agreement.missing
     if agreement.exact:
         # The account is the trader's alone in the lab; another book's fills would show here.
-        for sym in set(book.positions) | set(after.positions):
-            diff = book.positions.get(sym, 0.0) - after.positions.get(sym, 0.0)
+        in_flight: dict[str, float] = {}
+        for _cid, sym, qty, _ts in unbooked.values():
+            in_flight[sym] = in_flight.get(sym, 0.0) + qty
+        for sym in set(book.positions) | set(after.positions) | set(in_flight):
+            booked = after.positions.get(sym, 0.0) - in_flight.get(sym, 0.0)
+            diff = book.positions.get(sym, 0.0) - booked
             if abs(diff) > _EPS:
                 agreement.position_diff[sym] = round(diff, 9)
     return agreement
 
 
-def _orders_differ(book: BookView, exchange: ExchangeView) -> list[str]:
-    """Orders final in both the book and the exchange whose status or filled quantity differ."""
+def _orders_differ(book: BookView, exchange: ExchangeView, booking: set[str]) -> list[str]:
+    """Orders final in both the book and the exchange whose status or filled quantity differ
+    (orders in ``booking``, with fills the book has still to book, are not compared)."""
     final = {"filled", "cancelled", "rejected"}
     differ = []
     for cid, (status, filled) in book.orders.items():
         theirs = exchange.orders.get(cid)
         if (
             status in final
+            and cid not in booking
             and theirs is not None
             and theirs[0] in final
             and (status != theirs[0] or abs(filled - theirs[1]) > _EPS)
@@ -428,9 +444,10 @@ async def settled_agreement(
     pipeline: Pipeline, book: Path, within: float, *, clock: Callable[[], float] = time.monotonic
 ) -> tuple[Agreement | None, int]:
     """Compare again and again (at most ``within`` seconds) until one comparison is exact (the
-    exchange still during the read and the book holding all the trader's fills), so positions
-    can be set side by side; that comparison (or the last one, or ``None`` if none could be
-    read) and the number of tries. The trader keeps trading: this waits for a quiet moment."""
+    exchange still during the read and no fill missing from the book past :data:`BOOK_LAG`), so
+    positions can be set side by side; that comparison (or the last one, or ``None`` if none
+    could be read) and the number of tries. The trader keeps trading: this waits for the venue
+    to be still for the few milliseconds of one read."""
     deadline = clock() + within
     last: Agreement | None = None
     tries = 0
@@ -442,7 +459,7 @@ async def settled_agreement(
                 return last, tries
         if clock() >= deadline:
             return last, tries
-        await asyncio.sleep(0.02)  # a quiet moment between two of the trader's orders
+        await asyncio.sleep(0.02)  # between two of the venue's fills
 
 
 async def orders_between(pipeline: Pipeline, book: Path, start: float, end: float) -> int:
