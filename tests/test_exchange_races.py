@@ -36,10 +36,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 class RaceTrader(Strategy):
     """Test strategy (run by the trader process): every ``every`` ticks one step of a cycle of
-    three, ``steps`` steps in all: a market order (alternating buy and sell of 3), a marketable
-    limit buy of 2, a cancel of everything open."""
+    four, ``steps`` steps in all: a market order (alternating buy and sell of 3), a marketable
+    limit buy of 2, a limit buy of 1 far below the market (it rests whatever the races do, so
+    the cancel that follows always meets a working order, however slow the machine), a cancel
+    of everything open."""
 
-    def __init__(self, name: str, symbols: tuple[str, ...], *, every: int = 4, steps: int = 30):
+    def __init__(self, name: str, symbols: tuple[str, ...], *, every: int = 4, steps: int = 40):
         super().__init__(name, symbols)
         self.every, self.steps = every, steps
         self.ticks = 0
@@ -49,15 +51,22 @@ class RaceTrader(Strategy):
         self.ticks += 1
         if self.done >= self.steps or self.ticks % self.every:
             return
-        step = self.done % 3
+        step = self.done % 4
         if step == 0:
-            side = Side.BUY if (self.done // 3) % 2 == 0 else Side.SELL
+            side = Side.BUY if (self.done // 4) % 2 == 0 else Side.SELL
             ctx.submit(OrderRequest(symbol=tick.symbol, side=side, qty=3.0))
         elif step == 1:
             price = round(tick.ask * 1.02, 2)
             ctx.submit(
                 OrderRequest(
                     symbol=tick.symbol, side=Side.BUY, qty=2.0, type=OrderType.LIMIT, price=price
+                )
+            )
+        elif step == 2:
+            price = round(tick.bid * 0.5, 2)
+            ctx.submit(
+                OrderRequest(
+                    symbol=tick.symbol, side=Side.BUY, qty=1.0, type=OrderType.LIMIT, price=price
                 )
             )
         else:
@@ -266,7 +275,7 @@ async def _trader(url: str, book: Path) -> asyncio.subprocess.Process:
 async def _settled(api: Api) -> bool:
     """Every order the test strategy places is at the exchange and none is working."""
     placed = len(await api.get("/api/orders"))
-    return placed >= 20 and not await api.get("/api/orders?status=open")
+    return placed >= 30 and not await api.get("/api/orders?status=open")
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -289,7 +298,7 @@ async def test_trader_against_racing_exchange_books_the_exchanges_positions(
         trader = await _trader(url, book)
         try:
             await _events(trader, "trading", 20)
-            # Every step taken (30 steps: 10 market orders, 10 limit buys, 10 cancel rounds)
+            # Every step taken (40 steps: 10 market orders, 20 limit buys, 10 cancel rounds)
             # and nothing left working at the exchange.
             async with asyncio.timeout(40):
                 while not await _settled(api):  # noqa: ASYNC110 - another process's API
