@@ -3,6 +3,10 @@
 Plain typer command functions; ``cli.py`` registers them on its app. Both read a tick store and
 never write to it: ``--db`` is an SQLite file (opened ``mode=ro``) or a ``postgresql://`` /
 ``postgres://`` URL (read-only transactions); see :func:`strategylab.market.open_tick_reader`.
+``--postgres URL`` names a PostgreSQL store explicitly (it and ``--db`` exclude each other), with
+``--pg-table``/``--pg-schema`` for a store whose table is not ``ticks`` on the search_path; its
+ticks are read as numpy columns (:func:`strategylab.research.run_backtest`), and ``optimize``
+reads them once for all its workers (:func:`strategylab.research.shared_backtest_read`).
 
 Bad input (an unknown strategy, a malformed ``--param``, a number that is not finite or out of
 range, an empty ``--db`` or a URL that is not ``postgresql://``, a symbol with no ticks, an empty
@@ -33,13 +37,13 @@ from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 import typer
 
 from strategylab._cli_options import (
-    DbOption,
     JsonOption,
     LogLevel,
     LogLevelOption,
     ParamOption,
     StrategyOption,
     SymbolsOption,
+    _nonempty_text,
 )
 from strategylab._logging import escape
 from strategylab._research_args import (
@@ -73,7 +77,16 @@ from strategylab._research_output import (
     _summary_line,
     _write_outputs,
 )
-from strategylab._research_store import StoreError, _Range, _resolve_ranges, open_store
+from strategylab._research_store import (
+    PG_SCHEMA_HELP,
+    PG_TABLE_HELP,
+    StoreChoice,
+    StoreError,
+    _Range,
+    _resolve_ranges,
+    choose_store,
+    open_store,
+)
 from strategylab.errors import ConfigurationError, StrategyLabError
 
 # Only for annotations: `strategylab --help` imports this module to read the commands' options,
@@ -133,6 +146,36 @@ _MAX_SAMPLES: Final = 1_000_000
 _MAX_SEED: Final = (1 << 64) - 1
 
 
+StoreDbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="STORE",
+        callback=_nonempty_text,
+        help="The tick store: a SQLite file, or a postgresql:// URL (as --postgres) "
+        f"[default: {DEFAULT_DB}].",
+        show_default=False,
+    ),
+]
+PostgresOption = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres",
+        metavar="URL",
+        help="A PostgreSQL tick store: postgresql://[USER@]HOST[:PORT]/DATABASE (not with --db).",
+        show_default=False,
+    ),
+]
+PgTableOption = Annotated[
+    str | None,
+    typer.Option("--pg-table", metavar="NAME", help=PG_TABLE_HELP, show_default=False),
+]
+PgSchemaOption = Annotated[
+    str | None,
+    typer.Option("--pg-schema", metavar="NAME", help=PG_SCHEMA_HELP, show_default=False),
+]
+
+
 FeeOption = Annotated[
     float,
     typer.Option(
@@ -189,7 +232,10 @@ def _operational_exit(command: str, exc: Exception) -> typer.Exit:
 
 def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     symbols: SymbolsOption,
-    db: DbOption = str(DEFAULT_DB),
+    db: StoreDbOption = None,
+    postgres: PostgresOption = None,
+    pg_table: PgTableOption = None,
+    pg_schema: PgSchemaOption = None,
     strategy: StrategyOption = "ma_crossover",
     param: ParamOption = None,
     fee_bps: FeeOption = 0.0,
@@ -222,9 +268,13 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     and brought up to date here, appending only new ticks); where that cannot be written (a
     read-only directory) the SQLite file is read instead, with the same result.
 
+    A PostgreSQL store (--postgres URL, or --db URL) is read in read-only transactions, as numpy
+    columns (no object per row).
+
     Exit status: 0 done; 1 the store cannot be opened or used (missing, empty, not SQLite,
     damaged, not a tick store, its server unreachable), an output cannot be written or the run
-    failed; 2 a usage error (a bad option value, a symbol with no ticks in the range).
+    failed; 2 a usage error (a bad option value, both --db and --postgres, a symbol with no ticks
+    in the range).
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -232,6 +282,7 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
 
     _start_logging(log_level)
     try:
+        store = _store(db, postgres, pg_table, pg_schema)
         names = _symbols(symbols)
         _check_costs(fee_bps, slippage_bps)
         _check_strategy(strategy, vectorised=vectorised)
@@ -243,11 +294,11 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
             {"--trades-out": trades_out, "--equity-out": equity_out, "--plot": plot},
             overwrite=overwrite,
         )
-        spans = _resolve_ranges(db, names, start, end)
+        spans = _resolve_ranges(store, names, start, end)
         specs = [
             scoped_backtest_spec(
                 _base_spec(
-                    db=db,
+                    store=store,
                     strategy=strategy,
                     symbol=symbol,
                     span=spans[symbol],
@@ -287,9 +338,17 @@ def backtest_command(  # noqa: PLR0917 - typer passes options positionally
     console.print(_backtest_table(results, vectorised=vectorised))
 
 
+def _store(
+    db: str | None, postgres: str | None, pg_table: str | None, pg_schema: str | None
+) -> StoreChoice:
+    return choose_store(
+        db=db, postgres=postgres, pg_table=pg_table, pg_schema=pg_schema, default=str(DEFAULT_DB)
+    )
+
+
 def _base_spec(
     *,
-    db: str,
+    store: StoreChoice,
     strategy: str,
     symbol: str,
     span: _Range,
@@ -301,7 +360,9 @@ def _base_spec(
 
     try:
         return BacktestSpec(
-            db_path=db,
+            db_path=store.store,
+            pg_table=store.table,
+            pg_schema=store.schema,
             strategy=strategy,
             symbol=symbol,
             from_seq=span.from_seq,
@@ -339,7 +400,10 @@ def _flagged(message: str) -> str:
 
 def optimize_command(  # noqa: PLR0917 - typer passes options positionally
     symbols: SymbolsOption,
-    db: DbOption = str(DEFAULT_DB),
+    db: StoreDbOption = None,
+    postgres: PostgresOption = None,
+    pg_table: PgTableOption = None,
+    pg_schema: PgSchemaOption = None,
     strategy: StrategyOption = "ma_crossover",
     grid_items: Annotated[
         list[str] | None,
@@ -423,7 +487,8 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
 
     One symbol (--symbols takes exactly one here). --param NAME=VALUE is held fixed in every run.
     The store is only read, as by backtest; its columnar snapshot is synced once, here, and every
-    worker maps those same files (no run reads the store again).
+    worker maps those same files (no run reads the store again). A PostgreSQL store's ticks are
+    read once, here, into private temporary files that every worker maps, removed at the end.
 
     Exit status: 0 at least one run finished; 1 every run failed, the workers could not start or
     the store cannot be opened or used (missing, empty, not SQLite, damaged, not a tick store,
@@ -436,6 +501,7 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
 
     _start_logging(log_level)
     try:
+        store = _store(db, postgres, pg_table, pg_schema)
         symbol = _one_symbol(symbols)
         _check_costs(fee_bps, slippage_bps)
         _check_timeout(timeout)
@@ -443,9 +509,9 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
         _check_metric(metric)
         sets = _parameter_sets(grid_items or [], random_n, range_items or [], seed, param or [])
         valid, invalid = _validate_sets(strategy, symbol, sets)
-        span = _resolve_ranges(db, [symbol], start, end)[symbol]
+        span = _resolve_ranges(store, [symbol], start, end)[symbol]
         base = _base_spec(
-            db=db,
+            store=store,
             strategy=strategy,
             symbol=symbol,
             span=span,
@@ -469,10 +535,13 @@ def optimize_command(  # noqa: PLR0917 - typer passes options positionally
             workers=workers,
             timeout=timeout,
             title=f"{strategy} on {symbol}, {span.ticks:,} ticks",
+            flag=store.flag,
         )
     except WorkerStartError as exc:
         typer.echo(f"strategylab optimize: {escape(str(exc))}", err=True)
         raise typer.Exit(1) from None
+    except StoreError as exc:
+        raise _operational_exit("optimize", exc) from None
     ranked = report.ranked(metric)
     if as_json:
         typer.echo(json.dumps(_report_json(report, ranked, metric, invalid)))
@@ -500,6 +569,46 @@ def _run_optimizer(
     workers: int | None,
     timeout: float,
     title: str,
+    flag: str = "--db",
+) -> OptimizationReport:
+    with contextlib.ExitStack() as stack:
+        base = _shared(stack, base, flag)
+        return _run_progress(console, base, sets, workers=workers, timeout=timeout, title=title)
+
+
+def _shared(stack: contextlib.ExitStack, base: BacktestSpec, flag: str) -> BacktestSpec:
+    """``base`` read once for every job (:func:`~strategylab.research.shared_backtest_read`),
+    released when ``stack`` closes.
+
+    SQLite: one sync of the columnar snapshot; a store that cannot be read there is reported by
+    the jobs themselves, as before. PostgreSQL: the one read; a server that cannot be reached or
+    a table that is not a tick store is a :class:`StoreError` (exit 1), before any worker starts.
+    """
+    from strategylab.market import (  # noqa: PLC0415
+        StoreUnreachableError,
+        StoreUnusableError,
+        is_postgres_url,
+    )
+    from strategylab.research import shared_backtest_read  # noqa: PLC0415
+
+    if is_postgres_url(base.db_path):
+        try:
+            return stack.enter_context(shared_backtest_read(base))
+        except (StoreUnusableError, StoreUnreachableError) as exc:
+            raise StoreError(f"{flag} {exc}") from None
+    with contextlib.suppress(StrategyLabError, OSError):
+        return stack.enter_context(shared_backtest_read(base))
+    return base
+
+
+def _run_progress(
+    console: Console,
+    base: BacktestSpec,
+    sets: list[dict[str, ParamValue]],
+    *,
+    workers: int | None,
+    timeout: float,
+    title: str,
 ) -> OptimizationReport:
     import asyncio  # noqa: PLC0415
     import functools  # noqa: PLC0415
@@ -517,13 +626,7 @@ def _run_optimizer(
         Optimizer,
         backtest_metrics,
         scoped_backtest_spec,
-        share_backtest_read,
     )
-
-    # One sync of the columnar snapshot here; every job then maps the same files. A store that
-    # cannot be read is reported by the jobs themselves, as before.
-    with contextlib.suppress(StrategyLabError, OSError):
-        base = share_backtest_read(base)
 
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         TickSet,
         check,
         check_sqlite,
+        check_store,
     )
     from ._experiment import (
         ActionResult,
@@ -210,6 +211,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TickSet": ("._checker", "TickSet"),
     "check": ("._checker", "check"),
     "check_sqlite": ("._checker", "check_sqlite"),
+    "check_store": ("._checker", "check_store"),
     "ActionResult": ("._experiment", "ActionResult"),
     "Experiment": ("._experiment", "Experiment"),
     "ExperimentAction": ("._experiment", "ExperimentAction"),
@@ -442,6 +444,7 @@ __all__ = [
     "check_junit_file",
     "check_report_dir",
     "check_sqlite",
+    "check_store",
     "create_proxy_api",
     "cross_check_recorded",
     "default_report_dir",

@@ -343,18 +343,24 @@ async def check_store(
     require_complete: bool = False,
     limit: int = 1000,
     clock: Clock = SYSTEM_CLOCK,
+    table: str = "ticks",
+    schema: str | None = None,
 ) -> IntegrityReport:
     """:func:`check` against a tick store opened read-only by
     :func:`~strategylab.market.open_tick_reader`: an SQLite file (a path, or a string that is not
     a URL), whose bytes and modification time stay as they were, or a ``postgresql://`` URL,
-    read in read-only transactions.
+    read in read-only transactions: the store of one node or of a whole cluster sharing it.
+    ``table``/``schema`` (PostgreSQL only) name its tick table as the
+    :class:`~strategylab.market.PostgresTickStore` that writes it was given (``schema`` None: the
+    URL's ``search_path``).
 
     Raises :class:`CheckInputError` for an input that cannot be used (missing, empty, not SQLite,
     not a tick store, a server that cannot be reached; an unreadable emitted log or ack log) and
-    :class:`~strategylab.market.StoreCorruptedError` for a damaged database, each naming the file.
+    :class:`~strategylab.market.StoreCorruptedError` for a damaged database, each naming the file;
+    ``ValueError`` for a ``table``/``schema`` that is empty or given with an SQLite file.
     """
     try:
-        source = open_tick_reader(db)
+        source = open_tick_reader(db, table=table, schema=schema)
         await source.open()
     except (StoreUnusableError, StoreUnreachableError) as exc:
         # Chained: a caller can tell the store's failure (``__cause__``) from the logs'.

@@ -43,6 +43,7 @@ from ._store import QuarantinedTick, StoreCorruptedError
 from ._tick import Tick
 
 __all__ = [
+    "DEFAULT_TABLE",
     "POSTGRES_SCHEMES",
     "SQLiteReads",
     "SQLiteTickReader",
@@ -57,6 +58,8 @@ __all__ = [
 
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 """The URL prefixes that name a PostgreSQL tick store (anything else is an SQLite file)."""
+DEFAULT_TABLE: Final = "ticks"
+"""The tick table's name unless told otherwise (SQLite's is always this one)."""
 _MAX_SEQ: Final = (1 << 63) - 1
 _URL: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _PASSWORD: Final = re.compile(r"^([^:/?#]*://[^:@/?#]*):[^@/?#]*@")
@@ -194,25 +197,52 @@ def _shown_store(store: str | os.PathLike[str]) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1@", text))
 
 
-def open_tick_reader(store: str | os.PathLike[str], *, verify: bool = True) -> TickReader:
+def open_tick_reader(
+    store: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+) -> TickReader:
     """A reader of ``store`` (not yet open): PostgreSQL for a URL, else the SQLite file.
 
     ``verify`` (SQLite only): run ``PRAGMA quick_check`` on open (every page; ~0.13 s per
-    million ticks). The reader's ``name`` is the file, or the URL without its password. Raises
-    :class:`StoreUnusableError` for an empty name or a URL whose scheme is not
-    ``postgresql``/``postgres`` (an SQLite file is a path, never a URL).
+    million ticks). ``table`` and ``schema`` (PostgreSQL only): the tick table a
+    :class:`~strategylab.market.PostgresTickStore` was given (its quarantine is
+    ``TABLE_quarantine`` beside it); ``schema`` None is the connection's ``search_path`` (e.g. the
+    URL's ``options=-csearch_path=NAME``), as the node's store resolves it. The reader's ``name``
+    is the file, or the URL without its password. Raises :class:`StoreUnusableError` for an
+    empty name or a URL whose scheme is not ``postgresql``/``postgres`` (an SQLite file is a
+    path, never a URL), and ``ValueError`` naming ``table``/``schema`` for an empty one, or for
+    either given with an SQLite file (whose table is always ``ticks``).
     """
     text = os.fspath(store)
     if not text.strip():
         raise StoreUnusableError(f"{text!r}: an empty name is not a tick store")
+    if not table.strip():
+        raise ValueError(f"table={table!r}: must not be empty")
+    if schema is not None and not schema.strip():
+        raise ValueError(f"schema={schema!r}: must not be empty (None: the search_path)")
     if is_postgres_url(store):
         from ._pg_store import PostgresTickStore  # noqa: PLC0415 - psycopg only when asked
 
-        return PostgresTickStore(text, read_only=True, pool_size=1, name=_shown_store(text))
+        return PostgresTickStore(
+            text,
+            read_only=True,
+            pool_size=1,
+            name=_shown_store(text),
+            table=table,
+            schema=schema,
+        )
     if isinstance(store, str) and (scheme := _URL.match(store)):
         raise StoreUnusableError(
             f"{_shown_store(store)}: unsupported URL scheme {scheme.group(1)!r} "
             "(a SQLite file or a postgresql:// URL)"
+        )
+    if table != DEFAULT_TABLE or schema is not None:
+        raise ValueError(
+            f"table={table!r}, schema={schema!r}: only a PostgreSQL store has a table and a "
+            f"schema to choose ({os.fspath(store)!r} is an SQLite file)"
         )
     return SQLiteTickReader(Path(store), verify=verify)
 

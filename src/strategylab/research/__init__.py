@@ -52,6 +52,7 @@ from ._optimizer import (
     rank,
     scoped_backtest_spec,
     share_backtest_read,
+    shared_backtest_read,
 )
 from ._result import (
     BacktestResult,
@@ -98,6 +99,7 @@ __all__ = [
     "run_backtest",
     "scoped_backtest_spec",
     "share_backtest_read",
+    "shared_backtest_read",
     "snapshot_directory",
     "sync_columnar",
     "write_equity",

@@ -51,7 +51,7 @@ import pickle
 import random
 import signal
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from strategylab._clock_wait import wait_within
@@ -89,6 +89,7 @@ __all__ = [
     "rank",
     "scoped_backtest_spec",
     "share_backtest_read",
+    "shared_backtest_read",
 ]
 
 ParamValue = int | float | str | bool
@@ -834,8 +835,9 @@ def share_backtest_read(base: BacktestSpec) -> BacktestSpec:
     with ``pinned=True``, so that every job reads that snapshot as it stands (memory-mapped, no
     sync, no SQLite read; each worker maps and validates it once and keeps it for its later
     jobs). Every job then also sees the same ticks, even if the store grows meanwhile. ``base``
-    unchanged for a PostgreSQL store, ``columnar=False``, or a place where no snapshot can be
-    kept (a read-only directory: each job then reads SQLite).
+    unchanged for a PostgreSQL store (:func:`shared_backtest_read` shares its read),
+    ``columnar=False``, or a place where no snapshot can be kept (a read-only directory: each
+    job then reads SQLite).
     """
     from strategylab.market import is_postgres_url  # noqa: PLC0415
 
@@ -846,6 +848,42 @@ def share_backtest_read(base: BacktestSpec) -> BacktestSpec:
     if not sync_columnar(base.db_path, [base.symbol]).available:
         return base
     return dataclasses.replace(base, pinned=True)
+
+
+@contextlib.contextmanager
+def shared_backtest_read(base: BacktestSpec) -> Iterator[BacktestSpec]:
+    """``base``, with its ticks read once for all the jobs made from it, while the block runs.
+
+    An SQLite store: :func:`share_backtest_read` (the columnar snapshot, synced once). A
+    PostgreSQL store: ``base``'s range of ``base.symbol`` is read here, in one read-only snapshot
+    (:func:`~._pg_data.load_postgres_arrays`), into a private temporary directory of one ``.npy``
+    file per column, and the spec yielded names it (``shared_ticks``): every job maps those
+    files (the page cache holds them once) instead of querying the server, and every job sees
+    the same ticks. The directory is removed when the block exits. Raises what the read raises
+    (:class:`~strategylab.market.StoreUnreachableError`,
+    :class:`~strategylab.market.StoreUnusableError`).
+    """
+    from strategylab.market import is_postgres_url  # noqa: PLC0415
+
+    if not is_postgres_url(base.db_path):
+        yield share_backtest_read(base)
+        return
+    from ._pg_data import load_postgres_arrays, remove_shared, share_arrays  # noqa: PLC0415
+
+    ticks = load_postgres_arrays(
+        base.db_path,
+        base.symbol,
+        base.from_seq,
+        base.to_seq,
+        table=base.pg_table,
+        schema=base.pg_schema,
+    )
+    directory = share_arrays(ticks)
+    del ticks
+    try:
+        yield dataclasses.replace(base, shared_ticks=str(directory))
+    finally:
+        remove_shared(directory)
 
 
 def scoped_backtest_spec(

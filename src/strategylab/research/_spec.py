@@ -7,13 +7,14 @@ vectorised path, and returns the :class:`BacktestResult` (also picklable).
 Where the ticks come from: for an SQLite file, by default its columnar snapshot
 (:mod:`._columnar`: synced first, then memory-mapped; the SQLite read where no snapshot can be
 kept, e.g. a read-only directory); with ``columnar=False`` straight from SQLite; for a
-``postgresql://`` URL through :func:`~strategylab.market.open_tick_reader`. The result is the same
+``postgresql://`` URL (its ``pg_table`` in ``pg_schema``) as numpy columns in a read-only snapshot
+(:func:`~._pg_data.load_postgres_arrays`), or, with ``shared_ticks``, from the memory-mapped copy
+of one such read that the optimiser's parent made for all its jobs. The result is the same
 (``==``) whichever way the ticks were read.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -21,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from strategylab.market import is_postgres_url, open_tick_reader
+from strategylab.market import is_postgres_url
 from strategylab.strategy import BUILTIN_STRATEGIES, JSONValue, Strategy, make_strategy
 
 from ._backtest import BacktestConfig, BacktestEngine
 from ._columnar import load_research_arrays
-from ._data import ArraySource, load_arrays
+from ._data import ArraySource, TickArrays
 from ._result import BacktestResult
 
 __all__ = ["BacktestSpec", "StrategyName", "build_strategy", "run_backtest"]
@@ -101,6 +102,15 @@ class BacktestSpec:
     optimiser's parent does once for all its jobs): read it as it stands, without syncing it
     again, so that every job reads the same ticks from the same mapped files. A missing or invalid
     snapshot is synced after all."""
+    pg_table: str = "ticks"
+    """A PostgreSQL store's tick table (as :class:`~strategylab.market.PostgresTickStore`'s
+    ``table``); an SQLite store's is always ``ticks``."""
+    pg_schema: str | None = None
+    """A PostgreSQL store's schema (None: the connection's ``search_path``)."""
+    shared_ticks: str | None = None
+    """A directory of :func:`~._pg_data.share_arrays` holding this spec's ticks, read once for
+    every job by the optimiser's parent (:func:`~strategylab.research.shared_backtest_read`):
+    the job maps it instead of querying the server. Missing: the job reads the server."""
 
     def __post_init__(self) -> None:
         if self.strategy not in BUILTIN_STRATEGIES and ":" not in self.strategy:
@@ -112,6 +122,17 @@ class BacktestSpec:
             raise ValueError("symbol='': a backtest needs a symbol")
         object.__setattr__(self, "parameters", dict(self.parameters))
         self.config()  # validates the range, costs and sampling
+        if not self.pg_table.strip():
+            raise ValueError(f"pg_table={self.pg_table!r}: must not be empty")
+        if self.pg_schema is not None and not self.pg_schema.strip():
+            raise ValueError(f"pg_schema={self.pg_schema!r}: must not be empty (None: search_path)")
+        if not is_postgres_url(self.db_path) and (
+            self.pg_table != "ticks" or self.pg_schema is not None
+        ):
+            raise ValueError(
+                f"pg_table={self.pg_table!r}, pg_schema={self.pg_schema!r}: only a PostgreSQL "
+                "store has a table and a schema to choose"
+            )
 
     def config(self) -> BacktestConfig:
         """The engine configuration this spec stands for."""
@@ -139,17 +160,18 @@ def run_backtest(spec: BacktestSpec) -> BacktestResult:
     """
     strategy = build_strategy(spec.strategy, spec.symbol, spec.parameters)
     if is_postgres_url(spec.db_path):
-        return asyncio.run(_run(spec, strategy))
-    if not Path(spec.db_path).exists():
-        raise FileNotFoundError(f"db_path={spec.db_path!r}: no such tick database")
-    ticks, _ = load_research_arrays(
-        spec.db_path,
-        spec.symbol,
-        spec.from_seq,
-        spec.to_seq,
-        columnar=spec.columnar,
-        sync=not spec.pinned,
-    )
+        ticks = _postgres_ticks(spec)
+    else:
+        if not Path(spec.db_path).exists():
+            raise FileNotFoundError(f"db_path={spec.db_path!r}: no such tick database")
+        ticks, _ = load_research_arrays(
+            spec.db_path,
+            spec.symbol,
+            spec.from_seq,
+            spec.to_seq,
+            columnar=spec.columnar,
+            sync=not spec.pinned,
+        )
     if spec.vectorized:
         from ._vectorized import run_vectorized  # noqa: PLC0415 - numpy path only when asked
 
@@ -158,16 +180,19 @@ def run_backtest(spec: BacktestSpec) -> BacktestResult:
     return engine.run_blocking()
 
 
-async def _run(spec: BacktestSpec, strategy: Strategy) -> BacktestResult:
-    # A reader that runs often: no full scan on open (a damaged page still fails the read).
-    reader = open_tick_reader(spec.db_path, verify=False)
-    await reader.open()
-    try:
-        if spec.vectorized:
-            from ._vectorized import run_vectorized  # noqa: PLC0415 - numpy path only when asked
+def _postgres_ticks(spec: BacktestSpec) -> TickArrays:
+    from ._pg_data import load_postgres_arrays, load_shared_arrays  # noqa: PLC0415 - psycopg
 
-            ticks = await load_arrays(reader, spec.symbol, spec.from_seq, spec.to_seq)
-            return run_vectorized(strategy, ticks, spec.config())
-        return await BacktestEngine(strategy, reader, spec.config()).run()
-    finally:
-        await reader.aclose()
+    if spec.shared_ticks is not None:
+        try:
+            return load_shared_arrays(spec.shared_ticks, spec.symbol, spec.from_seq, spec.to_seq)
+        except FileNotFoundError:
+            pass  # the parent is gone or done with it: read the server
+    return load_postgres_arrays(
+        spec.db_path,
+        spec.symbol,
+        spec.from_seq,
+        spec.to_seq,
+        table=spec.pg_table,
+        schema=spec.pg_schema,
+    )
