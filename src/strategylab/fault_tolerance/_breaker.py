@@ -74,6 +74,7 @@ from ._breaker_state import (
     ExceptionMatcher,
     Listener,
     ResultPredicate,
+    SharedBreakerState,
     SlidingWindowType,
     _CallEvents,
 )
@@ -146,6 +147,12 @@ class CircuitBreaker:
     the rejection's traceback stays short). ``last_failure`` is None after a failure by result,
     and is cleared when the breaker closes after its trials or is reset.
 
+    ``shared`` (a :class:`SharedBreakerState`, e.g. a
+    :class:`strategylab.distributed.RedisBreakerBackend`) shares the state with every process's
+    breaker of the same name: local transitions are published to it, the state it publishes is
+    :meth:`adopt`-ed, and a HALF_OPEN trial must be claimed from it. The CLOSED path and the OPEN
+    rejection never consult it.
+
     Raises :class:`~strategylab.errors.ConfigurationError` (naming the key) for an out-of-range
     setting and ``TypeError`` for a setting of the wrong type.
     """
@@ -182,6 +189,7 @@ class CircuitBreaker:
         "_recovery_timeout",
         "_rejected",
         "_saturated",
+        "_shared",
         "_sliding_window_size",
         "_sliding_window_type",
         "_slow_call_duration_threshold",
@@ -214,6 +222,7 @@ class CircuitBreaker:
         record_result: ResultPredicate | None = None,
         ignore_result: ResultPredicate | None = None,
         listeners: Iterable[Listener] = (),
+        shared: SharedBreakerState | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name", name, "expected a non-empty string")
@@ -286,6 +295,9 @@ class CircuitBreaker:
         self._init_runtime()
         with _REGISTRY_LOCK:
             _REGISTRY.add(self)
+        self._shared = shared
+        if shared is not None:
+            shared.register(self)
 
     def _init_runtime(self) -> None:
         """The state and counters a new breaker starts with."""
@@ -327,6 +339,11 @@ class CircuitBreaker:
     def max_wait_in_half_open(self) -> float | None:
         """Seconds HALF_OPEN may last without a decision before re-opening; None: for ever."""
         return None if self._max_wait == math.inf else self._max_wait
+
+    @property
+    def half_open_max_calls(self) -> int:
+        """Trial calls admitted in HALF_OPEN (with a shared backend: cluster-wide)."""
+        return self._half_open_max_calls
 
     @property
     def last_failure(self) -> BaseException | None:
@@ -509,12 +526,45 @@ class CircuitBreaker:
             self._transition(state, transitions)
         self._notify(transitions)
 
+    def adopt(self, state: BreakerState, remaining: float) -> bool:
+        """Take a state decided elsewhere (by a shared backend), without publishing it back.
+
+        ``state`` is CLOSED, OPEN or HALF_OPEN; ``remaining`` is the seconds on this breaker's
+        clock until its timer falls due (OPEN: the end of the recovery timeout; HALF_OPEN: the end
+        of ``max_wait_in_half_open``, ``math.inf`` for never; ignored for CLOSED). Adopting the
+        current state only moves its timer. Listeners see a transition. An operator override
+        (FORCED_OPEN, FORCED_CLOSED, DISABLED) wins: the breaker is left as it is and False is
+        returned; otherwise True. ``ValueError`` for another ``state``.
+        """
+        if state is not _CLOSED and state is not _OPEN and state is not _HALF_OPEN:
+            raise ValueError(f"state={state!r}: only CLOSED, OPEN or HALF_OPEN can be adopted")
+        transitions: list[tuple[BreakerState, BreakerState]] = []
+        with self._lock:
+            current = self._state
+            if current is not _CLOSED and current is not _OPEN and current is not _HALF_OPEN:
+                return False
+            now = self._monotonic()
+            if state is _OPEN:
+                self._open_until = now + remaining
+            elif state is _HALF_OPEN:
+                self._half_open_until = now + remaining
+            elif current is not _CLOSED:
+                self._clear_window()
+                self._last_failure = None
+            self._transition(state, transitions, publish=False)
+        self._notify(transitions)
+        return True
+
     # ------------------------------------------------------------------------------ state machine
     # Everything below that writes state runs under self._lock, except the lock-free success path
     # in the default configuration, which only clears a nonzero consecutive-failure count.
 
     def _transition(
-        self, new: BreakerState, transitions: list[tuple[BreakerState, BreakerState]]
+        self,
+        new: BreakerState,
+        transitions: list[tuple[BreakerState, BreakerState]],
+        *,
+        publish: bool = True,
     ) -> None:
         old = self._state
         if old is new:
@@ -525,6 +575,8 @@ class CircuitBreaker:
         self._trials_in_flight = 0
         self._trial_successes = 0
         transitions.append((old, new))
+        if publish and self._shared is not None:
+            self._shared.transitioned(self, old, new)
 
     def _open(self, now: float, transitions: list[tuple[BreakerState, BreakerState]]) -> None:
         self._open_until = now + self._recovery_timeout
@@ -595,6 +647,8 @@ class CircuitBreaker:
                     wait = math.inf
             failure = self._last_failure
         self._notify(transitions)
+        if permit >= 0 and self._shared is not None:
+            permit = self._claim(permit)
         if permit == _SATURATED:
             self._saturated.increment()
             raise CircuitOpenError(self._name, 0.0, failure)
@@ -602,6 +656,17 @@ class CircuitBreaker:
             self._rejected.increment()
             raise CircuitOpenError(self._name, wait, failure)
         return permit
+
+    def _claim(self, permit: int) -> int:
+        """A local trial permit, claimed from the shared state too: the permit, or SATURATED."""
+        shared = self._shared
+        if shared is None or shared.claim_trial(self):
+            return permit
+        # The cluster's trials are taken, or the shared state moved on (adopted by now).
+        self._release(permit)
+        if self._state is not _HALF_OPEN:
+            return self._acquire()
+        return _SATURATED
 
     def _on_success(self, permit: int, start: float) -> None:
         if permit == _RECORD and self._window is None:
@@ -707,7 +772,10 @@ class CircuitBreaker:
             return
         self._trials_in_flight -= 1
         if outcome == _IGNORED:
-            return  # neither success nor failure, however long it took: only the place is freed
+            # Neither success nor failure, however long it took: only the place is freed.
+            if self._shared is not None:
+                self._shared.trial_settled(self, success=False)
+            return
         if outcome == _FAILURE or (slow and self._slow_call_rate_threshold is not None):
             self._open(now, transitions)
             return
@@ -716,6 +784,8 @@ class CircuitBreaker:
             self._clear_window()
             self._last_failure = None
             self._transition(_CLOSED, transitions)
+        elif self._shared is not None:
+            self._shared.trial_settled(self, success=True)
 
     def _release(self, permit: int) -> None:
         """Give back a trial's place without recording an outcome."""

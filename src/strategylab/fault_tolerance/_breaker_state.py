@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from strategylab.errors import CircuitOpenError
 
@@ -26,6 +26,7 @@ __all__ = [
     "ExceptionMatcher",
     "Listener",
     "ResultPredicate",
+    "SharedBreakerState",
     "SlidingWindowType",
 ]
 
@@ -128,6 +129,30 @@ class BreakerCallListener:
 
     def on_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
         """A call was refused with ``error`` (which is raised after the listeners return)."""
+
+
+class SharedBreakerState(Protocol):
+    """What a breaker given ``shared=`` tells the state it shares with other processes.
+
+    Implemented by :class:`strategylab.distributed.RedisBreakerBackend`. The breaker calls it only
+    off its hot path: never on a CLOSED call or an OPEN rejection.
+    """
+
+    def register(self, breaker: CircuitBreaker) -> None:
+        """The breaker was created; adopt the shared state (called once, from ``__init__``)."""
+
+    def transitioned(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        """A local transition; called under the breaker's lock, so it must not block."""
+
+    def claim_trial(self, breaker: CircuitBreaker) -> bool:
+        """HALF_OPEN: may this process run a trial call? False: the cluster's trials are taken.
+
+        Called outside the breaker's lock; may block for one round trip to the shared store.
+        """
+
+    def trial_settled(self, breaker: CircuitBreaker, *, success: bool) -> None:
+        """A trial succeeded without closing the breaker, or was ignored (``success`` False);
+        called under the breaker's lock, so it must not block."""
 
 
 _EVENTS: Final = ("before_call", "on_success", "on_failure", "on_ignored", "on_rejected")
