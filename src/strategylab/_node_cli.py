@@ -61,6 +61,7 @@ _NODE_FLAGS: Final = {
     **_ENV_NAMES,
     "node_name": "--name",
     "config_file": "--config",
+    "redis_url": "--redis",
     "admin_token": "--admin-token-file",
     "backup_urls": "--backup-url",
 }
@@ -95,6 +96,8 @@ _PARAM_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "name": ("node_name",),
     "chaos_agent": ("chaos_agent",),
     "degradation_hold": ("degradation_hold",),
+    "cluster": ("cluster",),
+    "redis": ("redis_url",),
     # The trader child: not a config-file key (never overridden from there).
     "strategy": ("trader",),
     "book": ("trader",),
@@ -480,6 +483,25 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             "process, behind the admin token). Needs --status-port and an admin token.",
         ),
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="NAME",
+            help="The cluster this node belongs to (A-Z a-z 0-9 . _ -); with --redis it obeys "
+            "the cluster kill switch (`strategylab kill --cluster NAME`).",
+            show_default=False,
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            help="The cluster's Redis, redis://HOST:PORT[/DB] (needs --cluster).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Run an ingesting node: feed → ingestor → store, under the error recovery manager.
@@ -538,6 +560,8 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
             node_name=name,
             trader=trader,
             chaos_agent=chaos_agent,
+            cluster=cluster,
+            redis_url=redis,
         )
     except ConfigurationError as exc:
         usage_error(_NODE, exc.as_option(_NODE_FLAGS))

@@ -54,6 +54,7 @@ __all__ = [
     "check_url_option",
     "kill_shape_error",
     "render_status",
+    "run_cluster_kill",
     "run_kill",
     "run_status",
     "status_shape_error",
@@ -558,3 +559,103 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             continue
         for table in _section(key, status[key]):
             console.print(table)
+
+
+# --- the cluster kill switch (issue 14, H2) --------------------------------------------------
+
+
+def _check_cluster_flags(
+    url: str | None,
+    cluster: str | None,
+    redis_url: str | None,
+    reason: str | None,
+    *,
+    clear: bool,
+    kill_id: str | None,
+) -> None:
+    """Exit 2 naming the flag for a missing or contradictory one."""
+    if cluster is None or redis_url is None:
+        usage_error(_KILL, "--cluster NAME and --redis URL go together")
+    if url is not None:
+        usage_error(_KILL, "--url contradicts --cluster (one node, or the whole cluster)")
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        usage_error(_KILL, f"--redis {redis_url!r}: must be a redis://, rediss:// or unix:// URL")
+    if clear and reason is not None:
+        usage_error(_KILL, "--reason contradicts --clear")
+    if not clear and reason is None:
+        usage_error(_KILL, "--reason is required (or --clear)")
+    if kill_id is not None and not clear:
+        usage_error(_KILL, "--kill-id needs --clear")
+
+
+def _cluster_token(admin_token_file: Path | None) -> str:
+    """The admin token, or exit 2 saying where to put it."""
+    try:
+        token = secret_from(admin_token_file, ADMIN_TOKEN)
+    except ConfigurationError as exc:
+        usage_error(_KILL, exc.as_option({ADMIN_TOKEN.env: f"${ADMIN_TOKEN.env}"}))
+    if token is None:
+        usage_error(
+            _KILL,
+            f"no admin token: set ${ADMIN_TOKEN.env} or give {ADMIN_TOKEN.file_flag} PATH",
+        )
+    return token
+
+
+def run_cluster_kill(
+    *,
+    url: str | None,
+    cluster: str | None,
+    redis_url: str | None,
+    reason: str | None,
+    clear: bool,
+    kill_id: str | None,
+    admin_token_file: Path | None,
+    timeout: float,
+) -> NoReturn:
+    """``strategylab kill --cluster NAME --redis URL (--reason TEXT | --clear [--kill-id ID])``:
+    pull or clear the cluster's kill switch (:class:`strategylab.distributed.ClusterKillSwitch`)
+    and print one JSON line; raises :class:`typer.Exit`: 0 done; 1 Redis unreachable, a token
+    that is not the one that pulled the kill, nothing to clear; 2 a usage error (a missing or
+    contradictory flag, no admin token)."""
+    _check_cluster_flags(url, cluster, redis_url, reason, clear=clear, kill_id=kill_id)
+    assert cluster is not None  # noqa: S101 - checked
+    assert redis_url is not None  # noqa: S101 - checked
+    token = _cluster_token(admin_token_file)
+    from strategylab.distributed import ClusterKillError, ClusterKillSwitch  # noqa: PLC0415
+
+    try:
+        switch = ClusterKillSwitch(cluster, redis_url, admin_token=token, timeout=timeout)
+    except ConfigurationError as exc:
+        usage_error(_KILL, exc)
+    except ValueError as exc:  # redis-py's verdict on the URL
+        usage_error(_KILL, f"--redis: {exc}")
+    try:
+        with switch:
+            if clear:
+                cleared, receivers = switch.clear(kill_id)
+                document: dict[str, object] = {
+                    "ok": True,
+                    "action": "cluster_clear",
+                    "cluster": cluster,
+                    "kill_id": cleared,
+                    "receivers": receivers,
+                }
+            else:
+                assert reason is not None  # noqa: S101 - checked above
+                record, created, receivers = switch.kill(reason)
+                document = {
+                    "ok": True,
+                    "action": "cluster_kill",
+                    "cluster": cluster,
+                    "created": created,
+                    "kill": {k: v for k, v in record.to_dict().items() if k != "mac"},
+                    "receivers": receivers,
+                }
+    except ClusterKillError as exc:
+        typer.echo(f"{_KILL}: {escape(str(exc))}", err=True)
+        raise typer.Exit(2 if exc.usage else 1) from None
+    except ConfigurationError as exc:
+        usage_error(_KILL, exc)
+    typer.echo(json.dumps(document, separators=(",", ":"), sort_keys=True))
+    raise typer.Exit(0)

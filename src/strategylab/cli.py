@@ -269,31 +269,108 @@ def status(
 
 
 @app.command("kill")
-def kill(
-    url: _StatusUrlOption,
+def kill(  # noqa: PLR0917 - typer passes options positionally
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            metavar="URL",
+            callback=_ops_check("check_url_option"),
+            help="The node's status service, http://HOST:PORT (the status_url of its ready "
+            "line). Not with --cluster.",
+            show_default=False,
+        ),
+    ] = None,
     reason: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--reason",
             metavar="TEXT",
             callback=_ops_check("check_reason_option"),
             help="Why the kill switch is pulled (recorded in the audit log and the snapshot); "
-            "one line, at most 500 characters.",
+            "one line, at most 500 characters. Required unless --clear.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     admin_token_file: AdminTokenFileOption = None,
     timeout: _HttpTimeoutOption = 5.0,
+    # Cluster kill switch (issue 14, H2): --cluster NAME --redis URL [--clear [--kill-id ID]].
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="NAME",
+            help="Halt the trading of every node started with --cluster NAME (with --redis), "
+            "including nodes down now or started later, until --clear.",
+            show_default=False,
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            help="The cluster's Redis, redis://HOST:PORT[/DB] (with --cluster).",
+            show_default=False,
+        ),
+    ] = None,
+    clear: Annotated[
+        bool,
+        typer.Option(
+            "--clear",
+            help="With --cluster: clear the cluster's kill (needs the admin token that pulled "
+            "it); the nodes resume trading.",
+        ),
+    ] = False,
+    kill_id: Annotated[
+        str | None,
+        typer.Option(
+            "--kill-id",
+            metavar="ID",
+            help="With --clear: the kill to clear when its key was lost from Redis (the id a "
+            "halted node shows in /status).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Pull a running node's kill switch (POST URL/admin/kill): trading halts, open orders are
     cancelled, state is snapshotted and the node exits.
 
+    With --cluster NAME --redis URL instead: pull the cluster's kill switch, a durable Redis key
+    (strategylab:cluster:NAME:kill) plus a pub/sub notice. Every node started with --cluster NAME
+    --redis URL halts its trading (new orders refused, open orders cancelled) within 100 ms and
+    stays up, ingesting and serving /status; a node down now, or started later, starts halted.
+    --clear lifts it: it needs the admin token that pulled it, and each node resumes only on a
+    clear it verifies with its own token (HMAC-SHA256), so a bare DEL of the key, or Redis losing
+    it, keeps the nodes halted (clear such a lost kill with --clear --kill-id ID).
+
     The admin token comes from --admin-token-file PATH or $STRATEGYLAB_ADMIN_TOKEN (never from
     the command line, where every local user could read it). Exit status: 0 the node accepted
-    (its JSON answer is printed); 1 the node cannot be reached, refused the token, has its admin
-    routes off, or answered an error; 2 a usage error (no token, a bad flag).
+    (its JSON answer is printed) or the cluster kill was written; 1 the node or Redis cannot be
+    reached, the node refused the token, has its admin routes off, or answered an error, the
+    token is not the one that pulled the cluster kill, or there is no cluster kill to clear; 2 a
+    usage error (no token, a bad flag).
     """
+    if cluster is not None or redis is not None or clear or kill_id is not None:
+        from strategylab._ops_cli import run_cluster_kill  # noqa: PLC0415 - keep `--help` fast
+
+        run_cluster_kill(
+            url=url,
+            cluster=cluster,
+            redis_url=redis,
+            reason=reason,
+            clear=clear,
+            kill_id=kill_id,
+            admin_token_file=admin_token_file,
+            timeout=timeout,
+        )
+    from strategylab._cli_options import usage_error  # noqa: PLC0415
     from strategylab._ops_cli import run_kill  # noqa: PLC0415 - keep `--help` fast
 
+    if url is None:
+        usage_error("strategylab kill", "--url is required (or --cluster NAME --redis URL)")
+    if reason is None:
+        usage_error("strategylab kill", "--reason is required")
     run_kill(url=url, reason=reason, admin_token_file=admin_token_file, timeout=timeout)
 
 

@@ -131,6 +131,12 @@ class NodeConfig:
     """The opt-in chaos agent (``--chaos-agent``): ``POST /admin/chaos/ballast`` holds real
     memory in this process for the chaos lab. Needs ``admin_token`` and ``status_port``; never
     read from the configuration file."""
+    cluster: str | None = None
+    """The cluster this node belongs to (``--cluster NAME``): 1..64 of A-Z a-z 0-9 . _ -; with
+    ``redis_url`` the node obeys the cluster kill switch (:class:`strategylab.distributed.
+    ClusterKillSwitch`). None: a standalone node."""
+    redis_url: str | None = None
+    """The cluster's Redis (``--redis URL``, ``redis://`` or ``rediss://``); needs ``cluster``."""
     explicit: frozenset[str] = frozenset()
     """The fields set on the command line: the config file and the environment never override
     them, at start or on reload (``load_node_config(..., explicit=...)``)."""
@@ -172,6 +178,29 @@ class NodeConfig:
             )
         if self.trader is not None:
             self._check_trader()
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        # Cluster kill switch (issue 14, H2): --cluster NAME and --redis URL, plain values.
+        if self.cluster is not None and not (
+            isinstance(self.cluster, str) and _NODE_NAME.fullmatch(self.cluster)
+        ):
+            raise ConfigurationError(
+                "cluster", _validate.clipped(self.cluster), "must be 1..64 of A-Z a-z 0-9 . _ -"
+            )
+        if self.redis_url is not None:
+            if not isinstance(self.redis_url, str) or not self.redis_url.startswith(
+                ("redis://", "rediss://", "unix://")
+            ):
+                raise ConfigurationError(
+                    "redis_url",
+                    _validate.clipped(self.redis_url),
+                    "must be a redis://, rediss:// or unix:// URL",
+                )
+            if self.cluster is None:
+                raise ConfigurationError(
+                    "redis_url", self.redis_url, "needs cluster (the cluster's name)"
+                )
 
     def _check_trader(self) -> None:
         from ._trader import TraderConfig  # noqa: PLC0415 - only a node that trades needs it

@@ -42,6 +42,7 @@ import signal
 import sqlite3
 import stat
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,8 +369,10 @@ async def run_engine(
         await engine.aclose()
         raise
     report: KillReport | None = None
+    cluster = _ClusterHalt.from_environment(engine)  # the cluster kill switch (issue 14, H2)
     try:
         installed = _install_signals(loop, done.set, lambda: _parent_kill(engine, kill))
+        cluster.install(loop)  # and reads the node's file once: a halted cluster never trades
         if _parent.kill_requested:  # asked while reconciling: never start trading
             _parent_kill(engine, kill)
         pulled = kill.pulled
@@ -390,6 +393,7 @@ async def run_engine(
             report = await asyncio.shield(kill.task)
     finally:
         _remove_signals(loop, installed)
+        await cluster.close(loop)
         await feed.stop()
         await engine.aclose()
     if report is not None:
@@ -397,6 +401,89 @@ async def run_engine(
         return report.exit_code
     _emit("stopped", **engine.status().to_dict())
     return 0
+
+
+# --- the cluster kill switch (issue 14, H2) --------------------------------------------------
+
+CLUSTER_HALT_ENV: Final = "STRATEGYLAB_CLUSTER_HALT"
+"""The environment variable naming the node's cluster halt file (JSON ``{"halted", "kill_id",
+"reason"}``) that the trader obeys; SIGUSR2 from the node says it changed."""
+CLUSTER_HOLD: Final = "cluster_kill"
+"""The risk engine's hold key while the cluster kill switch is pulled."""
+
+
+class _ClusterHalt:
+    """The trader's side of the cluster kill: on SIGUSR2 (and once at start, before trading) it
+    reads the node's halt file; halted: the risk engine holds (:data:`CLUSTER_HOLD`: every new
+    order refused, in the signal's handler), a ``cluster_halted`` line, then every open order of
+    the engine cancelled at the exchange (``cluster_cancelled``); cleared: the hold is lifted
+    (``cluster_resumed``). An unreadable file halts (the safe side). The process stays up."""
+
+    def __init__(self, engine: StrategyEngine, path: Path | None) -> None:
+        self.engine = engine
+        self.path = path
+        self.tasks: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def from_environment(cls, engine: StrategyEngine) -> _ClusterHalt:
+        """From ``$STRATEGYLAB_CLUSTER_HALT``; without it, one that does nothing."""
+        path = os.environ.get(CLUSTER_HALT_ENV)
+        return cls(engine, Path(path) if path else None)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.path is None:
+            return
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGUSR2, self.apply)
+        self.apply()
+
+    async def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.path is None:
+            return
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGUSR2)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        for task in list(self.tasks):
+            task.cancel()
+
+    def apply(self) -> None:
+        if self.path is None:
+            return
+        try:
+            data = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            data = {"halted": False}
+        except (OSError, ValueError) as exc:
+            data = {"halted": True, "reason": f"cluster halt file unreadable: {exc}"}
+        if not isinstance(data, dict):
+            data = {"halted": True, "reason": "cluster halt file is not an object"}
+        risk = self.engine.risk
+        held = CLUSTER_HOLD in risk.holds
+        if data.get("halted") and not held:
+            risk.hold(CLUSTER_HOLD, f"cluster kill: {data.get('reason')}")
+            _emit(
+                "cluster_halted",
+                kill_id=data.get("kill_id"),
+                at=data.get("at"),
+                monotonic=time.monotonic(),
+                risk_state=risk.state.value,
+            )
+            task = asyncio.ensure_future(self._cancel())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif not data.get("halted") and held:
+            risk.release(CLUSTER_HOLD)
+            _emit("cluster_resumed", risk_state=risk.state.value)
+
+    async def _cancel(self) -> None:
+        try:
+            deadline = self.engine.config.close_deadline
+            cancelled, left, complete = await self.engine.cancel_everything(deadline)
+        except Exception as exc:  # reported, never fatal: the hold stays
+            _log.exception("cluster kill: cancelling the open orders failed")
+            _emit("cluster_cancelled", complete=False, error=str(exc))
+            return
+        _emit("cluster_cancelled", cancelled=cancelled, left_open=left, complete=complete)
 
 
 def _install_signals(
@@ -640,6 +727,8 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
         # Before anything slow: SIGUSR1's default action would end the process.
         with contextlib.suppress(ValueError):  # not the main thread: no parent protocol
             signal.signal(signal.SIGUSR1, _parent.request_kill)
+            # The cluster kill's nudge; its file is read before trading starts anyway.
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         _parent.open(parent)
     try:
         log_file = DataLayout(book.parent).log_file("trader")

@@ -129,9 +129,15 @@ def trader_argv(config: TraderConfig, *, log_level: int) -> list[str]:
     return argv
 
 
-def _environment(config: TraderConfig, channel: Path) -> dict[str, str]:
-    """The child's environment: ours, the secrets of ``config``, the channel's path."""
+def _environment(
+    config: TraderConfig, channel: Path, cluster_halt: Path | None = None
+) -> dict[str, str]:
+    """The child's environment: ours, the secrets of ``config``, the channel's path, and the
+    cluster halt file (``$STRATEGYLAB_CLUSTER_HALT``) of a node in a cluster."""
     env = dict(os.environ)
+    env.pop("STRATEGYLAB_CLUSTER_HALT", None)
+    if cluster_halt is not None:
+        env["STRATEGYLAB_CLUSTER_HALT"] = str(cluster_halt)
     if config.signing_key is not None:
         env["STRATEGYLAB_SIGNING_KEY"] = config.signing_key.hex()  # even-length hex: the bytes
     else:
@@ -162,6 +168,8 @@ class TraderIncarnation:
         """Set by its ``kill_switch`` or ``stopped`` line (its last)."""
         self.kill_line: dict[str, Any] | None = None
         self.resumed: dict[str, Any] | None = None
+        self.cluster: dict[str, dict[str, Any]] = {}
+        """Its last ``cluster_halted``, ``cluster_cancelled``, ``cluster_resumed`` lines."""
 
     def on_line(self, data: Mapping[str, Any]) -> None:
         event = str(data.get("event"))
@@ -176,6 +184,8 @@ class TraderIncarnation:
             self.halted.set()
         elif event == "resumed":
             self.resumed = dict(data)
+        elif event in {"cluster_halted", "cluster_cancelled", "cluster_resumed"}:
+            self.cluster[event] = dict(data)
         elif event in {"kill_switch", "stopped"}:
             status = data.get("status") if event == "kill_switch" else data
             if isinstance(status, Mapping):
@@ -242,6 +252,8 @@ class TraderChild:
         """Seconds from :meth:`halt`'s start to the child's ``halted`` line (None: not measured)."""
         self.kill_note: str | None = None
         """What the node's kill found when the trader did not run its own kill switch."""
+        self.cluster_halt: Path | None = None
+        """The cluster halt file the trader obeys (set before :meth:`spec`; None: no cluster)."""
 
     # ------------------------------------------------------------------ the child
 
@@ -251,7 +263,7 @@ class TraderChild:
             argv=trader_argv(self.config, log_level=self._log_level),
             ready_line=READY_LINE,
             ready=self._alive,
-            env=_environment(self.config, self.channel),
+            env=_environment(self.config, self.channel, self.cluster_halt),
             stop_signal=signal.SIGTERM,
         )
         return ChildSpec(

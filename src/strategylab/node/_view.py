@@ -20,6 +20,7 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from strategylab.distributed import ClusterKillError, ClusterKillSwitch
 from strategylab.fault_tolerance import (
     DegradationController,
     HealthState,
@@ -85,6 +86,11 @@ class NodeView:
             extra["trader"] = trader
         if node.config.chaos_agent:
             extra["chaos_agent"] = self._chaos_figures()
+        if node.cluster_kill is not None:  # the cluster kill switch (issue 14)
+            extra["cluster_kill"] = node.cluster_kill.status()
+        cluster = node.cluster_status()  # sharded ingest: symbols owned, tokens (issue 14, H3)
+        if cluster is not None:
+            extra["cluster"] = cluster
         return NodeSnapshot(
             node=node.config.node_name,
             uptime=node.uptime,
@@ -274,6 +280,56 @@ class NodeView:
             return result
 
         return await self._audited("reload", None, run)
+
+    # ------------------------------------------------------------------ cluster kill (issue 14)
+
+    async def _cluster_switch(
+        self, act: Callable[[ClusterKillSwitch], Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """``act`` on the cluster's :class:`ClusterKillSwitch` (the node's Redis and admin
+        token), off the event loop; 502 when Redis cannot be reached, 409 when refused."""
+        cfg = self._node.config
+        if cfg.cluster is None or cfg.redis_url is None or cfg.admin_token is None:
+            raise AdminActionError(404, "not in a cluster: start the node with --cluster --redis")
+        cluster, url, token = cfg.cluster, cfg.redis_url, cfg.admin_token
+
+        def call() -> Mapping[str, Any]:
+            with ClusterKillSwitch(cluster, url, admin_token=token) as switch:
+                return act(switch)
+
+        try:
+            return await asyncio.to_thread(call)
+        except ClusterKillError as exc:
+            raise AdminActionError(502 if exc.unreachable else 409, str(exc)) from None
+
+    async def cluster_kill(self, reason: str) -> Mapping[str, Any]:
+        """Pull the cluster's kill switch (``strategylab kill --cluster``'s, signed with this
+        node's admin token): ``{"kill": {...}, "created", "receivers"}``; audited as admin
+        action ``cluster_kill``. Every node of the cluster halts its trading, this one too."""
+
+        def act(switch: ClusterKillSwitch) -> Mapping[str, Any]:
+            record, created, receivers = switch.kill(reason.strip())
+            kill = {k: v for k, v in record.to_dict().items() if k != "mac"}
+            return {"kill": kill, "created": created, "receivers": receivers}
+
+        async def run() -> Mapping[str, Any]:
+            return await self._cluster_switch(act)
+
+        return await self._audited("cluster_kill", None, run, {"reason": reason})
+
+    async def cluster_clear(self) -> Mapping[str, Any]:
+        """Clear the cluster's kill in force: ``{"kill_id", "receivers"}``; 409 when there is
+        none or this node's admin token is not the one that pulled it. Audited as admin action
+        ``cluster_clear``."""
+
+        def act(switch: ClusterKillSwitch) -> Mapping[str, Any]:
+            kill_id, receivers = switch.clear()
+            return {"kill_id": kill_id, "receivers": receivers}
+
+        async def run() -> Mapping[str, Any]:
+            return await self._cluster_switch(act)
+
+        return await self._audited("cluster_clear", None, run)
 
     # ------------------------------------------------------------------ chaos agent
 

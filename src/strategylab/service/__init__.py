@@ -10,7 +10,13 @@ from ._auth import MIN_ADMIN_TOKEN
 
 if TYPE_CHECKING:
     from ._service import MAX_ADMIN_BODY, MAX_REASON, StatusService
-    from ._source import AdminActionError, ChaosAgent, NodeSnapshot, StatusSource
+    from ._source import (
+        AdminActionError,
+        ChaosAgent,
+        ClusterKillAgent,  # the cluster kill switch (issue 14)
+        NodeSnapshot,
+        StatusSource,
+    )
 
 __all__ = [
     "MAX_ADMIN_BODY",
@@ -18,6 +24,7 @@ __all__ = [
     "MIN_ADMIN_TOKEN",
     "AdminActionError",
     "ChaosAgent",
+    "ClusterKillAgent",
     "NodeSnapshot",
     "StatusService",
     "StatusSource",
@@ -31,6 +38,7 @@ _LAZY = {
     "StatusService": "._service",
     "AdminActionError": "._source",
     "ChaosAgent": "._source",
+    "ClusterKillAgent": "._source",
     "NodeSnapshot": "._source",
     "StatusSource": "._source",
 }

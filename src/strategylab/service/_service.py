@@ -22,7 +22,11 @@ else is 405):
   202), ``POST /admin/breakers/{name}`` (``{"state": "open" | "closed" | "reset"}``), ``POST
   /admin/features/{name}/shed``, ``POST /admin/features/{name}/restore``, ``POST /admin/reload``,
   and with a chaos agent (``chaos=``, the node's ``--chaos-agent``; else 404) ``POST
-  /admin/chaos/ballast`` (``{"bytes": N}``, 0 releases). Without a configured token: 403 and nothing
+  /admin/chaos/ballast`` (``{"bytes": N}``, 0 releases), and in a cluster (``cluster=``, the
+  node's ``--cluster NAME --redis URL``; else 404; issue 14) ``POST /admin/cluster-kill``
+  (``{"reason": "..."}`` as ``/admin/kill``; 202: every node of the cluster halts its trading) and
+  ``POST /admin/cluster-kill/clear`` (409 when none is in force or the token did not pull it; 502
+  when Redis cannot be reached). Without a configured token: 403 and nothing
   runs; a missing or wrong token: 401 with ``WWW-Authenticate: Bearer``; 10 such failures within 60
   s from one peer address: 429 with ``Retry-After`` for every admin request from it, the right token
   included, until the oldest failure is 60 s old (see :mod:`._auth`); a body over 16 KiB: 413; bad
@@ -66,7 +70,7 @@ from strategylab.errors import ConfigurationError, StrategyLabError
 from ._auth import MIN_ADMIN_TOKEN, FailureLimiter, retry_after_header
 from ._events import EventClient, EventHub
 from ._metrics import ServiceFigures, SnapshotCollector
-from ._source import AdminActionError, ChaosAgent, StatusSource
+from ._source import AdminActionError, ChaosAgent, ClusterKillAgent, StatusSource
 from ._status import AUDIT_LIMIT, jsonable, status_body
 
 __all__ = ["MAX_ADMIN_BODY", "MAX_REASON", "StatusService"]
@@ -141,7 +145,9 @@ class StatusService:
     > 0, on ``clock``) is how long one write to a stream may stay blocked before the client is
     dropped. ``auth_failures`` failed authentications within ``auth_window`` seconds from one
     peer address make it wait (429) for the rest of the window. ``chaos`` is the node's opt-in
-    :class:`ChaosAgent` behind ``POST /admin/chaos/ballast`` (None: that route answers 404).
+    :class:`ChaosAgent` behind ``POST /admin/chaos/ballast`` (None: that route answers 404);
+    ``cluster`` the node's :class:`ClusterKillAgent` behind ``POST /admin/cluster-kill`` and
+    ``POST /admin/cluster-kill/clear`` (None: they answer 404).
     Raises :class:`~strategylab.errors.ConfigurationError` naming a bad argument (an
     ``admin_token`` under :data:`MIN_ADMIN_TOKEN` characters included).
     """
@@ -163,6 +169,7 @@ class StatusService:
         auth_failures: int = 10,
         auth_window: float = 60.0,
         chaos: ChaosAgent | None = None,
+        cluster: ClusterKillAgent | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ConfigurationError("host", host, "must be a non-empty str")
@@ -193,6 +200,7 @@ class StatusService:
         _validate.integer("auth_failures", auth_failures, minimum=1)
         self._source = source
         self._chaos = chaos
+        self._cluster = cluster
         self._host = host
         self._port = port
         self._token = admin_token.encode() if admin_token is not None else None
@@ -378,6 +386,8 @@ class StatusService:
         post("/admin/features/{name}/restore", self._restore)
         post("/admin/reload", self._reload)
         post("/admin/chaos/ballast", self._ballast)
+        post("/admin/cluster-kill", self._cluster_kill)
+        post("/admin/cluster-kill/clear", self._cluster_clear)
         return app
 
     async def _index(self, _request: web.Request) -> web.Response:
@@ -476,6 +486,37 @@ class StatusService:
             return await self._source.kill(reason), reason
 
         return await self._admin(request, "kill", None, run, body_required=True, status=202)
+
+    # The cluster kill switch (issue 14): the same token check and reason rule as /admin/kill.
+
+    def _cluster_agent(self) -> ClusterKillAgent:
+        if self._cluster is None:
+            raise AdminActionError(
+                404, "not in a cluster: start the node with --cluster NAME --redis URL"
+            )
+        return self._cluster
+
+    async def _cluster_kill(self, request: web.Request) -> web.Response:
+        async def run(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+            reason = body.get("reason")
+            if reason is None:
+                raise _BadFieldError("reason", "required")
+            if not isinstance(reason, str) or not reason.strip():
+                raise _BadFieldError("reason", "must be a non-empty string")
+            if len(reason) > MAX_REASON:
+                raise _BadFieldError("reason", f"must be at most {MAX_REASON} characters")
+            problem = _validate.one_line_problem(reason)
+            if problem is not None:
+                raise _BadFieldError("reason", problem)
+            return await self._cluster_agent().cluster_kill(reason), reason
+
+        return await self._admin(request, "cluster_kill", None, run, body_required=True, status=202)
+
+    async def _cluster_clear(self, request: web.Request) -> web.Response:
+        async def run(_body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+            return await self._cluster_agent().cluster_clear(), ""
+
+        return await self._admin(request, "cluster_clear", None, run)
 
     async def _breaker(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -126,3 +126,19 @@ class ChaosAgent(Protocol):
         """Hold ``nbytes`` of real, touched memory in the node's process (0 releases it all);
         returns ``{"ballast_bytes", "rss_bytes", "memory_budget"}`` after the change."""
         ...
+
+
+class ClusterKillAgent(Protocol):
+    """The node's cluster kill switch (``strategylab node --cluster NAME --redis URL``), behind
+    ``POST /admin/cluster-kill`` and ``POST /admin/cluster-kill/clear`` (issue 14); the status
+    service answers 404 to those routes when none is given. Each raises
+    :class:`AdminActionError` to refuse (Redis unreachable: 502; nothing to clear: 409)."""
+
+    async def cluster_kill(self, reason: str) -> Mapping[str, Any]:
+        """Pull the cluster's kill switch, signed with the node's admin token."""
+        ...
+
+    async def cluster_clear(self) -> Mapping[str, Any]:
+        """Clear the cluster's kill in force (the node's admin token must be the one that
+        pulled it)."""
+        ...
