@@ -119,6 +119,12 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.research._frame.TickDataError": lambda c: c(
         "bars.csv", "not a number: 'x'", row=12, column="Close", line_offset=1
     ),
+    "strategylab.distributed._kill.ClusterKillError": lambda c: c(
+        "redis://127.0.0.1:1: unreachable", usage=False, unreachable=True
+    ),
+    "strategylab.market._pg_fence.FencedError": lambda c: c(
+        "AAPL", 3, 4, owner="node-b", symbols=("AAPL", "MSFT"), rows=120
+    ),
     "strategylab.research._import.ImportFailedError": lambda c: c(
         "interrupted; kept: 50 ticks, seq 1..50", written=50, first_seq=1
     ),
