@@ -290,3 +290,41 @@ async def test_a_writer_that_dies_is_reported_restarted_and_resumes_the_queue(
     await ingestor.aclose(5)
     assert read_acks(tmp_path / "acks.jsonl") == {"A": 10}
     assert manager.statistics().total_errors == 1
+
+
+class ShardedStore(MemoryStore):
+    """A store that, like a cluster node's fenced writes, stores only the symbols it holds and
+    says which of the last batch it left to their owner (``not_stored``)."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held = held
+        self._left: frozenset[str] = frozenset()
+
+    def not_stored(self) -> frozenset[str]:
+        return self._left
+
+    async def write(self, batch: Sequence[Tick]) -> int:
+        self._left = frozenset(t.symbol for t in batch if t.symbol not in self.held)
+        return await super().write([t for t in batch if t.symbol in self.held])
+
+
+@pytest.mark.timeout(10)
+async def test_ticks_a_sharded_store_left_to_their_owner_are_accounted_never_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A tick is acknowledged only once it is observed in the store: the symbols a cluster
+    node no longer holds (given up, fenced out) are accounted for, so the feed moves on, but
+    neither the ack log nor the watermarks claim them."""
+    store = ShardedStore({"A"})
+    acks = AckLog(tmp_path / "acks.jsonl")
+    ingestor = Ingestor(store, IngestorConfig(batch_size=100, linger=0.001), ack_log=acks)
+    await ingestor.start()
+    await ingestor.put(ticks(1, 50) + ticks(1, 30, "B"))
+    await ingestor.wait_accounted({"A": 50, "B": 30}, timeout=5)
+    await ingestor.aclose(5)
+    assert set(store.rows) == {("A", s) for s in range(1, 51)}
+    stats = ingestor.statistics()
+    assert stats.acknowledged == 50
+    assert dict(stats.acked) == {"A": 50}
+    assert read_acks(tmp_path / "acks.jsonl") == {"A": 50}

@@ -14,5 +14,73 @@ Layer: imported by ``node`` and the CLI; imports ``market``, ``fault_tolerance``
 
 from __future__ import annotations
 
-__all__: list[str] = []
-# Each module's public names are appended below, one block per module.
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._kill import (
+        ClusterKillError,
+        ClusterKillRecord,
+        ClusterKillState,
+        ClusterKillSwitch,
+        ClusterKillWatcher,
+        clear_mac,
+        cluster_kill_keys,
+    )
+    from ._leases import LeaseConfig, LeasePlan, LeaseStatistics, SymbolLeases, member_id
+    from ._redis_breaker import (
+        RedisBreakerBackend,
+        RedisBreakerMetrics,
+        SharedStateUnavailableError,
+    )
+
+# Imported on first use (PEP 562): a process that needs only the kill switch or the breaker
+# backend does not pay for psycopg, nor one that needs only the leases for redis.
+_WHERE = {
+    "ClusterKillError": "_kill",
+    "ClusterKillRecord": "_kill",
+    "ClusterKillState": "_kill",
+    "ClusterKillSwitch": "_kill",
+    "ClusterKillWatcher": "_kill",
+    "clear_mac": "_kill",
+    "cluster_kill_keys": "_kill",
+    "RedisBreakerBackend": "_redis_breaker",
+    "RedisBreakerMetrics": "_redis_breaker",
+    "SharedStateUnavailableError": "_redis_breaker",
+    "LeaseConfig": "_leases",
+    "LeasePlan": "_leases",
+    "LeaseStatistics": "_leases",
+    "SymbolLeases": "_leases",
+    "member_id": "_leases",
+}
+
+__all__ = [
+    "ClusterKillError",
+    "ClusterKillRecord",
+    "ClusterKillState",
+    "ClusterKillSwitch",
+    "ClusterKillWatcher",
+    "LeaseConfig",
+    "LeasePlan",
+    "LeaseStatistics",
+    "RedisBreakerBackend",
+    "RedisBreakerMetrics",
+    "SharedStateUnavailableError",
+    "SymbolLeases",
+    "clear_mac",
+    "cluster_kill_keys",
+    "member_id",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

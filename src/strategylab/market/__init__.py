@@ -124,6 +124,10 @@ if TYPE_CHECKING:
         WireSide,
         parse_signing_key,
     )
+    from ._pg_fence import (
+        Fence,
+        FencedError,
+    )
     from ._pg_store import (
         PostgresTickStore,
     )
@@ -216,6 +220,8 @@ _HOMES: dict[str, str] = {
     "LookupResult": "strategylab.market._order_wire",
     "OrderStatus": "strategylab.market._order_wire",
     "PostgresTickStore": "strategylab.market._pg_store",
+    "Fence": "strategylab.market._pg_fence",
+    "FencedError": "strategylab.market._pg_fence",
     "QuarantinedTick": "strategylab.market._store",
     "ReplayDone": "strategylab.market._protocol",
     "ReplayRequest": "strategylab.market._protocol",
@@ -343,6 +349,8 @@ __all__ = [
     "FeedDisconnectedError",
     "FeedError",
     "FeedStatistics",
+    "Fence",
+    "FencedError",
     "Fill",
     "Frame",
     "FrameError",

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 
 from strategylab._tasks import cancel_and_wait
@@ -113,8 +114,8 @@ class Feed(_FeedSession):
     # ------------------------------------------------------------------ Component
 
     async def start(self) -> None:
-        """Start connecting (in an owned task); returns at once."""
-        if self._task is not None and not self._task.done():
+        """Start connecting (in an owned task); returns at once (nothing while parked)."""
+        if self._parked or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.create_task(self._run(), name=f"{self.name}.run")
         if len(self._config.urls) > 1 and (self._prober is None or self._prober.done()):
@@ -159,7 +160,10 @@ class Feed(_FeedSession):
 
     async def health(self) -> bool:
         """Connected, subscribed, a frame seen within ``stale_after`` (or blocked on the sink),
-        and not waiting for an endpoint that is behind (``FeedStatistics.behind``)."""
+        and not waiting for an endpoint that is behind (``FeedStatistics.behind``); True while
+        parked (no symbols: nothing to ingest)."""
+        if self._parked:
+            return True
         if self._behind or not (self._connected and self._subscribed):
             return False
         if self._blocked:
@@ -210,6 +214,40 @@ class Feed(_FeedSession):
             abandoned_attempts=self._abandoned,
             last_frame_at=self._frame_at,
         )
+
+    # ------------------------------------------------------------------ the symbol set (issue 14)
+    # A cluster node's symbols change with its leases (strategylab.node._cluster).
+
+    _parked: bool = False
+    """True while the symbol set is empty: not connected, start() does nothing, healthy."""
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols subscribed now (() while parked by :meth:`resubscribe`)."""
+        return () if self._parked else self._config.symbols
+
+    async def resubscribe(self, symbols: Sequence[str]) -> dict[str, int]:
+        """Change the symbol set: stop the connection, take ``symbols`` (an empty set parks the
+        feed: no connection, :meth:`start` does nothing, :meth:`health` True), and start again
+        if it was running. A removed symbol's position is forgotten, so that a later re-add
+        resumes from the store's watermark, never from what this feed once handed on. Returns
+        the removed symbols' last sequence handed to the sink (what a caller waits to see
+        stored before it gives them up)."""
+        running = self._task is not None
+        await self.stop()
+        new = tuple(dict.fromkeys(symbols))
+        old = self.symbols
+        removed = {s: self._delivered.get(s, 0) for s in old if s not in new}
+        for symbol in removed:
+            for per_symbol in (self._delivered, self._last_ts, self._unpositioned_seen):
+                per_symbol.pop(symbol, None)
+        self._parked = not new
+        if new:
+            self._config = dataclasses.replace(self._config, symbols=new)
+            self._symbols = frozenset(new)
+        if running:
+            await self.start()
+        return removed
 
     # ------------------------------------------------------------------ connection loop
 

@@ -482,9 +482,16 @@ class Ingestor:
                 await self._failed("write", exc, len(batch))
                 continue
             break
+        # A store that shards symbols (a cluster node's fenced writes) may leave some of the
+        # batch to their owner: those are accounted for but never acknowledged here.
+        not_stored = getattr(store, "not_stored", None)
+        gone = not_stored() if not_stored is not None else ()
         watermarks = {t.symbol: t.seq for t in batch}
+        handed = watermarks
+        if gone:
+            watermarks = {s: q for s, q in watermarks.items() if s not in gone}
         ack_log = self._ack_log
-        if ack_log is not None:
+        if ack_log is not None and watermarks:
             while True:
                 try:
                     ack_log.append(watermarks)
@@ -496,13 +503,14 @@ class Ingestor:
         self._recovered()
         self._writing = False
         self._batches += 1
-        self._acknowledged += len(batch)
+        self._acknowledged += len(batch) if not gone else sum(t.symbol not in gone for t in batch)
         self._new += new
         acked = self._acked
         accounted = self._accounted
         for symbol, seq in watermarks.items():
             if seq > acked.get(symbol, 0):
                 acked[symbol] = seq
+        for symbol, seq in handed.items():
             if seq > accounted.get(symbol, 0):
                 accounted[symbol] = seq
         async with self._progress:

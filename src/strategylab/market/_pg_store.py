@@ -23,6 +23,12 @@ NOTHING`` applied row by row in batch order, and of the SQLite store's ``INSERT 
 The table layout is the one every version of this store created (``PRIMARY KEY (symbol, seq)``),
 so a table created by older code opens and is written as is.
 
+A cluster node writes with :meth:`PostgresTickStore.write_fenced` (issue 14, see
+:mod:`._pg_fence`): the same methods, with the lease rows of the batch's symbols share-locked and
+checked in the same transaction; a batch whose lease moved raises
+:class:`~strategylab.market.FencedError` and is rolled back whole. :meth:`~PostgresTickStore.write`
+is unchanged (``bench/ingest.py`` and ``bench/cluster_ingest.py`` measure both against raw COPY).
+
 Every operation (connect included) has a deadline, ``timeout``: a server that stops answering
 (a blackholed link) raises psycopg's ``OperationalError`` like a lost connection, instead of
 hanging the writer. Connections live in a small pool of its own (``pool_size`` connections,
@@ -56,6 +62,7 @@ from psycopg import sql
 from strategylab.errors import StrategyLabError
 from strategylab.fault_tolerance import KnobValue, ScalingKnob, scale_knobs
 
+from ._pg_fence import Fence, check_fence
 from ._reader import StoreUnreachableError, StoreUnusableError, TickBounds, TickSpan
 from ._store import QuarantinedTick
 from ._tick import Tick
@@ -220,6 +227,11 @@ class PostgresTickStore:
         return self._name
 
     @property
+    def shown_url(self) -> str:
+        """The server's URL for messages and logs: host, port, user, database, no password."""
+        return self._shown
+
+    @property
     def reconnects(self) -> int:
         """Connections opened to replace one that failed."""
         return self._reconnects
@@ -373,6 +385,28 @@ class PostgresTickStore:
                 return await self._write_unnest(conn, ticks)
             return await self._write_executemany(conn, ticks)
 
+    async def write_fenced(self, ticks: Sequence[Tick], fence: Fence) -> int:
+        """:meth:`write`, admitted only while ``fence`` holds the lease of every symbol of the
+        batch (issue 14; see :mod:`._pg_fence`): returns how many ticks were new.
+
+        In the same transaction as the ``COPY`` (or the merge, or the ``INSERT``) the lease rows
+        of the batch's symbols are share-locked and compared with ``fence``; raises
+        :class:`~strategylab.market.FencedError` (naming the symbol, the token written with and
+        the current one) when one moved, and then nothing of the batch is stored. A takeover
+        (an ``UPDATE`` of the lease row) waits for a write in flight, so it is ordered after it.
+        Raises psycopg's errors like :meth:`write` (an undefined lease table included).
+        """
+        self._refuse_if_read_only()
+        if not ticks:
+            return 0
+        if self.method == "copy":
+            return await self._write_copy(ticks, fence)
+        async with self._connection() as conn, conn.transaction():
+            await check_fence(conn, fence, {t.symbol for t in ticks}, len(ticks))
+            if self.method == "unnest":
+                return await self._write_unnest(conn, ticks)
+            return await self._write_executemany(conn, ticks)
+
     async def last_seqs(self) -> dict[str, int]:
         """The highest stored sequence per symbol (where a feed resumes).
 
@@ -471,11 +505,15 @@ class PostgresTickStore:
 
     # ------------------------------------------------------------------ write methods
 
-    async def _write_copy(self, ticks: Sequence[Tick]) -> int:
+    async def _write_copy(self, ticks: Sequence[Tick], fence: Fence | None = None) -> int:
+        # ``fence``: write_fenced's check, in each transaction (None: the plain path, unchanged).
+        symbols = None if fence is None else {t.symbol for t in ticks}
         async with self._connection() as conn:
             if not self._merging:
                 try:
                     async with conn.transaction():
+                        if fence is not None and symbols is not None:
+                            await check_fence(conn, fence, symbols, len(ticks))
                         await self._copy(conn, self._table, ticks)
                     return len(ticks)
                 except psycopg.errors.UniqueViolation:
@@ -484,6 +522,8 @@ class PostgresTickStore:
             self._merges += 1
             unique = _first_occurrences(ticks)
             async with conn.transaction():
+                if fence is not None and symbols is not None:
+                    await check_fence(conn, fence, symbols, len(ticks))
                 new = await self._merge(conn, unique)
             # Stored rows met: a replay, whose next batch likely overlaps too. None met (the
             # COPY failed on a duplicate inside the batch only): back to COPY.

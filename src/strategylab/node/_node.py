@@ -14,6 +14,9 @@ The store is SQLite (``--db``) or PostgreSQL (``--postgres DSN``), wrapped in a 
 with a durable spool in ``data_dir/spool``. Recoveries are audited in ``data_dir/audit.jsonl``;
 acknowledgements go to ``data_dir/acks.jsonl`` (the integrity checker's "acknowledged" set); the
 log goes to ``data_dir/logs/node.log`` (every name: :class:`strategylab._layout.DataLayout`).
+With ``--cluster`` and ``--postgres`` the node shares the symbols with the cluster's other nodes
+(:mod:`._cluster`, issue 14): it ingests those it holds a lease of, through fenced writes, with
+no spool.
 
 
 A full disk (``ENOSPC``/``SQLITE_FULL``) on any file the node writes (store, spool, ack log,
@@ -61,6 +64,7 @@ from typing import Any, Final
 from strategylab._files import make_private_dir, refuse_symlinks, refuse_unsafe_dirs
 from strategylab._tasks import cancel_and_wait, log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
+from strategylab.distributed import LeaseConfig
 from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
@@ -100,6 +104,8 @@ from strategylab.market import (
     TickStore,
 )
 
+from ._cluster import ClusterIngest
+from ._cluster_kill import NodeClusterKill, cluster_health_check
 from ._config import NodeConfig
 from ._operations import (
     SERVICE_PROBE_INTERVAL,
@@ -176,6 +182,8 @@ class Node:
             maxlen=_RECENT_AUDIT
         )
         self._config_watch: asyncio.Task[None] | None = None
+        self._shards: ClusterIngest | None = None  # --cluster with --postgres (issue 14, H3)
+        self._cluster_kill: NodeClusterKill | None = None  # --cluster with --redis (issue 14)
         self.chart_enabled = True
         """False while the degradation controller has shed the live price chart."""
         self.events_enabled = True
@@ -290,6 +298,21 @@ class Node:
         if self.kill_switch_pulled:
             summary["kill"] = trader.kill_summary()
         return summary
+
+    @property
+    def cluster_kill(self) -> NodeClusterKill | None:
+        """The cluster kill switch's watcher (``--cluster`` with ``--redis``; after start)."""
+        return self._cluster_kill
+
+    @property
+    def shards(self) -> ClusterIngest | None:
+        """The lease-driven symbol ownership (``--cluster`` with ``--postgres``; after start)."""
+        return self._shards
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        """``/status``'s ``cluster``: the symbols this node owns and their fencing tokens
+        (None on a node that does not shard its ingest)."""
+        return None if self._shards is None else self._shards.status()
 
     @property
     def kill_switch(self) -> KillSwitch | None:
@@ -410,12 +433,23 @@ class Node:
         else:
             primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
         store: TickStore = primary
-        if cfg.spool:
+        if cfg.cluster is not None and isinstance(primary, PostgresTickStore):
+            # Sharded ingest (issue 14, H3): fenced writes straight to PostgreSQL, no spool.
+            self._shards = ClusterIngest(
+                primary.dsn,
+                primary,
+                LeaseConfig(cluster=cfg.cluster, symbols=cfg.symbols),
+                clock=self._clock,
+            )
+            store = self._shards.writes
+        elif cfg.spool:
             store = FailoverStore(
                 primary, SpoolStore(layout.spool), manager=manager, clock=self._clock
             )
         await store.open()
         self._store = store
+        if self._shards is not None:
+            await self._shards.open()  # joins the cluster, takes a first share (issue 14, H3)
         if self._resume is not None:
             self._resume.compare(await store.last_seqs())
         ingestor = self._ingestor = Ingestor(
@@ -439,6 +473,8 @@ class Node:
         manager.register(self._status_out)
         manager.register(feed, depends_on=(ingestor.name,))
         await ingestor.start()
+        if self._shards is not None:
+            await self._shards.start(feed, ingestor)  # the feed takes the symbols held (H3)
         await feed.start()
         self._started_at = self._clock.monotonic()
         await self._start_operations()
@@ -450,14 +486,17 @@ class Node:
         ingestor = self.ingestor
         assert self._status_out is not None  # noqa: S101 - start() made it
         deadline = cfg.shutdown_deadline
+        checks = health_checks(
+            feed=self.feed,
+            ingestor=ingestor,
+            store=self.store,
+            status=self._status_out,
+            max_queue=cfg.max_queue,
+        )
+        if cfg.cluster is not None and cfg.redis_url is not None:  # the cluster kill (issue 14)
+            checks.append(cluster_health_check(lambda: self._cluster_kill))
         monitor = self._monitor = HealthMonitor(
-            health_checks(
-                feed=self.feed,
-                ingestor=ingestor,
-                store=self.store,
-                status=self._status_out,
-                max_queue=cfg.max_queue,
-            ),
+            checks,
             clock=self._clock,
             manager=HealthReports(manager),
         )
@@ -472,6 +511,10 @@ class Node:
                 running_pid=lambda: self.trader_pid,
             )
             trader.open()
+        if cfg.cluster is not None and cfg.redis_url is not None:
+            # The cluster kill switch (issue 14, H2): its halt file exists before the trader.
+            self._cluster_kill = NodeClusterKill(cfg, trader, lambda: self.trader_pid)
+            await self._cluster_kill.start()
         self._switch = KillSwitch(
             kill_steps(
                 quiesce=self._quiesce,
@@ -587,6 +630,7 @@ class Node:
                 admin_token=cfg.admin_token,
                 clock=self._clock,
                 chaos=view if cfg.chaos_agent else None,
+                cluster=view if cfg.cluster is not None and cfg.redis_url is not None else None,
             )
 
         def on_service(service: Any) -> None:
@@ -819,6 +863,8 @@ class Node:
             budget = max(end - loop.time() - 0.2, 0.05) if drain else 0.05
             await self._ingestor.aclose(budget)
             clean &= self._ingestor.statistics().queued == 0
+        if self._shards is not None:  # flushed: give the leases up (issue 14, H3)
+            await self._shards.leave()
         if self._store is not None:
             clean &= await _bounded(
                 self._store.aclose(), max(end - loop.time(), 0.1), "store close"
@@ -836,6 +882,11 @@ class Node:
         supervisor with its children, each within ``seconds``."""
         watch, self._config_watch = self._config_watch, None
         await cancel_and_wait((watch,))
+        if self._shards is not None:  # no resubscription once stopping (issue 14, H3)
+            await _bounded(self._shards.stop(), seconds, "cluster balance stop")
+        cluster, self._cluster_kill = self._cluster_kill, None  # the cluster kill (issue 14)
+        if cluster is not None:
+            await _bounded(cluster.aclose(), seconds, "cluster kill watcher stop")
         reloader, self._reloader = self._reloader, None
         if reloader is not None:
             await _bounded(reloader.aclose(), seconds, "config reloader stop")
@@ -1068,12 +1119,14 @@ class Node:
         status_out = self._status_out
         trader = self.trader_status()
         extra = {} if trader is None else {"risk_state": self.risk_state, "trader": trader}
+        if self._shards is not None:  # issue 14, H3
+            extra["cluster"] = self._shards.status()
+        # A cluster node holding no lease has no feed to connect (parked): not a failure.
+        parked = self._shards is not None and not self.feed.symbols
         return {
             "healthy": ingest.healthy
             and (status_out is None or status_out.ok)
-            and feed.connected
-            and feed.subscribed
-            and not feed.behind,
+            and (parked or (feed.connected and feed.subscribed and not feed.behind)),
             "ingest_healthy": ingest.healthy,
             "failing": ingest.failing,
             "writer_restarts": ingest.restarts,
