@@ -9,6 +9,7 @@ only when a command runs: ``--help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
@@ -568,9 +569,46 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
     if config is not None:
         secrets = {"signing_key": keys[0], "audit_key": keys[1], "admin_token": token}
         settings = _with_config_file(settings, explicit_fields(ctx, secrets=secrets))
+    settings = _trader_in_cluster(settings)  # shared breakers (issue 14, H6)
     from strategylab.node import run_node_process  # noqa: PLC0415
 
     raise typer.Exit(run_node_process(settings, log_level=log_level.level))
+
+
+# --- shared breakers (issue 14, H6) ----------------------------------------------------------
+
+
+def _trader_in_cluster(settings: NodeConfig) -> NodeConfig:
+    """The node's trader in the node's cluster: its ``--cluster`` and ``--redis`` are the node's
+    (after ``--config``), so that it shares its order-API breaker with the cluster's traders."""
+    trader = settings.trader
+    if trader is None or settings.cluster is None or settings.redis_url is None:
+        return settings
+    shared = dataclasses.replace(trader, cluster=settings.cluster, redis_url=settings.redis_url)
+    return dataclasses.replace(settings, trader=shared)
+
+
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        metavar="NAME",
+        help="The cluster this trader belongs to (A-Z a-z 0-9 . _ -); with --redis its order-API "
+        "circuit breaker is shared with every trader of the cluster.",
+        show_default=False,
+    ),
+]
+RedisOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        metavar="URL",
+        help="The cluster's Redis, redis://HOST:PORT[/DB] (with --cluster).",
+        show_default=False,
+    ),
+]
+
+# --- end shared breakers -----------------------------------------------------------------------
 
 
 def trader_config(
@@ -657,16 +695,20 @@ def trade_command(  # noqa: PLR0917 - typer passes options positionally
             show_default=False,
         ),
     ] = None,
+    cluster: ClusterOption = None,  # shared breakers (issue 14, H6)
+    redis: RedisOption = None,
     log_level: LogLevelOption = LogLevel.WARNING,
 ) -> None:
     """Trade strategies live against the exchange, reconciling with it first.
 
     Prints JSON lines (reconciled, resumed after an unclean shutdown, trading, status, stopped or
-    kill_switch). Exit status: 0 stopped by SIGTERM or SIGINT; 1 the exchange cannot be reached
-    to reconcile, the book is damaged, or the kill switch's snapshot.json is damaged after an
-    unclean shutdown; 2 a usage error (a strategy or parameter that does not build, a book that
-    refuses them); 3 the kill switch was pulled (snapshot.json and UNCLEAN_SHUTDOWN beside the
-    book).
+    kill_switch). With --cluster NAME --redis URL the order API's circuit breaker is shared with
+    the cluster's traders on Redis: status lines show breaker.shared, and a breaker_shared line
+    says when Redis is lost (local breaker) or back (shared again).
+    Exit status: 0 stopped by SIGTERM or SIGINT; 1 the exchange cannot be reached to reconcile,
+    the book is damaged, or the kill switch's snapshot.json is damaged after an unclean
+    shutdown; 2 a usage error (a strategy or parameter that does not build, a book that refuses
+    them); 3 the kill switch was pulled (snapshot.json and UNCLEAN_SHUTDOWN beside the book).
     """
     keys = _secrets(_TRADE, signing_key, signing_key_file, audit_key_file)
     try:
@@ -687,6 +729,8 @@ def trade_command(  # noqa: PLR0917 - typer passes options positionally
             security_hold=security_hold,
             signing_key=keys[0],
             audit_key=keys[1],
+            cluster=cluster,
+            redis_url=redis,
         )
     except ConfigurationError as exc:
         usage_error(_TRADE, exc.as_option())

@@ -527,7 +527,12 @@ class RedisBreakerBackend:
                 job.entry.queued(-1)
                 self._dropped += 1
                 continue
-            job = self._queue.get()
+            try:
+                # Bounded: a fallback the subscriber detects queues nothing, and must still
+                # start the pings (an unbounded wait here never re-joined: H6).
+                job = self._queue.get(timeout=self._ping_interval)
+            except queue.Empty:
+                continue
             if job is None:
                 return
             try:

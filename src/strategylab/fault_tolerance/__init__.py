@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         SlidingWindowType,
         open_breaker_names,
     )
+    from ._breaker_state import SharedBreakerState
     from ._bulkhead import Bulkhead, BulkheadStatistics
     from ._classify import ClassificationRule, Classifier, classify, is_corruption, register_rule
     from ._component import (
@@ -238,6 +239,7 @@ __all__ = [
     "RetryPolicy",
     "Scalable",
     "ScalingKnob",
+    "SharedBreakerState",
     "SlaClass",
     "SlidingWindowType",
     "SnapshotError",
@@ -378,6 +380,7 @@ _SOURCES: dict[str, str] = {
     "RetryPolicy": "._retry",
     "Scalable": "._component",
     "ScalingKnob": "._scaling",
+    "SharedBreakerState": "._breaker_state",
     "SlaClass": "._policy",
     "SlidingWindowType": "._breaker",
     "SnapshotError": "._snapshot",

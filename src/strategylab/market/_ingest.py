@@ -482,14 +482,7 @@ class Ingestor:
                 await self._failed("write", exc, len(batch))
                 continue
             break
-        # A store that shards symbols (a cluster node's fenced writes) may leave some of the
-        # batch to their owner: those are accounted for but never acknowledged here.
-        not_stored = getattr(store, "not_stored", None)
-        gone = not_stored() if not_stored is not None else ()
-        watermarks = {t.symbol: t.seq for t in batch}
-        handed = watermarks
-        if gone:
-            watermarks = {s: q for s, q in watermarks.items() if s not in gone}
+        handed, watermarks, stored = _stored(store, batch)
         ack_log = self._ack_log
         if ack_log is not None and watermarks:
             while True:
@@ -503,7 +496,7 @@ class Ingestor:
         self._recovered()
         self._writing = False
         self._batches += 1
-        self._acknowledged += len(batch) if not gone else sum(t.symbol not in gone for t in batch)
+        self._acknowledged += stored
         self._new += new
         acked = self._acked
         accounted = self._accounted
@@ -597,3 +590,16 @@ def _range_end(entry: QuarantinedTick) -> int:
         with contextlib.suppress(ValueError):
             return max(seq, int(end))
     return seq
+
+
+def _stored(store: object, batch: list[Tick]) -> tuple[dict[str, int], dict[str, int], int]:
+    """The batch's watermarks per symbol: handed on, stored (to acknowledge), and how many ticks
+    were stored. A store that shards symbols (a cluster node's fenced writes) may leave some of a
+    batch to their owner (its ``not_stored()``): accounted for, never acknowledged here."""
+    handed = {t.symbol: t.seq for t in batch}
+    not_stored = getattr(store, "not_stored", None)
+    gone = not_stored() if not_stored is not None else ()
+    if not gone:
+        return handed, handed, len(batch)
+    stored = {s: q for s, q in handed.items() if s not in gone}
+    return handed, stored, sum(t.symbol not in gone for t in batch)

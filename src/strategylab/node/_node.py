@@ -122,7 +122,7 @@ from ._settings import NodeReloader, changed_keys
 from ._shedding import NodeDegradation, build_degradation, node_features
 from ._status import _print, _StatusOutput
 from ._store_check import check_store_config
-from ._trader_child import CHANNEL_NAME, CHILD_ID, TraderChild
+from ._trader_child import CHANNEL_NAME, CHILD_ID, TraderChild, shared_breaker_health_check
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -495,6 +495,10 @@ class Node:
         )
         if cfg.cluster is not None and cfg.redis_url is not None:  # the cluster kill (issue 14)
             checks.append(cluster_health_check(lambda: self._cluster_kill))
+            if cfg.trader is not None:  # its order-API breaker is the cluster's (issue 14)
+                checks.append(
+                    shared_breaker_health_check(lambda: self._trader, lambda: self.trader_pid)
+                )
         monitor = self._monitor = HealthMonitor(
             checks,
             clock=self._clock,

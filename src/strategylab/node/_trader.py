@@ -38,15 +38,16 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import stat
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -60,6 +61,7 @@ from strategylab.fault_tolerance import (
     AuditLog,
     AuditSink,
     ErrorRecoveryManager,
+    ErrorReporter,
     KillReport,
     SnapshotError,
     TriggerSource,
@@ -88,13 +90,19 @@ from ._trader_kill import (
     trader_kill_switch,
 )
 
+if TYPE_CHECKING:
+    from strategylab.distributed import RedisBreakerBackend
+
 __all__ = [
     "PARENT_CHANNEL_ENV",
     "PARENT_KILL_REASON",
+    "SHARED_BREAKER_COMPONENT",
     "TraderConfig",
     "load_factory",
     "run_engine",
     "run_trader_process",
+    "shared_breaker_prefix",
+    "shared_breaker_status",
 ]
 
 _log = logging.getLogger("strategylab.market.engine")
@@ -281,6 +289,13 @@ class TraderConfig:
     security_hold: float | None = None
     signing_key: bytes | None = field(default=None, repr=False)  # a secret
     audit_key: bytes | None = field(default=None, repr=False)  # a secret
+    # --- shared breakers (issue 14, H6): the order API's breaker shared cluster-wide ---------
+    cluster: str | None = None
+    """``--cluster NAME`` (1..64 of A-Z a-z 0-9 . _ -); with ``redis_url`` the order API's
+    breaker is shared with every trader of the cluster (:func:`shared_breaker_prefix`)."""
+    redis_url: str | None = None
+    """``--redis URL`` (``redis://``, ``rediss://`` or ``unix://``); needs ``cluster``."""
+    # --- end shared breakers ----------------------------------------------------------------
 
     def __post_init__(self) -> None:
         if not self.symbols or not all(self.symbols):
@@ -298,6 +313,7 @@ class TraderConfig:
             seconds("--security-hold", self.security_hold)
         integer("--max-violations", self.max_violations, minimum=1)
         _urls(self.exchange_url, self.feed_url)
+        _check_cluster(self.cluster, self.redis_url)  # shared breakers (issue 14, H6)
 
     @property
     def base_url(self) -> str:
@@ -331,6 +347,7 @@ async def run_engine(
     violation_window: float = 60.0,
     layout: DataLayout | None = None,
     audit: AuditSink | None = None,
+    shared: RedisBreakerBackend | None = None,
 ) -> int:
     """Start ``engine`` (reconcile), feed it from ``ws_url`` until ``stop``, SIGTERM/SIGINT or the
     kill switch. Returns the exit code: 0, or
@@ -347,6 +364,10 @@ async def run_engine(
     connects, the risk engine stays HALTED until reconciliation has finished, a ``resumed`` line
     says what was restored, and only then is the marker removed and trading begins. Raises
     :class:`~strategylab.fault_tolerance.SnapshotError` naming the file for a damaged snapshot.
+
+    ``shared`` is the backend sharing the order API's breaker with the cluster (issue 14): each
+    ``status`` line's ``breaker`` then carries ``shared`` (:func:`shared_breaker_status`), and a
+    ``breaker_shared`` line says when it falls back to local state or re-joins.
     """
     done = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -379,10 +400,12 @@ async def run_engine(
         if not pulled.is_set():
             await feed.start()
             _emit("trading", pid=os.getpid())
+        shared_watch = _SharedWatch(shared)  # shared breakers (issue 14, H6)
         while not done.is_set() and not pulled.is_set():
             parented = _parent.channel is not None or _parent.stdout is not None
             extra = {"dropped_lines": _parent.dropped()} if parented else {}
-            _emit("status", **engine.status().to_dict(), **extra)
+            shared_watch.changed()
+            _emit("status", **shared_watch.status(engine.status().to_dict()), **extra)
             waiters = (asyncio.ensure_future(done.wait()), asyncio.ensure_future(pulled.wait()))
             try:
                 await asyncio.wait(waiters, timeout=status_interval, return_when="FIRST_COMPLETED")
@@ -401,6 +424,98 @@ async def run_engine(
         return report.exit_code
     _emit("stopped", **engine.status().to_dict())
     return 0
+
+
+# --- shared breakers (issue 14, H6) ----------------------------------------------------------
+
+SHARED_BREAKER_COMPONENT: Final = "breaker-backend"
+"""The component the backend's fallback (Redis unreachable) is reported under."""
+_CLUSTER_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def shared_breaker_prefix(cluster: str) -> str:
+    """The Redis key prefix of ``cluster``'s shared breakers, ``strategylab:cluster:{cluster}:
+    breaker`` (beside the cluster kill switch's keys; two clusters never share a key)."""
+    return f"strategylab:cluster:{cluster}:breaker"
+
+
+def _check_cluster(cluster: str | None, redis_url: str | None) -> None:
+    """``--cluster`` and ``--redis``: both or neither; :class:`ConfigurationError` names the
+    flag."""
+    if cluster is not None and not (isinstance(cluster, str) and _CLUSTER_NAME.fullmatch(cluster)):
+        raise ConfigurationError("--cluster", cluster, "must be 1..64 of A-Z a-z 0-9 . _ -")
+    if redis_url is not None and not (
+        isinstance(redis_url, str) and redis_url.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        raise ConfigurationError(
+            "--redis", redis_url, "must be a redis://, rediss:// or unix:// URL"
+        )
+    if (cluster is None) != (redis_url is None):
+        flag, value = ("--redis", redis_url) if cluster is None else ("--cluster", cluster)
+        other = "--cluster NAME" if cluster is None else "--redis URL"
+        raise ConfigurationError(flag, value, f"needs {other} (the breaker is shared by both)")
+
+
+async def _shared_breakers(
+    config: TraderConfig, manager: ErrorRecoveryManager
+) -> RedisBreakerBackend | None:
+    """The backend sharing the order API's breaker with the cluster (None without ``--cluster``).
+
+    Made off the loop: with Redis down its constructor waits up to ``2 x timeout + 0.5`` s for a
+    subscription and then starts degraded (local breakers, reported to ``manager`` under
+    :data:`SHARED_BREAKER_COMPONENT`, re-joined when Redis is back)."""
+    if config.cluster is None or config.redis_url is None:
+        return None
+    from strategylab.distributed import RedisBreakerBackend  # noqa: PLC0415 - only in a cluster
+
+    reporter = ErrorReporter(manager, component=SHARED_BREAKER_COMPONENT)
+    return await asyncio.to_thread(
+        RedisBreakerBackend,
+        config.redis_url,
+        prefix=shared_breaker_prefix(config.cluster),
+        reporter=reporter,
+        loop=asyncio.get_running_loop(),
+    )
+
+
+def shared_breaker_status(shared: RedisBreakerBackend) -> dict[str, object]:
+    """The backend for a status line: ``prefix``, ``degraded`` (True: Redis unreachable, the
+    breaker runs on its local state), ``health`` (``healthy``/``degraded``) and its counters
+    (:class:`~strategylab.distributed.RedisBreakerMetrics`: ``adopted``, ``published``,
+    ``fallbacks``, ``rejoins``, ...)."""
+    metrics = asdict(shared.metrics())
+    return {"prefix": shared.prefix, "health": shared.health().value, **metrics}
+
+
+class _SharedWatch:
+    """The status loop's view of the backend: ``breaker.shared`` in each status line, and a
+    ``breaker_shared`` line (``state``: ``local`` or ``shared``) when it falls back or re-joins."""
+
+    __slots__ = ("_degraded", "_shared")
+
+    def __init__(self, shared: RedisBreakerBackend | None) -> None:
+        self._shared = shared
+        self._degraded = False
+
+    def changed(self) -> None:
+        shared = self._shared
+        if shared is None or shared.degraded == self._degraded:
+            return
+        self._degraded = shared.degraded
+        _emit(
+            "breaker_shared",
+            state="local" if self._degraded else "shared",
+            **shared_breaker_status(shared),
+        )
+
+    def status(self, data: dict[str, Any]) -> dict[str, Any]:
+        shared = self._shared
+        if shared is not None and isinstance(data.get("breaker"), dict):
+            data["breaker"] = {**data["breaker"], "shared": shared_breaker_status(shared)}
+        return data
+
+
+# --- end shared breakers -----------------------------------------------------------------------
 
 
 # --- the cluster kill switch (issue 14, H2) --------------------------------------------------
@@ -703,24 +818,33 @@ def run_trader_process(config: TraderConfig, *, log_level: int = logging.WARNING
             on_anchor=lambda seq, digest: _emit("audit_anchor", seq=seq, hash=digest),
         ) as audit:
             manager = ErrorRecoveryManager(audit=audit)
-            engine = StrategyEngine(
-                factories,
-                client=OrderClient(base, manager=manager, max_retry_after=config.max_retry_after),
-                db=book,
-                risk=RiskEngine(limits),
-                manager=manager,
-                config=engine_config,
-                audit=audit,
-            )
-            return await run_engine(
-                engine,
-                config.ws_url,
-                status_interval=config.status_interval,
-                signing_key=config.signing_key,
-                max_violations=config.max_violations,
-                violation_window=window,
-                audit=audit,
-            )
+            shared = await _shared_breakers(config, manager)  # issue 14, H6 (None: no cluster)
+            try:
+                client = OrderClient(
+                    base, manager=manager, max_retry_after=config.max_retry_after, shared=shared
+                )
+                engine = StrategyEngine(
+                    factories,
+                    client=client,
+                    db=book,
+                    risk=RiskEngine(limits),
+                    manager=manager,
+                    config=engine_config,
+                    audit=audit,
+                )
+                return await run_engine(
+                    engine,
+                    config.ws_url,
+                    status_interval=config.status_interval,
+                    signing_key=config.signing_key,
+                    max_violations=config.max_violations,
+                    violation_window=window,
+                    audit=audit,
+                    shared=shared,
+                )
+            finally:
+                if shared is not None:  # its threads and connections end with the trader
+                    await asyncio.to_thread(shared.close)
 
     parent = os.environ.get(PARENT_CHANNEL_ENV)
     if parent:

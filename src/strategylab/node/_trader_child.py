@@ -49,7 +49,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from strategylab.fault_tolerance import ChildSpec, ProcessChild
+from strategylab.fault_tolerance import (
+    ChildSpec,
+    HealthCheck,
+    HealthState,
+    ProbeKind,
+    ProcessChild,
+)
 
 if TYPE_CHECKING:
     from ._trader import TraderConfig
@@ -60,6 +66,7 @@ __all__ = [
     "TraderChild",
     "TraderIncarnation",
     "liveness_window",
+    "shared_breaker_health_check",
     "trader_argv",
 ]
 
@@ -125,6 +132,10 @@ def trader_argv(config: TraderConfig, *, log_level: int) -> list[str]:
         numbers["--security-hold"] = config.security_hold
     for flag, number in numbers.items():
         argv += [flag, repr(number)]
+    if config.cluster is not None and config.redis_url is not None:
+        # Shared breakers (issue 14, H6): the node's own --cluster and --redis, as it was given
+        # them (its argv shows the URL already).
+        argv += ["--cluster", config.cluster, "--redis", config.redis_url]
     argv += ["--log-level", logging.getLevelName(log_level).lower()]
     return argv
 
@@ -421,7 +432,8 @@ class TraderChild:
 
     def summary(self, pid: int | None) -> dict[str, Any]:
         """The trader for the status line and ``/status``: ``pid``, ``trading``, ``risk_state``,
-        ``positions``, ``open_orders`` and the ``book``."""
+        ``positions``, ``open_orders``, the ``book`` and its order-API ``breaker`` (in a cluster
+        with its ``shared`` state: :func:`~._trader.shared_breaker_status`)."""
         inc = self.incarnation(pid)
         status = (inc.status if inc is not None else None) or self._save_state() or {}
         return {
@@ -556,3 +568,49 @@ class TraderChild:
                 "risk_state": status.get("risk_state"),
             }
         return out
+
+
+# --- shared breakers (issue 14, H6) ----------------------------------------------------------
+
+SHARED_BREAKER_CHECK: Final = "trader_breaker"
+"""The node's health check of its trader's shared order-API breaker."""
+
+
+def shared_breaker_state(trader: TraderChild | None, pid: int | None) -> HealthState:
+    """DEGRADED while the trader ``pid``'s last ``status`` line says its order-API breaker runs
+    on local state (``breaker.shared.degraded``: the cluster's Redis is unreachable); HEALTHY
+    otherwise (no trader, no cluster, no status yet, or shared)."""
+    inc = None if trader is None else trader.incarnation(pid)
+    status = None if inc is None else inc.status
+    breaker = None if status is None else status.get("breaker")
+    shared = breaker.get("shared") if isinstance(breaker, Mapping) else None
+    if isinstance(shared, Mapping) and shared.get("degraded"):
+        return HealthState.DEGRADED
+    return HealthState.HEALTHY
+
+
+def shared_breaker_health_check(
+    get: Callable[[], TraderChild | None],
+    pid: Callable[[], int | None],
+    *,
+    interval: float = 0.5,
+    timeout: float = 1.0,
+) -> HealthCheck:
+    """The readiness check :data:`SHARED_BREAKER_CHECK` of a node whose trader shares its
+    order-API breaker with the cluster (``--cluster`` and ``--redis``): DEGRADED while the
+    trader's breaker has fallen back to local state (:func:`shared_breaker_state`), never
+    UNHEALTHY (the trader keeps trading on its local breaker and re-joins by itself). ``get()``
+    is the node's trader child, ``pid()`` the trader process running now; ``interval`` and
+    ``timeout`` are seconds."""
+
+    async def check() -> HealthState:
+        return shared_breaker_state(get(), pid())
+
+    return HealthCheck(
+        name=SHARED_BREAKER_CHECK,
+        check=check,
+        kind=ProbeKind.READINESS,
+        component="trader.breaker-backend",
+        interval=interval,
+        timeout=timeout,
+    )

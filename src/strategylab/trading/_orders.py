@@ -43,6 +43,7 @@ from strategylab.fault_tolerance import (
     ErrorType,
     Pipeline,
     RetryPolicy,
+    SharedBreakerState,
     Timeout,
     parse_retry_after,
 )
@@ -169,7 +170,9 @@ class OrderClient:
     honoured up to it; a wait longer than what remains of ``timeout`` ends the call at
     ``timeout``, never with an early retry); ``lookup_batch`` (count, 1..1000) is the most client
     ids per bulk lookup; ``lookup_concurrency`` (count, 1..64) the single lookups in flight at
-    once when the exchange has no bulk endpoint (or ``bulk_lookup`` is False).
+    once when the exchange has no bulk endpoint (or ``bulk_lookup`` is False). ``shared`` (e.g.
+    a :class:`strategylab.distributed.RedisBreakerBackend`) shares the default breaker's state,
+    ``{name}.breaker``, with every process's breaker of that name (ignored with ``breaker``).
     :attr:`rate_limited_until` is the ``clock`` time before which the exchange asked not to be
     called again (its last 429).
     """
@@ -183,6 +186,7 @@ class OrderClient:
         attempt_timeout: float = 1.0,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
+        shared: SharedBreakerState | None = None,
         manager: ErrorRecoveryManager | None = None,
         clock: Clock = SYSTEM_CLOCK,
         max_retry_after: float = 30.0,
@@ -234,6 +238,7 @@ class OrderClient:
                 recovery_timeout=1.0,
                 clock=clock,
                 ignore_on=(OrderRefusedError,),
+                shared=shared,  # issue 14: a cluster's traders share it (RedisBreakerBackend)
             )
         )
         self._pipeline = Pipeline.of(
