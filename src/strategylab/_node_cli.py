@@ -489,8 +489,11 @@ def node_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option(
             "--cluster",
             metavar="NAME",
-            help="The cluster this node belongs to (A-Z a-z 0-9 . _ -); with --redis it obeys "
-            "the cluster kill switch (`strategylab kill --cluster NAME`).",
+            help="The cluster this node belongs to (A-Z a-z 0-9 . _ -). With --postgres the "
+            "cluster's nodes share --symbols through leases (each symbol ingested by one node at "
+            "a time; a dead node's symbols taken over); with --redis it obeys the cluster kill "
+            "switch (`strategylab kill --cluster NAME`) and its trader shares its order-API "
+            "circuit breaker with the cluster's.",
             show_default=False,
         ),
     ] = None,
