@@ -428,7 +428,12 @@ class Node:
         )
         self._status_out = _StatusOutput(manager)
         primary: TickStore
-        if cfg.postgres is not None:
+        if cfg.postgres is not None and cfg.cluster is not None:
+            # A write may not outlast a lease: a node cut off mid-write would otherwise hold a
+            # lease it took back for the write timeout (30 s) without storing a tick.
+            ttl = LeaseConfig(cluster=cfg.cluster, symbols=cfg.symbols).ttl
+            primary = PostgresTickStore(cfg.postgres, connect_timeout=ttl, timeout=ttl)
+        elif cfg.postgres is not None:
             primary = PostgresTickStore(cfg.postgres)
         else:
             primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
