@@ -52,7 +52,14 @@ if TYPE_CHECKING:
         ReportFiles,
     )
 
-__all__ = ["CATEGORY_IDS", "lab_app", "parse_categories", "parse_seed"]
+__all__ = [
+    "CATEGORY_IDS",
+    "CLUSTER_NODES",
+    "lab_app",
+    "parse_categories",
+    "parse_cluster",
+    "parse_seed",
+]
 
 _PROG: Final = "strategylab lab"
 CATEGORY_IDS: Final = tuple(range(1, 11))
@@ -149,6 +156,54 @@ def _postgres_callback(ctx: typer.Context, param: typer.CallbackParam, value: ob
     return value
 
 
+# --- the cluster run (issue 14): --cluster N [--redis URL] ----------------------------------------
+
+CLUSTER_NODES: Final = (2, 5)
+"""The smallest and largest ``--cluster N``."""
+
+
+def parse_cluster(text: str, *, flag: str = "--cluster") -> int:
+    """``--cluster``'s value: a whole number of nodes, 2..5 (blanks around it ignored).
+
+    Raises :class:`ConfigurationError` naming ``flag`` and the value otherwise.
+    """
+    item = text.strip()
+    low, high = CLUSTER_NODES
+    if not item.isdecimal() or not item.isascii() or not low <= int(item) <= high:
+        raise ConfigurationError(flag, text, f"must be a number of nodes, {low}..{high}")
+    return int(item)
+
+
+def _cluster_callback(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, str):
+        try:
+            parse_cluster(value, flag=_flag(param))
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
+    return value
+
+
+def _redis_callback(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
+    if isinstance(value, str) and not value.startswith(("redis://", "rediss://")):
+        usage_error(
+            ctx.command_path,
+            ConfigurationError(_flag(param), value, "must be a redis:// or rediss:// URL"),
+        )
+    return value
+
+
+def _check_cluster_flags(ctx: typer.Context, cluster: str | None, redis: str | None) -> None:
+    """``--redis`` needs ``--cluster``; ``--category`` contradicts it (one category: the
+    cluster's)."""
+    if cluster is None and redis is not None:
+        usage_error(_PROG, "--redis needs --cluster N (the Redis of the cluster run)")
+    source = ctx.get_parameter_source("category")
+    if cluster is not None and source is not None and source.name == "COMMANDLINE":
+        usage_error(_PROG, "--category contradicts --cluster (the cluster run is one category)")
+
+
+# --- end of the cluster run's options -------------------------------------------------------------
+
 CategoryOption = Annotated[
     str,
     typer.Option(
@@ -235,6 +290,30 @@ def lab(  # noqa: PLR0917 - typer passes options positionally
         ),
     ] = None,
     log_level: LogLevelOption = LogLevel.WARNING,
+    # The cluster run (issue 14).
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="N",
+            callback=_cluster_callback,
+            help="Run the cluster category instead of the ten: N nodes (2..5) sharing the "
+            "symbols on one PostgreSQL (--postgres, or a throwaway server) and one Redis "
+            "(--redis, or a throwaway redis-server).",
+            show_default=False,
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            callback=_redis_callback,
+            help="With --cluster: the cluster's Redis (redis://HOST:PORT[/DB]); the Redis-killed "
+            "fault then is skipped (the lab kills only a Redis it started).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the chaos lab's categories and judge each against its criterion.
 
@@ -245,6 +324,7 @@ def lab(  # noqa: PLR0917 - typer passes options positionally
     if ctx.invoked_subcommand is not None:
         return
     configure_logging(log_level.level, sys.stderr)
+    _check_cluster_flags(ctx, cluster, redis)  # the cluster run (issue 14)
     ids = parse_categories(category)
     report_dir = _report_dir(report)
     _check_junit(junit)
@@ -257,6 +337,8 @@ def lab(  # noqa: PLR0917 - typer passes options positionally
             report_dir=report_dir,
             junit=junit,
             work_dir=work_dir,
+            cluster=None if cluster is None else parse_cluster(cluster),
+            redis=redis,
         )
     )
 
@@ -351,6 +433,8 @@ def _run_builtin(
     report_dir: Path,
     junit: Path | None,
     work_dir: Path | None,
+    cluster: int | None = None,
+    redis: str | None = None,
 ) -> int:
     import asyncio  # noqa: PLC0415 - not on --help's path
 
@@ -364,7 +448,11 @@ def _run_builtin(
         scenarios_for,
     )
 
-    scenarios = scenarios_for(categories)
+    if cluster is not None:  # the cluster run (issue 14): its one category
+        from strategylab.chaos import CLUSTER_CATEGORY_ID  # noqa: PLC0415
+
+        categories = (CLUSTER_CATEGORY_ID,)
+    scenarios = [] if cluster is not None else scenarios_for(categories)
     # Without --work-dir the run's data (stores, logs) goes to a temporary directory of ours:
     # removed after a passing run (the report holds what it needs), kept and named otherwise.
     temporary = work_dir is None
@@ -384,6 +472,10 @@ def _run_builtin(
     view = LiveView(console, categories, origin=time.monotonic())
 
     async def body() -> LabReport:
+        if cluster is not None:  # the cluster run (issue 14)
+            from strategylab.chaos import run_cluster_lab  # noqa: PLC0415
+
+            return await run_cluster_lab(options, view, nodes=cluster, redis=redis)
         return await run_lab(options, scenarios, view)
 
     try:

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
         check_sqlite,
         check_store,
     )
+    from ._cluster import (  # issue 14: --cluster
+        CLUSTER_CATEGORY_ID,
+        ClusterConfig,
+        LabCluster,
+        run_cluster_lab,
+    )
+    from ._cluster_servers import ThrowawayRedis
     from ._experiment import (
         ActionResult,
         Experiment,
@@ -212,6 +219,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "check": ("._checker", "check"),
     "check_sqlite": ("._checker", "check_sqlite"),
     "check_store": ("._checker", "check_store"),
+    "CLUSTER_CATEGORY_ID": ("._cluster", "CLUSTER_CATEGORY_ID"),
+    "ClusterConfig": ("._cluster", "ClusterConfig"),
+    "LabCluster": ("._cluster", "LabCluster"),
+    "run_cluster_lab": ("._cluster", "run_cluster_lab"),
+    "ThrowawayRedis": ("._cluster_servers", "ThrowawayRedis"),
     "ActionResult": ("._experiment", "ActionResult"),
     "Experiment": ("._experiment", "Experiment"),
     "ExperimentAction": ("._experiment", "ExperimentAction"),
@@ -339,6 +351,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
+    "CLUSTER_CATEGORY_ID",
     "OWN_CRITERION",
     "REPORT_SCHEMA",
     "SCENARIOS",
@@ -350,6 +363,7 @@ __all__ = [
     "CategoryResult",
     "Check",
     "CheckInputError",
+    "ClusterConfig",
     "ConnectionReset",
     "CorruptFrames",
     "Corruption",
@@ -383,6 +397,7 @@ __all__ = [
     "JunitPathError",
     "KillProcess",
     "Lab",
+    "LabCluster",
     "LabEvent",
     "LabOptions",
     "LabProgress",
@@ -432,6 +447,7 @@ __all__ = [
     "Stream",
     "SymbolIntegrity",
     "ThrowawayPostgres",
+    "ThrowawayRedis",
     "TickSet",
     "Toxic",
     "ToxicExistsError",
@@ -462,6 +478,7 @@ __all__ = [
     "process_state",
     "render_html",
     "report_json",
+    "run_cluster_lab",
     "run_experiment",
     "run_experiment_file",
     "run_lab",

@@ -20,12 +20,14 @@ from ._c07_degradation import GracefulDegradation
 from ._c08_integrity import DataIntegrity
 from ._c09_sla import RecoverySla
 from ._c10_shutdown import EmergencyShutdownScenario
+from ._cluster import ClusterFailover  # `strategylab lab --cluster N` (issue 14), not in SCENARIOS
 
 __all__ = [
     "SCENARIOS",
     "BasicErrorRecovery",
     "CascadingFailure",
     "CircuitBreakerScenario",
+    "ClusterFailover",
     "DataIntegrity",
     "DatabaseFailover",
     "EmergencyShutdownScenario",
