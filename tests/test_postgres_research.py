@@ -409,3 +409,28 @@ def test_the_shared_read_of_sqlite_is_the_columnar_snapshot(sqlite_ticks: Path) 
         assert shared.pinned
         assert shared.shared_ticks is None
         assert run_backtest(shared).ticks == PER_SYMBOL
+
+
+@pytest.mark.timeout(60)
+def test_check_merges_the_ack_logs_of_a_clusters_nodes(
+    schema: str, tmp_path: Path, logs: tuple[Path, Path]
+) -> None:
+    """Each node of a cluster acknowledges the symbols it held: ``--acks`` repeated takes the
+    highest acknowledged seq per symbol over all of them, so a tick one node acknowledged and
+    the shared store lacks is lost whichever node's log says it (the last --acks given must not
+    silently win)."""
+    emitted, _all = logs
+    first, second = SYMBOLS[0], SYMBOLS[1]
+    node_a, node_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, acked in ((node_a, {first: PER_SYMBOL}), (node_b, {second: PER_SYMBOL // 2})):
+        log = AckLog(path)
+        log.append(acked)
+        log.close()
+    table = _new_table(schema, TICKS)
+    table.execute("DELETE FROM {t} WHERE symbol = %s AND seq = %s", first, 7)
+    common = ["check", str(emitted), *table.flags(), "--json"]
+    both = _json(_invoke(*common, "--acks", str(node_a), "--acks", str(node_b)), code=3)
+    assert both["lost"]["items"] == [[first, 7]]
+    assert both["acknowledged"] == PER_SYMBOL + PER_SYMBOL // 2
+    only_b = _json(_invoke(*common, "--acks", str(node_b)), code=0)
+    assert only_b["lost"]["count"] == 0

@@ -65,11 +65,12 @@ def check_command(  # noqa: PLR0917 - typer passes options positionally
         typer.Option("--pg-schema", metavar="NAME", help=PG_SCHEMA_HELP, show_default=False),
     ] = None,
     acks: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             metavar="PATH",
             parser=nonempty_path("--acks"),
-            help="The node's ack log.",
+            help="The node's ack log; repeat it for the nodes of a cluster sharing the store (the "
+            "highest acknowledged seq per symbol over all of them).",
             show_default=False,
         ),
     ] = None,
@@ -117,7 +118,7 @@ def check_command(  # noqa: PLR0917 - typer passes options positionally
             check_store(
                 emitted,
                 store.store,
-                acks,
+                None if not acks else acks[0] if len(acks) == 1 else list(acks),
                 require_complete=require_complete,
                 table=store.table,
                 schema=store.schema,

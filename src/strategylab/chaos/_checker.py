@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,6 +64,7 @@ from strategylab.market import (
 )
 
 from ._checker_inputs import (
+    AckSource,
     CheckInputError,
     EmittedLogError,
     _acks,
@@ -216,7 +217,7 @@ class _Totals:
 async def check(
     emitted_log: str | os.PathLike[str] | Iterable[Tick],
     store: TickSource,
-    acks: str | os.PathLike[str] | Mapping[str, int] | None = None,
+    acks: AckSource = None,
     *,
     require_complete: bool = False,
     limit: int = 1000,
@@ -226,7 +227,8 @@ async def check(
     """Check ``store`` against the exchange's emitted log and, when given, the node's acks.
 
     ``emitted_log`` is a path to an emitted log (or any iterable of ticks, for tests); ``acks`` a
-    path to an ack log or a ``{symbol: watermark}`` mapping; ``limit`` caps the items kept per
+    path to an ack log, a list of them (a cluster's nodes: the highest acknowledged seq per symbol
+    over all) or a ``{symbol: watermark}`` mapping; ``limit`` caps the items kept per
     finding (counts stay exact); ``window`` is how many sequences are read from the store at once.
     The store must be open; the check only reads it. The emitted log is read in a worker thread.
     An unreadable emitted log or ack log raises :class:`CheckInputError` naming it.
@@ -338,7 +340,7 @@ async def check(
 async def check_store(
     emitted_log: str | os.PathLike[str],
     db: str | os.PathLike[str],
-    acks: str | os.PathLike[str] | Mapping[str, int] | None = None,
+    acks: AckSource = None,
     *,
     require_complete: bool = False,
     limit: int = 1000,

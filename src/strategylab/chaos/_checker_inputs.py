@@ -25,7 +25,7 @@ from strategylab.market import (
 
 from ._checker_ranges import Range, _from_points
 
-__all__ = ["CheckInputError", "EmittedLogError"]
+__all__ = ["AckSource", "CheckInputError", "EmittedLogError"]
 
 _encoder = msgspec.msgpack.Encoder()
 _ticks_decoder = msgspec.msgpack.Decoder(list[Tick])
@@ -198,11 +198,26 @@ def _load_emitted(source: str | os.PathLike[str] | Iterable[Tick]) -> dict[str, 
     return table
 
 
-def _acks(acks: str | os.PathLike[str] | Mapping[str, int] | None) -> dict[str, int] | None:
+AckSource = (
+    str | os.PathLike[str] | Mapping[str, int] | list[str | os.PathLike[str]]
+    | tuple[str | os.PathLike[str], ...] | None
+)  # fmt: skip
+"""What a check takes as the acknowledged watermarks: an ack log's path, several (the nodes of a
+cluster sharing one store: the highest acknowledged seq per symbol over all of them), or the
+watermarks themselves."""
+
+
+def _acks(acks: AckSource) -> dict[str, int] | None:
     if acks is None:
         return None
     if isinstance(acks, Mapping):
         return {str(s): int(n) for s, n in acks.items()}
+    if isinstance(acks, list | tuple):
+        merged: dict[str, int] = {}
+        for path in acks:
+            for symbol, seq in (_acks(path) or {}).items():
+                merged[symbol] = max(seq, merged.get(symbol, 0))
+        return merged
     try:
         return read_acks(acks)
     except FileNotFoundError:
