@@ -148,7 +148,7 @@ class CircuitBreakerScenario(Scenario):
     async def _one(
         self, lab: LabRun, pipeline: Pipeline, fault: _SeparateApiErrors, hold: float
     ) -> None:
-        before = await trader_breaker(pipeline)
+        before = await _first_breaker(lab, pipeline)
         strikes_before = await _strikes(pipeline)
         seen: set[str] = set()
         watching = True
@@ -211,6 +211,17 @@ class CircuitBreakerScenario(Scenario):
             f"the exchange answered {strikes} requests 503; the breaker let through {failed} "
             f"failed and {ignored} cut-short calls and refused {rejected} without a request",
         )
+
+
+async def _first_breaker(lab: LabRun, pipeline: Pipeline) -> dict[str, Any] | None:
+    """The trader's breaker before a fault: a trader (re)started a moment ago has not printed
+    its first status line yet, so wait for one (at most 10 s; None if none came)."""
+    deadline = lab._clock.monotonic() + 10.0  # noqa: SLF001 - the lab's clock
+    while (breaker := await trader_breaker(pipeline)) is None:
+        if lab._clock.monotonic() >= deadline:  # noqa: SLF001
+            return None
+        await lab._clock.asleep(_POLL)  # noqa: SLF001
+    return breaker
 
 
 async def _settled_breaker(
