@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,12 @@ from typing import cast
 import pytest
 import redis
 
-from strategylab.distributed import RedisBreakerBackend, SharedStateUnavailableError
+from strategylab.distributed import (
+    RedisBreakerBackend,
+    SharedStateLostError,
+    SharedStateUnavailableError,
+    breaker_keys,
+)
 from strategylab.distributed._redis_breaker import _Hysteresis
 from strategylab.errors import CircuitOpenError, ConfigurationError
 from strategylab.fault_tolerance import (
@@ -83,7 +89,7 @@ def backends(prefix: str) -> Iterator[Callable[..., RedisBreakerBackend]]:
 def shared_hash(prefix: str, name: str) -> dict[str, str]:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return cast("dict[str, str]", client.hgetall(f"{prefix}:{name}:state"))
+        return cast("dict[str, str]", client.hgetall(breaker_keys(prefix, name)[0]))
     finally:
         client.close()
 
@@ -364,6 +370,135 @@ def test_lost_shared_state_is_created_again_from_the_local_one(
     assert 25_000 < int(state["ou"]) - int(state["g"]) <= 30_000
     assert backend.metrics().recreated == 1
     assert breaker.state is OPEN
+
+
+# ------------------------------------------------------------------------------ data lost, keys
+
+
+def test_key_encoding_is_injective_and_readable() -> None:
+    """No two (prefix, name) pairs share a key or a channel, even when prefixes nest or names
+    hold ``:`` and ``%``; each key splits back into its pair; plain names are unchanged."""
+    prefixes = ["app", "app:ns", "app:", "app%3Ans", "app:ns:x"]
+    names = ["ns:x", "x", "ns%3Ax", ":x", "x:", "", "%", "%25", "a%b:c:d"]
+    pairs = [(p, n) for p in prefixes for n in names]
+    keys = [breaker_keys(p, n) for p, n in pairs]
+    assert len({state for state, _ in keys}) == len(pairs)
+    assert len({events for _, events in keys}) == len(pairs)
+    for (p, n), (state, events) in zip(pairs, keys, strict=True):
+        head, encoded, tail = state.rsplit(":", 2)
+        assert (head, urllib.parse.unquote(encoded), tail) == (p, n, "state")
+        assert events == f"{head}:{encoded}:events"
+    assert breaker_keys("app", "orders-v2") == ("app:orders-v2:state", "app:orders-v2:events")
+    assert breaker_keys("app", "ns:x")[0] == "app:ns%3Ax:state"
+
+
+@pytest.mark.integration
+def test_nested_prefixes_never_share_a_breaker(
+    prefix: str, backends: Callable[..., RedisBreakerBackend]
+) -> None:
+    """Prefix P + name ``ns:feed`` and prefix ``P:ns`` + name ``feed`` are two breakers: the
+    outer backend's ``P:*`` subscription sees the inner one's trip and adopts nothing."""
+    outer_backend = backends()
+    outer = CircuitBreaker("ns:feed", shared=outer_backend)
+    witness = CircuitBreaker("witness", shared=outer_backend)
+    witness_peer = CircuitBreaker("witness", shared=backends())
+    inner = CircuitBreaker("feed", shared=backends(prefix=f"{prefix}:ns"))
+    inner_peer = CircuitBreaker("feed", shared=backends(prefix=f"{prefix}:ns"))
+    inner.trip()
+    wait_for(lambda: inner_peer.state is OPEN, what="the inner peer to adopt the trip")
+    # Published after the inner trip, so the outer subscriber has read that notice by the time
+    # it adopts this one (Redis delivers one connection's messages in publish order).
+    witness_peer.trip()
+    wait_for(lambda: witness.state is OPEN, what="the outer backend to read past the inner trip")
+    assert outer.state is CLOSED
+    assert shared_hash(prefix, "ns:feed")["s"] == "closed"
+    assert shared_hash(f"{prefix}:ns", "feed")["s"] == "open"
+
+
+@pytest.mark.integration
+async def test_a_process_started_after_data_loss_never_closes_the_open_ones(
+    prefix: str, backends: Callable[..., RedisBreakerBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes OPEN 12 s into a 20 s recovery; the shared hash is lost and a new process
+    creates it CLOSED. Neither old process closes: one re-asserts OPEN with the 8 s left (one
+    transition), the newcomer adopts it, and each old process counts, logs and reports the
+    loss."""
+    clock = FakeClock()
+    manager = StubManager()
+    reporter = ErrorReporter(cast("ErrorRecoveryManager", manager), component="breakers")
+    try:
+        first, second = backends(clock=clock, reporter=reporter), backends(clock=clock)
+        olds = [
+            CircuitBreaker("venue", recovery_timeout=20.0, clock=clock, shared=backend)
+            for backend in (first, second)
+        ]
+        closed: list[str] = []
+        for old in olds:
+            old.add_listener(lambda b, _old, new: closed.append(b.name) if new is CLOSED else None)
+        olds[0].trip()
+        wait_for(lambda: olds[1].state is OPEN, what="the second to adopt the trip")
+        clock.advance(12.0)
+        lost = redis.Redis.from_url(REDIS_URL)
+        lost.delete(breaker_keys(prefix, "venue")[0])
+        lost.close()
+
+        newcomer = CircuitBreaker("venue", recovery_timeout=20.0, shared=backends())
+        await _until(lambda: newcomer.state is OPEN, "the newcomer to adopt the re-asserted OPEN")
+        with pytest.raises(CircuitOpenError) as rejected:
+            newcomer.call(lambda: None)
+        assert 7.0 < rejected.value.retry_after <= 8.05  # what was left, not a fresh 20 s
+        state = shared_hash(prefix, "venue")
+        assert (state["s"], state["e"]) == ("open", "2")  # created CLOSED (1), re-asserted (2)
+        assert all(old.state is OPEN for old in olds)
+        assert closed == []
+        assert [b.metrics().recreated for b in (first, second)] == [1, 1]
+        await _until(lambda: len(manager.errors) == 1, "the report")
+        assert isinstance(manager.errors[0], SharedStateLostError)
+        assert "'venue'" in str(manager.errors[0])
+        assert sum("lost with Redis's data" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        await reporter.aclose()
+
+
+@pytest.mark.integration
+def test_a_half_open_breaker_reasserts_its_trial_over_a_new_closed_state(
+    prefix: str, backends: Callable[..., RedisBreakerBackend]
+) -> None:
+    """A HALF_OPEN process with a trial in flight finds (in a script reply, no notice) a new
+    generation written CLOSED: it stays HALF_OPEN and puts back HALF_OPEN with its trial, so a
+    process that starts then is refused a second trial."""
+    backend = backends()
+    breaker = CircuitBreaker(
+        "probe",
+        recovery_timeout=0.05,
+        max_wait_in_half_open=9.0,
+        half_open_max_calls=1,
+        shared=backend,
+    )
+    breaker.trip()
+    wait_for(lambda: breaker.state is HALF_OPEN, what="HALF_OPEN")
+    wait_for(lambda: shared_hash(prefix, "probe").get("s") == "half_open", what="shared")
+    assert backend.claim_trial(breaker)  # this process's trial is running
+    client = redis.Redis.from_url(REDIS_URL)
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    key = breaker_keys(prefix, "probe")[0]
+    client.delete(key)
+    fresh = {"s": "closed", "g": now_ms, "e": 1, "ou": now_ms, "hu": -1, "tr": 0, "ok": 0, "tu": 0}
+    client.hset(key, mapping=fresh)  # type: ignore[arg-type]
+    client.close()
+    assert not backend.claim_trial(breaker)  # the reply: a new generation, CLOSED
+    wait_for(lambda: shared_hash(prefix, "probe").get("s") == "half_open", what="re-asserted")
+    state = shared_hash(prefix, "probe")
+    assert (state["g"], state["e"], state["tr"]) == (str(now_ms), "2", "1")
+    assert 9_000 <= int(state["hu"]) - now_ms < 9_500  # its max wait, from the re-assertion
+    assert breaker.state is HALF_OPEN
+    assert backend.metrics().recreated == 1
+    late = CircuitBreaker("probe", recovery_timeout=0.05, half_open_max_calls=1, shared=backends())
+    assert late.state is HALF_OPEN
+    with pytest.raises(CircuitOpenError) as rejected:
+        late.call(lambda: None)
+    assert rejected.value.retry_after == 0.0  # saturated: the cluster's one trial is running
 
 
 # ------------------------------------------------------------------------------ Redis killed

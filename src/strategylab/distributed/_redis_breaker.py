@@ -24,6 +24,13 @@ key prefix. What it does better than pybreaker's ``CircuitRedisStorage`` (its is
 - **Starting never resets.** A process that starts or re-joins adopts the shared state; a missing
   hash (a new breaker, or Redis's data lost) is created from the local state, never over an
   existing one (pybreaker reset the shared state on start, #15, and failed on a lost key, #28).
+- **Losing Redis's data never closes a breaker.** A hash created again after the data was lost
+  (``FLUSHALL``, a restart without persistence) has a new *generation*. A process that sees a new
+  generation counts the loss (``recreated``), logs it and reports a :class:`SharedStateLostError`;
+  if its own breaker is OPEN or HALF_OPEN and the new hash is CLOSED (made by a process that
+  knew nothing of the old one) it does not adopt CLOSED but re-asserts its state: OPEN with its
+  remaining time, HALF_OPEN with its trials in flight (the restart-resets fault, #15, in the
+  form data loss takes).
 - **Redis gone: local, reported, re-joined without flapping.** When Redis is unreachable every
   breaker keeps working on its own (:attr:`RedisBreakerBackend.degraded`,
   :meth:`~RedisBreakerBackend.health`, :meth:`~RedisBreakerBackend.metrics`, and one report per
@@ -31,7 +38,10 @@ key prefix. What it does better than pybreaker's ``CircuitRedisStorage`` (its is
   only after ``rejoin_pings`` consecutive successful pings spanning ``rejoin_hold`` seconds of
   ``clock``, so a Redis that comes and goes does not make the breakers come and go.
 
-Keys: ``{prefix}:{name}:state`` (a hash) and the channel ``{prefix}:{name}:events``; ``prefix``
+Keys: ``{prefix}:{name}:state`` (a hash) and the channel ``{prefix}:{name}:events``
+(:func:`breaker_keys`), where ``name`` has ``%`` and ``:`` percent-encoded (``%25``, ``%3A``; RFC
+3986 §2.1) so that no two (prefix, name) pairs share a key: ``P`` + ``a:b`` is ``P:a%3Ab:state``,
+``P:a`` + ``b`` is ``P:a:b:state``. A name without either character is used as it is. ``prefix``
 defaults to ``strategylab:breaker``. Operator overrides (FORCED_OPEN, FORCED_CLOSED, DISABLED)
 stay local to the process that set them.
 """
@@ -65,7 +75,13 @@ if TYPE_CHECKING:
 
     from strategylab.fault_tolerance import CircuitBreaker, ErrorReporter
 
-__all__ = ["RedisBreakerBackend", "RedisBreakerMetrics", "SharedStateUnavailableError"]
+__all__ = [
+    "RedisBreakerBackend",
+    "RedisBreakerMetrics",
+    "SharedStateLostError",
+    "SharedStateUnavailableError",
+    "breaker_keys",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -91,12 +107,26 @@ class _Notice(NamedTuple):
 
 class _Job(NamedTuple):
     """One script step the publisher thread runs for a breaker (against the shared epoch known
-    when it runs: the replies to the jobs before it have moved it on)."""
+    when it runs: the replies to the jobs before it have moved it on; ``epoch`` >= 0 fixes it)."""
 
     entry: _Entry
     op: str
     arg: str
     to: str
+    epoch: int = -1
+
+
+def breaker_keys(prefix: str, name: str) -> tuple[str, str]:
+    """The hash and the pub/sub channel of breaker ``name`` under ``prefix``.
+
+    ``({prefix}:{enc}:state, {prefix}:{enc}:events)`` where ``enc`` is ``name`` with ``%`` and
+    ``:`` percent-encoded (RFC 3986 §2.1: ``%25``, ``%3A``). Injective: ``enc`` holds no ``:``, so
+    the last two ``:`` of a key split it back into the prefix, ``enc`` and the suffix, and the
+    encoding is undone exactly because ``%`` itself is encoded. A name with neither character is
+    unchanged (``quotes`` -> ``{prefix}:quotes:state``).
+    """
+    encoded = name.replace("%", "%25").replace(":", "%3A")
+    return f"{prefix}:{encoded}:state", f"{prefix}:{encoded}:events"
 
 
 class SharedStateUnavailableError(FaultToleranceError):
@@ -104,6 +134,17 @@ class SharedStateUnavailableError(FaultToleranceError):
 
     Reported to the recovery manager as ``DATABASE_CONNECTION_LOST``; ``__cause__`` is redis-py's
     error.
+    """
+
+    error_type = ErrorType.DATABASE_CONNECTION_LOST
+
+
+class SharedStateLostError(FaultToleranceError):
+    """A breaker's shared state was lost with Redis's data (``FLUSHALL``, a restart without
+    persistence) and created again: a new generation. Reported once per generation by every
+    process that had known the old one; its breaker keeps (re-asserts) an OPEN or HALF_OPEN state.
+
+    Reported to the recovery manager as ``DATABASE_CONNECTION_LOST`` (the shared store failed).
     """
 
     error_type = ErrorType.DATABASE_CONNECTION_LOST
@@ -134,7 +175,8 @@ class RedisBreakerMetrics:
     dropped: int
     """Local transitions made while degraded, not published (the re-join reconciles them)."""
     recreated: int
-    """Shared states found missing (data lost) and created again from the local state."""
+    """Losses of shared state noticed (Redis lost its data: a new generation seen), whether this
+    process created the state again from its own or found it created by another process."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,10 +197,19 @@ class _Entry:
     """Guards ``pending`` only; never held while another lock is taken."""
     stale: bool = False
     """A notice was passed over while jobs were pending: read the shared state after them."""
+    noticed: int = 0
+    """The last new generation this process counted as a loss of the shared state."""
+    trials: int = 0
+    """HALF_OPEN trials this process claimed and has not settled (under ``pending_lock``)."""
 
     def queued(self, change: int) -> None:
         with self.pending_lock:
             self.pending += change
+
+    def trial(self, change: int | None) -> None:
+        """Count a trial claimed (+1) or settled (-1); None: the HALF_OPEN period ended."""
+        with self.pending_lock:
+            self.trials = 0 if change is None else max(0, self.trials + change)
 
 
 class _Hysteresis:
@@ -195,8 +246,10 @@ class RedisBreakerBackend:
     ``rejoin_pings`` consecutive successes spanning ``rejoin_hold`` seconds of ``clock`` re-join.
     ``trial_ttl`` (seconds) releases a trial claim whose process never reported its outcome.
     ``reporter`` receives a :class:`SharedStateUnavailableError` when Redis becomes unreachable
-    (one per episode, its own folding); it reports from ``loop`` (default: the running loop at
-    construction). ``ConfigurationError`` names a bad argument.
+    (one per episode) and a :class:`SharedStateLostError` when a breaker's shared state is found
+    lost with Redis's data (one per new generation), both folded by the reporter as it folds;
+    it reports from ``loop`` (default: the running loop at construction). ``ConfigurationError``
+    names a bad argument.
 
     The backend starts two daemon threads (the publisher and the subscriber); :meth:`close` stops
     them. Breakers keep working on their local state after it is closed.
@@ -285,7 +338,8 @@ class RedisBreakerBackend:
 
     @property
     def prefix(self) -> str:
-        """Keys are ``{prefix}:{name}:state``, channels ``{prefix}:{name}:events``."""
+        """Keys are ``{prefix}:{name}:state``, channels ``{prefix}:{name}:events`` (``name``
+        encoded: :func:`breaker_keys`)."""
         return self._prefix
 
     @property
@@ -347,7 +401,7 @@ class RedisBreakerBackend:
         shares a breaker of that name.
         """
         name = breaker.name
-        entry = _Entry(breaker, f"{self._prefix}:{name}:state", f"{self._prefix}:{name}:events")
+        entry = _Entry(breaker, *breaker_keys(self._prefix, name))
         with self._entries_lock:
             if name in self._entries:
                 raise ConfigurationError(
@@ -369,6 +423,7 @@ class RedisBreakerBackend:
             return
         if new is BreakerState.OPEN:
             entry.open_deadline = self._clock.monotonic() + breaker.recovery_timeout
+        entry.trial(None)
         if old in _NAMES and new in _NAMES:
             entry.queued(1)
             self._queue.put(_Job(entry, "move", _NAMES[old], _NAMES[new]))
@@ -378,6 +433,7 @@ class RedisBreakerBackend:
         entry = self._entries.get(breaker.name)
         if entry is None or entry.breaker is not breaker or self._closed:
             return
+        entry.trial(-1)
         entry.queued(1)
         self._queue.put(_Job(entry, "settle", "1" if success else "0", ""))
 
@@ -395,6 +451,7 @@ class RedisBreakerBackend:
             self._fail(exc)
             return True
         if granted:
+            entry.trial(1)
             self._granted += 1
         else:
             self._refused += 1
@@ -424,6 +481,7 @@ class RedisBreakerBackend:
             local,
             remaining,
             self._origin,
+            entry.trials,
         ]
 
     def _run(
@@ -432,25 +490,25 @@ class RedisBreakerBackend:
         """Run one script step and adopt its reply; True when the step applied. ``job``: the
         step is a queued job, itself still counted as pending."""
         args = self._args(entry, op, expected, arg, to)
-        known = entry.generation  # before the notice of a re-creation can update it
         sent = time.monotonic()
         reply = self._script(keys=[entry.key, entry.channel], args=args)
         half_trip = (time.monotonic() - sent) / 2
         applied, state, epoch, remaining, created, generation = reply
-        if created and known:
-            self._recreated += 1
-            _log.warning(
-                "shared state of breaker %r was missing (Redis lost its data): created again "
-                "from this process's state",
-                entry.breaker.name,
-            )
         if op == "move":
             if applied:
                 self._published += 1
             else:
                 self._lost += 1
         notice = _Notice(int(generation), int(epoch), state, int(remaining))
-        self._adopt(entry, notice, latency=half_trip, confirm=True, own=1 if job else 0)
+        self._adopt(
+            entry,
+            notice,
+            latency=half_trip,
+            confirm=True,
+            own=1 if job else 0,
+            created=bool(created),
+            reasserted=int(arg) if op == "reassert" else 0,
+        )
         return bool(applied)
 
     def _join(self, entry: _Entry) -> None:
@@ -461,12 +519,26 @@ class RedisBreakerBackend:
             self._adopted += 1
 
     def _adopt(
-        self, entry: _Entry, notice: _Notice, *, latency: float, confirm: bool, own: int = 0
+        self,
+        entry: _Entry,
+        notice: _Notice,
+        *,
+        latency: float,
+        confirm: bool,
+        own: int = 0,
+        created: bool = False,
+        reasserted: int = 0,
     ) -> bool:
         """Take a shared state newer than the known one (or the known one again: ``confirm``).
 
         Nothing is taken while local transitions other than the ``own`` job are queued: the
         breaker is ahead of the notice, and the last job's reply brings it in step.
+
+        A generation newer than the known one means the shared state was lost and created again
+        (``created``: by this step). The loss is counted and reported once per generation; a
+        CLOSED one is not taken by a breaker that is OPEN or HALF_OPEN, which queues a
+        ``reassert`` of its state instead (``reasserted``: the generation the reply to that job
+        re-asserted in, whose outcome is taken as it is).
         """
         generation, epoch, name, remaining_ms = notice
         state = _STATES.get(name)
@@ -474,6 +546,7 @@ class RedisBreakerBackend:
             _log.warning("breaker %r: unknown shared state %r ignored", entry.breaker.name, name)
             return False
         remaining = math.inf if remaining_ms < 0 else max(0.0, remaining_ms / 1000 - latency)
+        lost = reassert = False
         with entry.lock:
             if entry.pending > own:
                 entry.stale = True
@@ -481,11 +554,58 @@ class RedisBreakerBackend:
             known = (entry.generation, entry.epoch)
             if (generation, epoch) < known or ((generation, epoch) == known and not confirm):
                 return False
-            entry.generation, entry.epoch = generation, epoch
-            if state is BreakerState.OPEN:
-                entry.open_deadline = self._clock.monotonic() + remaining
-            entry.breaker.adopt(state, remaining)
-        return (generation, epoch) != known
+            local = entry.breaker.state
+            if entry.generation and generation > entry.generation:
+                if generation > entry.noticed:
+                    entry.noticed = generation
+                    self._recreated += 1
+                    lost = True
+                reassert = (
+                    state is BreakerState.CLOSED
+                    and local in (BreakerState.OPEN, BreakerState.HALF_OPEN)
+                    and generation != reasserted
+                )
+            if reassert:
+                # Keep the generation known so that every later notice of the new one is
+                # checked again; the job's reply brings the breaker in step.
+                entry.queued(1)
+                self._queue.put(_Job(entry, "reassert", str(generation), "", epoch))
+            else:
+                entry.generation, entry.epoch = generation, epoch
+                if state is BreakerState.OPEN:
+                    entry.open_deadline = self._clock.monotonic() + remaining
+                if state is not local:
+                    entry.trial(None)
+                entry.breaker.adopt(state, remaining)
+        if lost:
+            self._report_loss(entry, generation, local, created=created, reassert=reassert)
+        return not reassert and (generation, epoch) != known
+
+    def _report_loss(
+        self,
+        entry: _Entry,
+        generation: int,
+        local: BreakerState,
+        *,
+        created: bool,
+        reassert: bool,
+    ) -> None:
+        """Log and report a lost shared state (once per new generation, by each process)."""
+        if created:
+            how = f"created again from this process's {local.value} state"
+        elif reassert:
+            how = f"created CLOSED elsewhere; this process's {local.value} state is re-asserted"
+        else:
+            how = "created again elsewhere; adopted"
+        message = (
+            f"shared state of breaker {entry.breaker.name!r} under {self._prefix!r} was lost "
+            f"with Redis's data (new generation {generation}): {how}"
+        )
+        _log.warning("%s", message)
+        reporter, loop = self._reporter, self._loop
+        if reporter is not None and loop is not None and not loop.is_closed():
+            error = SharedStateLostError(message)
+            loop.call_soon_threadsafe(lambda: reporter.report(error, component="breaker-backend"))
 
     def _fail(self, exc: BaseException) -> None:
         """Redis is unreachable: fall back to local state (once per episode) and report it."""
@@ -539,7 +659,8 @@ class RedisBreakerBackend:
                 if self.degraded:  # fell back while this job waited
                     self._dropped += 1
                     continue
-                self._run(job.entry, job.op, job.entry.epoch, job.arg, job.to, job=True)
+                expected = job.epoch if job.epoch >= 0 else job.entry.epoch
+                self._run(job.entry, job.op, expected, job.arg, job.to, job=True)
             except redis.RedisError as exc:
                 self._dropped += 1
                 self._fail(exc)

@@ -18,14 +18,20 @@ clock (``redis.call('TIME')``), so no two machines need synchronised clocks:
 
 The timers are applied lazily, as each breaker does locally (OPEN becomes HALF_OPEN at ``ou``,
 an undecided HALF_OPEN re-opens at ``hu``). A missing hash (a new breaker, or data lost) is created
-from the calling process's local state; an existing one is never overwritten by a process that
-starts or re-joins.
+from the calling process's local state (its remaining OPEN time, its HALF_OPEN trials in flight:
+``ARGV[12]``); an existing one is never overwritten by a process that starts or re-joins.
 
 Operations (``ARGV[1]``):
 
 - ``read``: the state as it is (created if missing);
 - ``join``: read (create if missing); a process that tripped while Redis was away and finds the
   shared breaker CLOSED opens it (its trip is not lost);
+- ``reassert``: the hash was lost with Redis's data and created again (a new generation) CLOSED by
+  a process that knew nothing of the old one; a process whose local breaker is OPEN or HALF_OPEN
+  puts its state back (OPEN with its remaining time, HALF_OPEN with its trials in flight). It
+  applies only to the CLOSED state of generation ``ARGV[3]`` at the epoch the caller saw, so of
+  several processes re-asserting one makes the transition, and a CLOSED reached later in the new
+  generation (a trial succeeded) is adopted, not undone;
 - ``move``: the transition ``from`` -> ``to`` applies when the shared state is ``from`` and, unless
   ``from`` is ``closed``, its epoch is the caller's (the caller saw the same period);
 - ``claim``: a HALF_OPEN trial place, cluster-wide at most ``max_calls`` trials per period;
@@ -50,6 +56,7 @@ local to = ARGV[4]
 local rec, maxw = tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl, maxc = tonumber(ARGV[7]), tonumber(ARGV[8])
 local lstate, lrem, origin = ARGV[9], tonumber(ARGV[10]), ARGV[11]
+local ltr = math.min(tonumber(ARGV[12]) or 0, maxc)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local h = redis.call('HMGET', key, 's', 'g', 'e', 'ou', 'hu', 'tr', 'ok', 'tu')
@@ -68,6 +75,7 @@ if not s then
     ou = now + math.max(lrem, 0)
   elseif s == 'half_open' then
     if lrem < 0 then hu = -1 else hu = now + lrem end
+    if ltr > 0 then tr, tu = ltr, now + ttl end
   end
 end
 local e0 = e
@@ -78,6 +86,18 @@ local function move(new, at)
   elseif new == 'half_open' then
     hu = until_half_open_ends(at)
   end
+end
+-- The caller's local OPEN (remaining lrem) or HALF_OPEN (lrem: its max wait; ltr trials in flight)
+-- made the shared state.
+local function assert_local()
+  move(lstate, now)
+  if lstate == 'open' then
+    ou = now + math.max(lrem, 0)
+  else
+    if lrem < 0 then hu = -1 else hu = now + lrem end
+    if ltr > 0 then tr, tu = ltr, now + ttl end
+  end
+  applied = 1
 end
 if s == 'half_open' and hu >= 0 and now >= hu then move('open', hu) end
 if s == 'open' and now >= ou then move('half_open', now) end
@@ -102,10 +122,11 @@ elseif op == 'settle' then
     if ok >= maxc then move('closed', now) end
   end
 elseif op == 'join' then
-  if created == 0 and s == 'closed' and lstate == 'open' then
-    move('open', now)
-    ou = now + math.max(lrem, 0)
-    applied = 1
+  if created == 0 and s == 'closed' and lstate == 'open' then assert_local() end
+elseif op == 'reassert' then
+  if created == 0 and s == 'closed' and g == tonumber(arg) and e == expected
+    and (lstate == 'open' or lstate == 'half_open') then
+    assert_local()
   end
 end
 if changed then
