@@ -453,3 +453,332 @@ async def test_a_node_that_comes_back_takes_its_share_without_gap(
             await one.stop()
             if back is not None:
                 await back.stop()
+
+
+# ----------------------------------------------------------------------------- issue 14, F1
+# The gaps a tester found: members given different symbol lists, a node holding leases its
+# feed cannot ingest, and a paused writer's row locks outliving its lease.
+
+
+def test_hold_timeout_defaults_to_half_the_ttl_and_is_bounded_by_it() -> None:
+    """A fenced write's lock hold defaults to ttl / 2, and more than ttl / 2 is refused: a
+    paused writer's locks go before its lease expires."""
+    cfg = LeaseConfig(cluster="c", symbols=("A",), ttl=3.0, renew_interval=0.5)
+    assert cfg.hold == 1.5
+    assert SymbolLeases(DSN, cfg).fence().hold_timeout == 1.5
+    with pytest.raises(ConfigurationError, match="hold_timeout"):
+        LeaseConfig(cluster="c", symbols=("A",), ttl=1.0, renew_interval=0.2, hold_timeout=0.6)
+    assert LeaseConfig(cluster="c", symbols=("A",), hold_timeout=0.3).hold == 0.3
+
+
+@pytest.mark.timeout(20)
+async def test_a_member_with_another_symbol_list_is_refused_and_a_late_one_reported(
+    schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member whose symbol set differs from a live member's cannot join (nothing of it is
+    written); the same set in another order can. One that appears while this one was gone
+    (its heartbeat lapsed) is reported by plan(): statistics and a warning."""
+    from strategylab.distributed import SymbolSetMismatchError  # noqa: PLC0415 - F1's name
+
+    (first,) = await members(schema, ("K1", "K2"), "m1")
+    other = SymbolLeases(
+        DSN, LeaseConfig(cluster="c1", symbols=("K1", "K2", "K3"), member="m2", schema=schema)
+    )
+    same = SymbolLeases(
+        DSN, LeaseConfig(cluster="c1", symbols=("K2", "K1"), member="m3", schema=schema)
+    )
+    conn = await admin()
+    try:
+        with pytest.raises(SymbolSetMismatchError) as caught:
+            await other.open()
+        text = str(caught.value)
+        assert "--symbols K1,K2,K3 differs from live member m1's --symbols K1,K2;" in text
+        cur = await conn.execute(
+            sql.SQL("SELECT member FROM {} ORDER BY member").format(
+                sql.Identifier(schema, "strategylab_members")
+            )
+        )
+        assert [r[0] for r in await cur.fetchall()] == ["m1"]  # m2 wrote nothing
+        await same.open()
+        assert (await same.plan()).members == 2
+        # m1 and m3 vanish for a while (partitioned): m2 joins; then m1 comes back.
+        await expire(schema, "m1")
+        await expire(schema, "m3")
+        await other.open()
+        caplog.set_level("WARNING", logger="strategylab.distributed._leases")
+        assert other.statistics().mismatched == {}
+        await first.renew()
+        plan = await other.plan()
+        assert plan.members == 2
+        assert other.statistics().mismatched == {"m1": ("K1", "K2")}
+        assert other.statistics().to_dict()["mismatched"] == {"m1": ["K1", "K2"]}
+        assert "live member m1 was given --symbols K1,K2" in caplog.text
+        await first.plan()
+        assert first.statistics().mismatched == {"m2": ("K1", "K2", "K3")}
+    finally:
+        await conn.close()
+        for closable in (first, other, same):
+            await closable.aclose()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_a_node_given_another_symbol_list_exits_1_naming_both(
+    schema: str, tmp_path: Path
+) -> None:
+    """``strategylab node`` given other --symbols than a live member of its cluster exits 1
+    with one line on stderr naming both lists (no traceback), and joins nothing."""
+    peer = SymbolLeases(
+        DSN,
+        LeaseConfig(cluster="cx", symbols=("X1", "X2"), member="peer", schema=schema, ttl=60.0),
+    )
+    await peer.open()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "strategylab", "node", "--exchange-url", "http://127.0.0.1:1"),
+            *("--data-dir", str(tmp_path / "n"), "--symbols", "X3,X1,X2"),
+            *("--postgres", in_schema(schema), "--cluster", "cx"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(25):
+            _, err = await proc.communicate()
+        lines = err.decode().strip().splitlines()
+        assert proc.returncode == 1, lines
+        assert "Traceback" not in err.decode()
+        assert any(
+            "--symbols X1,X2,X3 differs from live member peer's --symbols X1,X2;" in line
+            for line in lines
+        ), lines
+        assert (await peer.plan()).members == 1  # the node never joined
+    finally:
+        await peer.aclose()
+
+
+class _FakeFeed:
+    """The part of a Feed ClusterIngest uses: the symbol set and a health switch."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.symbols: tuple[str, ...] = ()
+
+    async def resubscribe(self, symbols: Any) -> dict[str, int]:
+        removed = {s: 0 for s in self.symbols if s not in symbols}
+        self.symbols = tuple(symbols)
+        return removed
+
+    async def health(self) -> bool:
+        return self.healthy
+
+
+@pytest.mark.timeout(20)
+async def test_a_node_whose_feed_is_down_parks_and_its_peer_takes_its_symbols(  # noqa: PLR0915
+    schema: str,
+) -> None:
+    """A node whose feed stays unhealthy for the grace parks: it releases its leases and the
+    healthy peer, no longer counting it, takes every symbol at its next round. After the
+    backoff it takes its share again; still down: parks again for twice as long; healthy
+    for the grace: the backoff starts over. All of it in status()."""
+    from strategylab.node._cluster import ClusterIngest  # noqa: PLC0415 - the node's own part
+    from strategylab.testing import FakeClock  # noqa: PLC0415
+
+    symbols = ("F1", "F2", "F3", "F4", "F5")
+    clock = FakeClock(autojump_threshold=None)
+    store = PostgresTickStore(DSN, schema=schema)
+    await store.open()
+    nodes: dict[str, Any] = {}
+    feeds: dict[str, _FakeFeed] = {}
+    for name in ("bad", "good"):
+        config = LeaseConfig(cluster="cf", symbols=symbols, member=name, schema=schema)
+        nodes[name] = ClusterIngest(
+            DSN, store, config, clock=clock, feed_grace=2.0, park_backoff=(5.0, 12.0)
+        )
+        await nodes[name].open()
+        feeds[name] = _FakeFeed()
+        await nodes[name].start(feeds[name], None, loops=False)
+    bad, good = nodes["bad"], nodes["good"]
+
+    async def settle() -> None:
+        for _ in range(3):
+            await bad.balance()
+            await good.balance()
+
+    try:
+        await settle()
+        assert sorted(bad.leases.held) == ["F1", "F2", "F3"]  # ceil(5 / 2) each, at most
+        assert sorted(good.leases.held) == ["F4", "F5"]
+        feeds["bad"].healthy = False
+        await settle()
+        assert bad.status()["feed"]["unhealthy_for"] == 0.0
+        clock.advance(2.0)  # the grace
+        await bad.balance()
+        status = bad.status()
+        assert (status["feed"]["parked"], status["feed"]["parked_for"]) == (True, 5.0)
+        assert (status["parked"], status["symbols"], feeds["bad"].symbols) == (True, [], ())
+        await good.balance()
+        assert sorted(good.leases.held) == list(symbols)  # the whole set, at its next round
+        assert feeds["good"].symbols == symbols
+        assert good.status()["members"] == 1
+        assert await tokens(schema, "cf") == dict.fromkeys(symbols, ("good", 2))  # one move each
+        clock.advance(4.9)
+        await settle()
+        assert (bad.leases.held, bad.status()["feed"]["parked"]) == ({}, True)
+        clock.advance(0.1)  # the backoff is over: it takes a share again, still down
+        await settle()
+        assert (len(bad.leases.held), len(good.leases.held)) == (2, 3)  # the ceil share: good's
+        assert bad.status()["parked"] is False
+        clock.advance(2.0)
+        await bad.balance()
+        feed_status = bad.status()["feed"]
+        assert (feed_status["parked_for"], feed_status["next_backoff"]) == (10.0, 12.0)
+        assert feed_status["parks"] == 2
+        await good.balance()
+        assert len(good.leases.held) == 5
+        feeds["bad"].healthy = True  # the exchange is back
+        clock.advance(10.0)
+        await settle()
+        assert (len(bad.leases.held), len(good.leases.held)) == (2, 3)  # the ceil share: good's
+        clock.advance(2.0)  # healthy for the grace: the backoff starts over
+        await settle()
+        assert bad.status()["feed"]["next_backoff"] == 5.0
+        assert (bad.status()["feed"]["parks"], len(bad.leases.held)) == (2, 2)
+    finally:
+        for each in nodes.values():
+            await each.leave()
+        await store.aclose()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("stall", ["between_statements", "mid_copy"])
+async def test_a_stalled_writers_locks_go_within_the_hold_timeout(schema: str, stall: str) -> None:
+    """A writer that stalls inside its fenced transaction (a SIGSTOP: idle between
+    statements, or in the middle of its COPY, where the server's timeouts do not act) loses
+    its share locks after hold_timeout (ttl / 2: the server's idle timeout, or the acquirer
+    terminating the expired owner's fenced session), so the expired lease is taken over;
+    the stalled transaction is gone, nothing of it stored."""
+    from strategylab.market._pg_fence import check_fence  # noqa: PLC0415 - the step alone
+
+    one, two = (
+        SymbolLeases(
+            DSN,
+            LeaseConfig(
+                cluster="c1", symbols=("P",), member=m, schema=schema, ttl=1.0, renew_interval=0.2
+            ),
+        )
+        for m in ("m1", "m2")
+    )
+    store = PostgresTickStore(DSN, schema=schema)
+    await store.open()
+    writer = await admin()
+    try:
+        await one.open()
+        await two.open()
+        await one.acquire(1)
+        await expire(schema, "m1")  # expired, not yet taken: the fence still admits m1
+        await writer.execute("BEGIN")
+        await check_fence(writer, one.fence(), ["P"], 1)
+        cur = await writer.execute("SHOW statement_timeout")
+        assert (await cur.fetchone()) == ("500ms",)  # ttl / 2
+        got: dict[str, int] = {}
+
+        async def takeover() -> None:
+            nonlocal got
+            async with asyncio.timeout(4):
+                while not got:
+                    got = await two.acquire(1)
+                    await asyncio.sleep(0.05)
+
+        if stall == "mid_copy":
+            copy_sql = sql.SQL(
+                "COPY {} (symbol, seq, ts, bid, ask, bid_size, ask_size) FROM STDIN"
+            ).format(sql.Identifier(schema, "ticks"))
+
+            async def stalled_copy() -> None:
+                async with writer.cursor() as wcur, wcur.copy(copy_sql) as copy:
+                    await copy.write_row(("P", 1, 1, 1.0, 1.0, 1.0, 1.0))
+                    await takeover()  # the writer is stalled while the other one polls
+
+            with pytest.raises(psycopg.Error):
+                await stalled_copy()
+        else:
+            await takeover()
+            with pytest.raises(psycopg.Error):
+                await writer.execute("SELECT 1")
+        assert got == {"P": 2}
+        assert await store.last_seqs() == {}
+    finally:
+        await writer.close()
+        for closable in (store, one, two):
+            await closable.aclose()
+
+
+@pytest.mark.timeout(20)
+async def test_a_fenced_write_that_times_out_is_retried_not_dropped(schema: str) -> None:
+    """A fenced write held back past hold_timeout (its lease row locked by someone else) is
+    cancelled by the server and rolled back; the ingestor retries it until it lands: every
+    tick stored once."""
+    from strategylab.market import Ingestor, IngestorConfig  # noqa: PLC0415
+    from strategylab.node._cluster import FencedWrites  # noqa: PLC0415 - the node's own part
+
+    cfg = LeaseConfig(
+        cluster="c1", symbols=("W",), member="m1", schema=schema, ttl=1.0, renew_interval=0.2
+    )
+    leases = SymbolLeases(DSN, cfg)
+    store = PostgresTickStore(DSN, schema=schema)
+    await store.open()
+    await leases.open()
+    await leases.acquire(1)
+    blocker = await admin()
+    ingestor = Ingestor(
+        FencedWrites(store, leases, lambda _: None),
+        IngestorConfig(retry_floor=0.05, retry_cap=0.2),
+    )
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute(
+            sql.SQL("SELECT * FROM {} WHERE symbol = 'W' FOR UPDATE").format(
+                sql.Identifier(schema, "strategylab_leases")
+            )
+        )
+        await ingestor.start()
+        await ingestor.put(ticks("W", 1, 50))
+        async with asyncio.timeout(10):
+            while ingestor.statistics().write_failures < 1:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.05)
+        assert await store.last_seqs() == {}  # nothing landed while held back
+        await blocker.execute("ROLLBACK")
+        await ingestor.drain(10)
+        assert await store.last_seqs() == {"W": 50}
+        assert await store.count() == 50
+    finally:
+        await ingestor.stop()
+        await blocker.close()
+        await store.aclose()
+        await leases.aclose()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(40)
+async def test_a_node_whose_exchange_is_unreachable_gives_its_symbols_to_a_healthy_peer(
+    schema: str, tmp_path: Path
+) -> None:
+    """Real processes: a node whose exchange cannot be reached parks (status
+    cluster.feed.parked, no lease) and its healthy peer holds every symbol and stores every
+    emitted tick exactly once."""
+    total = 4000
+    async with exchange(tmp_path, SYMBOLS, total) as url:
+        dead = await node("http://127.0.0.1:1", tmp_path, "n1", schema=schema, cluster="k3")
+        await dead.until(lambda p: bool(p.owned()))  # it took leases it cannot ingest
+        live = await node(url, tmp_path, "n2", schema=schema, cluster="k3")
+        try:
+            await dead.until(lambda p: p.status["cluster"]["feed"]["parked"] is True)
+            assert dead.owned() == set()
+            assert dead.status["cluster"]["feed"]["parks"] >= 1
+            await live.until(holds(4))
+            owners = await tokens(schema, "k3")
+            assert {o for o, _ in owners.values()} == {live.status["cluster"]["member"]}
+            await complete(tmp_path, schema, total)
+        finally:
+            await dead.stop()
+            await live.stop()

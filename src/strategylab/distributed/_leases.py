@@ -7,8 +7,19 @@ starting together do not race on ``CREATE TABLE``):
   key ``(cluster, symbol)``: one row per symbol of the cluster. ``owner`` NULL: free. Every
   acquisition increments ``token`` (the fencing token, see
   :class:`strategylab.market.Fence`); a release keeps it.
-- ``strategylab_members (cluster, member, started_at, expires_at)``: one row per live node,
-  its heartbeat.
+- ``strategylab_members (cluster, member, started_at, expires_at, symbols, symbols_hash,
+  parked)``: one row per live node, its heartbeat, the symbol set it was given and whether it
+  is parked (its feed is down: it holds no lease and takes no share, see
+  :meth:`SymbolLeases.set_parked`). The columns after ``expires_at`` are added to an older table
+  (``ADD COLUMN IF NOT EXISTS``).
+
+Every member must be given the same symbol set (issue 14, F1): :meth:`SymbolLeases.open`
+refuses to join, with :class:`SymbolSetMismatchError` naming both lists, when a live member's
+set differs (the check and this member's first heartbeat are one transaction under the
+creation lock, so two members joining at once cannot both pass). A member with another set
+can still appear later (its heartbeat had lapsed, e.g. partitioned, when this one joined):
+:meth:`SymbolLeases.plan` finds it, logs a warning and reports it
+(:attr:`LeaseStatistics.mismatched`); each member then leases only symbols of its own set.
 
 All times are the server's (``clock_timestamp()``): nodes' clocks never meet. A lease is free when
 its owner released it or it expired (``expires_at < clock_timestamp()``). A member renews its
@@ -18,7 +29,7 @@ and put the takeover of a SIGKILLed or partitioned node's symbols, by the others
 round after the expiry, within ``ttl + renew_interval`` = 2.25 s of its last renewal (under the
 3 s the issue asks; the feed's resubscription follows at once).
 
-The fair share is ``ceil(symbols / live members)``: a member below it acquires free leases
+The fair share is ``ceil(symbols / live unparked members)``: a member below it acquires free leases
 (``FOR UPDATE SKIP LOCKED``: two members never wait on each other, and a row share-locked by a
 fenced write in flight is skipped until that write ends); a member above it releases its
 surplus, gracefully, through its caller (stop that symbol's ingest, flush, then
@@ -33,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -45,10 +57,18 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from strategylab.errors import ConfigurationError
-from strategylab.market import Fence
+from strategylab.errors import ConfigurationError, StrategyLabError
+from strategylab.market import FENCE_SESSION_PREFIX, Fence
 
-__all__ = ["LeaseConfig", "LeasePlan", "LeaseStatistics", "SymbolLeases", "member_id"]
+__all__ = [
+    "LeaseConfig",
+    "LeasePlan",
+    "LeaseStatistics",
+    "SymbolLeases",
+    "SymbolSetMismatchError",
+    "member_id",
+    "symbols_hash",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +76,31 @@ _NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _OP_GRACE: Final = 1.0
 """Seconds a lease operation may take beyond ``ttl`` before its connection is given up."""
+
+
+def symbols_hash(symbols: Sequence[str]) -> str:
+    """A member's symbol set's fingerprint: the first 16 hex digits of SHA-256 over the sorted
+    names (order and repetition do not matter)."""
+    text = "\n".join(sorted(set(symbols)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class SymbolSetMismatchError(StrategyLabError):
+    """This member's symbol set differs from the live member ``other``'s: the cluster would
+    leave symbols with no owner. ``mine`` and ``theirs`` are both lists (sorted)."""
+
+    def __init__(
+        self, cluster: str, mine: Sequence[str], other: str, theirs: Sequence[str]
+    ) -> None:
+        self.cluster = cluster
+        self.mine = tuple(sorted(mine))
+        self.other = other
+        self.theirs = tuple(sorted(theirs))
+        super().__init__(
+            f"cluster {cluster!r}: --symbols {','.join(self.mine)} differs from live member "
+            f"{other}'s --symbols {','.join(self.theirs)}; every node of a cluster must be given "
+            "the same symbols (stop the others first to change the list)"
+        )
 
 
 def member_id() -> str:
@@ -72,7 +117,11 @@ class LeaseConfig:
     (the same list on every member); ``member``: this process's id (default :func:`member_id`);
     ``ttl`` and ``renew_interval`` in seconds (``renew_interval`` < ``ttl / 2``); ``table``,
     ``members_table`` and ``schema`` name the tables (plain SQL identifiers); ``hold_timeout``:
-    the fence's bound on a write's lock hold (seconds, see :class:`~strategylab.market.Fence`).
+    the fence's bound on a write's lock hold (seconds, see :class:`~strategylab.market.Fence`;
+    default and maximum ``ttl / 2``: a node paused mid-write, whose rows an acquisition skips,
+    lets them go before its lease, renewed at most ``renew_interval`` < ``ttl / 2`` earlier,
+    expires, so the takeover is not delayed past ``ttl`` + one round; a write cut short is
+    rolled back whole and retried by the ingestor).
     Raises :class:`~strategylab.errors.ConfigurationError` naming the field.
     """
 
@@ -84,10 +133,11 @@ class LeaseConfig:
     table: str = "strategylab_leases"
     members_table: str = "strategylab_members"
     schema: str | None = None
-    hold_timeout: float = 5.0
+    hold_timeout: float | None = None
     connect_timeout: float = 5.0
 
     def __post_init__(self) -> None:
+        self._default_hold()
         if not isinstance(self.cluster, str) or not _NAME.fullmatch(self.cluster):
             raise ConfigurationError("cluster", self.cluster, "must be 1..64 of A-Z a-z 0-9 . _ -")
         if not self.symbols or not all(isinstance(s, str) and s for s in self.symbols):
@@ -104,10 +154,26 @@ class LeaseConfig:
             raise ConfigurationError(
                 "renew_interval", self.renew_interval, f"must be < ttl / 2 ({self.ttl / 2}s)"
             )
+        self._check_hold()
         for key in ("table", "members_table", "schema"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and _IDENT.fullmatch(value)):
                 raise ConfigurationError(key, value, "must be a plain SQL identifier")
+
+    def _default_hold(self) -> None:
+        if self.hold_timeout is None and isinstance(self.ttl, int | float):
+            object.__setattr__(self, "hold_timeout", self.ttl / 2)
+
+    def _check_hold(self) -> None:
+        if self.hold_timeout is not None and self.hold_timeout > self.ttl / 2:
+            raise ConfigurationError(
+                "hold_timeout", self.hold_timeout, f"must be <= ttl / 2 ({self.ttl / 2}s)"
+            )
+
+    @property
+    def hold(self) -> float:
+        """``hold_timeout`` in seconds (``ttl / 2`` when not given)."""
+        return self.hold_timeout if self.hold_timeout is not None else self.ttl / 2
 
     def identifier(self, table: str) -> sql.Identifier:
         """``table``, schema-qualified when ``schema`` is set."""
@@ -128,8 +194,10 @@ class LeasePlan:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseStatistics:
-    """A frozen snapshot: ``held`` (symbol -> token), counters, the last ``members`` count and
-    ``share``, and whether the last renewal reached the server (``renewing``)."""
+    """A frozen snapshot: ``held`` (symbol -> token), counters, the last ``members`` count
+    (unparked live members) and ``share``, whether the last renewal reached the server
+    (``renewing``), whether this member is ``parked``, and the live members whose symbol set
+    differs from this one's (``mismatched``: member -> its symbols)."""
 
     cluster: str
     member: str
@@ -142,6 +210,8 @@ class LeaseStatistics:
     fenced: int
     renew_failures: int
     renewing: bool
+    parked: bool = False
+    mismatched: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``/status``)."""
@@ -158,6 +228,8 @@ class LeaseStatistics:
             "fenced": self.fenced,
             "renew_failures": self.renew_failures,
             "renewing": self.renewing,
+            "parked": self.parked,
+            "mismatched": {m: list(s) for m, s in sorted(self.mismatched.items())},
         }
 
 
@@ -182,6 +254,9 @@ class SymbolLeases:
         self._acquired = self._released = self._lost = self._fenced = 0
         self._renew_failures = 0
         self._renewing = False
+        self._parked = False
+        self._hash = symbols_hash(config.symbols)
+        self._mismatched: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ views
 
@@ -204,7 +279,7 @@ class SymbolLeases:
             tokens=dict(self._held),
             table=cfg.table,
             schema=cfg.schema,
-            hold_timeout=cfg.hold_timeout,
+            hold_timeout=cfg.hold,
         )
 
     def statistics(self) -> LeaseStatistics:
@@ -221,7 +296,22 @@ class SymbolLeases:
             fenced=self._fenced,
             renew_failures=self._renew_failures,
             renewing=self._renewing,
+            parked=self._parked,
+            mismatched=dict(self._mismatched),
         )
+
+    @property
+    def parked(self) -> bool:
+        """True while this member is parked (see :meth:`set_parked`)."""
+        return self._parked
+
+    async def set_parked(self, parked: bool) -> None:
+        """Park (True) or unpark this member, and heartbeat at once so that the others see it:
+        a parked member does not count in the others' fair share (they take its symbols) and
+        acquires nothing itself (its caller releases what it holds). The flag is kept locally
+        even when the heartbeat fails: every later heartbeat carries it."""
+        self._parked = parked
+        await self._heartbeat()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -253,12 +343,31 @@ class SymbolLeases:
             )
             await conn.execute(
                 sql.SQL(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS symbols text[], "
+                    "ADD COLUMN IF NOT EXISTS symbols_hash text, "
+                    "ADD COLUMN IF NOT EXISTS parked boolean NOT NULL DEFAULT false"
+                ).format(self._members)
+            )
+            await conn.execute(
+                sql.SQL(
                     "INSERT INTO {} (cluster, symbol) SELECT %s, unnest(%s::text[]) "
                     "ON CONFLICT DO NOTHING"
                 ).format(self._leases),
                 (cfg.cluster, list(cfg.symbols)),
             )
-        await self._heartbeat()
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT member, symbols FROM {} WHERE cluster = %s AND member <> %s "
+                    "AND expires_at > clock_timestamp() AND symbols_hash <> %s "
+                    "ORDER BY started_at, member LIMIT 1"
+                ).format(self._members),
+                (cfg.cluster, cfg.member, self._hash),
+            )
+            other = await cur.fetchone()
+            if other is not None:
+                raise SymbolSetMismatchError(cfg.cluster, cfg.symbols, other[0], other[1] or ())
+            # In the same transaction as the check: a member joining at once sees this row.
+            await self._heartbeat(conn)
 
     async def aclose(self) -> None:
         """Close the connection (the leases stay until they expire: see :meth:`leave`)."""
@@ -315,18 +424,38 @@ class SymbolLeases:
         return lost
 
     async def plan(self) -> LeasePlan:
-        """The live members (by heartbeat) and this member's fair share of the symbols."""
+        """The live unparked members (by heartbeat; this one counted unless parked) and this
+        member's fair share of the symbols. A live member with another symbol set is logged
+        (once, when it appears) and reported in :meth:`statistics`."""
         cfg = self.config
         async with self._op() as conn:
             cur = await conn.execute(
                 sql.SQL(
-                    "SELECT count(*) FROM {} WHERE cluster = %s "
+                    "SELECT member, parked, symbols_hash, symbols FROM {} WHERE cluster = %s "
                     "AND (expires_at > clock_timestamp() OR member = %s)"
                 ).format(self._members),
                 (cfg.cluster, cfg.member),
             )
-            row = await cur.fetchone()
-        members = max(int(row[0]) if row else 1, 1)
+            rows = await cur.fetchall()
+        active = {str(r[0]) for r in rows if not r[1] and r[0] != cfg.member}
+        if not self._parked:
+            active.add(cfg.member)
+        mismatched = {
+            str(r[0]): tuple(sorted(r[3] or ()))
+            for r in rows
+            if r[0] != cfg.member and r[2] is not None and r[2] != self._hash
+        }
+        for member in sorted(mismatched.keys() - self._mismatched.keys()):
+            _log.warning(
+                "leases %s: live member %s was given --symbols %s, this one %s: symbols outside "
+                "the common set may have no owner; give every node the same --symbols",
+                cfg.cluster,
+                member,
+                ",".join(mismatched[member]),
+                ",".join(sorted(cfg.symbols)),
+            )
+        self._mismatched = mismatched
+        members = max(len(active), 1)
         share = math.ceil(len(cfg.symbols) / members)
         self._members_seen, self._share = members, share
         held = sorted(self._held)
@@ -339,9 +468,10 @@ class SymbolLeases:
         """Acquire up to ``count`` free leases (released, or expired); each one's token is
         incremented. Returns symbol -> new token for those acquired (also in :attr:`held`)."""
         cfg = self.config
-        if count <= 0:
+        if count <= 0 or self._parked:  # a parked member acquires nothing
             return {}
         async with self._op() as conn:
+            await self._end_stalled_writes(conn)
             cur = await conn.execute(
                 sql.SQL(
                     "WITH free AS (SELECT symbol FROM {t} WHERE cluster = %(c)s "
@@ -388,6 +518,37 @@ class SymbolLeases:
                 del self._held[symbol]
         self._released += len(mine)
 
+    async def _end_stalled_writes(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Terminate the fenced write transactions (by their ``application_name``, see
+        :func:`strategylab.market.fence_session_name`) of the owners of this cluster's expired
+        leases once older than ``hold_timeout``: a writer stopped mid-``COPY`` is beyond the
+        server's timeouts, and its share locks would keep the expired rows from being taken.
+        Only sessions of this database role (a node may signal those); the terminated
+        transaction rolls back and its node, if it runs again, retries the write and is fenced
+        out. The backend exits at once; the acquisition that follows, or the next round's,
+        takes the row."""
+        cfg = self.config
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity AS a "
+                "JOIN (SELECT DISTINCT owner FROM {t} WHERE cluster = %(c)s "
+                "AND owner IS NOT NULL AND owner <> %(me)s "
+                "AND expires_at < clock_timestamp()) AS e "
+                "ON a.application_name = %(prefix)s || left(md5(%(c)s || '/' || e.owner), 20) "
+                "WHERE a.usename = current_user AND a.pid <> pg_backend_pid() "
+                "AND a.xact_start < clock_timestamp() - make_interval(secs => %(hold)s)"
+            ).format(t=self._leases),
+            {"c": cfg.cluster, "me": cfg.member, "prefix": FENCE_SESSION_PREFIX, "hold": cfg.hold},
+        )
+        ended = [int(r[0]) for r in await cur.fetchall() if r[1]]
+        if ended:
+            _log.warning(
+                "leases %s: terminated %d stalled fenced write(s) of expired owners (pid %s)",
+                cfg.cluster,
+                len(ended),
+                ", ".join(map(str, ended)),
+            )
+
     def forget(self, symbols: Sequence[str]) -> list[str]:
         """Drop ``symbols`` from :attr:`held` without a round trip (the store fenced a write of
         them out: another member holds them). Returns those that were held."""
@@ -410,17 +571,22 @@ class SymbolLeases:
     def _mine_params(self, held: Mapping[str, int]) -> tuple[object, ...]:
         return (list(held), list(held.values()), self.config.cluster, self.config.member)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+        if conn is None:
+            async with self._op() as own:
+                await self._heartbeat(own)
+            return
         cfg = self.config
-        async with self._op() as conn:
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (cluster, member, expires_at) VALUES "
-                    "(%s, %s, clock_timestamp() + make_interval(secs => %s)) "
-                    "ON CONFLICT (cluster, member) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-                ).format(self._members),
-                (cfg.cluster, cfg.member, cfg.ttl),
-            )
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (cluster, member, expires_at, symbols, symbols_hash, parked) "
+                "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s), %s, %s, %s) "
+                "ON CONFLICT (cluster, member) DO UPDATE SET expires_at = EXCLUDED.expires_at, "
+                "symbols = EXCLUDED.symbols, symbols_hash = EXCLUDED.symbols_hash, "
+                "parked = EXCLUDED.parked"
+            ).format(self._members),
+            (cfg.cluster, cfg.member, cfg.ttl, sorted(cfg.symbols), self._hash, self._parked),
+        )
 
     @contextlib.asynccontextmanager
     async def _op(self) -> Any:

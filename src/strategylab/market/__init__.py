@@ -125,8 +125,10 @@ if TYPE_CHECKING:
         parse_signing_key,
     )
     from ._pg_fence import (
+        FENCE_SESSION_PREFIX,
         Fence,
         FencedError,
+        fence_session_name,
     )
     from ._pg_store import (
         PostgresTickStore,
@@ -222,6 +224,8 @@ _HOMES: dict[str, str] = {
     "PostgresTickStore": "strategylab.market._pg_store",
     "Fence": "strategylab.market._pg_fence",
     "FencedError": "strategylab.market._pg_fence",
+    "FENCE_SESSION_PREFIX": "strategylab.market._pg_fence",  # issue 14, F1
+    "fence_session_name": "strategylab.market._pg_fence",  # issue 14, F1
     "QuarantinedTick": "strategylab.market._store",
     "ReplayDone": "strategylab.market._protocol",
     "ReplayRequest": "strategylab.market._protocol",
@@ -314,6 +318,7 @@ _HOMES: dict[str, str] = {
 
 __all__ = [
     "CONTROL_DECODER",
+    "FENCE_SESSION_PREFIX",
     "KIND_CONTROL",
     "KIND_HEARTBEAT",
     "KIND_REPLAY_DONE",
@@ -421,6 +426,7 @@ __all__ = [
     "encode_heartbeat",
     "encode_replay_done",
     "encode_ticks",
+    "fence_session_name",
     "grid",
     "is_postgres_url",
     "open_tick_reader",

@@ -16,11 +16,19 @@ checked by the storage rather than sent to it).
 
 A lease that expired but was not yet taken (same owner, same token) still admits the write: no
 one else can have written that symbol since.
+
+A writer stalled in the middle of its ``COPY ... FROM STDIN`` (a ``SIGSTOP`` after the server
+accepted the ``COPY``) is NOT bounded by ``statement_timeout``: PostgreSQL acts on a cancel only
+when the client sends again, so its locks would stay while it is stopped. Every fenced
+transaction therefore names its session (``application_name``, :func:`fence_session_name`), and
+an acquirer terminates the fenced transactions of an owner whose lease expired once they are
+older than their ``hold_timeout`` (:meth:`strategylab.distributed.SymbolLeases.acquire`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -30,9 +38,24 @@ from psycopg import sql
 
 from strategylab.errors import StrategyLabError
 
-__all__ = ["DEFAULT_LEASE_TABLE", "Fence", "FencedError"]
+__all__ = [
+    "DEFAULT_LEASE_TABLE",
+    "FENCE_SESSION_PREFIX",
+    "Fence",
+    "FencedError",
+    "fence_session_name",
+]
 
 DEFAULT_LEASE_TABLE: Final = "strategylab_leases"
+FENCE_SESSION_PREFIX: Final = "slfence-"
+
+
+def fence_session_name(cluster: str, owner: str) -> str:
+    """The ``application_name`` of ``owner``'s fenced write transactions in ``cluster``:
+    ``slfence-`` and the first 20 hex digits of MD5 over ``cluster/owner`` (under the 63-byte
+    limit; in SQL ``'slfence-' || left(md5(cluster || '/' || owner), 20)``)."""
+    digest = hashlib.md5(f"{cluster}/{owner}".encode(), usedforsecurity=False).hexdigest()
+    return f"{FENCE_SESSION_PREFIX}{digest[:20]}"
 
 
 class FencedError(StrategyLabError):
@@ -79,7 +102,13 @@ class Fence:
     ``schema`` name the lease table. ``hold_timeout`` (seconds) bounds how long a fenced write
     may hold its share locks: the transaction's ``statement_timeout`` and
     ``idle_in_transaction_session_timeout``, so that a writer cut off mid-transaction (a
-    partition) cannot hold a takeover back for longer than that.
+    partition, a ``SIGSTOP``) cannot hold a takeover back for longer than that. Keep it well
+    under the lease's ``ttl`` (the leases use ``ttl / 2``; the default 1.0 s is half the default
+    ``ttl`` of 2 s): an acquisition skips share-locked rows, so a paused writer's locks must go
+    before its lease expires. A write cut short is rolled back whole (psycopg's
+    ``QueryCanceled``, or the connection closed by the server) and the ingestor retries it.
+    PostgreSQL applies ``statement_timeout`` per statement and the idle timeout between them, so
+    a stalled writer holds the locks at most ``hold_timeout`` after it stalls.
     """
 
     cluster: str
@@ -87,7 +116,7 @@ class Fence:
     tokens: Mapping[str, int]
     table: str = DEFAULT_LEASE_TABLE
     schema: str | None = None
-    hold_timeout: float = 5.0
+    hold_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("cluster", "owner", "table"):
@@ -111,10 +140,12 @@ async def check_fence(
     that ``fence`` does not hold (the caller's transaction then rolls back)."""
     wanted = sorted(set(symbols))
     millis = max(1, round(fence.hold_timeout * 1000))
-    # Session settings for this transaction only (SET LOCAL); no parameters: one simple query.
+    # Session settings for this transaction only (SET LOCAL); no parameters: one simple query
+    # (the name is hex digits and a fixed prefix: nothing to quote).
     await conn.execute(
         f"SET LOCAL statement_timeout = {millis}; "
-        f"SET LOCAL idle_in_transaction_session_timeout = {millis}"
+        f"SET LOCAL idle_in_transaction_session_timeout = {millis}; "
+        f"SET LOCAL application_name = '{fence_session_name(fence.cluster, fence.owner)}'"
     )
     cur = await conn.execute(
         sql.SQL(

@@ -24,6 +24,25 @@ writes the rest of the batch, and the balance drops them from the feed. Their ti
 store are stored by their new owner, which resumes from the shared store's watermark (they are
 acknowledged in this node's ack log as the cluster's, see the report of issue 14).
 
+Every node of a cluster must be given the same ``--symbols``: a node whose list differs from a
+live member's refuses to join (:meth:`ClusterIngest.open` raises :class:`ConnectionError`, one
+line naming both lists: the node exits 1); one that appears later anyway (its heartbeat had
+lapsed when the other joined) is logged and shown in ``/status`` (``cluster.mismatched``).
+
+A node whose feed cannot ingest (issue 14, F1) does not keep leases it cannot use. When its
+feed, subscribed to the symbols it holds, has been unhealthy (not connected, not subscribed, or
+no frame within ``stale_after``: :meth:`Feed.health`) for ``feed_grace`` seconds (default the
+lease ``ttl``), the node PARKS: it marks itself parked in the members table (the others stop
+counting it in the fair share, so their next round takes its symbols: within ``feed_grace`` +
+a round or two), parks its feed, waits for the flush of what it handed on, and releases its
+leases. It acquires nothing for a backoff (``park_backoff``: 5 s, doubling to 60 s), then
+unparks and takes its share again: that is how it learns its exchange is back, since a feed
+with no symbols does not connect. If its feed is still down, it parks again after
+``feed_grace`` with the next backoff (a retry costs its share of the symbols about
+``feed_grace`` + 2 rounds of ingest each time, at most once a minute once the backoff is at
+its cap). After the feed has been healthy for ``feed_grace`` the backoff starts again at 5 s.
+All of it is in ``/status`` (``cluster.feed``) and the log.
+
 A cluster node writes straight to PostgreSQL, without the local spool of a standalone node: a
 node cut off from the database loses its leases to the others after the ``ttl``, and what it
 would spool could never be written under a fence it no longer holds.
@@ -34,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -41,7 +61,7 @@ import psycopg
 
 from strategylab._tasks import cancel_and_wait, log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.distributed import LeaseConfig, SymbolLeases
+from strategylab.distributed import LeaseConfig, SymbolLeases, SymbolSetMismatchError
 from strategylab.market import (
     Feed,
     FencedError,
@@ -60,6 +80,10 @@ FLUSH_TIMEOUT: Final = 1.0
 stored (past it the lease is released anyway: the fence refuses their later writes and the
 new owner resumes from what the store holds)."""
 
+
+PARK_BACKOFF: Final = (5.0, 60.0)
+"""Seconds a node whose feed is down waits, parked, before it takes a share again: the first
+wait, and the cap it doubles up to."""
 
 _FLUSH_POLL: Final = 0.02
 """Seconds between two looks at the flush of the symbols a release gives up."""
@@ -184,7 +208,26 @@ class ClusterIngest:
         *,
         clock: Clock = SYSTEM_CLOCK,
         flush_timeout: float = FLUSH_TIMEOUT,
+        feed_grace: float | None = None,
+        park_backoff: tuple[float, float] = PARK_BACKOFF,
     ) -> None:
+        """``feed_grace``: seconds the feed may be unhealthy before the node parks (default the
+        lease ``ttl``); ``park_backoff``: (first, cap) seconds of a park. ``ValueError`` for a
+        value that is not a positive number of seconds."""
+        grace = config.ttl if feed_grace is None else feed_grace
+        first, cap = park_backoff
+        for key, value in (("feed_grace", grace), ("park_backoff", first), ("park_backoff", cap)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{key}={value!r}: must be a number of seconds > 0")
+        if cap < first:
+            raise ValueError(f"park_backoff={park_backoff!r}: the cap must be >= the first wait")
+        self._grace = float(grace)
+        self._backoff_first, self._backoff_cap = float(first), float(cap)
+        self._backoff = self._backoff_first
+        self._bad_since: float | None = None
+        self._good_since: float | None = None
+        self._parked_until: float | None = None
+        self._parks = 0
         self.leases = SymbolLeases(dsn, config)
         self.config = config
         self.writes = FencedWrites(store, self.leases, self._fenced)
@@ -201,23 +244,31 @@ class ClusterIngest:
 
     async def open(self) -> tuple[str, ...]:
         """Join the cluster (tables, heartbeat) and take a first share; the symbols held.
-        :class:`ConnectionError` (one line, no password) when the database cannot be used."""
+        :class:`ConnectionError` (one line, no password) when the database cannot be used, or
+        when a live member was given other symbols (naming both lists: nothing joined)."""
 
         async def join() -> None:
             await self.leases.open()
             plan = await self.leases.plan()
             await self.leases.acquire(plan.wanted)
 
-        await _opened(join, self.writes.store.shown_url, "the cluster's leases")
+        try:
+            await _opened(join, self.writes.store.shown_url, "the cluster's leases")
+        except SymbolSetMismatchError as exc:
+            await self.leases.aclose()
+            raise ConnectionError(str(exc)) from None
         self._joined = True
         return tuple(sorted(self.leases.held))
 
-    async def start(self, feed: Feed, ingestor: Ingestor) -> None:
+    async def start(self, feed: Feed, ingestor: Ingestor | None, *, loops: bool = True) -> None:
         """Set the feed to the symbols held and start the renewal and balance loops (the
-        feed is started by the caller)."""
+        feed is started by the caller). ``loops=False``: no loops (the caller runs
+        :meth:`balance` and :meth:`SymbolLeases.renew` itself, e.g. a test on a fake clock)."""
         self._feed, self._ingestor = feed, ingestor
         self._subscribed = tuple(sorted(self.leases.held))
         await feed.resubscribe(self._subscribed)
+        if not loops:
+            return
         for name, loop in (("renew", self._renew_loop), ("balance", self._balance_loop)):
             task = asyncio.create_task(loop(), name=f"cluster.{name}")
             task.add_done_callback(log_failure)
@@ -245,10 +296,20 @@ class ClusterIngest:
     def status(self) -> dict[str, Any]:
         """``/status``'s ``cluster``: the symbols held with their tokens, the members seen,
         the share, the counters, and what is failing (``{"renew": reason}``)."""
+        now = self._clock.monotonic()
+        until, bad = self._parked_until, self._bad_since
         return self.leases.statistics().to_dict() | {
             "subscribed": list(self._subscribed),
             "skipped_ticks": self.writes.skipped,
             "failing": dict(self._failing),
+            "feed": {
+                "parked": until is not None,
+                "parked_for": None if until is None else round(max(until - now, 0.0), 3),
+                "unhealthy_for": None if bad is None else round(now - bad, 3),
+                "grace": self._grace,
+                "next_backoff": self._backoff,
+                "parks": self._parks,
+            },
         }
 
     # ------------------------------------------------------------------ loops
@@ -282,10 +343,17 @@ class ClusterIngest:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
 
+    async def balance(self) -> None:
+        """One balance round (what the balance loop runs every ``renew_interval``)."""
+        await self._balance()
+
     async def _balance(self) -> None:
-        """One round: give the surplus up, or acquire up to the share; then the feed follows."""
+        """One round: park or unpark on the feed's health; give the surplus up, or acquire up
+        to the share; then the feed follows."""
         self._rounds += 1
         leases = self.leases
+        if await self._parking():
+            return
         plan = await leases.plan()
         if plan.surplus:
             keep = tuple(s for s in sorted(leases.held) if s not in plan.surplus)
@@ -300,6 +368,65 @@ class ClusterIngest:
         held = tuple(sorted(leases.held))
         if held != self._subscribed:
             await self._resubscribe(held)
+
+    async def _parking(self) -> bool:
+        """Watch the feed's health; park, stay parked or unpark. True while parked (the round
+        ends there)."""
+        now = self._clock.monotonic()
+        if self._parked_until is not None:
+            if self.leases.held:  # a release that failed before: try again
+                await self._release_all()
+            if now < self._parked_until:
+                return True
+            self._parked_until = None
+            self._bad_since = self._good_since = None
+            await self.leases.set_parked(False)
+            _log.warning(
+                "cluster: unparked after the backoff: taking a share again to try the feed "
+                "(parks again after %.1fs unhealthy, for %.0fs)",
+                self._grace,
+                self._backoff,
+            )
+            return False
+        feed = self._feed
+        if feed is None or not feed.symbols:
+            self._bad_since = self._good_since = None  # nothing subscribed: nothing to judge
+            return False
+        if await feed.health():
+            self._bad_since = None
+            if self._good_since is None:
+                self._good_since = now
+            elif now - self._good_since >= self._grace and self._backoff != self._backoff_first:
+                self._backoff = self._backoff_first
+                _log.warning("cluster: the feed is healthy again; park backoff reset")
+            return False
+        self._good_since = None
+        if self._bad_since is None:
+            self._bad_since = now
+        if now - self._bad_since < self._grace:
+            return False
+        wait, self._backoff = self._backoff, min(self._backoff * 2, self._backoff_cap)
+        self._parked_until = now + wait
+        self._parks += 1
+        held = sorted(self.leases.held)
+        _log.warning(
+            "cluster: the feed has been unhealthy for %.1fs: parking, releasing %s, taking no "
+            "share for %.0fs",
+            now - self._bad_since,
+            ", ".join(held) or "nothing",
+            wait,
+        )
+        self._bad_since = None
+        await self.leases.set_parked(True)  # first: the others stop counting this node
+        await self._release_all()
+        return True
+
+    async def _release_all(self) -> None:
+        """Park the feed, wait for the flush of what it handed on, release every lease."""
+        held = tuple(sorted(self.leases.held))
+        removed = await self._resubscribe(())
+        await self._flushed({s: removed[s] for s in held if s in removed})
+        await self.leases.release(held)
 
     async def _resubscribe(self, symbols: tuple[str, ...]) -> dict[str, int]:
         feed = self._feed
