@@ -34,9 +34,11 @@ from strategylab.distributed import (
     ClusterKillState,
     ClusterKillSwitch,
     ClusterKillWatcher,
+    check_redis_url,
     clear_mac,
     cluster_kill_keys,
 )
+from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import HealthState
 from strategylab.market import Exchange, ExchangeConfig
 from strategylab.node import NodeConfig
@@ -57,7 +59,13 @@ def cluster() -> Iterator[str]:
     name = "test-" + secrets.token_hex(6)
     yield name
     client = redis.Redis.from_url(REDIS)
-    client.delete(*cluster_kill_keys(name)[:2])
+    for each in (name, name.upper()):
+        base = f"strategylab:cluster:{each}"
+        client.delete(*cluster_kill_keys(each)[:2], f"{base}:members", f"{base}:alive")
+        members = client.keys(f"{base}:member:*")
+        if members:
+            client.delete(*members)
+        client.srem("strategylab:clusters", each)
     client.close()
 
 
@@ -297,49 +305,238 @@ async def test_the_node_glue_writes_the_trader_s_halt_file_and_reports_an_outage
         await glue.aclose()
 
 
-def test_the_command_line_exit_codes(cluster: str, tmp_path: Path) -> None:
+def token_files(tmp_path: Path) -> tuple[Path, Path]:
+    """``(the nodes' token file, a wrong token's file)``, 0600."""
+    files = []
+    for name, value in (("token", TOKEN), ("wrong", WRONG)):
+        path = tmp_path / name
+        path.write_text(value)
+        path.chmod(0o600)
+        files.append(path)
+    return files[0], files[1]
+
+
+async def invoke(args: list[str], env: dict[str, str | None] | None = None) -> Any:
+    """The command line, off the event loop (the watchers keep running meanwhile)."""
+    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+
+
+async def test_the_command_line_exit_codes(cluster: str, tmp_path: Path) -> None:
     """`kill --cluster`: 0 done, 1 refused or unreachable (nothing changed), 2 usage errors."""
-    runner = CliRunner()
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
-    wrong_file = tmp_path / "wrong"
-    wrong_file.write_text(WRONG)
-    wrong_file.chmod(0o600)
+    token_file, wrong_file = token_files(tmp_path)
     base = ["kill", "--cluster", cluster, "--redis", REDIS]
     env: dict[str, str | None] = {"STRATEGYLAB_ADMIN_TOKEN": None}
+    async with watcher(cluster, tmp_path / "node.json") as (w, _):
+        done = await invoke([*base, "--reason", "cli", "--admin-token-file", str(token_file)])
+        assert done.exit_code == 0, done.output
+        answer = json.loads(done.stdout)
+        assert (answer["action"], answer["created"], answer["ok"]) == ("cluster_kill", True, True)
+        assert answer["nodes"] == {
+            w.member: {"ok": True, "outcome": "halted", "why": None, "verified": True}
+        }
 
-    done = runner.invoke(app, [*base, "--reason", "cli", "--admin-token-file", str(token_file)])
-    assert done.exit_code == 0, done.output
-    answer = json.loads(done.stdout)
-    assert (answer["action"], answer["created"]) == ("cluster_kill", True)
+        refused = await invoke([*base, "--clear", "--admin-token-file", str(wrong_file)])
+        assert refused.exit_code == 1
+        assert "not the one that pulled" in refused.stderr
+        assert redis.Redis.from_url(REDIS).get(cluster_kill_keys(cluster)[0]) is not None
 
-    refused = runner.invoke(app, [*base, "--clear", "--admin-token-file", str(wrong_file)])
-    assert refused.exit_code == 1
-    assert "not the one that pulled" in refused.stderr
-    assert redis.Redis.from_url(REDIS).get(cluster_kill_keys(cluster)[0]) is not None
+        no_token = await invoke([*base, "--clear"], env=env)
+        assert no_token.exit_code == 2
+        assert "no admin token" in no_token.stderr
 
-    no_token = runner.invoke(app, [*base, "--clear"], env=env)
-    assert no_token.exit_code == 2
-    assert "no admin token" in no_token.stderr
+        unreachable = await invoke(
+            ["kill", "--cluster", cluster, "--redis", "redis://127.0.0.1:1/0", "--reason", "x"],
+            env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN},
+        )
+        assert unreachable.exit_code == 1
+        assert "unreachable" in unreachable.stderr
 
-    unreachable = runner.invoke(
-        app,
-        ["kill", "--cluster", cluster, "--redis", "redis://127.0.0.1:1/0", "--reason", "x"],
-        env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN},
+        usage = await invoke([*base, "--clear", "--reason", "both"], env=env)
+        assert usage.exit_code == 2
+        for bad in ("redis://127.0.0.1:6379:12", "redis://h:abc/0", "redis://h/db", "http://h/0"):
+            bad_url = await invoke(
+                ["kill", "--cluster", cluster, "--redis", bad, "--reason", "x"],
+                env={"STRATEGYLAB_ADMIN_TOKEN": TOKEN},
+            )
+            assert bad_url.exit_code == 2, bad
+            assert "--redis" in bad_url.stderr
+
+        cleared = await invoke([*base, "--clear", "--admin-token-file", str(token_file)])
+        assert cleared.exit_code == 0, cleared.output
+        document = json.loads(cleared.stdout)
+        assert document["kill_id"] == answer["kill"]["id"]
+        assert document["nodes"][w.member]["outcome"] == "resumed"
+        assert not w.state.halted
+        nothing = await invoke([*base, "--clear", "--admin-token-file", str(token_file)])
+        assert nothing.exit_code == 1
+        assert "no kill in force" in nothing.stderr
+
+
+async def test_a_kill_with_a_token_the_nodes_lack_is_told_and_its_clear_fails_naming_them(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Issue 14 F3.1: the nodes halt under a foreign token's kill (said per node); the clear with
+    that token exits 1 naming each node still halted and why; --kill-id with theirs resumes."""
+    token_file, wrong_file = token_files(tmp_path)
+    base = ["kill", "--cluster", cluster, "--redis", REDIS]
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [
+            (await stack.enter_async_context(watcher(cluster, tmp_path / f"n{i}.json")))[0]
+            for i in range(2)
+        ]
+        kill = await invoke([*base, "--reason", "foreign", "--admin-token-file", str(wrong_file)])
+        assert kill.exit_code == 0, kill.output
+        answer = json.loads(kill.stdout)
+        assert answer["ok"] is True
+        assert sorted(answer["nodes"]) == sorted(w.member for w in nodes)
+        for w in nodes:
+            assert answer["nodes"][w.member]["verified"] is False
+            assert w.state.halted
+            assert f"node {w.member}: halted, but" in kill.stderr
+        kill_id = answer["kill"]["id"]
+
+        clear = await invoke([*base, "--clear", "--admin-token-file", str(wrong_file)])
+        assert clear.exit_code == 1, clear.output
+        document = json.loads(clear.stdout)
+        assert document["ok"] is False
+        for w in nodes:
+            assert document["nodes"][w.member]["outcome"] == "still halted"
+            assert "cannot verify the clear with its admin token" in clear.stderr
+            assert f"node {w.member} did not resume" in clear.stderr
+            assert w.state.halted
+
+        again = [*base, "--clear", "--kill-id", kill_id, "--admin-token-file", str(token_file)]
+        recovered = await invoke(again)
+        assert recovered.exit_code == 0, recovered.output
+        assert all(
+            n["outcome"] == "resumed" for n in json.loads(recovered.stdout)["nodes"].values()
+        )
+        assert not any(w.state.halted for w in nodes)
+
+
+async def test_a_kill_no_running_node_acknowledged_exits_1_naming_the_live_clusters(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Issue 14 F3.2: a misspelt --cluster halts nothing: exit 1, the kill stays recorded, the
+    clusters that do have running nodes are named; a node cut off from Redis is named too."""
+    token_file, _ = token_files(tmp_path)
+    proxy = Proxy()
+    await proxy.start()
+    cut_url = f"redis://127.0.0.1:{proxy.port}/0"
+    async with (
+        watcher(cluster, tmp_path / "a.json") as (w, _),
+        watcher(cluster, tmp_path / "b.json", url=cut_url) as (cut, _),
+    ):
+        misspelt = cluster.upper()
+        args = ["kill", "--cluster", misspelt, "--redis", REDIS, "--reason", "typo"]
+        typo = await invoke([*args, "--admin-token-file", str(token_file)])
+        assert typo.exit_code == 1, typo.output
+        assert json.loads(typo.stdout)["ok"] is False
+        assert json.loads(typo.stdout)["nodes"] == {}
+        assert "no running node acknowledged" in typo.stderr
+        assert cluster in typo.stderr.split("clusters with running nodes:")[1]
+        assert redis.Redis.from_url(REDIS).get(cluster_kill_keys(misspelt)[0]) is not None
+        assert not w.state.halted
+
+        await proxy.cut()  # its acknowledgement lives on for its TTL: it is named, not counted
+        args = ["kill", "--cluster", cluster, "--redis", REDIS, "--reason", "cut"]
+        partial = await invoke([*args, "--admin-token-file", str(token_file)])
+        assert partial.exit_code == 1, partial.output
+        nodes = json.loads(partial.stdout)["nodes"]
+        assert nodes[w.member]["outcome"] == "halted"
+        assert nodes[cut.member]["outcome"] == "not halted"
+        assert f"node {cut.member} did not halt" in partial.stderr
+        assert halted(w.state)  # (a helper: mypy narrowed w.state.halted above)
+        assert not halted(cut.state)
+
+
+async def test_a_node_that_never_read_the_kill_state_starts_halted_until_it_does(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Issue 14 F3.4: Redis unreachable at start (or a DB index that fails): halted, fail safe,
+    said in the state and the trader's halt file; the first read lifts it; a later outage
+    keeps the last known state."""
+    async with watcher(cluster, tmp_path / "db.json", url="redis://127.0.0.1:6379/9999") as (
+        bad_db,
+        _,
+    ):
+        assert bad_db.state.halted
+        assert not bad_db.state.known
+        assert bad_db.state.problem is not None
+        assert bad_db.state.problem.startswith("kill state unknown: Redis unreachable")
+    proxy = Proxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    await proxy.cut()
+    config = NodeConfig(
+        exchange_url="ws://127.0.0.1:1/ws",
+        symbols=("A",),
+        data_dir=tmp_path,
+        cluster=cluster,
+        redis_url=url,
+        admin_token=TOKEN,
     )
-    assert unreachable.exit_code == 1
-    assert "unreachable" in unreachable.stderr
+    glue = NodeClusterKill(config, None, lambda: None)
+    await glue.start()
+    try:
+        state = glue.watcher.state
+        assert (state.halted, state.known, state.kill) == (True, False, None)
+        body = json.loads(glue.halt_file.read_text())
+        assert body["halted"] is True
+        assert body["reason"].startswith("kill state unknown")
+        assert glue.status()["known"] is False
+        trader: dict[str, Any] = {"trading": True}
+        glue.mark_trader(trader)
+        assert trader["trading"] is False
+        assert trader["halted"].startswith("kill state unknown")
+        await proxy.start()
+        await until(glue.watcher, lambda s: s.connected and not s.halted)
+        assert glue.watcher.state.known
+        assert json.loads(glue.halt_file.read_text())["halted"] is False
+        await proxy.cut()
+        await until(glue.watcher, lambda s: not s.connected)
+        assert not glue.watcher.state.halted  # the last known state, not unknown again
+    finally:
+        await glue.aclose()
 
-    usage = runner.invoke(app, [*base, "--clear", "--reason", "both"], env=env)
-    assert usage.exit_code == 2
 
-    cleared = runner.invoke(app, [*base, "--clear", "--admin-token-file", str(token_file)])
-    assert cleared.exit_code == 0, cleared.output
-    assert json.loads(cleared.stdout)["kill_id"] == answer["kill"]["id"]
-    nothing = runner.invoke(app, [*base, "--clear", "--admin-token-file", str(token_file)])
-    assert nothing.exit_code == 1
-    assert "no kill in force" in nothing.stderr
+def test_a_bad_redis_url_is_a_usage_error_naming_redis(tmp_path: Path) -> None:
+    """Issue 14 F3.3: scheme, host, port 1..65535, a numeric DB, checked when the config is built
+    and by `node` (exit 2 naming --redis, no traceback)."""
+    for good in ("redis://127.0.0.1:6379/0", "rediss://u:p@h/12", "redis://h", "unix:///s?db=1"):
+        assert check_redis_url(good) == good
+    bad = {
+        "redis://127.0.0.1:6379:12": "is not a URL",
+        "redis://127.0.0.1:abc/0": "is not a URL",
+        "redis://127.0.0.1:99999/0": "is not a URL",
+        "redis://127.0.0.1:0/0": "port must be from 1 to 65535",
+        "redis://127.0.0.1:6379/zero": "must be a number",
+        "redis://:pw@/0": "has no host",
+        "http://127.0.0.1:6379/0": "must be a redis://",
+    }
+    for url, why in bad.items():
+        with pytest.raises(ConfigurationError, match=why) as caught:
+            NodeConfig(
+                exchange_url="ws://127.0.0.1:1/ws",
+                symbols=("A",),
+                data_dir=tmp_path,
+                cluster="c",
+                redis_url=url,
+            )
+        assert "redis_url" in str(caught.value)
+        assert "pw" not in str(caught.value)
+    result = CliRunner().invoke(
+        app,
+        [
+            "node",
+            *("--data-dir", str(tmp_path / "n"), "--symbols", "A"),
+            *("--exchange-url", "http://127.0.0.1:1", "--cluster", "c"),
+            *("--redis", "redis://127.0.0.1:6379:12"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--redis" in result.stderr
+    assert "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------------- end to end
@@ -496,6 +693,7 @@ async def test_a_real_node_halts_staying_up_resumes_on_clear_and_starts_halted_l
         await bids(3)
         assert not (await node.cluster_kill())["halted"]
         await risk_state(node, "ACTIVE")
+        assert (await node.status())["extra"]["trader"].get("halted") is None
         checks = {c["name"]: c for c in (await node.status())["health"]["checks"]}
         assert checks["cluster_kill"]["kind"] == "readiness"  # DEGRADED while Redis is away
         assert checks["cluster_kill"]["state"] in {None, "healthy"}
@@ -532,7 +730,10 @@ async def test_a_real_node_halts_staying_up_resumes_on_clear_and_starts_halted_l
         await risk_state(node, "HALTED")
         status = await node.status()
         assert status["extra"]["cluster_kill"]["kill"]["id"] == second.id
-        started = status["extra"]["trader"]["started_with"]
+        trader = status["extra"]["trader"]
+        assert trader["trading"] is False  # the halt shows in the trader's view too (F3.5)
+        assert trader["halted"] == f"cluster kill {second.id}: while the node was down"
+        started = trader["started_with"]
         assert started.index("cluster_halted") < started.index("trading")
     finally:
         code = await node.stop()

@@ -122,6 +122,9 @@ SAMPLES: dict[str, Callable[[Any], BaseException]] = {
     "strategylab.distributed._kill.ClusterKillError": lambda c: c(
         "redis://127.0.0.1:1: unreachable", usage=False, unreachable=True
     ),
+    "strategylab.distributed._leases.SymbolSetMismatchError": lambda c: c(
+        "desk", ("MSFT", "AAPL"), "node-b", ("AAPL",)
+    ),
     "strategylab.market._pg_fence.FencedError": lambda c: c(
         "AAPL", 3, 4, owner="node-b", symbols=("AAPL", "MSFT"), rows=120
     ),

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from strategylab.distributed import ClusterKillAck
+
 __all__ = [
     "KILL_SHAPE",
     "MAX_REASON",
@@ -578,8 +580,6 @@ def _check_cluster_flags(
         usage_error(_KILL, "--cluster NAME and --redis URL go together")
     if url is not None:
         usage_error(_KILL, "--url contradicts --cluster (one node, or the whole cluster)")
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        usage_error(_KILL, f"--redis {redis_url!r}: must be a redis://, rediss:// or unix:// URL")
     if clear and reason is not None:
         usage_error(_KILL, "--reason contradicts --clear")
     if not clear and reason is None:
@@ -615,9 +615,13 @@ def run_cluster_kill(
 ) -> NoReturn:
     """``strategylab kill --cluster NAME --redis URL (--reason TEXT | --clear [--kill-id ID])``:
     pull or clear the cluster's kill switch (:class:`strategylab.distributed.ClusterKillSwitch`)
-    and print one JSON line; raises :class:`typer.Exit`: 0 done; 1 Redis unreachable, a token
-    that is not the one that pulled the kill, nothing to clear; 2 a usage error (a missing or
-    contradictory flag, no admin token)."""
+    wait up to :data:`ACK_WAIT` s for the running nodes' acknowledgements
+    (:meth:`~strategylab.distributed.ClusterKillSwitch.acknowledgements`) and print one JSON
+    line (``ok``, ``nodes``: per member ``{ok, outcome, why, verified}``); raises
+    :class:`typer.Exit`: 0 done; 1 Redis unreachable, a token that is not the one that pulled
+    the kill, nothing to clear, a running node that did not halt / resume, a kill no running
+    node acknowledged (misspelt --cluster?); 2 a usage error (a missing or contradictory flag,
+    a bad --redis URL, no admin token)."""
     _check_cluster_flags(url, cluster, redis_url, reason, clear=clear, kill_id=kill_id)
     assert cluster is not None  # noqa: S101 - checked
     assert redis_url is not None  # noqa: S101 - checked
@@ -634,18 +638,20 @@ def run_cluster_kill(
         with switch:
             if clear:
                 cleared, receivers = switch.clear(kill_id)
+                acks = switch.acknowledgements(cleared, halted=False, wait=ACK_WAIT)
                 document: dict[str, object] = {
-                    "ok": True,
                     "action": "cluster_clear",
                     "cluster": cluster,
                     "kill_id": cleared,
                     "receivers": receivers,
                 }
+                live: list[str] = []
             else:
                 assert reason is not None  # noqa: S101 - checked above
                 record, created, receivers = switch.kill(reason)
+                acks = switch.acknowledgements(record.id, halted=True, wait=ACK_WAIT)
+                live = [] if acks else switch.live_clusters()
                 document = {
-                    "ok": True,
                     "action": "cluster_kill",
                     "cluster": cluster,
                     "created": created,
@@ -657,5 +663,39 @@ def run_cluster_kill(
         raise typer.Exit(2 if exc.usage else 1) from None
     except ConfigurationError as exc:
         usage_error(_KILL, exc)
+    ok = _report_acks(cluster, acks, live, clear=clear)
+    document["ok"] = ok
+    document["nodes"] = {ack.member: ack.to_dict() for ack in acks}
     typer.echo(json.dumps(document, separators=(",", ":"), sort_keys=True))
-    raise typer.Exit(0)
+    raise typer.Exit(0 if ok else 1)
+
+
+ACK_WAIT: Final = 1.0
+"""Seconds ``kill --cluster`` waits for the running nodes' acknowledgements."""
+
+
+def _report_acks(cluster: str, acks: list[ClusterKillAck], live: list[str], *, clear: bool) -> bool:
+    """One stderr line per node that did not halt / resume (or halted with a warning), and
+    one when no node is running; True when every running node did what was asked (and, for
+    a kill, at least one node is running)."""
+    what = "resume" if clear else "halt"
+    for ack in acks:
+        if not ack.ok:
+            typer.echo(
+                f"{_KILL}: node {ack.member} did not {what}: {escape(str(ack.why))}", err=True
+            )
+        elif ack.why:
+            typer.echo(f"{_KILL}: node {ack.member}: {escape(ack.why)}", err=True)
+    if acks:
+        return all(ack.ok for ack in acks)
+    if clear:
+        typer.echo(f"{_KILL}: cluster {cluster}: no running node (the clear is recorded)", err=True)
+        return True
+    others = f"; clusters with running nodes: {', '.join(live)}" if live else ""
+    typer.echo(
+        f"{_KILL}: cluster {cluster}: no running node acknowledged the kill (a misspelt "
+        f"--cluster? nodes cut off from Redis?); the kill is recorded and halts nodes that "
+        f"start later{others}",
+        err=True,
+    )
+    return False

@@ -342,14 +342,18 @@ def kill(  # noqa: PLR0917 - typer passes options positionally
     stays up, ingesting and serving /status; a node down now, or started later, starts halted.
     --clear lifts it: it needs the admin token that pulled it, and each node resumes only on a
     clear it verifies with its own token (HMAC-SHA256), so a bare DEL of the key, or Redis losing
-    it, keeps the nodes halted (clear such a lost kill with --clear --kill-id ID).
+    it, keeps the nodes halted (clear such a lost kill with --clear --kill-id ID). Both wait up
+    to 1 s for each running node's acknowledgement and print per node what it did ("nodes"),
+    with a line on stderr for each node that did not halt / resume and why.
 
     The admin token comes from --admin-token-file PATH or $STRATEGYLAB_ADMIN_TOKEN (never from
     the command line, where every local user could read it). Exit status: 0 the node accepted
     (its JSON answer is printed) or the cluster kill was written; 1 the node or Redis cannot be
     reached, the node refused the token, has its admin routes off, or answered an error, the
-    token is not the one that pulled the cluster kill, or there is no cluster kill to clear; 2 a
-    usage error (no token, a bad flag).
+    token is not the one that pulled the cluster kill, or there is no cluster kill to clear, a
+    running node did not halt / resume (or, for a kill, no running node of the cluster
+    acknowledged it: the kill stays recorded); 2 a usage error (no token, a bad flag or --redis
+    URL).
     """
     if cluster is not None or redis is not None or clear or kill_id is not None:
         from strategylab._ops_cli import run_cluster_kill  # noqa: PLC0415 - keep `--help` fast

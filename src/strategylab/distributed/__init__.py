@@ -19,42 +19,64 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._kill import (
+        MEMBER_TTL_POLLS,
+        ClusterKillAck,
         ClusterKillError,
         ClusterKillRecord,
         ClusterKillState,
         ClusterKillSwitch,
         ClusterKillWatcher,
+        check_redis_url,
         clear_mac,
         cluster_kill_keys,
     )
-    from ._leases import LeaseConfig, LeasePlan, LeaseStatistics, SymbolLeases, member_id
+    from ._leases import (
+        LeaseConfig,
+        LeasePlan,
+        LeaseStatistics,
+        SymbolLeases,
+        SymbolSetMismatchError,
+        member_id,
+        symbols_hash,
+    )
     from ._redis_breaker import (
         RedisBreakerBackend,
         RedisBreakerMetrics,
+        SharedStateLostError,
         SharedStateUnavailableError,
+        breaker_keys,
     )
 
 # Imported on first use (PEP 562): a process that needs only the kill switch or the breaker
 # backend does not pay for psycopg, nor one that needs only the leases for redis.
 _WHERE = {
+    "ClusterKillAck": "_kill",
     "ClusterKillError": "_kill",
     "ClusterKillRecord": "_kill",
     "ClusterKillState": "_kill",
     "ClusterKillSwitch": "_kill",
     "ClusterKillWatcher": "_kill",
+    "MEMBER_TTL_POLLS": "_kill",
+    "check_redis_url": "_kill",
     "clear_mac": "_kill",
     "cluster_kill_keys": "_kill",
-    "RedisBreakerBackend": "_redis_breaker",
-    "RedisBreakerMetrics": "_redis_breaker",
-    "SharedStateUnavailableError": "_redis_breaker",
     "LeaseConfig": "_leases",
     "LeasePlan": "_leases",
     "LeaseStatistics": "_leases",
     "SymbolLeases": "_leases",
+    "SymbolSetMismatchError": "_leases",
     "member_id": "_leases",
+    "symbols_hash": "_leases",
+    "RedisBreakerBackend": "_redis_breaker",
+    "RedisBreakerMetrics": "_redis_breaker",
+    "SharedStateLostError": "_redis_breaker",
+    "SharedStateUnavailableError": "_redis_breaker",
+    "breaker_keys": "_redis_breaker",
 }
 
 __all__ = [
+    "MEMBER_TTL_POLLS",
+    "ClusterKillAck",
     "ClusterKillError",
     "ClusterKillRecord",
     "ClusterKillState",
@@ -65,11 +87,16 @@ __all__ = [
     "LeaseStatistics",
     "RedisBreakerBackend",
     "RedisBreakerMetrics",
+    "SharedStateLostError",
     "SharedStateUnavailableError",
     "SymbolLeases",
+    "SymbolSetMismatchError",
+    "breaker_keys",
+    "check_redis_url",
     "clear_mac",
     "cluster_kill_keys",
     "member_id",
+    "symbols_hash",
 ]
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -68,11 +69,18 @@ class NodeClusterKill:
             state_file=config.data_dir / CLUSTER_STATE_NAME,
             admin_token=config.admin_token,
             on_change=self._on_change,
+            member=f"{config.node_name}@{socket.gethostname()}:{os.getpid()}",
         )
 
     async def start(self) -> None:
         """Read the state file and Redis (the trader's file is written before it starts)."""
-        await self.watcher.start()
+        state = await self.watcher.start()
+        if not state.known:
+            _log.warning(
+                "cluster %s: %s: trading halted until the kill state is read",
+                self.watcher.cluster,
+                state.problem,
+            )
 
     async def aclose(self) -> None:
         """Stop watching."""
@@ -83,7 +91,7 @@ class NodeClusterKill:
         body = {
             "halted": state.halted,
             "kill_id": None if kill is None else kill.id,
-            "reason": None if kill is None else kill.reason,
+            "reason": state.problem if kill is None else kill.reason,
             "at": None if kill is None else kill.at,
         }
         try:
@@ -114,6 +122,18 @@ class NodeClusterKill:
             inc = trader.incarnation(self._trader_pid())
             out["trader"] = {} if inc is None else dict(inc.cluster)
         return out
+
+    def mark_trader(self, trader: dict[str, Any]) -> None:
+        """``/status``'s ``extra.trader`` while the cluster kill halts it: ``trading`` False and
+        ``halted`` saying why (``"cluster kill ID: REASON"`` or the unknown kill state)."""
+        state = self.watcher.state
+        if not state.halted:
+            return
+        trader["trading"] = False
+        kill = state.kill
+        trader["halted"] = (
+            f"cluster kill {kill.id}: {kill.reason}" if kill is not None else state.problem
+        )
 
 
 def cluster_health_check(get: Callable[[], NodeClusterKill | None]) -> HealthCheck:

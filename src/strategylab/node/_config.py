@@ -189,14 +189,11 @@ class NodeConfig:
                 "cluster", _validate.clipped(self.cluster), "must be 1..64 of A-Z a-z 0-9 . _ -"
             )
         if self.redis_url is not None:
-            if not isinstance(self.redis_url, str) or not self.redis_url.startswith(
-                ("redis://", "rediss://", "unix://")
-            ):
-                raise ConfigurationError(
-                    "redis_url",
-                    _validate.clipped(self.redis_url),
-                    "must be a redis://, rediss:// or unix:// URL",
-                )
+            # scheme, host, port 1..65535, a numeric DB (issue 14, F3): a bad URL is a usage
+            # error naming --redis, not a traceback at start.
+            from strategylab.distributed import check_redis_url  # noqa: PLC0415 - loads redis
+
+            check_redis_url(self.redis_url, "redis_url")
             if self.cluster is None:
                 raise ConfigurationError(
                     "redis_url", self.redis_url, "needs cluster (the cluster's name)"

@@ -88,6 +88,8 @@ class NodeView:
             extra["chaos_agent"] = self._chaos_figures()
         if node.cluster_kill is not None:  # the cluster kill switch (issue 14)
             extra["cluster_kill"] = node.cluster_kill.status()
+            if trader is not None:  # halted by it: trading false (issue 14, F3)
+                node.cluster_kill.mark_trader(trader)
         cluster = node.cluster_status()  # sharded ingest: symbols owned, tokens (issue 14, H3)
         if cluster is not None:
             extra["cluster"] = cluster
