@@ -473,16 +473,7 @@ class StatusService:
 
     async def _kill(self, request: web.Request) -> web.Response:
         async def run(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-            reason = body.get("reason")
-            if reason is None:
-                raise _BadFieldError("reason", "required")
-            if not isinstance(reason, str) or not reason.strip():
-                raise _BadFieldError("reason", "must be a non-empty string")
-            if len(reason) > MAX_REASON:
-                raise _BadFieldError("reason", f"must be at most {MAX_REASON} characters")
-            problem = _validate.one_line_problem(reason)
-            if problem is not None:
-                raise _BadFieldError("reason", problem)
+            reason = _reason(body)
             return await self._source.kill(reason), reason
 
         return await self._admin(request, "kill", None, run, body_required=True, status=202)
@@ -498,16 +489,7 @@ class StatusService:
 
     async def _cluster_kill(self, request: web.Request) -> web.Response:
         async def run(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-            reason = body.get("reason")
-            if reason is None:
-                raise _BadFieldError("reason", "required")
-            if not isinstance(reason, str) or not reason.strip():
-                raise _BadFieldError("reason", "must be a non-empty string")
-            if len(reason) > MAX_REASON:
-                raise _BadFieldError("reason", f"must be at most {MAX_REASON} characters")
-            problem = _validate.one_line_problem(reason)
-            if problem is not None:
-                raise _BadFieldError("reason", problem)
+            reason = _reason(body)
             return await self._cluster_agent().cluster_kill(reason), reason
 
         return await self._admin(request, "cluster_kill", None, run, body_required=True, status=202)
@@ -709,3 +691,19 @@ def _loopback(address: object) -> bool:
         return ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _reason(body: Mapping[str, Any]) -> str:
+    """A kill's ``reason`` field: a non-empty line of at most MAX_REASON characters;
+    :class:`_BadFieldError` naming ``reason`` otherwise."""
+    reason = body.get("reason")
+    if reason is None:
+        raise _BadFieldError("reason", "required")
+    if not isinstance(reason, str) or not reason.strip():
+        raise _BadFieldError("reason", "must be a non-empty string")
+    if len(reason) > MAX_REASON:
+        raise _BadFieldError("reason", f"must be at most {MAX_REASON} characters")
+    problem = _validate.one_line_problem(reason)
+    if problem is not None:
+        raise _BadFieldError("reason", problem)
+    return reason
