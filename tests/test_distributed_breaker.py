@@ -310,6 +310,42 @@ def test_exactly_one_trial_runs_cluster_wide(
 
 
 @pytest.mark.integration
+def test_a_trial_that_succeeds_while_its_half_open_move_is_queued_closes_the_cluster(
+    prefix: str, backends: Callable[..., RedisBreakerBackend]
+) -> None:
+    """The common case in a cluster: a process whose OPEN period ends on a call half-opens
+    locally (its move queued), claims the trial and succeeds before the publisher ran the
+    move. Its HALF_OPEN -> CLOSED must be published against the period its claim was granted
+    in, not the OPEN one it knew (that was refused, and the cluster stayed HALF_OPEN with a
+    claimed trial nobody settled until ``trial_ttl``). The publisher is held at the seam (its
+    script call) so that the race goes the bad way every time."""
+    clock = FakeClock()
+    opener_backend, racer_backend = backends(), backends(clock=clock, trial_ttl=30.0)
+    opener = CircuitBreaker("race", recovery_timeout=0.05, shared=opener_backend)
+    racer = CircuitBreaker("race", recovery_timeout=0.05, clock=clock, shared=racer_backend)
+    opener.trip()
+    wait_for(lambda: racer.state is OPEN, what="the racer adopts OPEN")
+    gate = threading.Event()
+    script = racer_backend._script
+
+    def held(*, keys: list[str], args: list[str | int]) -> object:
+        if args[0] == "move":
+            gate.wait(5)
+        return script(keys=keys, args=args)
+
+    racer_backend._script = held  # type: ignore[assignment] # the seam the race runs through
+    time.sleep(0.06)  # the shared OPEN period (Redis's clock) ends
+    clock.advance(1.0)  # and the racer's own
+    assert racer.call(lambda: "ok") == "ok"  # the trial: claimed and succeeded
+    assert racer.state is CLOSED
+    gate.set()
+    wait_for(lambda: shared_hash(prefix, "race").get("s") == "closed", what="shared CLOSED")
+    wait_for(lambda: opener.state is CLOSED, what="the opener adopts CLOSED")
+    assert shared_hash(prefix, "race")["tr"] == "0"
+    assert opener.call(lambda: 1) == 1
+
+
+@pytest.mark.integration
 def test_a_claim_whose_process_died_lapses(backends: Callable[..., RedisBreakerBackend]) -> None:
     """A trial claimed by a process that dies is released after ``trial_ttl``."""
     dead, alive = backends(trial_ttl=0.2), backends(trial_ttl=0.2)

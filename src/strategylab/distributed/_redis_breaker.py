@@ -201,6 +201,11 @@ class _Entry:
     """The last new generation this process counted as a loss of the shared state."""
     trials: int = 0
     """HALF_OPEN trials this process claimed and has not settled (under ``pending_lock``)."""
+    claimed: int = -1
+    """The shared epoch of the HALF_OPEN period in which this process's last trial was granted
+    (-1: none since its breaker last left HALF_OPEN). The trial's outcome (a move out of
+    HALF_OPEN, a settle) is published against it: the epoch known when the job runs may still be
+    the OPEN period's, since a claim's reply is not adopted while a job is queued."""
 
     def queued(self, change: int) -> None:
         with self.pending_lock:
@@ -424,9 +429,11 @@ class RedisBreakerBackend:
         if new is BreakerState.OPEN:
             entry.open_deadline = self._clock.monotonic() + breaker.recovery_timeout
         entry.trial(None)
+        claimed, entry.claimed = entry.claimed, -1
         if old in _NAMES and new in _NAMES:
             entry.queued(1)
-            self._queue.put(_Job(entry, "move", _NAMES[old], _NAMES[new]))
+            epoch = claimed if old is BreakerState.HALF_OPEN else -1
+            self._queue.put(_Job(entry, "move", _NAMES[old], _NAMES[new], epoch))
 
     def trial_settled(self, breaker: CircuitBreaker, *, success: bool) -> None:
         """Queue a trial's outcome that made no transition (under the breaker's lock: no I/O)."""
@@ -435,7 +442,7 @@ class RedisBreakerBackend:
             return
         entry.trial(-1)
         entry.queued(1)
-        self._queue.put(_Job(entry, "settle", "1" if success else "0", ""))
+        self._queue.put(_Job(entry, "settle", "1" if success else "0", "", entry.claimed))
 
     def claim_trial(self, breaker: CircuitBreaker) -> bool:
         """Claim the cluster's HALF_OPEN trial for ``breaker`` (one round trip, in the caller).
@@ -494,6 +501,8 @@ class RedisBreakerBackend:
         reply = self._script(keys=[entry.key, entry.channel], args=args)
         half_trip = (time.monotonic() - sent) / 2
         applied, state, epoch, remaining, created, generation = reply
+        if op == "claim" and applied:
+            entry.claimed = int(epoch)
         if op == "move":
             if applied:
                 self._published += 1
