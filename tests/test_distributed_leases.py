@@ -650,6 +650,58 @@ async def test_a_node_whose_feed_is_down_parks_and_its_peer_takes_its_symbols(  
 
 
 @pytest.mark.timeout(20)
+async def test_no_node_parks_when_no_live_peer_could_take_its_symbols(schema: str) -> None:
+    """Parking only pays when a peer can ingest the symbols: with the exchange down for every
+    node, the first to park leaves the last one holding everything (it keeps its leases and its
+    feed reconnecting, so ingest resumes the moment the exchange is back), and a parked node
+    whose last live peer is gone unparks at once, not after its backoff."""
+    from strategylab.node._cluster import ClusterIngest  # noqa: PLC0415 - the node's own part
+    from strategylab.testing import FakeClock  # noqa: PLC0415
+
+    symbols = ("G1", "G2", "G3", "G4")
+    clock = FakeClock(autojump_threshold=None)
+    store = PostgresTickStore(DSN, schema=schema)
+    await store.open()
+    nodes: dict[str, Any] = {}
+    feeds: dict[str, _FakeFeed] = {}
+    for name in ("one", "two"):
+        config = LeaseConfig(cluster="cg", symbols=symbols, member=name, schema=schema)
+        nodes[name] = ClusterIngest(
+            DSN, store, config, clock=clock, feed_grace=2.0, park_backoff=(30.0, 60.0)
+        )
+        await nodes[name].open()
+        feeds[name] = _FakeFeed()
+        await nodes[name].start(feeds[name], None, loops=False)
+    one, two = nodes["one"], nodes["two"]
+    try:
+        for _ in range(3):
+            await one.balance()
+            await two.balance()
+        assert (len(one.leases.held), len(two.leases.held)) == (2, 2)
+        feeds["one"].healthy = feeds["two"].healthy = False  # the exchange is down for both
+        await one.balance()
+        await two.balance()
+        clock.advance(2.0)
+        await one.balance()  # a live unparked peer: it parks
+        assert one.status()["feed"]["parked"] is True
+        await two.balance()  # its only peer is parked: it keeps its leases and takes the rest
+        await two.balance()
+        assert two.status()["feed"]["parked"] is False
+        assert sorted(two.leases.held) == list(symbols)
+        await two.leave()  # the last live peer goes
+        del nodes["two"]
+        clock.advance(1.0)  # far inside the 30 s backoff
+        await one.balance()
+        assert one.status()["feed"]["parked"] is False  # unparked at once
+        await one.balance()
+        assert sorted(one.leases.held) == list(symbols)
+    finally:
+        for each in nodes.values():
+            await each.leave()
+        await store.aclose()
+
+
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("stall", ["between_statements", "mid_copy"])
 async def test_a_stalled_writers_locks_go_within_the_hold_timeout(schema: str, stall: str) -> None:
     """A writer that stalls inside its fenced transaction (a SIGSTOP: idle between

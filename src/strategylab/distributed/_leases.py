@@ -257,6 +257,7 @@ class SymbolLeases:
         self._parked = False
         self._hash = symbols_hash(config.symbols)
         self._mismatched: dict[str, tuple[str, ...]] = {}
+        self._peers = 0
 
     # ------------------------------------------------------------------ views
 
@@ -455,6 +456,7 @@ class SymbolLeases:
                 ",".join(sorted(cfg.symbols)),
             )
         self._mismatched = mismatched
+        self._peers = len(active - {cfg.member})
         members = max(len(active), 1)
         share = math.ceil(len(cfg.symbols) / members)
         self._members_seen, self._share = members, share
@@ -463,6 +465,12 @@ class SymbolLeases:
         return LeasePlan(
             members=members, share=share, surplus=surplus, wanted=max(share - len(held), 0)
         )
+
+    @property
+    def peers(self) -> int:
+        """Live unparked members other than this one, as the last :meth:`plan` saw them: the
+        nodes that could take this one's symbols over."""
+        return self._peers
 
     async def acquire(self, count: int) -> dict[str, int]:
         """Acquire up to ``count`` free leases (released, or expired); each one's token is

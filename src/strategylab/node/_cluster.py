@@ -228,6 +228,7 @@ class ClusterIngest:
         self._good_since: float | None = None
         self._parked_until: float | None = None
         self._parks = 0
+        self._alone_logged = False
         self.leases = SymbolLeases(dsn, config)
         self.config = config
         self.writes = FencedWrites(store, self.leases, self._fenced)
@@ -374,20 +375,50 @@ class ClusterIngest:
         ends there)."""
         now = self._clock.monotonic()
         if self._parked_until is not None:
-            if self.leases.held:  # a release that failed before: try again
-                await self._release_all()
-            if now < self._parked_until:
-                return True
-            self._parked_until = None
-            self._bad_since = self._good_since = None
-            await self.leases.set_parked(False)
-            _log.warning(
-                "cluster: unparked after the backoff: taking a share again to try the feed "
-                "(parks again after %.1fs unhealthy, for %.0fs)",
-                self._grace,
-                self._backoff,
-            )
+            return await self._still_parked(now)
+        if not await self._feed_down_for_grace(now):
             return False
+        await self.leases.plan()
+        if not self.leases.peers:
+            # Nobody could take the symbols over: keep them, keep the feed reconnecting.
+            if not self._alone_logged:
+                self._alone_logged = True
+                _log.warning(
+                    "cluster: the feed has been unhealthy for %.1fs but no live peer could take "
+                    "%s over: keeping the leases",
+                    now - (self._bad_since or now),
+                    ", ".join(sorted(self.leases.held)) or "nothing",
+                )
+            return False
+        self._alone_logged = False
+        await self._park(now)
+        return True
+
+    async def _still_parked(self, now: float) -> bool:
+        """Parked: stay so until the backoff ends, unless no live peer is left to ingest the
+        symbols (an exchange down for every node, say: parking then gains nothing)."""
+        if self.leases.held:  # a release that failed before: try again
+            await self._release_all()
+        until = self._parked_until
+        if until is not None and now < until:
+            await self.leases.plan()
+            if self.leases.peers:
+                return True
+            _log.warning("cluster: parked with no live peer to take over: unparking now")
+        self._parked_until = None
+        self._bad_since = self._good_since = None
+        await self.leases.set_parked(False)
+        _log.warning(
+            "cluster: unparked: taking a share again to try the feed "
+            "(parks again after %.1fs unhealthy, for %.0fs)",
+            self._grace,
+            self._backoff,
+        )
+        return False
+
+    async def _feed_down_for_grace(self, now: float) -> bool:
+        """Whether the feed, with symbols subscribed, has been unhealthy for ``feed_grace``
+        (tracks the healthy stretch that resets the park backoff, too)."""
         feed = self._feed
         if feed is None or not feed.symbols:
             self._bad_since = self._good_since = None  # nothing subscribed: nothing to judge
@@ -403,8 +434,11 @@ class ClusterIngest:
         self._good_since = None
         if self._bad_since is None:
             self._bad_since = now
-        if now - self._bad_since < self._grace:
-            return False
+        return now - self._bad_since >= self._grace
+
+    async def _park(self, now: float) -> None:
+        """Mark this member parked, release every lease, take nothing for the backoff."""
+        bad_since = self._bad_since if self._bad_since is not None else now
         wait, self._backoff = self._backoff, min(self._backoff * 2, self._backoff_cap)
         self._parked_until = now + wait
         self._parks += 1
@@ -412,14 +446,13 @@ class ClusterIngest:
         _log.warning(
             "cluster: the feed has been unhealthy for %.1fs: parking, releasing %s, taking no "
             "share for %.0fs",
-            now - self._bad_since,
+            now - bad_since,
             ", ".join(held) or "nothing",
             wait,
         )
         self._bad_since = None
         await self.leases.set_parked(True)  # first: the others stop counting this node
         await self._release_all()
-        return True
 
     async def _release_all(self) -> None:
         """Park the feed, wait for the flush of what it handed on, release every lease."""
