@@ -184,11 +184,13 @@ def _cluster_callback(ctx: typer.Context, param: typer.CallbackParam, value: obj
 
 
 def _redis_callback(ctx: typer.Context, param: typer.CallbackParam, value: object) -> object:
-    if isinstance(value, str) and not value.startswith(("redis://", "rediss://")):
-        usage_error(
-            ctx.command_path,
-            ConfigurationError(_flag(param), value, "must be a redis:// or rediss:// URL"),
-        )
+    if isinstance(value, str):
+        from strategylab.distributed import check_redis_url  # noqa: PLC0415 - --help stays fast
+
+        try:
+            check_redis_url(value, _flag(param))
+        except ConfigurationError as exc:
+            usage_error(ctx.command_path, exc)
     return value
 
 

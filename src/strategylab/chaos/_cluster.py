@@ -727,15 +727,7 @@ async def cluster_integrity(
     if not caught and emit is not None:
         emit("note", text=f"integrity: store not caught up ({detail})")
     report = await _check_cluster(cluster, clock)
-    return Integrity(
-        acknowledged=report.acknowledged,
-        stored=report.stored,
-        lost=report.lost.count,
-        duplicated=report.duplicated.count,
-        unexpected=report.unexpected.count,
-        corrupted=report.corrupted.count + report.invalid_stored.count,
-        report=report.to_dict() | {"caught_up": caught, "caught_up_detail": detail},
-    )
+    return Integrity.of(report, caught=caught, detail=detail)
 
 
 async def _check_cluster(cluster: LabCluster, clock: Clock) -> IntegrityReport:

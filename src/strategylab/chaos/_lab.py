@@ -245,17 +245,7 @@ class LabRun:
         if not caught:
             self.emit("note", text=f"integrity: store not caught up ({detail})")
         report = await _check_snapshot(pipeline, self._clock)
-        # A tick emitted invalid that sits in the store is a corrupted store as far as the
-        # category's figures go (the checker reports it apart as invalid_stored).
-        integ = Integrity(
-            acknowledged=report.acknowledged,
-            stored=report.stored,
-            lost=report.lost.count,
-            duplicated=report.duplicated.count,
-            unexpected=report.unexpected.count,
-            corrupted=report.corrupted.count + report.invalid_stored.count,
-            report=report.to_dict() | {"caught_up": caught, "caught_up_detail": detail},
-        )
+        integ = Integrity.of(report, caught=caught, detail=detail)
         self.result.integrity = integ
         if self._report_dir is not None:
             path = self._report_dir / f"integrity-{self.result.id:02d}.json"

@@ -16,11 +16,14 @@ import abc
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ._injector import Injector
 from ._measure import FaultRun, percentile
 from ._severity import Severity
+
+if TYPE_CHECKING:
+    from ._checker_report import IntegrityReport
 
 __all__ = [
     "OWN_CRITERION",
@@ -99,6 +102,22 @@ class Integrity:
     unexpected: int
     corrupted: int
     report: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, report: IntegrityReport, *, caught: bool, detail: str) -> Integrity:
+        """The category's figures from one checker report; ``caught``/``detail``: whether the
+        store had caught up with the exchange when it was checked (kept in ``report``). A tick
+        emitted invalid that sits in the store counts as corrupted here (the checker reports it
+        apart as ``invalid_stored``)."""
+        return cls(
+            acknowledged=report.acknowledged,
+            stored=report.stored,
+            lost=report.lost.count,
+            duplicated=report.duplicated.count,
+            unexpected=report.unexpected.count,
+            corrupted=report.corrupted.count + report.invalid_stored.count,
+            report=report.to_dict() | {"caught_up": caught, "caught_up_detail": detail},
+        )
 
     @property
     def consistency(self) -> float:

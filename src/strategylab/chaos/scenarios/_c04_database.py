@@ -572,15 +572,7 @@ async def _node_integrity(pipeline: Pipeline, node: ExtraNode) -> Integrity:
         raise CheckInputError(f"{node.name}: {exc}") from exc
     finally:
         await source.aclose()
-    return Integrity(
-        acknowledged=report.acknowledged,
-        stored=report.stored,
-        lost=report.lost.count,
-        duplicated=report.duplicated.count,
-        unexpected=report.unexpected.count,
-        corrupted=report.corrupted.count + report.invalid_stored.count,
-        report=report.to_dict() | {"caught_up": caught, "caught_up_detail": detail},
-    )
+    return Integrity.of(report, caught=caught, detail=detail)
 
 
 def _summed(main: Integrity, stores: dict[str, Integrity]) -> Integrity:
