@@ -59,12 +59,11 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from strategylab._files import make_private_dir, refuse_symlinks, refuse_unsafe_dirs
 from strategylab._tasks import cancel_and_wait, log_failure
 from strategylab.clock import SYSTEM_CLOCK, Clock
-from strategylab.distributed import LeaseConfig
 from strategylab.errors import ConfigurationError
 from strategylab.fault_tolerance import (
     DEFAULT_POLICIES,
@@ -104,8 +103,6 @@ from strategylab.market import (
     TickStore,
 )
 
-from ._cluster import ClusterIngest
-from ._cluster_kill import NodeClusterKill, cluster_health_check
 from ._config import NodeConfig
 from ._operations import (
     SERVICE_PROBE_INTERVAL,
@@ -123,6 +120,10 @@ from ._shedding import NodeDegradation, build_degradation, node_features
 from ._status import _print, _StatusOutput
 from ._store_check import check_store_config
 from ._trader_child import CHANNEL_NAME, CHILD_ID, TraderChild, shared_breaker_health_check
+
+if TYPE_CHECKING:  # the cluster's parts import redis and psycopg: only a cluster node loads them
+    from ._cluster import ClusterIngest
+    from ._cluster_kill import NodeClusterKill
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -379,6 +380,33 @@ class Node:
         """The error that triggered the emergency shutdown, if one ran."""
         return self._emergency
 
+    def _tick_store(self, manager: ErrorRecoveryManager) -> TickStore:
+        """The store the ingestor writes to: SQLite or PostgreSQL, behind the failover spool;
+        a cluster node's fenced writes straight to PostgreSQL (no spool)."""
+        cfg = self.config
+        if cfg.postgres is not None and cfg.cluster is not None:
+            # Sharded ingest (issue 14): fenced writes straight to PostgreSQL, no spool.
+            from strategylab.distributed import LeaseConfig  # noqa: PLC0415 - a cluster node's
+
+            from ._cluster import ClusterIngest  # noqa: PLC0415
+
+            leases = LeaseConfig(cluster=cfg.cluster, symbols=cfg.symbols)
+            # A write may not outlast a lease: a node cut off mid-write would otherwise hold a
+            # lease it took back for the write timeout (30 s) without storing a tick.
+            shared = PostgresTickStore(cfg.postgres, connect_timeout=leases.ttl, timeout=leases.ttl)
+            self._shards = ClusterIngest(shared.dsn, shared, leases, clock=self._clock)
+            return self._shards.writes
+        primary: TickStore
+        if cfg.postgres is not None:
+            primary = PostgresTickStore(cfg.postgres)
+        else:
+            primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
+        if not cfg.spool:
+            return primary
+        return FailoverStore(
+            primary, SpoolStore(cfg.layout.spool), manager=manager, clock=self._clock
+        )
+
     async def start(self) -> None:
         """Check the store configuration, open the store, start the ingestor and the feed.
 
@@ -427,30 +455,7 @@ class Node:
             shutdown_deadline=cfg.shutdown_deadline,
         )
         self._status_out = _StatusOutput(manager)
-        primary: TickStore
-        if cfg.postgres is not None and cfg.cluster is not None:
-            # A write may not outlast a lease: a node cut off mid-write would otherwise hold a
-            # lease it took back for the write timeout (30 s) without storing a tick.
-            ttl = LeaseConfig(cluster=cfg.cluster, symbols=cfg.symbols).ttl
-            primary = PostgresTickStore(cfg.postgres, connect_timeout=ttl, timeout=ttl)
-        elif cfg.postgres is not None:
-            primary = PostgresTickStore(cfg.postgres)
-        else:
-            primary = SQLiteTickStore(cfg.db_path, batch_size=cfg.batch_size, manager=manager)
-        store: TickStore = primary
-        if cfg.cluster is not None and isinstance(primary, PostgresTickStore):
-            # Sharded ingest (issue 14, H3): fenced writes straight to PostgreSQL, no spool.
-            self._shards = ClusterIngest(
-                primary.dsn,
-                primary,
-                LeaseConfig(cluster=cfg.cluster, symbols=cfg.symbols),
-                clock=self._clock,
-            )
-            store = self._shards.writes
-        elif cfg.spool:
-            store = FailoverStore(
-                primary, SpoolStore(layout.spool), manager=manager, clock=self._clock
-            )
+        store = self._tick_store(manager)
         await store.open()
         self._store = store
         if self._shards is not None:
@@ -499,6 +504,8 @@ class Node:
             max_queue=cfg.max_queue,
         )
         if cfg.cluster is not None and cfg.redis_url is not None:  # the cluster kill (issue 14)
+            from ._cluster_kill import cluster_health_check  # noqa: PLC0415 - a cluster node's
+
             checks.append(cluster_health_check(lambda: self._cluster_kill))
             if cfg.trader is not None:  # its order-API breaker is the cluster's (issue 14)
                 checks.append(
@@ -522,6 +529,8 @@ class Node:
             trader.open()
         if cfg.cluster is not None and cfg.redis_url is not None:
             # The cluster kill switch (issue 14, H2): its halt file exists before the trader.
+            from ._cluster_kill import NodeClusterKill  # noqa: PLC0415 - a cluster node's
+
             self._cluster_kill = NodeClusterKill(cfg, trader, lambda: self.trader_pid)
             await self._cluster_kill.start()
         self._switch = KillSwitch(
