@@ -20,7 +20,6 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from strategylab.distributed import ClusterKillError, ClusterKillSwitch
 from strategylab.fault_tolerance import (
     DegradationController,
     HealthState,
@@ -37,6 +36,8 @@ from ._ballast import Ballast
 from ._shedding import MEMORY_SHED_AT
 
 if TYPE_CHECKING:
+    from strategylab.distributed import ClusterKillSwitch
+
     from ._node import Node
 
 __all__ = ["NodeView"]
@@ -294,6 +295,8 @@ class NodeView:
         if cfg.cluster is None or cfg.redis_url is None or cfg.admin_token is None:
             raise AdminActionError(404, "not in a cluster: start the node with --cluster --redis")
         cluster, url, token = cfg.cluster, cfg.redis_url, cfg.admin_token
+        # Loaded on a cluster node only (redis); the others never get here.
+        from strategylab.distributed import ClusterKillError, ClusterKillSwitch  # noqa: PLC0415
 
         def call() -> Mapping[str, Any]:
             with ClusterKillSwitch(cluster, url, admin_token=token) as switch:
